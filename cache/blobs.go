@@ -1,0 +1,213 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Blobs is the byte store behind the index: committed content addressed by
+// digest, and named ingest files that become content on Commit. It knows
+// nothing of repositories or verification; the Store hashes what it writes.
+// A future object-store backend implements the same methods.
+type Blobs interface {
+	// Open returns the content of d and its size, or ErrBlobUnknown.
+	Open(d digest.Digest) (io.ReadSeekCloser, int64, error)
+	// Stat returns the size of d, or ErrBlobUnknown.
+	Stat(d digest.Digest) (int64, error)
+	// Append opens ingest file id for appending, creating it when absent.
+	Append(id string) (Appender, error)
+	// ReadIngest opens ingest file id for reading from its start.
+	ReadIngest(id string) (io.ReadCloser, error)
+	// Commit makes ingest file id durable and visible as d. Content that is
+	// already present is success (the ingest is dropped).
+	Commit(id string, d digest.Digest) error
+	// Discard removes ingest file id; a missing one is not an error.
+	Discard(id string) error
+	// Ingests lists the ids of all ingest files.
+	Ingests() ([]string, error)
+	// Delete removes committed content; a missing one is not an error.
+	Delete(d digest.Digest) error
+}
+
+// Appender writes at the end of an ingest file.
+type Appender interface {
+	io.WriteCloser
+	// Size is the ingest file's length, including what was written.
+	Size() int64
+}
+
+var _ Blobs = (*FileBlobs)(nil)
+
+// FileBlobs keeps blobs as files under a directory. All files, ingest and
+// committed, are on one filesystem so that Commit is a rename. It is safe
+// for concurrent use; callers serialise use of one ingest id.
+type FileBlobs struct {
+	root string
+}
+
+// NewFileBlobs creates the blobs/ and ingest/ directories under root.
+func NewFileBlobs(root string) (*FileBlobs, error) {
+	for _, d := range []string{"blobs", "ingest"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o750); err != nil {
+			return nil, err
+		}
+	}
+	return &FileBlobs{root: root}, nil
+}
+
+// Path is where committed content d lives. d must be valid (digest.Parse),
+// so that no path can be built from a hostile string.
+func (f *FileBlobs) Path(d digest.Digest) string {
+	h := d.Encoded()
+	return filepath.Join(f.root, "blobs", string(d.Algorithm()), h[:2], h)
+}
+
+func (f *FileBlobs) ingestPath(id string) (string, error) {
+	if id == "" || strings.ContainsAny(id, `/\`) || id == "." || id == ".." {
+		return "", fmt.Errorf("bad ingest id %q", id)
+	}
+	return filepath.Join(f.root, "ingest", id), nil
+}
+
+func (f *FileBlobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	if err := d.Validate(); err != nil {
+		return nil, 0, ErrDigestInvalid
+	}
+	fh, err := os.Open(f.Path(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, ErrBlobUnknown
+	} else if err != nil {
+		return nil, 0, err
+	}
+	st, err := fh.Stat()
+	if err != nil {
+		fh.Close()
+		return nil, 0, err
+	}
+	return fh, st.Size(), nil
+}
+
+func (f *FileBlobs) Stat(d digest.Digest) (int64, error) {
+	if err := d.Validate(); err != nil {
+		return 0, ErrDigestInvalid
+	}
+	st, err := os.Stat(f.Path(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, ErrBlobUnknown
+	} else if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+type fileAppender struct {
+	*os.File
+	size int64
+}
+
+func (a *fileAppender) Write(p []byte) (int, error) {
+	n, err := a.File.Write(p)
+	a.size += int64(n)
+	return n, err
+}
+
+func (a *fileAppender) Size() int64 { return a.size }
+
+func (f *FileBlobs) Append(id string) (Appender, error) {
+	p, err := f.ingestPath(id)
+	if err != nil {
+		return nil, err
+	}
+	fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	st, err := fh.Stat()
+	if err != nil {
+		fh.Close()
+		return nil, err
+	}
+	return &fileAppender{File: fh, size: st.Size()}, nil
+}
+
+func (f *FileBlobs) ReadIngest(id string) (io.ReadCloser, error) {
+	p, err := f.ingestPath(id)
+	if err != nil {
+		return nil, err
+	}
+	return os.Open(p)
+}
+
+func (f *FileBlobs) Commit(id string, d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return ErrDigestInvalid
+	}
+	src, err := f.ingestPath(id)
+	if err != nil {
+		return err
+	}
+	dst := f.Path(d)
+	if _, err := os.Stat(dst); err == nil {
+		return f.Discard(id)
+	}
+	if err := syncFile(src); err != nil {
+		return err
+	}
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return err
+	}
+	return syncFile(dir)
+}
+
+func syncFile(path string) error {
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	return fh.Sync()
+}
+
+func (f *FileBlobs) Discard(id string) error {
+	p, err := f.ingestPath(id)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (f *FileBlobs) Ingests() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(f.root, "ingest"))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		ids = append(ids, e.Name())
+	}
+	return ids, nil
+}
+
+func (f *FileBlobs) Delete(d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return ErrDigestInvalid
+	}
+	if err := os.Remove(f.Path(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+package cache
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+func encodeSize(n int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(n)) }
+
+func decodeSize(b []byte) int64 {
+	if len(b) != 8 {
+		return -1
+	}
+	return int64(binary.BigEndian.Uint64(b))
+}
+
+// StatBlob returns the size of blob d as linked in repo, or ErrBlobUnknown.
+func (s *Store) StatBlob(repo string, d digest.Digest) (int64, error) {
+	size := int64(-1)
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(linkKey(repo, d))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { size = decodeSize(v); return nil })
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, ErrBlobUnknown
+	}
+	return size, err
+}
+
+// OpenBlob opens blob d of repo for reading. Errors: ErrBlobUnknown. The
+// reader is an *os.File for the file store, so HTTP can use sendfile.
+func (s *Store) OpenBlob(repo string, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	if _, err := s.StatBlob(repo, d); err != nil {
+		return nil, 0, err
+	}
+	rc, size, err := s.blobs.Open(d)
+	if errors.Is(err, ErrBlobUnknown) {
+		s.log.Error("indexed blob has no content", "repo", repo, "digest", d)
+		return nil, 0, fmt.Errorf("blob %s of %s is indexed but missing: %w", d, repo, ErrBlobUnknown)
+	}
+	return rc, size, err
+}
+
+// DeleteBlob unlinks blob d from repo; its bytes stay until garbage
+// collection. Errors: ErrBlobUnknown.
+func (s *Store) DeleteBlob(repo string, d digest.Digest) error {
+	return s.update(func(txn *badger.Txn) error {
+		if ok, err := exists(txn, linkKey(repo, d)); err != nil {
+			return err
+		} else if !ok {
+			return ErrBlobUnknown
+		}
+		return txn.Delete(linkKey(repo, d))
+	})
+}
+
+// MountBlob links blob d, linked in from, into to as well and returns its
+// size. Errors: ErrBlobUnknown when from does not hold d.
+func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
+	var size int64
+	err := s.update(func(txn *badger.Txn) error {
+		v, err := getValue(txn, linkKey(from, d))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrBlobUnknown
+		} else if err != nil {
+			return err
+		}
+		size = decodeSize(v)
+		return txn.Set(linkKey(to, d), v)
+	})
+	return size, err
+}
+
+// linkBlob records committed content d and links it into repo; the
+// upload session key, when given, is deleted in the same transaction.
+func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byte) error {
+	return s.update(func(txn *badger.Txn) error {
+		if err := setBlobRecord(txn, d, size); err != nil {
+			return err
+		}
+		if session != nil {
+			if err := txn.Delete(session); err != nil {
+				return err
+			}
+		}
+		return txn.Set(linkKey(repo, d), encodeSize(size))
+	})
+}

@@ -1,0 +1,300 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/google/uuid"
+	"github.com/opencontainers/go-digest"
+)
+
+// Manifest is a manifest as a repository holds it.
+type Manifest struct {
+	Digest       digest.Digest   `json:"-"`
+	MediaType    string          `json:"mediaType"`
+	Size         int64           `json:"size"`
+	Subject      digest.Digest   `json:"subject,omitempty"`
+	ArtifactType string          `json:"artifactType,omitempty"`
+	Refs         []digest.Digest `json:"refs,omitempty"` // blobs and child manifests
+	// Body is the exact bytes pushed; set on manifests returned by
+	// GetManifest and PutManifest.
+	Body []byte `json:"-"`
+}
+
+// PutManifest stores body as a manifest of repo and points each of tags at
+// it. want, when set, is the digest the client pushed by; the body must hash
+// to it. Without it the digest is sha256, unless the repository already holds
+// the same bytes under their sha512 digest. Errors: ErrManifestInvalid,
+// ErrManifestTooBig, ErrDigestMismatch, *MissingRefError.
+func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, contentType string, body []byte) (*Manifest, error) {
+	if len(body) > MaxManifestSize {
+		return nil, ErrManifestTooBig
+	}
+	p, err := parseManifest(contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.manifestDigest(repo, want, body)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manifest{Digest: d, MediaType: p.mediaType, Size: int64(len(body)), ArtifactType: p.artifactType, Body: body}
+	m.Refs = append(append(m.Refs, p.blobs...), p.children...)
+	if p.subject != nil {
+		m.Subject = p.subject.Digest
+	}
+	if err := s.writeManifestBytes(d, body); err != nil {
+		return nil, err
+	}
+	rec, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var referrer []byte
+	if p.subject != nil {
+		referrer, err = json.Marshal(Descriptor{MediaType: p.mediaType, Digest: d, Size: m.Size,
+			ArtifactType: p.artifactType, Annotations: p.annotations})
+		if err != nil {
+			return nil, err
+		}
+	}
+	err = s.update(func(txn *badger.Txn) error {
+		for _, b := range p.blobs {
+			if ok, err := exists(txn, linkKey(repo, b)); err != nil {
+				return err
+			} else if !ok {
+				return &MissingRefError{Digest: b}
+			}
+		}
+		for _, c := range p.children {
+			if ok, err := exists(txn, manifestKey(repo, c)); err != nil {
+				return err
+			} else if !ok {
+				return &MissingRefError{Digest: c}
+			}
+		}
+		if err := setBlobRecord(txn, d, m.Size); err != nil {
+			return err
+		}
+		if err := txn.Set(manifestKey(repo, d), rec); err != nil {
+			return err
+		}
+		for _, t := range tags {
+			if err := txn.Set(tagKey(repo, t), []byte(d.String())); err != nil {
+				return err
+			}
+		}
+		if referrer != nil {
+			return txn.Set(referrerKey(repo, m.Subject, d), referrer)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.invalidate(repo, append([]string{d.String()}, tags...)...)
+	return m, nil
+}
+
+func (s *Store) manifestDigest(repo string, want digest.Digest, body []byte) (digest.Digest, error) {
+	if want != "" {
+		if err := ValidateDigest(want); err != nil {
+			return "", err
+		}
+		if want.Algorithm().FromBytes(body) != want {
+			return "", ErrDigestMismatch
+		}
+		return want, nil
+	}
+	alt := digest.SHA512.FromBytes(body)
+	var found bool
+	err := s.db.View(func(txn *badger.Txn) (err error) {
+		found, err = exists(txn, manifestKey(repo, alt))
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	if found {
+		return alt, nil
+	}
+	return digest.SHA256.FromBytes(body), nil
+}
+
+// writeManifestBytes stores body as content d, verified like any blob.
+func (s *Store) writeManifestBytes(d digest.Digest, body []byte) error {
+	if _, err := s.blobs.Stat(d); err == nil {
+		return nil
+	}
+	id := "tmp-" + uuid.NewString()
+	app, err := s.blobs.Append(id)
+	if err != nil {
+		return err
+	}
+	_, err = app.Write(body)
+	if cerr := app.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = s.blobs.Commit(id, d)
+	}
+	if err != nil {
+		s.blobs.Discard(id)
+	}
+	return err
+}
+
+// ResolveTag returns the digest tag points at in repo, or ErrManifestUnknown.
+func (s *Store) ResolveTag(repo, tag string) (digest.Digest, error) {
+	key := cacheKey(repo, tag)
+	if d, ok := s.tags.Get(key); ok {
+		return d, nil
+	}
+	g := s.generation()
+	var d digest.Digest
+	err := s.db.View(func(txn *badger.Txn) error {
+		v, err := getValue(txn, tagKey(repo, tag))
+		d = digest.Digest(v)
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return "", ErrManifestUnknown
+	} else if err != nil {
+		return "", err
+	}
+	s.remember(g, func() { s.tags.Add(key, d) })
+	return d, nil
+}
+
+// GetManifest returns the manifest ref (a tag or a digest) of repo with its
+// body, or ErrManifestUnknown. The returned value must not be modified.
+func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
+	d := digest.Digest(ref)
+	if !strings.Contains(ref, ":") {
+		var err error
+		if d, err = s.ResolveTag(repo, ref); err != nil {
+			return nil, err
+		}
+	}
+	key := cacheKey(repo, d.String())
+	if m, ok := s.manifests.Get(key); ok && m.Body != nil {
+		return m, nil
+	}
+	g := s.generation()
+	m, err := s.manifestRecord(repo, d)
+	if err != nil {
+		return nil, err
+	}
+	rc, size, err := s.blobs.Open(d)
+	if errors.Is(err, ErrBlobUnknown) {
+		return nil, fmt.Errorf("manifest %s of %s is indexed but its bytes are missing: %w", d, repo, ErrManifestUnknown)
+	} else if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	if size > MaxManifestSize {
+		return nil, fmt.Errorf("manifest %s: stored size %d: %w", d, size, ErrManifestTooBig)
+	}
+	m.Body = make([]byte, size)
+	if _, err := io.ReadFull(rc, m.Body); err != nil {
+		return nil, err
+	}
+	if len(m.Body) <= s.opts.ManifestCacheBody {
+		s.remember(g, func() { s.manifests.Add(key, m) })
+	}
+	return m, nil
+}
+
+func (s *Store) manifestRecord(repo string, d digest.Digest) (*Manifest, error) {
+	var m Manifest
+	err := s.db.View(func(txn *badger.Txn) error {
+		v, err := getValue(txn, manifestKey(repo, d))
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(v, &m)
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, ErrManifestUnknown
+	} else if err != nil {
+		return nil, err
+	}
+	m.Digest = d
+	return &m, nil
+}
+
+// DeleteManifest removes ref from repo. A tag is untagged; a digest loses
+// its manifest link, every tag pointing at it and its referrer entry. The
+// bytes stay until garbage collection. Errors: ErrManifestUnknown.
+func (s *Store) DeleteManifest(repo, ref string) error {
+	if !strings.Contains(ref, ":") {
+		err := s.update(func(txn *badger.Txn) error {
+			if ok, err := exists(txn, tagKey(repo, ref)); err != nil {
+				return err
+			} else if !ok {
+				return ErrManifestUnknown
+			}
+			return txn.Delete(tagKey(repo, ref))
+		})
+		if err == nil {
+			s.invalidate(repo, ref)
+		}
+		return err
+	}
+	d := digest.Digest(ref)
+	var dropped []string
+	err := s.update(func(txn *badger.Txn) error {
+		dropped = dropped[:0]
+		v, err := getValue(txn, manifestKey(repo, d))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrManifestUnknown
+		} else if err != nil {
+			return err
+		}
+		var m Manifest
+		if err := json.Unmarshal(v, &m); err != nil {
+			return err
+		}
+		if m.Subject != "" {
+			if err := txn.Delete(referrerKey(repo, m.Subject, d)); err != nil {
+				return err
+			}
+		}
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: tagPrefix(repo)})
+		defer it.Close()
+		var keys [][]byte
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			if err := item.Value(func(val []byte) error {
+				if string(val) == d.String() {
+					keys = append(keys, item.KeyCopy(nil))
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		for _, k := range keys {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+			dropped = append(dropped, string(k[len(tagPrefix(repo)):]))
+		}
+		return txn.Delete(manifestKey(repo, d))
+	})
+	if err == nil {
+		s.invalidate(repo, append(dropped, d.String())...)
+	}
+	return err
+}
+
+func setBlobRecord(txn *badger.Txn, d digest.Digest, size int64) error {
+	if ok, err := exists(txn, blobKey(d)); err != nil || ok {
+		return err
+	}
+	return txn.Set(blobKey(d), encodeSize(size))
+}

@@ -1,0 +1,206 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
+)
+
+// Options configures a Store. Zero values take the defaults in parentheses.
+type Options struct {
+	// Dir is the data directory (required).
+	Dir string
+	// ManifestCacheEntries bounds the manifest and tag LRUs (4096 each).
+	ManifestCacheEntries int
+	// ManifestCacheBody is the largest manifest body kept in memory (64 KiB);
+	// larger ones are read from their blob file.
+	ManifestCacheBody int
+	// UploadTTL is how long an idle upload session is kept (24h).
+	UploadTTL time.Duration
+	// Logger receives Badger's warnings and the store's own (slog.Default).
+	Logger *slog.Logger
+}
+
+// Store is the content store. It is safe for concurrent use.
+type Store struct {
+	db    *badger.DB
+	blobs Blobs
+	opts  Options
+	log   *slog.Logger
+
+	tags      *lru.Cache[string, digest.Digest] // repo\x00tag → digest
+	manifests *lru.Cache[string, *Manifest]     // repo\x00digest → manifest
+	// cacheMu and gen keep a reader from putting a value it read before a
+	// write back into the LRU after that write invalidated it.
+	cacheMu sync.Mutex
+	gen     uint64
+
+	uploadLocks [64]sync.Mutex
+}
+
+// Open opens (creating if needed) the store in opts.Dir, then removes
+// ingest files that no live upload session owns and sessions that expired.
+func Open(opts Options) (*Store, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("cache: data directory not set")
+	}
+	if opts.ManifestCacheEntries <= 0 {
+		opts.ManifestCacheEntries = 4096
+	}
+	if opts.ManifestCacheBody <= 0 {
+		opts.ManifestCacheBody = 64 << 10
+	}
+	if opts.UploadTTL <= 0 {
+		opts.UploadTTL = 24 * time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	blobs, err := NewFileBlobs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := badger.Open(badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger))
+	if err != nil {
+		return nil, fmt.Errorf("cache: open index: %w", err)
+	}
+	s := &Store{db: db, blobs: blobs, opts: opts, log: opts.Logger}
+	s.tags, _ = lru.New[string, digest.Digest](opts.ManifestCacheEntries)
+	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
+	if err := s.CleanIngests(time.Now()); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// badgerOptions sizes Badger for an appliance: small memtables and caches
+// (the index holds small records; blob bytes never enter it) and synchronous
+// writes, so that an acknowledged push survives a crash of the machine.
+func badgerOptions(dir string, log *slog.Logger) badger.Options {
+	return badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{log}).
+		WithSyncWrites(true).
+		WithMemTableSize(8 << 20).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(4 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithValueThreshold(4 << 10).
+		WithNumCompactors(2)
+}
+
+// Close closes the index. In-flight calls must have returned.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Blobs exposes the byte store (for tests and operator commands).
+func (s *Store) Blobs() Blobs { return s.blobs }
+
+// RunValueLogGC runs one Badger value-log GC pass; nil when nothing was
+// rewritten. Call it from a loop owned by the process.
+func (s *Store) RunValueLogGC(ctx context.Context) error {
+	err := s.db.RunValueLogGC(0.5)
+	if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
+		return nil
+	}
+	return err
+}
+
+// Key builders. Repository names and tags never contain NUL.
+func blobKey(d digest.Digest) []byte           { return []byte("b/" + d.String()) }
+func linkKey(repo string, d digest.Digest) []byte { return []byte("l/" + repo + "\x00" + d.String()) }
+func manifestKey(repo string, d digest.Digest) []byte {
+	return []byte("m/" + repo + "\x00" + d.String())
+}
+func tagPrefix(repo string) []byte          { return []byte("t/" + repo + "\x00") }
+func tagKey(repo, tag string) []byte        { return append(tagPrefix(repo), tag...) }
+func uploadKey(id string) []byte            { return []byte("u/" + id) }
+func referrerPrefix(repo string, subject digest.Digest) []byte {
+	return []byte("r/" + repo + "\x00" + subject.String() + "\x00")
+}
+func referrerKey(repo string, subject, d digest.Digest) []byte {
+	return append(referrerPrefix(repo, subject), d.String()...)
+}
+
+func cacheKey(repo, ref string) string { return repo + "\x00" + ref }
+
+// update runs fn in a read-write transaction, retrying on conflicts.
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	for i := 0; ; i++ {
+		err := s.db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) || i == 20 {
+			return err
+		}
+	}
+}
+
+// getValue copies out the value at key, or returns badger.ErrKeyNotFound.
+func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
+	item, err := txn.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	return item.ValueCopy(nil)
+}
+
+func exists(txn *badger.Txn, key []byte) (bool, error) {
+	_, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (s *Store) uploadLock(id string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return &s.uploadLocks[h.Sum32()%uint32(len(s.uploadLocks))]
+}
+
+// invalidate drops cached entries after a write to the index committed.
+func (s *Store) invalidate(repo string, refs ...string) {
+	s.cacheMu.Lock()
+	s.gen++
+	for _, r := range refs {
+		if strings.Contains(r, ":") {
+			s.manifests.Remove(cacheKey(repo, r))
+		} else {
+			s.tags.Remove(cacheKey(repo, r))
+		}
+	}
+	s.cacheMu.Unlock()
+}
+
+func (s *Store) generation() uint64 {
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	return s.gen
+}
+
+// remember caches a value read at generation g unless a write came since.
+func (s *Store) remember(g uint64, add func()) {
+	s.cacheMu.Lock()
+	if s.gen == g {
+		add()
+	}
+	s.cacheMu.Unlock()
+}
+
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Infof(string, ...any)        {}
+func (b badgerLogger) Debugf(string, ...any)       {}

@@ -1,0 +1,299 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/google/uuid"
+	"github.com/opencontainers/go-digest"
+)
+
+// uploadRecord is an upload session as the index keeps it. State is the
+// sha256 state after Offset bytes, so a session is verified without
+// re-reading its file when the client's digest is sha256.
+type uploadRecord struct {
+	Repo    string    `json:"repo"`
+	Updated time.Time `json:"updated"`
+	Offset  int64     `json:"offset"`
+	State   []byte    `json:"state,omitempty"`
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// NewUpload opens an upload session for repo and returns its id.
+func (s *Store) NewUpload(repo string) (string, error) {
+	id := "up-" + uuid.NewString()
+	rec, err := json.Marshal(uploadRecord{Repo: repo, Updated: time.Now().UTC()})
+	if err != nil {
+		return "", err
+	}
+	if err := s.update(func(txn *badger.Txn) error { return txn.Set(uploadKey(id), rec) }); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
+	if !strings.HasPrefix(id, "up-") {
+		return nil, ErrUploadUnknown
+	}
+	var rec uploadRecord
+	err := s.db.View(func(txn *badger.Txn) error {
+		v, err := getValue(txn, uploadKey(id))
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(v, &rec)
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && rec.Repo != repo) {
+		return nil, ErrUploadUnknown
+	}
+	return &rec, err
+}
+
+func (s *Store) saveUpload(id string, rec *uploadRecord) error {
+	rec.Updated = time.Now().UTC()
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return s.update(func(txn *badger.Txn) error { return txn.Set(uploadKey(id), v) })
+}
+
+// UploadStatus returns how many bytes session id of repo holds.
+// Errors: ErrUploadUnknown.
+func (s *Store) UploadStatus(repo, id string) (int64, error) {
+	rec, err := s.loadUpload(repo, id)
+	if err != nil {
+		return 0, err
+	}
+	return rec.Offset, nil
+}
+
+// AppendUpload appends r to session id of repo and returns the new offset.
+// start is where the client says the chunk begins (-1: wherever the session
+// ends); a different start gives *RangeError. Bytes received before a
+// failure of r stay in the session. Errors: ErrUploadUnknown, *RangeError.
+func (s *Store) AppendUpload(repo, id string, start int64, r io.Reader) (int64, error) {
+	mu := s.uploadLock(id)
+	mu.Lock()
+	defer mu.Unlock()
+	rec, err := s.loadUpload(repo, id)
+	if err != nil {
+		return 0, err
+	}
+	if start >= 0 && start != rec.Offset {
+		return rec.Offset, &RangeError{Offset: rec.Offset}
+	}
+	err = s.appendLocked(id, rec, r)
+	if serr := s.saveUpload(id, rec); err == nil {
+		err = serr
+	}
+	return rec.Offset, err
+}
+
+func (s *Store) appendLocked(id string, rec *uploadRecord, r io.Reader) error {
+	app, err := s.blobs.Append(id)
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+	h := sha256.New()
+	hashed := rec.Offset == 0 && app.Size() == 0
+	if app.Size() == rec.Offset && rec.State != nil {
+		hashed = h.(encoding.BinaryUnmarshaler).UnmarshalBinary(rec.State) == nil
+	}
+	_, cerr := copyHashed(app, h, r)
+	rec.Offset = app.Size()
+	rec.State = nil
+	if hashed {
+		rec.State, err = h.(encoding.BinaryMarshaler).MarshalBinary()
+		if err != nil {
+			return err
+		}
+	}
+	return cerr
+}
+
+// copyHashed copies r to w, hashing exactly the bytes w accepted.
+func copyHashed(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			wn, werr := w.Write(buf[:n])
+			h.Write(buf[:wn])
+			total += int64(wn)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		} else if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// FinishUpload appends r (may be nil) to session id, verifies the whole
+// upload against d and links the blob into repo. On a mismatch the session
+// is cancelled. Errors: ErrUploadUnknown, ErrDigestMismatch.
+func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int64, error) {
+	mu := s.uploadLock(id)
+	mu.Lock()
+	defer mu.Unlock()
+	rec, err := s.loadUpload(repo, id)
+	if err != nil {
+		return 0, err
+	}
+	if r != nil {
+		if err := s.appendLocked(id, rec, r); err != nil {
+			s.saveUpload(id, rec)
+			return 0, err
+		}
+	}
+	sum, err := s.uploadDigest(id, rec, d.Algorithm())
+	if err != nil {
+		return 0, err
+	}
+	if sum != d {
+		s.cancelLocked(id)
+		return 0, fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, sum, d)
+	}
+	if err := s.blobs.Commit(id, d); err != nil {
+		return 0, err
+	}
+	return rec.Offset, s.linkBlob(repo, d, rec.Offset, uploadKey(id))
+}
+
+func (s *Store) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm) (digest.Digest, error) {
+	if alg == digest.SHA256 && rec.State != nil {
+		h := sha256.New()
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(rec.State); err == nil {
+			return digest.NewDigest(alg, h), nil
+		}
+	}
+	rc, err := s.blobs.ReadIngest(id)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	return alg.FromReader(rc)
+}
+
+// CancelUpload drops session id of repo. Errors: ErrUploadUnknown.
+func (s *Store) CancelUpload(repo, id string) error {
+	mu := s.uploadLock(id)
+	mu.Lock()
+	defer mu.Unlock()
+	if _, err := s.loadUpload(repo, id); err != nil {
+		return err
+	}
+	return s.cancelLocked(id)
+}
+
+func (s *Store) cancelLocked(id string) error {
+	if err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
+		return err
+	}
+	return s.blobs.Discard(id)
+}
+
+// PutBlob stores r, which must hash to d (and be size bytes long when size
+// is not negative), as a blob of repo in one step. Nothing is kept on
+// failure. Errors: ErrDigestMismatch, ErrSizeInvalid.
+func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) error {
+	id := "tmp-" + uuid.NewString()
+	app, err := s.blobs.Append(id)
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.blobs.Discard(id)
+		}
+	}()
+	h := d.Algorithm().Hash()
+	n, err := copyHashed(app, h, r)
+	if cerr := app.Close(); err == nil {
+		err = cerr
+	}
+	switch {
+	case err != nil:
+		return err
+	case size >= 0 && n != size:
+		return fmt.Errorf("%w: got %d bytes, announced %d", ErrSizeInvalid, n, size)
+	case digest.NewDigest(d.Algorithm(), h) != d:
+		return ErrDigestMismatch
+	}
+	if err := s.blobs.Commit(id, d); err != nil {
+		return err
+	}
+	committed = true
+	return s.linkBlob(repo, d, n, nil)
+}
+
+// CleanIngests removes upload sessions idle for longer than the upload TTL
+// and every ingest file no live session owns. Open calls it before the
+// store is used; it must not run while one-shot writes are in progress.
+func (s *Store) CleanIngests(now time.Time) error {
+	live := map[string]bool{}
+	var expired [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("u/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var rec uploadRecord
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			id := string(it.Item().Key()[2:])
+			if json.Unmarshal(v, &rec) != nil || now.Sub(rec.Updated) > s.opts.UploadTTL {
+				expired = append(expired, it.Item().KeyCopy(nil))
+				continue
+			}
+			live[id] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range expired {
+		if err := s.update(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
+			return err
+		}
+	}
+	ids, err := s.blobs.Ingests()
+	if err != nil {
+		return err
+	}
+	removed := 0
+	for _, id := range ids {
+		if !live[id] {
+			if err := s.blobs.Discard(id); err != nil {
+				return err
+			}
+			removed++
+		}
+	}
+	if removed+len(expired) > 0 {
+		s.log.Info("cleaned ingest area", "files", removed, "expired_sessions", len(expired))
+	}
+	return nil
+}

@@ -1,0 +1,79 @@
+// Command wharf is the Wharf registry mirror appliance.
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "wharf:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	serveFlags := []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "YAML file with any of these options (keys are the flag names)", EnvVars: []string{"WHARF_CONFIG"}},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "addr", Value: ":5000", Usage: "listen address", EnvVars: []string{"WHARF_ADDR"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "data directory (blobs and index)", EnvVars: []string{"WHARF_DATA"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-delete", Usage: "allow manifest, tag and blob deletes", EnvVars: []string{"WHARF_ALLOW_DELETE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (debug logs every request)", EnvVars: []string{"WHARF_LOG_LEVEL"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: []string{"WHARF_LOG_FORMAT"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 30e9, Usage: "how long SIGTERM waits for in-flight requests", EnvVars: []string{"WHARF_SHUTDOWN_TIMEOUT"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "upload-ttl", Value: 24 * 3600e9, Usage: "idle upload sessions older than this are dropped at start-up", EnvVars: []string{"WHARF_UPLOAD_TTL"}}),
+	}
+	return &cli.App{
+		Name:    "wharf",
+		Usage:   "container registry mirror appliance",
+		Version: version,
+		Commands: []*cli.Command{
+			{
+				Name:   "serve",
+				Usage:  "run the registry",
+				Flags:  serveFlags,
+				Before: altsrc.InitInputSourceWithContext(serveFlags, altsrc.NewYamlSourceFromFlagFunc("config")),
+				Action: func(c *cli.Context) error {
+					cfg, err := serveConfigFrom(c)
+					if err != nil {
+						return err
+					}
+					return serve(c.Context, cfg)
+				},
+			},
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintf(c.App.Writer, "wharf %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is neither text nor json", format)
+}

@@ -1,0 +1,119 @@
+package mirror
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// OCI error codes (distribution-spec, "Error Codes").
+const (
+	codeBlobUnknown         = "BLOB_UNKNOWN"
+	codeBlobUploadInvalid   = "BLOB_UPLOAD_INVALID"
+	codeBlobUploadUnknown   = "BLOB_UPLOAD_UNKNOWN"
+	codeDigestInvalid       = "DIGEST_INVALID"
+	codeManifestBlobUnknown = "MANIFEST_BLOB_UNKNOWN"
+	codeManifestInvalid     = "MANIFEST_INVALID"
+	codeManifestUnknown     = "MANIFEST_UNKNOWN"
+	codeNameInvalid         = "NAME_INVALID"
+	codeNameUnknown         = "NAME_UNKNOWN"
+	codeSizeInvalid         = "SIZE_INVALID"
+	codeUnsupported         = "UNSUPPORTED"
+	codeTagInvalid          = "TAG_INVALID"
+	codeUnknown             = "UNKNOWN"
+)
+
+// codeStatus is the one table of HTTP statuses for codes whose status does
+// not depend on the case.
+var codeStatus = map[string]int{
+	codeBlobUnknown:         http.StatusNotFound,
+	codeBlobUploadInvalid:   http.StatusBadRequest,
+	codeBlobUploadUnknown:   http.StatusNotFound,
+	codeDigestInvalid:       http.StatusBadRequest,
+	codeManifestBlobUnknown: http.StatusBadRequest,
+	codeManifestInvalid:     http.StatusBadRequest,
+	codeManifestUnknown:     http.StatusNotFound,
+	codeNameInvalid:         http.StatusBadRequest,
+	codeNameUnknown:         http.StatusNotFound,
+	codeSizeInvalid:         http.StatusBadRequest,
+	codeUnsupported:         http.StatusMethodNotAllowed,
+	codeTagInvalid:          http.StatusBadRequest,
+	codeUnknown:             http.StatusInternalServerError,
+}
+
+// apiError is an error decided at the HTTP edge.
+type apiError struct {
+	code    string
+	status  int // 0: codeStatus[code]
+	message string
+	detail  any
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func apiErr(code, format string, args ...any) *apiError {
+	return &apiError{code: code, message: fmt.Sprintf(format, args...)}
+}
+
+// toAPIError is the one place where store errors become OCI errors.
+func toAPIError(err error) *apiError {
+	var ae *apiError
+	var missing *cache.MissingRefError
+	var rng *cache.RangeError
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.As(err, &missing):
+		return &apiError{code: codeManifestBlobUnknown, message: err.Error(), detail: map[string]string{"digest": missing.Digest.String()}}
+	case errors.As(err, &rng):
+		return &apiError{code: codeBlobUploadInvalid, status: http.StatusRequestedRangeNotSatisfiable, message: err.Error()}
+	case errors.Is(err, cache.ErrBlobUnknown):
+		return &apiError{code: codeBlobUnknown, message: "blob unknown to registry"}
+	case errors.Is(err, cache.ErrManifestUnknown):
+		return &apiError{code: codeManifestUnknown, message: "manifest unknown"}
+	case errors.Is(err, cache.ErrNameUnknown):
+		return &apiError{code: codeNameUnknown, message: "repository name not known to registry"}
+	case errors.Is(err, cache.ErrUploadUnknown):
+		return &apiError{code: codeBlobUploadUnknown, message: "blob upload unknown to registry"}
+	case errors.Is(err, cache.ErrDigestInvalid), errors.Is(err, cache.ErrDigestMismatch):
+		return &apiError{code: codeDigestInvalid, message: err.Error()}
+	case errors.Is(err, cache.ErrSizeInvalid):
+		return &apiError{code: codeSizeInvalid, message: err.Error()}
+	case errors.Is(err, cache.ErrManifestTooBig):
+		return &apiError{code: codeManifestInvalid, status: http.StatusRequestEntityTooLarge,
+			message: "manifest larger than " + strconv.Itoa(cache.MaxManifestSize) + " bytes"}
+	case errors.Is(err, cache.ErrManifestInvalid):
+		return &apiError{code: codeManifestInvalid, message: err.Error()}
+	}
+	return &apiError{code: codeUnknown, message: "internal error"}
+}
+
+type errorBody struct {
+	Errors []errorEntry `json:"errors"`
+}
+
+type errorEntry struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Detail  any    `json:"detail,omitempty"`
+}
+
+// writeError sends err as an OCI error envelope and returns the status.
+func writeError(w http.ResponseWriter, err error) (*apiError, int) {
+	ae := toAPIError(err)
+	status := ae.status
+	if status == 0 {
+		status = codeStatus[ae.code]
+	}
+	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: ae.code, Message: ae.message, Detail: ae.detail}}})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write(body)
+	return ae, status
+}

@@ -1,0 +1,93 @@
+package mirror
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// defaultCatalogPage bounds a catalog answer when the client sets no n.
+const defaultCatalogPage = 1000
+
+func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, rt route) error {
+	n, last, err := pageParams(r, -1)
+	if err != nil {
+		return err
+	}
+	tags, more, err := reg.store.Tags(rt.name, n, last)
+	if err != nil {
+		return err
+	}
+	if more && n > 0 {
+		setNextLink(w, "/v2/"+rt.name+"/tags/list", n, tags[len(tags)-1])
+	}
+	return writeJSON(w, r, "application/json", map[string]any{"name": rt.name, "tags": tags})
+}
+
+func (reg *Registry) catalog(w http.ResponseWriter, r *http.Request, _ route) error {
+	n, last, err := pageParams(r, defaultCatalogPage)
+	if err != nil {
+		return err
+	}
+	repos, more, err := reg.store.Catalog(n, last)
+	if err != nil {
+		return err
+	}
+	if more && n > 0 {
+		setNextLink(w, "/v2/_catalog", n, repos[len(repos)-1])
+	}
+	return writeJSON(w, r, "application/json", map[string]any{"repositories": repos})
+}
+
+func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, rt route) error {
+	at := r.URL.Query().Get("artifactType")
+	descs, err := reg.store.Referrers(rt.name, digest.Digest(rt.ref), at)
+	if err != nil {
+		return err
+	}
+	if at != "" {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	return writeJSON(w, r, cache.MediaTypeOCIIndex, map[string]any{
+		"schemaVersion": 2, "mediaType": cache.MediaTypeOCIIndex, "manifests": descs,
+	})
+}
+
+// pageParams reads n and last; n is def when absent.
+func pageParams(r *http.Request, def int) (int, string, error) {
+	q := r.URL.Query()
+	n := def
+	if s := q.Get("n"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 0 {
+			return 0, "", &apiError{code: codeUnsupported, status: http.StatusBadRequest, message: fmt.Sprintf("invalid n %q", s)}
+		}
+		n = v
+	}
+	return n, q.Get("last"), nil
+}
+
+func setNextLink(w http.ResponseWriter, path string, n int, last string) {
+	q := url.Values{"n": {strconv.Itoa(n)}, "last": {last}}
+	w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, path, q.Encode()))
+}
+
+func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package mirror
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+func (reg *Registry) getManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	m, err := reg.store.GetManifest(rt.name, rt.ref)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("ETag", `"`+m.Digest.String()+`"`)
+	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	w.Write(m.Body)
+	return nil
+}
+
+func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	var want digest.Digest
+	var tags []string
+	if strings.Contains(rt.ref, ":") {
+		want = digest.Digest(rt.ref)
+		tags = r.URL.Query()["tag"]
+		for _, t := range tags {
+			if err := checkTag(t); err != nil {
+				return err
+			}
+		}
+	} else {
+		tags = []string{rt.ref}
+	}
+	if r.ContentLength > cache.MaxManifestSize {
+		return cache.ErrManifestTooBig
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, cache.MaxManifestSize+1))
+	if err != nil {
+		return apiErr(codeManifestInvalid, "reading manifest: %v", err)
+	}
+	if r.ContentLength >= 0 && int64(len(body)) != r.ContentLength {
+		return apiErr(codeSizeInvalid, "manifest body is %d bytes, Content-Length said %d", len(body), r.ContentLength)
+	}
+	m, err := reg.store.PutManifest(rt.name, want, tags, r.Header.Get("Content-Type"), body)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	setLocation(w, rt.name, "manifests", m.Digest.String())
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	if m.Subject != "" {
+		h.Set("OCI-Subject", m.Subject.String())
+	}
+	if want != "" && len(tags) > 0 {
+		h.Set("OCI-Tag", strings.Join(tags, ", "))
+	}
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	if !reg.opts.AllowDelete {
+		return errDeleteDisabled
+	}
+	if err := reg.store.DeleteManifest(rt.name, rt.ref); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+var errDeleteDisabled = &apiError{code: codeUnsupported, message: "deletes are disabled (start with --allow-delete)"}

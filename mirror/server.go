@@ -1,0 +1,181 @@
+package mirror
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+)
+
+// Options configures the registry API.
+type Options struct {
+	// AllowDelete enables manifest, tag and blob deletes; without it they
+	// get 405 UNSUPPORTED, as with registry:2.
+	AllowDelete bool
+	// Logger receives the access log and errors (slog.Default).
+	Logger *slog.Logger
+}
+
+// Registry serves the OCI Distribution API. It is safe for concurrent use.
+type Registry struct {
+	store  Store
+	opts   Options
+	log    *slog.Logger
+	routes map[routeKey]handlerFunc
+}
+
+type routeKey struct {
+	kind   routeKind
+	method string
+}
+
+// New returns the registry API over store.
+func New(store Store, opts Options) *Registry {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	reg := &Registry{store: store, opts: opts, log: opts.Logger}
+	reg.routes = map[routeKey]handlerFunc{
+		{routeBase, "GET"}:        reg.base,
+		{routeCatalog, "GET"}:     reg.catalog,
+		{routeTags, "GET"}:        reg.tags,
+		{routeReferrers, "GET"}:   reg.referrers,
+		{routeManifest, "GET"}:    reg.getManifest,
+		{routeManifest, "PUT"}:    reg.putManifest,
+		{routeManifest, "DELETE"}: reg.deleteManifest,
+		{routeBlob, "GET"}:        reg.getBlob,
+		{routeBlob, "DELETE"}:     reg.deleteBlob,
+		{routeUploads, "POST"}:    reg.startUpload,
+		{routeUpload, "GET"}:      reg.uploadStatus,
+		{routeUpload, "PATCH"}:    reg.patchUpload,
+		{routeUpload, "PUT"}:      reg.finishUpload,
+		{routeUpload, "DELETE"}:   reg.cancelUpload,
+	}
+	return reg
+}
+
+// handlerFunc handles one routed request; a returned error is written as an
+// OCI error by ServeHTTP (the handler must not have written anything then).
+type handlerFunc func(w http.ResponseWriter, r *http.Request, rt route) error
+
+// ServeHTTP routes the request, writes errors, logs and recovers panics.
+func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	sw.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	rt, ok := parseRoute(r.URL.Path)
+	var err error
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			reg.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+			if sw.status == 0 {
+				writeError(sw, apiErr(codeUnknown, "internal error"))
+			}
+		}
+		reg.logRequest(r, sw, rt, err, time.Since(start))
+	}()
+	if !ok {
+		err = &apiError{code: codeNameUnknown, status: http.StatusNotFound, message: "no such endpoint " + r.URL.Path}
+	} else if h := reg.handler(rt.kind, r.Method); h == nil {
+		err = apiErr(codeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)
+	} else if err = checkRoute(rt); err == nil {
+		err = h(sw, r, rt)
+	}
+	if err != nil && sw.status == 0 {
+		writeError(sw, err)
+	}
+}
+
+func (reg *Registry) handler(k routeKind, method string) handlerFunc {
+	if method == http.MethodHead {
+		method = http.MethodGet
+	}
+	return reg.routes[routeKey{k, method}]
+}
+
+func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ route) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", "2")
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, "{}")
+	return nil
+}
+
+func (reg *Registry) logRequest(r *http.Request, sw *statusWriter, rt route, err error, took time.Duration) {
+	status := sw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	level := slog.LevelDebug
+	switch {
+	case status >= 500:
+		level = slog.LevelError
+	case status >= 400 || (r.Method != http.MethodGet && r.Method != http.MethodHead):
+		level = slog.LevelInfo
+	}
+	if !reg.log.Enabled(r.Context(), level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", status),
+		slog.Int64("bytes", sw.n), slog.Duration("took", took), slog.String("remote", r.RemoteAddr),
+	}
+	if rt.name != "" {
+		attrs = append(attrs, slog.String("repo", rt.name))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	reg.log.LogAttrs(r.Context(), level, "request", attrs...)
+}
+
+// statusWriter records the status and body size. It keeps ReadFrom so that
+// blob bodies still go out with sendfile.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) ReadFrom(src io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(w.ResponseWriter, src)
+	}
+	w.n += n
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// setLocation sets a Location header relative to the registry root.
+func setLocation(w http.ResponseWriter, parts ...string) {
+	w.Header().Set("Location", "/v2/"+strings.Join(parts, "/"))
+}
