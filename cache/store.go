@@ -119,14 +119,14 @@ func (s *Store) RunValueLogGC(ctx context.Context) error {
 }
 
 // Key builders. Repository names and tags never contain NUL.
-func blobKey(d digest.Digest) []byte           { return []byte("b/" + d.String()) }
+func blobKey(d digest.Digest) []byte              { return []byte("b/" + d.String()) }
 func linkKey(repo string, d digest.Digest) []byte { return []byte("l/" + repo + "\x00" + d.String()) }
 func manifestKey(repo string, d digest.Digest) []byte {
 	return []byte("m/" + repo + "\x00" + d.String())
 }
-func tagPrefix(repo string) []byte          { return []byte("t/" + repo + "\x00") }
-func tagKey(repo, tag string) []byte        { return append(tagPrefix(repo), tag...) }
-func uploadKey(id string) []byte            { return []byte("u/" + id) }
+func tagPrefix(repo string) []byte   { return []byte("t/" + repo + "\x00") }
+func tagKey(repo, tag string) []byte { return append(tagPrefix(repo), tag...) }
+func uploadKey(id string) []byte     { return []byte("u/" + id) }
 func referrerPrefix(repo string, subject digest.Digest) []byte {
 	return []byte("r/" + repo + "\x00" + subject.String() + "\x00")
 }
@@ -200,7 +200,11 @@ func (s *Store) remember(g uint64, add func()) {
 
 type badgerLogger struct{ l *slog.Logger }
 
-func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
-func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
-func (b badgerLogger) Infof(string, ...any)        {}
-func (b badgerLogger) Debugf(string, ...any)       {}
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (b badgerLogger) Infof(string, ...any)  {}
+func (b badgerLogger) Debugf(string, ...any) {}
