@@ -47,6 +47,12 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 	if p.subject != nil {
 		m.Subject = p.subject.Digest
 	}
+	// References are checked before any byte is written (a rejected push
+	// leaves nothing) and again in the committing transaction (a
+	// concurrent delete cannot slip in between).
+	if err := s.db.View(func(txn *badger.Txn) error { return checkRefs(txn, repo, p) }); err != nil {
+		return nil, err
+	}
 	if err := s.writeManifestBytes(d, body); err != nil {
 		return nil, err
 	}
@@ -63,19 +69,8 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 		}
 	}
 	err = s.update(func(txn *badger.Txn) error {
-		for _, b := range p.blobs {
-			if ok, err := exists(txn, linkKey(repo, b)); err != nil {
-				return err
-			} else if !ok {
-				return &MissingRefError{Digest: b}
-			}
-		}
-		for _, c := range p.children {
-			if ok, err := exists(txn, manifestKey(repo, c)); err != nil {
-				return err
-			} else if !ok {
-				return &MissingRefError{Digest: c}
-			}
+		if err := checkRefs(txn, repo, p); err != nil {
+			return err
 		}
 		if err := setBlobRecord(txn, d, m.Size); err != nil {
 			return err
@@ -98,6 +93,26 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 	}
 	s.invalidate(repo, append([]string{d.String()}, tags...)...)
 	return m, nil
+}
+
+// checkRefs requires every blob of p to be linked in repo and every child
+// manifest to be a manifest of repo.
+func checkRefs(txn *badger.Txn, repo string, p *parsedManifest) error {
+	for _, b := range p.blobs {
+		if ok, err := exists(txn, linkKey(repo, b)); err != nil {
+			return err
+		} else if !ok {
+			return &MissingRefError{Digest: b}
+		}
+	}
+	for _, c := range p.children {
+		if ok, err := exists(txn, manifestKey(repo, c)); err != nil {
+			return err
+		} else if !ok {
+			return &MissingRefError{Digest: c}
+		}
+	}
+	return nil
 }
 
 func (s *Store) manifestDigest(repo string, want digest.Digest, body []byte) (digest.Digest, error) {

@@ -1,0 +1,184 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+func openStore(t *testing.T, dir string, opts ...func(*Options)) *Store {
+	t.Helper()
+	o := Options{Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, f := range opts {
+		f(&o)
+	}
+	s, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func readBlob(t *testing.T, s *Store, repo string, d digest.Digest) []byte {
+	t.Helper()
+	rc, _, err := s.OpenBlob(repo, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestUploadSurvivesRestart appends part of a blob, closes the store, and
+// finishes the session after reopening, with sha256 (kept hash state) and
+// sha512 (re-read of the session file).
+func TestUploadSurvivesRestart(t *testing.T) {
+	for _, alg := range []digest.Algorithm{digest.SHA256, digest.SHA512} {
+		t.Run(alg.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			content := bytes.Repeat([]byte("0123456789"), 50000)
+			s := openStore(t, dir)
+			id, err := s.NewUpload("r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if off, err := s.AppendUpload("r", id, 0, bytes.NewReader(content[:123456])); err != nil || off != 123456 {
+				t.Fatalf("append: %d %v", off, err)
+			}
+			s.Close()
+			s = openStore(t, dir)
+			defer s.Close()
+			if off, err := s.UploadStatus("r", id); err != nil || off != 123456 {
+				t.Fatalf("status after restart: %d %v", off, err)
+			}
+			var rng *RangeError
+			if _, err := s.AppendUpload("r", id, 5, strings.NewReader("x")); !errors.As(err, &rng) || rng.Offset != 123456 {
+				t.Fatalf("out-of-order chunk: %v", err)
+			}
+			d := alg.FromBytes(content)
+			if size, err := s.FinishUpload("r", id, d, bytes.NewReader(content[123456:])); err != nil || size != int64(len(content)) {
+				t.Fatalf("finish: %d %v", size, err)
+			}
+			if got := readBlob(t, s, "r", d); !bytes.Equal(got, content) {
+				t.Fatal("blob content differs")
+			}
+			if _, err := s.UploadStatus("r", id); !errors.Is(err, ErrUploadUnknown) {
+				t.Fatalf("finished session still known: %v", err)
+			}
+		})
+	}
+}
+
+// TestCleanIngests removes one-shot temp files and expired sessions at
+// start-up and keeps live sessions.
+func TestCleanIngests(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	live, _ := s.NewUpload("r")
+	s.AppendUpload("r", live, 0, strings.NewReader("live"))
+	s.Close()
+	os.WriteFile(filepath.Join(dir, "ingest", "tmp-leftover"), []byte("partial"), 0o600)
+	os.WriteFile(filepath.Join(dir, "ingest", "up-nosession"), []byte("partial"), 0o600)
+
+	s = openStore(t, dir)
+	ids, _ := s.Blobs().Ingests()
+	if len(ids) != 1 || ids[0] != live {
+		t.Fatalf("after start-up cleanup ingest holds %v, want only %s", ids, live)
+	}
+	s.Close()
+
+	s = openStore(t, dir, func(o *Options) { o.UploadTTL = time.Nanosecond })
+	defer s.Close()
+	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+		t.Fatalf("expired session kept: %v", ids)
+	}
+	if _, err := s.UploadStatus("r", live); !errors.Is(err, ErrUploadUnknown) {
+		t.Fatalf("expired session still known: %v", err)
+	}
+}
+
+func TestPutBlobRejects(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	content := []byte("content")
+	d := digest.FromBytes(content)
+	if err := s.PutBlob("r", d, 3, bytes.NewReader(content)); !errors.Is(err, ErrSizeInvalid) {
+		t.Fatalf("size mismatch: %v", err)
+	}
+	if err := s.PutBlob("r", digest.FromString("other"), -1, bytes.NewReader(content)); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("digest mismatch: %v", err)
+	}
+	if _, err := s.Blobs().Stat(d); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("rejected blob was committed: %v", err)
+	}
+	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+		t.Fatalf("rejected blob left ingest files %v", ids)
+	}
+}
+
+// TestConcurrentSameBlob pushes one digest from many writers into many
+// repositories at once: all succeed, one file, every repo linked.
+func TestConcurrentSameBlob(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	content := bytes.Repeat([]byte("layer"), 100000)
+	d := digest.FromBytes(content)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- s.PutBlob("r"+string(rune('a'+i)), d, int64(len(content)), bytes.NewReader(content))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 16; i++ {
+		if !bytes.Equal(readBlob(t, s, "r"+string(rune('a'+i)), d), content) {
+			t.Fatalf("repo %d reads wrong content", i)
+		}
+	}
+}
+
+// TestTagPushKeepsSha512 checks that a tag pushed for bytes the repository
+// already holds under their sha512 digest points at that digest.
+func TestTagPushKeepsSha512(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	cfg := []byte("{}")
+	if err := s.PutBlob("r", digest.SHA512.FromBytes(cfg), -1, bytes.NewReader(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"schemaVersion":2,"mediaType":"` + MediaTypeOCIManifest + `","config":{"mediaType":"application/json","digest":"` +
+		digest.SHA512.FromBytes(cfg).String() + `","size":2},"layers":[]}`)
+	want := digest.SHA512.FromBytes(body)
+	if _, err := s.PutManifest("r", want, nil, MediaTypeOCIManifest, body); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.PutManifest("r", "", []string{"v1"}, MediaTypeOCIManifest, body)
+	if err != nil || m.Digest != want {
+		t.Fatalf("tag push digest %v (%v), want %s", m, err, want)
+	}
+	if got, _ := s.ResolveTag("r", "v1"); got != want {
+		t.Fatalf("tag points at %s", got)
+	}
+}
