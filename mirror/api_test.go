@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -196,16 +197,37 @@ func TestDeletes(t *testing.T) {
 }
 
 func TestBlobRange(t *testing.T) {
-	reg := newTestRegistry(t, Options{})
+	for _, sendfile := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sendfile=%v", sendfile), func(t *testing.T) { testBlobRange(t, sendfile) })
+	}
+}
+
+func testBlobRange(t *testing.T, sendfile bool) {
+	reg := newTestRegistry(t, Options{Sendfile: sendfile})
 	content := []byte("0123456789abcdef")
 	d := reg.pushBlob(t, "team/app", content)
 	resp, body := reg.do(t, "GET", "/v2/team/app/blobs/"+d.String(), nil, map[string]string{"Range": "bytes=4-9"})
 	if resp.StatusCode != http.StatusPartialContent || string(body) != "456789" || resp.Header.Get("Content-Range") != "bytes 4-9/16" {
 		t.Fatalf("range: %s %q %v", resp.Status, body, resp.Header)
 	}
+	resp, body = reg.do(t, "GET", "/v2/team/app/blobs/"+d.String(), nil, map[string]string{"Range": "bytes=-3"})
+	if resp.StatusCode != http.StatusPartialContent || string(body) != "def" {
+		t.Fatalf("suffix range: %s %q", resp.Status, body)
+	}
 	resp, body = reg.do(t, "GET", "/v2/team/app/blobs/"+d.String(), nil, nil)
 	if resp.StatusCode != 200 || string(body) != string(content) || resp.Header.Get("Docker-Content-Digest") != d.String() {
 		t.Fatalf("full GET: %s %q", resp.Status, body)
+	}
+	// Larger than one copy buffer, so the copy loop runs more than once.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 100000)
+	bd := reg.pushBlob(t, "team/app", big)
+	resp, body = reg.do(t, "GET", "/v2/team/app/blobs/"+bd.String(), nil, nil)
+	if resp.StatusCode != 200 || !bytes.Equal(body, big) {
+		t.Fatalf("large GET: %s, %d bytes", resp.Status, len(body))
+	}
+	resp, body = reg.do(t, "GET", "/v2/team/app/blobs/"+bd.String(), nil, map[string]string{"Range": "bytes=1000000-1599999"})
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, big[1000000:1600000]) {
+		t.Fatalf("large range: %s, %d bytes", resp.Status, len(body))
 	}
 }
 

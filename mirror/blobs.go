@@ -1,8 +1,10 @@
 package mirror
 
 import (
+	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -27,10 +29,33 @@ func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	}
 	defer f.Close()
 	setBlobHeaders(h, d)
-	// ServeContent answers Range (206/416) and If-None-Match; for a file it
-	// ends in sendfile.
+	// ServeContent answers Range (206/416) and If-None-Match, then copies
+	// with w's ReadFrom: sendfile for the plain writer, or big buffered
+	// reads and writes (see Options.Sendfile).
+	if !reg.opts.Sendfile {
+		w = bufferedCopier{w}
+	}
 	http.ServeContent(w, r, "", time.Time{}, f)
 	return nil
+}
+
+// blobCopyBuffer is the size of the buffered blob copy: measured on loopback
+// against nginx (internal/bench), 512 KiB..1 MiB match nginx's best setting
+// (output_buffers 2 1m) while bounding memory per download.
+const blobCopyBuffer = 512 << 10
+
+var blobBufs = sync.Pool{New: func() any { b := make([]byte, blobCopyBuffer); return &b }}
+
+// bufferedCopier makes ServeContent copy through a pooled buffer instead of
+// sendfile: plain read and write calls of blobCopyBuffer bytes.
+type bufferedCopier struct{ http.ResponseWriter }
+
+func (b bufferedCopier) ReadFrom(src io.Reader) (int64, error) {
+	bp := blobBufs.Get().(*[]byte)
+	defer blobBufs.Put(bp)
+	// The wrappers hide the file's WriteTo and the writer's ReadFrom, which
+	// would otherwise take the sendfile path again.
+	return io.CopyBuffer(struct{ io.Writer }{b.ResponseWriter}, struct{ io.Reader }{src}, *bp)
 }
 
 func setBlobHeaders(h http.Header, d digest.Digest) {

@@ -37,7 +37,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
-		mirror:          mirror.Options{AllowDelete: c.Bool("allow-delete"), Logger: log},
+		mirror:          mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log},
 	}, nil
 }
 

@@ -1,0 +1,451 @@
+// Command bench measures Wharf against nginx on loopback, side by side in
+// one run, and prints the figures:
+//
+//   - one 512 MiB blob GET, from Wharf and from nginx serving the very same
+//     file (nginx with sendfile off + output_buffers 2 1m, and with sendfile
+//     on; the better one is the reference);
+//   - manifest GET by tag at 32 connections: requests/s and p99, next to
+//     nginx serving a static file of the same size;
+//   - Wharf's peak RSS while a 1 GiB layer is pushed and pulled.
+//
+// Run: go run ./internal/bench (needs nginx; -h for options).
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+var (
+	blobMiB   = flag.Int("blob-mib", 512, "size of the blob GET test")
+	rounds    = flag.Int("rounds", 11, "blob GETs per server, interleaved; medians are compared")
+	rssMiB    = flag.Int("rss-mib", 1024, "size of the layer pushed and pulled for the RSS figure")
+	conns     = flag.Int("conns", 32, "connections for the manifest test")
+	duration  = flag.Duration("duration", 5*time.Second, "length of each manifest load run")
+	wharfPath = flag.String("wharf", "", "wharf binary (default: go build ./cmd/wharf)")
+)
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	tmp, err := os.MkdirTemp("", "wharf-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin := *wharfPath
+	if bin == "" {
+		bin = filepath.Join(tmp, "wharf")
+		if out, err := exec.Command("go", "build", "-o", bin, "./cmd/wharf").CombinedOutput(); err != nil {
+			return fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	}
+	data := filepath.Join(tmp, "data")
+	w, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", data, "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	defer w.stop()
+	wharfURL := "http://" + w.addr
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *conns, DisableCompression: true}}
+
+	// RSS: push and pull a large layer, sampling Wharf's resident memory.
+	rss := &rssSampler{pid: w.cmd.Process.Pid}
+	rss.start()
+	big, err := pushStream(client, wharfURL, "bench/rss", int64(*rssMiB)<<20, 2)
+	if err != nil {
+		return err
+	}
+	if _, err := getOnce(client, wharfURL+"/v2/bench/rss/blobs/"+big.String()); err != nil {
+		return err
+	}
+	peak := rss.stop()
+
+	// The blob every server serves; a second wharf uses --sendfile.
+	blob, err := pushStream(client, wharfURL, "bench/blob", int64(*blobMiB)<<20, 1)
+	if err != nil {
+		return err
+	}
+	ws, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", filepath.Join(tmp, "data-sendfile"), "--sendfile")
+	if err != nil {
+		return err
+	}
+	defer ws.stop()
+	if _, err := pushStream(client, "http://"+ws.addr, "bench/blob", int64(*blobMiB)<<20, 1); err != nil {
+		return err
+	}
+	man, tag, err := pushManifest(client, wharfURL, "bench/app", blob, int64(*blobMiB)<<20)
+	if err != nil {
+		return err
+	}
+	www := filepath.Join(tmp, "www")
+	os.MkdirAll(www, 0o755)
+	os.WriteFile(filepath.Join(www, "manifest.json"), man, 0o644)
+	blobFile := filepath.Join(data, "blobs", "sha256", blob.Encoded()[:2], blob.Encoded())
+	if err := os.Symlink(blobFile, filepath.Join(www, "blob")); err != nil {
+		return err
+	}
+	ngOff, err := startNginx(tmp, "off", www)
+	if err != nil {
+		return err
+	}
+	defer ngOff.stop()
+	ngOn, err := startNginx(tmp, "on", www)
+	if err != nil {
+		return err
+	}
+	defer ngOn.stop()
+
+	servers := []struct{ name, url string }{
+		{"wharf (default: buffered copy)", wharfURL + "/v2/bench/blob/blobs/" + blob.String()},
+		{"wharf --sendfile", "http://" + ws.addr + "/v2/bench/blob/blobs/" + blob.String()},
+		{"nginx sendfile off, output_buffers 2 1m", "http://" + ngOff.addr + "/blob"},
+		{"nginx sendfile on", "http://" + ngOn.addr + "/blob"},
+	}
+	samples := make([][]float64, len(servers))
+	for r := 0; r < *rounds; r++ {
+		for i, s := range servers {
+			mbps, err := getOnce(client, s.url)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			samples[i] = append(samples[i], mbps)
+		}
+	}
+	fmt.Printf("blob GET, %d MiB, 1 connection, %d rounds interleaved (MB/s):\n", *blobMiB, *rounds)
+	med := make([]float64, len(servers))
+	for i, s := range servers {
+		sort.Float64s(samples[i])
+		med[i] = samples[i][len(samples[i])/2]
+		fmt.Printf("  %-42s median %6.0f  best %6.0f\n", s.name, med[i], samples[i][len(samples[i])-1])
+	}
+	ref := max(med[2], med[3])
+	fmt.Printf("  wharf / best nginx setting (medians): %.1f%% default, %.1f%% --sendfile (target >= 95%%)\n", 100*med[0]/ref, 100*med[1]/ref)
+
+	fmt.Printf("manifest GET by tag, %d-byte manifest, %d connections, %s:\n", len(man), *conns, *duration)
+	wr := load(client, wharfURL+"/v2/bench/app/manifests/"+tag, *conns, *duration)
+	nr := load(client, "http://"+ngOff.addr+"/manifest.json", *conns, *duration)
+	fmt.Printf("  %-42s %8.0f req/s  p99 %6.2f ms  errors %d\n", "wharf", wr.rps, wr.p99ms, wr.errors)
+	fmt.Printf("  %-42s %8.0f req/s  p99 %6.2f ms  errors %d\n", "nginx static file", nr.rps, nr.p99ms, nr.errors)
+	fmt.Printf("  wharf / nginx: %.1f%% (target >= 50%%)\n", 100*wr.rps/nr.rps)
+	fmt.Printf("wharf peak RSS while pushing and pulling a %d MiB layer: %.1f MiB (target < 64 MiB)\n", *rssMiB, float64(peak)/(1<<20))
+	if wr.errors > 0 || nr.errors > 0 {
+		return errors.New("requests failed during the manifest load")
+	}
+	return nil
+}
+
+// proc is a server process started by the benchmark, stopped by its PID.
+type proc struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func (p *proc) stop() {
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+}
+
+// startProc starts wharf and reads its listen address from its log.
+func startProc(bin string, args ...string) (*proc, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Args = append(cmd.Args, "--log-level", "info")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.Index(line, "addr="); i >= 0 && strings.Contains(line, "listening") {
+			addr := strings.Fields(line[i+5:])[0]
+			go io.Copy(io.Discard, stderr)
+			return &proc{cmd: cmd, addr: addr}, nil
+		}
+	}
+	cmd.Process.Kill()
+	return nil, errors.New("wharf exited before listening")
+}
+
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func startNginx(tmp, sendfile, root string) (*proc, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(tmp, "nginx-"+sendfile)
+	os.MkdirAll(dir, 0o755)
+	user := ""
+	if os.Geteuid() == 0 { // workers must read Wharf's 0750 data dir
+		user = "user root;"
+	}
+	conf := fmt.Sprintf(`daemon off;
+%[5]s
+worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s;
+  proxy_temp_path %[1]s;
+  fastcgi_temp_path %[1]s;
+  uwsgi_temp_path %[1]s;
+  scgi_temp_path %[1]s;
+  sendfile %[2]s;
+  output_buffers 2 1m;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  server {
+    listen %[3]s;
+    root %[4]s;
+    disable_symlinks off;
+  }
+}
+`, dir, sendfile, addr, root, user)
+	cf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("nginx", "-c", cf, "-p", dir)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("nginx: %w", err)
+	}
+	p := &proc{cmd: cmd, addr: addr}
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return p, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.stop()
+	return nil, errors.New("nginx did not start")
+}
+
+// pushStream uploads size pseudo-random bytes as one streamed PATCH and
+// returns the digest.
+func pushStream(c *http.Client, base, repo string, size int64, seed uint64) (digest.Digest, error) {
+	resp, err := c.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	loc := base + resp.Header.Get("Location")
+	h := sha256.New()
+	src := io.TeeReader(io.LimitReader(&prng{r: rand.New(rand.NewPCG(seed, seed))}, size), h)
+	req, _ := http.NewRequest(http.MethodPatch, loc, src)
+	req.ContentLength = size
+	if resp, err = c.Do(req); err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	d := digest.NewDigest(digest.SHA256, h)
+	req, _ = http.NewRequest(http.MethodPut, base+resp.Header.Get("Location")+"?digest="+d.String(), nil)
+	if resp, err = c.Do(req); err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return "", fmt.Errorf("push %s: %s", repo, resp.Status)
+	}
+	return d, nil
+}
+
+type prng struct{ r *rand.Rand }
+
+func (p *prng) Read(b []byte) (int, error) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		v := p.r.Uint64()
+		for j := 0; j < 8; j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return len(b) &^ 7, nil
+}
+
+// pushManifest pushes a typical single-layer image manifest under a tag.
+func pushManifest(c *http.Client, base, repo string, layer digest.Digest, layerSize int64) ([]byte, string, error) {
+	cfg := []byte(`{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["` + layer.String() + `"]}}`)
+	cd := digest.FromBytes(cfg)
+	resp, err := c.Post(base+"/v2/"+repo+"/blobs/uploads/?digest="+cd.String(), "", bytes.NewReader(cfg))
+	if err != nil {
+		return nil, "", err
+	}
+	resp.Body.Close()
+	resp, err = c.Post(base+"/v2/"+repo+"/blobs/uploads/?mount="+layer.String()+"&from=bench/blob", "", nil)
+	if err != nil {
+		return nil, "", err
+	}
+	resp.Body.Close()
+	man, _ := json.MarshalIndent(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": len(cfg)},
+		"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layerSize}},
+		"annotations": map[string]string{"org.opencontainers.image.created": "2026-11-24T00:00:00Z",
+			"org.opencontainers.image.source": "https://example.invalid/bench", "org.opencontainers.image.revision": strings.Repeat("0", 40)},
+	}, "", "   ")
+	req, _ := http.NewRequest(http.MethodPut, base+"/v2/"+repo+"/manifests/latest", bytes.NewReader(man))
+	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	if resp, err = c.Do(req); err != nil {
+		return nil, "", err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return nil, "", fmt.Errorf("push manifest: %s", resp.Status)
+	}
+	return man, "latest", nil
+}
+
+// getOnce GETs url fully and returns MB/s.
+func getOnce(c *http.Client, url string) (float64, error) {
+	start := time.Now()
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	return float64(n) / 1e6 / time.Since(start).Seconds(), nil
+}
+
+type loadResult struct {
+	rps, p99ms float64
+	errors     int64
+}
+
+// load runs conns loops of GET url for d and reports throughput and p99.
+func load(c *http.Client, url string, conns int, d time.Duration) loadResult {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 1<<16)
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				resp, err := c.Get(url)
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs.Add(1)
+				}
+				local = append(local, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	r := loadResult{rps: float64(len(lat)) / el.Seconds(), errors: errs.Load()}
+	if len(lat) > 0 {
+		r.p99ms = float64(lat[len(lat)*99/100]) / 1e6
+	}
+	return r
+}
+
+// rssSampler polls VmRSS of a process.
+type rssSampler struct {
+	pid  int
+	peak atomic.Int64
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func (s *rssSampler) start() {
+	s.done = make(chan struct{})
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if v := readRSS(s.pid); v > s.peak.Load() {
+				s.peak.Store(v)
+			}
+			select {
+			case <-s.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+func (s *rssSampler) stop() int64 {
+	close(s.done)
+	s.wg.Wait()
+	return s.peak.Load()
+}
+
+func readRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
