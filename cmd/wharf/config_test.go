@@ -1,0 +1,74 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/urfave/cli/v2"
+)
+
+// parseServe runs the CLI with args and returns the serve configuration it
+// would start with; it never starts a server.
+func parseServe(t *testing.T, args ...string) serveConfig {
+	t.Helper()
+	cfg, err := tryServe(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func tryServe(args ...string) (serveConfig, error) {
+	app := newApp()
+	app.ExitErrHandler = func(*cli.Context, error) {}
+	var got serveConfig
+	for _, c := range app.Commands {
+		if c.Name == "serve" {
+			c.Action = func(c *cli.Context) error {
+				var err error
+				got, err = serveConfigFrom(c)
+				return err
+			}
+		}
+	}
+	err := app.Run(append([]string{"wharf", "serve"}, args...))
+	return got, err
+}
+
+// TestConfigPrecedence checks the option contract: defaults, then the YAML
+// file, then WHARF_* variables, then flags.
+func TestConfigPrecedence(t *testing.T) {
+	cfg := parseServe(t)
+	if cfg.addr != ":5000" || cfg.cache.Dir != "./wharf-data" || cfg.mirror.AllowDelete || cfg.mirror.Sendfile {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	file := filepath.Join(t.TempDir(), "wharf.yaml")
+	os.WriteFile(file, []byte("addr: 127.0.0.1:6000\ndata: /from/file\nallow-delete: true\nupload-ttl: 2h\n"), 0o644)
+	cfg = parseServe(t, "--config", file)
+	if cfg.addr != "127.0.0.1:6000" || cfg.cache.Dir != "/from/file" || !cfg.mirror.AllowDelete || cfg.cache.UploadTTL.Hours() != 2 {
+		t.Fatalf("from file: %+v", cfg)
+	}
+	t.Setenv("WHARF_DATA", "/from/env")
+	t.Setenv("WHARF_SENDFILE", "true")
+	cfg = parseServe(t, "--config", file)
+	if cfg.cache.Dir != "/from/env" || cfg.addr != "127.0.0.1:6000" || !cfg.mirror.Sendfile {
+		t.Fatalf("env over file: %+v", cfg)
+	}
+	cfg = parseServe(t, "--config", file, "--data", "/from/flag", "--addr", ":7000")
+	if cfg.cache.Dir != "/from/flag" || cfg.addr != ":7000" {
+		t.Fatalf("flag over env and file: %+v", cfg)
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	for _, args := range [][]string{
+		{"--log-level", "loud"},
+		{"--log-format", "xml"},
+		{"--config", "/nonexistent/wharf.yaml"},
+	} {
+		if _, err := tryServe(args...); err == nil {
+			t.Errorf("wharf serve %v was accepted", args)
+		}
+	}
+}
