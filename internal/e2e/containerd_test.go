@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -17,51 +16,18 @@ func startContainerd(t *testing.T) string {
 	t.Helper()
 	requireTool(t, "containerd")
 	requireTool(t, "ctr")
-	root, err := os.MkdirTemp("/tmp", "ctd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := shortTempDir(t, "ctd")
 	sock := filepath.Join(root, "c.sock")
 	cfg := filepath.Join(root, "config.toml")
 	// No CRI plugin: this containerd only stores and moves content.
 	if err := os.WriteFile(cfg, []byte("version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	log := &syncBuffer{}
-	cmd := execCommand("containerd", "--config", cfg, "--root", filepath.Join(root, "root"),
-		"--state", filepath.Join(root, "state"), "--address", sock)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		os.RemoveAll(root)
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := runErr(5*time.Second, nil, "ctr", "-a", sock, "version"); err == nil {
-			return sock
-		}
-		select {
-		case <-done:
-			t.Fatalf("containerd exited during start-up\n%s", log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("containerd did not come up\n%s", log)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	startDaemon(t, func() error {
+		_, err := runErr(5*time.Second, nil, "ctr", "-a", sock, "version")
+		return err
+	}, "containerd", "--config", cfg, "--root", filepath.Join(root, "root"), "--state", filepath.Join(root, "state"), "--address", sock)
+	return sock
 }
 
 // TestContainerdPullPush pulls a multi-arch image from Wharf with ctr,

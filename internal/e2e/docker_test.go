@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -22,51 +21,16 @@ func startDockerd(t *testing.T) *dockerd {
 	t.Helper()
 	requireTool(t, "dockerd")
 	requireTool(t, "docker")
-	// Unix socket paths are limited to ~108 bytes: keep the root short.
-	root, err := os.MkdirTemp("/tmp", "wd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(root, "docker.sock")
-	log := &syncBuffer{}
-	cmd := execCommand("dockerd",
+	root := shortTempDir(t, "wd")
+	d := &dockerd{host: "unix://" + filepath.Join(root, "docker.sock")}
+	startDaemon(t, func() error {
+		_, err := runErr(10*time.Second, d.env(), "docker", "version")
+		return err
+	}, "dockerd",
 		"--data-root", filepath.Join(root, "data"), "--exec-root", filepath.Join(root, "exec"),
-		"--pidfile", filepath.Join(root, "docker.pid"), "-H", "unix://"+sock,
+		"--pidfile", filepath.Join(root, "docker.pid"), "-H", d.host,
 		"--storage-driver", "vfs", "--iptables=false", "--bridge=none", "--ip-masq=false")
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		// dockerd and the containerd it started share its process group.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		os.RemoveAll(root)
-	})
-	d := &dockerd{host: "unix://" + sock}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := runErr(10*time.Second, d.env(), "docker", "version"); err == nil {
-			return d
-		}
-		select {
-		case <-done:
-			t.Fatalf("dockerd exited during start-up\n%s", log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dockerd did not come up within 60s\n%s", log)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	return d
 }
 
 func (d *dockerd) env() []string { return []string{"DOCKER_HOST=" + d.host, "DOCKER_BUILDKIT=0"} }
