@@ -3,7 +3,6 @@ package cache
 import (
 	"bytes"
 	"encoding/json"
-	"strings"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
@@ -28,7 +27,7 @@ func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool,
 		for it.Seek(append(append([]byte{}, prefix...), last...)); it.Valid(); it.Next() {
 			known = true
 			tag := string(it.Item().Key()[len(prefix):])
-			if tag <= last && last != "" {
+			if last != "" && tag <= last {
 				continue
 			}
 			if n >= 0 && len(tags) == n {
@@ -81,7 +80,7 @@ func (s *Store) Referrers(repo string, d digest.Digest, artifactType string) ([]
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &desc) }); err != nil {
 				return err
 			}
-			if artifactType == "" || strings.EqualFold(desc.ArtifactType, artifactType) {
+			if artifactType == "" || desc.ArtifactType == artifactType {
 				out = append(out, desc)
 			}
 		}

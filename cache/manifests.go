@@ -196,7 +196,7 @@ func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
 		}
 	}
 	key := cacheKey(repo, d.String())
-	if m, ok := s.manifests.Get(key); ok && m.Body != nil {
+	if m, ok := s.manifests.Get(key); ok {
 		return m, nil
 	}
 	g := s.generation()

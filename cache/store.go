@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -110,7 +109,7 @@ func (s *Store) Blobs() Blobs { return s.blobs }
 
 // RunValueLogGC runs one Badger value-log GC pass; nil when nothing was
 // rewritten. Call it from a loop owned by the process.
-func (s *Store) RunValueLogGC(ctx context.Context) error {
+func (s *Store) RunValueLogGC() error {
 	err := s.db.RunValueLogGC(0.5)
 	if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
 		return nil

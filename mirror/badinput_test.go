@@ -126,6 +126,7 @@ func TestBadInput(t *testing.T) {
 		{"tags of unknown repo", "GET", "/v2/no/such/tags/list", nil, nil, 404, "NAME_UNKNOWN"},
 		{"tags n negative", "GET", "/v2/good/repo/tags/list?n=-1", nil, nil, 400, "UNSUPPORTED"},
 		{"range past the end", "GET", "/v2/good/repo/blobs/" + goodBlob.String(), map[string]string{"Range": "bytes=1000-2000"}, nil, 416, ""},
+		{"unknown endpoint", "GET", "/v2/good/repo/manifests/", nil, nil, 404, "UNSUPPORTED"},
 		{"referrers digest invalid", "GET", "/v2/good/repo/referrers/sha256:zz", nil, nil, 400, "DIGEST_INVALID"},
 	}
 	for _, c := range cases {

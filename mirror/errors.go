@@ -102,8 +102,8 @@ type errorEntry struct {
 	Detail  any    `json:"detail,omitempty"`
 }
 
-// writeError sends err as an OCI error envelope and returns the status.
-func writeError(w http.ResponseWriter, err error) (*apiError, int) {
+// writeError sends err as an OCI error envelope.
+func writeError(w http.ResponseWriter, err error) {
 	ae := toAPIError(err)
 	status := ae.status
 	if status == 0 {
@@ -115,5 +115,4 @@ func writeError(w http.ResponseWriter, err error) (*apiError, int) {
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	w.Write(body)
-	return ae, status
 }

@@ -84,7 +84,7 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reg.logRequest(r, sw, rt, err, time.Since(start))
 	}()
 	if !ok {
-		err = &apiError{code: codeNameUnknown, status: http.StatusNotFound, message: "no such endpoint " + r.URL.Path}
+		err = &apiError{code: codeUnsupported, status: http.StatusNotFound, message: "no such endpoint " + r.URL.Path}
 	} else if h := reg.handler(rt.kind, r.Method); h == nil {
 		err = apiErr(codeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)
 	} else if err = checkRoute(rt); err == nil {

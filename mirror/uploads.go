@@ -25,9 +25,9 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, rt rout
 		// Without a valid source repository the mount falls back to an
 		// ordinary upload session, as the spec allows.
 		if from := q.Get("from"); validName(from) {
-			size, err := reg.store.MountBlob(from, rt.name, d)
+			_, err := reg.store.MountBlob(from, rt.name, d)
 			if err == nil {
-				return blobCreated(w, rt.name, d, size)
+				return blobCreated(w, rt.name, d)
 			} else if !errors.Is(err, cache.ErrBlobUnknown) {
 				return err
 			}
@@ -40,7 +40,7 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, rt rout
 		if err := reg.store.PutBlob(rt.name, d, r.ContentLength, r.Body); err != nil {
 			return err
 		}
-		return blobCreated(w, rt.name, d, r.ContentLength)
+		return blobCreated(w, rt.name, d)
 	}
 	id, err := reg.store.NewUpload(rt.name)
 	if err != nil {
@@ -94,11 +94,10 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, rt rou
 		}
 		body = nil
 	}
-	size, err := reg.store.FinishUpload(rt.name, rt.ref, d, body)
-	if err != nil {
+	if _, err := reg.store.FinishUpload(rt.name, rt.ref, d, body); err != nil {
 		return err
 	}
-	return blobCreated(w, rt.name, d, size)
+	return blobCreated(w, rt.name, d)
 }
 
 func (reg *Registry) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) error {
@@ -148,7 +147,7 @@ func uploadAccepted(w http.ResponseWriter, status int, name, id string, off int6
 	return nil
 }
 
-func blobCreated(w http.ResponseWriter, name string, d digest.Digest, size int64) error {
+func blobCreated(w http.ResponseWriter, name string, d digest.Digest) error {
 	h := w.Header()
 	setLocation(w, name, "blobs", d.String())
 	h.Set("Docker-Content-Digest", d.String())

@@ -97,7 +97,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 			case <-gctx.Done():
 				return nil
 			case <-t.C:
-				if err := store.RunValueLogGC(gctx); err != nil {
+				if err := store.RunValueLogGC(); err != nil {
 					log.Warn("index value-log GC", "err", err)
 				}
 			}
