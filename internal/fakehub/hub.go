@@ -1,0 +1,376 @@
+// Package fakehub is a test registry that behaves like Docker Hub: bearer
+// token auth with a token realm, library/ images, manifest lists and OCI
+// indexes, a pull rate limit that counts manifest GETs but not HEADs, blob
+// redirects to a "CDN" path, and faults on demand (429, 5xx, latency,
+// per-connection bandwidth, dropped connections, corrupted bytes). It
+// counts every request so tests can assert on upstream traffic. It listens
+// on loopback only.
+package fakehub
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Hub is a fake Docker Hub. Knobs may be changed while it serves.
+type Hub struct {
+	srv *http.Server
+	ln  net.Listener
+	URL string // http://127.0.0.1:port
+
+	mu        sync.Mutex
+	tags      map[string]digest.Digest // repo:tag → manifest digest
+	repoBlobs map[string]map[digest.Digest]bool
+	blobs     map[digest.Digest][]byte // blobs and manifest bodies
+	manifests map[digest.Digest]string // manifest digest → media type
+	tokens    map[string]string        // issued token → scope
+	counts    map[string]int
+	// knobs
+	auth        bool
+	users       map[string]string // basic credentials accepted by the token realm
+	latency     time.Duration
+	bytesPerSec int64
+	rateLimit   int // manifest GETs allowed (0: unlimited)
+	retryAfter  int
+	failStatus  int
+	dropAt      map[digest.Digest]int64 // next GET of digest drops after n bytes
+	corrupt     map[digest.Digest]bool
+	redirect    bool
+	credLeaks   int // requests outside the token realm that carried Basic credentials
+}
+
+// New starts a hub on a free loopback port; Close stops it.
+func New() (*Hub, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	h := &Hub{
+		ln: ln, URL: "http://" + ln.Addr().String(),
+		tags: map[string]digest.Digest{}, repoBlobs: map[string]map[digest.Digest]bool{},
+		blobs: map[digest.Digest][]byte{}, manifests: map[digest.Digest]string{},
+		tokens: map[string]string{}, counts: map[string]int{},
+		auth: true, dropAt: map[digest.Digest]int64{}, corrupt: map[digest.Digest]bool{},
+	}
+	h.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go h.srv.Serve(ln)
+	return h, nil
+}
+
+// Close stops the hub: later connections are refused.
+func (h *Hub) Close() { h.srv.Close() }
+
+// Host is host:port of the hub.
+func (h *Hub) Host() string { return strings.TrimPrefix(h.URL, "http://") }
+
+// Push adds a generated image to repo under tag.
+func (h *Hub) Push(repo, tag string, spec ImageSpec) *Image {
+	img, blobs, manifests := GenerateImage(spec)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.repoBlobs[repo] == nil {
+		h.repoBlobs[repo] = map[digest.Digest]bool{}
+	}
+	for d, b := range blobs {
+		h.blobs[d] = b
+		h.repoBlobs[repo][d] = true
+	}
+	for d, mt := range manifests {
+		h.manifests[d] = mt
+	}
+	h.tags[repo+":"+tag] = img.Index
+	return img
+}
+
+// Retag points repo:tag at the index of img (pushed before to repo).
+func (h *Hub) Retag(repo, tag string, img *Image) {
+	h.mu.Lock()
+	h.tags[repo+":"+tag] = img.Index
+	h.mu.Unlock()
+}
+
+// Knobs.
+func (h *Hub) SetAuth(on bool)                { h.set(func() { h.auth = on }) }
+func (h *Hub) SetUser(user, pass string)      { h.set(func() { h.users = map[string]string{user: pass} }) }
+func (h *Hub) SetLatency(d time.Duration)     { h.set(func() { h.latency = d }) }
+func (h *Hub) SetBandwidth(bytesPerSec int64) { h.set(func() { h.bytesPerSec = bytesPerSec }) }
+func (h *Hub) SetRateLimit(gets, retryAfter int) {
+	h.set(func() { h.rateLimit, h.retryAfter = gets, retryAfter })
+}
+func (h *Hub) SetFailStatus(status int)         { h.set(func() { h.failStatus = status }) }
+func (h *Hub) SetRedirect(on bool)              { h.set(func() { h.redirect = on }) }
+func (h *Hub) DropAt(d digest.Digest, n int64)  { h.set(func() { h.dropAt[d] = n }) }
+func (h *Hub) Corrupt(d digest.Digest, on bool) { h.set(func() { h.corrupt[d] = on }) }
+
+func (h *Hub) set(f func()) {
+	h.mu.Lock()
+	f()
+	h.mu.Unlock()
+}
+
+// Count returns how many requests of a kind were served: "GET manifest",
+// "HEAD manifest", "GET blob", "GET blob <digest>", "token", "GET cdn",
+// "429", "bytes" (blob bytes sent), "credleak".
+func (h *Hub) Count(kind string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if kind == "credleak" {
+		return h.credLeaks
+	}
+	return h.counts[kind]
+}
+
+// ResetCounts zeroes every counter.
+func (h *Hub) ResetCounts() {
+	h.mu.Lock()
+	h.counts = map[string]int{}
+	h.credLeaks = 0
+	h.mu.Unlock()
+}
+
+func (h *Hub) count(kinds ...string) {
+	h.mu.Lock()
+	for _, k := range kinds {
+		h.counts[k]++
+	}
+	h.mu.Unlock()
+}
+
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	latency, fail, auth := h.latency, h.failStatus, h.auth
+	if _, _, ok := r.BasicAuth(); ok && r.URL.Path != "/token" {
+		h.credLeaks++
+	}
+	h.mu.Unlock()
+	time.Sleep(latency)
+	switch {
+	case r.URL.Path == "/token":
+		h.token(w, r)
+		return
+	case strings.HasPrefix(r.URL.Path, "/cdn/"):
+		h.count("GET cdn")
+		h.serveBlob(w, r, digest.Digest(strings.TrimPrefix(r.URL.Path, "/cdn/")))
+		return
+	case !strings.HasPrefix(r.URL.Path, "/v2/"):
+		http.NotFound(w, r)
+		return
+	}
+	if fail != 0 {
+		h.count(strconv.Itoa(fail))
+		writeErr(w, fail, "UNAVAILABLE", "fault injected")
+		return
+	}
+	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	if r.URL.Path == "/v2/" {
+		if auth && !h.authorized(r, "") {
+			h.challenge(w, "")
+			return
+		}
+		w.Write([]byte("{}"))
+		return
+	}
+	rest := strings.TrimPrefix(r.URL.Path, "/v2/")
+	var repo, kind, ref string
+	if i := strings.LastIndex(rest, "/manifests/"); i > 0 {
+		repo, kind, ref = rest[:i], "manifest", rest[i+len("/manifests/"):]
+	} else if i := strings.LastIndex(rest, "/blobs/"); i > 0 {
+		repo, kind, ref = rest[:i], "blob", rest[i+len("/blobs/"):]
+	} else {
+		writeErr(w, http.StatusNotFound, "NAME_UNKNOWN", "no such endpoint")
+		return
+	}
+	if auth && !h.authorized(r, repo) {
+		h.challenge(w, repo)
+		return
+	}
+	h.count(r.Method + " " + kind)
+	if kind == "manifest" {
+		h.manifest(w, r, repo, ref)
+		return
+	}
+	d := digest.Digest(ref)
+	h.mu.Lock()
+	known := h.repoBlobs[repo][d]
+	redirect := h.redirect
+	h.mu.Unlock()
+	if !known {
+		writeErr(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown")
+		return
+	}
+	h.count(r.Method + " blob " + ref)
+	if redirect && r.Method == http.MethodGet {
+		http.Redirect(w, r, "/cdn/"+ref, http.StatusTemporaryRedirect)
+		return
+	}
+	h.serveBlob(w, r, d)
+}
+
+func (h *Hub) manifest(w http.ResponseWriter, r *http.Request, repo, ref string) {
+	h.mu.Lock()
+	d := digest.Digest(ref)
+	if !strings.Contains(ref, ":") {
+		d = h.tags[repo+":"+ref]
+	}
+	body, mt := h.blobs[d], h.manifests[d]
+	limited := false
+	if r.Method == http.MethodGet && h.rateLimit > 0 {
+		if h.counts["GET manifest"] > h.rateLimit {
+			limited = true
+		}
+		w.Header().Set("ratelimit-limit", fmt.Sprintf("%d;w=21600", h.rateLimit))
+		w.Header().Set("ratelimit-remaining", fmt.Sprintf("%d;w=21600", max(0, h.rateLimit-h.counts["GET manifest"])))
+	}
+	retryAfter := h.retryAfter
+	h.mu.Unlock()
+	if limited {
+		h.count("429")
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+		writeErr(w, http.StatusTooManyRequests, "TOOMANYREQUESTS", "You have reached your pull rate limit.")
+		return
+	}
+	if mt == "" {
+		writeErr(w, http.StatusNotFound, "MANIFEST_UNKNOWN", "manifest unknown")
+		return
+	}
+	w.Header().Set("Content-Type", mt)
+	w.Header().Set("Docker-Content-Digest", d.String())
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method == http.MethodGet {
+		w.Write(body)
+	}
+}
+
+// serveBlob writes a blob honouring Range, bandwidth, drops and corruption.
+func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest) {
+	h.mu.Lock()
+	body := h.blobs[d]
+	bps := h.bytesPerSec
+	drop, dropping := h.dropAt[d]
+	if dropping && r.Method == http.MethodGet {
+		delete(h.dropAt, d)
+	}
+	if h.corrupt[d] {
+		body = append([]byte(nil), body...)
+		body[len(body)/2] ^= 0xff
+	}
+	h.mu.Unlock()
+	start, end := int64(0), int64(len(body))
+	if rg := r.Header.Get("Range"); rg != "" {
+		var a, b int64 = 0, -1
+		if n, _ := fmt.Sscanf(rg, "bytes=%d-%d", &a, &b); n >= 1 && a < end {
+			start = a
+			if n == 2 && b+1 < end {
+				end = b + 1
+			}
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, len(body)))
+			h.count("GET range")
+		}
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Docker-Content-Digest", d.String())
+	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
+	if start > 0 || end < int64(len(body)) {
+		w.WriteHeader(http.StatusPartialContent)
+	}
+	if r.Method != http.MethodGet {
+		return
+	}
+	out := body[start:end]
+	const chunk = 32 << 10
+	began := time.Now()
+	var sent int64
+	for len(out) > 0 {
+		n := min(len(out), chunk)
+		if dropping && start+sent+int64(n) > drop {
+			n = int(drop - start - sent)
+			w.Write(out[:n])
+			h.addBytes(n)
+			// Cut the connection mid-body, as a flaky network does.
+			if hj, ok := w.(http.Hijacker); ok {
+				w.(http.Flusher).Flush()
+				if c, _, err := hj.Hijack(); err == nil {
+					c.Close()
+				}
+			}
+			return
+		}
+		if _, err := w.Write(out[:n]); err != nil {
+			return
+		}
+		h.addBytes(n)
+		sent += int64(n)
+		out = out[n:]
+		if bps > 0 {
+			if ahead := time.Duration(float64(sent)/float64(bps)*float64(time.Second)) - time.Since(began); ahead > 0 {
+				time.Sleep(ahead)
+			}
+		}
+	}
+}
+
+func (h *Hub) addBytes(n int) {
+	h.mu.Lock()
+	h.counts["bytes"] += n
+	h.mu.Unlock()
+}
+
+func (h *Hub) challenge(w http.ResponseWriter, repo string) {
+	v := fmt.Sprintf(`Bearer realm="%s/token",service="fakehub"`, h.URL)
+	if repo != "" {
+		v += fmt.Sprintf(`,scope="repository:%s:pull"`, repo)
+	}
+	w.Header().Set("WWW-Authenticate", v)
+	writeErr(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+}
+
+func (h *Hub) authorized(r *http.Request, repo string) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	h.mu.Lock()
+	scope, known := h.tokens[tok]
+	h.mu.Unlock()
+	return known && (repo == "" || strings.Contains(scope, "repository:"+repo+":"))
+}
+
+// token is the auth realm: GET with Basic credentials (or anonymous), or
+// POST with an OAuth2 password grant, as Docker Hub accepts both.
+func (h *Hub) token(w http.ResponseWriter, r *http.Request) {
+	h.count("token")
+	h.mu.Lock()
+	users := h.users
+	h.mu.Unlock()
+	u, p, ok := r.BasicAuth()
+	scopes := r.URL.Query()["scope"]
+	if r.Method == http.MethodPost {
+		r.ParseForm()
+		u, p, ok = r.PostForm.Get("username"), r.PostForm.Get("password"), r.PostForm.Get("grant_type") == "password"
+		scopes = strings.Fields(r.PostForm.Get("scope"))
+	}
+	if users != nil && (!ok || users[u] != p) {
+		writeErr(w, http.StatusUnauthorized, "UNAUTHORIZED", "bad credentials")
+		return
+	}
+	scope := strings.Join(scopes, " ")
+	tok := fmt.Sprintf("tok-%d-%d", time.Now().UnixNano(), len(scope))
+	h.mu.Lock()
+	h.tokens[tok] = scope
+	h.mu.Unlock()
+	json.NewEncoder(w).Encode(map[string]any{"token": tok, "access_token": tok, "expires_in": 300, "issued_at": time.Now().UTC().Format(time.RFC3339)})
+}
+
+func writeErr(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]string{{"code": code, "message": msg}}})
+}
