@@ -23,8 +23,9 @@ type Blobs interface {
 	Stat(d digest.Digest) (int64, error)
 	// Append opens ingest file id for appending, creating it when absent.
 	Append(id string) (Appender, error)
-	// ReadIngest opens ingest file id for reading from its start.
-	ReadIngest(id string) (io.ReadCloser, error)
+	// ReadIngest opens ingest file id for reading. The handle stays valid
+	// after the ingest is committed or discarded.
+	ReadIngest(id string) (ReadAtCloser, error)
 	// Commit makes ingest file id durable and visible as d. Content that is
 	// already present is success (the ingest is dropped).
 	Commit(id string, d digest.Digest) error
@@ -34,6 +35,13 @@ type Blobs interface {
 	Ingests() ([]string, error)
 	// Delete removes committed content; a missing one is not an error.
 	Delete(d digest.Digest) error
+}
+
+// ReadAtCloser reads an ingest file sequentially or at offsets.
+type ReadAtCloser interface {
+	io.Reader
+	io.ReaderAt
+	io.Closer
 }
 
 // Appender writes at the end of an ingest file.
@@ -137,7 +145,7 @@ func (f *FileBlobs) Append(id string) (Appender, error) {
 	return &fileAppender{File: fh, size: st.Size()}, nil
 }
 
-func (f *FileBlobs) ReadIngest(id string) (io.ReadCloser, error) {
+func (f *FileBlobs) ReadIngest(id string) (ReadAtCloser, error) {
 	p, err := f.ingestPath(id)
 	if err != nil {
 		return nil, err

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/google/uuid"
@@ -42,6 +44,32 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 	if err != nil {
 		return nil, err
 	}
+	return s.putManifest(repo, d, p, body, tags, true, time.Time{})
+}
+
+// PutMirroredManifest stores a manifest fetched from upstream as d, exactly
+// as received, and points tag (if set) at it, noting when upstream was
+// checked. Referenced blobs need not be present: they are fetched on
+// demand. Errors: ErrManifestInvalid, ErrManifestTooBig, ErrDigestMismatch.
+func (s *Store) PutMirroredManifest(repo string, d digest.Digest, tag, mediaType string, body []byte, checked time.Time) (*Manifest, error) {
+	if len(body) > MaxManifestSize {
+		return nil, ErrManifestTooBig
+	}
+	if err := ValidateDigest(d); err != nil || d.Algorithm().FromBytes(body) != d {
+		return nil, ErrDigestMismatch
+	}
+	p, err := parseManifest(mediaType, body)
+	if err != nil {
+		return nil, err
+	}
+	var tags []string
+	if tag != "" {
+		tags = []string{tag}
+	}
+	return s.putManifest(repo, d, p, body, tags, false, checked)
+}
+
+func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, body []byte, tags []string, checkRefsOf bool, checked time.Time) (*Manifest, error) {
 	m := &Manifest{Digest: d, MediaType: p.mediaType, Size: int64(len(body)), ArtifactType: p.artifactType, Body: body}
 	m.Refs = append(append(m.Refs, p.blobs...), p.children...)
 	if p.subject != nil {
@@ -50,8 +78,10 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 	// References are checked before any byte is written (a rejected push
 	// leaves nothing) and again in the committing transaction (a
 	// concurrent delete cannot slip in between).
-	if err := s.db.View(func(txn *badger.Txn) error { return checkRefs(txn, repo, p) }); err != nil {
-		return nil, err
+	if checkRefsOf {
+		if err := s.db.View(func(txn *badger.Txn) error { return checkRefs(txn, repo, p) }); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.writeManifestBytes(d, body); err != nil {
 		return nil, err
@@ -69,8 +99,10 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 		}
 	}
 	err = s.update(func(txn *badger.Txn) error {
-		if err := checkRefs(txn, repo, p); err != nil {
-			return err
+		if checkRefsOf {
+			if err := checkRefs(txn, repo, p); err != nil {
+				return err
+			}
 		}
 		if err := setBlobRecord(txn, d, m.Size); err != nil {
 			return err
@@ -79,7 +111,7 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 			return err
 		}
 		for _, t := range tags {
-			if err := txn.Set(tagKey(repo, t), []byte(d.String())); err != nil {
+			if err := txn.Set(tagKey(repo, t), encodeTag(tagEntry{d, checked})); err != nil {
 				return err
 			}
 		}
@@ -165,24 +197,86 @@ func (s *Store) writeManifestBytes(d digest.Digest, body []byte) error {
 
 // ResolveTag returns the digest tag points at in repo, or ErrManifestUnknown.
 func (s *Store) ResolveTag(repo, tag string) (digest.Digest, error) {
+	d, _, err := s.TagInfo(repo, tag)
+	return d, err
+}
+
+// TagInfo returns the digest tag points at and, for a mirrored tag, when
+// upstream was last asked about it (zero for pushed tags). Errors:
+// ErrManifestUnknown.
+func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
 	key := cacheKey(repo, tag)
-	if d, ok := s.tags.Get(key); ok {
-		return d, nil
+	if e, ok := s.tags.Get(key); ok {
+		return e.digest, e.checked, nil
 	}
 	g := s.generation()
-	var d digest.Digest
+	var e tagEntry
 	err := s.db.View(func(txn *badger.Txn) error {
 		v, err := getValue(txn, tagKey(repo, tag))
-		d = digest.Digest(v)
+		e = decodeTag(v)
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return "", ErrManifestUnknown
+		return "", time.Time{}, ErrManifestUnknown
 	} else if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
-	s.remember(g, func() { s.tags.Add(key, d) })
-	return d, nil
+	s.remember(g, func() { s.tags.Add(key, e) })
+	return e.digest, e.checked, nil
+}
+
+// TouchTag records that upstream confirmed mirrored tag still points at d.
+func (s *Store) TouchTag(repo, tag string, d digest.Digest, checked time.Time) error {
+	err := s.update(func(txn *badger.Txn) error {
+		return txn.Set(tagKey(repo, tag), encodeTag(tagEntry{d, checked}))
+	})
+	if err == nil {
+		s.invalidate(repo, tag)
+	}
+	return err
+}
+
+// tagEntry is a tag's value: the digest, and for mirrored tags the time
+// upstream was last checked, stored as "<digest>\x00<unix nanos>".
+type tagEntry struct {
+	digest  digest.Digest
+	checked time.Time
+}
+
+func encodeTag(e tagEntry) []byte {
+	if e.checked.IsZero() {
+		return []byte(e.digest)
+	}
+	return []byte(e.digest.String() + "\x00" + strconv.FormatInt(e.checked.UnixNano(), 10))
+}
+
+func decodeTag(v []byte) tagEntry {
+	d, at, ok := strings.Cut(string(v), "\x00")
+	e := tagEntry{digest: digest.Digest(d)}
+	if ok {
+		if n, err := strconv.ParseInt(at, 10, 64); err == nil {
+			e.checked = time.Unix(0, n)
+		}
+	}
+	return e
+}
+
+// HasRepository reports whether repo holds any manifest, tag or blob.
+func (s *Store) HasRepository(repo string) (bool, error) {
+	found := false
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, p := range []string{"m/", "l/", "t/"} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p + repo + "\x00")})
+			it.Rewind()
+			found = it.Valid()
+			it.Close()
+			if found {
+				return nil
+			}
+		}
+		return nil
+	})
+	return found, err
 }
 
 // GetManifest returns the manifest ref (a tag or a digest) of repo with its
@@ -285,7 +379,7 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 		for it.Rewind(); it.Valid(); it.Next() {
 			item := it.Item()
 			if err := item.Value(func(val []byte) error {
-				if string(val) == d.String() {
+				if decodeTag(val).digest == d {
 					keys = append(keys, item.KeyCopy(nil))
 				}
 				return nil

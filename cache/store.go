@@ -37,7 +37,7 @@ type Store struct {
 	opts  Options
 	log   *slog.Logger
 
-	tags      *lru.Cache[string, digest.Digest] // repo\x00tag → digest
+	tags      *lru.Cache[string, tagEntry]      // repo\x00tag → digest, checked
 	manifests *lru.Cache[string, *Manifest]     // repo\x00digest → manifest
 	// cacheMu and gen keep a reader from putting a value it read before a
 	// write back into the LRU after that write invalidated it.
@@ -74,7 +74,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("cache: open index: %w", err)
 	}
 	s := &Store{db: db, blobs: blobs, opts: opts, log: opts.Logger}
-	s.tags, _ = lru.New[string, digest.Digest](opts.ManifestCacheEntries)
+	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
 	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
 	if err := s.CleanIngests(time.Now()); err != nil {
 		db.Close()

@@ -1,0 +1,129 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// TestFillStreamsWhileWriting: readers get bytes before the fill ends, the
+// tail only after verification, and the committed blob is linked.
+func TestFillStreamsWhileWriting(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	content := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	d := digest.FromBytes(content)
+	f, err := s.NewFill("mirror/repo", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.NewReader(context.Background())
+	f.Start(int64(len(content)))
+	half := len(content) / 2
+	f.Write(content[:half])
+	buf := make([]byte, half)
+	if _, err := io.ReadFull(r, buf); err != nil || !bytes.Equal(buf, content[:half]) {
+		t.Fatalf("first half not streamed before the fill ended: %v", err)
+	}
+	f.Write(content[half:])
+	got := make(chan []byte)
+	go func() { b, _ := io.ReadAll(r); got <- b }()
+	select {
+	case b := <-got:
+		t.Fatalf("reader finished (%d bytes) before verification", len(b))
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := f.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if rest := <-got; !bytes.Equal(rest, content[half:]) {
+		t.Fatalf("tail: %d bytes", len(rest))
+	}
+	r.Close()
+	f.Retire()
+	if !bytes.Equal(readBlob(t, s, "mirror/repo", d), content) {
+		t.Fatal("committed blob differs")
+	}
+}
+
+// TestFillCorruptNeverCompletes: with bytes that do not match, every reader
+// fails before the last FillHoldBack bytes and nothing is stored.
+func TestFillCorruptNeverCompletes(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	content := bytes.Repeat([]byte("x"), 300<<10)
+	d := digest.FromBytes(content)
+	bad := append([]byte(nil), content...)
+	bad[1000] ^= 1
+	f, _ := s.NewFill("mirror/repo", d)
+	f.Start(int64(len(bad)))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var got []int
+	for i := 0; i < 3; i++ {
+		r := f.NewReader(context.Background())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer r.Close()
+			b, err := io.ReadAll(r)
+			if !errors.Is(err, ErrFillAborted) {
+				t.Errorf("reader ended with %v", err)
+			}
+			mu.Lock()
+			got = append(got, len(b))
+			mu.Unlock()
+		}()
+	}
+	f.Write(bad)
+	if err := f.Finish(); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("finish: %v", err)
+	}
+	wg.Wait()
+	f.Retire()
+	for _, n := range got {
+		if n > len(bad)-FillHoldBack {
+			t.Fatalf("a reader got %d of %d bytes of a corrupt blob", n, len(bad))
+		}
+	}
+	if _, err := s.StatBlob("mirror/repo", d); !errors.Is(err, ErrBlobUnknown) {
+		t.Fatalf("corrupt blob was linked: %v", err)
+	}
+	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+		t.Fatalf("ingest left: %v", ids)
+	}
+}
+
+func TestFillRangeAndCancel(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	content := bytes.Repeat([]byte("0123456789"), 100000)
+	f, _ := s.NewFill("r", digest.FromBytes(content))
+	f.Start(int64(len(content)))
+	r := f.NewReader(context.Background())
+	r.Limit(10, 20)
+	f.Write(content)
+	b, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(b, content[10:30]) {
+		t.Fatalf("range: %q %v", b, err)
+	}
+	r.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	r2 := f.NewReader(ctx)
+	r2.Limit(int64(len(content))-10, 10) // in the held-back tail
+	cancel()
+	if _, err := io.ReadAll(r2); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled reader: %v", err)
+	}
+	r2.Close()
+	if err := f.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	f.Retire()
+}

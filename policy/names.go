@@ -1,0 +1,52 @@
+package policy
+
+import (
+	"strings"
+
+	"github.com/wharf-registry/wharf/upstream"
+)
+
+// Target is where a mirrored repository comes from and where its copy is
+// kept.
+type Target struct {
+	Registry string // upstream registry name, e.g. "docker.io"
+	Remote   string // repository at the upstream, e.g. "library/alpine"
+	Local    string // repository in Wharf's store, e.g. "docker.io/library/alpine"
+}
+
+// Mirror maps a request's repository name and its ?ns= parameter to the
+// upstream it mirrors:
+//
+//	library/alpine            → docker.io, library/alpine   (dockerd registry-mirrors)
+//	alpine                    → docker.io, library/alpine   (a plain pull of wharf:5000/alpine)
+//	org/app?ns=ghcr.io        → ghcr.io, org/app            (containerd hosts.toml mirror)
+//	ghcr.io/org/app           → ghcr.io, org/app            (registry host as first path component)
+//
+// Docker Hub's single-component names get their library/ prefix. Local
+// names always start with the registry, so mirrored copies never share a
+// name with a pushed repository.
+func Mirror(name, ns string) Target {
+	var t Target
+	switch {
+	case ns != "":
+		t.Registry, t.Remote = upstream.NormalizeName(ns), name
+	case HasRegistryPrefix(name):
+		host, rest, _ := strings.Cut(name, "/")
+		t.Registry, t.Remote = upstream.NormalizeName(host), rest
+	default:
+		t.Registry, t.Remote = upstream.DockerHub, name
+	}
+	if t.Registry == upstream.DockerHub && !strings.Contains(t.Remote, "/") {
+		t.Remote = "library/" + t.Remote
+	}
+	t.Local = t.Registry + "/" + t.Remote
+	return t
+}
+
+// HasRegistryPrefix reports whether the first component of name is a
+// registry host (it has a dot or a port, or is localhost) followed by a
+// repository.
+func HasRegistryPrefix(name string) bool {
+	host, rest, ok := strings.Cut(name, "/")
+	return ok && rest != "" && (strings.ContainsAny(host, ".:") || host == "localhost")
+}
