@@ -37,8 +37,8 @@ type Store struct {
 	opts  Options
 	log   *slog.Logger
 
-	tags      *lru.Cache[string, tagEntry]      // repo\x00tag → digest, checked
-	manifests *lru.Cache[string, *Manifest]     // repo\x00digest → manifest
+	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
+	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
 	// cacheMu and gen keep a reader from putting a value it read before a
 	// write back into the LRU after that write invalidated it.
 	cacheMu sync.Mutex
