@@ -50,8 +50,8 @@ type parsedManifest struct {
 	children     []digest.Digest // index entries: must be manifests in the repo
 }
 
-// isIndex reports whether mediaType is a list of manifests.
-func isIndex(mediaType string) bool {
+// IsIndex reports whether mediaType is a list of manifests.
+func IsIndex(mediaType string) bool {
 	return mediaType == MediaTypeOCIIndex || mediaType == MediaTypeDockerList
 }
 

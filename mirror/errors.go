@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"time"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 // OCI error codes (distribution-spec, "Error Codes").
@@ -25,6 +27,9 @@ const (
 	codeUnsupported         = "UNSUPPORTED"
 	codeTagInvalid          = "TAG_INVALID"
 	codeUnknown             = "UNKNOWN"
+	codeDenied              = "DENIED"
+	codeTooManyRequests     = "TOOMANYREQUESTS"
+	codeUnavailable         = "UNAVAILABLE"
 )
 
 // codeStatus is the one table of HTTP statuses for codes whose status does
@@ -43,14 +48,18 @@ var codeStatus = map[string]int{
 	codeUnsupported:         http.StatusMethodNotAllowed,
 	codeTagInvalid:          http.StatusBadRequest,
 	codeUnknown:             http.StatusInternalServerError,
+	codeDenied:              http.StatusForbidden,
+	codeTooManyRequests:     http.StatusTooManyRequests,
+	codeUnavailable:         http.StatusServiceUnavailable,
 }
 
 // apiError is an error decided at the HTTP edge.
 type apiError struct {
 	code    string
 	status  int // 0: codeStatus[code]
-	message string
-	detail  any
+	message    string
+	detail     any
+	retryAfter time.Duration // sets Retry-After when positive
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -64,6 +73,7 @@ func toAPIError(err error) *apiError {
 	var ae *apiError
 	var missing *cache.MissingRefError
 	var rng *cache.RangeError
+	var limited *upstream.RateLimitError
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -88,6 +98,14 @@ func toAPIError(err error) *apiError {
 			message: "manifest larger than " + strconv.Itoa(cache.MaxManifestSize) + " bytes"}
 	case errors.Is(err, cache.ErrManifestInvalid):
 		return &apiError{code: codeManifestInvalid, message: err.Error()}
+	case errors.As(err, &limited):
+		return &apiError{code: codeTooManyRequests, message: limited.Error(), retryAfter: limited.RetryAfter}
+	case errors.Is(err, upstream.ErrUnavailable):
+		return &apiError{code: codeUnavailable, message: err.Error()}
+	case errors.Is(err, upstream.ErrNotAllowed):
+		return &apiError{code: codeDenied, message: err.Error()}
+	case errors.Is(err, upstream.ErrInvalid), errors.Is(err, cache.ErrFillAborted):
+		return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: err.Error()}
 	}
 	return &apiError{code: codeUnknown, message: "internal error"}
 }
@@ -113,6 +131,9 @@ func writeError(w http.ResponseWriter, err error) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if ae.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((ae.retryAfter+time.Second-1)/time.Second)))
+	}
 	w.WriteHeader(status)
 	w.Write(body)
 }

@@ -20,6 +20,20 @@ type Options struct {
 	Sendfile bool
 	// Logger receives the access log and errors (slog.Default).
 	Logger *slog.Logger
+
+	// Upstream enables the pull-through mirror; nil makes Wharf a private
+	// registry only.
+	Upstream Upstream
+	// TagTTL is how long a mirrored tag is served without asking upstream
+	// (10m); after it, a HEAD revalidates it.
+	TagTTL time.Duration
+	// Offline serves only what is cached; upstream is never contacted.
+	Offline bool
+	// PrefetchParallel bounds how many blobs of one manifest are fetched at
+	// once ahead of the client (8).
+	PrefetchParallel int
+	// FillTimeout bounds one blob download from upstream (1h).
+	FillTimeout time.Duration
 }
 
 // Registry serves the OCI Distribution API. It is safe for concurrent use.
@@ -28,6 +42,7 @@ type Registry struct {
 	opts   Options
 	log    *slog.Logger
 	routes map[routeKey]handlerFunc
+	proxy  *proxy // nil without Options.Upstream
 }
 
 type routeKey struct {
@@ -41,6 +56,9 @@ func New(store Store, opts Options) *Registry {
 		opts.Logger = slog.Default()
 	}
 	reg := &Registry{store: store, opts: opts, log: opts.Logger}
+	if opts.Upstream != nil {
+		reg.proxy = newProxy(reg)
+	}
 	reg.routes = map[routeKey]handlerFunc{
 		{routeBase, "GET"}:        reg.base,
 		{routeCatalog, "GET"}:     reg.catalog,
@@ -88,7 +106,11 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if h := reg.handler(rt.kind, r.Method); h == nil {
 		err = apiErr(codeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)
 	} else if err = checkRoute(rt); err == nil {
-		err = h(sw, r, rt)
+		if reg.proxy != nil && rt.name != "" {
+			err = reg.proxy.serve(sw, r, rt, h)
+		} else {
+			err = h(sw, r, rt)
+		}
 	}
 	if err != nil && sw.status == 0 {
 		writeError(sw, err)
@@ -182,4 +204,12 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // setLocation sets a Location header relative to the registry root.
 func setLocation(w http.ResponseWriter, parts ...string) {
 	w.Header().Set("Location", "/v2/"+strings.Join(parts, "/"))
+}
+
+// Close stops background work (upstream fills and prefetches) and waits
+// for it, so that the store can be closed after.
+func (reg *Registry) Close() {
+	if reg.proxy != nil {
+		reg.proxy.close()
+	}
 }

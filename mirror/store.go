@@ -1,11 +1,14 @@
 package mirror
 
 import (
+	"context"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 // The store methods each handler group needs; *cache.Store provides them.
@@ -38,12 +41,32 @@ type listStore interface {
 	Referrers(repo string, d digest.Digest, artifactType string) ([]cache.Descriptor, error)
 }
 
+type mirrorStore interface {
+	TagInfo(repo, tag string) (digest.Digest, time.Time, error)
+	TouchTag(repo, tag string, d digest.Digest, checked time.Time) error
+	PutMirroredManifest(repo string, d digest.Digest, tag, mediaType string, body []byte, checked time.Time) (*cache.Manifest, error)
+	HasRepository(repo string) (bool, error)
+	NewFill(repo string, d digest.Digest) (*cache.Fill, error)
+}
+
 // Store is everything the registry API needs from the content store.
 type Store interface {
 	manifestStore
 	blobStore
 	uploadStore
 	listStore
+	mirrorStore
 }
+
+// Upstream is what the pull-through mirror needs from upstream registries;
+// *upstream.Client provides it.
+type Upstream interface {
+	Allowed(registry string) bool
+	Resolve(ctx context.Context, registry, repo, ref string) (upstream.Descriptor, error)
+	Manifest(ctx context.Context, registry, repo string, desc upstream.Descriptor, maxSize int64) ([]byte, error)
+	Blob(ctx context.Context, registry, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error)
+}
+
+var _ Upstream = (*upstream.Client)(nil)
 
 var _ Store = (*cache.Store)(nil)

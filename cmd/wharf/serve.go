@@ -7,15 +7,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sync/errgroup"
+	"gopkg.in/yaml.v3"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/mirror"
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 // serveConfig is everything `wharf serve` needs, read once from the CLI.
@@ -25,6 +28,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	cache           cache.Options
 	mirror          mirror.Options
+	upstream        *upstream.Options // nil: no mirroring
 }
 
 func serveConfigFrom(c *cli.Context) (serveConfig, error) {
@@ -32,13 +36,64 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
-	return serveConfig{
+	cfg := serveConfig{
 		addr:            c.String("addr"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
-		mirror:          mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log},
-	}, nil
+		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log,
+			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel")},
+	}
+	if !c.Bool("mirror") {
+		return cfg, nil
+	}
+	creds, err := readCredentials(c.String("config"))
+	if err != nil {
+		return cfg, err
+	}
+	up := &upstream.Options{MaxConns: int64(c.Int("upstream-conns")), Logger: log}
+	for _, s := range c.StringSlice("upstream") {
+		r, err := upstream.ParseRegistry(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--upstream: %w", err)
+		}
+		if cr, ok := creds[r.Name]; ok {
+			r.Username, r.Password = cr.Username, cr.Password
+		}
+		up.Registries = append(up.Registries, r)
+	}
+	cfg.upstream = up
+	return cfg, nil
+}
+
+// credentials are per-registry logins from the config file:
+//
+//	credentials:
+//	  docker.io: {username: alice, password: s3cret}
+type credentials struct {
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+func readCredentials(file string) (map[string]credentials, error) {
+	if file == "" {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Credentials map[string]credentials `yaml:"credentials"`
+	}
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	out := map[string]credentials{}
+	for name, c := range doc.Credentials {
+		out[upstream.NormalizeName(name)] = c
+	}
+	return out, nil
 }
 
 // valueLogGCInterval is how often Badger's value log is compacted.
@@ -64,8 +119,23 @@ func serve(parent context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.addr, err)
 	}
+	if cfg.upstream != nil {
+		up, err := upstream.New(*cfg.upstream)
+		if err != nil {
+			return err
+		}
+		defer up.Close()
+		cfg.mirror.Upstream = up
+		names := make([]string, 0, len(cfg.upstream.Registries))
+		for _, r := range cfg.upstream.Registries {
+			names = append(names, r.Name)
+		}
+		log.Info("pull-through mirror enabled", "upstreams", names, "tag_ttl", cfg.mirror.TagTTL, "offline", cfg.mirror.Offline)
+	}
+	reg := mirror.New(store, cfg.mirror)
+	defer reg.Close() // before the store closes: stops upstream fills
 	srv := &http.Server{
-		Handler:           mirror.New(store, cfg.mirror),
+		Handler:           reg,
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -17,7 +17,9 @@ func TestConformance(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "conformance")
 	run(t, 5*time.Minute, nil, "go", "build", "-o", bin, "github.com/opencontainers/distribution-spec/conformance")
-	w := startWharf(t, "", "--allow-delete")
+	// The suite tests the registry: it probes repositories it never pushed,
+	// which a mirror would forward upstream.
+	w := startWharf(t, "", "--allow-delete", "--mirror=false")
 	env := []string{
 		"OCI_REGISTRY=" + w.addr, "OCI_TLS=disabled", "OCI_VERSION=1.1",
 		"OCI_REPO1=conformance/repo1", "OCI_REPO2=conformance/repo2",
