@@ -1,12 +1,12 @@
 package mirror
 
 import (
-	"time"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/upstream"
@@ -55,8 +55,8 @@ var codeStatus = map[string]int{
 
 // apiError is an error decided at the HTTP edge.
 type apiError struct {
-	code    string
-	status  int // 0: codeStatus[code]
+	code       string
+	status     int // 0: codeStatus[code]
 	message    string
 	detail     any
 	retryAfter time.Duration // sets Retry-After when positive

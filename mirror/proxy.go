@@ -26,7 +26,7 @@ type proxy struct {
 	up    Upstream
 	opts  Options
 
-	mu    sync.Mutex            // guards fills, and the hand-over from fill to cache
+	mu    sync.Mutex             // guards fills, and the hand-over from fill to cache
 	fills map[string]*cache.Fill // "<local repo>@<digest>" → download in flight
 
 	manifests singleflight.Group // one upstream manifest fetch per repo and reference
