@@ -474,4 +474,3 @@ func TestOffline(t *testing.T) {
 		t.Fatal("offline mode contacted upstream")
 	}
 }
-

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -19,9 +20,19 @@ type dockerd struct {
 
 func startDockerd(t *testing.T) *dockerd {
 	t.Helper()
+	return startDockerdWith(t, map[string]any{})
+}
+
+// startDockerdWith starts dockerd with the given daemon.json settings.
+func startDockerdWith(t *testing.T, daemonJSON map[string]any) *dockerd {
+	t.Helper()
 	requireTool(t, "dockerd")
 	requireTool(t, "docker")
 	root := shortTempDir(t, "wd")
+	cfg, _ := json.Marshal(daemonJSON)
+	if err := os.WriteFile(filepath.Join(root, "daemon.json"), cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	d := &dockerd{host: "unix://" + filepath.Join(root, "docker.sock")}
 	startDaemon(t, func() error {
 		_, err := runErr(10*time.Second, d.env(), "docker", "version")
@@ -29,6 +40,7 @@ func startDockerd(t *testing.T) *dockerd {
 	}, "dockerd",
 		"--data-root", filepath.Join(root, "data"), "--exec-root", filepath.Join(root, "exec"),
 		"--pidfile", filepath.Join(root, "docker.pid"), "-H", d.host,
+		"--config-file", filepath.Join(root, "daemon.json"),
 		"--storage-driver", "vfs", "--iptables=false", "--bridge=none", "--ip-masq=false")
 	return d
 }
