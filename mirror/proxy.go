@@ -204,6 +204,8 @@ func (p *proxy) fetchManifest(ctx context.Context, t policy.Target, ref string, 
 		}
 		if !cache.IsIndex(m.MediaType) {
 			p.prefetch(t, m.Refs)
+		} else if len(p.opts.PrefetchPlatforms) > 0 {
+			p.prefetchPlatforms(t, body)
 		}
 		return m, nil
 	})

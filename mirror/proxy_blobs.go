@@ -2,10 +2,12 @@ package mirror
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -234,5 +236,36 @@ func singleRange(h string, size int64) (start, n int64, partial, ok bool) {
 			e = min(e, size-1)
 		}
 		return s, e - s + 1, true, true
+	}
+}
+
+// prefetchPlatforms fetches the manifests (and so the blobs) of an index's
+// entries for the configured platforms.
+func (p *proxy) prefetchPlatforms(t policy.Target, index []byte) {
+	var idx struct {
+		Manifests []struct {
+			Digest   digest.Digest
+			Platform struct {
+				OS           string `json:"os"`
+				Architecture string `json:"architecture"`
+				Variant      string `json:"variant"`
+			}
+		}
+	}
+	if json.Unmarshal(index, &idx) != nil {
+		return
+	}
+	for _, m := range idx.Manifests {
+		plat := m.Platform.OS + "/" + m.Platform.Architecture
+		if !slices.Contains(p.opts.PrefetchPlatforms, plat) && !slices.Contains(p.opts.PrefetchPlatforms, plat+"/"+m.Platform.Variant) {
+			continue
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if _, err := p.manifest(p.bg, t, m.Digest.String()); err != nil {
+				p.reg.log.Warn("platform prefetch failed", "repo", t.Local, "digest", m.Digest, "err", err)
+			}
+		}()
 	}
 }

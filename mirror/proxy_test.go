@@ -474,3 +474,44 @@ func TestOffline(t *testing.T) {
 		t.Fatal("offline mode contacted upstream")
 	}
 }
+
+// TestForwardedCredentialsIgnored: dockerd forwards Docker Hub credentials
+// to its mirrors; they never break an anonymous pull.
+func TestForwardedCredentialsIgnored(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	e.hub.Push("library/alpine", "latest", smallImage(16))
+	for _, auth := range []string{"Basic ZG9ja2VyaHViOnNlY3JldA==", "Bearer some.hub.jwt"} {
+		resp, body := e.do(t, "GET", "/v2/library/alpine/manifests/latest", nil, map[string]string{"Authorization": auth})
+		if resp.StatusCode != 200 {
+			t.Fatalf("pull with Authorization %q: %s %s", auth, resp.Status, body)
+		}
+	}
+	if e.hub.Count("credleak") != 0 {
+		t.Fatal("a client's credentials were forwarded upstream")
+	}
+}
+
+// TestPrefetchPlatforms: an index fetch also fetches the configured
+// platforms' manifests and blobs before any client asks.
+func TestPrefetchPlatforms(t *testing.T) {
+	e := newMirrorEnv(t, Options{PrefetchPlatforms: []string{"linux/arm64"}})
+	img := e.hub.Push("library/multi", "1", smallImage(17))
+	resp, _ := e.do(t, "GET", "/v2/library/multi/manifests/1", nil, nil)
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := e.store.StatBlob("docker.io/library/multi", img.Configs["linux/arm64"])
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("arm64 config was not prefetched")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := e.store.GetManifest("docker.io/library/multi", img.Manifests["linux/amd64"].String()); err == nil {
+		t.Fatal("a platform that was not configured was prefetched")
+	}
+}

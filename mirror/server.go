@@ -34,6 +34,11 @@ type Options struct {
 	PrefetchParallel int
 	// FillTimeout bounds one blob download from upstream (1h).
 	FillTimeout time.Duration
+	// PrefetchPlatforms ("linux/arm64", ...) are fetched, manifests and
+	// blobs, as soon as an index listing them is; by default only what
+	// clients ask for is fetched (each manifest GET counts against Docker
+	// Hub's pull limit).
+	PrefetchPlatforms []string
 }
 
 // Registry serves the OCI Distribution API. It is safe for concurrent use.

@@ -38,6 +38,7 @@ func newApp() *cli.App {
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "offline", Usage: "serve only what is cached; never contact upstream", EnvVars: []string{"WHARF_OFFLINE"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "upstream-conns", Value: 32, Usage: "concurrent blob downloads from upstream, all registries together", EnvVars: []string{"WHARF_UPSTREAM_CONNS"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "prefetch-parallel", Value: 8, Usage: "blobs of one manifest fetched at once ahead of the client", EnvVars: []string{"WHARF_PREFETCH_PARALLEL"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "prefetch-platform", Usage: "when an index is fetched, also fetch this platform's image, e.g. linux/arm64 (repeatable)", EnvVars: []string{"WHARF_PREFETCH_PLATFORM"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "upload-ttl", Value: 24 * 3600e9, Usage: "idle upload sessions older than this are dropped at start-up", EnvVars: []string{"WHARF_UPLOAD_TTL"}}),
 	}
 	return &cli.App{

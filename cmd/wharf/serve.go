@@ -42,7 +42,8 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log,
-			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel")},
+			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
+			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
 	}
 	if !c.Bool("mirror") {
 		return cfg, nil

@@ -100,3 +100,27 @@ func TestSkopeoPathPrefix(t *testing.T) {
 		checkFileDigest(t, filepath.Join(out, "blobs", "sha256", d.Encoded()), d.Encoded())
 	}
 }
+
+// TestEdgeChainsToCore: an edge Wharf whose docker.io upstream is a core
+// Wharf; a pull through the edge fills both, and the hub serves each blob
+// once.
+func TestEdgeChainsToCore(t *testing.T) {
+	requireTool(t, "skopeo")
+	hub := startHub(t)
+	img := hub.Push("library/nginx", "1.27", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 128 << 10, OCI: true, Seed: 24})
+	core := startWharf(t, "", "--upstream", "docker.io="+hub.URL)
+	edge := startWharf(t, "", "--upstream", "docker.io=http://"+core.addr)
+	for i, w := range []*wharfProc{edge, core} {
+		out := t.TempDir()
+		skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+w.addr+"/library/nginx:1.27", "oci:"+out+":1")
+		for _, d := range img.Blobs {
+			checkFileDigest(t, filepath.Join(out, "blobs", "sha256", d.Encoded()), d.Encoded())
+		}
+		if i == 0 {
+			hub.ResetCounts() // the core is warm now: the second copy must not reach the hub
+		}
+	}
+	if n := hub.Count("GET blob"); n != 0 {
+		t.Fatalf("pull from the warm core cost the hub %d blob GETs", n)
+	}
+}
