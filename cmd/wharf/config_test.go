@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/urfave/cli/v2"
@@ -69,6 +70,23 @@ func TestBadOptions(t *testing.T) {
 	} {
 		if _, err := tryServe(args...); err == nil {
 			t.Errorf("wharf serve %v was accepted", args)
+		}
+	}
+}
+
+func TestSplitImage(t *testing.T) {
+	cases := []struct{ in, path, ref string }{
+		{"alpine", "library/alpine", "latest"},
+		{"alpine:3.20", "library/alpine", "3.20"},
+		{"someuser/app:v1", "someuser/app", "v1"},
+		{"docker.io/library/nginx:1.27", "library/nginx", "1.27"},
+		{"ghcr.io/org/app:v1", "ghcr.io/org/app", "v1"},
+		{"nginx@sha256:" + strings.Repeat("a", 64), "library/nginx", "sha256:" + strings.Repeat("a", 64)},
+		{"ghcr.io/org/app", "ghcr.io/org/app", "latest"},
+	}
+	for _, c := range cases {
+		if p, r := splitImage(c.in); p != c.path || r != c.ref {
+			t.Errorf("splitImage(%q) = %q, %q; want %q, %q", c.in, p, r, c.path, c.ref)
 		}
 	}
 }

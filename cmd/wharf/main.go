@@ -59,6 +59,7 @@ func newApp() *cli.App {
 					return serve(c.Context, cfg)
 				},
 			},
+			prefetchCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",

@@ -124,3 +124,27 @@ func TestEdgeChainsToCore(t *testing.T) {
 		t.Fatalf("pull from the warm core cost the hub %d blob GETs", n)
 	}
 }
+
+// TestPrefetchCommand: `wharf prefetch` warms the cache so that pulls work
+// with the upstream gone.
+func TestPrefetchCommand(t *testing.T) {
+	hub := startHub(t)
+	img := hub.Push("library/redis", "7", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 256 << 10, OCI: true, Seed: 25})
+	w := startWharf(t, "", "--upstream", "docker.io="+hub.URL)
+	list := filepath.Join(t.TempDir(), "images.txt")
+	os.WriteFile(list, []byte("# warm these\nredis:7\n"), 0o644)
+	out := run(t, 2*time.Minute, nil, wharfBin, "prefetch", "--server", "http://"+w.addr, "--platform", "all", "--from", list)
+	if !strings.Contains(out, "redis:7: cached 3 manifests, 6 blobs") {
+		t.Fatalf("prefetch output:\n%s", out)
+	}
+	if n := hub.Count("GET blob"); n != len(img.Blobs) {
+		t.Fatalf("prefetch fetched %d blobs from the hub, want %d", n, len(img.Blobs))
+	}
+	hub.Close()
+	requireTool(t, "skopeo")
+	dst := t.TempDir()
+	skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "docker://"+w.addr+"/redis:7", "oci:"+dst+":7")
+	if _, err := runErr(time.Minute, nil, wharfBin, "prefetch", "--server", "http://"+w.addr, "nosuch:1"); err == nil {
+		t.Fatal("prefetch of an image the upstream cannot give succeeded")
+	}
+}
