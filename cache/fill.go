@@ -33,14 +33,16 @@ type Fill struct {
 	h    hash.Hash
 	rf   ReadAtCloser // shared read handle; valid after commit or discard
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every change
-	size    int64         // -1 until Start
-	written int64
-	done    bool  // verified and committed
-	err     error // set by Fail
-	readers int
-	retired bool
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced on every change
+	size      int64         // -1 until Start
+	written   int64
+	done      bool  // verified: readers may have every byte
+	committed bool  // stored and linked: the cache answers from now on
+	err       error // set by Fail: readers stop with it
+	commitErr error // the blob was verified but could not be stored
+	readers   int
+	retired   bool
 }
 
 // NewFill begins filling blob d of repo. The caller must end it with
@@ -104,8 +106,10 @@ func (f *Fill) Written() int64 {
 	return f.written
 }
 
-// Finish verifies size and digest, commits the blob and links it into the
-// fill's repository. On a mismatch the fill fails with ErrDigestMismatch
+// Finish verifies size and digest, releases the held-back bytes to
+// readers, then commits the blob (fsync, rename) and links it into the
+// fill's repository. Readers do not wait for the commit: what they get is
+// verified either way. On a mismatch the fill fails with ErrDigestMismatch
 // and nothing is kept.
 func (f *Fill) Finish() error {
 	f.mu.Lock()
@@ -118,10 +122,6 @@ func (f *Fill) Finish() error {
 		err = fmt.Errorf("%w: %d of %d bytes", ErrSizeInvalid, written, size)
 	case digest.NewDigest(f.d.Algorithm(), f.h) != f.d:
 		err = fmt.Errorf("%w: upstream bytes for %s hash to %s", ErrDigestMismatch, f.d, digest.NewDigest(f.d.Algorithm(), f.h))
-	default:
-		if err = f.s.blobs.Commit(f.id, f.d); err == nil {
-			err = f.s.linkBlob(f.repo, f.d, written, nil)
-		}
 	}
 	if err != nil {
 		f.Fail(err)
@@ -131,7 +131,17 @@ func (f *Fill) Finish() error {
 	f.done = true
 	f.notifyLocked()
 	f.mu.Unlock()
-	return nil
+	err = f.s.blobs.Commit(f.id, f.d)
+	if err == nil {
+		err = f.s.linkBlob(f.repo, f.d, written, nil)
+	} else {
+		f.s.blobs.Discard(f.id)
+	}
+	f.mu.Lock()
+	f.committed, f.commitErr = err == nil, err
+	f.notifyLocked()
+	f.mu.Unlock()
+	return err
 }
 
 // Fail abandons the fill: readers get err, the ingest file is removed.
@@ -166,13 +176,14 @@ func (f *Fill) Size(ctx context.Context) (int64, error) {
 	}
 }
 
-// Wait blocks until the fill is committed or has failed.
+// Wait blocks until the blob is committed (then the cache answers for it)
+// or the fill has failed.
 func (f *Fill) Wait(ctx context.Context) error {
 	for {
 		f.mu.Lock()
-		done, err, ch := f.done, f.err, f.changed
+		committed, err, ch := f.committed, errors.Join(f.err, f.commitErr), f.changed
 		f.mu.Unlock()
-		if done || err != nil {
+		if committed || err != nil {
 			return err
 		}
 		select {

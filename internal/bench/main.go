@@ -8,6 +8,10 @@
 //     nginx serving a static file of the same size;
 //   - Wharf's peak RSS while a 1 GiB layer is pushed and pulled.
 //
+// and, against the fake Docker Hub (internal/fakehub), the pull-through
+// mirror: cold, warm and concurrent pulls with and without shaping, and
+// peak RSS while one large layer streams cold to many clients (mirror.go).
+//
 // Run: go run ./internal/bench (needs nginx; -h for options).
 package main
 
@@ -44,22 +48,23 @@ var (
 	conns     = flag.Int("conns", 32, "connections for the manifest test")
 	duration  = flag.Duration("duration", 5*time.Second, "length of each manifest load run")
 	wharfPath = flag.String("wharf", "", "wharf binary (default: go build ./cmd/wharf)")
+	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub) or all")
 )
 
 func main() {
 	flag.Parse()
-	if err := run(); err != nil {
+	tmp, err := os.MkdirTemp("", "wharf-bench")
+	if err == nil {
+		err = run(tmp)
+		os.RemoveAll(tmp)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	tmp, err := os.MkdirTemp("", "wharf-bench")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
+func run(tmp string) error {
 	bin := *wharfPath
 	if bin == "" {
 		bin = filepath.Join(tmp, "wharf")
@@ -67,8 +72,21 @@ func run() error {
 			return fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	}
+	if *suite == "registry" || *suite == "all" {
+		if err := runRegistry(tmp, bin); err != nil {
+			return err
+		}
+	}
+	if *suite == "mirror" || *suite == "all" {
+		return runMirror(tmp, bin)
+	}
+	return nil
+}
+
+// runRegistry compares Wharf serving pushed content with nginx.
+func runRegistry(tmp, bin string) error {
 	data := filepath.Join(tmp, "data")
-	w, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", data, "--log-level", "warn")
+	w, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", data, "--log-level", "warn", "--mirror=false")
 	if err != nil {
 		return err
 	}
@@ -93,7 +111,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	ws, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", filepath.Join(tmp, "data-sendfile"), "--sendfile")
+	ws, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", filepath.Join(tmp, "data-sendfile"), "--sendfile", "--mirror=false")
 	if err != nil {
 		return err
 	}
