@@ -140,6 +140,11 @@ func (p *proxy) runFill(key string, f *cache.Fill, t policy.Target) {
 // maxResumes bounds reconnections of one blob download.
 const maxResumes = 5
 
+// fillBatch is the least a download hands to its fill at once (but the last
+// piece): fewer, larger writes mean fewer wake-ups and socket writes for
+// the clients streaming it.
+const fillBatch = 256 << 10
+
 // download copies blob f.Digest() from upstream into f, resuming with a
 // Range request (Seek) after a failed read, with backoff.
 func (p *proxy) download(ctx context.Context, f *cache.Fill, t policy.Target) error {
@@ -154,7 +159,12 @@ func (p *proxy) download(ctx context.Context, f *cache.Fill, t policy.Target) er
 	buf := *bp
 	resumes := 0
 	for {
-		n, rerr := rc.Read(buf)
+		// Gather at least fillBatch bytes per write: each write wakes every
+		// reader, and each of their reads becomes a socket write.
+		n, rerr := io.ReadAtLeast(rc, buf, fillBatch)
+		if rerr == io.ErrUnexpectedEOF {
+			rerr = io.EOF
+		}
 		if n > 0 {
 			if _, err := f.Write(buf[:n]); err != nil {
 				return err

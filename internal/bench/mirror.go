@@ -24,6 +24,8 @@ var (
 	mirrorLayerMB = flag.Int("mirror-layer-mib", 20, "MiB per layer")
 	bigLayerMiB   = flag.Int("mirror-big-mib", 1024, "layer streamed cold to many clients for the RSS figure")
 	bigClients    = flag.Int("mirror-big-clients", 10, "clients of that layer")
+	mirrorArgs    = flag.String("mirror-wharf-args", "", "extra wharf serve arguments for the mirror suite (space separated)")
+	mirrorData    = flag.String("mirror-data", "", "data directory for the mirror suite's wharf (default: under the temp dir)")
 )
 
 var accept = strings.Join([]string{fakehub.MediaTypeDockerList, fakehub.MediaTypeDockerManifest, fakehub.MediaTypeOCIIndex, fakehub.MediaTypeOCIManifest}, ",")
@@ -107,8 +109,12 @@ func runMirror(tmp, bin string) error {
 	}
 	defer hub.Close()
 	hub.SetAuth(false) // the direct client speaks no token auth; Wharf's would add one round trip
-	w, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", filepath.Join(tmp, "mirror-data"),
-		"--log-level", "warn", "--upstream", "docker.io="+hub.URL)
+	data := *mirrorData
+	if data == "" {
+		data = filepath.Join(tmp, "mirror-data")
+	}
+	args := []string{"serve", "--addr", "127.0.0.1:0", "--data", data, "--log-level", "warn", "--upstream", "docker.io=" + hub.URL}
+	w, err := startProc(bin, append(args, strings.Fields(*mirrorArgs)...)...)
 	if err != nil {
 		return err
 	}
