@@ -90,3 +90,32 @@ func TestSplitImage(t *testing.T) {
 		}
 	}
 }
+
+// TestMirrorConfig: the allow-list and endpoint overrides from flags or the
+// file, credentials from the file for the right registry only.
+func TestMirrorConfig(t *testing.T) {
+	cfg := parseServe(t)
+	if cfg.upstream == nil || len(cfg.upstream.Registries) != 1 || cfg.upstream.Registries[0].Name != "docker.io" {
+		t.Fatalf("default allow-list: %+v", cfg.upstream)
+	}
+	if cfg = parseServe(t, "--mirror=false"); cfg.upstream != nil {
+		t.Fatal("--mirror=false still mirrors")
+	}
+	file := filepath.Join(t.TempDir(), "wharf.yaml")
+	os.WriteFile(file, []byte(`upstream: [docker.io, "ghcr.io=http://127.0.0.1:5201"]
+tag-ttl: 1h
+credentials:
+  index.docker.io: {username: alice, password: s3cret}
+`), 0o644)
+	cfg = parseServe(t, "--config", file)
+	regs := cfg.upstream.Registries
+	if len(regs) != 2 || regs[1].Name != "ghcr.io" || regs[1].Endpoint != "http://127.0.0.1:5201" || cfg.mirror.TagTTL.Hours() != 1 {
+		t.Fatalf("from file: %+v ttl %s", regs, cfg.mirror.TagTTL)
+	}
+	if regs[0].Username != "alice" || regs[0].Password != "s3cret" || regs[1].Username != "" {
+		t.Fatalf("credentials went to %+v", regs)
+	}
+	if _, err := tryServe("--upstream", "ghcr.io=ftp://x"); err == nil {
+		t.Fatal("a non-HTTP upstream endpoint was accepted")
+	}
+}
