@@ -33,15 +33,7 @@ type mirrorEnv struct {
 
 func newMirrorEnv(t *testing.T, opts Options) *mirrorEnv {
 	t.Helper()
-	hub, err := fakehub.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ghcr, err := fakehub.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hub.Close(); ghcr.Close() })
+	hub, ghcr := fakehub.Start(t), fakehub.Start(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	up, err := upstream.New(upstream.Options{
 		Registries: []upstream.Registry{{Name: "docker.io", Endpoint: hub.URL}, {Name: "ghcr.io", Endpoint: ghcr.URL}},
@@ -230,12 +222,7 @@ func waitFillsDone(t *testing.T, e *mirrorEnv) {
 func TestCorruptUpstreamBlob(t *testing.T) {
 	e := newMirrorEnv(t, Options{PrefetchParallel: 1})
 	img := e.hub.Push("library/redis", "7", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 1 << 20, Seed: 4})
-	var layer digest.Digest
-	for _, d := range img.Blobs {
-		if d != img.Configs[platform] {
-			layer = d
-		}
-	}
+	layer := img.Layers[platform][0]
 	e.hub.Corrupt(layer, true)
 	// Throttled, so clients keep pace with the download and are waiting at
 	// its end: the held-back tail is all that stands between them and a
@@ -322,12 +309,7 @@ func TestDroppedConnectionResumes(t *testing.T) {
 	}
 	e := newMirrorEnv(t, Options{})
 	img := e.hub.Push("library/big", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 256 << 20, Seed: 9})
-	var layer digest.Digest
-	for _, d := range img.Blobs {
-		if d != img.Configs[platform] {
-			layer = d
-		}
-	}
+	layer := img.Layers[platform][0]
 	e.hub.DropAt(layer, 128<<20)
 	if err := e.pull(context.Background(), "library/big", "1", ""); err != nil {
 		t.Fatal(err)
@@ -342,12 +324,7 @@ func TestDroppedConnectionResumes(t *testing.T) {
 func TestClientDisconnectKeepsFilling(t *testing.T) {
 	e := newMirrorEnv(t, Options{PrefetchParallel: 1})
 	img := e.hub.Push("library/slow", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 4 << 20, Seed: 10})
-	var layer digest.Digest
-	for _, d := range img.Blobs {
-		if d != img.Configs[platform] {
-			layer = d
-		}
-	}
+	layer := img.Layers[platform][0]
 	e.hub.SetBandwidth(8 << 20) // ~0.5 s for the layer
 	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
 	if err != nil {
@@ -376,12 +353,7 @@ func TestRangeOnInflightBlob(t *testing.T) {
 	e := newMirrorEnv(t, Options{})
 	img := e.hub.Push("library/r", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 2 << 20, Seed: 11})
 	e.hub.SetBandwidth(4 << 20)
-	var layer digest.Digest
-	for _, d := range img.Blobs {
-		if d != img.Configs[platform] {
-			layer = d
-		}
-	}
+	layer := img.Layers[platform][0]
 	full, _ := e.do(t, "HEAD", "/v2/r/blobs/"+layer.String()+"?ns=docker.io", nil, nil)
 	if full.StatusCode != 200 {
 		t.Fatalf("HEAD: %s", full.Status)

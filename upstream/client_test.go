@@ -28,21 +28,11 @@ func newTestClient(t *testing.T, hub *fakehub.Hub, user, pass string) *Client {
 	return c
 }
 
-func newHub(t *testing.T) *fakehub.Hub {
-	t.Helper()
-	hub, err := fakehub.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hub.Close)
-	return hub
-}
-
 // TestResolveAndFetch walks the token flow: one token per scope however
 // many requests wait, credentials only to the realm (not across the blob
 // redirect), manifests verified, blobs streamed.
 func TestResolveAndFetch(t *testing.T) {
-	hub := newHub(t)
+	hub := fakehub.Start(t)
 	hub.SetUser("alice", "s3cret")
 	hub.SetRedirect(true)
 	img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 2, LayerSize: 4096, Seed: 1})
@@ -89,7 +79,7 @@ func TestResolveAndFetch(t *testing.T) {
 }
 
 func TestNotFoundAndNotAllowed(t *testing.T) {
-	hub := newHub(t)
+	hub := fakehub.Start(t)
 	c := newTestClient(t, hub, "", "")
 	if _, err := c.Resolve(context.Background(), "docker.io", "library/none", "latest"); !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrDenied) {
 		t.Fatalf("missing image: %v", err)
@@ -102,7 +92,7 @@ func TestNotFoundAndNotAllowed(t *testing.T) {
 // TestRateLimitFailsFast: after a 429 the client answers at once with the
 // registry's Retry-After, without asking again.
 func TestRateLimitFailsFast(t *testing.T) {
-	hub := newHub(t)
+	hub := fakehub.Start(t)
 	img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 10, Seed: 2})
 	hub.SetRateLimit(1, 30)
 	c := newTestClient(t, hub, "", "")
@@ -130,7 +120,7 @@ func TestRateLimitFailsFast(t *testing.T) {
 // TestDownFailsFastAndRecovers: a dead upstream is remembered, requests fail
 // at once, and the background probe brings it back.
 func TestDownFailsFastAndRecovers(t *testing.T) {
-	hub := newHub(t)
+	hub := fakehub.Start(t)
 	hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 10, Seed: 3})
 	hub.SetFailStatus(503)
 	c := newTestClient(t, hub, "", "")
@@ -157,7 +147,7 @@ func TestDownFailsFastAndRecovers(t *testing.T) {
 
 // TestBlobResumes: a connection dropped mid-blob is resumed with Range.
 func TestBlobResumes(t *testing.T) {
-	hub := newHub(t)
+	hub := fakehub.Start(t)
 	img := hub.Push("library/big", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 4 << 20, Seed: 4})
 	layer := img.Blobs[0]
 	hub.DropAt(layer, 2<<20)

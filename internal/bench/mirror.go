@@ -177,12 +177,7 @@ func runMirror(tmp, bin string) error {
 		directPlain.Seconds(), coldPlain.Seconds(), coldPlain.Seconds()/directPlain.Seconds(), float64(plain.Size)/(1<<20), *mirrorLayers)
 
 	big := hub.Push("bench/big", "1", fakehub.ImageSpec{Platforms: []string{"linux/" + runtime.GOARCH}, Layers: 1, LayerSize: *bigLayerMiB << 20, Seed: 104})
-	var layer digest.Digest
-	for _, d := range big.Blobs {
-		if d != big.Configs["linux/"+runtime.GOARCH] {
-			layer = d
-		}
-	}
+	layer := big.Layers["linux/"+runtime.GOARCH][0]
 	rss := &rssSampler{pid: w.cmd.Process.Pid}
 	rss.start()
 	var wg sync.WaitGroup

@@ -12,16 +12,6 @@ import (
 	"github.com/wharf-registry/wharf/internal/fakehub"
 )
 
-func startHub(t *testing.T) *fakehub.Hub {
-	t.Helper()
-	hub, err := fakehub.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hub.Close)
-	return hub
-}
-
 var hostPlatform = "linux/" + runtime.GOARCH
 
 // TestDockerRegistryMirror: a real dockerd whose daemon.json names Wharf in
@@ -29,7 +19,7 @@ var hostPlatform = "linux/" + runtime.GOARCH
 // fetches from the fake hub; the image ID equals a direct pull's. A second
 // pull after rmi costs the hub no blob GET.
 func TestDockerRegistryMirror(t *testing.T) {
-	hub := startHub(t)
+	hub := fakehub.Start(t)
 	img := hub.Push("library/alpine", "3.20", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 3, LayerSize: 512 << 10, Seed: 21})
 	w := startWharf(t, "", "--upstream", "docker.io="+hub.URL)
 	d := startDockerdWith(t, map[string]any{"registry-mirrors": []string{"http://" + w.addr}})
@@ -58,8 +48,8 @@ func TestDockerRegistryMirror(t *testing.T) {
 // TestContainerdNamespaceMirror: ctr with a hosts.toml that makes Wharf
 // the mirror of a second registry (requests carry ?ns=ghcr.io).
 func TestContainerdNamespaceMirror(t *testing.T) {
-	hub := startHub(t)
-	ghcr := startHub(t)
+	hub := fakehub.Start(t)
+	ghcr := fakehub.Start(t)
 	img := ghcr.Push("org/app", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 256 << 10, OCI: true, Seed: 22})
 	w := startWharf(t, "", "--upstream", "docker.io="+hub.URL, "--upstream", "ghcr.io="+ghcr.URL)
 	sock := startContainerd(t)
@@ -82,7 +72,7 @@ func TestContainerdNamespaceMirror(t *testing.T) {
 // Wharf by naming it as the first path component.
 func TestSkopeoPathPrefix(t *testing.T) {
 	requireTool(t, "skopeo")
-	ghcr := startHub(t)
+	ghcr := fakehub.Start(t)
 	img := ghcr.Push("org/tool", "2", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 128 << 10, OCI: true, Seed: 23})
 	w := startWharf(t, "", "--upstream", "ghcr.io="+ghcr.URL)
 	ref := "docker://" + w.addr + "/ghcr.io/org/tool:2"
@@ -106,7 +96,7 @@ func TestSkopeoPathPrefix(t *testing.T) {
 // once.
 func TestEdgeChainsToCore(t *testing.T) {
 	requireTool(t, "skopeo")
-	hub := startHub(t)
+	hub := fakehub.Start(t)
 	img := hub.Push("library/nginx", "1.27", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 128 << 10, OCI: true, Seed: 24})
 	core := startWharf(t, "", "--upstream", "docker.io="+hub.URL)
 	edge := startWharf(t, "", "--upstream", "docker.io=http://"+core.addr)
@@ -128,7 +118,7 @@ func TestEdgeChainsToCore(t *testing.T) {
 // TestPrefetchCommand: `wharf prefetch` warms the cache so that pulls work
 // with the upstream gone.
 func TestPrefetchCommand(t *testing.T) {
-	hub := startHub(t)
+	hub := fakehub.Start(t)
 	img := hub.Push("library/redis", "7", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 256 << 10, OCI: true, Seed: 25})
 	w := startWharf(t, "", "--upstream", "docker.io="+hub.URL)
 	list := filepath.Join(t.TempDir(), "images.txt")

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -63,6 +64,17 @@ func New() (*Hub, error) {
 	h.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go h.srv.Serve(ln)
 	return h, nil
+}
+
+// Start starts a hub for a test and stops it at the test's end.
+func Start(t testing.TB) *Hub {
+	t.Helper()
+	h, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
 }
 
 // Close stops the hub: later connections are refused.

@@ -36,11 +36,12 @@ type ImageSpec struct {
 
 // Image is a generated multi-platform image.
 type Image struct {
-	Index     digest.Digest            // the index (manifest list) digest
-	Manifests map[string]digest.Digest // platform → manifest digest
-	Configs   map[string]digest.Digest // platform → config digest (dockerd's image ID)
-	Blobs     []digest.Digest          // every config and layer, all platforms
-	Size      int64                    // bytes of all blobs and manifests
+	Index     digest.Digest              // the index (manifest list) digest
+	Manifests map[string]digest.Digest   // platform → manifest digest
+	Configs   map[string]digest.Digest   // platform → config digest (dockerd's image ID)
+	Layers    map[string][]digest.Digest // platform → layer digests
+	Blobs     []digest.Digest            // every config and layer, all platforms
+	Size      int64                      // bytes of all blobs and manifests
 }
 
 type descriptor struct {
@@ -59,7 +60,7 @@ func GenerateImage(spec ImageSpec) (*Image, map[digest.Digest][]byte, map[digest
 	if spec.OCI {
 		mt = struct{ index, manifest, config, layer string }{MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeOCIConfig, MediaTypeOCILayer}
 	}
-	img := &Image{Manifests: map[string]digest.Digest{}, Configs: map[string]digest.Digest{}}
+	img := &Image{Manifests: map[string]digest.Digest{}, Configs: map[string]digest.Digest{}, Layers: map[string][]digest.Digest{}}
 	put := func(mediaType string, b []byte) descriptor {
 		d := digest.FromBytes(b)
 		blobs[d] = b
@@ -78,6 +79,7 @@ func GenerateImage(spec ImageSpec) (*Image, map[digest.Digest][]byte, map[digest
 			d := put(mt.layer, gz)
 			layers = append(layers, d)
 			img.Blobs = append(img.Blobs, d.Digest)
+			img.Layers[platform] = append(img.Layers[platform], d.Digest)
 		}
 		cfg, _ := json.Marshal(map[string]any{
 			"architecture": arch, "os": os, "created": "2026-01-01T00:00:00Z",
