@@ -158,7 +158,7 @@ func (p *proxy) manifest(ctx context.Context, t policy.Target, ref string) (*cac
 	if p.opts.Offline || time.Since(checked) < p.opts.TagTTL {
 		return p.store.GetManifest(t.Local, d.String())
 	}
-	desc, err := p.up.Resolve(ctx, t.Registry, t.Remote, ref)
+	desc, err := p.resolveOnce(ctx, t, ref)
 	switch {
 	case err == nil && desc.Digest == d:
 		if err := p.store.TouchTag(t.Local, ref, d, time.Now()); err != nil {
@@ -172,6 +172,24 @@ func (p *proxy) manifest(ctx context.Context, t policy.Target, ref string) (*cac
 	}
 	p.reg.log.Warn("upstream unreachable: serving the cached tag", "repo", t.Local, "tag", ref, "checked", checked, "err", err)
 	return p.store.GetManifest(t.Local, d.String())
+}
+
+// resolveOnce revalidates a tag with one HEAD however many clients ask.
+func (p *proxy) resolveOnce(ctx context.Context, t policy.Target, ref string) (upstream.Descriptor, error) {
+	ch := p.manifests.DoChan("HEAD "+t.Local+":"+ref, func() (any, error) {
+		hctx, cancel := context.WithTimeout(p.bg, time.Minute)
+		defer cancel()
+		return p.up.Resolve(hctx, t.Registry, t.Remote, ref)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return upstream.Descriptor{}, res.Err
+		}
+		return res.Val.(upstream.Descriptor), nil
+	case <-ctx.Done():
+		return upstream.Descriptor{}, ctx.Err()
+	}
 }
 
 // fetchManifest downloads ref once however many clients ask (the flight

@@ -487,3 +487,36 @@ func TestPrefetchPlatforms(t *testing.T) {
 		t.Fatal("a platform that was not configured was prefetched")
 	}
 }
+
+// TestStaleTagRevalidatedOnce: many clients asking for a stale tag at once
+// cause one HEAD upstream.
+func TestStaleTagRevalidatedOnce(t *testing.T) {
+	e := newMirrorEnv(t, Options{TagTTL: 50 * time.Millisecond})
+	e.hub.Push("library/alpine", "3", smallImage(18))
+	if resp, _ := e.do(t, "GET", "/v2/library/alpine/manifests/3", nil, nil); resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	time.Sleep(60 * time.Millisecond)
+	e.hub.ResetCounts()
+	e.hub.SetLatency(100 * time.Millisecond) // keep the HEAD in flight while the others arrive
+	var g errgroup.Group
+	for i := 0; i < 10; i++ {
+		g.Go(func() error {
+			resp, err := http.Get(e.srv.URL + "/v2/library/alpine/manifests/3")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("%s", resp.Status)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.hub.Count("HEAD manifest"); n != 1 {
+		t.Fatalf("%d revalidation HEADs for 10 concurrent clients, want 1", n)
+	}
+}

@@ -16,7 +16,7 @@ import (
 // index, and after a restart the blob is there.
 func TestSIGTERMFinishesInFlight(t *testing.T) {
 	data := t.TempDir()
-	w := startWharf(t, data)
+	w := startWharf(t, data, "--mirror=false")
 	blob := make([]byte, 4<<20)
 	rand.Read(blob)
 	d := digest.FromBytes(blob)
@@ -65,7 +65,7 @@ func TestSIGTERMFinishesInFlight(t *testing.T) {
 		t.Fatalf("wharf exited with %v after SIGTERM\n%s", err, w.log)
 	}
 
-	w = startWharf(t, data)
+	w = startWharf(t, data, "--mirror=false")
 	resp, err := http.Get(w.url("/v2/shut/down/blobs/" + d.String()))
 	if err != nil {
 		t.Fatal(err)
