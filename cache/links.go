@@ -79,6 +79,32 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 	return size, err
 }
 
+// LinkExisting links blob d, already stored (for any repository), into
+// repo and returns its size. Callers must know that repo may hold d — for a
+// mirror, because upstream said so. Errors: ErrBlobUnknown when d is not
+// stored.
+func (s *Store) LinkExisting(repo string, d digest.Digest) (int64, error) {
+	var size int64
+	err := s.update(func(txn *badger.Txn) error {
+		v, err := getValue(txn, blobKey(d))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrBlobUnknown
+		} else if err != nil {
+			return err
+		}
+		size = decodeSize(v)
+		return txn.Set(linkKey(repo, d), v)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if _, err := s.blobs.Stat(d); err != nil { // indexed but the file is gone: undo
+		s.update(func(txn *badger.Txn) error { return txn.Delete(linkKey(repo, d)) })
+		return 0, ErrBlobUnknown
+	}
+	return size, nil
+}
+
 // linkBlob records committed content d and links it into repo; the
 // upload session key, when given, is deleted in the same transaction.
 func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byte) error {

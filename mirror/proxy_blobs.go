@@ -25,7 +25,7 @@ import (
 // this request starts if none is.
 func (p *proxy) blob(w http.ResponseWriter, r *http.Request, rt route, t policy.Target) error {
 	d := digest.Digest(rt.ref)
-	if _, err := p.store.StatBlob(rt.name, d); err == nil || p.opts.Offline {
+	if _, err := p.store.StatBlob(rt.name, d); err == nil || p.opts.Offline || p.linkShared(r.Context(), t, d) {
 		return p.reg.getBlob(w, r, rt)
 	}
 	f, rd, err := p.fill(r.Context(), t, d, true)
@@ -70,6 +70,21 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request, rt route, t policy.
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// linkShared links a blob Wharf already holds (fetched for another
+// repository, or pushed) into mirrored repository t once upstream confirms,
+// with a HEAD, that t has it: the same digest is the same bytes, so a layer
+// shared by many images is downloaded once.
+func (p *proxy) linkShared(ctx context.Context, t policy.Target, d digest.Digest) bool {
+	if _, err := p.store.Blobs().Stat(d); err != nil {
+		return false
+	}
+	if err := p.up.HasBlob(ctx, t.Registry, t.Remote, d); err != nil {
+		return false
+	}
+	_, err := p.store.LinkExisting(t.Local, d)
+	return err == nil
 }
 
 // blobError turns a failed fill into the client's error.
@@ -203,6 +218,9 @@ func (p *proxy) prefetch(t policy.Target, blobs []digest.Digest) {
 		g.SetLimit(p.opts.PrefetchParallel)
 		for _, d := range blobs {
 			g.Go(func() error {
+				if _, err := p.store.StatBlob(t.Local, d); err == nil || p.linkShared(p.bg, t, d) {
+					return nil
+				}
 				f, _, err := p.fill(p.bg, t, d, false)
 				if f != nil && err == nil {
 					f.Wait(p.bg)

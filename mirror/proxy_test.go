@@ -520,3 +520,33 @@ func TestStaleTagRevalidatedOnce(t *testing.T) {
 		t.Fatalf("%d revalidation HEADs for 10 concurrent clients, want 1", n)
 	}
 }
+
+// TestSharedLayerDownloadedOnce: a layer two mirrored repositories share is
+// downloaded once; the second repository gets it after a HEAD.
+func TestSharedLayerDownloadedOnce(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	spec := fakehub.ImageSpec{Platforms: []string{platform}, Layers: 2, LayerSize: 256 << 10, Seed: 19}
+	img := e.hub.Push("library/python", "3", spec)
+	e.hub.Push("library/node", "22", spec) // same layers and config
+	if err := e.pull(context.Background(), "library/python", "3", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	e.hub.ResetCounts()
+	if err := e.pull(context.Background(), "library/node", "22", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	for _, d := range img.Blobs {
+		if n := e.hub.Count("GET blob " + d.String()); n != 0 {
+			t.Fatalf("shared blob %s downloaded again (%d GETs)", d, n)
+		}
+	}
+	if e.hub.Count("HEAD blob") == 0 {
+		t.Fatal("shared blobs were linked without asking upstream")
+	}
+	// A repository upstream does not hold the blob in gets no link.
+	if resp, body := e.do(t, "GET", "/v2/library/other/blobs/"+img.Blobs[0].String(), nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("blob served through a repository upstream does not have it: %s %s", resp.Status, body)
+	}
+}

@@ -46,7 +46,9 @@ type mirrorStore interface {
 	TouchTag(repo, tag string, d digest.Digest, checked time.Time) error
 	PutMirroredManifest(repo string, d digest.Digest, tag, mediaType string, body []byte, checked time.Time) (*cache.Manifest, error)
 	HasRepository(repo string) (bool, error)
+	Blobs() cache.Blobs
 	NewFill(repo string, d digest.Digest) (*cache.Fill, error)
+	LinkExisting(repo string, d digest.Digest) (int64, error)
 }
 
 // Store is everything the registry API needs from the content store.
@@ -65,6 +67,7 @@ type Upstream interface {
 	Resolve(ctx context.Context, registry, repo, ref string) (upstream.Descriptor, error)
 	Manifest(ctx context.Context, registry, repo string, desc upstream.Descriptor, maxSize int64) ([]byte, error)
 	Blob(ctx context.Context, registry, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error)
+	HasBlob(ctx context.Context, registry, repo string, d digest.Digest) error
 }
 
 var _ Upstream = (*upstream.Client)(nil)

@@ -163,11 +163,12 @@ func (c *Client) Resolve(ctx context.Context, name, repo, ref string) (Descripto
 	if strings.Contains(ref, ":") {
 		sep = "@"
 	}
+	ctx, cs := withCallStatus(ctx)
 	_, desc, err := c.resolver.Resolve(ctx, r.Name+"/"+repo+sep+ref)
 	if err != nil {
-		return Descriptor{}, c.observe(ctx, r, err)
+		return Descriptor{}, c.observe(ctx, r, cs, err)
 	}
-	c.observe(ctx, r, nil)
+	c.observe(ctx, r, cs, nil)
 	return Descriptor{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size}, nil
 }
 
@@ -187,20 +188,21 @@ func (c *Client) Manifest(ctx context.Context, name, repo string, desc Descripto
 	if desc.Size > maxSize {
 		return nil, fmt.Errorf("%w: manifest %s is %d bytes, more than %d", ErrInvalid, desc.Digest, desc.Size, maxSize)
 	}
+	ctx, cs := withCallStatus(ctx)
 	f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+desc.Digest.String())
 	if err != nil {
-		return nil, c.observe(ctx, r, err)
+		return nil, c.observe(ctx, r, cs, err)
 	}
 	rc, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
 	if err != nil {
-		return nil, c.observe(ctx, r, err)
+		return nil, c.observe(ctx, r, cs, err)
 	}
 	defer rc.Close()
 	body, err := io.ReadAll(io.LimitReader(rc, maxSize+1))
 	if err != nil {
-		return nil, c.observe(ctx, r, err)
+		return nil, c.observe(ctx, r, cs, err)
 	}
-	c.observe(ctx, r, nil)
+	c.observe(ctx, r, cs, nil)
 	if int64(len(body)) > maxSize || desc.Digest.Algorithm().FromBytes(body) != desc.Digest {
 		return nil, fmt.Errorf("%w: manifest bytes do not hash to %s", ErrInvalid, desc.Digest)
 	}
@@ -218,10 +220,11 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest) (
 	if err := c.sem.Acquire(ctx, 1); err != nil {
 		return nil, 0, err
 	}
+	ctx, cs := withCallStatus(ctx)
 	f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
 	if err != nil {
 		c.sem.Release(1)
-		return nil, 0, c.observe(ctx, r, err)
+		return nil, 0, c.observe(ctx, r, cs, err)
 	}
 	byDigest, ok := f.(remotes.FetcherByDigest)
 	if !ok {
@@ -231,9 +234,9 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest) (
 	rc, desc, err := byDigest.FetchByDigest(ctx, d)
 	if err != nil {
 		c.sem.Release(1)
-		return nil, 0, c.observe(ctx, r, err)
+		return nil, 0, c.observe(ctx, r, cs, err)
 	}
-	c.observe(ctx, r, nil)
+	c.observe(ctx, r, cs, nil)
 	rs, ok := rc.(io.ReadSeekCloser)
 	if !ok {
 		rc.Close()
@@ -255,6 +258,15 @@ func (s *slotReader) Close() error {
 	return err
 }
 
+// HasBlob asks, with a HEAD, whether repo holds blob d upstream.
+func (c *Client) HasBlob(ctx context.Context, name, repo string, d digest.Digest) error {
+	rc, _, err := c.Blob(ctx, name, repo, d) // FetchByDigest sends only the HEAD until read
+	if err != nil {
+		return err
+	}
+	return rc.Close()
+}
+
 // ready fails fast for a registry that is not allowed, down or rate limited.
 func (c *Client) ready(name string) (*registry, error) {
 	r := c.regs[NormalizeName(name)]
@@ -272,19 +284,46 @@ func (c *Client) ready(name string) (*registry, error) {
 	return r, nil
 }
 
+// callStatus records the HTTP status of the latest response to one
+// operation's requests (the recorder writes it through the request context): containerd
+// does not always keep the status in the errors it returns.
+type callStatus struct {
+	mu   sync.Mutex
+	last int
+}
+
+type callStatusKey struct{}
+
+func withCallStatus(ctx context.Context) (context.Context, *callStatus) {
+	cs := &callStatus{}
+	return context.WithValue(ctx, callStatusKey{}, cs), cs
+}
+
+func (cs *callStatus) get() int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.last
+}
+
 // observe classifies err, updates r's health and returns the error to give
 // callers.
-func (c *Client) observe(ctx context.Context, r *registry, err error) error {
+func (c *Client) observe(ctx context.Context, r *registry, cs *callStatus, err error) error {
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
 	var status remoteerrors.ErrUnexpectedStatus
+	if errors.As(err, &status) {
+		cs.mu.Lock()
+		cs.last = status.StatusCode
+		cs.mu.Unlock()
+	}
+	code := cs.get()
 	switch {
-	case errdefs.IsNotFound(err):
+	case errdefs.IsNotFound(err), code == http.StatusNotFound:
 		return fmt.Errorf("%w: %v", ErrNotFound, err)
 	case errors.Is(err, ErrNotAllowed):
 		return err
-	case errors.As(err, &status) && status.StatusCode == http.StatusTooManyRequests:
+	case code == http.StatusTooManyRequests:
 		r.mu.Lock()
 		wait := r.retryAfter
 		r.limitedUntil = time.Now().Add(wait)
@@ -292,10 +331,9 @@ func (c *Client) observe(ctx context.Context, r *registry, err error) error {
 		r.mu.Unlock()
 		c.log.Warn("upstream rate limit reached", "registry", r.Name, "retry_after", wait)
 		return &RateLimitError{Registry: r.Name, RetryAfter: wait}
-	case errors.As(err, &status) && (status.StatusCode == http.StatusUnauthorized || status.StatusCode == http.StatusForbidden),
-		errors.Is(err, docker.ErrInvalidAuthorization):
+	case code == http.StatusUnauthorized || code == http.StatusForbidden, errors.Is(err, docker.ErrInvalidAuthorization):
 		return fmt.Errorf("%w: %v", ErrDenied, err)
-	case errors.As(err, &status) && status.StatusCode < 500:
+	case code >= 300 && code < 500:
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	c.markDown(r, err)
@@ -376,6 +414,11 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(req)
 	if err != nil {
 		return resp, err
+	}
+	if cs, ok := req.Context().Value(callStatusKey{}).(*callStatus); ok { // the latest response decides
+		cs.mu.Lock()
+		cs.last = resp.StatusCode
+		cs.mu.Unlock()
 	}
 	if v := resp.Header.Get("ratelimit-remaining"); v != "" {
 		n, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(v, ";", 2)[0]))

@@ -165,3 +165,24 @@ func TestBlobResumes(t *testing.T) {
 		t.Fatalf("want 1 ranged resume, saw %d range and %d GETs", hub.Count("GET range"), hub.Count("GET blob "+layer.String()))
 	}
 }
+
+// TestMissingBlobIsNotAnOutage: a 404 for one blob is ErrNotFound and
+// leaves the registry up.
+func TestMissingBlobIsNotAnOutage(t *testing.T) {
+	hub := fakehub.Start(t)
+	img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 10, Seed: 5})
+	c := newTestClient(t, hub, "", "")
+	ctx := context.Background()
+	if err := c.HasBlob(ctx, "docker.io", "library/other", img.Blobs[0]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing blob: %v", err)
+	}
+	if _, _, err := c.Blob(ctx, "docker.io", "library/other", img.Blobs[0]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing blob GET: %v", err)
+	}
+	if st := c.Status(); !st[0].Up {
+		t.Fatalf("a 404 marked the registry down: %+v", st)
+	}
+	if err := c.HasBlob(ctx, "docker.io", "library/alpine", img.Blobs[0]); err != nil {
+		t.Fatalf("present blob: %v", err)
+	}
+}
