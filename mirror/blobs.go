@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -73,6 +74,7 @@ func (reg *Registry) deleteBlob(w http.ResponseWriter, r *http.Request, rt route
 	if err := reg.store.DeleteBlob(rt.name, digest.Digest(rt.ref)); err != nil {
 		return err
 	}
+	reg.audit(r, "delete", slog.String("repo", rt.name), slog.String("digest", rt.ref))
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

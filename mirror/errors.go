@@ -30,6 +30,7 @@ const (
 	codeDenied              = "DENIED"
 	codeTooManyRequests     = "TOOMANYREQUESTS"
 	codeUnavailable         = "UNAVAILABLE"
+	codeUnauthorized        = "UNAUTHORIZED"
 )
 
 // codeStatus is the one table of HTTP statuses for codes whose status does
@@ -51,6 +52,7 @@ var codeStatus = map[string]int{
 	codeDenied:              http.StatusForbidden,
 	codeTooManyRequests:     http.StatusTooManyRequests,
 	codeUnavailable:         http.StatusServiceUnavailable,
+	codeUnauthorized:        http.StatusUnauthorized,
 }
 
 // apiError is an error decided at the HTTP edge.
@@ -131,6 +133,9 @@ func writeError(w http.ResponseWriter, err error) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if ae.code == codeUnauthorized {
+		h.Set("WWW-Authenticate", `Basic realm="wharf"`)
+	}
 	if ae.retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int((ae.retryAfter+time.Second-1)/time.Second)))
 	}

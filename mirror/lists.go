@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
 )
 
 // defaultCatalogPage bounds a catalog answer when the client sets no n.
@@ -35,7 +36,7 @@ func (reg *Registry) catalog(w http.ResponseWriter, r *http.Request, _ route) er
 	if err != nil {
 		return err
 	}
-	repos, more, err := reg.store.Catalog(n, last)
+	repos, more, err := reg.visibleRepos(r, n, last)
 	if err != nil {
 		return err
 	}
@@ -57,6 +58,32 @@ func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, rt route)
 	return writeJSON(w, r, cache.MediaTypeOCIIndex, map[string]any{
 		"schemaVersion": 2, "mediaType": cache.MediaTypeOCIIndex, "manifests": descs,
 	})
+}
+
+// visibleRepos pages through the catalog keeping what the caller may pull
+// (mirrored copies are the names that start with a registry).
+func (reg *Registry) visibleRepos(r *http.Request, n int, last string) ([]string, bool, error) {
+	s := callerOf(r).Subject
+	out := []string{}
+	for {
+		page, more, err := reg.store.Catalog(max(n, 100), last)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, repo := range page {
+			if !reg.policy.Allowed(s, repo, policy.Pull, policy.HasRegistryPrefix(repo)) {
+				continue
+			}
+			if len(out) == n {
+				return out, true, nil
+			}
+			out = append(out, repo)
+		}
+		if !more || len(page) == 0 {
+			return out, false, nil
+		}
+		last = page[len(page)-1]
+	}
 }
 
 // pageParams reads n and last; n is def when absent.

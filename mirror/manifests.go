@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -62,6 +63,7 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, rt rout
 	if err != nil {
 		return err
 	}
+	reg.audit(r, "push", slog.String("repo", rt.name), slog.String("digest", m.Digest.String()), slog.Any("tags", tags))
 	h := w.Header()
 	setLocation(w, rt.name, "manifests", m.Digest.String())
 	h.Set("Docker-Content-Digest", m.Digest.String())
@@ -83,6 +85,7 @@ func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, rt r
 	if err := reg.store.DeleteManifest(rt.name, rt.ref); err != nil {
 		return err
 	}
+	reg.audit(r, "delete", slog.String("repo", rt.name), slog.String("reference", rt.ref))
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

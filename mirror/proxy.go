@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -63,8 +64,11 @@ func isWrite(method string) bool { return method != http.MethodGet && method != 
 // handlers, mirrored reads to the cache and upstream.
 func (p *proxy) serve(w http.ResponseWriter, r *http.Request, rt route, h handlerFunc) error {
 	ns := r.URL.Query().Get("ns")
-	if isWrite(r.Method) || rt.kind == routeUpload || rt.kind == routeUploads {
-		if err := p.checkPush(rt.name, ns); err != nil {
+	if a := actionOf(rt, r.Method); a != policy.Pull {
+		if err := p.checkPush(r, rt.name, ns, a); err != nil {
+			return err
+		}
+		if err := p.reg.authorize(r, rt.name, a, false); err != nil {
 			return err
 		}
 		return h(w, r, rt)
@@ -73,8 +77,14 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, rt route, h handle
 	if err != nil {
 		return err
 	}
-	if !mirrored {
+	private := func() error {
+		if err := p.reg.authorize(r, rt.name, policy.Pull, false); err != nil {
+			return err
+		}
 		return h(w, r, rt)
+	}
+	if !mirrored {
+		return private()
 	}
 	local := rt
 	local.name = t.Local
@@ -83,8 +93,13 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, rt route, h handle
 		// uploading (pulls use GET, containerd sends ?ns=): such a HEAD is
 		// answered from what is here and never goes upstream.
 		if held, err := p.store.HasRepository(t.Local); err != nil || !held {
-			return h(w, r, rt)
+			return private()
 		}
+	}
+	if err := p.reg.authorize(r, t.Local, policy.Pull, true); err != nil {
+		return err
+	}
+	if r.Method == http.MethodHead && ns == "" && !policy.HasRegistryPrefix(rt.name) {
 		return h(w, r, local)
 	}
 	if !p.up.Allowed(t.Registry) {
@@ -118,18 +133,30 @@ func (p *proxy) route(name, ns string) (policy.Target, bool, error) {
 	return t, !private, err
 }
 
-// checkPush refuses pushes that would shadow mirrored names.
-func (p *proxy) checkPush(name, ns string) error {
-	if ns != "" || policy.HasRegistryPrefix(name) {
-		return apiErr(codeDenied, "%s names another registry's content; pushes go to names without a registry host", name)
-	}
+// checkPush refuses writes that would overwrite or shadow mirrored names:
+// registry-prefixed or ?ns= names, Docker Hub's library/ namespace, and any
+// name whose mirrored copy holds content — unless a rule explicitly grants
+// the caller that action on that name.
+func (p *proxy) checkPush(r *http.Request, name, ns string, a policy.Action) error {
+	var why string
 	t := policy.Mirror(name, "")
-	if held, err := p.store.HasRepository(t.Local); err != nil {
-		return err
-	} else if held {
-		return apiErr(codeDenied, "%s holds content mirrored from %s; a push may not shadow it", name, t.Registry)
+	switch {
+	case ns != "" || policy.HasRegistryPrefix(name):
+		why = "names another registry's content"
+	case strings.HasPrefix(t.Remote, "library/") && t.Registry == upstream.DockerHub:
+		why = "is in Docker Hub's library/ namespace"
+	default:
+		if held, err := p.store.HasRepository(t.Local); err != nil {
+			return err
+		} else if held {
+			why = "holds content mirrored from " + t.Registry
+		}
 	}
-	return nil
+	if why == "" || (ns == "" && p.reg.policy.Explicit(callerOf(r).Subject, name, a)) {
+		return nil
+	}
+	p.reg.audit(r, "denied", slog.String("repo", name), slog.String("action", string(a)), slog.String("reason", "mirrored name"))
+	return apiErr(codeDenied, "%s %s; a push may not shadow it unless a rule allows it", name, why)
 }
 
 // manifest returns manifest ref of mirrored repository t: from the cache

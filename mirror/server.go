@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"github.com/wharf-registry/wharf/policy"
 	"io"
 	"log/slog"
 	"net/http"
@@ -34,6 +35,12 @@ type Options struct {
 	PrefetchParallel int
 	// FillTimeout bounds one blob download from upstream (1h).
 	FillTimeout time.Duration
+	// Users authenticates Basic credentials; nil or empty: nobody signs in.
+	Users Authenticator
+	// Policy decides who may do what; nil: policy.New(0, {}) (everything
+	// allowed, and pushes over mirrored names refused).
+	Policy *policy.Policy
+
 	// PrefetchPlatforms ("linux/arm64", ...) are fetched, manifests and
 	// blobs, as soon as an index listing them is; by default only what
 	// clients ask for is fetched (each manifest GET counts against Docker
@@ -48,6 +55,7 @@ type Registry struct {
 	log    *slog.Logger
 	routes map[routeKey]handlerFunc
 	proxy  *proxy // nil without Options.Upstream
+	policy *policy.Policy
 }
 
 type routeKey struct {
@@ -60,7 +68,10 @@ func New(store Store, opts Options) *Registry {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger}
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, policy: opts.Policy}
+	if reg.policy == nil {
+		reg.policy, _ = policy.New(0, policy.Config{})
+	}
 	if opts.Upstream != nil {
 		reg.proxy = newProxy(reg)
 	}
@@ -91,6 +102,7 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, rt route) error
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
+	r = reg.authenticate(r)
 	sw.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
 	rt, ok := parseRoute(r.URL.Path)
 	var err error
@@ -111,9 +123,14 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if h := reg.handler(rt.kind, r.Method); h == nil {
 		err = apiErr(codeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)
 	} else if err = checkRoute(rt); err == nil {
-		if reg.proxy != nil && rt.name != "" {
+		switch {
+		case reg.proxy != nil && rt.name != "":
 			err = reg.proxy.serve(sw, r, rt, h)
-		} else {
+		case rt.name != "":
+			if err = reg.authorize(r, rt.name, actionOf(rt, r.Method), false); err == nil {
+				err = h(sw, r, rt)
+			}
+		default:
 			err = h(sw, r, rt)
 		}
 	}
@@ -130,6 +147,15 @@ func (reg *Registry) handler(k routeKind, method string) handlerFunc {
 }
 
 func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ route) error {
+	if c := callerOf(r); reg.authRequired() {
+		if c.User == "" {
+			if c.badCredentials {
+				reg.audit(r, "login", slog.Bool("ok", false))
+			}
+			return errUnauthorized
+		}
+		reg.audit(r, "login", slog.Bool("ok", true))
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", "2")
 	w.WriteHeader(http.StatusOK)

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
 )
 
 // startUpload handles POST /v2/<name>/blobs/uploads/: a cross-repository
@@ -24,7 +25,8 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, rt rout
 		}
 		// Without a valid source repository the mount falls back to an
 		// ordinary upload session, as the spec allows.
-		if from := q.Get("from"); validName(from) {
+		// A mount needs pull rights on the source.
+		if from := q.Get("from"); validName(from) && reg.policy.Allowed(callerOf(r).Subject, from, policy.Pull, false) {
 			_, err := reg.store.MountBlob(from, rt.name, d)
 			if err == nil {
 				return blobCreated(w, rt.name, d)

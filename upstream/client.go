@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes"
@@ -105,7 +107,9 @@ func New(opts Options) (*Client, error) {
 			return nil, err
 		}
 		reg := &registry{Registry: r, url: u, remaining: -1}
-		client := &http.Client{Transport: &recorder{reg: reg, opts: opts, next: c.transport()}}
+		// Only an endpoint the config names may be on a loopback, private or
+		// link-local address (no SSRF through a name that resolves there).
+		client := &http.Client{Transport: &recorder{reg: reg, opts: opts, next: c.transport(r.Endpoint != "")}}
 		creds := func(host string) (string, string, error) {
 			if host == u.Host { // never another host's realm
 				return r.Username, r.Password, nil
@@ -129,10 +133,14 @@ func New(opts Options) (*Client, error) {
 // Close stops background probes.
 func (c *Client) Close() { c.cancel() }
 
-func (c *Client) transport() *http.Transport {
+func (c *Client) transport(anyAddress bool) *http.Transport {
+	dialer := &net.Dialer{Timeout: c.opts.DialTimeout, KeepAlive: 30 * time.Second}
+	if !anyAddress {
+		dialer.Control = refuseInternal
+	}
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: c.opts.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           dialer.DialContext,
 		TLSHandshakeTimeout:   c.opts.DialTimeout,
 		ResponseHeaderTimeout: c.opts.ResponseTimeout,
 		MaxIdleConnsPerHost:   int(c.opts.MaxConns),
@@ -147,6 +155,29 @@ func (c *Client) hosts(name string) ([]docker.RegistryHost, error) {
 		return nil, fmt.Errorf("%s: %w", name, ErrNotAllowed)
 	}
 	return []docker.RegistryHost{r.host}, nil
+}
+
+// ErrInternalAddress is returned for a connection to a loopback, private,
+// link-local or unspecified address that the config did not name.
+var ErrInternalAddress = errors.New("refusing to connect to an internal address")
+
+// refuseInternal is a dialer Control: it runs after name resolution, on
+// the address actually dialled.
+func refuseInternal(network, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return err
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() ||
+		ip.IsUnspecified() || ip.IsMulticast() || netip.MustParsePrefix("100.64.0.0/10").Contains(ip) {
+		return fmt.Errorf("%w %s", ErrInternalAddress, ip)
+	}
+	return nil
 }
 
 // Allowed reports whether registry name may be contacted.
@@ -360,7 +391,7 @@ func (c *Client) markDown(r *registry, err error) {
 func (c *Client) probe(r *registry) {
 	t := time.NewTicker(c.opts.ProbeEvery)
 	defer t.Stop()
-	client := &http.Client{Transport: c.transport(), Timeout: c.opts.DialTimeout}
+	client := &http.Client{Transport: c.transport(r.Endpoint != ""), Timeout: c.opts.DialTimeout}
 	for {
 		select {
 		case <-c.ctx.Done():

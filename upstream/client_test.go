@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -184,5 +186,44 @@ func TestMissingBlobIsNotAnOutage(t *testing.T) {
 	}
 	if err := c.HasBlob(ctx, "docker.io", "library/alpine", img.Blobs[0]); err != nil {
 		t.Fatalf("present blob: %v", err)
+	}
+}
+
+// TestNoInternalAddressesUnlessNamed: a registry allowed by name whose
+// address is loopback is never dialled unless its endpoint was configured.
+func TestNoInternalAddressesUnlessNamed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if conn, err := ln.Accept(); err == nil {
+			conn.Close()
+			accepted <- struct{}{}
+		}
+	}()
+	name := "localhost:" + strings.Split(ln.Addr().String(), ":")[1]
+	c, err := New(Options{Registries: []Registry{{Name: name}}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Resolve(context.Background(), name, "x/y", "latest"); err == nil {
+		t.Fatal("resolved through a loopback address")
+	}
+	select {
+	case <-accepted:
+		t.Fatal("connected to a loopback address the config did not name")
+	case <-time.After(100 * time.Millisecond):
+	}
+	for _, addr := range []string{"169.254.169.254:80", "10.0.0.1:443", "[::1]:5000", "0.0.0.0:80", "100.64.1.1:80"} {
+		if err := refuseInternal("tcp", addr, nil); !errors.Is(err, ErrInternalAddress) {
+			t.Errorf("%s: %v", addr, err)
+		}
+	}
+	if err := refuseInternal("tcp", "93.184.216.34:443", nil); err != nil {
+		t.Errorf("public address refused: %v", err)
 	}
 }

@@ -1,0 +1,90 @@
+package mirror
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// Authenticator verifies user credentials; *policy.Users provides it.
+type Authenticator interface {
+	Len() int
+	Verify(user, password string) bool
+}
+
+type subjectKey struct{}
+
+// caller is who sent a request, as authenticated.
+type caller struct {
+	policy.Subject
+	badCredentials bool // sent credentials that did not verify (treated as anonymous)
+}
+
+func callerOf(r *http.Request) caller {
+	c, _ := r.Context().Value(subjectKey{}).(caller)
+	return c
+}
+
+// authenticate reads Basic credentials. Credentials that do not verify
+// leave the caller anonymous: dockerd forwards its Docker Hub login to
+// mirrors, and that must not break an anonymous pull. They only matter
+// when the request needs more than anonymous rights.
+func (reg *Registry) authenticate(r *http.Request) *http.Request {
+	var c caller
+	if user, pass, ok := r.BasicAuth(); ok && reg.opts.Users != nil {
+		if reg.opts.Users.Verify(user, pass) {
+			c.User = user
+		} else {
+			c.badCredentials = true
+		}
+	}
+	return r.WithContext(context.WithValue(r.Context(), subjectKey{}, c))
+}
+
+// authRequired reports that users exist: /v2/ then challenges anonymous
+// callers, which is what makes `docker login` send its credentials.
+func (reg *Registry) authRequired() bool {
+	return reg.opts.Users != nil && reg.opts.Users.Len() > 0
+}
+
+// authorize decides action on repo (mirrored: a mirrored copy's local
+// name) for the caller: nil, 401 UNAUTHORIZED (anonymous: sign in) or 403
+// DENIED, with an audit record for a refusal.
+func (reg *Registry) authorize(r *http.Request, repo string, a policy.Action, mirrored bool) error {
+	c := callerOf(r)
+	if reg.policy.Allowed(c.Subject, repo, a, mirrored) {
+		return nil
+	}
+	reg.audit(r, "denied", slog.String("repo", repo), slog.String("action", string(a)))
+	if c.User == "" {
+		return errUnauthorized
+	}
+	return apiErr(codeDenied, "%s may not %s %s", c.User, a, repo)
+}
+
+var errUnauthorized = &apiError{code: codeUnauthorized, message: "authentication required"}
+
+// audit writes one structured audit record: pushes, deletes, logins and
+// denials, with user and client address.
+func (reg *Registry) audit(r *http.Request, event string, attrs ...slog.Attr) {
+	c := callerOf(r)
+	user := c.User
+	if user == "" {
+		user = "anonymous"
+	}
+	attrs = append([]slog.Attr{slog.String("event", event), slog.String("user", user), slog.String("client", r.RemoteAddr)}, attrs...)
+	reg.log.LogAttrs(r.Context(), slog.LevelInfo, "audit", attrs...)
+}
+
+// actionOf is what a request does: pull, push or delete.
+func actionOf(rt route, method string) policy.Action {
+	switch {
+	case method == http.MethodDelete && rt.kind != routeUpload:
+		return policy.Delete
+	case isWrite(method) || rt.kind == routeUpload || rt.kind == routeUploads:
+		return policy.Push
+	}
+	return policy.Pull
+}

@@ -1,0 +1,160 @@
+package policy
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// Action is what a request does to a repository.
+type Action string
+
+// The actions rules grant.
+const (
+	Pull   Action = "pull"
+	Push   Action = "push"
+	Delete Action = "delete"
+)
+
+// Subject is who asks: a user name, or "" for anonymous.
+type Subject struct{ User string }
+
+// Rule grants Actions on repositories matching Repos to the subjects in
+// Who. Patterns: "team/app" exactly, "team/*" one path component,
+// "team/**" anything below (mirrored copies are named after their
+// registry: "docker.io/library/*"). Who: user names, "group:NAME",
+// "anonymous", "users" (anyone signed in) and "everyone".
+type Rule struct {
+	Repos   []string `yaml:"repos"`
+	Who     []string `yaml:"who"`
+	Actions []Action `yaml:"actions"`
+}
+
+// Config is the access part of the config file.
+type Config struct {
+	Rules  []Rule              `yaml:"rules"`
+	Groups map[string][]string `yaml:"groups"`
+	// AnonymousMirrorPull lets anonymous clients pull mirrored content once
+	// users exist (default true: it is how dockerd uses a mirror).
+	AnonymousMirrorPull *bool `yaml:"anonymous-mirror-pull"`
+}
+
+// Policy decides who may do what. It is immutable and safe for concurrent
+// use.
+type Policy struct {
+	open       bool
+	anonMirror bool
+	rules      []compiled
+	groupsOf   map[string][]string // user → groups
+}
+
+type compiled struct {
+	repos   []*regexp.Regexp
+	who     []string
+	actions []Action
+}
+
+// New compiles cfg. With no users (users == 0) everything is allowed, as
+// registry:2 on a LAN; rules still decide where they must (pushes over
+// mirrored names).
+func New(users int, cfg Config) (*Policy, error) {
+	p := &Policy{open: users == 0, anonMirror: true, groupsOf: map[string][]string{}}
+	if cfg.AnonymousMirrorPull != nil {
+		p.anonMirror = *cfg.AnonymousMirrorPull
+	}
+	for g, members := range cfg.Groups {
+		for _, m := range members {
+			p.groupsOf[m] = append(p.groupsOf[m], g)
+		}
+	}
+	for i, r := range cfg.Rules {
+		c := compiled{who: r.Who, actions: r.Actions}
+		if len(r.Repos) == 0 || len(r.Who) == 0 || len(r.Actions) == 0 {
+			return nil, fmt.Errorf("rule %d: repos, who and actions are all required", i+1)
+		}
+		for _, a := range r.Actions {
+			if a != Pull && a != Push && a != Delete {
+				return nil, fmt.Errorf("rule %d: unknown action %q (pull, push, delete)", i+1, a)
+			}
+		}
+		for _, pat := range r.Repos {
+			re, err := compilePattern(pat)
+			if err != nil {
+				return nil, fmt.Errorf("rule %d: %w", i+1, err)
+			}
+			c.repos = append(c.repos, re)
+		}
+		p.rules = append(p.rules, c)
+	}
+	return p, nil
+}
+
+func compilePattern(pat string) (*regexp.Regexp, error) {
+	var b strings.Builder
+	b.WriteString("^")
+	for i := 0; i < len(pat); i++ {
+		switch {
+		case strings.HasPrefix(pat[i:], "**"):
+			b.WriteString(".*")
+			i++
+		case pat[i] == '*':
+			b.WriteString("[^/]*")
+		default:
+			b.WriteString(regexp.QuoteMeta(pat[i : i+1]))
+		}
+	}
+	b.WriteString("$")
+	return regexp.Compile(b.String())
+}
+
+// Open reports that no users are configured: everything is allowed.
+func (p *Policy) Open() bool { return p.open }
+
+// match returns the first rule naming repo and s.
+func (p *Policy) match(s Subject, repo string) *compiled {
+	for i := range p.rules {
+		r := &p.rules[i]
+		if slices.ContainsFunc(r.repos, func(re *regexp.Regexp) bool { return re.MatchString(repo) }) &&
+			slices.ContainsFunc(r.who, func(w string) bool { return p.names(w, s) }) {
+			return r
+		}
+	}
+	return nil
+}
+
+func (p *Policy) names(who string, s Subject) bool {
+	switch {
+	case who == "everyone":
+		return true
+	case who == "anonymous":
+		return s.User == ""
+	case who == "users":
+		return s.User != ""
+	case strings.HasPrefix(who, "group:"):
+		return s.User != "" && slices.Contains(p.groupsOf[s.User], strings.TrimPrefix(who, "group:"))
+	}
+	return s.User != "" && who == s.User
+}
+
+// Allowed decides whether s may do a on repo; mirrored says repo is a
+// mirrored copy (named after its registry). The first rule naming repo and
+// s decides; without one, only pulls of mirrored content are allowed
+// (anonymous ones if AnonymousMirrorPull), or everything while no users
+// exist.
+func (p *Policy) Allowed(s Subject, repo string, a Action, mirrored bool) bool {
+	if r := p.match(s, repo); r != nil {
+		return slices.Contains(r.actions, a)
+	}
+	if p.open {
+		return true
+	}
+	return a == Pull && mirrored && (s.User != "" || p.anonMirror)
+}
+
+// Explicit reports whether a rule names repo and s and grants a: what it
+// takes to push over a name that is mirrored.
+func (p *Policy) Explicit(s Subject, repo string, a Action) bool {
+	r := p.match(s, repo)
+	return r != nil && slices.Contains(r.actions, a)
+}
