@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -20,6 +22,7 @@ type subjectKey struct{}
 type caller struct {
 	policy.Subject
 	badCredentials bool // sent credentials that did not verify (treated as anonymous)
+	token          bool // holds a valid token from Wharf's realm
 }
 
 func callerOf(r *http.Request) caller {
@@ -27,13 +30,18 @@ func callerOf(r *http.Request) caller {
 	return c
 }
 
-// authenticate reads Basic credentials. Credentials that do not verify
-// leave the caller anonymous: dockerd forwards its Docker Hub login to
-// mirrors, and that must not break an anonymous pull. They only matter
-// when the request needs more than anonymous rights.
+// authenticate reads a bearer token from Wharf's realm, or Basic
+// credentials. Credentials that do not verify leave the caller anonymous:
+// dockerd forwards its Docker Hub login to mirrors, and that must not break
+// an anonymous pull. They only matter when the request needs more than
+// anonymous rights.
 func (reg *Registry) authenticate(r *http.Request) *http.Request {
 	var c caller
-	if user, pass, ok := r.BasicAuth(); ok && reg.opts.Users != nil {
+	h := r.Header.Get("Authorization")
+	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
+		claims, valid := reg.tokens.check(tok, time.Now())
+		c.User, c.badCredentials, c.token = claims.User, !valid || claims.Bad, valid
+	} else if user, pass, ok := r.BasicAuth(); ok && reg.opts.Users != nil {
 		if reg.opts.Users.Verify(user, pass) {
 			c.User = user
 		} else {
@@ -59,12 +67,18 @@ func (reg *Registry) authorize(r *http.Request, repo string, a policy.Action, mi
 	}
 	reg.audit(r, "denied", slog.String("repo", repo), slog.String("action", string(a)))
 	if c.User == "" {
-		return errUnauthorized
+		return &apiError{code: codeUnauthorized, message: "authentication required",
+			challenge: challenge(r, "repository:"+repo+":pull,push")}
 	}
 	return apiErr(codeDenied, "%s may not %s %s", c.User, a, repo)
 }
 
 var errUnauthorized = &apiError{code: codeUnauthorized, message: "authentication required"}
+
+// unauthorized is errUnauthorized with the challenge for this request.
+func unauthorized(r *http.Request) error {
+	return &apiError{code: codeUnauthorized, message: "authentication required", challenge: challenge(r, "")}
+}
 
 // audit writes one structured audit record: pushes, deletes, logins and
 // denials, with user and client address.

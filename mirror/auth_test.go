@@ -86,8 +86,28 @@ func TestAccessControl(t *testing.T) {
 	alice, bob := basic("alice", "alice-pw"), basic("bob", "bob-pw")
 
 	resp, body := reg.do(t, "GET", "/v2/", nil, nil)
-	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Basic realm="wharf"` || ociError(t, body) != "UNAUTHORIZED" {
+	if resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), `Bearer realm="http://`) || ociError(t, body) != "UNAUTHORIZED" {
 		t.Fatalf("anonymous /v2/: %s %v", resp.Status, resp.Header)
+	}
+	// The realm: anonymous, good and bad credentials.
+	token := func(hdr map[string]string) map[string]string {
+		resp, body := reg.do(t, "GET", "/token?service=wharf&scope=repository:team/app:pull", nil, hdr)
+		var tok struct{ Token string }
+		if json.Unmarshal(body, &tok) != nil || resp.StatusCode != 200 || tok.Token == "" {
+			t.Fatalf("token: %s %s", resp.Status, body)
+		}
+		return map[string]string{"Authorization": "Bearer " + tok.Token}
+	}
+	anonTok, aliceTok, badTok := token(nil), token(basic("alice", "alice-pw")), token(basic("alice", "nope"))
+	for _, c := range []struct {
+		name string
+		hdr  map[string]string
+		want int
+	}{{"anonymous token", anonTok, 200}, {"alice's token", aliceTok, 200}, {"token for a wrong password", badTok, 401},
+		{"forged token", map[string]string{"Authorization": "Bearer eyJ1IjoiYWxpY2UifQ.forged"}, 401}} {
+		if resp, _ := reg.do(t, "GET", "/v2/", nil, c.hdr); resp.StatusCode != c.want {
+			t.Fatalf("/v2/ with %s: %s, want %d", c.name, resp.Status, c.want)
+		}
 	}
 	if resp, _ := reg.do(t, "GET", "/v2/", nil, basic("alice", "wrong")); resp.StatusCode != 401 {
 		t.Fatalf("wrong password: %s", resp.Status)
@@ -98,6 +118,15 @@ func TestAccessControl(t *testing.T) {
 
 	if st := reg.pushAs(t, "team/app", "v1", alice, []byte("private layer")); st != 201 {
 		t.Fatalf("alice push team/app: %d", st)
+	}
+	if st := reg.pushAs(t, "team/app", "v0", aliceTok, []byte("private layer")); st != 201 {
+		t.Fatalf("alice push team/app with her token: %d", st)
+	}
+	for _, hdr := range []map[string]string{anonTok, badTok} {
+		if resp, _ := reg.do(t, "GET", "/v2/team/app/manifests/v1", nil, hdr); resp.StatusCode != 401 ||
+			!strings.Contains(resp.Header.Get("WWW-Authenticate"), `scope="repository:team/app:pull,push"`) {
+			t.Fatalf("private pull with an anonymous token: %s %v", resp.Status, resp.Header)
+		}
 	}
 	if st := reg.pushAs(t, "team/app", "v2", nil, []byte("x")); st != 401 {
 		t.Fatalf("anonymous push: %d, want 401", st)

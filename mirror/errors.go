@@ -62,6 +62,7 @@ type apiError struct {
 	message    string
 	detail     any
 	retryAfter time.Duration // sets Retry-After when positive
+	challenge  string        // WWW-Authenticate of a 401
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -133,8 +134,8 @@ func writeError(w http.ResponseWriter, err error) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	if ae.code == codeUnauthorized {
-		h.Set("WWW-Authenticate", `Basic realm="wharf"`)
+	if ae.challenge != "" {
+		h.Set("WWW-Authenticate", ae.challenge)
 	}
 	if ae.retryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int((ae.retryAfter+time.Second-1)/time.Second)))

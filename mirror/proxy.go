@@ -88,18 +88,17 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, rt route, h handle
 	}
 	local := rt
 	local.name = t.Local
-	if r.Method == http.MethodHead && ns == "" && !policy.HasRegistryPrefix(rt.name) {
-		// Push clients probe a new repository's blobs with HEAD before
-		// uploading (pulls use GET, containerd sends ?ns=): such a HEAD is
-		// answered from what is here and never goes upstream.
-		if held, err := p.store.HasRepository(t.Local); err != nil || !held {
-			return private()
-		}
-	}
 	if err := p.reg.authorize(r, t.Local, policy.Pull, true); err != nil {
 		return err
 	}
 	if r.Method == http.MethodHead && ns == "" && !policy.HasRegistryPrefix(rt.name) {
+		// Push clients probe a new repository's blobs with HEAD before
+		// uploading (pulls use GET, containerd sends ?ns=): such a HEAD is
+		// answered from what is here (the mirrored copy, or nothing) and
+		// never goes upstream.
+		if held, err := p.store.HasRepository(t.Local); err != nil || !held {
+			return h(w, r, rt)
+		}
 		return h(w, r, local)
 	}
 	if !p.up.Allowed(t.Registry) {

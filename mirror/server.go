@@ -56,6 +56,7 @@ type Registry struct {
 	routes map[routeKey]handlerFunc
 	proxy  *proxy // nil without Options.Upstream
 	policy *policy.Policy
+	tokens *tokens
 }
 
 type routeKey struct {
@@ -68,7 +69,7 @@ func New(store Store, opts Options) *Registry {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, policy: opts.Policy}
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, policy: opts.Policy, tokens: newTokens()}
 	if reg.policy == nil {
 		reg.policy, _ = policy.New(0, policy.Config{})
 	}
@@ -103,6 +104,10 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
 	r = reg.authenticate(r)
+	if r.URL.Path == "/token" && reg.authRequired() {
+		reg.serveToken(sw, r)
+		return
+	}
 	sw.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
 	rt, ok := parseRoute(r.URL.Path)
 	var err error
@@ -147,13 +152,14 @@ func (reg *Registry) handler(k routeKind, method string) handlerFunc {
 }
 
 func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ route) error {
-	if c := callerOf(r); reg.authRequired() {
-		if c.User == "" {
-			if c.badCredentials {
-				reg.audit(r, "login", slog.Bool("ok", false))
-			}
-			return errUnauthorized
+	// With users, /v2/ challenges callers without a token: clients then ask
+	// the realm, anonymously (mirror pulls) or with a password (login).
+	if c := callerOf(r); reg.authRequired() && c.User == "" && (!c.token || c.badCredentials) {
+		if c.badCredentials {
+			reg.audit(r, "login", slog.Bool("ok", false))
 		}
+		return unauthorized(r)
+	} else if c.User != "" {
 		reg.audit(r, "login", slog.Bool("ok", true))
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/wharf-registry/wharf/policy"
 )
 
 // parseServe runs the CLI with args and returns the serve configuration it
@@ -117,5 +119,76 @@ credentials:
 	}
 	if _, err := tryServe("--upstream", "ghcr.io=ftp://x"); err == nil {
 		t.Fatal("a non-HTTP upstream endpoint was accepted")
+	}
+}
+
+// TestAccessConfig: users and rules come from --htpasswd and the config
+// file; a non-bcrypt htpasswd refuses to start, naming the line.
+func TestAccessConfig(t *testing.T) {
+	dir := t.TempDir()
+	if cfg := parseServe(t); !cfg.mirror.Policy.Open() || cfg.mirror.Users != nil {
+		t.Fatal("without --htpasswd everything must be open and no authenticator set")
+	}
+	hp := filepath.Join(dir, "htpasswd")
+	app := newApp()
+	app.Reader = strings.NewReader("s3cret\n")
+	if err := app.Run([]string{"wharf", "user", "add", "--htpasswd", hp, "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "wharf.yaml")
+	os.WriteFile(file, []byte("rules:\n  - repos: [\"team/*\"]\n    who: [alice]\n    actions: [pull, push]\n"), 0o644)
+	cfg := parseServe(t, "--htpasswd", hp, "--config", file)
+	if cfg.mirror.Policy.Open() || !cfg.mirror.Users.Verify("alice", "s3cret") {
+		t.Fatal("users from --htpasswd not in effect")
+	}
+	if !cfg.mirror.Policy.Allowed(policy.Subject{User: "alice"}, "team/app", policy.Push, false) {
+		t.Fatal("rule from the config file not in effect")
+	}
+	os.WriteFile(hp, []byte("alice:$apr1$x$y\n"), 0o600)
+	if _, err := tryServe("--htpasswd", hp); err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("MD5 htpasswd: %v", err)
+	}
+	if _, err := tryServe("--htpasswd", filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("a missing --htpasswd file was accepted")
+	}
+}
+
+// TestUserCommands: add, passwd, list, del; the password comes from stdin
+// and never appears in the file.
+func TestUserCommands(t *testing.T) {
+	hp := filepath.Join(t.TempDir(), "htpasswd")
+	run := func(stdin string, args ...string) (string, error) {
+		app := newApp()
+		app.ExitErrHandler = func(*cli.Context, error) {}
+		var out strings.Builder
+		app.Reader, app.Writer = strings.NewReader(stdin), &out
+		err := app.Run(append([]string{"wharf", "user"}, args...))
+		return out.String(), err
+	}
+	if _, err := run("pw1\n", "add", "--htpasswd", hp, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run("pw2\n", "add", "--htpasswd", hp, "bob"); err == nil {
+		t.Fatal("adding an existing user succeeded")
+	}
+	if _, err := run("pw3\n", "passwd", "--htpasswd", hp, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(hp)
+	if strings.Contains(string(raw), "pw3") || !strings.HasPrefix(string(raw), "bob:$2") {
+		t.Fatalf("htpasswd content: %q", raw)
+	}
+	users, _ := policy.LoadHtpasswd(hp)
+	if !users.Verify("bob", "pw3") || users.Verify("bob", "pw1") {
+		t.Fatal("passwd did not change the password")
+	}
+	if out, _ := run("", "list", "--htpasswd", hp); out != "bob\n" {
+		t.Fatalf("list: %q", out)
+	}
+	if _, err := run("", "del", "--htpasswd", hp, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := run("", "list", "--htpasswd", hp); out != "" {
+		t.Fatalf("list after del: %q", out)
 	}
 }

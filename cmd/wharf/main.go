@@ -32,6 +32,7 @@ func newApp() *cli.App {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (debug logs every request)", EnvVars: []string{"WHARF_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: []string{"WHARF_LOG_FORMAT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 30e9, Usage: "how long SIGTERM waits for in-flight requests", EnvVars: []string{"WHARF_SHUTDOWN_TIMEOUT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "htpasswd", Usage: "users file (bcrypt htpasswd); without users everything is allowed", EnvVars: []string{"WHARF_HTPASSWD"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "mirror", Value: true, Usage: "pull-through mirror for names that were not pushed here (false: private registry only)", EnvVars: []string{"WHARF_MIRROR"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice("docker.io"), Usage: "registry that may be mirrored, as NAME or NAME=URL to override its endpoint (repeatable; the allow-list)", EnvVars: []string{"WHARF_UPSTREAM"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "tag-ttl", Value: 10 * 60e9, Usage: "serve a mirrored tag this long without asking upstream; then revalidate it with a HEAD", EnvVars: []string{"WHARF_TAG_TTL"}}),
@@ -60,6 +61,7 @@ func newApp() *cli.App {
 				},
 			},
 			prefetchCommand,
+			userCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",

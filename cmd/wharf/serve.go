@@ -18,6 +18,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/mirror"
+	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -36,14 +37,22 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
+	access, err := readAccess(c.String("config"), c.String("htpasswd"))
+	if err != nil {
+		return serveConfig{}, err
+	}
 	cfg := serveConfig{
 		addr:            c.String("addr"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log,
+			Policy: access.policy,
 			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
+	}
+	if access.users != nil { // a nil *Users in the interface would not be nil
+		cfg.mirror.Users = access.users
 	}
 	if !c.Bool("mirror") {
 		return cfg, nil
@@ -65,6 +74,46 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	}
 	cfg.upstream = up
 	return cfg, nil
+}
+
+type access struct {
+	users  *policy.Users
+	policy *policy.Policy
+}
+
+// readAccess loads users (htpasswd) and the rules of the config file.
+func readAccess(configFile, htpasswd string) (access, error) {
+	var a access
+	var err error
+	if htpasswd != "" {
+		if _, serr := os.Stat(htpasswd); serr != nil {
+			return a, fmt.Errorf("--htpasswd: %w", serr)
+		}
+		if a.users, err = policy.LoadHtpasswd(htpasswd); err != nil {
+			return a, err
+		}
+	}
+	var doc struct {
+		policy.Config `yaml:",inline"`
+	}
+	if configFile != "" {
+		raw, err := os.ReadFile(configFile)
+		if err != nil {
+			return a, err
+		}
+		if err := yaml.Unmarshal(raw, &doc); err != nil {
+			return a, fmt.Errorf("%s: %w", configFile, err)
+		}
+	}
+	n := 0
+	if a.users != nil {
+		n = a.users.Len()
+	}
+	a.policy, err = policy.New(n, doc.Config)
+	if err != nil {
+		return a, fmt.Errorf("%s: %w", configFile, err)
+	}
+	return a, nil
 }
 
 // credentials are per-registry logins from the config file:
@@ -140,6 +189,11 @@ func serve(parent context.Context, cfg serveConfig) error {
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if cfg.mirror.Policy.Open() {
+		log.Warn("NO USERS CONFIGURED: anyone who can reach this port may pull, push and (with --allow-delete) delete; add users with `wharf user add --htpasswd FILE NAME` and start with --htpasswd FILE")
+	} else {
+		log.Info("access control on", "users", cfg.mirror.Users.Len())
 	}
 	if !cfg.mirror.AllowDelete {
 		log.Info("deletes are disabled; start with --allow-delete to enable them")

@@ -15,7 +15,8 @@ import (
 // dockerd is a daemon started by the test with its own root, exec root,
 // socket and pidfile.
 type dockerd struct {
-	host string // DOCKER_HOST value
+	host   string // DOCKER_HOST value
+	config string // DOCKER_CONFIG: the client's own logins
 }
 
 func startDockerd(t *testing.T) *dockerd {
@@ -33,7 +34,7 @@ func startDockerdWith(t *testing.T, daemonJSON map[string]any) *dockerd {
 	if err := os.WriteFile(filepath.Join(root, "daemon.json"), cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := &dockerd{host: "unix://" + filepath.Join(root, "docker.sock")}
+	d := &dockerd{host: "unix://" + filepath.Join(root, "docker.sock"), config: filepath.Join(root, "client")}
 	startDaemon(t, func() error {
 		_, err := runErr(10*time.Second, d.env(), "docker", "version")
 		return err
@@ -45,7 +46,9 @@ func startDockerdWith(t *testing.T, daemonJSON map[string]any) *dockerd {
 	return d
 }
 
-func (d *dockerd) env() []string { return []string{"DOCKER_HOST=" + d.host, "DOCKER_BUILDKIT=0"} }
+func (d *dockerd) env() []string {
+	return []string{"DOCKER_HOST=" + d.host, "DOCKER_BUILDKIT=0", "DOCKER_CONFIG=" + d.config}
+}
 
 func (d *dockerd) docker(t *testing.T, args ...string) string {
 	t.Helper()

@@ -112,7 +112,7 @@ func startWharf(t *testing.T, data string, args ...string) *wharfProc {
 		resp, err := http.Get(w.url("/v2/"))
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized { // 401: users exist
 				return w
 			}
 		}

@@ -1,0 +1,107 @@
+package mirror
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// tokenTTL is how long a token from Wharf's realm is valid.
+const tokenTTL = 5 * time.Minute
+
+// tokens issues and checks Wharf's bearer tokens: "<payload>.<hmac>", the
+// payload naming the user ("" for anonymous) and the expiry. Authorization
+// is decided per request by the policy, so tokens carry no scopes. The key
+// lives only in this process: after a restart clients fetch new tokens.
+type tokens struct{ key [32]byte }
+
+func newTokens() *tokens {
+	t := &tokens{}
+	rand.Read(t.key[:])
+	return t
+}
+
+type tokenClaims struct {
+	User string `json:"u"`
+	Exp  int64  `json:"e"`
+	Bad  bool   `json:"b,omitempty"` // asked for with credentials that did not verify
+}
+
+func (t *tokens) sign(payload []byte) string {
+	m := hmac.New(sha256.New, t.key[:])
+	m.Write(payload)
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func (t *tokens) issue(user string, bad bool, now time.Time) string {
+	payload, _ := json.Marshal(tokenClaims{User: user, Exp: now.Add(tokenTTL).Unix(), Bad: bad})
+	p := base64.RawURLEncoding.EncodeToString(payload)
+	return p + "." + t.sign([]byte(p))
+}
+
+// check returns the token's claims; ok is false for a token Wharf did not
+// issue or that expired (for instance one dockerd forwards from Docker Hub).
+func (t *tokens) check(tok string, now time.Time) (c tokenClaims, ok bool) {
+	p, sig, found := strings.Cut(tok, ".")
+	if !found || !hmac.Equal([]byte(sig), []byte(t.sign([]byte(p)))) {
+		return c, false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(p)
+	if err != nil || json.Unmarshal(raw, &c) != nil || now.Unix() >= c.Exp {
+		return tokenClaims{}, false
+	}
+	return c, true
+}
+
+// serveToken is the token realm (GET with optional Basic credentials, or an
+// OAuth2 password grant POST). Anonymous callers get an anonymous token.
+// Credentials that do not verify get an anonymous token marked bad: dockerd
+// sends its Docker Hub login here too and must still pull mirrored content
+// anonymously, while /v2/ refuses a bad token, which is what makes
+// `docker login` with a wrong password fail.
+func (reg *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
+	user, pass, withCreds := r.BasicAuth()
+	if r.Method == http.MethodPost {
+		r.ParseForm()
+		user, pass = r.PostForm.Get("username"), r.PostForm.Get("password")
+		withCreds = r.PostForm.Get("grant_type") == "password"
+	}
+	bad := false
+	switch {
+	case !withCreds:
+		user = ""
+	case reg.opts.Users.Verify(user, pass):
+		reg.audit(r, "login", slog.Bool("ok", true), slog.String("as", user))
+	default:
+		reg.audit(r, "login", slog.Bool("ok", false), slog.String("as", user))
+		user, bad = "", true
+	}
+	now := time.Now()
+	tok := reg.tokens.issue(user, bad, now)
+	body, _ := json.Marshal(map[string]any{"token": tok, "access_token": tok,
+		"expires_in": int(tokenTTL / time.Second), "issued_at": now.UTC().Format(time.RFC3339)})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Write(body)
+}
+
+// challenge is the WWW-Authenticate value pointing clients at the realm.
+func challenge(r *http.Request, scope string) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	v := fmt.Sprintf(`Bearer realm="%s://%s/token",service="wharf"`, scheme, r.Host)
+	if scope != "" {
+		v += fmt.Sprintf(`,scope="%s"`, scope)
+	}
+	return v
+}
