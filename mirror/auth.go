@@ -37,6 +37,10 @@ func callerOf(r *http.Request) caller {
 // anonymous rights.
 func (reg *Registry) authenticate(r *http.Request) *http.Request {
 	var c caller
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 { // a client certificate from --tls-client-ca
+		c.User = r.TLS.VerifiedChains[0][0].Subject.CommonName
+		return r.WithContext(context.WithValue(r.Context(), subjectKey{}, c))
+	}
 	h := r.Header.Get("Authorization")
 	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
 		claims, valid := reg.tokens.check(tok, time.Now())

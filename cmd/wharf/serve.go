@@ -25,6 +25,9 @@ import (
 // serveConfig is everything `wharf serve` needs, read once from the CLI.
 type serveConfig struct {
 	addr            string
+	tlsCert         string
+	tlsKey          string
+	tlsClientCA     string
 	log             *slog.Logger
 	shutdownTimeout time.Duration
 	cache           cache.Options
@@ -43,6 +46,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	}
 	cfg := serveConfig{
 		addr:            c.String("addr"),
+		tlsCert:         c.String("tls-cert"),
+		tlsKey:          c.String("tls-key"),
+		tlsClientCA:     c.String("tls-client-ca"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
@@ -50,6 +56,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 			Policy: access.policy,
 			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
+	}
+	if (cfg.tlsCert == "") != (cfg.tlsKey == "") || (cfg.tlsClientCA != "" && cfg.tlsCert == "") {
+		return cfg, errors.New("--tls-cert and --tls-key go together; --tls-client-ca needs them")
 	}
 	if access.users != nil { // a nil *Users in the interface would not be nil
 		cfg.mirror.Users = access.users
@@ -198,11 +207,26 @@ func serve(parent context.Context, cfg serveConfig) error {
 	if !cfg.mirror.AllowDelete {
 		log.Info("deletes are disabled; start with --allow-delete to enable them")
 	}
-	log.Info("wharf listening", "addr", ln.Addr().String(), "data", cfg.cache.Dir)
+	log.Info("wharf listening", "addr", ln.Addr().String(), "data", cfg.cache.Dir, "tls", cfg.tlsCert != "")
 
 	g, gctx := errgroup.WithContext(ctx)
+	serveFn := srv.Serve
+	if cfg.tlsCert == "" {
+		signal.Ignore(syscall.SIGHUP) // nothing to reload yet; never die of it
+	}
+	if cfg.tlsCert != "" {
+		certs, err := newCertReloader(cfg.tlsCert, cfg.tlsKey, log)
+		if err != nil {
+			return err
+		}
+		if srv.TLSConfig, err = tlsConfig(certs, cfg.tlsClientCA); err != nil {
+			return err
+		}
+		g.Go(func() error { return certs.watch(gctx, 2*time.Second) })
+		serveFn = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+	}
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := serveFn(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
