@@ -229,7 +229,6 @@ func TestClientCertificatePush(t *testing.T) {
 	}
 }
 
-
 // TestDockerLoginTLS: docker login, push and pull over TLS, the test CA
 // installed in the daemon's certs.d for Wharf's address. (dockerd counts
 // loopback registries as insecure, so it would not refuse a bad chain
