@@ -182,3 +182,26 @@ func TestTagPushKeepsSha512(t *testing.T) {
 		t.Fatalf("tag points at %s", got)
 	}
 }
+
+func TestExpireUploads(t *testing.T) {
+	s := openStore(t, t.TempDir(), func(o *Options) { o.UploadTTL = time.Hour })
+	defer s.Close()
+	old, _ := s.NewUpload("r")
+	s.AppendUpload("r", old, 0, strings.NewReader("stale"))
+	fresh, _ := s.NewUpload("r")
+	n, err := s.ExpireUploads(time.Now().Add(30 * time.Minute))
+	if err != nil || n != 0 {
+		t.Fatalf("nothing is idle for an hour yet: %d %v", n, err)
+	}
+	s.AppendUpload("r", fresh, 0, strings.NewReader("active"))
+	n, err = s.ExpireUploads(time.Now().Add(61 * time.Minute))
+	if err != nil || n != 2 {
+		t.Fatalf("expired %d sessions (%v), want 2", n, err)
+	}
+	if _, err := s.UploadStatus("r", old); !errors.Is(err, ErrUploadUnknown) {
+		t.Fatalf("expired session still known: %v", err)
+	}
+	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+		t.Fatalf("expired session files kept: %v", ids)
+	}
+}

@@ -297,3 +297,44 @@ func (s *Store) CleanIngests(now time.Time) error {
 	}
 	return nil
 }
+
+// ExpireUploads drops upload sessions idle for longer than the upload TTL,
+// with their files, while the store is in use; it returns how many.
+func (s *Store) ExpireUploads(now time.Time) (int, error) {
+	var ids []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("u/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var rec uploadRecord
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err != nil || now.Sub(rec.Updated) > s.opts.UploadTTL {
+				ids = append(ids, string(it.Item().Key()[2:]))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range ids {
+		mu := s.uploadLock(id)
+		mu.Lock()
+		var rec uploadRecord
+		err := s.db.View(func(txn *badger.Txn) error {
+			v, err := getValue(txn, uploadKey(id))
+			if err != nil {
+				return err
+			}
+			return json.Unmarshal(v, &rec)
+		})
+		// Re-checked under the session's lock: a request may have used it.
+		if err == nil && now.Sub(rec.Updated) > s.opts.UploadTTL {
+			if s.cancelLocked(id) == nil {
+				n++
+			}
+		}
+		mu.Unlock()
+	}
+	return n, nil
+}

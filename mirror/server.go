@@ -41,6 +41,10 @@ type Options struct {
 	// allowed, and pushes over mirrored names refused).
 	Policy *policy.Policy
 
+	// MaxUploads and MaxUploadsPerClient bound upload requests (POST with
+	// a body, PATCH, PUT of a blob) running at once; 0: no limit.
+	MaxUploads, MaxUploadsPerClient int
+
 	// PrefetchPlatforms ("linux/arm64", ...) are fetched, manifests and
 	// blobs, as soon as an index listing them is; by default only what
 	// clients ask for is fetched (each manifest GET counts against Docker
@@ -50,13 +54,14 @@ type Options struct {
 
 // Registry serves the OCI Distribution API. It is safe for concurrent use.
 type Registry struct {
-	store  Store
-	opts   Options
-	log    *slog.Logger
-	routes map[routeKey]handlerFunc
-	proxy  *proxy // nil without Options.Upstream
-	policy *policy.Policy
-	tokens *tokens
+	store   Store
+	opts    Options
+	log     *slog.Logger
+	routes  map[routeKey]handlerFunc
+	proxy   *proxy // nil without Options.Upstream
+	policy  *policy.Policy
+	tokens  *tokens
+	uploads *uploadLimiter
 }
 
 type routeKey struct {
@@ -69,7 +74,8 @@ func New(store Store, opts Options) *Registry {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, policy: opts.Policy, tokens: newTokens()}
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, policy: opts.Policy, tokens: newTokens(),
+		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
 	if reg.policy == nil {
 		reg.policy, _ = policy.New(0, policy.Config{})
 	}
@@ -123,6 +129,16 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		reg.logRequest(r, sw, rt, err, time.Since(start))
 	}()
+	if ok && (rt.kind == routeUpload || rt.kind == routeUploads) && (r.Method == http.MethodPatch || r.Method == http.MethodPut || r.Method == http.MethodPost) {
+		release, lerr := reg.uploads.acquire(r)
+		if lerr != nil {
+			reg.log.Warn("upload refused: concurrency limit", "client", r.RemoteAddr, "path", r.URL.Path)
+			writeError(sw, lerr)
+			reg.logRequest(r, sw, rt, lerr, time.Since(start))
+			return
+		}
+		defer release()
+	}
 	if !ok {
 		err = &apiError{code: codeUnsupported, status: http.StatusNotFound, message: "no such endpoint " + r.URL.Path}
 	} else if h := reg.handler(rt.kind, r.Method); h == nil {

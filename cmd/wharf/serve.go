@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +32,8 @@ type serveConfig struct {
 	tlsClientCA     string
 	log             *slog.Logger
 	shutdownTimeout time.Duration
+	headerTimeout   time.Duration
+	idleTimeout     time.Duration
 	cache           cache.Options
 	mirror          mirror.Options
 	upstream        *upstream.Options // nil: no mirroring
@@ -51,9 +55,11 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		tlsClientCA:     c.String("tls-client-ca"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
+		headerTimeout:   c.Duration("header-timeout"),
+		idleTimeout:     c.Duration("idle-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log,
-			Policy: access.policy,
+			Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
 	}
@@ -155,6 +161,49 @@ func readCredentials(file string) (map[string]credentials, error) {
 	return out, nil
 }
 
+// slowClients logs connections that closed without a single request
+// reaching the handler after the header timeout: a client too slow to send
+// its headers (Go's server closes those without any other sign).
+type slowClients struct {
+	log     *slog.Logger
+	timeout time.Duration
+	conns   sync.Map // net.Conn → *connMark
+}
+
+type connMark struct {
+	opened time.Time
+	served atomic.Bool
+}
+
+type connMarkKey struct{}
+
+func (s *slowClients) connContext(ctx context.Context, c net.Conn) context.Context {
+	m := &connMark{opened: time.Now()}
+	s.conns.Store(c, m)
+	return context.WithValue(ctx, connMarkKey{}, m)
+}
+
+func (s *slowClients) connState(c net.Conn, st http.ConnState) {
+	if st != http.StateClosed && st != http.StateHijacked {
+		return
+	}
+	if v, ok := s.conns.LoadAndDelete(c); ok {
+		m := v.(*connMark)
+		if !m.served.Load() && time.Since(m.opened) >= s.timeout {
+			s.log.Warn("connection closed: no complete request headers within the header timeout", "client", c.RemoteAddr().String(), "timeout", s.timeout)
+		}
+	}
+}
+
+func (s *slowClients) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := r.Context().Value(connMarkKey{}).(*connMark); ok {
+			m.served.Store(true)
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // valueLogGCInterval is how often Badger's value log is compacted.
 const valueLogGCInterval = 10 * time.Minute
 
@@ -193,10 +242,13 @@ func serve(parent context.Context, cfg serveConfig) error {
 	}
 	reg := mirror.New(store, cfg.mirror)
 	defer reg.Close() // before the store closes: stops upstream fills
+	slow := &slowClients{log: log, timeout: cfg.headerTimeout}
 	srv := &http.Server{
-		Handler:           reg,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		Handler:           slow.wrap(reg),
+		ConnContext:       slow.connContext,
+		ConnState:         slow.connState,
+		ReadHeaderTimeout: cfg.headerTimeout,
+		IdleTimeout:       cfg.idleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if cfg.mirror.Policy.Open() {
@@ -237,6 +289,22 @@ func serve(parent context.Context, cfg serveConfig) error {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.shutdownTimeout)
 		defer cancel()
 		return srv.Shutdown(sctx)
+	})
+	g.Go(func() error {
+		t := time.NewTicker(min(cfg.cache.UploadTTL/4+time.Second, 10*time.Minute))
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				if n, err := store.ExpireUploads(time.Now()); err != nil {
+					log.Warn("expiring upload sessions", "err", err)
+				} else if n > 0 {
+					log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
+				}
+			}
+		}
 	})
 	g.Go(func() error {
 		t := time.NewTicker(valueLogGCInterval)
