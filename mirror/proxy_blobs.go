@@ -239,7 +239,7 @@ func singleRange(h string, size int64) (start, n int64, partial, ok bool) {
 		return 0, size, false, true
 	}
 	spec, found := strings.CutPrefix(h, "bytes=")
-	if !found || strings.Contains(spec, ",") {
+	if !found || strings.Contains(spec, ",") || size == 0 { // nothing in an empty blob is satisfiable
 		return 0, 0, false, false
 	}
 	a, b, _ := strings.Cut(spec, "-")
