@@ -48,7 +48,7 @@ var (
 	conns     = flag.Int("conns", 32, "connections for the manifest test")
 	duration  = flag.Duration("duration", 5*time.Second, "length of each manifest load run")
 	wharfPath = flag.String("wharf", "", "wharf binary (default: go build ./cmd/wharf)")
-	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub) or all")
+	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), auth (signed-in vs anonymous) or all")
 )
 
 func main() {
@@ -74,6 +74,11 @@ func run(tmp string) error {
 	}
 	if *suite == "registry" || *suite == "all" {
 		if err := runRegistry(tmp, bin); err != nil {
+			return err
+		}
+	}
+	if *suite == "auth" || *suite == "all" {
+		if err := runAuth(tmp, bin); err != nil {
 			return err
 		}
 	}
@@ -394,6 +399,11 @@ type loadResult struct {
 
 // load runs conns loops of GET url for d and reports throughput and p99.
 func load(c *http.Client, url string, conns int, d time.Duration) loadResult {
+	return loadWith(c, url, "", conns, d)
+}
+
+// loadWith is load with an Authorization header.
+func loadWith(c *http.Client, url, auth string, conns int, d time.Duration) loadResult {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var mu sync.Mutex
@@ -408,7 +418,11 @@ func load(c *http.Client, url string, conns int, d time.Duration) loadResult {
 			local := make([]time.Duration, 0, 1<<16)
 			for ctx.Err() == nil {
 				t0 := time.Now()
-				resp, err := c.Get(url)
+				req, _ := http.NewRequest(http.MethodGet, url, nil)
+				if auth != "" {
+					req.Header.Set("Authorization", auth)
+				}
+				resp, err := c.Do(req)
 				if err != nil {
 					errs.Add(1)
 					continue
