@@ -64,7 +64,14 @@ func TestDockerLoginPlainHTTP(t *testing.T) {
 	if got := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref); got != id {
 		t.Fatalf("pulled %s, pushed %s", got, id)
 	}
-	d.docker(t, "rmi", ref)
+	// alice may push team/*, not a mirrored name: a poisoned busybox for
+	// the mirror's clients is refused.
+	poison := w.addr + "/library/busybox:1"
+	d.docker(t, "tag", ref, poison)
+	if out, err := runErr(2*time.Minute, d.env(), "docker", "push", poison); err == nil || !strings.Contains(strings.ToLower(out), "denied") {
+		t.Fatalf("alice pushing over library/busybox: %v\n%s", err, out)
+	}
+	d.docker(t, "rmi", ref, poison)
 	d.docker(t, "logout", w.addr)
 	if out, err := runErr(time.Minute, d.env(), "docker", "pull", ref); err == nil {
 		t.Fatalf("anonymous pull of a private repository succeeded:\n%s", out)
