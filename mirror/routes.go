@@ -36,14 +36,13 @@ func parseRoute(path string) (route, bool) {
 	if !ok {
 		return route{}, false
 	}
-	if name, ok := strings.CutSuffix(rest, "/tags/list"); ok {
-		return route{kind: routeTags, name: name}, true
-	}
-	if name, ok := strings.CutSuffix(rest, "/blobs/uploads/"); ok {
-		return route{kind: routeUploads, name: name}, true
-	}
-	if name, ok := strings.CutSuffix(rest, "/blobs/uploads"); ok {
-		return route{kind: routeUploads, name: name}, true
+	for _, sfx := range []struct {
+		s    string
+		kind routeKind
+	}{{"/tags/list", routeTags}, {"/blobs/uploads/", routeUploads}, {"/blobs/uploads", routeUploads}} {
+		if name, ok := strings.CutSuffix(rest, sfx.s); ok {
+			return route{kind: sfx.kind, name: name}, name != ""
+		}
 	}
 	best, kind, kw := -1, routeKind(0), ""
 	for _, c := range []struct {
