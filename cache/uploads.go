@@ -46,6 +46,15 @@ func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
 	if !strings.HasPrefix(id, "up-") {
 		return nil, ErrUploadUnknown
 	}
+	rec, err := s.readUpload(id)
+	if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && rec.Repo != repo) {
+		return nil, ErrUploadUnknown
+	}
+	return rec, err
+}
+
+// readUpload reads session id's record (badger.ErrKeyNotFound if none).
+func (s *Store) readUpload(id string) (*uploadRecord, error) {
 	var rec uploadRecord
 	err := s.db.View(func(txn *badger.Txn) error {
 		v, err := getValue(txn, uploadKey(id))
@@ -54,9 +63,6 @@ func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
 		}
 		return json.Unmarshal(v, &rec)
 	})
-	if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && rec.Repo != repo) {
-		return nil, ErrUploadUnknown
-	}
 	return &rec, err
 }
 
@@ -320,14 +326,7 @@ func (s *Store) ExpireUploads(now time.Time) (int, error) {
 	for _, id := range ids {
 		mu := s.uploadLock(id)
 		mu.Lock()
-		var rec uploadRecord
-		err := s.db.View(func(txn *badger.Txn) error {
-			v, err := getValue(txn, uploadKey(id))
-			if err != nil {
-				return err
-			}
-			return json.Unmarshal(v, &rec)
-		})
+		rec, err := s.readUpload(id)
 		// Re-checked under the session's lock: a request may have used it.
 		if err == nil && now.Sub(rec.Updated) > s.opts.UploadTTL {
 			if s.cancelLocked(id) == nil {

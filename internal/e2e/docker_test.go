@@ -75,14 +75,10 @@ func (d *dockerd) buildImage(t *testing.T, tag, base string, files ...string) {
 	d.docker(t, "build", "-q", "-t", tag, ctx)
 }
 
-// TestDockerPushPull pushes a multi-layer image from a real dockerd to
-// Wharf, removes it, pulls it back and compares image IDs; a second image
-// sharing three layers must not upload them again.
-func TestDockerPushPull(t *testing.T) {
-	w := startWharf(t, "")
-	d := startDockerd(t)
-	ref := w.addr + "/e2e/app:v1"
-	d.buildImage(t, ref, "scratch", "a.bin", "b.bin", "c.bin")
+// roundTrip pushes ref, removes it locally, pulls it back and checks the
+// image ID is unchanged.
+func (d *dockerd) roundTrip(t *testing.T, ref string) {
+	t.Helper()
 	id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref)
 	d.docker(t, "push", ref)
 	d.docker(t, "rmi", ref)
@@ -93,6 +89,17 @@ func TestDockerPushPull(t *testing.T) {
 	if got := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref); got != id {
 		t.Fatalf("pulled image ID %s, pushed %s", got, id)
 	}
+}
+
+// TestDockerPushPull pushes a multi-layer image from a real dockerd to
+// Wharf, removes it, pulls it back and compares image IDs; a second image
+// sharing three layers must not upload them again.
+func TestDockerPushPull(t *testing.T) {
+	w := startWharf(t, "")
+	d := startDockerd(t)
+	ref := w.addr + "/e2e/app:v1"
+	d.buildImage(t, ref, "scratch", "a.bin", "b.bin", "c.bin")
+	d.roundTrip(t, ref)
 	if n := len(strings.Fields(d.docker(t, "image", "inspect", "--format", "{{range .RootFS.Layers}}{{.}} {{end}}", ref))); n != 3 {
 		t.Fatalf("pulled image has %d layers, want 3", n)
 	}

@@ -265,11 +265,5 @@ func TestDockerLoginTLS(t *testing.T) {
 	}
 	ref := w.addr + "/team/tls:v1"
 	d.buildImage(t, ref, "scratch", "t.bin")
-	id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref)
-	d.docker(t, "push", ref)
-	d.docker(t, "rmi", ref)
-	d.docker(t, "pull", ref)
-	if got := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref); got != id {
-		t.Fatalf("pulled %s, pushed %s", got, id)
-	}
+	d.roundTrip(t, ref)
 }
