@@ -131,10 +131,7 @@ func (f *Fill) Finish() error {
 	f.done = true
 	f.notifyLocked()
 	f.mu.Unlock()
-	err = f.s.blobs.Commit(f.id, f.d)
-	if err == nil {
-		err = f.s.linkBlob(f.repo, f.d, written, nil)
-	} else {
+	if err = f.s.commitBlob(f.id, f.repo, f.d, written, nil); err != nil {
 		f.s.blobs.Discard(f.id)
 	}
 	f.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
@@ -13,10 +14,24 @@ import (
 func encodeSize(n int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(n)) }
 
 func decodeSize(b []byte) int64 {
-	if len(b) != 8 {
+	if len(b) < 8 {
 		return -1
 	}
 	return int64(binary.BigEndian.Uint64(b))
+}
+
+// encodeLink is a link's value: the blob size and when it was linked (the
+// collector spares fresh links: a push links its blobs before its manifest).
+func encodeLink(size int64, at time.Time) []byte {
+	return binary.BigEndian.AppendUint64(encodeSize(size), uint64(at.UnixNano()))
+}
+
+// linkTime is when a link was made; zero for links from before it was kept.
+func linkTime(b []byte) time.Time {
+	if len(b) < 16 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(b[8:16])))
 }
 
 // StatBlob returns the size of blob d as linked in repo, or ErrBlobUnknown.
@@ -65,6 +80,9 @@ func (s *Store) DeleteBlob(repo string, d digest.Digest) error {
 // MountBlob links blob d, linked in from, into to as well and returns its
 // size. Errors: ErrBlobUnknown when from does not hold d.
 func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
+	mu := s.contentLock(d)
+	mu.Lock()
+	defer mu.Unlock()
 	var size int64
 	err := s.update(func(txn *badger.Txn) error {
 		v, err := getValue(txn, linkKey(from, d))
@@ -74,7 +92,7 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 			return err
 		}
 		size = decodeSize(v)
-		return txn.Set(linkKey(to, d), v)
+		return txn.Set(linkKey(to, d), encodeLink(size, time.Now()))
 	})
 	return size, err
 }
@@ -84,6 +102,9 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 // mirror, because upstream said so. Errors: ErrBlobUnknown when d is not
 // stored.
 func (s *Store) LinkExisting(repo string, d digest.Digest) (int64, error) {
+	mu := s.contentLock(d)
+	mu.Lock()
+	defer mu.Unlock()
 	var size int64
 	err := s.update(func(txn *badger.Txn) error {
 		v, err := getValue(txn, blobKey(d))
@@ -93,7 +114,7 @@ func (s *Store) LinkExisting(repo string, d digest.Digest) (int64, error) {
 			return err
 		}
 		size = decodeSize(v)
-		return txn.Set(linkKey(repo, d), v)
+		return txn.Set(linkKey(repo, d), encodeLink(size, time.Now()))
 	})
 	if err != nil {
 		return 0, err
@@ -117,6 +138,19 @@ func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byt
 				return err
 			}
 		}
-		return txn.Set(linkKey(repo, d), encodeSize(size))
+		return txn.Set(linkKey(repo, d), encodeLink(size, time.Now()))
 	})
+}
+
+// commitBlob moves ingest id into place as d and links it into repo (and
+// drops the upload session key, when given), serialised with the
+// collector on d.
+func (s *Store) commitBlob(id, repo string, d digest.Digest, size int64, session []byte) error {
+	mu := s.contentLock(d)
+	mu.Lock()
+	defer mu.Unlock()
+	if err := s.blobs.Commit(id, d); err != nil {
+		return err
+	}
+	return s.linkBlob(repo, d, size, session)
 }

@@ -21,7 +21,8 @@ type Manifest struct {
 	Size         int64           `json:"size"`
 	Subject      digest.Digest   `json:"subject,omitempty"`
 	ArtifactType string          `json:"artifactType,omitempty"`
-	Refs         []digest.Digest `json:"refs,omitempty"` // blobs and child manifests
+	Refs         []digest.Digest `json:"refs,omitempty"`  // blobs and child manifests
+	Pushed       time.Time       `json:"pushed,omitzero"` // when this link was made
 	// Body is the exact bytes pushed; set on manifests returned by
 	// GetManifest and PutManifest.
 	Body []byte `json:"-"`
@@ -70,7 +71,7 @@ func (s *Store) PutMirroredManifest(repo string, d digest.Digest, tag, mediaType
 }
 
 func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, body []byte, tags []string, checkRefsOf bool, checked time.Time) (*Manifest, error) {
-	m := &Manifest{Digest: d, MediaType: p.mediaType, Size: int64(len(body)), ArtifactType: p.artifactType, Body: body}
+	m := &Manifest{Digest: d, MediaType: p.mediaType, Size: int64(len(body)), ArtifactType: p.artifactType, Body: body, Pushed: time.Now().UTC()}
 	m.Refs = append(append(m.Refs, p.blobs...), p.children...)
 	if p.subject != nil {
 		m.Subject = p.subject.Digest
@@ -83,6 +84,9 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 			return nil, err
 		}
 	}
+	mu := s.contentLock(d)
+	mu.Lock()
+	defer mu.Unlock()
 	if err := s.writeManifestBytes(d, body); err != nil {
 		return nil, err
 	}

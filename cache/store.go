@@ -45,6 +45,10 @@ type Store struct {
 	gen     uint64
 
 	uploadLocks [64]sync.Mutex
+	// contentLocks serialise, per digest, everything that gives content a
+	// new link (commit, mount, manifest put) with the collector's deletion
+	// of that content.
+	contentLocks [256]sync.Mutex
 }
 
 // Open opens (creating if needed) the store in opts.Dir, then removes
@@ -166,6 +170,13 @@ func (s *Store) uploadLock(id string) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(id))
 	return &s.uploadLocks[h.Sum32()%uint32(len(s.uploadLocks))]
+}
+
+// contentLock is the lock of digest d's stripe.
+func (s *Store) contentLock(d digest.Digest) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(d))
+	return &s.contentLocks[h.Sum32()%uint32(len(s.contentLocks))]
 }
 
 // invalidate drops cached entries after a write to the index committed.

@@ -179,10 +179,7 @@ func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int
 		s.cancelLocked(id)
 		return 0, fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, sum, d)
 	}
-	if err := s.blobs.Commit(id, d); err != nil {
-		return 0, err
-	}
-	return rec.Offset, s.linkBlob(repo, d, rec.Offset, uploadKey(id))
+	return rec.Offset, s.commitBlob(id, repo, d, rec.Offset, uploadKey(id))
 }
 
 func (s *Store) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm) (digest.Digest, error) {
@@ -246,11 +243,9 @@ func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) e
 	case digest.NewDigest(d.Algorithm(), h) != d:
 		return ErrDigestMismatch
 	}
-	if err := s.blobs.Commit(id, d); err != nil {
-		return err
-	}
-	committed = true
-	return s.linkBlob(repo, d, n, nil)
+	err = s.commitBlob(id, repo, d, n, nil)
+	committed = err == nil // on failure the deferred Discard removes what is left
+	return err
 }
 
 // CleanIngests removes upload sessions idle for longer than the upload TTL
