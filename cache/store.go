@@ -49,6 +49,10 @@ type Store struct {
 	// new link (commit, mount, manifest put) with the collector's deletion
 	// of that content.
 	contentLocks [256]sync.Mutex
+
+	// afterSweepRecords, in tests, runs between the collector's removal of
+	// blob records and of their files: the window a racing push must survive.
+	afterSweepRecords func(doomed []digest.Digest)
 }
 
 // Open opens (creating if needed) the store in opts.Dir, then removes

@@ -1,0 +1,211 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// FsckReport lists what a check found.
+type FsckReport struct {
+	Blobs    int      // blob files checked
+	Bytes    int64    // bytes rehashed
+	Problems []string // one line per problem
+	Repaired int      // problems fixed with repair
+}
+
+// Clean reports that nothing was found.
+func (r *FsckReport) Clean() bool { return len(r.Problems) == 0 }
+
+// Fsck rehashes every blob file, checks every blob record against a
+// present, correctly sized file and every link against a record, and
+// reports files the index does not know. With repair, corrupt files are
+// moved to <data>/quarantine/ and every index entry that needs them is
+// removed (records, links, manifests and the tags and referrers of those
+// manifests); orphan files are removed. Run it with the server stopped.
+func (s *Store) Fsck(repair bool) (FsckReport, error) {
+	var rep FsckReport
+	fb, ok := s.blobs.(*FileBlobs)
+	if !ok {
+		return rep, errors.New("fsck needs the file blob store")
+	}
+	records := map[digest.Digest]int64{}
+	if err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			d := digest.Digest(it.Item().Key()[2:])
+			it.Item().Value(func(v []byte) error { records[d] = decodeSize(v); return nil })
+		}
+		return nil
+	}); err != nil {
+		return rep, err
+	}
+	bad := map[digest.Digest]bool{}
+	onDisk := map[digest.Digest]bool{}
+	err := filepath.WalkDir(filepath.Join(fb.root, "blobs"), func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		alg := filepath.Base(filepath.Dir(filepath.Dir(p)))
+		d := digest.NewDigestFromEncoded(digest.Algorithm(alg), e.Name())
+		rep.Blobs++
+		if ValidateDigest(d) != nil {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("stray file %s", p))
+			return nil
+		}
+		onDisk[d] = true
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		got, err := d.Algorithm().FromReader(f)
+		st, _ := f.Stat()
+		f.Close()
+		if err != nil {
+			return err
+		}
+		rep.Bytes += st.Size()
+		size, recorded := records[d]
+		switch {
+		case got != d:
+			rep.Problems = append(rep.Problems, fmt.Sprintf("corrupt blob %s: content hashes to %s", d, got))
+			bad[d] = true
+		case recorded && size != st.Size():
+			rep.Problems = append(rep.Problems, fmt.Sprintf("blob %s: %d bytes on disk, %d recorded", d, st.Size(), size))
+			bad[d] = true
+		case !recorded:
+			rep.Problems = append(rep.Problems, fmt.Sprintf("orphan file %s (not indexed)", d))
+			if repair && s.removeUnrecorded(d) == nil {
+				rep.Repaired++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
+	for d := range records {
+		if !onDisk[d] {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("blob %s is indexed but its file is missing", d))
+			bad[d] = true
+		}
+	}
+	dangling, err := s.danglingLinks(records, bad)
+	if err != nil {
+		return rep, err
+	}
+	rep.Problems = append(rep.Problems, dangling...)
+	if !repair {
+		return rep, nil
+	}
+	for d := range bad {
+		if onDisk[d] {
+			q := filepath.Join(fb.root, "quarantine", string(d.Algorithm())+"-"+d.Encoded())
+			if err := os.MkdirAll(filepath.Dir(q), 0o750); err != nil {
+				return rep, err
+			}
+			if err := os.Rename(fb.Path(d), q); err != nil {
+				return rep, err
+			}
+		}
+	}
+	n, err := s.unindex(records, bad)
+	rep.Repaired += n
+	return rep, err
+}
+
+// danglingLinks lists links and manifests whose content is unrecorded or bad.
+func (s *Store) danglingLinks(records map[digest.Digest]int64, bad map[digest.Digest]bool) ([]string, error) {
+	var out []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, p := range []string{"l/", "m/"} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p)})
+			for it.Rewind(); it.Valid(); it.Next() {
+				repo, ds := splitRepoKey(it.Item().Key(), p)
+				d := digest.Digest(ds)
+				if _, ok := records[d]; !ok {
+					out = append(out, fmt.Sprintf("%s %s@%s refers to content that is not indexed", map[string]string{"l/": "blob link", "m/": "manifest"}[p], repo, d))
+				} else if bad[d] {
+					out = append(out, fmt.Sprintf("%s@%s refers to bad content %s", repo, d, d))
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+	return out, err
+}
+
+// unindex removes every index entry that needs content that is bad or not
+// recorded: records and links of it, manifests made of it or referencing
+// it, and the tags and referrer entries of those manifests.
+func (s *Store) unindex(records map[digest.Digest]int64, bad map[digest.Digest]bool) (int, error) {
+	gone := func(d digest.Digest) bool { _, ok := records[d]; return !ok || bad[d] }
+	var keys [][]byte
+	dropped := map[string]bool{} // "repo\x00digest" of manifests removed
+	err := s.db.View(func(txn *badger.Txn) error {
+		for d := range bad {
+			keys = append(keys, blobKey(d))
+		}
+		scan := func(prefix string, fn func(k, v []byte)) {
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefix)})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				k := it.Item().KeyCopy(nil)
+				v, _ := it.Item().ValueCopy(nil)
+				fn(k, v)
+			}
+		}
+		scan("l/", func(k, _ []byte) {
+			if _, d := splitRepoKey(k, "l/"); gone(digest.Digest(d)) {
+				keys = append(keys, k)
+			}
+		})
+		scan("m/", func(k, v []byte) {
+			repo, d := splitRepoKey(k, "m/")
+			var m Manifest
+			broken := gone(digest.Digest(d)) || json.Unmarshal(v, &m) != nil
+			for _, ref := range m.Refs {
+				broken = broken || gone(ref)
+			}
+			if broken {
+				keys, dropped[repo+"\x00"+d] = append(keys, k), true
+			}
+		})
+		scan("t/", func(k, v []byte) {
+			repo, _ := splitRepoKey(k, "t/")
+			if dropped[repo+"\x00"+decodeTag(v).digest.String()] {
+				keys = append(keys, k)
+			}
+		})
+		scan("r/", func(k, _ []byte) {
+			repo, rest := splitRepoKey(k, "r/")
+			if _, d, _ := strings.Cut(rest, "\x00"); dropped[repo+"\x00"+d] {
+				keys = append(keys, k)
+			}
+		})
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		if err := s.update(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
+			return 0, err
+		}
+	}
+	s.cacheMu.Lock()
+	s.tags.Purge()
+	s.manifests.Purge()
+	s.gen++
+	s.cacheMu.Unlock()
+	return len(keys), nil
+}

@@ -1,0 +1,379 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// GCOptions configures a collection.
+type GCOptions struct {
+	// DryRun reports what would be freed and changes nothing.
+	DryRun bool
+	// Grace spares manifests and links younger than this: a push links its
+	// blobs, and a multi-platform push its platform manifests, before the
+	// tag that makes them reachable (1h).
+	Grace time.Duration
+	// Now is the collection's clock (time.Now).
+	Now time.Time
+}
+
+// GCReport says what a collection removed (or, dry, would remove).
+type GCReport struct {
+	Manifests int      // untagged, unreachable manifest links
+	Links     int      // blob links no kept manifest references
+	Blobs     int      // blobs no repository references any more
+	Orphans   int      // blob files the index never knew (crash leftovers)
+	Bytes     int64    // bytes of the removed blobs and orphans
+	Items     []string // one line per removal, for --dry-run
+}
+
+func (r *GCReport) add(format string, args ...any) {
+	r.Items = append(r.Items, fmt.Sprintf(format, args...))
+}
+
+// snapshot is the part of the index a collection marks from.
+type snapshot struct {
+	tags      map[string][]digest.Digest                   // repo → tagged manifests
+	manifests map[string]map[digest.Digest]*Manifest       // repo → manifests
+	links     map[string]map[digest.Digest]time.Time       // repo → blob → linked at
+	referrers map[string]map[digest.Digest][]digest.Digest // repo → subject → referrers
+}
+
+func splitRepoKey(k []byte, prefix string) (repo, rest string) {
+	s := string(k[len(prefix):])
+	repo, rest, _ = strings.Cut(s, "\x00")
+	return repo, rest
+}
+
+func (s *Store) snapshot() (*snapshot, error) {
+	sn := &snapshot{tags: map[string][]digest.Digest{}, manifests: map[string]map[digest.Digest]*Manifest{},
+		links: map[string]map[digest.Digest]time.Time{}, referrers: map[string]map[digest.Digest][]digest.Digest{}}
+	err := s.db.View(func(txn *badger.Txn) error {
+		scan := func(prefix string, fn func(k, v []byte) error) error {
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefix)})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				if err := it.Item().Value(func(v []byte) error { return fn(it.Item().Key(), v) }); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := scan("t/", func(k, v []byte) error {
+			repo, _ := splitRepoKey(k, "t/")
+			sn.tags[repo] = append(sn.tags[repo], decodeTag(v).digest)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := scan("m/", func(k, v []byte) error {
+			repo, d := splitRepoKey(k, "m/")
+			var m Manifest
+			if err := json.Unmarshal(v, &m); err != nil {
+				return err
+			}
+			m.Digest = digest.Digest(d)
+			if sn.manifests[repo] == nil {
+				sn.manifests[repo] = map[digest.Digest]*Manifest{}
+			}
+			sn.manifests[repo][m.Digest] = &m
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := scan("l/", func(k, v []byte) error {
+			repo, d := splitRepoKey(k, "l/")
+			if sn.links[repo] == nil {
+				sn.links[repo] = map[digest.Digest]time.Time{}
+			}
+			sn.links[repo][digest.Digest(d)] = linkTime(v)
+			return nil
+		}); err != nil {
+			return err
+		}
+		return scan("r/", func(k, v []byte) error {
+			repo, rest := splitRepoKey(k, "r/")
+			subject, d, _ := strings.Cut(rest, "\x00")
+			if sn.referrers[repo] == nil {
+				sn.referrers[repo] = map[digest.Digest][]digest.Digest{}
+			}
+			sn.referrers[repo][digest.Digest(subject)] = append(sn.referrers[repo][digest.Digest(subject)], digest.Digest(d))
+			return nil
+		})
+	})
+	return sn, err
+}
+
+// kept marks, in one repository, the manifests reachable from its tags
+// (through index entries and referrers) or younger than the grace period,
+// and the blobs those manifests reference.
+func (sn *snapshot) kept(repo string, fresh func(time.Time) bool) (map[digest.Digest]bool, map[digest.Digest]bool) {
+	mans, blobs := map[digest.Digest]bool{}, map[digest.Digest]bool{}
+	var queue []digest.Digest
+	queue = append(queue, sn.tags[repo]...)
+	for d, m := range sn.manifests[repo] {
+		if fresh(m.Pushed) {
+			queue = append(queue, d)
+		}
+	}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		m, ok := sn.manifests[repo][d]
+		if !ok || mans[d] {
+			continue
+		}
+		mans[d] = true
+		for _, ref := range m.Refs {
+			if _, isManifest := sn.manifests[repo][ref]; isManifest {
+				queue = append(queue, ref)
+			} else {
+				blobs[ref] = true
+			}
+		}
+		queue = append(queue, sn.referrers[repo][d]...)
+	}
+	return mans, blobs
+}
+
+// GC removes, while the store serves, untagged manifests nothing reachable
+// refers to, blob links no kept manifest references, then blobs that no
+// repository links any more, and blob files the index never recorded.
+// Fresh manifests and links (younger than Grace) are spared; every removal
+// is re-checked in its own transaction, and blob files are removed under
+// the same per-digest lock that commits take, so a push or mount racing
+// the collector never loses a blob.
+func (s *Store) GC(o GCOptions) (GCReport, error) {
+	if o.Grace <= 0 {
+		o.Grace = time.Hour
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	fresh := func(t time.Time) bool { return !t.IsZero() && o.Now.Sub(t) < o.Grace }
+	var rep GCReport
+	sn, err := s.snapshot()
+	if err != nil {
+		return rep, err
+	}
+	repos := map[string]bool{}
+	for r := range sn.manifests {
+		repos[r] = true
+	}
+	for r := range sn.links {
+		repos[r] = true
+	}
+	planned := map[string]bool{} // keys a dry run would have deleted
+	for repo := range repos {
+		mans, blobs := sn.kept(repo, fresh)
+		for d, m := range sn.manifests[repo] {
+			if mans[d] {
+				continue
+			}
+			rep.Manifests++
+			rep.add("manifest %s@%s (untagged)", repo, d)
+			planned[string(manifestKey(repo, d))] = true
+			if !o.DryRun {
+				if err := s.dropManifest(repo, d, m.Subject, o, fresh); err != nil {
+					return rep, err
+				}
+			}
+		}
+		for d, at := range sn.links[repo] {
+			if blobs[d] || fresh(at) {
+				continue
+			}
+			rep.Links++
+			rep.add("link %s@%s (no kept manifest references it)", repo, d)
+			planned[string(linkKey(repo, d))] = true
+			if !o.DryRun {
+				if err := s.dropLink(repo, d, fresh); err != nil {
+					return rep, err
+				}
+			}
+		}
+	}
+	if err := s.sweepBlobs(&rep, o, planned); err != nil {
+		return rep, err
+	}
+	return rep, s.sweepOrphans(&rep, o)
+}
+
+// dropManifest removes an unreachable manifest link unless, in the
+// meantime, it was pushed again or a tag came to point at it.
+func (s *Store) dropManifest(repo string, d, subject digest.Digest, o GCOptions, fresh func(time.Time) bool) error {
+	return s.update(func(txn *badger.Txn) error {
+		v, err := getValue(txn, manifestKey(repo, d))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		var m Manifest
+		if err := json.Unmarshal(v, &m); err != nil || fresh(m.Pushed) {
+			return err
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: tagPrefix(repo)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			tagged := false
+			it.Item().Value(func(v []byte) error { tagged = decodeTag(v).digest == d; return nil })
+			if tagged {
+				return nil
+			}
+		}
+		if subject != "" {
+			if err := txn.Delete(referrerKey(repo, subject, d)); err != nil {
+				return err
+			}
+		}
+		s.invalidate(repo, d.String())
+		return txn.Delete(manifestKey(repo, d))
+	})
+}
+
+// dropLink removes a blob link unless it was refreshed meanwhile.
+func (s *Store) dropLink(repo string, d digest.Digest, fresh func(time.Time) bool) error {
+	return s.update(func(txn *badger.Txn) error {
+		v, err := getValue(txn, linkKey(repo, d))
+		if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && fresh(linkTime(v))) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		return txn.Delete(linkKey(repo, d))
+	})
+}
+
+// sweepBlobs removes the records, then the files, of blobs no repository
+// links. All content locks are held while the referenced set is computed
+// and the records deleted (a brief pause for commits, not for reads or
+// uploads); each file is then removed under its digest's lock only if its
+// record is still gone (a commit in between re-created it).
+func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) error {
+	for i := range s.contentLocks {
+		s.contentLocks[i].Lock()
+	}
+	var doomed []digest.Digest
+	sizes := map[digest.Digest]int64{}
+	err := func() error {
+		defer func() {
+			for i := range s.contentLocks {
+				s.contentLocks[i].Unlock()
+			}
+		}()
+		return s.update(func(txn *badger.Txn) error {
+			doomed, sizes = doomed[:0], map[digest.Digest]int64{}
+			used := map[digest.Digest]bool{}
+			for _, p := range []string{"l/", "m/"} {
+				it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p)})
+				for it.Rewind(); it.Valid(); it.Next() {
+					if o.DryRun && planned[string(it.Item().Key())] {
+						continue
+					}
+					_, d := splitRepoKey(it.Item().Key(), p)
+					used[digest.Digest(d)] = true
+				}
+				it.Close()
+			}
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				d := digest.Digest(it.Item().Key()[2:])
+				if used[d] {
+					continue
+				}
+				var size int64
+				it.Item().Value(func(v []byte) error { size = decodeSize(v); return nil })
+				doomed, sizes[d] = append(doomed, d), size
+			}
+			if o.DryRun {
+				return nil
+			}
+			for _, d := range doomed {
+				if err := txn.Delete(blobKey(d)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}()
+	if err != nil {
+		return err
+	}
+	if s.afterSweepRecords != nil && !o.DryRun {
+		s.afterSweepRecords(doomed)
+	}
+	for _, d := range doomed {
+		rep.Blobs++
+		rep.Bytes += sizes[d]
+		rep.add("blob %s (%d bytes, no repository links it)", d, sizes[d])
+		if o.DryRun {
+			continue
+		}
+		if err := s.removeUnrecorded(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeUnrecorded deletes blob file d under its lock if the index has no
+// record of it.
+func (s *Store) removeUnrecorded(d digest.Digest) error {
+	mu := s.contentLock(d)
+	mu.Lock()
+	defer mu.Unlock()
+	var recorded bool
+	if err := s.db.View(func(txn *badger.Txn) (err error) {
+		recorded, err = exists(txn, blobKey(d))
+		return err
+	}); err != nil || recorded {
+		return err
+	}
+	return s.blobs.Delete(d)
+}
+
+// sweepOrphans removes blob files older than the grace period that the
+// index never recorded (a crash between rename and index commit).
+func (s *Store) sweepOrphans(rep *GCReport, o GCOptions) error {
+	fb, ok := s.blobs.(*FileBlobs)
+	if !ok {
+		return nil
+	}
+	recorded := map[digest.Digest]bool{}
+	s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("b/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			recorded[digest.Digest(it.Item().Key()[2:])] = true
+		}
+		return nil
+	})
+	return filepath.WalkDir(filepath.Join(fb.root, "blobs"), func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		alg := filepath.Base(filepath.Dir(filepath.Dir(p)))
+		d := digest.NewDigestFromEncoded(digest.Algorithm(alg), e.Name())
+		info, ierr := e.Info()
+		if ValidateDigest(d) != nil || recorded[d] || ierr != nil || o.Now.Sub(info.ModTime()) < o.Grace {
+			return nil
+		}
+		rep.Orphans++
+		rep.Bytes += info.Size()
+		rep.add("orphan file %s (%d bytes, never indexed)", d, info.Size())
+		if o.DryRun {
+			return nil
+		}
+		return s.removeUnrecorded(d)
+	})
+}
