@@ -19,6 +19,8 @@ var (
 	ErrSizeInvalid     = errors.New("size does not match content")
 	ErrManifestInvalid = errors.New("manifest invalid")
 	ErrManifestTooBig  = errors.New("manifest too large")
+	// ErrInUse: another process holds the data directory.
+	ErrInUse = errors.New("data directory is in use by another process")
 	// ErrManifestBlobUnknown is wrapped by *MissingRefError.
 	ErrManifestBlobUnknown = errors.New("manifest references unknown content")
 )

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -36,6 +38,7 @@ type Store struct {
 	blobs Blobs
 	opts  Options
 	log   *slog.Logger
+	lock  *os.File // flock on <data>/wharf.lock
 
 	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
 	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
@@ -77,11 +80,16 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	lock, err := lockDir(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
 	db, err := badger.Open(badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger))
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("cache: open index: %w", err)
 	}
-	s := &Store{db: db, blobs: blobs, opts: opts, log: opts.Logger}
+	s := &Store{db: db, blobs: blobs, opts: opts, log: opts.Logger, lock: lock}
 	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
 	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
 	if err := s.CleanIngests(time.Now()); err != nil {
@@ -109,8 +117,30 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 		WithNumCompactors(2)
 }
 
-// Close closes the index. In-flight calls must have returned.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the index and releases the data directory. In-flight calls
+// must have returned.
+func (s *Store) Close() error {
+	err := s.db.Close()
+	s.lock.Close()
+	return err
+}
+
+// lockDir takes an exclusive lock on <dir>/wharf.lock for this process's
+// lifetime. Errors: ErrInUse.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "wharf.lock"), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", dir, ErrInUse)
+		}
+		return nil, err
+	}
+	return f, nil
+}
 
 // Blobs exposes the byte store (for tests and operator commands).
 func (s *Store) Blobs() Blobs { return s.blobs }

@@ -205,3 +205,17 @@ func TestExpireUploads(t *testing.T) {
 		t.Fatalf("expired session files kept: %v", ids)
 	}
 }
+
+func TestDataDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	if _, err := Open(Options{Dir: dir}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second open: %v, want ErrInUse", err)
+	}
+	s.Close()
+	s2, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	s2.Close()
+}

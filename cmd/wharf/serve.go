@@ -33,6 +33,8 @@ type serveConfig struct {
 	log             *slog.Logger
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
+	gcInterval      time.Duration
+	gcGrace         time.Duration
 	idleTimeout     time.Duration
 	cache           cache.Options
 	mirror          mirror.Options
@@ -56,6 +58,8 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		headerTimeout:   c.Duration("header-timeout"),
+		gcInterval:      c.Duration("gc-interval"),
+		gcGrace:         c.Duration("gc-grace"),
 		idleTimeout:     c.Duration("idle-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log,
@@ -129,6 +133,20 @@ func readAccess(configFile, htpasswd string) (access, error) {
 		return a, fmt.Errorf("%s: %w", configFile, err)
 	}
 	return a, nil
+}
+
+// configString reads one top-level string key of the YAML config file.
+func configString(file, key string) (string, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return "", err
+	}
+	s, _ := doc[key].(string)
+	return s, nil
 }
 
 // credentials are per-registry logins from the config file:
@@ -306,6 +324,27 @@ func serve(parent context.Context, cfg serveConfig) error {
 			}
 		}
 	})
+	if cfg.gcInterval > 0 {
+		g.Go(func() error {
+			t := time.NewTicker(cfg.gcInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-t.C:
+					start := time.Now()
+					rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace})
+					if err != nil {
+						log.Error("garbage collection", "err", err)
+						continue
+					}
+					log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
+						"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
+				}
+			}
+		})
+	}
 	g.Go(func() error {
 		t := time.NewTicker(valueLogGCInterval)
 		defer t.Stop()

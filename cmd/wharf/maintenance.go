@@ -1,0 +1,141 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// Operator commands open the data directory themselves; Badger's lock makes
+// them refuse while a server holds it.
+var dataFlags = []cli.Flag{
+	&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "data directory", EnvVars: []string{"WHARF_DATA"}},
+	&cli.StringFlag{Name: "config", Usage: "YAML config (its data key is used when --data is not given)", EnvVars: []string{"WHARF_CONFIG"}},
+}
+
+func openForMaintenance(c *cli.Context) (*cache.Store, error) {
+	dir := c.String("data")
+	if !c.IsSet("data") && c.String("config") != "" {
+		if d, err := configString(c.String("config"), "data"); err == nil && d != "" {
+			dir = d
+		}
+	}
+	st, err := cache.Open(cache.Options{Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if errors.Is(err, cache.ErrInUse) {
+		return nil, fmt.Errorf("%s is in use, probably by a running wharf serve: stop it first", dir)
+	}
+	return st, err
+}
+
+var gcCommand = &cli.Command{
+	Name:  "gc",
+	Usage: "remove untagged manifests and content nothing references (the server also does this on a schedule)",
+	Flags: append([]cli.Flag{
+		&cli.BoolFlag{Name: "dry-run", Usage: "print what would be freed; change nothing"},
+		&cli.DurationFlag{Name: "grace", Value: time.Hour, Usage: "spare manifests and blobs younger than this"},
+	}, dataFlags...),
+	Action: func(c *cli.Context) error {
+		st, err := openForMaintenance(c)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		rep, err := st.GC(cache.GCOptions{DryRun: c.Bool("dry-run"), Grace: c.Duration("grace")})
+		if err != nil {
+			return err
+		}
+		for _, l := range rep.Items {
+			fmt.Fprintln(c.App.Writer, l)
+		}
+		verb := "freed"
+		if c.Bool("dry-run") {
+			verb = "would free"
+		}
+		fmt.Fprintf(c.App.Writer, "%s %s: %d manifests, %d links, %d blobs, %d orphan files\n",
+			verb, humanBytes(rep.Bytes), rep.Manifests, rep.Links, rep.Blobs, rep.Orphans)
+		return nil
+	},
+}
+
+var fsckCommand = &cli.Command{
+	Name:  "fsck",
+	Usage: "rehash every blob and check the index against the files",
+	Flags: append([]cli.Flag{&cli.BoolFlag{Name: "repair", Usage: "quarantine corrupt blobs and remove index entries that need missing or corrupt content"}}, dataFlags...),
+	Action: func(c *cli.Context) error {
+		st, err := openForMaintenance(c)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		rep, err := st.Fsck(c.Bool("repair"))
+		if err != nil {
+			return err
+		}
+		for _, p := range rep.Problems {
+			fmt.Fprintln(c.App.Writer, p)
+		}
+		fmt.Fprintf(c.App.Writer, "checked %d blobs, %s; %d problems", rep.Blobs, humanBytes(rep.Bytes), len(rep.Problems))
+		if c.Bool("repair") {
+			fmt.Fprintf(c.App.Writer, ", %d index entries and files repaired", rep.Repaired)
+		}
+		fmt.Fprintln(c.App.Writer)
+		if !rep.Clean() && !c.Bool("repair") {
+			return errors.New("problems found (run with --repair to fix them)")
+		}
+		return nil
+	},
+}
+
+var duCommand = &cli.Command{
+	Name:  "du",
+	Usage: "disk usage by repository, mirrored and private",
+	Flags: dataFlags,
+	Action: func(c *cli.Context) error {
+		st, err := openForMaintenance(c)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		usage, total, err := st.Usage()
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "BYTES\tTAGS\tMANIFESTS\tBLOBS\tKIND\tREPOSITORY\t")
+		var mirrored, private int64
+		for _, u := range usage {
+			kind := "private"
+			if policy.HasRegistryPrefix(u.Repo) {
+				kind, mirrored = "mirrored", mirrored+u.Bytes
+			} else {
+				private += u.Bytes
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t\n", humanBytes(u.Bytes), u.Tags, u.Manifests, u.Blobs, kind, u.Repo)
+		}
+		tw.Flush()
+		fmt.Fprintf(c.App.Writer, "mirrored %s, private %s (shared content counted in each repository); blob store %s\n",
+			humanBytes(mirrored), humanBytes(private), humanBytes(total))
+		return nil
+	},
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
