@@ -23,6 +23,10 @@ type GCOptions struct {
 	Grace time.Duration
 	// Now is the collection's clock (time.Now).
 	Now time.Time
+	// Mirrored, with MirroredGrace, gives mirrored repositories their own
+	// (shorter) grace: nothing is pushed there.
+	Mirrored      func(repo string) bool
+	MirroredGrace time.Duration
 }
 
 // GCReport says what a collection removed (or, dry, would remove).
@@ -158,7 +162,9 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	fresh := func(t time.Time) bool { return !t.IsZero() && o.Now.Sub(t) < o.Grace }
+	freshFor := func(grace time.Duration) func(time.Time) bool {
+		return func(t time.Time) bool { return !t.IsZero() && o.Now.Sub(t) < grace }
+	}
 	var rep GCReport
 	sn, err := s.snapshot()
 	if err != nil {
@@ -173,6 +179,10 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 	}
 	planned := map[string]bool{} // keys a dry run would have deleted
 	for repo := range repos {
+		fresh := freshFor(o.Grace)
+		if o.Mirrored != nil && o.MirroredGrace > 0 && o.Mirrored(repo) {
+			fresh = freshFor(o.MirroredGrace)
+		}
 		mans, blobs := sn.kept(repo, fresh)
 		for d, m := range sn.manifests[repo] {
 			if mans[d] {

@@ -53,6 +53,9 @@ type Store struct {
 	// of that content.
 	contentLocks [256]sync.Mutex
 
+	accessMu sync.Mutex
+	access   map[string]time.Time // repo\x00ref → last use, until FlushAccess
+
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.
 	afterSweepRecords func(doomed []digest.Digest)
@@ -120,6 +123,7 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 // Close closes the index and releases the data directory. In-flight calls
 // must have returned.
 func (s *Store) Close() error {
+	s.FlushAccess()
 	err := s.db.Close()
 	s.lock.Close()
 	return err

@@ -163,6 +163,7 @@ func (p *proxy) checkPush(r *http.Request, name, ns string, a policy.Action) err
 // tag is older than the TTL, fetched on a miss. When upstream cannot be
 // reached, cached tags are served however old.
 func (p *proxy) manifest(ctx context.Context, t policy.Target, ref string) (*cache.Manifest, error) {
+	p.store.Touch(t.Local, ref) // for LRU eviction: a map update, flushed in batches
 	if strings.Contains(ref, ":") {
 		if m, err := p.store.GetManifest(t.Local, ref); err == nil || !errors.Is(err, cache.ErrManifestUnknown) {
 			return m, err

@@ -20,6 +20,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -548,5 +549,74 @@ func TestSharedLayerDownloadedOnce(t *testing.T) {
 	// A repository upstream does not hold the blob in gets no link.
 	if resp, body := e.do(t, "GET", "/v2/library/other/blobs/"+img.Blobs[0].String(), nil, nil); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("blob served through a repository upstream does not have it: %s %s", resp.Status, body)
+	}
+}
+
+// TestEvictionLRU: past the high-water mark the least recently used
+// mirrored image goes first; private content and the rest stay intact; a
+// pull of the evicted image fetches it again, correctly.
+func TestEvictionLRU(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	e.pushImage(t, "team/private", "v1", nil)
+	ctx := context.Background()
+	for i, name := range []string{"library/a", "library/b", "library/c"} {
+		e.hub.Push(name, "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 2, LayerSize: 300 << 10, Seed: uint64(40 + i)})
+		if err := e.pull(ctx, name, "1", ""); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitFillsDone(t, e)
+	if err := e.pull(ctx, "library/a", "1", ""); err != nil { // a is used again: b is now the oldest
+		t.Fatal(err)
+	}
+	size, err := e.store.Size()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := e.store.Evict(cache.EvictOptions{
+		MaxBytes: int64(float64(size) / 0.96), // just above the high-water mark
+		Mirrored: policy.HasRegistryPrefix,
+		GC:       cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Tags) != 1 || rep.Tags[0] != "docker.io/library/b:1" || rep.Freed <= 0 {
+		t.Fatalf("evicted %v (freed %d), want only docker.io/library/b:1", rep.Tags, rep.Freed)
+	}
+	if resp, _ := e.do(t, "GET", "/v2/team/private/manifests/v1", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("private image after eviction: %s", resp.Status)
+	}
+	e.hub.ResetCounts()
+	for _, name := range []string{"library/a", "library/c"} {
+		if err := e.pull(ctx, name, "1", ""); err != nil {
+			t.Fatalf("%s after eviction: %v", name, err)
+		}
+	}
+	if n := e.hub.Count("GET blob"); n != 0 {
+		t.Fatalf("kept images were fetched again (%d blob GETs)", n)
+	}
+	if err := e.pull(ctx, "library/b", "1", ""); err != nil {
+		t.Fatalf("evicted image: %v", err)
+	}
+	if e.hub.Count("GET blob") == 0 {
+		t.Fatal("the evicted image was not fetched again")
+	}
+}
+
+// TestRetention: mirrored tags unused for longer than the retention go
+// even under the quota.
+func TestRetention(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	e.hub.Push("library/old", "1", smallImage(50))
+	if err := e.pull(context.Background(), "library/old", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	rep, err := e.store.Evict(cache.EvictOptions{Retention: time.Hour, Mirrored: policy.HasRegistryPrefix,
+		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}})
+	if err != nil || len(rep.Tags) != 1 || rep.Freed <= 0 {
+		t.Fatalf("retention: %+v %v", rep, err)
 	}
 }

@@ -49,6 +49,7 @@ type mirrorStore interface {
 	Blobs() cache.Blobs
 	NewFill(repo string, d digest.Digest) (*cache.Fill, error)
 	LinkExisting(repo string, d digest.Digest) (int64, error)
+	Touch(repo, ref string)
 }
 
 // Store is everything the registry API needs from the content store.

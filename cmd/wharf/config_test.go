@@ -192,3 +192,20 @@ func TestUserCommands(t *testing.T) {
 		t.Fatalf("list after del: %q", out)
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	dir := t.TempDir()
+	for in, want := range map[string]int64{"100": 100, "512M": 512 << 20, "50G": 50 << 30, "2TB": 2 << 40, "1k": 1024} {
+		if got, err := parseSize(in, dir); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if got, err := parseSize("50%", dir); err != nil || got <= 0 {
+		t.Errorf("50%%: %d %v", got, err)
+	}
+	for _, bad := range []string{"", "x", "-5", "0", "150%", "12Q"} {
+		if _, err := parseSize(bad, dir); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}

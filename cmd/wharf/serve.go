@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +37,8 @@ type serveConfig struct {
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
 	gcGrace         time.Duration
+	maxSize         int64
+	retention       time.Duration
 	idleTimeout     time.Duration
 	cache           cache.Options
 	mirror          mirror.Options
@@ -60,12 +64,18 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		headerTimeout:   c.Duration("header-timeout"),
 		gcInterval:      c.Duration("gc-interval"),
 		gcGrace:         c.Duration("gc-grace"),
+		retention:       c.Duration("retention"),
 		idleTimeout:     c.Duration("idle-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log,
 			Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
+	}
+	if s := c.String("max-size"); s != "" {
+		if cfg.maxSize, err = parseSize(s, c.String("data")); err != nil {
+			return cfg, fmt.Errorf("--max-size: %w", err)
+		}
 	}
 	if (cfg.tlsCert == "") != (cfg.tlsKey == "") || (cfg.tlsClientCA != "" && cfg.tlsCert == "") {
 		return cfg, errors.New("--tls-cert and --tls-key go together; --tls-client-ca needs them")
@@ -133,6 +143,70 @@ func readAccess(configFile, htpasswd string) (access, error) {
 		return a, fmt.Errorf("%s: %w", configFile, err)
 	}
 	return a, nil
+}
+
+// evictLoop flushes access times every minute and checks the quota and the
+// retention every evictEvery.
+func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger) error {
+	const evictEvery = 30 * time.Second
+	flush := time.NewTicker(time.Minute)
+	defer flush.Stop()
+	check := time.NewTicker(evictEvery)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-flush.C:
+			if err := store.FlushAccess(); err != nil {
+				log.Warn("recording access times", "err", err)
+			}
+		case <-check.C:
+			if cfg.maxSize == 0 && cfg.retention == 0 {
+				continue
+			}
+			rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention,
+				Mirrored: policy.HasRegistryPrefix, GC: cache.GCOptions{Grace: cfg.gcGrace}})
+			if err != nil {
+				log.Error("eviction", "err", err)
+			} else if len(rep.Tags) > 0 {
+				log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
+					"size", rep.Now, "quota", cfg.maxSize)
+			}
+		}
+	}
+}
+
+// parseSize reads "123", "50G", "512M" (powers of 1024) or "80%" of the
+// filesystem holding dir.
+func parseSize(s, dir string) (int64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	if pct, ok := strings.CutSuffix(s, "%"); ok {
+		p, err := strconv.ParseFloat(pct, 64)
+		if err != nil || p <= 0 || p > 100 {
+			return 0, fmt.Errorf("bad percentage %q", s)
+		}
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return 0, err
+		}
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err != nil {
+			return 0, err
+		}
+		return int64(float64(st.Blocks) * float64(st.Bsize) * p / 100), nil
+	}
+	mult := int64(1)
+	for i, u := range []string{"K", "M", "G", "T"} {
+		if v, ok := strings.CutSuffix(strings.TrimSuffix(s, "B"), u); ok {
+			s, mult = v, int64(1)<<(10*(i+1))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("bad size %q (bytes, K, M, G, T or a percentage)", s)
+	}
+	return n * mult, nil
 }
 
 // configString reads one top-level string key of the YAML config file.
@@ -324,6 +398,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 			}
 		}
 	})
+	g.Go(func() error { return evictLoop(gctx, store, cfg, log) })
 	if cfg.gcInterval > 0 {
 		g.Go(func() error {
 			t := time.NewTicker(cfg.gcInterval)

@@ -1,0 +1,189 @@
+package cache
+
+import (
+	"encoding/binary"
+	"errors"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Touch records that mirrored tag (or digest) ref of repo was used. It is
+// an in-memory map update; FlushAccess writes the batch to the index.
+func (s *Store) Touch(repo, ref string) {
+	s.accessMu.Lock()
+	if s.access == nil {
+		s.access = map[string]time.Time{}
+	}
+	s.access[cacheKey(repo, ref)] = time.Now()
+	s.accessMu.Unlock()
+}
+
+func accessKey(key string) []byte { return []byte("a/" + key) }
+
+// FlushAccess writes the access times gathered since the last flush, in
+// one batch.
+func (s *Store) FlushAccess() error {
+	s.accessMu.Lock()
+	batch := s.access
+	s.access = nil
+	s.accessMu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for k, t := range batch {
+		if err := wb.Set(accessKey(k), binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}
+
+// Size is the number of bytes the blob store holds, by its records.
+func (s *Store) Size() (int64, error) {
+	var total int64
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			it.Item().Value(func(v []byte) error { total += decodeSize(v); return nil })
+		}
+		return nil
+	})
+	return total, err
+}
+
+// EvictOptions configures an eviction pass.
+type EvictOptions struct {
+	MaxBytes  int64         // quota; 0: no quota
+	High, Low float64       // evict above High×MaxBytes down to Low×MaxBytes (0.95, 0.85)
+	Retention time.Duration // mirrored tags unused this long go regardless of quota; 0: keep
+	// Mirrored tells mirrored repositories (the only ones evicted) from
+	// private ones.
+	Mirrored func(repo string) bool
+	// GC configures the collections that free what evicted tags leave;
+	// mirrored content gets a short grace (a minute) in them.
+	GC GCOptions
+}
+
+// EvictReport says what an eviction pass did.
+type EvictReport struct {
+	Tags        []string // "repo:tag" evicted, least recently used first
+	Freed       int64
+	Before, Now int64
+}
+
+type lruEntry struct {
+	repo, tag string
+	used      time.Time
+}
+
+// Evict removes least-recently-used mirrored tags, then collects what they
+// leave, until the store is below the low-water mark (when above the
+// high-water mark), and expires mirrored tags unused for longer than the
+// retention. Private content is never evicted. A blob being read stays
+// readable to its reader.
+func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
+	var rep EvictReport
+	if o.High <= 0 {
+		o.High = 0.95
+	}
+	if o.Low <= 0 || o.Low > o.High {
+		o.Low = 0.85
+	}
+	if o.GC.Now.IsZero() {
+		o.GC.Now = time.Now()
+	}
+	if o.GC.MirroredGrace <= 0 {
+		o.GC.MirroredGrace = time.Minute
+	}
+	o.GC.Mirrored = o.Mirrored
+	if err := s.FlushAccess(); err != nil {
+		return rep, err
+	}
+	size, err := s.Size()
+	if err != nil {
+		return rep, err
+	}
+	rep.Before, rep.Now = size, size
+	entries, err := s.mirroredTags(o.Mirrored)
+	if err != nil {
+		return rep, err
+	}
+	var expired, rest []lruEntry
+	for _, e := range entries {
+		if o.Retention > 0 && o.GC.Now.Sub(e.used) > o.Retention {
+			expired = append(expired, e)
+		} else {
+			rest = append(rest, e)
+		}
+	}
+	over := func() bool { return o.MaxBytes > 0 && float64(rep.Now) > o.Low*float64(o.MaxBytes) }
+	if len(expired) == 0 && (o.MaxBytes == 0 || float64(size) <= o.High*float64(o.MaxBytes)) {
+		return rep, nil
+	}
+	evict := func(batch []lruEntry) error {
+		for _, e := range batch {
+			if err := s.DeleteManifest(e.repo, e.tag); err != nil && !errors.Is(err, ErrManifestUnknown) {
+				return err
+			}
+			rep.Tags = append(rep.Tags, e.repo+":"+e.tag)
+		}
+		if _, err := s.GC(o.GC); err != nil {
+			return err
+		}
+		now, err := s.Size()
+		rep.Now = now
+		return err
+	}
+	if len(expired) > 0 {
+		if err := evict(expired); err != nil {
+			return rep, err
+		}
+	}
+	for len(rest) > 0 && over() {
+		n := max(1, len(rest)/10)
+		if err := evict(rest[:n]); err != nil {
+			return rep, err
+		}
+		rest = rest[n:]
+	}
+	rep.Freed = rep.Before - rep.Now
+	return rep, nil
+}
+
+// mirroredTags lists the tags of mirrored repositories by last use: the
+// latest of their recorded access and their last check upstream.
+func (s *Store) mirroredTags(mirrored func(string) bool) ([]lruEntry, error) {
+	var out []lruEntry
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("t/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			repo, tag := splitRepoKey(it.Item().Key(), "t/")
+			if mirrored == nil || !mirrored(repo) {
+				continue
+			}
+			e := lruEntry{repo: repo, tag: tag}
+			it.Item().Value(func(v []byte) error { e.used = decodeTag(v).checked; return nil })
+			if v, err := getValue(txn, accessKey(cacheKey(repo, tag))); err == nil && len(v) == 8 {
+				if at := time.Unix(0, int64(binary.BigEndian.Uint64(v))); at.After(e.used) {
+					e.used = at
+				}
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].used.Equal(out[j].used) {
+			return out[i].used.Before(out[j].used)
+		}
+		return strings.Compare(out[i].repo+out[i].tag, out[j].repo+out[j].tag) < 0
+	})
+	return out, err
+}
