@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -123,7 +124,15 @@ type fileAppender struct {
 func (a *fileAppender) Write(p []byte) (int, error) {
 	n, err := a.File.Write(p)
 	a.size += int64(n)
-	return n, err
+	return n, noSpace(err)
+}
+
+// noSpace marks a full filesystem (or quota) as ErrStorageFull.
+func noSpace(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrStorageFull, err)
+	}
+	return err
 }
 
 func (a *fileAppender) Size() int64 { return a.size }
@@ -166,16 +175,16 @@ func (f *FileBlobs) Commit(id string, d digest.Digest) error {
 		return f.Discard(id)
 	}
 	if err := syncFile(src); err != nil {
-		return err
+		return noSpace(err)
 	}
 	dir := filepath.Dir(dst)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
+		return noSpace(err)
 	}
 	if err := os.Rename(src, dst); err != nil {
-		return err
+		return noSpace(err)
 	}
-	return syncFile(dir)
+	return noSpace(syncFile(dir))
 }
 
 func syncFile(path string) error {

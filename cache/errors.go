@@ -19,6 +19,8 @@ var (
 	ErrSizeInvalid     = errors.New("size does not match content")
 	ErrManifestInvalid = errors.New("manifest invalid")
 	ErrManifestTooBig  = errors.New("manifest too large")
+	// ErrStorageFull: the filesystem holding the data directory is full.
+	ErrStorageFull = errors.New("storage full")
 	// ErrInUse: another process holds the data directory.
 	ErrInUse = errors.New("data directory is in use by another process")
 	// ErrManifestBlobUnknown is wrapped by *MissingRefError.

@@ -101,6 +101,8 @@ func toAPIError(err error) *apiError {
 			message: "manifest larger than " + strconv.Itoa(cache.MaxManifestSize) + " bytes"}
 	case errors.Is(err, cache.ErrManifestInvalid):
 		return &apiError{code: codeManifestInvalid, message: err.Error()}
+	case errors.Is(err, cache.ErrStorageFull):
+		return &apiError{code: codeUnknown, status: http.StatusInsufficientStorage, message: "the registry's storage is full; nothing was stored: " + err.Error()}
 	case errors.As(err, &limited):
 		return &apiError{code: codeTooManyRequests, message: limited.Error(), retryAfter: limited.RetryAfter}
 	case errors.Is(err, upstream.ErrUnavailable):

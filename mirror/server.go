@@ -1,6 +1,9 @@
 package mirror
 
 import (
+	"errors"
+
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
 	"io"
 	"log/slog"
@@ -40,6 +43,10 @@ type Options struct {
 	// Policy decides who may do what; nil: policy.New(0, {}) (everything
 	// allowed, and pushes over mirrored names refused).
 	Policy *policy.Policy
+
+	// OnStorageFull is called (without blocking) when a write failed for a
+	// full filesystem: the caller can run eviction at once.
+	OnStorageFull func()
 
 	// MaxUploads and MaxUploadsPerClient bound upload requests (POST with
 	// a body, PATCH, PUT of a blob) running at once; 0: no limit.
@@ -154,6 +161,10 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		default:
 			err = h(sw, r, rt)
 		}
+	}
+	if err != nil && errors.Is(err, cache.ErrStorageFull) && reg.opts.OnStorageFull != nil {
+		reg.log.Error("storage full: request failed, nothing kept", "path", r.URL.Path, "err", err)
+		reg.opts.OnStorageFull()
 	}
 	if err != nil && sw.status == 0 {
 		writeError(sw, err)

@@ -145,13 +145,13 @@ func readAccess(configFile, htpasswd string) (access, error) {
 	return a, nil
 }
 
-// evictLoop flushes access times every minute and checks the quota and the
-// retention every evictEvery.
-func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger) error {
-	const evictEvery = 30 * time.Second
+// evictLoop flushes access times every minute, and checks the quota and
+// the retention every 30 seconds, or at once when a write found the disk
+// full.
+func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, pressure <-chan struct{}) error {
 	flush := time.NewTicker(time.Minute)
 	defer flush.Stop()
-	check := time.NewTicker(evictEvery)
+	check := time.NewTicker(30 * time.Second)
 	defer check.Stop()
 	for {
 		select {
@@ -161,18 +161,20 @@ func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *sl
 			if err := store.FlushAccess(); err != nil {
 				log.Warn("recording access times", "err", err)
 			}
+			continue
+		case <-pressure:
 		case <-check.C:
-			if cfg.maxSize == 0 && cfg.retention == 0 {
-				continue
-			}
-			rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention,
-				Mirrored: policy.HasRegistryPrefix, GC: cache.GCOptions{Grace: cfg.gcGrace}})
-			if err != nil {
-				log.Error("eviction", "err", err)
-			} else if len(rep.Tags) > 0 {
-				log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
-					"size", rep.Now, "quota", cfg.maxSize)
-			}
+		}
+		if cfg.maxSize == 0 && cfg.retention == 0 {
+			continue
+		}
+		rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention,
+			Mirrored: policy.HasRegistryPrefix, GC: cache.GCOptions{Grace: cfg.gcGrace}})
+		if err != nil {
+			log.Error("eviction", "err", err)
+		} else if len(rep.Tags) > 0 {
+			log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
+				"size", rep.Now, "quota", cfg.maxSize)
 		}
 	}
 }
@@ -332,6 +334,13 @@ func serve(parent context.Context, cfg serveConfig) error {
 		}
 		log.Info("pull-through mirror enabled", "upstreams", names, "tag_ttl", cfg.mirror.TagTTL, "offline", cfg.mirror.Offline)
 	}
+	pressure := make(chan struct{}, 1)
+	cfg.mirror.OnStorageFull = func() {
+		select {
+		case pressure <- struct{}{}:
+		default:
+		}
+	}
 	reg := mirror.New(store, cfg.mirror)
 	defer reg.Close() // before the store closes: stops upstream fills
 	slow := &slowClients{log: log, timeout: cfg.headerTimeout}
@@ -398,7 +407,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 			}
 		}
 	})
-	g.Go(func() error { return evictLoop(gctx, store, cfg, log) })
+	g.Go(func() error { return evictLoop(gctx, store, cfg, log, pressure) })
 	if cfg.gcInterval > 0 {
 		g.Go(func() error {
 			t := time.NewTicker(cfg.gcInterval)
