@@ -17,6 +17,7 @@ import (
 type FsckReport struct {
 	Blobs    int      // blob files checked
 	Bytes    int64    // bytes rehashed
+	Orphans  int      // intact files the index never recorded (crash leftovers GC reclaims); not problems
 	Problems []string // one line per problem
 	Repaired int      // problems fixed with repair
 }
@@ -82,7 +83,7 @@ func (s *Store) Fsck(repair bool) (FsckReport, error) {
 			rep.Problems = append(rep.Problems, fmt.Sprintf("blob %s: %d bytes on disk, %d recorded", d, st.Size(), size))
 			bad[d] = true
 		case !recorded:
-			rep.Problems = append(rep.Problems, fmt.Sprintf("orphan file %s (not indexed)", d))
+			rep.Orphans++
 			if repair && s.removeUnrecorded(d) == nil {
 				rep.Repaired++
 			}

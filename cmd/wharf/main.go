@@ -49,6 +49,7 @@ func newApp() *cli.App {
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "max-uploads-per-client", Value: 16, Usage: "upload requests running at once from one address (0: no limit)", EnvVars: []string{"WHARF_MAX_UPLOADS_PER_CLIENT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "max-size", Usage: "quota for the blob store: bytes (50G, 500M) or a share of the filesystem (80%); above 95% of it the least recently used mirrored images are evicted down to 85%", EnvVars: []string{"WHARF_MAX_SIZE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "retention", Usage: "mirrored tags unused this long are evicted even under the quota (0: keep)", EnvVars: []string{"WHARF_RETENTION"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "evict-interval", Value: 30e9, Usage: "how often the quota and retention are checked", EnvVars: []string{"WHARF_EVICT_INTERVAL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "gc-interval", Value: 6 * 3600e9, Usage: "run garbage collection this often (0: never; `wharf gc` runs it by hand)", EnvVars: []string{"WHARF_GC_INTERVAL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "gc-grace", Value: 3600e9, Usage: "garbage collection spares manifests and blobs younger than this", EnvVars: []string{"WHARF_GC_GRACE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "upload-ttl", Value: 24 * 3600e9, Usage: "idle upload sessions older than this are dropped (at start-up and every few minutes)", EnvVars: []string{"WHARF_UPLOAD_TTL"}}),

@@ -82,7 +82,8 @@ var fsckCommand = &cli.Command{
 		for _, p := range rep.Problems {
 			fmt.Fprintln(c.App.Writer, p)
 		}
-		fmt.Fprintf(c.App.Writer, "checked %d blobs, %s; %d problems", rep.Blobs, humanBytes(rep.Bytes), len(rep.Problems))
+		fmt.Fprintf(c.App.Writer, "checked %d blobs, %s; %d problems; %d orphan files (left by crashes; gc removes them)",
+			rep.Blobs, humanBytes(rep.Bytes), len(rep.Problems), rep.Orphans)
 		if c.Bool("repair") {
 			fmt.Fprintf(c.App.Writer, ", %d index entries and files repaired", rep.Repaired)
 		}

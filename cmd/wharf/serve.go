@@ -39,6 +39,7 @@ type serveConfig struct {
 	gcGrace         time.Duration
 	maxSize         int64
 	retention       time.Duration
+	evictInterval   time.Duration
 	idleTimeout     time.Duration
 	cache           cache.Options
 	mirror          mirror.Options
@@ -65,6 +66,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		gcInterval:      c.Duration("gc-interval"),
 		gcGrace:         c.Duration("gc-grace"),
 		retention:       c.Duration("retention"),
+		evictInterval:   c.Duration("evict-interval"),
 		idleTimeout:     c.Duration("idle-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log,
@@ -146,12 +148,12 @@ func readAccess(configFile, htpasswd string) (access, error) {
 }
 
 // evictLoop flushes access times every minute, and checks the quota and
-// the retention every 30 seconds, or at once when a write found the disk
-// full.
+// the retention every --evict-interval, or at once when a write found the
+// disk full.
 func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, pressure <-chan struct{}) error {
 	flush := time.NewTicker(time.Minute)
 	defer flush.Stop()
-	check := time.NewTicker(30 * time.Second)
+	check := time.NewTicker(max(cfg.evictInterval, time.Second))
 	defer check.Stop()
 	for {
 		select {

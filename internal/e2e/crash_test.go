@@ -268,26 +268,39 @@ func checkReachable(t *testing.T, w *wharfProc) {
 	}
 	var cat struct{ Repositories []string }
 	getJSON("/v2/_catalog?n=100000", &cat)
+	var walk func(repo, ref string, depth int)
+	walk = func(repo, ref string, depth int) {
+		var m struct {
+			Config    desc
+			Layers    []desc
+			Manifests []desc
+		}
+		getJSON("/v2/"+repo+"/manifests/"+ref, &m)
+		for _, c := range m.Manifests { // an index: every entry must resolve too
+			if depth < 3 {
+				walk(repo, c.Digest.String(), depth+1)
+			}
+		}
+		if len(m.Manifests) > 0 {
+			return
+		}
+		for _, b := range append(m.Layers, m.Config) {
+			resp, err := http.Get(w.url("/v2/" + repo + "/blobs/" + b.Digest.String()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := digest.FromReader(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || err != nil || got != b.Digest {
+				t.Fatalf("%s@%s is indexed but its blob %s is not intact: %s (%v)", repo, ref, b.Digest, resp.Status, err)
+			}
+		}
+	}
 	for _, repo := range cat.Repositories {
 		var tl struct{ Tags []string }
 		getJSON("/v2/"+repo+"/tags/list", &tl)
 		for _, tag := range tl.Tags {
-			var m struct {
-				Config desc
-				Layers []desc
-			}
-			getJSON("/v2/"+repo+"/manifests/"+tag, &m)
-			for _, b := range append(m.Layers, m.Config) {
-				resp, err := http.Get(w.url("/v2/" + repo + "/blobs/" + b.Digest.String()))
-				if err != nil {
-					t.Fatal(err)
-				}
-				got, err := digest.FromReader(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK || err != nil || got != b.Digest {
-					t.Fatalf("%s:%s is indexed but its blob %s is not intact: %s (%v)", repo, tag, b.Digest, resp.Status, err)
-				}
-			}
+			walk(repo, tag, 0)
 		}
 	}
 }
