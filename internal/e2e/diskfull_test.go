@@ -32,7 +32,6 @@ func smallFS(t *testing.T, mib int) string {
 	return dir
 }
 
-
 // TestDiskFull: with the filesystem full, a push fails with a clear 507,
 // nothing partial is left, reads keep working, and once space is freed
 // pushes work again without a restart.
