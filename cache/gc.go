@@ -27,6 +27,32 @@ type GCOptions struct {
 	// (shorter) grace: nothing is pushed there.
 	Mirrored      func(repo string) bool
 	MirroredGrace time.Duration
+	// Duty, between 0 and 1, paces a background collection: it works that
+	// share of the time and sleeps the rest, so serving keeps the CPU.
+	// 0 or 1: full speed.
+	Duty float64
+}
+
+// pacer sleeps between chunks of work to keep to a duty cycle.
+type pacer struct {
+	duty  float64
+	n     int
+	since time.Time
+}
+
+func newPacer(duty float64) *pacer { return &pacer{duty: duty, since: time.Now()} }
+
+// step counts one unit of work; every 256 it sleeps off the surplus.
+func (p *pacer) step() {
+	if p == nil || p.duty <= 0 || p.duty >= 1 {
+		return
+	}
+	if p.n++; p.n%256 != 0 {
+		return
+	}
+	worked := time.Since(p.since)
+	time.Sleep(time.Duration(float64(worked) * (1 - p.duty) / p.duty))
+	p.since = time.Now()
 }
 
 // GCReport says what a collection removed (or, dry, would remove).
@@ -57,7 +83,7 @@ func splitRepoKey(k []byte, prefix string) (repo, rest string) {
 	return repo, rest
 }
 
-func (s *Store) snapshot() (*snapshot, error) {
+func (s *Store) snapshot(pace *pacer) (*snapshot, error) {
 	sn := &snapshot{tags: map[string][]digest.Digest{}, manifests: map[string]map[digest.Digest]*Manifest{},
 		links: map[string]map[digest.Digest]time.Time{}, referrers: map[string]map[digest.Digest][]digest.Digest{}}
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -65,6 +91,7 @@ func (s *Store) snapshot() (*snapshot, error) {
 			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefix)})
 			defer it.Close()
 			for it.Rewind(); it.Valid(); it.Next() {
+				pace.step()
 				if err := it.Item().Value(func(v []byte) error { return fn(it.Item().Key(), v) }); err != nil {
 					return err
 				}
@@ -166,7 +193,8 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 		return func(t time.Time) bool { return !t.IsZero() && o.Now.Sub(t) < grace }
 	}
 	var rep GCReport
-	sn, err := s.snapshot()
+	pace := newPacer(o.Duty)
+	sn, err := s.snapshot(pace)
 	if err != nil {
 		return rep, err
 	}
@@ -185,6 +213,7 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 		}
 		mans, blobs := sn.kept(repo, fresh)
 		for d, m := range sn.manifests[repo] {
+			pace.step()
 			if mans[d] {
 				continue
 			}
@@ -198,6 +227,7 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 			}
 		}
 		for d, at := range sn.links[repo] {
+			pace.step()
 			if blobs[d] || fresh(at) {
 				continue
 			}

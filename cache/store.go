@@ -30,6 +30,9 @@ type Options struct {
 	UploadTTL time.Duration
 	// Logger receives Badger's warnings and the store's own (slog.Default).
 	Logger *slog.Logger
+	// NoSync skips every fsync, for bulk loading by tools and benchmarks:
+	// a crash may lose what was written. Never for serving.
+	NoSync bool
 }
 
 // Store is the content store. It is safe for concurrent use.
@@ -83,11 +86,12 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	blobs.noSync = opts.NoSync
 	lock, err := lockDir(opts.Dir)
 	if err != nil {
 		return nil, err
 	}
-	db, err := badger.Open(badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger))
+	db, err := badger.Open(badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger).WithSyncWrites(!opts.NoSync))
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("cache: open index: %w", err)

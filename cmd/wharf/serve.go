@@ -171,7 +171,7 @@ func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *sl
 			continue
 		}
 		rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention,
-			Mirrored: policy.HasRegistryPrefix, GC: cache.GCOptions{Grace: cfg.gcGrace}})
+			Mirrored: policy.HasRegistryPrefix, GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
 		if err != nil {
 			log.Error("eviction", "err", err)
 		} else if len(rep.Tags) > 0 {
@@ -420,7 +420,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 					return nil
 				case <-t.C:
 					start := time.Now()
-					rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace})
+					rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
 					if err != nil {
 						log.Error("garbage collection", "err", err)
 						continue

@@ -48,7 +48,7 @@ var (
 	conns     = flag.Int("conns", 32, "connections for the manifest test")
 	duration  = flag.Duration("duration", 5*time.Second, "length of each manifest load run")
 	wharfPath = flag.String("wharf", "", "wharf binary (default: go build ./cmd/wharf)")
-	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), auth (signed-in vs anonymous) or all")
+	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), auth (signed-in vs anonymous), store (a large index) or all")
 )
 
 func main() {
@@ -79,6 +79,11 @@ func run(tmp string) error {
 	}
 	if *suite == "auth" || *suite == "all" {
 		if err := runAuth(tmp, bin); err != nil {
+			return err
+		}
+	}
+	if *suite == "store" || *suite == "all" {
+		if err := runStore(tmp, bin); err != nil {
 			return err
 		}
 	}
