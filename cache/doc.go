@@ -16,13 +16,19 @@
 //	│                                  is removed.
 //	└── index/                         Badger
 //	    ├── b/<digest>                       blob record {size, created}
-//	    ├── l/<repo>\x00<digest>             repo → blob link (value: size)
+//	    ├── l/<repo>\x00<digest>             repo → blob link {size, linked at}
 //	    ├── m/<repo>\x00<digest>             repo → manifest {mediaType, size,
 //	    │                                    subject, artifactType, refs}
 //	    ├── t/<repo>\x00<tag>                tag → manifest digest
 //	    ├── r/<repo>\x00<subject>\x00<digest> referrer descriptor (JSON)
-//	    └── u/<id>                           upload session {repo, started,
-//	                                         offset, sha256 state}
+//	    ├── u/<id>                           upload session {repo, updated,
+//	    │                                    offset, sha256 state}
+//	    └── a/<repo>\x00<ref>                last use of a mirrored tag (LRU)
+//
+// A link's value is the blob size and when it was made; a tag's is the
+// digest and, for mirrored tags, when upstream was last asked. Besides,
+// <data>/wharf.lock is flock'ed by the process that has the store open, and
+// fsck --repair moves bad blobs to <data>/quarantine/.
 //
 // A blob is readable through a repository only when an l/ (or, for manifest
 // bytes, m/) key links it there. Ordering makes crashes safe: bytes are
