@@ -147,6 +147,20 @@ func readAccess(configFile, htpasswd string) (access, error) {
 	return a, nil
 }
 
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			fn()
+		}
+	}
+}
+
 // evictLoop flushes access times every minute, and checks the quota and
 // the retention every --evict-interval, or at once when a write found the
 // disk full.
@@ -394,56 +408,35 @@ func serve(parent context.Context, cfg serveConfig) error {
 		return srv.Shutdown(sctx)
 	})
 	g.Go(func() error {
-		t := time.NewTicker(min(cfg.cache.UploadTTL/4+time.Second, 10*time.Minute))
-		defer t.Stop()
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-t.C:
-				if n, err := store.ExpireUploads(time.Now()); err != nil {
-					log.Warn("expiring upload sessions", "err", err)
-				} else if n > 0 {
-					log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
-				}
+		return every(gctx, min(cfg.cache.UploadTTL/4+time.Second, 10*time.Minute), func() {
+			if n, err := store.ExpireUploads(time.Now()); err != nil {
+				log.Warn("expiring upload sessions", "err", err)
+			} else if n > 0 {
+				log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
 			}
-		}
+		})
 	})
 	g.Go(func() error { return evictLoop(gctx, store, cfg, log, pressure) })
 	if cfg.gcInterval > 0 {
 		g.Go(func() error {
-			t := time.NewTicker(cfg.gcInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-gctx.Done():
-					return nil
-				case <-t.C:
-					start := time.Now()
-					rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
-					if err != nil {
-						log.Error("garbage collection", "err", err)
-						continue
-					}
-					log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
-						"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
+			return every(gctx, cfg.gcInterval, func() {
+				start := time.Now()
+				rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
+				if err != nil {
+					log.Error("garbage collection", "err", err)
+					return
 				}
-			}
+				log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
+					"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
+			})
 		})
 	}
 	g.Go(func() error {
-		t := time.NewTicker(valueLogGCInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-t.C:
-				if err := store.RunValueLogGC(); err != nil {
-					log.Warn("index value-log GC", "err", err)
-				}
+		return every(gctx, valueLogGCInterval, func() {
+			if err := store.RunValueLogGC(); err != nil {
+				log.Warn("index value-log GC", "err", err)
 			}
-		}
+		})
 	})
 	err = g.Wait()
 	log.Info("wharf stopped")
