@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
+	"io/fs"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -230,7 +232,9 @@ func verifyStore(t *testing.T, w *wharfProc, acked, attempts []ackedPush, ingest
 			return err
 		}
 		f, err := os.Open(p)
-		if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // collected since the directory was listed
+		} else if err != nil {
 			return err
 		}
 		defer f.Close()
