@@ -2,12 +2,12 @@ package e2e
 
 import (
 	"bytes"
-	"errors"
-	"io/fs"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
