@@ -150,6 +150,22 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
+// Ping proves the index answers; with write, that it takes a write too.
+func (s *Store) Ping(write bool) error {
+	if !write {
+		return s.db.View(func(txn *badger.Txn) error {
+			_, err := txn.Get([]byte("s/alive"))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				return nil
+			}
+			return err
+		})
+	}
+	return s.update(func(txn *badger.Txn) error {
+		return txn.Set([]byte("s/alive"), []byte(time.Now().UTC().Format(time.RFC3339)))
+	})
+}
+
 // Blobs exposes the byte store (for tests and operator commands).
 func (s *Store) Blobs() Blobs { return s.blobs }
 

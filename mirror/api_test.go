@@ -330,3 +330,19 @@ func FuzzParseRoute(f *testing.F) {
 		}
 	})
 }
+
+func TestHealthAndReadiness(t *testing.T) {
+	reg := newTestRegistry(t, Options{})
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if resp, _ := reg.do(t, "GET", p, nil, nil); resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", p, resp.Status)
+		}
+	}
+	reg.reg().Drain()
+	if resp, _ := reg.do(t, "GET", "/readyz", nil, nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while draining: %s", resp.Status)
+	}
+	if resp, _ := reg.do(t, "GET", "/healthz", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("/healthz while draining: %s", resp.Status)
+	}
+}

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"errors"
+	"sync/atomic"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
@@ -61,14 +62,39 @@ type Options struct {
 
 // Registry serves the OCI Distribution API. It is safe for concurrent use.
 type Registry struct {
-	store   Store
-	opts    Options
-	log     *slog.Logger
-	routes  map[routeKey]handlerFunc
-	proxy   *proxy // nil without Options.Upstream
-	policy  *policy.Policy
-	tokens  *tokens
-	uploads *uploadLimiter
+	store    Store
+	opts     Options
+	log      *slog.Logger
+	routes   map[routeKey]handlerFunc
+	proxy    *proxy // nil without Options.Upstream
+	policy   *policy.Policy
+	tokens   *tokens
+	uploads  *uploadLimiter
+	draining atomic.Bool
+}
+
+// Drain makes /readyz answer 503 (load balancers stop sending) while
+// requests in flight finish.
+func (reg *Registry) Drain() { reg.draining.Store(true) }
+
+// health answers /healthz (the process serves) and /readyz (the index
+// answers and the server is not shutting down).
+func (reg *Registry) health(w http.ResponseWriter, r *http.Request) bool {
+	switch r.URL.Path {
+	case "/healthz":
+		io.WriteString(w, "ok\n")
+		return true
+	case "/readyz":
+		if reg.draining.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		} else if err := reg.store.Ping(false); err != nil {
+			http.Error(w, "index unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		} else {
+			io.WriteString(w, "ready\n")
+		}
+		return true
+	}
+	return false
 }
 
 type routeKey struct {
@@ -115,6 +141,9 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, rt route) error
 // ServeHTTP routes the request, writes errors, logs and recovers panics.
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if reg.health(w, r) {
+		return
+	}
 	sw := &statusWriter{ResponseWriter: w}
 	r = reg.authenticate(r)
 	if r.URL.Path == "/token" && reg.authRequired() {

@@ -50,6 +50,7 @@ type mirrorStore interface {
 	NewFill(repo string, d digest.Digest) (*cache.Fill, error)
 	LinkExisting(repo string, d digest.Digest) (int64, error)
 	Touch(repo, ref string)
+	Ping(write bool) error
 }
 
 // Store is everything the registry API needs from the content store.

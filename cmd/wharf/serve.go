@@ -376,6 +376,9 @@ func serve(parent context.Context, cfg serveConfig) error {
 	if !cfg.mirror.AllowDelete {
 		log.Info("deletes are disabled; start with --allow-delete to enable them")
 	}
+	if err := store.Ping(true); err != nil {
+		return fmt.Errorf("index not writable: %w", err)
+	}
 	log.Info("wharf listening", "addr", ln.Addr().String(), "data", cfg.cache.Dir, "tls", cfg.tlsCert != "")
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -400,8 +403,17 @@ func serve(parent context.Context, cfg serveConfig) error {
 		}
 		return nil
 	})
+	// The listener is open and the index writable: tell systemd.
+	if err := sdNotify("READY=1\nSTATUS=serving on " + ln.Addr().String()); err != nil {
+		log.Warn("sd_notify READY", "err", err)
+	}
+	if iv := watchdogInterval(); iv > 0 {
+		g.Go(func() error { return watchdog(gctx, iv, ln.Addr().String(), cfg.tlsCert != "", log) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
+		sdNotify("STOPPING=1")
+		reg.Drain()
 		log.Info("shutting down: finishing in-flight requests", "timeout", cfg.shutdownTimeout)
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.shutdownTimeout)
 		defer cancel()
