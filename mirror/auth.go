@@ -45,8 +45,8 @@ func (reg *Registry) authenticate(r *http.Request) *http.Request {
 	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
 		claims, valid := reg.tokens.check(tok, time.Now())
 		c.User, c.badCredentials, c.token = claims.User, !valid || claims.Bad, valid
-	} else if user, pass, ok := r.BasicAuth(); ok && reg.opts.Users != nil {
-		if reg.opts.Users.Verify(user, pass) {
+	} else if user, pass, ok := r.BasicAuth(); ok && reg.access.Load().users != nil {
+		if users := reg.access.Load().users; users != nil && users.Verify(user, pass) {
 			c.User = user
 		} else {
 			c.badCredentials = true
@@ -58,7 +58,8 @@ func (reg *Registry) authenticate(r *http.Request) *http.Request {
 // authRequired reports that users exist: /v2/ then challenges anonymous
 // callers, which is what makes `docker login` send its credentials.
 func (reg *Registry) authRequired() bool {
-	return reg.opts.Users != nil && reg.opts.Users.Len() > 0
+	u := reg.access.Load().users
+	return u != nil && u.Len() > 0
 }
 
 // authorize decides action on repo (mirrored: a mirrored copy's local
@@ -66,7 +67,7 @@ func (reg *Registry) authRequired() bool {
 // DENIED, with an audit record for a refusal.
 func (reg *Registry) authorize(r *http.Request, repo string, a policy.Action, mirrored bool) error {
 	c := callerOf(r)
-	if reg.policy.Allowed(c.Subject, repo, a, mirrored) {
+	if reg.policy().Allowed(c.Subject, repo, a, mirrored) {
 		return nil
 	}
 	reg.audit(r, "denied", slog.String("repo", repo), slog.String("action", string(a)))

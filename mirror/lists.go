@@ -71,7 +71,7 @@ func (reg *Registry) visibleRepos(r *http.Request, n int, last string) ([]string
 			return nil, false, err
 		}
 		for _, repo := range page {
-			if !reg.policy.Allowed(s, repo, policy.Pull, policy.HasRegistryPrefix(repo)) {
+			if !reg.policy().Allowed(s, repo, policy.Pull, policy.HasRegistryPrefix(repo)) {
 				continue
 			}
 			if len(out) == n {

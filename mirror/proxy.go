@@ -151,7 +151,7 @@ func (p *proxy) checkPush(r *http.Request, name, ns string, a policy.Action) err
 			why = "holds content mirrored from " + t.Registry
 		}
 	}
-	if why == "" || (ns == "" && p.reg.policy.Explicit(callerOf(r).Subject, name, a)) {
+	if why == "" || (ns == "" && p.reg.policy().Explicit(callerOf(r).Subject, name, a)) {
 		return nil
 	}
 	p.reg.audit(r, "denied", slog.String("repo", name), slog.String("action", string(a)), slog.String("reason", "mirrored name"))

@@ -66,12 +66,29 @@ type Registry struct {
 	opts     Options
 	log      *slog.Logger
 	routes   map[routeKey]handlerFunc
-	proxy    *proxy // nil without Options.Upstream
-	policy   *policy.Policy
+	proxy    *proxy                 // nil without Options.Upstream
+	access   atomic.Pointer[access] // users and rules; swapped by SetAccess
 	tokens   *tokens
 	uploads  *uploadLimiter
 	draining atomic.Bool
 }
+
+// access is who may sign in and what they may do, replaced as a whole.
+type access struct {
+	users  Authenticator // nil: nobody signs in
+	policy *policy.Policy
+}
+
+// SetAccess replaces users and rules for the requests that start from now
+// on (SIGHUP reload). A nil policy allows everything (no users).
+func (reg *Registry) SetAccess(users Authenticator, pol *policy.Policy) {
+	if pol == nil {
+		pol, _ = policy.New(0, policy.Config{})
+	}
+	reg.access.Store(&access{users: users, policy: pol})
+}
+
+func (reg *Registry) policy() *policy.Policy { return reg.access.Load().policy }
 
 // Drain makes /readyz answer 503 (load balancers stop sending) while
 // requests in flight finish.
@@ -107,11 +124,9 @@ func New(store Store, opts Options) *Registry {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, policy: opts.Policy, tokens: newTokens(),
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(),
 		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
-	if reg.policy == nil {
-		reg.policy, _ = policy.New(0, policy.Config{})
-	}
+	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {
 		reg.proxy = newProxy(reg)
 	}

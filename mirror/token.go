@@ -75,10 +75,11 @@ func (reg *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
 		withCreds = r.PostForm.Get("grant_type") == "password"
 	}
 	bad := false
+	users := reg.access.Load().users
 	switch {
 	case !withCreds:
 		user = ""
-	case reg.opts.Users.Verify(user, pass):
+	case users != nil && users.Verify(user, pass):
 		reg.audit(r, "login", slog.Bool("ok", true), slog.String("as", user))
 	default:
 		reg.audit(r, "login", slog.Bool("ok", false), slog.String("as", user))

@@ -26,7 +26,7 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, rt rout
 		// Without a valid source repository the mount falls back to an
 		// ordinary upload session, as the spec allows.
 		// A mount needs pull rights on the source.
-		if from := q.Get("from"); validName(from) && reg.policy.Allowed(callerOf(r).Subject, from, policy.Pull, false) {
+		if from := q.Get("from"); validName(from) && reg.policy().Allowed(callerOf(r).Subject, from, policy.Pull, false) {
 			_, err := reg.store.MountBlob(from, rt.name, d)
 			if err == nil {
 				return blobCreated(w, rt.name, d)

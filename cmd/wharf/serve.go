@@ -32,6 +32,8 @@ type serveConfig struct {
 	tlsCert         string
 	tlsKey          string
 	tlsClientCA     string
+	configFile      string
+	htpasswd        string
 	log             *slog.Logger
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
@@ -60,6 +62,8 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		tlsCert:         c.String("tls-cert"),
 		tlsKey:          c.String("tls-key"),
 		tlsClientCA:     c.String("tls-client-ca"),
+		configFile:      c.String("config"),
+		htpasswd:        c.String("htpasswd"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		headerTimeout:   c.Duration("header-timeout"),
@@ -383,9 +387,36 @@ func serve(parent context.Context, cfg serveConfig) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	serveFn := srv.Serve
-	if cfg.tlsCert == "" {
-		signal.Ignore(syscall.SIGHUP) // nothing to reload yet; never die of it
-	}
+	// SIGHUP (systemctl reload): users and rules are read again; the TLS
+	// certificate reloader below listens for it too.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+			}
+			sdNotify("RELOADING=1")
+			if a, err := readAccess(cfg.configFile, cfg.htpasswd); err != nil {
+				log.Error("reload: keeping the current users and rules", "err", err)
+			} else {
+				var users mirror.Authenticator
+				if a.users != nil {
+					users = a.users
+				}
+				reg.SetAccess(users, a.policy)
+				n := 0
+				if a.users != nil {
+					n = a.users.Len()
+				}
+				log.Info("reloaded users and rules", "users", n)
+			}
+			sdNotify("READY=1")
+		}
+	})
 	if cfg.tlsCert != "" {
 		certs, err := newCertReloader(cfg.tlsCert, cfg.tlsKey, log)
 		if err != nil {
