@@ -33,10 +33,18 @@ func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	// ServeContent answers Range (206/416) and If-None-Match, then copies
 	// with w's ReadFrom: sendfile for the plain writer, or big buffered
 	// reads and writes (see Options.Sendfile).
+	sw, counted := w.(*statusWriter)
+	var before int64
+	if counted {
+		before = sw.n
+	}
 	if !reg.opts.Sendfile {
 		w = bufferedCopier{w}
 	}
 	http.ServeContent(w, r, "", time.Time{}, f)
+	if m := reg.opts.Metrics; m != nil && counted {
+		m.BytesServed.WithLabelValues("cache").Add(float64(sw.n - before))
+	}
 	return nil
 }
 

@@ -42,7 +42,7 @@ func newProxy(reg *Registry) *proxy {
 	if o.TagTTL <= 0 {
 		o.TagTTL = 10 * time.Minute
 	}
-	if o.PrefetchParallel <= 0 {
+	if o.PrefetchParallel == 0 {
 		o.PrefetchParallel = 8
 	}
 	if o.FillTimeout <= 0 {
@@ -166,6 +166,9 @@ func (p *proxy) manifest(ctx context.Context, t policy.Target, ref string) (*cac
 	p.store.Touch(t.Local, ref) // for LRU eviction: a map update, flushed in batches
 	if strings.Contains(ref, ":") {
 		if m, err := p.store.GetManifest(t.Local, ref); err == nil || !errors.Is(err, cache.ErrManifestUnknown) {
+			if err == nil {
+				p.opts.Metrics.cache("manifest", "hit")
+			}
 			return m, err
 		}
 		if p.opts.Offline {
@@ -183,6 +186,7 @@ func (p *proxy) manifest(ctx context.Context, t policy.Target, ref string) (*cac
 		return nil, err
 	}
 	if p.opts.Offline || time.Since(checked) < p.opts.TagTTL {
+		p.opts.Metrics.cache("manifest", "hit")
 		return p.store.GetManifest(t.Local, d.String())
 	}
 	desc, err := p.resolveOnce(ctx, t, ref)
@@ -191,6 +195,7 @@ func (p *proxy) manifest(ctx context.Context, t policy.Target, ref string) (*cac
 		if err := p.store.TouchTag(t.Local, ref, d, time.Now()); err != nil {
 			return nil, err
 		}
+		p.opts.Metrics.cache("manifest", "hit")
 		return p.store.GetManifest(t.Local, d.String())
 	case err == nil:
 		return p.fetchManifest(ctx, t, ref, desc)
@@ -198,6 +203,7 @@ func (p *proxy) manifest(ctx context.Context, t policy.Target, ref string) (*cac
 		return nil, fmt.Errorf("%w: %v", cache.ErrManifestUnknown, err)
 	}
 	p.reg.log.Warn("upstream unreachable: serving the cached tag", "repo", t.Local, "tag", ref, "checked", checked, "err", err)
+	p.opts.Metrics.cache("manifest", "hit")
 	return p.store.GetManifest(t.Local, d.String())
 }
 
@@ -206,7 +212,10 @@ func (p *proxy) resolveOnce(ctx context.Context, t policy.Target, ref string) (u
 	ch := p.manifests.DoChan("HEAD "+t.Local+":"+ref, func() (any, error) {
 		hctx, cancel := context.WithTimeout(p.bg, time.Minute)
 		defer cancel()
-		return p.up.Resolve(hctx, t.Registry, t.Remote, ref)
+		start := time.Now()
+		desc, err := p.up.Resolve(hctx, t.Registry, t.Remote, ref)
+		p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
+		return desc, err
 	})
 	select {
 	case res := <-ch:
@@ -228,14 +237,19 @@ func (p *proxy) fetchManifest(ctx context.Context, t policy.Target, ref string, 
 		defer cancel()
 		if desc.MediaType == "" {
 			var err error
-			if desc, err = p.up.Resolve(fctx, t.Registry, t.Remote, ref); err != nil {
+			start := time.Now()
+			desc, err = p.up.Resolve(fctx, t.Registry, t.Remote, ref)
+			p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
+			if err != nil {
 				return nil, err
 			}
 		}
 		if strings.Contains(ref, ":") && desc.Digest.String() != ref {
 			return nil, fmt.Errorf("%w: asked for %s, upstream resolved %s", upstream.ErrInvalid, ref, desc.Digest)
 		}
+		start := time.Now()
 		body, err := p.up.Manifest(fctx, t.Registry, t.Remote, desc, cache.MaxManifestSize)
+		p.opts.Metrics.upstream(t.Registry, "manifest", err, time.Since(start).Seconds())
 		if err != nil {
 			return nil, err
 		}
@@ -254,8 +268,12 @@ func (p *proxy) fetchManifest(ctx context.Context, t policy.Target, ref string, 
 		}
 		return m, nil
 	})
+	p.opts.Metrics.cache("manifest", "miss")
 	select {
 	case res := <-ch:
+		if res.Shared {
+			p.opts.Metrics.coalesced()
+		}
 		if res.Err != nil {
 			if errors.Is(res.Err, upstream.ErrNotFound) || errors.Is(res.Err, upstream.ErrDenied) {
 				return nil, fmt.Errorf("%w: %v", cache.ErrManifestUnknown, res.Err)

@@ -26,6 +26,7 @@ import (
 func (p *proxy) blob(w http.ResponseWriter, r *http.Request, rt route, t policy.Target) error {
 	d := digest.Digest(rt.ref)
 	if _, err := p.store.StatBlob(rt.name, d); err == nil || p.opts.Offline || p.linkShared(r.Context(), t, d) {
+		p.opts.Metrics.cache("blob", "hit")
 		return p.reg.getBlob(w, r, rt)
 	}
 	f, rd, err := p.fill(r.Context(), t, d, true)
@@ -33,8 +34,10 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request, rt route, t policy.
 		return err
 	}
 	if f == nil { // committed meanwhile
+		p.opts.Metrics.cache("blob", "hit")
 		return p.reg.getBlob(w, r, rt)
 	}
+	p.opts.Metrics.cache("blob", "miss")
 	defer rd.Close()
 	size, err := f.Size(r.Context())
 	if err != nil {
@@ -63,7 +66,11 @@ func (p *proxy) blob(w http.ResponseWriter, r *http.Request, rt route, t policy.
 	w.WriteHeader(status)
 	bp := blobBufs.Get().(*[]byte)
 	defer blobBufs.Put(bp)
-	if _, err := io.CopyBuffer(struct{ io.Writer }{w}, rd, *bp); err != nil {
+	sent, err := io.CopyBuffer(struct{ io.Writer }{w}, rd, *bp)
+	if m := p.opts.Metrics; m != nil {
+		m.BytesServed.WithLabelValues("upstream").Add(float64(sent))
+	}
+	if err != nil {
 		// Headers promised the whole body: cut the connection so the client
 		// sees a failed transfer, never a complete but wrong one.
 		p.reg.log.Warn("mirrored blob transfer aborted", "repo", rt.name, "digest", d, "err", err)
@@ -110,6 +117,9 @@ func (p *proxy) fill(ctx context.Context, t policy.Target, d digest.Digest, read
 		return f.NewReader(ctx)
 	}
 	if f := p.fills[key]; f != nil {
+		if reader {
+			p.opts.Metrics.coalesced()
+		}
 		return f, newReader(f), nil
 	}
 	if _, err := p.store.StatBlob(t.Local, d); err == nil {
@@ -140,6 +150,7 @@ func (p *proxy) runFill(key string, f *cache.Fill, t policy.Target) {
 	}
 	switch {
 	case errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeInvalid):
+		p.opts.Metrics.digestFailed()
 		p.reg.log.Error("upstream sent a corrupt blob: discarded, nothing cached", "repo", t.Local, "digest", f.Digest(), "err", err)
 	case err != nil:
 		p.reg.log.Warn("blob download from upstream failed", "repo", t.Local, "digest", f.Digest(), "err", err)
@@ -163,7 +174,9 @@ const fillBatch = 256 << 10
 // download copies blob f.Digest() from upstream into f, resuming with a
 // Range request (Seek) after a failed read, with backoff.
 func (p *proxy) download(ctx context.Context, f *cache.Fill, t policy.Target) error {
+	opened := time.Now()
 	rc, size, err := p.up.Blob(ctx, t.Registry, t.Remote, f.Digest())
+	p.opts.Metrics.upstream(t.Registry, "blob", err, time.Since(opened).Seconds())
 	if err != nil {
 		return err
 	}
@@ -183,6 +196,9 @@ func (p *proxy) download(ctx context.Context, f *cache.Fill, t policy.Target) er
 		if n > 0 {
 			if _, err := f.Write(buf[:n]); err != nil {
 				return err
+			}
+			if m := p.opts.Metrics; m != nil {
+				m.UpstreamBytes.Add(float64(n))
 			}
 		}
 		switch {
@@ -211,6 +227,9 @@ func (p *proxy) download(ctx context.Context, f *cache.Fill, t policy.Target) er
 // prefetch downloads a manifest's blobs ahead of the client, a few at a
 // time; the upstream client's semaphore bounds connections overall.
 func (p *proxy) prefetch(t policy.Target, blobs []digest.Digest) {
+	if p.opts.PrefetchParallel < 0 {
+		return
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -221,6 +240,7 @@ func (p *proxy) prefetch(t policy.Target, blobs []digest.Digest) {
 				if _, err := p.store.StatBlob(t.Local, d); err == nil || p.linkShared(p.bg, t, d) {
 					return nil
 				}
+				p.opts.Metrics.prefetched()
 				f, _, err := p.fill(p.bg, t, d, false)
 				if f != nil && err == nil {
 					f.Wait(p.bg)

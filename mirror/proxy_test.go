@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wharf-registry/wharf/cache"
@@ -618,5 +620,49 @@ func TestRetention(t *testing.T) {
 		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}})
 	if err != nil || len(rep.Tags) != 1 || rep.Freed <= 0 {
 		t.Fatalf("retention: %+v %v", rep, err)
+	}
+}
+
+// TestMetricsColdAndWarm: after a cold pull and a warm pull the counters
+// show the misses, hits and bytes of exactly those pulls (prefetching off,
+// so every fetch is the client's).
+func TestMetricsColdAndWarm(t *testing.T) {
+	preg := prometheus.NewRegistry()
+	m := NewMetrics(preg)
+	e := newMirrorEnv(t, Options{Metrics: m, PrefetchParallel: -1})
+	e.hub.Push("library/metrics", "1", fakehub.ImageSpec{Platforms: []string{platform, "linux/s390x"}, Layers: 3, LayerSize: 100 << 10, Seed: 60})
+	ctx := context.Background()
+	if err := e.pull(ctx, "library/metrics", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	fetched := float64(e.hub.Count("bytes")) // blob bytes the hub sent: config and 3 layers
+	get := func(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+	check := func(when string, want map[string]float64) {
+		t.Helper()
+		got := map[string]float64{
+			"manifest hit": get(m.Cache.WithLabelValues("manifest", "hit")), "manifest miss": get(m.Cache.WithLabelValues("manifest", "miss")),
+			"blob hit": get(m.Cache.WithLabelValues("blob", "hit")), "blob miss": get(m.Cache.WithLabelValues("blob", "miss")),
+			"upstream bytes": get(m.UpstreamBytes), "served from upstream": get(m.BytesServed.WithLabelValues("upstream")),
+			"served from cache": get(m.BytesServed.WithLabelValues("cache")),
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: %s = %v, want %v (all: %v)", when, k, got[k], v, got)
+			}
+		}
+	}
+	check("after the cold pull", map[string]float64{"manifest hit": 0, "manifest miss": 2, "blob hit": 0, "blob miss": 4,
+		"upstream bytes": fetched, "served from upstream": fetched, "served from cache": 0})
+	if err := e.pull(ctx, "library/metrics", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	check("after the warm pull", map[string]float64{"manifest hit": 2, "manifest miss": 2, "blob hit": 4, "blob miss": 4,
+		"upstream bytes": fetched, "served from upstream": fetched, "served from cache": fetched})
+	if n := get(m.Requests.WithLabelValues("blob", "GET", "200")); n != 8 {
+		t.Errorf("blob GET 200 requests: %v, want 8", n)
+	}
+	if get(m.Upstream.WithLabelValues("docker.io", "blob", "ok")) != 4 || get(m.Upstream.WithLabelValues("docker.io", "manifest", "ok")) != 2 {
+		t.Errorf("upstream operations: %v blob, %v manifest", get(m.Upstream.WithLabelValues("docker.io", "blob", "ok")), get(m.Upstream.WithLabelValues("docker.io", "manifest", "ok")))
 	}
 }

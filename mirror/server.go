@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"errors"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/wharf-registry/wharf/cache"
@@ -35,7 +36,7 @@ type Options struct {
 	// Offline serves only what is cached; upstream is never contacted.
 	Offline bool
 	// PrefetchParallel bounds how many blobs of one manifest are fetched at
-	// once ahead of the client (8).
+	// once ahead of the client (0: 8; negative: no prefetching).
 	PrefetchParallel int
 	// FillTimeout bounds one blob download from upstream (1h).
 	FillTimeout time.Duration
@@ -44,6 +45,9 @@ type Options struct {
 	// Policy decides who may do what; nil: policy.New(0, {}) (everything
 	// allowed, and pushes over mirrored names refused).
 	Policy *policy.Policy
+
+	// Metrics records Prometheus metrics; nil records none.
+	Metrics *Metrics
 
 	// OnStorageFull is called (without blocking) when a write failed for a
 	// full filesystem: the caller can run eviction at once.
@@ -244,6 +248,11 @@ func (reg *Registry) logRequest(r *http.Request, sw *statusWriter, rt route, err
 	status := sw.status
 	if status == 0 {
 		status = http.StatusOK
+	}
+	if m := reg.opts.Metrics; m != nil {
+		name := routeName(rt.kind, rt.name != "" || rt.kind == routeBase || rt.kind == routeCatalog)
+		m.Requests.WithLabelValues(name, r.Method, strconv.Itoa(status)).Inc()
+		m.Duration.WithLabelValues(name).Observe(took.Seconds())
 	}
 	level := slog.LevelDebug
 	switch {

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
@@ -34,6 +35,7 @@ type serveConfig struct {
 	tlsClientCA     string
 	configFile      string
 	htpasswd        string
+	metricsAddr     string
 	log             *slog.Logger
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
@@ -64,6 +66,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		tlsClientCA:     c.String("tls-client-ca"),
 		configFile:      c.String("config"),
 		htpasswd:        c.String("htpasswd"),
+		metricsAddr:     c.String("metrics-addr"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		headerTimeout:   c.Duration("header-timeout"),
@@ -168,7 +171,7 @@ func every(ctx context.Context, interval time.Duration, fn func()) error {
 // evictLoop flushes access times every minute, and checks the quota and
 // the retention every --evict-interval, or at once when a write found the
 // disk full.
-func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, pressure <-chan struct{}) error {
+func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, pressure <-chan struct{}, ops *opsMetrics) error {
 	flush := time.NewTicker(time.Minute)
 	defer flush.Stop()
 	check := time.NewTicker(max(cfg.evictInterval, time.Second))
@@ -185,6 +188,9 @@ func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *sl
 		case <-pressure:
 		case <-check.C:
 		}
+		if size, err := store.Size(); err == nil {
+			ops.storeBytes.Set(float64(size))
+		}
 		if cfg.maxSize == 0 && cfg.retention == 0 {
 			continue
 		}
@@ -193,6 +199,9 @@ func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *sl
 		if err != nil {
 			log.Error("eviction", "err", err)
 		} else if len(rep.Tags) > 0 {
+			ops.evicted.Add(float64(len(rep.Tags)))
+			ops.gcFreed.Add(float64(rep.Freed))
+			ops.storeBytes.Set(float64(rep.Now))
 			log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
 				"size", rep.Now, "quota", cfg.maxSize)
 		}
@@ -341,6 +350,13 @@ func serve(parent context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.addr, err)
 	}
+	promReg := prometheus.NewRegistry()
+	ops := newOpsMetrics(promReg)
+	ops.quotaBytes.Set(float64(cfg.maxSize))
+	if size, err := store.Size(); err == nil {
+		ops.storeBytes.Set(float64(size))
+	}
+	cfg.mirror.Metrics = mirror.NewMetrics(promReg)
 	if cfg.upstream != nil {
 		up, err := upstream.New(*cfg.upstream)
 		if err != nil {
@@ -348,6 +364,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 		}
 		defer up.Close()
 		cfg.mirror.Upstream = up
+		promReg.MustRegister(newUpstreamCollector(up))
 		names := make([]string, 0, len(cfg.upstream.Registries))
 		for _, r := range cfg.upstream.Registries {
 			names = append(names, r.Name)
@@ -363,6 +380,13 @@ func serve(parent context.Context, cfg serveConfig) error {
 	}
 	reg := mirror.New(store, cfg.mirror)
 	defer reg.Close() // before the store closes: stops upstream fills
+	if cfg.metricsAddr != "" {
+		msrv, err := serveMetrics(cfg.metricsAddr, promReg, log)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		defer msrv.Close()
+	}
 	slow := &slowClients{log: log, timeout: cfg.headerTimeout}
 	srv := &http.Server{
 		Handler:           slow.wrap(reg),
@@ -459,7 +483,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 			}
 		})
 	})
-	g.Go(func() error { return evictLoop(gctx, store, cfg, log, pressure) })
+	g.Go(func() error { return evictLoop(gctx, store, cfg, log, pressure, ops) })
 	if cfg.gcInterval > 0 {
 		g.Go(func() error {
 			return every(gctx, cfg.gcInterval, func() {
@@ -469,6 +493,8 @@ func serve(parent context.Context, cfg serveConfig) error {
 					log.Error("garbage collection", "err", err)
 					return
 				}
+				ops.gcRuns.Inc()
+				ops.gcFreed.Add(float64(rep.Bytes))
 				log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
 					"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
 			})

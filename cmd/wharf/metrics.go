@@ -1,0 +1,83 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wharf-registry/wharf/upstream"
+)
+
+// opsMetrics are the instruments cmd's loops update.
+type opsMetrics struct {
+	storeBytes  prometheus.Gauge
+	quotaBytes  prometheus.Gauge
+	evicted     prometheus.Counter
+	gcRuns      prometheus.Counter
+	gcFreed     prometheus.Counter
+	upstreamCol *upstreamCollector
+}
+
+func newOpsMetrics(r prometheus.Registerer) *opsMetrics {
+	m := &opsMetrics{
+		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wharf_store_bytes", Help: "Bytes the blob store holds."}),
+		quotaBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wharf_store_quota_bytes", Help: "The --max-size quota (0: none)."}),
+		evicted:    prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_evicted_tags_total", Help: "Mirrored tags evicted for the quota or the retention."}),
+		gcRuns:     prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_gc_runs_total", Help: "Garbage collections run."}),
+		gcFreed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_gc_freed_bytes_total", Help: "Bytes garbage collection and eviction freed."}),
+	}
+	r.MustRegister(m.storeBytes, m.quotaBytes, m.evicted, m.gcRuns, m.gcFreed,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// upstreamCollector reports each registry's health and Docker Hub's
+// ratelimit-remaining when scraped.
+type upstreamCollector struct {
+	up        *upstream.Client
+	upDesc    *prometheus.Desc
+	limitDesc *prometheus.Desc
+}
+
+func newUpstreamCollector(up *upstream.Client) *upstreamCollector {
+	return &upstreamCollector{up: up,
+		upDesc:    prometheus.NewDesc("wharf_upstream_up", "1 while the registry answers, 0 while Wharf considers it down or rate limited.", []string{"registry"}, nil),
+		limitDesc: prometheus.NewDesc("wharf_upstream_ratelimit_remaining", "The registry's last ratelimit-remaining header (-1: never sent).", []string{"registry"}, nil)}
+}
+
+func (c *upstreamCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.upDesc; ch <- c.limitDesc }
+
+func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.up.Status() {
+		up := 0.0
+		if s.Up && time.Now().After(s.RateLimitedUntil) {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.upDesc, prometheus.GaugeValue, up, s.Name)
+		ch <- prometheus.MustNewConstMetric(c.limitDesc, prometheus.GaugeValue, float64(s.RateLimitRemaining), s.Name)
+	}
+}
+
+// serveMetrics serves /metrics on addr until the server is closed.
+func serveMetrics(addr string, r *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(r, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	log.Info("metrics on /metrics", "addr", ln.Addr().String())
+	return srv, nil
+}

@@ -1,0 +1,93 @@
+package mirror
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the registry's Prometheus instruments. Create them with
+// NewMetrics on a registry the caller owns; a nil *Metrics records nothing.
+type Metrics struct {
+	Requests        *prometheus.CounterVec   // route, method, status
+	Duration        *prometheus.HistogramVec // route
+	Cache           *prometheus.CounterVec   // kind (manifest, blob), result (hit, miss)
+	BytesServed     *prometheus.CounterVec   // source (cache, upstream)
+	UpstreamBytes   prometheus.Counter
+	Upstream        *prometheus.CounterVec   // registry, op, result
+	UpstreamLatency *prometheus.HistogramVec // registry, op
+	Coalesced       prometheus.Counter
+	Prefetches      prometheus.Counter
+	DigestFailures  prometheus.Counter
+}
+
+// NewMetrics registers the instruments on r.
+func NewMetrics(r prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_http_requests_total",
+			Help: "HTTP requests by route, method and status."}, []string{"route", "method", "status"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "wharf_http_request_duration_seconds",
+			Help: "HTTP request latency by route.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"route"}),
+		Cache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_cache_requests_total",
+			Help: "Mirrored manifest and blob requests answered from the cache (hit) or upstream (miss)."}, []string{"kind", "result"}),
+		BytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_blob_bytes_served_total",
+			Help: "Blob bytes sent to clients, from the cache or streamed from an upstream download."}, []string{"source"}),
+		UpstreamBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_upstream_bytes_total",
+			Help: "Blob bytes downloaded from upstream registries."}),
+		Upstream: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_upstream_requests_total",
+			Help: "Upstream operations by registry, operation and result."}, []string{"registry", "op", "result"}),
+		UpstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "wharf_upstream_request_duration_seconds",
+			Help: "Upstream operation latency (to response headers for blobs).", Buckets: prometheus.ExponentialBuckets(0.005, 3, 9)}, []string{"registry", "op"}),
+		Coalesced: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_coalesced_waiters_total",
+			Help: "Requests that joined an upstream fetch already in flight instead of starting one."}),
+		Prefetches: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_prefetches_total",
+			Help: "Blob downloads started ahead of any client."}),
+		DigestFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_digest_failures_total",
+			Help: "Upstream downloads discarded because their bytes did not match the digest."}),
+	}
+	r.MustRegister(m.Requests, m.Duration, m.Cache, m.BytesServed, m.UpstreamBytes, m.Upstream, m.UpstreamLatency,
+		m.Coalesced, m.Prefetches, m.DigestFailures)
+	return m
+}
+
+func (m *Metrics) cache(kind, result string) {
+	if m != nil {
+		m.Cache.WithLabelValues(kind, result).Inc()
+	}
+}
+
+func (m *Metrics) coalesced() {
+	if m != nil {
+		m.Coalesced.Inc()
+	}
+}
+
+func (m *Metrics) prefetched() {
+	if m != nil {
+		m.Prefetches.Inc()
+	}
+}
+
+func (m *Metrics) digestFailed() {
+	if m != nil {
+		m.DigestFailures.Inc()
+	}
+}
+
+func (m *Metrics) upstream(registry, op string, err error, seconds float64) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.Upstream.WithLabelValues(registry, op, result).Inc()
+	m.UpstreamLatency.WithLabelValues(registry, op).Observe(seconds)
+}
+
+// routeName labels a route kind for metrics.
+func routeName(k routeKind, ok bool) string {
+	if !ok {
+		return "unknown"
+	}
+	return [...]string{"base", "catalog", "tags", "manifest", "blob", "uploads", "upload", "referrers"}[k]
+}
