@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"sync/atomic"
 
@@ -49,6 +50,10 @@ type Options struct {
 	// Metrics records Prometheus metrics; nil records none.
 	Metrics *Metrics
 
+	// StatusInfo supplies the status page's disk and upstream figures; nil
+	// leaves them out.
+	StatusInfo func() StatusInfo
+
 	// OnStorageFull is called (without blocking) when a write failed for a
 	// full filesystem: the caller can run eviction at once.
 	OnStorageFull func()
@@ -75,6 +80,7 @@ type Registry struct {
 	tokens   *tokens
 	uploads  *uploadLimiter
 	draining atomic.Bool
+	book     statusBook
 }
 
 // access is who may sign in and what they may do, replaced as a whole.
@@ -165,6 +171,10 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sw := &statusWriter{ResponseWriter: w}
 	r = reg.authenticate(r)
+	if r.URL.Path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		reg.status(sw, r)
+		return
+	}
 	if r.URL.Path == "/token" && reg.authRequired() {
 		reg.serveToken(sw, r)
 		return
@@ -258,6 +268,11 @@ func (reg *Registry) logRequest(r *http.Request, sw *statusWriter, rt route, err
 	switch {
 	case status >= 500:
 		level = slog.LevelError
+		msg := fmt.Sprintf("%d %s %s", status, r.Method, r.URL.Path)
+		if err != nil {
+			msg += ": " + err.Error()
+		}
+		reg.book.noteError(msg)
 	case status >= 400 || (r.Method != http.MethodGet && r.Method != http.MethodHead):
 		level = slog.LevelInfo
 	}

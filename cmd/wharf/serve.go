@@ -357,12 +357,22 @@ func serve(parent context.Context, cfg serveConfig) error {
 		ops.storeBytes.Set(float64(size))
 	}
 	cfg.mirror.Metrics = mirror.NewMetrics(promReg)
+	var upClient *upstream.Client
+	cfg.mirror.StatusInfo = func() mirror.StatusInfo {
+		info := mirror.StatusInfo{QuotaBytes: cfg.maxSize}
+		info.StoreBytes, _ = store.Size()
+		if upClient != nil {
+			info.Upstreams = upClient.Status()
+		}
+		return info
+	}
 	if cfg.upstream != nil {
 		up, err := upstream.New(*cfg.upstream)
 		if err != nil {
 			return err
 		}
 		defer up.Close()
+		upClient = up
 		cfg.mirror.Upstream = up
 		promReg.MustRegister(newUpstreamCollector(up))
 		names := make([]string, 0, len(cfg.upstream.Registries))
@@ -484,6 +494,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 		})
 	})
 	g.Go(func() error { return evictLoop(gctx, store, cfg, log, pressure, ops) })
+	g.Go(func() error { return every(gctx, time.Minute, reg.Sample) })
 	if cfg.gcInterval > 0 {
 		g.Go(func() error {
 			return every(gctx, cfg.gcInterval, func() {

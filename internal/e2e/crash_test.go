@@ -332,3 +332,12 @@ func checkReachable(t *testing.T, w *wharfProc) {
 		}
 	}
 }
+
+// pushPrivate pushes one small image to repo:v1.
+func (p *pusher) pushPrivate(repo string) error {
+	if p.mu == nil {
+		p.mu, p.attempts = new(sync.Mutex), new([]ackedPush)
+	}
+	_, err := p.pushImage(repo, "v1", 0)
+	return err
+}
