@@ -76,6 +76,7 @@ func newApp() *cli.App {
 			prefetchCommand,
 			userCommand,
 			gcCommand,
+			installCommand,
 			fsckCommand,
 			duCommand,
 			{
