@@ -73,7 +73,7 @@ type EvictOptions struct {
 // EvictReport says what an eviction pass did.
 type EvictReport struct {
 	Tags        []string // "repo:tag" evicted, least recently used first
-	Freed       int64
+	Freed       int64 // net bytes the store shrank by (never negative)
 	Before, Now int64
 }
 
@@ -152,7 +152,7 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 		}
 		rest = rest[n:]
 	}
-	rep.Freed = rep.Before - rep.Now
+	rep.Freed = max(0, rep.Before-rep.Now) // pushes during the pass can outgrow what it freed
 	return rep, nil
 }
 

@@ -200,7 +200,7 @@ func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *sl
 			log.Error("eviction", "err", err)
 		} else if len(rep.Tags) > 0 {
 			ops.evicted.Add(float64(len(rep.Tags)))
-			ops.gcFreed.Add(float64(rep.Freed))
+			ops.gcFreed.Add(float64(max(0, rep.Freed))) // counters must never decrease
 			ops.storeBytes.Set(float64(rep.Now))
 			log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
 				"size", rep.Now, "quota", cfg.maxSize)
@@ -505,7 +505,7 @@ func serve(parent context.Context, cfg serveConfig) error {
 					return
 				}
 				ops.gcRuns.Inc()
-				ops.gcFreed.Add(float64(rep.Bytes))
+				ops.gcFreed.Add(float64(max(0, rep.Bytes)))
 				log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
 					"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
 			})

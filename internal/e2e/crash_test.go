@@ -163,7 +163,9 @@ func TestCrashDuringPushes(t *testing.T) {
 			}()
 		}
 		time.Sleep(time.Duration(150+mrand.IntN(450)) * time.Millisecond)
-		w.kill()
+		if exited, err := w.kill(); exited {
+			t.Fatalf("round %d: wharf exited on its own (%v) before the kill\n%s", round, err, w.log)
+		}
 		wg.Wait()
 	}
 	if len(acked) < rounds {

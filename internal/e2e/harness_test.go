@@ -130,15 +130,21 @@ func startWharf(t *testing.T, data string, args ...string) *wharfProc {
 }
 
 // kill sends SIGKILL to the process if it still runs and waits for it.
-func (w *wharfProc) kill() {
-	if w.cmd.ProcessState == nil {
-		w.cmd.Process.Signal(syscall.SIGKILL)
+// It reports whether the process had already exited on its own.
+func (w *wharfProc) kill() (exited bool, err error) {
+	select {
+	case err := <-w.done: // the waiter owns ProcessState: ask it, not the field
+		w.done <- err
+		return true, err
+	default:
 	}
+	w.cmd.Process.Signal(syscall.SIGKILL)
 	select {
 	case err := <-w.done:
 		w.done <- err
 	case <-time.After(10 * time.Second):
 	}
+	return false, nil
 }
 
 // stop sends SIGTERM and returns the exit error.

@@ -125,7 +125,9 @@ func TestCrashLoopLifecycle(t *testing.T) {
 			}()
 		}
 		time.Sleep(time.Duration(200+mrand.IntN(500)) * time.Millisecond)
-		w.kill()
+		if exited, err := w.kill(); exited {
+			t.Fatalf("round %d: wharf exited on its own (%v) before the kill\n%s", round, err, w.log)
+		}
 		wg.Wait()
 		out, err := runErr(time.Minute, nil, wharfBin, "fsck", "--data", data)
 		if err != nil {

@@ -174,7 +174,7 @@ func startWharfTLS(t *testing.T, ca *testCA, args ...string) *wharfProc {
 		t.Fatal(err)
 	}
 	go func() { w.done <- w.cmd.Wait() }()
-	t.Cleanup(w.kill)
+	t.Cleanup(func() { w.kill() })
 	c := ca.client(t)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
