@@ -73,7 +73,7 @@ type EvictOptions struct {
 // EvictReport says what an eviction pass did.
 type EvictReport struct {
 	Tags        []string // "repo:tag" evicted, least recently used first
-	Freed       int64 // net bytes the store shrank by (never negative)
+	Freed       int64    // net bytes the store shrank by (never negative)
 	Before, Now int64
 }
 
