@@ -76,7 +76,7 @@ func TestGCRemovesUnreferenced(t *testing.T) {
 	if rep.Manifests != 2 || rep.Blobs != 6 {
 		t.Fatalf("GC report %+v\n%v", rep, rep.Items)
 	}
-	if _, err := s.GetManifest("team/app", "v1"); err != nil {
+	if m, err := s.GetManifest("team/app", "v1"); err != nil || m.Digest != kept {
 		t.Fatalf("tagged image lost: %v", err)
 	}
 	for _, l := range [][]byte{shared, []byte("app layer")} {
@@ -92,7 +92,6 @@ func TestGCRemovesUnreferenced(t *testing.T) {
 	if fr, err := s.Fsck(false); err != nil || !fr.Clean() {
 		t.Fatalf("fsck after GC: %v %v", fr.Problems, err)
 	}
-	_ = kept
 }
 
 // TestGCReaderKeepsReading: a reader that opened a blob before the

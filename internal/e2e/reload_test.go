@@ -48,21 +48,7 @@ func TestSIGHUPReload(t *testing.T) {
 	if err != nil || slow.StatusCode != 200 {
 		t.Fatalf("download: %v %v", err, slow)
 	}
-	done := make(chan digest.Digest, 1)
-	go func() {
-		h := digest.Canonical.Digester()
-		buf := make([]byte, 256<<10)
-		for {
-			n, err := slow.Body.Read(buf)
-			h.Hash().Write(buf[:n])
-			if err != nil {
-				break
-			}
-			time.Sleep(4 * time.Millisecond)
-		}
-		slow.Body.Close()
-		done <- h.Digest()
-	}()
+	done := slowDigest(slow.Body, 4*time.Millisecond)
 
 	if st := push(basicAuth("bob", "bob-pw"), "bob/tool", []byte("x")); st != http.StatusUnauthorized {
 		t.Fatalf("bob before the reload: %d", st)

@@ -123,21 +123,7 @@ func TestTLSReloadKeepsDownloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan digest.Digest, 1)
-	go func() {
-		h := digest.Canonical.Digester()
-		buf := make([]byte, 256<<10)
-		for {
-			n, err := slow.Body.Read(buf)
-			h.Hash().Write(buf[:n])
-			if err != nil {
-				break
-			}
-			time.Sleep(5 * time.Millisecond) // ~50 MB/s: seconds for 64 MiB
-		}
-		slow.Body.Close()
-		done <- h.Digest()
-	}()
+	done := slowDigest(slow.Body, 5*time.Millisecond) // ~50 MB/s: seconds for 64 MiB
 	ca.issue(t, dir, "server", "wharf", 101, false)
 	w.cmd.Process.Signal(syscall.SIGHUP)
 	waitSerial(t, ca, w.addr, 101)
@@ -151,6 +137,27 @@ func TestTLSReloadKeepsDownloads(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("slow download did not finish")
 	}
+}
+
+// slowDigest reads body in 256 KiB pieces with a pause after each, as a
+// slow client does, and sends the digest of what it got when the body ends.
+func slowDigest(body io.ReadCloser, pause time.Duration) <-chan digest.Digest {
+	done := make(chan digest.Digest, 1)
+	go func() {
+		defer body.Close()
+		h := digest.Canonical.Digester()
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := body.Read(buf)
+			h.Hash().Write(buf[:n])
+			if err != nil {
+				break
+			}
+			time.Sleep(pause)
+		}
+		done <- h.Digest()
+	}()
+	return done
 }
 
 func waitSerial(t *testing.T, ca *testCA, addr string, want int64) {
