@@ -10,6 +10,7 @@ import (
 // RepoUsage is what one repository links: its blobs and manifests.
 type RepoUsage struct {
 	Repo      string
+	Origin    Origin // as recorded when its content was written
 	Blobs     int
 	Manifests int
 	Tags      int
@@ -63,6 +64,7 @@ func (s *Store) Usage() ([]RepoUsage, int64, error) {
 	})
 	out := make([]RepoUsage, 0, len(byRepo))
 	for _, u := range byRepo {
+		u.Origin, _ = s.Origin(u.Repo)
 		out = append(out, *u)
 	}
 	sort.Slice(out, func(i, j int) bool {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
 )
 
 // Touch records that mirrored tag (or digest) ref of repo was used. It is
@@ -62,11 +63,9 @@ type EvictOptions struct {
 	MaxBytes  int64         // quota; 0: no quota
 	High, Low float64       // evict above High×MaxBytes down to Low×MaxBytes (0.95, 0.85)
 	Retention time.Duration // mirrored tags unused this long go regardless of quota; 0: keep
-	// Mirrored tells mirrored repositories (the only ones evicted) from
-	// private ones.
-	Mirrored func(repo string) bool
-	// GC configures the collections that free what evicted tags leave;
-	// mirrored content gets a short grace (a minute) in them.
+	// GC configures the collections that free what evicted tags leave.
+	// What eviction untags is collected at once (no grace); other mirrored
+	// content keeps a short grace (a minute) and pushed content the full one.
 	GC GCOptions
 }
 
@@ -79,14 +78,16 @@ type EvictReport struct {
 
 type lruEntry struct {
 	repo, tag string
+	digest    digest.Digest
 	used      time.Time
 }
 
 // Evict removes least-recently-used mirrored tags, then collects what they
 // leave, until the store is below the low-water mark (when above the
 // high-water mark), and expires mirrored tags unused for longer than the
-// retention. Private content is never evicted. A blob being read stays
-// readable to its reader.
+// retention. Only tags the mirror wrote are candidates (their recorded
+// origin, whatever the repository's name); pushed content is never evicted.
+// A blob being read stays readable to its reader.
 func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 	var rep EvictReport
 	if o.High <= 0 {
@@ -101,7 +102,6 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 	if o.GC.MirroredGrace <= 0 {
 		o.GC.MirroredGrace = time.Minute
 	}
-	o.GC.Mirrored = o.Mirrored
 	if err := s.FlushAccess(); err != nil {
 		return rep, err
 	}
@@ -110,7 +110,7 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 		return rep, err
 	}
 	rep.Before, rep.Now = size, size
-	entries, err := s.mirroredTags(o.Mirrored)
+	entries, err := s.mirroredTags()
 	if err != nil {
 		return rep, err
 	}
@@ -127,13 +127,16 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 		return rep, nil
 	}
 	evict := func(batch []lruEntry) error {
+		gc := o.GC
+		gc.Released = map[string][]digest.Digest{}
 		for _, e := range batch {
 			if err := s.DeleteManifest(e.repo, e.tag); err != nil && !errors.Is(err, ErrManifestUnknown) {
 				return err
 			}
 			rep.Tags = append(rep.Tags, e.repo+":"+e.tag)
+			gc.Released[e.repo] = append(gc.Released[e.repo], e.digest)
 		}
-		if _, err := s.GC(o.GC); err != nil {
+		if _, err := s.GC(gc); err != nil {
 			return err
 		}
 		now, err := s.Size()
@@ -156,20 +159,25 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 	return rep, nil
 }
 
-// mirroredTags lists the tags of mirrored repositories by last use: the
-// latest of their recorded access and their last check upstream.
-func (s *Store) mirroredTags(mirrored func(string) bool) ([]lruEntry, error) {
+// mirroredTags lists the tags the mirror wrote, in repositories not pushed
+// to, by last use: the latest of their recorded access and their last check
+// upstream.
+func (s *Store) mirroredTags() ([]lruEntry, error) {
 	var out []lruEntry
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("t/")})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			repo, tag := splitRepoKey(it.Item().Key(), "t/")
-			if mirrored == nil || !mirrored(repo) {
+			if o, _ := s.Origin(repo); !o.Mirrored() {
 				continue
 			}
-			e := lruEntry{repo: repo, tag: tag}
-			it.Item().Value(func(v []byte) error { e.used = decodeTag(v).checked; return nil })
+			var te tagEntry
+			it.Item().Value(func(v []byte) error { te = decodeTag(v); return nil })
+			if !te.mirrored() {
+				continue
+			}
+			e := lruEntry{repo: repo, tag: tag, digest: te.digest, used: te.checked}
 			if v, err := getValue(txn, accessKey(cacheKey(repo, tag))); err == nil && len(v) == 8 {
 				if at := time.Unix(0, int64(binary.BigEndian.Uint64(v))); at.After(e.used) {
 					e.used = at

@@ -20,13 +20,14 @@ const FillHoldBack = 64 << 10
 // ErrFillAborted is returned to readers of a fill that did not complete.
 var ErrFillAborted = errors.New("blob download aborted")
 
-// Fill is a blob being written from upstream while clients read it: bytes
+// fill is a blob being written from upstream while clients read it: bytes
 // go to an ingest file and a hash as they arrive; readers follow the file
-// as it grows. Finish verifies the digest and commits the blob into a
-// repository; Fail discards it. Safe for concurrent use.
-type Fill struct {
+// as it grows. finish verifies the digest and commits the blob into the
+// repositories that asked for it; fail discards it. Safe for concurrent
+// use. Fills (fills.go) owns the one fill per digest.
+type fill struct {
 	s    *Store
-	repo string
+	o    Origin
 	d    digest.Digest
 	id   string
 	app  Appender
@@ -43,11 +44,13 @@ type Fill struct {
 	commitErr error // the blob was verified but could not be stored
 	readers   int
 	retired   bool
+	repos     []string // linked on commit; guarded by Fills.mu
 }
 
-// NewFill begins filling blob d of repo. The caller must end it with
-// Finish or Fail, and Retire it once no new reader can find it.
-func (s *Store) NewFill(repo string, d digest.Digest) (*Fill, error) {
+// newFill begins filling blob d, content of origin o, for repo. The caller
+// must end it with finish or fail, and retire it once no new reader can
+// find it.
+func (s *Store) newFill(repo string, o Origin, d digest.Digest) (*fill, error) {
 	if err := ValidateDigest(d); err != nil {
 		return nil, err
 	}
@@ -62,28 +65,26 @@ func (s *Store) NewFill(repo string, d digest.Digest) (*Fill, error) {
 		s.blobs.Discard(id)
 		return nil, err
 	}
-	return &Fill{s: s, repo: repo, d: d, id: id, app: app, h: d.Algorithm().Hash(), rf: rf,
+	return &fill{s: s, o: o, repos: []string{repo}, d: d, id: id, app: app, h: d.Algorithm().Hash(), rf: rf,
 		changed: make(chan struct{}), size: -1}, nil
 }
 
-// Digest is the blob being filled.
-func (f *Fill) Digest() digest.Digest { return f.d }
 
-func (f *Fill) notifyLocked() {
+func (f *fill) notifyLocked() {
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
 
-// Start records the blob's size, as upstream announced it.
-func (f *Fill) Start(size int64) {
+// start records the blob's size, as upstream announced it.
+func (f *fill) start(size int64) {
 	f.mu.Lock()
 	f.size = size
 	f.notifyLocked()
 	f.mu.Unlock()
 }
 
-// Write appends upstream bytes. It refuses bytes beyond the announced size.
-func (f *Fill) Write(p []byte) (int, error) {
+// write appends upstream bytes. It refuses bytes beyond the announced size.
+func (f *fill) write(p []byte) (int, error) {
 	f.mu.Lock()
 	size, written := f.size, f.written
 	f.mu.Unlock()
@@ -99,19 +100,19 @@ func (f *Fill) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Written is how many bytes arrived so far.
-func (f *Fill) Written() int64 {
+// written is how many bytes arrived so far.
+func (f *fill) bytesWritten() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.written
 }
 
-// Finish verifies size and digest, releases the held-back bytes to
-// readers, then commits the blob (fsync, rename) and links it into the
-// fill's repository. Readers do not wait for the commit: what they get is
+// finish verifies size and digest, releases the held-back bytes to
+// readers, then commits the blob (fsync, rename) and links it into repos,
+// the repositories that asked for it. Readers do not wait for the commit: what they get is
 // verified either way. On a mismatch the fill fails with ErrDigestMismatch
 // and nothing is kept.
-func (f *Fill) Finish() error {
+func (f *fill) finish(repos []string) error {
 	f.mu.Lock()
 	size, written := f.size, f.written
 	f.mu.Unlock()
@@ -124,14 +125,14 @@ func (f *Fill) Finish() error {
 		err = fmt.Errorf("%w: upstream bytes for %s hash to %s", ErrDigestMismatch, f.d, digest.NewDigest(f.d.Algorithm(), f.h))
 	}
 	if err != nil {
-		f.Fail(err)
+		f.fail(err)
 		return err
 	}
 	f.mu.Lock()
 	f.done = true
 	f.notifyLocked()
 	f.mu.Unlock()
-	if err = f.s.commitBlob(f.id, f.repo, f.d, written, nil); err != nil {
+	if err = f.s.commitBlob(f.id, repos, f.d, written, nil, f.o); err != nil {
 		f.s.blobs.Discard(f.id)
 	}
 	f.mu.Lock()
@@ -141,8 +142,8 @@ func (f *Fill) Finish() error {
 	return err
 }
 
-// Fail abandons the fill: readers get err, the ingest file is removed.
-func (f *Fill) Fail(err error) {
+// fail abandons the fill: readers get err, the ingest file is removed.
+func (f *fill) fail(err error) {
 	f.app.Close()
 	f.s.blobs.Discard(f.id)
 	f.mu.Lock()
@@ -153,8 +154,8 @@ func (f *Fill) Fail(err error) {
 	f.mu.Unlock()
 }
 
-// Size waits until the size is known and returns it.
-func (f *Fill) Size(ctx context.Context) (int64, error) {
+// sizeWait waits until the size is known and returns it.
+func (f *fill) sizeWait(ctx context.Context) (int64, error) {
 	for {
 		f.mu.Lock()
 		size, err, ch := f.size, f.err, f.changed
@@ -173,9 +174,9 @@ func (f *Fill) Size(ctx context.Context) (int64, error) {
 	}
 }
 
-// Wait blocks until the blob is committed (then the cache answers for it)
+// wait blocks until the blob is committed (then the cache answers for it)
 // or the fill has failed.
-func (f *Fill) Wait(ctx context.Context) error {
+func (f *fill) wait(ctx context.Context) error {
 	for {
 		f.mu.Lock()
 		committed, err, ch := f.committed, errors.Join(f.err, f.commitErr), f.changed
@@ -191,21 +192,21 @@ func (f *Fill) Wait(ctx context.Context) error {
 	}
 }
 
-// NewReader returns a reader of the whole blob that holds the fill's read
+// newReader returns a reader of the whole blob that holds the fill's read
 // handle open until closed; take it while the fill cannot yet be retired
-// (under the lock that guards retiring). Bytes come as they arrive; the
+// (under Fills.mu, which guards retiring). Bytes come as they arrive; the
 // last FillHoldBack bytes only after verification; if the fill fails the
 // reader returns an error wrapping ErrFillAborted.
-func (f *Fill) NewReader(ctx context.Context) *FillReader {
+func (f *fill) newReader(ctx context.Context) *FillReader {
 	f.mu.Lock()
 	f.readers++
 	f.mu.Unlock()
 	return &FillReader{f: f, ctx: ctx}
 }
 
-// Retire tells the fill that no new reader will come; its read handle is
+// retire tells the fill that no new reader will come; its read handle is
 // closed when the last reader is.
-func (f *Fill) Retire() {
+func (f *fill) retire() {
 	f.mu.Lock()
 	f.retired = true
 	last := f.readers == 0
@@ -215,9 +216,12 @@ func (f *Fill) Retire() {
 	}
 }
 
-// FillReader reads a filling blob; see Fill.NewReader.
+// FillReader reads a blob while it is downloaded; see Fills.Get. Bytes come
+// as they arrive; the last FillHoldBack bytes only after the whole blob
+// matched its digest; if the download fails, Read returns an error wrapping
+// ErrFillAborted. Not safe for concurrent use; Close it.
 type FillReader struct {
-	f        *Fill
+	f        *fill
 	ctx      context.Context
 	pos, end int64
 	open     bool // end is set
@@ -228,6 +232,13 @@ type FillReader struct {
 func (r *FillReader) Limit(off, n int64) {
 	r.pos, r.end, r.open = off, off+n, true
 }
+
+// Size waits until upstream announced the blob's size and returns it.
+func (r *FillReader) Size(ctx context.Context) (int64, error) { return r.f.sizeWait(ctx) }
+
+// Wait blocks until the blob is committed (the store then answers for it)
+// or the download failed.
+func (r *FillReader) Wait(ctx context.Context) error { return r.f.wait(ctx) }
 
 func (r *FillReader) Read(p []byte) (int, error) {
 	f := r.f

@@ -19,20 +19,20 @@ func TestFillStreamsWhileWriting(t *testing.T) {
 	defer s.Close()
 	content := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	d := digest.FromBytes(content)
-	f, err := s.NewFill("mirror/repo", d)
+	f, err := s.newFill("mirror/repo", MirroredFrom("docker.io"), d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := f.NewReader(context.Background())
+	r := f.newReader(context.Background())
 	r.Limit(0, int64(len(content))) // as the HTTP handler reads: the whole blob
-	f.Start(int64(len(content)))
+	f.start(int64(len(content)))
 	half := len(content) / 2
-	f.Write(content[:half])
+	f.write(content[:half])
 	buf := make([]byte, half)
 	if _, err := io.ReadFull(r, buf); err != nil || !bytes.Equal(buf, content[:half]) {
 		t.Fatalf("first half not streamed before the fill ended: %v", err)
 	}
-	f.Write(content[half:])
+	f.write(content[half:])
 	got := make(chan []byte)
 	go func() { b, _ := io.ReadAll(r); got <- b }()
 	select {
@@ -40,14 +40,14 @@ func TestFillStreamsWhileWriting(t *testing.T) {
 		t.Fatalf("reader finished (%d bytes) before verification", len(b))
 	case <-time.After(50 * time.Millisecond):
 	}
-	if err := f.Finish(); err != nil {
+	if err := f.finish(f.repos); err != nil {
 		t.Fatal(err)
 	}
 	if rest := <-got; !bytes.Equal(rest, content[half:]) {
 		t.Fatalf("tail: %d bytes", len(rest))
 	}
 	r.Close()
-	f.Retire()
+	f.retire()
 	if !bytes.Equal(readBlob(t, s, "mirror/repo", d), content) {
 		t.Fatal("committed blob differs")
 	}
@@ -62,13 +62,13 @@ func TestFillCorruptNeverCompletes(t *testing.T) {
 	d := digest.FromBytes(content)
 	bad := append([]byte(nil), content...)
 	bad[1000] ^= 1
-	f, _ := s.NewFill("mirror/repo", d)
-	f.Start(int64(len(bad)))
+	f, _ := s.newFill("mirror/repo", MirroredFrom("docker.io"), d)
+	f.start(int64(len(bad)))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var got []int
 	for i := 0; i < 3; i++ {
-		r := f.NewReader(context.Background())
+		r := f.newReader(context.Background())
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -82,12 +82,12 @@ func TestFillCorruptNeverCompletes(t *testing.T) {
 			mu.Unlock()
 		}()
 	}
-	f.Write(bad)
-	if err := f.Finish(); !errors.Is(err, ErrDigestMismatch) {
+	f.write(bad)
+	if err := f.finish(f.repos); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("finish: %v", err)
 	}
 	wg.Wait()
-	f.Retire()
+	f.retire()
 	for _, n := range got {
 		if n > len(bad)-FillHoldBack {
 			t.Fatalf("a reader got %d of %d bytes of a corrupt blob", n, len(bad))
@@ -105,26 +105,26 @@ func TestFillRangeAndCancel(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	defer s.Close()
 	content := bytes.Repeat([]byte("0123456789"), 100000)
-	f, _ := s.NewFill("r", digest.FromBytes(content))
-	f.Start(int64(len(content)))
-	r := f.NewReader(context.Background())
+	f, _ := s.newFill("r", MirroredFrom("docker.io"), digest.FromBytes(content))
+	f.start(int64(len(content)))
+	r := f.newReader(context.Background())
 	r.Limit(10, 20)
-	f.Write(content)
+	f.write(content)
 	b, err := io.ReadAll(r)
 	if err != nil || !bytes.Equal(b, content[10:30]) {
 		t.Fatalf("range: %q %v", b, err)
 	}
 	r.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	r2 := f.NewReader(ctx)
+	r2 := f.newReader(ctx)
 	r2.Limit(int64(len(content))-10, 10) // in the held-back tail
 	cancel()
 	if _, err := io.ReadAll(r2); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled reader: %v", err)
 	}
 	r2.Close()
-	if err := f.Finish(); err != nil {
+	if err := f.finish(f.repos); err != nil {
 		t.Fatal(err)
 	}
-	f.Retire()
+	f.retire()
 }

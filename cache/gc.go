@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -23,10 +24,13 @@ type GCOptions struct {
 	Grace time.Duration
 	// Now is the collection's clock (time.Now).
 	Now time.Time
-	// Mirrored, with MirroredGrace, gives mirrored repositories their own
-	// (shorter) grace: nothing is pushed there.
-	Mirrored      func(repo string) bool
+	// MirroredGrace, when set, is the grace of repositories whose recorded
+	// origin is an upstream registry: nothing is pushed there.
 	MirroredGrace time.Duration
+	// Released names manifests (repository → digests) that were untagged
+	// or deleted deliberately (eviction, an operator's delete): they, their
+	// child manifests and the links only they use get no grace.
+	Released map[string][]digest.Digest
 	// Duty, between 0 and 1, paces a background collection: it works that
 	// share of the time and sleeps the rest, so serving keeps the CPU.
 	// 0 or 1: full speed.
@@ -143,18 +147,19 @@ func (s *Store) snapshot(pace *pacer) (*snapshot, error) {
 	return sn, err
 }
 
-// kept marks, in one repository, the manifests reachable from its tags
-// (through index entries and referrers) or younger than the grace period,
-// and the blobs those manifests reference.
-func (sn *snapshot) kept(repo string, fresh func(time.Time) bool) (map[digest.Digest]bool, map[digest.Digest]bool) {
-	mans, blobs := map[digest.Digest]bool{}, map[digest.Digest]bool{}
-	var queue []digest.Digest
-	queue = append(queue, sn.tags[repo]...)
-	for d, m := range sn.manifests[repo] {
-		if fresh(m.Pushed) {
-			queue = append(queue, d)
-		}
+// released is what the released manifests of repo reach: manifests and
+// blobs (through index entries and referrers).
+func (sn *snapshot) released(repo string, roots []digest.Digest) (map[digest.Digest]bool, map[digest.Digest]bool) {
+	if len(roots) == 0 {
+		return nil, nil
 	}
+	return sn.reach(repo, roots)
+}
+
+// reach walks repo's manifests from roots, through index entries and
+// referrers, and returns the manifests and blobs it reaches.
+func (sn *snapshot) reach(repo string, queue []digest.Digest) (map[digest.Digest]bool, map[digest.Digest]bool) {
+	mans, blobs := map[digest.Digest]bool{}, map[digest.Digest]bool{}
 	for len(queue) > 0 {
 		d := queue[0]
 		queue = queue[1:]
@@ -173,6 +178,20 @@ func (sn *snapshot) kept(repo string, fresh func(time.Time) bool) (map[digest.Di
 		queue = append(queue, sn.referrers[repo][d]...)
 	}
 	return mans, blobs
+}
+
+// kept marks, in one repository, the manifests reachable from its tags
+// (through index entries and referrers) or younger than the grace period
+// (freshM), and the blobs those manifests reference.
+func (sn *snapshot) kept(repo string, freshM func(digest.Digest, time.Time) bool) (map[digest.Digest]bool, map[digest.Digest]bool) {
+	var queue []digest.Digest
+	queue = append(queue, sn.tags[repo]...)
+	for d, m := range sn.manifests[repo] {
+		if freshM(d, m.Pushed) {
+			queue = append(queue, d)
+		}
+	}
+	return sn.reach(repo, queue)
 }
 
 // GC removes, while the store serves, untagged manifests nothing reachable
@@ -208,10 +227,13 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 	planned := map[string]bool{} // keys a dry run would have deleted
 	for repo := range repos {
 		fresh := freshFor(o.Grace)
-		if o.Mirrored != nil && o.MirroredGrace > 0 && o.Mirrored(repo) {
+		if origin, _ := s.Origin(repo); o.MirroredGrace > 0 && origin.Mirrored() {
 			fresh = freshFor(o.MirroredGrace)
 		}
-		mans, blobs := sn.kept(repo, fresh)
+		relM, relB := sn.released(repo, o.Released[repo])
+		freshM := func(d digest.Digest, t time.Time) bool { return !relM[d] && fresh(t) }
+		freshL := func(d digest.Digest, t time.Time) bool { return !relB[d] && fresh(t) }
+		mans, blobs := sn.kept(repo, freshM)
 		for d, m := range sn.manifests[repo] {
 			pace.step()
 			if mans[d] {
@@ -221,21 +243,21 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 			rep.add("manifest %s@%s (untagged)", repo, d)
 			planned[string(manifestKey(repo, d))] = true
 			if !o.DryRun {
-				if err := s.dropManifest(repo, d, m.Subject, o, fresh); err != nil {
+				if err := s.dropManifest(repo, d, m.Subject, freshM); err != nil {
 					return rep, err
 				}
 			}
 		}
 		for d, at := range sn.links[repo] {
 			pace.step()
-			if blobs[d] || fresh(at) {
+			if blobs[d] || freshL(d, at) {
 				continue
 			}
 			rep.Links++
 			rep.add("link %s@%s (no kept manifest references it)", repo, d)
 			planned[string(linkKey(repo, d))] = true
 			if !o.DryRun {
-				if err := s.dropLink(repo, d, fresh); err != nil {
+				if err := s.dropLink(repo, d, freshL); err != nil {
 					return rep, err
 				}
 			}
@@ -249,8 +271,10 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 
 // dropManifest removes an unreachable manifest link unless, in the
 // meantime, it was pushed again or a tag came to point at it.
-func (s *Store) dropManifest(repo string, d, subject digest.Digest, o GCOptions, fresh func(time.Time) bool) error {
-	return s.update(func(txn *badger.Txn) error {
+func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
+	dropped := false
+	err := s.update(func(txn *badger.Txn) error {
+		dropped = false
 		v, err := getValue(txn, manifestKey(repo, d))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
@@ -258,7 +282,7 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, o GCOptions,
 			return err
 		}
 		var m Manifest
-		if err := json.Unmarshal(v, &m); err != nil || fresh(m.Pushed) {
+		if err := json.Unmarshal(v, &m); err != nil || fresh(d, m.Pushed) {
 			return err
 		}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: tagPrefix(repo)})
@@ -275,16 +299,20 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, o GCOptions,
 				return err
 			}
 		}
-		s.invalidate(repo, d.String())
+		dropped = true
 		return txn.Delete(manifestKey(repo, d))
 	})
+	if err == nil && dropped {
+		s.invalidate(repo, d.String()) // after the commit: a reader cannot re-cache the old record
+	}
+	return err
 }
 
 // dropLink removes a blob link unless it was refreshed meanwhile.
-func (s *Store) dropLink(repo string, d digest.Digest, fresh func(time.Time) bool) error {
+func (s *Store) dropLink(repo string, d digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
 	return s.update(func(txn *badger.Txn) error {
 		v, err := getValue(txn, linkKey(repo, d))
-		if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && fresh(linkTime(v))) {
+		if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && fresh(d, linkTime(v))) {
 			return nil
 		} else if err != nil {
 			return err
@@ -294,50 +322,52 @@ func (s *Store) dropLink(repo string, d digest.Digest, fresh func(time.Time) boo
 }
 
 // sweepBlobs removes the records, then the files, of blobs no repository
-// links. All content locks are held while the referenced set is computed
-// and the records deleted (a brief pause for commits, not for reads or
-// uploads); each file is then removed under its digest's lock only if its
-// record is still gone (a commit in between re-created it).
+// links. The referenced set is computed from a snapshot without any lock;
+// every link made meanwhile is noted (noteLinked, under the content lock of
+// its digest). Then, under all content locks — a pause for commits as long
+// as one small transaction, never for reads or uploads — the records of the
+// candidates that nothing linked since are deleted. Each file is removed
+// under its digest's lock only if its record is still gone.
 func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) error {
-	for i := range s.contentLocks {
-		s.contentLocks[i].Lock()
-	}
+	s.track.begin()
+	defer s.track.end()
 	var doomed []digest.Digest
 	sizes := map[digest.Digest]int64{}
-	err := func() error {
-		defer func() {
-			for i := range s.contentLocks {
-				s.contentLocks[i].Unlock()
-			}
-		}()
-		return s.update(func(txn *badger.Txn) error {
-			doomed, sizes = doomed[:0], map[digest.Digest]int64{}
-			used := map[digest.Digest]bool{}
-			for _, p := range []string{"l/", "m/"} {
-				it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p)})
-				for it.Rewind(); it.Valid(); it.Next() {
-					if o.DryRun && planned[string(it.Item().Key())] {
-						continue
-					}
-					_, d := splitRepoKey(it.Item().Key(), p)
-					used[digest.Digest(d)] = true
-				}
-				it.Close()
-			}
-			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
-			defer it.Close()
+	err := s.db.View(func(txn *badger.Txn) error {
+		used := map[digest.Digest]bool{}
+		for _, p := range []string{"l/", "m/"} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p)})
 			for it.Rewind(); it.Valid(); it.Next() {
-				d := digest.Digest(it.Item().Key()[2:])
-				if used[d] {
+				if o.DryRun && planned[string(it.Item().Key())] {
 					continue
 				}
-				var size int64
-				it.Item().Value(func(v []byte) error { size = decodeSize(v); return nil })
-				doomed, sizes[d] = append(doomed, d), size
+				_, d := splitRepoKey(it.Item().Key(), p)
+				used[digest.Digest(d)] = true
 			}
-			if o.DryRun {
-				return nil
+			it.Close()
+		}
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			d := digest.Digest(it.Item().Key()[2:])
+			if used[d] {
+				continue
 			}
+			var size int64
+			it.Item().Value(func(v []byte) error { size = decodeSize(v); return nil })
+			doomed, sizes[d] = append(doomed, d), size
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !o.DryRun && len(doomed) > 0 {
+		for i := range s.contentLocks {
+			s.contentLocks[i].Lock()
+		}
+		doomed = s.track.without(doomed)
+		err = s.update(func(txn *badger.Txn) error {
 			for _, d := range doomed {
 				if err := txn.Delete(blobKey(d)); err != nil {
 					return err
@@ -345,12 +375,15 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 			}
 			return nil
 		})
-	}()
-	if err != nil {
-		return err
-	}
-	if s.afterSweepRecords != nil && !o.DryRun {
-		s.afterSweepRecords(doomed)
+		for i := range s.contentLocks {
+			s.contentLocks[i].Unlock()
+		}
+		if err != nil {
+			return err
+		}
+		if s.afterSweepRecords != nil {
+			s.afterSweepRecords(doomed)
+		}
 	}
 	for _, d := range doomed {
 		rep.Blobs++
@@ -364,6 +397,54 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 		}
 	}
 	return nil
+}
+
+// linkTracker notes the digests that got a new link while a collection
+// computes what nothing links.
+type linkTracker struct {
+	mu     sync.Mutex
+	active int
+	seen   map[digest.Digest]bool
+}
+
+func (t *linkTracker) begin() {
+	t.mu.Lock()
+	if t.active == 0 {
+		t.seen = map[digest.Digest]bool{}
+	}
+	t.active++
+	t.mu.Unlock()
+}
+
+func (t *linkTracker) end() {
+	t.mu.Lock()
+	if t.active--; t.active == 0 {
+		t.seen = nil
+	}
+	t.mu.Unlock()
+}
+
+// without drops from ds the digests linked since begin.
+func (t *linkTracker) without(ds []digest.Digest) []digest.Digest {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := ds[:0]
+	for _, d := range ds {
+		if !t.seen[d] {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// noteLinked records that d got a new link. Call it under d's content
+// lock, after the transaction that made the link committed.
+func (s *Store) noteLinked(d digest.Digest) {
+	s.track.mu.Lock()
+	if s.track.active > 0 {
+		s.track.seen[d] = true
+	}
+	s.track.mu.Unlock()
 }
 
 // removeUnrecorded deletes blob file d under its lock if the index has no

@@ -20,10 +20,11 @@ func decodeSize(b []byte) int64 {
 	return int64(binary.BigEndian.Uint64(b))
 }
 
-// encodeLink is a link's value: the blob size and when it was linked (the
-// collector spares fresh links: a push links its blobs before its manifest).
-func encodeLink(size int64, at time.Time) []byte {
-	return binary.BigEndian.AppendUint64(encodeSize(size), uint64(at.UnixNano()))
+// encodeLink is a link's value: the blob size, when it was linked (the
+// collector spares fresh links: a push links its blobs before its manifest)
+// and the origin of the content ("pushed" or "mirror:<registry>").
+func encodeLink(size int64, at time.Time, o Origin) []byte {
+	return append(binary.BigEndian.AppendUint64(encodeSize(size), uint64(at.UnixNano())), o.encode()...)
 }
 
 // linkTime is when a link was made; zero for links from before it was kept.
@@ -77,14 +78,14 @@ func (s *Store) DeleteBlob(repo string, d digest.Digest) error {
 	})
 }
 
-// MountBlob links blob d, linked in from, into to as well and returns its
-// size. Errors: ErrBlobUnknown when from does not hold d.
+// MountBlob links blob d, linked in from, into to as well (a push to to)
+// and returns its size. Errors: ErrBlobUnknown when from does not hold d.
 func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 	mu := s.contentLock(d)
 	mu.Lock()
 	defer mu.Unlock()
 	var size int64
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.updateWithOrigin(to, Pushed, func(txn *badger.Txn) error {
 		v, err := getValue(txn, linkKey(from, d))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return ErrBlobUnknown
@@ -92,21 +93,23 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 			return err
 		}
 		size = decodeSize(v)
-		return txn.Set(linkKey(to, d), encodeLink(size, time.Now()))
+		return txn.Set(linkKey(to, d), encodeLink(size, time.Now(), Pushed))
 	})
+	s.noteLinked(d)
 	return size, err
 }
 
 // LinkExisting links blob d, already stored (for any repository), into
-// repo and returns its size. Callers must know that repo may hold d — for a
-// mirror, because upstream said so. Errors: ErrBlobUnknown when d is not
-// stored.
-func (s *Store) LinkExisting(repo string, d digest.Digest) (int64, error) {
+// repo as content of origin o and returns its size. Callers must know that
+// repo may hold d — for a mirror, because upstream said so. Errors:
+// ErrBlobUnknown when d is not stored.
+func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, error) {
 	mu := s.contentLock(d)
 	mu.Lock()
 	defer mu.Unlock()
+	defer s.noteLinked(d)
 	var size int64
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.updateWithOrigin(repo, o, func(txn *badger.Txn) error {
 		v, err := getValue(txn, blobKey(d))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return ErrBlobUnknown
@@ -114,7 +117,7 @@ func (s *Store) LinkExisting(repo string, d digest.Digest) (int64, error) {
 			return err
 		}
 		size = decodeSize(v)
-		return txn.Set(linkKey(repo, d), encodeLink(size, time.Now()))
+		return txn.Set(linkKey(repo, d), encodeLink(size, time.Now(), o))
 	})
 	if err != nil {
 		return 0, err
@@ -126,10 +129,11 @@ func (s *Store) LinkExisting(repo string, d digest.Digest) (int64, error) {
 	return size, nil
 }
 
-// linkBlob records committed content d and links it into repo; the
-// upload session key, when given, is deleted in the same transaction.
-func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byte) error {
-	return s.update(func(txn *badger.Txn) error {
+// linkBlob records committed content d and links it into repo as content
+// of origin o; the upload session key, when given, is deleted in the same
+// transaction.
+func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byte, o Origin) error {
+	return s.updateWithOrigin(repo, o, func(txn *badger.Txn) error {
 		if err := setBlobRecord(txn, d, size); err != nil {
 			return err
 		}
@@ -138,19 +142,28 @@ func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byt
 				return err
 			}
 		}
-		return txn.Set(linkKey(repo, d), encodeLink(size, time.Now()))
+		return txn.Set(linkKey(repo, d), encodeLink(size, time.Now(), o))
 	})
 }
 
-// commitBlob moves ingest id into place as d and links it into repo (and
-// drops the upload session key, when given), serialised with the
-// collector on d.
-func (s *Store) commitBlob(id, repo string, d digest.Digest, size int64, session []byte) error {
+// commitBlob moves ingest id into place as d and links it into each of
+// repos as content of origin o (and drops the upload session key, when
+// given), serialised with the collector on d.
+func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int64, session []byte, o Origin) error {
 	mu := s.contentLock(d)
 	mu.Lock()
 	defer mu.Unlock()
+	defer s.noteLinked(d)
 	if err := s.blobs.Commit(id, d); err != nil {
 		return err
 	}
-	return s.linkBlob(repo, d, size, session)
+	for i, repo := range repos {
+		if i > 0 {
+			session = nil
+		}
+		if err := s.linkBlob(repo, d, size, session, o); err != nil {
+			return err
+		}
+	}
+	return nil
 }

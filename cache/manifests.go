@@ -23,6 +23,9 @@ type Manifest struct {
 	ArtifactType string          `json:"artifactType,omitempty"`
 	Refs         []digest.Digest `json:"refs,omitempty"`  // blobs and child manifests
 	Pushed       time.Time       `json:"pushed,omitzero"` // when this link was made
+	// Origin is "pushed" or "mirror:<registry>" (empty in records written
+	// before origins were kept; the repository's o/ record has it then).
+	Origin string `json:"origin,omitempty"`
 	// Body is the exact bytes pushed; set on manifests returned by
 	// GetManifest and PutManifest.
 	Body []byte `json:"-"`
@@ -45,14 +48,15 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 	if err != nil {
 		return nil, err
 	}
-	return s.putManifest(repo, d, p, body, tags, true, time.Time{})
+	return s.putManifest(repo, d, p, body, tags, true, time.Time{}, Pushed)
 }
 
-// PutMirroredManifest stores a manifest fetched from upstream as d, exactly
-// as received, and points tag (if set) at it, noting when upstream was
-// checked. Referenced blobs need not be present: they are fetched on
-// demand. Errors: ErrManifestInvalid, ErrManifestTooBig, ErrDigestMismatch.
-func (s *Store) PutMirroredManifest(repo string, d digest.Digest, tag, mediaType string, body []byte, checked time.Time) (*Manifest, error) {
+// PutMirroredManifest stores a manifest fetched from upstream registry as
+// d, exactly as received, and points tag (if set) at it, noting when
+// upstream was checked. Referenced blobs need not be present: they are
+// fetched on demand. Errors: ErrManifestInvalid, ErrManifestTooBig,
+// ErrDigestMismatch.
+func (s *Store) PutMirroredManifest(repo, registry string, d digest.Digest, tag, mediaType string, body []byte, checked time.Time) (*Manifest, error) {
 	if len(body) > MaxManifestSize {
 		return nil, ErrManifestTooBig
 	}
@@ -67,11 +71,12 @@ func (s *Store) PutMirroredManifest(repo string, d digest.Digest, tag, mediaType
 	if tag != "" {
 		tags = []string{tag}
 	}
-	return s.putManifest(repo, d, p, body, tags, false, checked)
+	return s.putManifest(repo, d, p, body, tags, false, checked, MirroredFrom(registry))
 }
 
-func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, body []byte, tags []string, checkRefsOf bool, checked time.Time) (*Manifest, error) {
-	m := &Manifest{Digest: d, MediaType: p.mediaType, Size: int64(len(body)), ArtifactType: p.artifactType, Body: body, Pushed: time.Now().UTC()}
+func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, body []byte, tags []string, checkRefsOf bool, checked time.Time, o Origin) (*Manifest, error) {
+	m := &Manifest{Digest: d, MediaType: p.mediaType, Size: int64(len(body)), ArtifactType: p.artifactType, Body: body,
+		Pushed: time.Now().UTC(), Origin: o.encode()}
 	m.Refs = append(append(m.Refs, p.blobs...), p.children...)
 	if p.subject != nil {
 		m.Subject = p.subject.Digest
@@ -102,7 +107,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 			return nil, err
 		}
 	}
-	err = s.update(func(txn *badger.Txn) error {
+	err = s.updateWithOrigin(repo, o, func(txn *badger.Txn) error {
 		if checkRefsOf {
 			if err := checkRefs(txn, repo, p); err != nil {
 				return err
@@ -115,7 +120,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 			return err
 		}
 		for _, t := range tags {
-			if err := txn.Set(tagKey(repo, t), encodeTag(tagEntry{d, checked})); err != nil {
+			if err := txn.Set(tagKey(repo, t), encodeTag(tagEntry{d, checked, o.Registry})); err != nil {
 				return err
 			}
 		}
@@ -127,6 +132,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 	if err != nil {
 		return nil, err
 	}
+	s.noteLinked(d)
 	s.invalidate(repo, append([]string{d.String()}, tags...)...)
 	return m, nil
 }
@@ -229,10 +235,11 @@ func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
 	return e.digest, e.checked, nil
 }
 
-// TouchTag records that upstream confirmed mirrored tag still points at d.
-func (s *Store) TouchTag(repo, tag string, d digest.Digest, checked time.Time) error {
+// TouchTag records that upstream registry confirmed mirrored tag still
+// points at d.
+func (s *Store) TouchTag(repo, registry, tag string, d digest.Digest, checked time.Time) error {
 	err := s.update(func(txn *badger.Txn) error {
-		return txn.Set(tagKey(repo, tag), encodeTag(tagEntry{d, checked}))
+		return txn.Set(tagKey(repo, tag), encodeTag(tagEntry{d, checked, registry}))
 	})
 	if err == nil {
 		s.invalidate(repo, tag)
@@ -241,26 +248,34 @@ func (s *Store) TouchTag(repo, tag string, d digest.Digest, checked time.Time) e
 }
 
 // tagEntry is a tag's value: the digest, and for mirrored tags the time
-// upstream was last checked, stored as "<digest>\x00<unix nanos>".
+// upstream was last checked and the registry, stored as
+// "<digest>\x00<unix nanos>\x00<registry>" (a pushed tag is "<digest>";
+// mirrored tags from before origins were kept lack the registry).
 type tagEntry struct {
-	digest  digest.Digest
-	checked time.Time
+	digest   digest.Digest
+	checked  time.Time
+	registry string
 }
 
+// mirrored reports a tag written by the mirror.
+func (e tagEntry) mirrored() bool { return e.registry != "" || !e.checked.IsZero() }
+
 func encodeTag(e tagEntry) []byte {
-	if e.checked.IsZero() {
+	if e.registry == "" && e.checked.IsZero() {
 		return []byte(e.digest)
 	}
-	return []byte(e.digest.String() + "\x00" + strconv.FormatInt(e.checked.UnixNano(), 10))
+	return []byte(e.digest.String() + "\x00" + strconv.FormatInt(e.checked.UnixNano(), 10) + "\x00" + e.registry)
 }
 
 func decodeTag(v []byte) tagEntry {
-	d, at, ok := strings.Cut(string(v), "\x00")
+	d, rest, ok := strings.Cut(string(v), "\x00")
 	e := tagEntry{digest: digest.Digest(d)}
 	if ok {
+		at, reg, _ := strings.Cut(rest, "\x00")
 		if n, err := strconv.ParseInt(at, 10, 64); err == nil {
 			e.checked = time.Unix(0, n)
 		}
+		e.registry = reg
 	}
 	return e
 }

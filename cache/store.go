@@ -56,6 +56,9 @@ type Store struct {
 	// of that content.
 	contentLocks [256]sync.Mutex
 
+	origins origins     // repo → where its content came from (o/ records)
+	track   linkTracker // links made while a collection runs
+
 	accessMu sync.Mutex
 	access   map[string]time.Time // repo\x00ref → last use, until FlushAccess
 
@@ -99,6 +102,11 @@ func Open(opts Options) (*Store, error) {
 	s := &Store{db: db, blobs: blobs, opts: opts, log: opts.Logger, lock: lock}
 	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
 	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
+	if err := s.loadOrigins(); err != nil {
+		db.Close()
+		lock.Close()
+		return nil, fmt.Errorf("cache: reading repository origins: %w", err)
+	}
 	if err := s.CleanIngests(time.Now()); err != nil {
 		db.Close()
 		return nil, err

@@ -179,7 +179,7 @@ func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int
 		s.cancelLocked(id)
 		return 0, fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, sum, d)
 	}
-	return rec.Offset, s.commitBlob(id, repo, d, rec.Offset, uploadKey(id))
+	return rec.Offset, s.commitBlob(id, []string{repo}, d, rec.Offset, uploadKey(id), Pushed)
 }
 
 func (s *Store) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm) (digest.Digest, error) {
@@ -243,7 +243,7 @@ func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) e
 	case digest.NewDigest(d.Algorithm(), h) != d:
 		return ErrDigestMismatch
 	}
-	err = s.commitBlob(id, repo, d, n, nil)
+	err = s.commitBlob(id, []string{repo}, d, n, nil, Pushed)
 	committed = err == nil // on failure the deferred Discard removes what is left
 	return err
 }

@@ -1,0 +1,252 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// BlobSource is where a missing blob comes from.
+type BlobSource struct {
+	// Open returns the blob's bytes from offset on, and the size of the
+	// whole blob (-1 when unknown). It is called again with the offset
+	// reached after a failed read (a resume), on a fresh connection.
+	Open func(ctx context.Context, offset int64) (io.ReadCloser, int64, error)
+	// Confirm, when set, proves that the source's repository holds the
+	// blob (an upstream HEAD) before content fetched for another repository
+	// is linked into this one: the same digest is the same bytes, but a
+	// repository only lists what its registry says it has.
+	Confirm func(ctx context.Context) error
+}
+
+// FillsOptions configures the downloads of missing blobs.
+type FillsOptions struct {
+	// Timeout bounds one download (1h).
+	Timeout time.Duration
+	// Resumes bounds reconnections of one download (5).
+	Resumes int
+	// Done, when set, is called once per download as it ends: written is
+	// how many bytes arrived, err nil when the blob was committed.
+	Done func(d digest.Digest, repos []string, written int64, took time.Duration, err error)
+	// Logger receives resume notices (slog.Default).
+	Logger *slog.Logger
+}
+
+// Fills runs the downloads of missing blobs into the store: one download
+// per digest however many clients and repositories ask for it, on a
+// context no client owns, resumed at the offset reached after a failed
+// read, hashed as it arrives, committed only when the digest matched, and
+// streamed to every waiting client as it grows. Safe for concurrent use.
+type Fills struct {
+	s    *Store
+	opts FillsOptions
+
+	mu sync.Mutex // guards m, each fill's repos, and the hand-over from fill to store
+	m  map[digest.Digest]*fill
+
+	bg     context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewFills returns the download coordinator for s. Close it before s.
+func (s *Store) NewFills(opts FillsOptions) *Fills {
+	if opts.Timeout <= 0 {
+		opts.Timeout = time.Hour
+	}
+	if opts.Resumes <= 0 {
+		opts.Resumes = 5
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	f := &Fills{s: s, opts: opts, m: map[digest.Digest]*fill{}}
+	f.bg, f.cancel = context.WithCancel(context.Background())
+	return f
+}
+
+// Close cancels the downloads in flight and waits for them to end.
+func (fs *Fills) Close() {
+	fs.cancel()
+	fs.wg.Wait()
+}
+
+// Get makes blob d, content of origin o, available in repo. It returns a
+// nil reader when the store holds it for repo now (it already did, content
+// held for another repository was linked after src.Confirm, or a download
+// committed meanwhile): read it with OpenBlob. Otherwise it returns a
+// reader of the download in flight, which this call starts if none is;
+// shared reports that the download was already running. Errors: those of
+// src.Confirm, and store errors.
+func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest, src BlobSource) (rd *FillReader, shared bool, err error) {
+	if err := ValidateDigest(d); err != nil {
+		return nil, false, err
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		fs.mu.Lock()
+		if f := fs.m[d]; f != nil {
+			if containsRepo(f.repos, repo) || src.Confirm == nil {
+				if !containsRepo(f.repos, repo) {
+					f.repos = append(f.repos, repo)
+				}
+				rd = f.newReader(ctx)
+				fs.mu.Unlock()
+				return rd, true, nil
+			}
+			fs.mu.Unlock()
+			if err := src.Confirm(ctx); err != nil {
+				return nil, false, err
+			}
+			fs.mu.Lock()
+			if fs.m[d] == f {
+				f.repos = append(f.repos, repo)
+				rd = f.newReader(ctx)
+				fs.mu.Unlock()
+				return rd, true, nil
+			}
+			fs.mu.Unlock()
+			continue // it ended meanwhile: look again
+		}
+		if _, err := fs.s.StatBlob(repo, d); err == nil {
+			fs.mu.Unlock()
+			return nil, false, nil
+		}
+		if _, err := fs.s.blobs.Stat(d); err == nil {
+			fs.mu.Unlock()
+			if src.Confirm != nil {
+				if err := src.Confirm(ctx); err != nil {
+					return nil, false, err
+				}
+			}
+			if _, err := fs.s.LinkExisting(repo, d, o); err == nil {
+				return nil, false, nil
+			} else if !errors.Is(err, ErrBlobUnknown) {
+				return nil, false, err
+			}
+			continue // collected meanwhile: download it
+		}
+		f, err := fs.s.newFill(repo, o, d)
+		if err != nil {
+			fs.mu.Unlock()
+			return nil, false, err
+		}
+		fs.m[d] = f
+		rd = f.newReader(ctx)
+		fs.wg.Add(1)
+		go fs.run(f, src)
+		fs.mu.Unlock()
+		return rd, false, nil
+	}
+	return nil, false, fmt.Errorf("blob %s: the store changed under three attempts: %w", d, ErrFillAborted)
+}
+
+func containsRepo(repos []string, repo string) bool {
+	for _, r := range repos {
+		if r == repo {
+			return true
+		}
+	}
+	return false
+}
+
+// run downloads one blob, commits it (verified) into every repository that
+// asked for it by then, or discards it, and retires the fill.
+func (fs *Fills) run(f *fill, src BlobSource) {
+	defer fs.wg.Done()
+	ctx, cancel := context.WithTimeout(fs.bg, fs.opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	err := fs.download(ctx, f, src)
+	fs.mu.Lock()
+	repos := append([]string(nil), f.repos...)
+	fs.mu.Unlock()
+	if err == nil {
+		err = f.finish(repos)
+	} else {
+		f.fail(err)
+	}
+	// Retire: from now on callers find the committed blob (or nothing).
+	// Repositories that joined during the commit are linked here.
+	fs.mu.Lock()
+	delete(fs.m, f.d)
+	late := f.repos[len(repos):]
+	fs.mu.Unlock()
+	if err == nil {
+		for _, repo := range late {
+			if _, lerr := fs.s.LinkExisting(repo, f.d, f.o); lerr != nil {
+				fs.opts.Logger.Warn("linking a downloaded blob", "repo", repo, "digest", f.d, "err", lerr)
+			}
+		}
+	}
+	f.retire()
+	if fs.opts.Done != nil {
+		fs.opts.Done(f.d, append(repos, late...), f.bytesWritten(), time.Since(start), err)
+	}
+}
+
+// fillBatch is the least a download hands to its fill at once (but the last
+// piece): fewer, larger writes mean fewer wake-ups and socket writes for
+// the clients streaming it.
+const fillBatch = 256 << 10
+
+var fillBufs = sync.Pool{New: func() any { b := make([]byte, 512<<10); return &b }}
+
+// download copies the blob from src into f, reopening src at the offset
+// reached after a failed read, with backoff.
+func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
+	rc, size, err := src.Open(ctx, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { rc.Close() }()
+	f.start(size)
+	bp := fillBufs.Get().(*[]byte)
+	defer fillBufs.Put(bp)
+	buf := *bp
+	for resumes := 0; ; {
+		// Gather at least fillBatch bytes per write: each write wakes every
+		// reader, and each of their reads becomes a socket write.
+		n, rerr := io.ReadAtLeast(rc, buf, fillBatch)
+		if rerr == io.ErrUnexpectedEOF {
+			rerr = io.EOF
+		}
+		if n > 0 {
+			if _, err := f.write(buf[:n]); err != nil {
+				return err
+			}
+		}
+		written := f.bytesWritten()
+		switch {
+		case rerr == nil:
+			continue
+		case rerr == io.EOF && (size < 0 || written == size):
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case resumes == fs.opts.Resumes:
+			return fmt.Errorf("%w: gave up after %d resumes: %v", ErrFillAborted, resumes, rerr)
+		}
+		resumes++
+		fs.opts.Logger.Info("upstream blob transfer interrupted: resuming", "digest", f.d, "at", written, "err", rerr)
+		select {
+		case <-time.After(time.Duration(resumes*resumes) * 100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		rc.Close()
+		var again int64
+		if rc, again, err = src.Open(ctx, written); err != nil {
+			rc = io.NopCloser(nil)
+			return err
+		}
+		if size >= 0 && again >= 0 && again != size {
+			return fmt.Errorf("%w: the blob's size changed from %d to %d on resume", ErrSizeInvalid, size, again)
+		}
+	}
+}

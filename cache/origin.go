@@ -1,0 +1,235 @@
+package cache
+
+import (
+	"encoding/binary"
+	"strings"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Origin is where a repository's content came from: pushed here, or
+// mirrored from an upstream registry. It is recorded when content is
+// written (on the repository, and on each tag, manifest and link) and read
+// back for every decision: routing, access, eviction, listings.
+type Origin struct {
+	// Registry is the upstream the content was mirrored from ("docker.io");
+	// empty for content pushed to Wharf.
+	Registry string
+}
+
+// Pushed is the origin of content pushed to Wharf.
+var Pushed = Origin{}
+
+// MirroredFrom is the origin of content fetched from registry.
+func MirroredFrom(registry string) Origin { return Origin{Registry: registry} }
+
+// Mirrored reports content fetched from an upstream registry.
+func (o Origin) Mirrored() bool { return o.Registry != "" }
+
+func (o Origin) String() string {
+	if o.Mirrored() {
+		return "mirrored from " + o.Registry
+	}
+	return "pushed"
+}
+
+// encode is the stored form: "pushed" or "mirror:<registry>".
+func (o Origin) encode() string {
+	if o.Mirrored() {
+		return "mirror:" + o.Registry
+	}
+	return "pushed"
+}
+
+func decodeOrigin(s string) (Origin, bool) {
+	if s == "pushed" {
+		return Pushed, true
+	}
+	if r, ok := strings.CutPrefix(s, "mirror:"); ok && r != "" {
+		return MirroredFrom(r), true
+	}
+	return Origin{}, false
+}
+
+// merge is a repository's origin after content of origin o is written to
+// it: pushed content makes it a pushed repository for good (it is then never
+// evicted nor read from upstream); mirrored content keeps a mirrored one.
+func (o Origin) merge(with Origin) Origin {
+	if !o.Mirrored() || !with.Mirrored() {
+		return Pushed
+	}
+	return with
+}
+
+func originKey(repo string) []byte { return []byte("o/" + repo) }
+
+// provenanceMarker records that every repository has an o/ record (written
+// once by the migration of a data directory from before origins were kept).
+var provenanceMarker = []byte("s/provenance")
+
+// origins is the in-memory copy of the o/ records; every repository's
+// origin is answered from it without touching the index.
+type origins struct {
+	mu sync.RWMutex
+	m  map[string]Origin
+}
+
+// Origin returns the recorded origin of repo; ok is false for a repository
+// that was never written. Safe for concurrent use; no index read.
+func (s *Store) Origin(repo string) (o Origin, ok bool) {
+	s.origins.mu.RLock()
+	o, ok = s.origins.m[repo]
+	s.origins.mu.RUnlock()
+	return o, ok
+}
+
+// Origins returns a copy of every repository's recorded origin.
+func (s *Store) Origins() map[string]Origin {
+	s.origins.mu.RLock()
+	defer s.origins.mu.RUnlock()
+	out := make(map[string]Origin, len(s.origins.m))
+	for k, v := range s.origins.m {
+		out[k] = v
+	}
+	return out
+}
+
+// recordOrigin writes repo's origin record in txn when content of origin o
+// changes it, and returns the function that publishes the change in memory
+// once the transaction committed (nil when nothing changed).
+func (s *Store) recordOrigin(txn *badger.Txn, repo string, o Origin) (func(), error) {
+	cur, known := s.Origin(repo)
+	next := o
+	if known {
+		next = cur.merge(o)
+		if next == cur {
+			return nil, nil
+		}
+	}
+	if err := txn.Set(originKey(repo), []byte(next.encode())); err != nil {
+		return nil, err
+	}
+	return func() {
+		s.origins.mu.Lock()
+		if c, ok := s.origins.m[repo]; ok {
+			next = c.merge(o)
+		}
+		s.origins.m[repo] = next
+		s.origins.mu.Unlock()
+	}, nil
+}
+
+// updateWithOrigin runs fn in a read-write transaction that also records
+// that repo received content of origin o, and publishes the origin after
+// the commit.
+func (s *Store) updateWithOrigin(repo string, o Origin, fn func(txn *badger.Txn) error) error {
+	var publish func()
+	err := s.update(func(txn *badger.Txn) error {
+		if err := fn(txn); err != nil {
+			return err
+		}
+		var err error
+		publish, err = s.recordOrigin(txn, repo, o)
+		return err
+	})
+	if err == nil && publish != nil {
+		publish()
+	}
+	return err
+}
+
+// loadOrigins reads the o/ records into memory. A data directory written
+// before origins were recorded is migrated first, once: a repository with a
+// tag that was checked upstream, or whose only content sits under a
+// registry-named path, was mirrored (its registry is the first component of
+// its local name, which is how mirrored copies were named); everything else
+// was pushed.
+func (s *Store) loadOrigins() error {
+	s.origins.m = map[string]Origin{}
+	migrated := false
+	err := s.db.View(func(txn *badger.Txn) error {
+		ok, err := exists(txn, provenanceMarker)
+		migrated = ok
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !migrated {
+		if err := s.migrateOrigins(); err != nil {
+			return err
+		}
+	}
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("o/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			repo := string(it.Item().Key()[2:])
+			it.Item().Value(func(v []byte) error {
+				if o, ok := decodeOrigin(string(v)); ok {
+					s.origins.m[repo] = o
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+}
+
+func (s *Store) migrateOrigins() error {
+	type facts struct{ checkedTag, pushedTag, any bool }
+	repos := map[string]*facts{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, p := range []string{"t/", "m/", "l/"} {
+			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: p == "t/", Prefix: []byte(p)})
+			for it.Rewind(); it.Valid(); it.Next() {
+				repo, _ := splitRepoKey(it.Item().Key(), p)
+				f := repos[repo]
+				if f == nil {
+					f = &facts{}
+					repos[repo] = f
+				}
+				f.any = true
+				if p == "t/" {
+					it.Item().Value(func(v []byte) error {
+						if decodeTag(v).checked.IsZero() {
+							f.pushedTag = true
+						} else {
+							f.checkedTag = true
+						}
+						return nil
+					})
+				}
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for repo, f := range repos {
+		o := Pushed
+		host, _, _ := strings.Cut(repo, "/")
+		legacyMirrorName := strings.ContainsAny(host, ".:") || host == "localhost"
+		if !f.pushedTag && legacyMirrorName && (f.checkedTag || f.any) {
+			o = MirroredFrom(host)
+		}
+		if err := wb.Set(originKey(repo), []byte(o.encode())); err != nil {
+			return err
+		}
+	}
+	if err := wb.Set(provenanceMarker, binary.BigEndian.AppendUint32(nil, 1)); err != nil {
+		return err
+	}
+	if err := wb.Flush(); err != nil {
+		return err
+	}
+	if len(repos) > 0 {
+		s.log.Info("recorded the origin of existing repositories (once, for this data directory)", "repositories", len(repos))
+	}
+	return nil
+}
