@@ -26,13 +26,13 @@ var ErrFillAborted = errors.New("blob download aborted")
 // repositories that asked for it; fail discards it. Safe for concurrent
 // use. Fills (fills.go) owns the one fill per digest.
 type fill struct {
-	s    *Store
-	o    Origin
-	d    digest.Digest
-	id   string
-	app  Appender
-	h    hash.Hash
-	rf   ReadAtCloser // shared read handle; valid after commit or discard
+	s   *Store
+	o   Origin
+	d   digest.Digest
+	id  string
+	app Appender
+	h   hash.Hash
+	rf  ReadAtCloser // shared read handle; valid after commit or discard
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every change
@@ -68,7 +68,6 @@ func (s *Store) newFill(repo string, o Origin, d digest.Digest) (*fill, error) {
 	return &fill{s: s, o: o, repos: []string{repo}, d: d, id: id, app: app, h: d.Algorithm().Hash(), rf: rf,
 		changed: make(chan struct{}), size: -1}, nil
 }
-
 
 func (f *fill) notifyLocked() {
 	close(f.changed)

@@ -250,3 +250,10 @@ func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
 		}
 	}
 }
+
+// InFlight is how many downloads are running.
+func (fs *Fills) InFlight() int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return len(fs.m)
+}

@@ -155,9 +155,17 @@ func TestFillsHeldBlobLinkedAfterConfirm(t *testing.T) {
 		t.Fatalf("unconfirmed link: %v", err)
 	}
 	src.Confirm = func(context.Context) error { return nil }
-	if rd, _, err := fills.Get(t.Context(), "docker.io/library/two", MirroredFrom("docker.io"), d, src); err != nil || rd != nil {
-		t.Fatalf("confirmed link: %v %v", rd, err)
+	rd, _, err := fills.Get(t.Context(), "docker.io/library/two", MirroredFrom("docker.io"), d, src)
+	if err != nil {
+		t.Fatalf("confirmed link: %v", err)
 	}
+	if rd != nil { // the first download had not retired yet: joined it
+		if b, err := io.ReadAll(rd); err != nil || !bytes.Equal(b, content) {
+			t.Fatalf("joined download: %q %v", b, err)
+		}
+		rd.Close()
+	}
+	fills.Close()
 	if opens.Load() != 1 {
 		t.Fatalf("%d downloads, want 1", opens.Load())
 	}

@@ -62,27 +62,26 @@ func (reg *Registry) authRequired() bool {
 	return u != nil && u.Len() > 0
 }
 
-// authorize decides action on repo (mirrored: a mirrored copy's local
-// name) for the caller: nil, 401 UNAUTHORIZED (anonymous: sign in) or 403
-// DENIED, with an audit record for a refusal.
-func (reg *Registry) authorize(r *http.Request, repo string, a policy.Action, mirrored bool) error {
-	c := callerOf(r)
-	if reg.policy().Allowed(c.Subject, repo, a, mirrored) {
-		return nil
-	}
-	reg.audit(r, "denied", slog.String("repo", repo), slog.String("action", string(a)))
-	if c.User == "" {
-		return &apiError{code: codeUnauthorized, message: "authentication required",
-			challenge: challenge(r, "repository:"+repo+":pull,push")}
-	}
-	return apiErr(codeDenied, "%s may not %s %s", c.User, a, repo)
+// accessRecord is the detail of an UNAUTHORIZED error, as registry:2 sends
+// it. A detail matters: docker treats a 401 whose message is the code's
+// default and that has no detail as a transient failure and retries it for
+// a minute; with it, `docker push` fails at once with a clear message.
+type accessRecord struct {
+	Type   string `json:"Type"`
+	Class  string `json:"Class,omitempty"`
+	Name   string `json:"Name"`
+	Action string `json:"Action"`
 }
 
-var errUnauthorized = &apiError{code: codeUnauthorized, message: "authentication required"}
-
-// unauthorized is errUnauthorized with the challenge for this request.
-func unauthorized(r *http.Request) error {
-	return &apiError{code: codeUnauthorized, message: "authentication required", challenge: challenge(r, "")}
+// unauthorized is the 401 with the challenge for this request; repo and
+// action name what was asked (both empty for /v2/).
+func unauthorized(r *http.Request, repo string, a policy.Action) error {
+	scope, detail := "", []accessRecord{}
+	if repo != "" {
+		scope = "repository:" + repo + ":pull,push"
+		detail = append(detail, accessRecord{Type: "repository", Name: repo, Action: string(a)})
+	}
+	return &apiError{code: codeUnauthorized, message: "authentication required", detail: detail, challenge: challenge(r, scope)}
 }
 
 // audit writes one structured audit record: pushes, deletes, logins and
@@ -95,15 +94,4 @@ func (reg *Registry) audit(r *http.Request, event string, attrs ...slog.Attr) {
 	}
 	attrs = append([]slog.Attr{slog.String("event", event), slog.String("user", user), slog.String("client", r.RemoteAddr)}, attrs...)
 	reg.log.LogAttrs(r.Context(), slog.LevelInfo, "audit", attrs...)
-}
-
-// actionOf is what a request does: pull, push or delete.
-func actionOf(rt route, method string) policy.Action {
-	switch {
-	case method == http.MethodDelete && rt.kind != routeUpload:
-		return policy.Delete
-	case isWrite(method) || rt.kind == routeUpload || rt.kind == routeUploads:
-		return policy.Push
-	}
-	return policy.Pull
 }

@@ -11,11 +11,11 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, rt route) error {
-	d := digest.Digest(rt.ref)
+func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, q *request) error {
+	d := q.digest
 	h := w.Header()
 	if r.Method == http.MethodHead {
-		size, err := reg.store.StatBlob(rt.name, d)
+		size, err := reg.store.StatBlob(q.repo, d)
 		if err != nil {
 			return err
 		}
@@ -24,7 +24,7 @@ func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, rt route) e
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	f, _, err := reg.store.OpenBlob(rt.name, d)
+	f, _, err := reg.store.OpenBlob(q.repo, d)
 	if err != nil {
 		return err
 	}
@@ -75,14 +75,14 @@ func setBlobHeaders(h http.Header, d digest.Digest) {
 	h.Set("Cache-Control", "max-age=31536000, immutable")
 }
 
-func (reg *Registry) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) deleteBlob(w http.ResponseWriter, r *http.Request, q *request) error {
 	if !reg.opts.AllowDelete {
 		return errDeleteDisabled
 	}
-	if err := reg.store.DeleteBlob(rt.name, digest.Digest(rt.ref)); err != nil {
+	if err := reg.store.DeleteBlob(q.repo, q.digest); err != nil {
 		return err
 	}
-	reg.audit(r, "delete", slog.String("repo", rt.name), slog.String("digest", rt.ref))
+	reg.audit(r, "delete", slog.String("repo", q.repo), slog.String("digest", q.digest.String()))
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

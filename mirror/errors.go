@@ -71,8 +71,10 @@ func apiErr(code, format string, args ...any) *apiError {
 	return &apiError{code: code, message: fmt.Sprintf(format, args...)}
 }
 
-// toAPIError is the one place where store errors become OCI errors.
-func toAPIError(err error) *apiError {
+// toAPIError is the one place where store and upstream errors become OCI
+// errors; kind is the route that failed (an upstream "not found" is
+// BLOB_UNKNOWN for a blob, MANIFEST_UNKNOWN otherwise).
+func toAPIError(err error, kind routeKind) *apiError {
 	var ae *apiError
 	var missing *cache.MissingRefError
 	var rng *cache.RangeError
@@ -84,6 +86,10 @@ func toAPIError(err error) *apiError {
 		return &apiError{code: codeManifestBlobUnknown, message: err.Error(), detail: map[string]string{"digest": missing.Digest.String()}}
 	case errors.As(err, &rng):
 		return &apiError{code: codeBlobUploadInvalid, status: http.StatusRequestedRangeNotSatisfiable, message: err.Error()}
+	case (errors.Is(err, upstream.ErrNotFound) || errors.Is(err, upstream.ErrDenied)) && kind == routeBlob:
+		return &apiError{code: codeBlobUnknown, message: "blob unknown to registry: " + err.Error()}
+	case errors.Is(err, upstream.ErrNotFound) || errors.Is(err, upstream.ErrDenied):
+		return &apiError{code: codeManifestUnknown, message: "manifest unknown: " + err.Error()}
 	case errors.Is(err, cache.ErrBlobUnknown):
 		return &apiError{code: codeBlobUnknown, message: "blob unknown to registry"}
 	case errors.Is(err, cache.ErrManifestUnknown):
@@ -125,9 +131,10 @@ type errorEntry struct {
 	Detail  any    `json:"detail,omitempty"`
 }
 
-// writeError sends err as an OCI error envelope.
-func writeError(w http.ResponseWriter, err error) {
-	ae := toAPIError(err)
+// writeError sends err, from a request to a route of kind, as an OCI error
+// envelope.
+func writeError(w http.ResponseWriter, err error, kind routeKind) {
+	ae := toAPIError(err, kind)
 	status := ae.status
 	if status == 0 {
 		status = codeStatus[ae.code]

@@ -16,9 +16,14 @@ func FuzzNameAndReference(f *testing.F) {
 		if checkName(name) == nil && (len(name) > maxNameLength || !nameRE.MatchString(name) || strings.Contains(name, "//")) {
 			t.Fatalf("accepted name %q", name)
 		}
-		if checkReference(ref) == nil && strings.Contains(ref, ":") {
-			if err := digest.Digest(ref).Validate(); err != nil {
-				t.Fatalf("accepted digest reference %q: %v", ref, err)
+		if r, err := parseReference(ref); err == nil {
+			if strings.Contains(ref, ":") != r.isDigest() || r.String() != ref {
+				t.Fatalf("reference %q parsed as %+v", ref, r)
+			}
+			if r.isDigest() {
+				if err := digest.Digest(ref).Validate(); err != nil {
+					t.Fatalf("accepted digest reference %q: %v", ref, err)
+				}
 			}
 		}
 	})

@@ -7,8 +7,6 @@ import (
 	"net/url"
 	"strconv"
 
-	"github.com/opencontainers/go-digest"
-
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -16,22 +14,22 @@ import (
 // defaultCatalogPage bounds a catalog answer when the client sets no n.
 const defaultCatalogPage = 1000
 
-func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) tags(w http.ResponseWriter, r *http.Request, q *request) error {
 	n, last, err := pageParams(r, -1)
 	if err != nil {
 		return err
 	}
-	tags, more, err := reg.store.Tags(rt.name, n, last)
+	tags, more, err := reg.store.Tags(q.repo, n, last)
 	if err != nil {
 		return err
 	}
 	if more && n > 0 {
-		setNextLink(w, "/v2/"+rt.name+"/tags/list", n, tags[len(tags)-1])
+		setNextLink(w, "/v2/"+q.name+"/tags/list", n, tags[len(tags)-1])
 	}
-	return writeJSON(w, r, "application/json", map[string]any{"name": rt.name, "tags": tags})
+	return writeJSON(w, r, "application/json", map[string]any{"name": q.name, "tags": tags})
 }
 
-func (reg *Registry) catalog(w http.ResponseWriter, r *http.Request, _ route) error {
+func (reg *Registry) catalog(w http.ResponseWriter, r *http.Request, _ *request) error {
 	n, last, err := pageParams(r, defaultCatalogPage)
 	if err != nil {
 		return err
@@ -46,9 +44,9 @@ func (reg *Registry) catalog(w http.ResponseWriter, r *http.Request, _ route) er
 	return writeJSON(w, r, "application/json", map[string]any{"repositories": repos})
 }
 
-func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, q *request) error {
 	at := r.URL.Query().Get("artifactType")
-	descs, err := reg.store.Referrers(rt.name, digest.Digest(rt.ref), at)
+	descs, err := reg.store.Referrers(q.repo, q.digest, at)
 	if err != nil {
 		return err
 	}
@@ -61,7 +59,7 @@ func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, rt route)
 }
 
 // visibleRepos pages through the catalog keeping what the caller may pull
-// (mirrored copies are the names that start with a registry).
+// (anonymous-mirror-pull applies to repositories recorded as mirrored).
 func (reg *Registry) visibleRepos(r *http.Request, n int, last string) ([]string, bool, error) {
 	s := callerOf(r).Subject
 	out := []string{}
@@ -71,7 +69,7 @@ func (reg *Registry) visibleRepos(r *http.Request, n int, last string) ([]string
 			return nil, false, err
 		}
 		for _, repo := range page {
-			if !reg.policy().Allowed(s, repo, policy.Pull, policy.HasRegistryPrefix(repo)) {
+			if !reg.policy().Allowed(s, repo, policy.Pull, reg.origin(repo).Mirrored()) {
 				continue
 			}
 			if len(out) == n {

@@ -12,8 +12,8 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 )
 
-func (reg *Registry) getManifest(w http.ResponseWriter, r *http.Request, rt route) error {
-	m, err := reg.store.GetManifest(rt.name, rt.ref)
+func (reg *Registry) getManifest(w http.ResponseWriter, r *http.Request, q *request) error {
+	m, err := reg.store.GetManifest(q.repo, q.ref.String())
 	if err != nil {
 		return err
 	}
@@ -35,11 +35,11 @@ func writeManifest(w http.ResponseWriter, r *http.Request, m *cache.Manifest) er
 	return nil
 }
 
-func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *request) error {
 	var want digest.Digest
 	var tags []string
-	if strings.Contains(rt.ref, ":") {
-		want = digest.Digest(rt.ref)
+	if q.ref.isDigest() {
+		want = q.ref.digest
 		tags = r.URL.Query()["tag"]
 		for _, t := range tags {
 			if err := checkTag(t); err != nil {
@@ -47,7 +47,7 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, rt rout
 			}
 		}
 	} else {
-		tags = []string{rt.ref}
+		tags = []string{q.ref.tag}
 	}
 	if r.ContentLength > cache.MaxManifestSize {
 		return cache.ErrManifestTooBig
@@ -59,13 +59,13 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, rt rout
 	if r.ContentLength >= 0 && int64(len(body)) != r.ContentLength {
 		return apiErr(codeSizeInvalid, "manifest body is %d bytes, Content-Length said %d", len(body), r.ContentLength)
 	}
-	m, err := reg.store.PutManifest(rt.name, want, tags, r.Header.Get("Content-Type"), body)
+	m, err := reg.store.PutManifest(q.repo, want, tags, r.Header.Get("Content-Type"), body)
 	if err != nil {
 		return err
 	}
-	reg.audit(r, "push", slog.String("repo", rt.name), slog.String("digest", m.Digest.String()), slog.Any("tags", tags))
+	reg.audit(r, "push", slog.String("repo", q.repo), slog.String("digest", m.Digest.String()), slog.Any("tags", tags))
 	h := w.Header()
-	setLocation(w, rt.name, "manifests", m.Digest.String())
+	setLocation(w, q.repo, "manifests", m.Digest.String())
 	h.Set("Docker-Content-Digest", m.Digest.String())
 	if m.Subject != "" {
 		h.Set("OCI-Subject", m.Subject.String())
@@ -78,14 +78,14 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, rt rout
 	return nil
 }
 
-func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *request) error {
 	if !reg.opts.AllowDelete {
 		return errDeleteDisabled
 	}
-	if err := reg.store.DeleteManifest(rt.name, rt.ref); err != nil {
+	if err := reg.store.DeleteManifest(q.repo, q.ref.String()); err != nil {
 		return err
 	}
-	reg.audit(r, "delete", slog.String("repo", rt.name), slog.String("reference", rt.ref))
+	reg.audit(r, "delete", slog.String("repo", q.repo), slog.String("reference", q.ref.String()))
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

@@ -44,12 +44,12 @@ func parseDigest(s string) (digest.Digest, error) {
 	return d, nil
 }
 
-// checkReference validates a manifest reference: a digest when it holds a
-// colon, a tag otherwise.
-func checkReference(ref string) error {
-	if strings.Contains(ref, ":") {
-		_, err := parseDigest(ref)
-		return err
+// parseReference reads a manifest reference: a digest when it holds a
+// colon (tags cannot), a tag otherwise.
+func parseReference(s string) (reference, error) {
+	if strings.Contains(s, ":") {
+		d, err := parseDigest(s)
+		return reference{digest: d}, err
 	}
-	return checkTag(ref)
+	return reference{tag: s}, checkTag(s)
 }

@@ -22,7 +22,6 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/fakehub"
-	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -207,14 +206,11 @@ func waitFillsDone(t *testing.T, e *mirrorEnv) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		e.reg.proxy.mu.Lock()
-		n := len(e.reg.proxy.fills)
-		e.reg.proxy.mu.Unlock()
-		if n == 0 {
+		if n := e.reg.pull.fills.InFlight(); n == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d downloads still in flight", n)
+			t.Fatalf("%d downloads still in flight", e.reg.pull.fills.InFlight())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -578,7 +574,6 @@ func TestEvictionLRU(t *testing.T) {
 	}
 	rep, err := e.store.Evict(cache.EvictOptions{
 		MaxBytes: int64(float64(size) / 0.96), // just above the high-water mark
-		Mirrored: policy.HasRegistryPrefix,
 		GC:       cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)},
 	})
 	if err != nil {
@@ -616,7 +611,7 @@ func TestRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFillsDone(t, e)
-	rep, err := e.store.Evict(cache.EvictOptions{Retention: time.Hour, Mirrored: policy.HasRegistryPrefix,
+	rep, err := e.store.Evict(cache.EvictOptions{Retention: time.Hour,
 		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}})
 	if err != nil || len(rep.Tags) != 1 || rep.Freed <= 0 {
 		t.Fatalf("retention: %+v %v", rep, err)

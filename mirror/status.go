@@ -10,7 +10,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -164,7 +163,7 @@ func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
 	}
 	repos, _, _ := reg.visibleRepos(r, 1000, "")
 	for _, repo := range repos {
-		if policy.HasRegistryPrefix(repo) {
+		if reg.origin(repo).Mirrored() {
 			p.Mirrored = append(p.Mirrored, repo)
 		} else {
 			p.Pushed = append(p.Pushed, repo)

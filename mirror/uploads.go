@@ -16,9 +16,9 @@ import (
 
 // startUpload handles POST /v2/<name>/blobs/uploads/: a cross-repository
 // mount, a monolithic upload (?digest=), or the start of a session.
-func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, rt route) error {
-	q := r.URL.Query()
-	if mount := q.Get("mount"); mount != "" {
+func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *request) error {
+	qs := r.URL.Query()
+	if mount := qs.Get("mount"); mount != "" {
 		d, err := parseDigest(mount)
 		if err != nil {
 			return err
@@ -26,58 +26,58 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, rt rout
 		// Without a valid source repository the mount falls back to an
 		// ordinary upload session, as the spec allows.
 		// A mount needs pull rights on the source.
-		if from := q.Get("from"); validName(from) && reg.policy().Allowed(callerOf(r).Subject, from, policy.Pull, false) {
-			_, err := reg.store.MountBlob(from, rt.name, d)
+		if from := qs.Get("from"); validName(from) && reg.policy().Allowed(callerOf(r).Subject, from, policy.Pull, reg.origin(from).Mirrored()) {
+			_, err := reg.store.MountBlob(from, q.repo, d)
 			if err == nil {
-				return blobCreated(w, rt.name, d)
+				return blobCreated(w, q.repo, d)
 			} else if !errors.Is(err, cache.ErrBlobUnknown) {
 				return err
 			}
 		}
-	} else if dq := q.Get("digest"); dq != "" {
+	} else if dq := qs.Get("digest"); dq != "" {
 		d, err := parseDigest(dq)
 		if err != nil {
 			return err
 		}
-		if err := reg.store.PutBlob(rt.name, d, r.ContentLength, r.Body); err != nil {
+		if err := reg.store.PutBlob(q.repo, d, r.ContentLength, r.Body); err != nil {
 			return err
 		}
-		return blobCreated(w, rt.name, d)
+		return blobCreated(w, q.repo, d)
 	}
-	id, err := reg.store.NewUpload(rt.name)
+	id, err := reg.store.NewUpload(q.repo)
 	if err != nil {
 		return err
 	}
-	return uploadAccepted(w, http.StatusAccepted, rt.name, id, 0)
+	return uploadAccepted(w, http.StatusAccepted, q.repo, id, 0)
 }
 
-func (reg *Registry) uploadStatus(w http.ResponseWriter, r *http.Request, rt route) error {
-	off, err := reg.store.UploadStatus(rt.name, rt.ref)
+func (reg *Registry) uploadStatus(w http.ResponseWriter, r *http.Request, q *request) error {
+	off, err := reg.store.UploadStatus(q.repo, q.upload)
 	if err != nil {
 		return err
 	}
-	return uploadAccepted(w, http.StatusNoContent, rt.name, rt.ref, off)
+	return uploadAccepted(w, http.StatusNoContent, q.repo, q.upload, off)
 }
 
-func (reg *Registry) patchUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) patchUpload(w http.ResponseWriter, r *http.Request, q *request) error {
 	start, err := chunkStart(r)
 	if err != nil {
 		return err
 	}
-	off, err := reg.store.AppendUpload(rt.name, rt.ref, start, r.Body)
+	off, err := reg.store.AppendUpload(q.repo, q.upload, start, r.Body)
 	var rng *cache.RangeError
 	if errors.As(err, &rng) {
-		setUploadHeaders(w, rt.name, rt.ref, rng.Offset)
+		setUploadHeaders(w, q.repo, q.upload, rng.Offset)
 	}
 	if err != nil {
 		return err
 	}
-	return uploadAccepted(w, http.StatusAccepted, rt.name, rt.ref, off)
+	return uploadAccepted(w, http.StatusAccepted, q.repo, q.upload, off)
 }
 
 // finishUpload handles PUT ...?digest=: an optional last chunk, then the
 // verification and commit of the whole blob.
-func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *request) error {
 	d, err := parseDigest(r.URL.Query().Get("digest"))
 	if err != nil {
 		return err
@@ -86,24 +86,24 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, rt rou
 	if start, err := chunkStart(r); err != nil {
 		return err
 	} else if start >= 0 {
-		off, err := reg.store.AppendUpload(rt.name, rt.ref, start, r.Body)
+		off, err := reg.store.AppendUpload(q.repo, q.upload, start, r.Body)
 		if err != nil {
 			var rng *cache.RangeError
 			if errors.As(err, &rng) {
-				setUploadHeaders(w, rt.name, rt.ref, off)
+				setUploadHeaders(w, q.repo, q.upload, off)
 			}
 			return err
 		}
 		body = nil
 	}
-	if _, err := reg.store.FinishUpload(rt.name, rt.ref, d, body); err != nil {
+	if _, err := reg.store.FinishUpload(q.repo, q.upload, d, body); err != nil {
 		return err
 	}
-	return blobCreated(w, rt.name, d)
+	return blobCreated(w, q.repo, d)
 }
 
-func (reg *Registry) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) error {
-	if err := reg.store.CancelUpload(rt.name, rt.ref); err != nil {
+func (reg *Registry) cancelUpload(w http.ResponseWriter, r *http.Request, q *request) error {
+	if err := reg.store.CancelUpload(q.repo, q.upload); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -12,6 +12,10 @@ type Target struct {
 	Registry string // upstream registry name, e.g. "docker.io"
 	Remote   string // repository at the upstream, e.g. "library/alpine"
 	Local    string // repository in Wharf's store, e.g. "docker.io/library/alpine"
+	// Named reports that the request named the registry itself (?ns=, or
+	// a registry host as the first path component), rather than meaning
+	// Docker Hub by default.
+	Named bool
 }
 
 // Mirror maps a request's repository name and its ?ns= parameter to the
@@ -29,10 +33,10 @@ func Mirror(name, ns string) Target {
 	var t Target
 	switch {
 	case ns != "":
-		t.Registry, t.Remote = upstream.NormalizeName(ns), name
+		t.Registry, t.Remote, t.Named = upstream.NormalizeName(ns), name, true
 	case HasRegistryPrefix(name):
 		host, rest, _ := strings.Cut(name, "/")
-		t.Registry, t.Remote = upstream.NormalizeName(host), rest
+		t.Registry, t.Remote, t.Named = upstream.NormalizeName(host), rest, true
 	default:
 		t.Registry, t.Remote = upstream.DockerHub, name
 	}
@@ -45,7 +49,9 @@ func Mirror(name, ns string) Target {
 
 // HasRegistryPrefix reports whether the first component of name is a
 // registry host (it has a dot or a port, or is localhost) followed by a
-// repository.
+// repository. It maps a request's name to a registry (Mirror); whether a
+// repository holds mirrored or pushed content is never decided from it but
+// from the origin the store recorded.
 func HasRegistryPrefix(name string) bool {
 	host, rest, ok := strings.Cut(name, "/")
 	return ok && rest != "" && (strings.ContainsAny(host, ".:") || host == "localhost")

@@ -11,7 +11,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/wharf-registry/wharf/cache"
-	"github.com/wharf-registry/wharf/policy"
 )
 
 // Operator commands open the data directory themselves; Badger's lock makes
@@ -114,8 +113,8 @@ var duCommand = &cli.Command{
 		var mirrored, private int64
 		for _, u := range usage {
 			kind := "private"
-			if policy.HasRegistryPrefix(u.Repo) {
-				kind, mirrored = "mirrored", mirrored+u.Bytes
+			if u.Origin.Mirrored() {
+				kind, mirrored = "mirrored:"+u.Origin.Registry, mirrored+u.Bytes
 			} else {
 				private += u.Bytes
 			}

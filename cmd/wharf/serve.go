@@ -168,46 +168,6 @@ func every(ctx context.Context, interval time.Duration, fn func()) error {
 	}
 }
 
-// evictLoop flushes access times every minute, and checks the quota and
-// the retention every --evict-interval, or at once when a write found the
-// disk full.
-func evictLoop(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, pressure <-chan struct{}, ops *opsMetrics) error {
-	flush := time.NewTicker(time.Minute)
-	defer flush.Stop()
-	check := time.NewTicker(max(cfg.evictInterval, time.Second))
-	defer check.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-flush.C:
-			if err := store.FlushAccess(); err != nil {
-				log.Warn("recording access times", "err", err)
-			}
-			continue
-		case <-pressure:
-		case <-check.C:
-		}
-		if size, err := store.Size(); err == nil {
-			ops.storeBytes.Set(float64(size))
-		}
-		if cfg.maxSize == 0 && cfg.retention == 0 {
-			continue
-		}
-		rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention,
-			Mirrored: policy.HasRegistryPrefix, GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
-		if err != nil {
-			log.Error("eviction", "err", err)
-		} else if len(rep.Tags) > 0 {
-			ops.evicted.Add(float64(len(rep.Tags)))
-			ops.gcFreed.Add(float64(max(0, rep.Freed))) // counters must never decrease
-			ops.storeBytes.Set(float64(rep.Now))
-			log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
-				"size", rep.Now, "quota", cfg.maxSize)
-		}
-	}
-}
-
 // parseSize reads "123", "50G", "512M" (powers of 1024) or "80%" of the
 // filesystem holding dir.
 func parseSize(s, dir string) (int64, error) {
@@ -326,9 +286,6 @@ func (s *slowClients) wrap(h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
-
-// valueLogGCInterval is how often Badger's value log is compacted.
-const valueLogGCInterval = 10 * time.Minute
 
 // serve runs the registry until SIGTERM or SIGINT, then stops accepting,
 // lets in-flight requests finish (up to the shutdown timeout) and closes
@@ -484,40 +441,8 @@ func serve(parent context.Context, cfg serveConfig) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	g.Go(func() error {
-		return every(gctx, min(cfg.cache.UploadTTL/4+time.Second, 10*time.Minute), func() {
-			if n, err := store.ExpireUploads(time.Now()); err != nil {
-				log.Warn("expiring upload sessions", "err", err)
-			} else if n > 0 {
-				log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
-			}
-		})
-	})
-	g.Go(func() error { return evictLoop(gctx, store, cfg, log, pressure, ops) })
+	g.Go(func() error { return upkeep(gctx, store, cfg, log, pressure, ops) })
 	g.Go(func() error { return every(gctx, time.Minute, reg.Sample) })
-	if cfg.gcInterval > 0 {
-		g.Go(func() error {
-			return every(gctx, cfg.gcInterval, func() {
-				start := time.Now()
-				rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
-				if err != nil {
-					log.Error("garbage collection", "err", err)
-					return
-				}
-				ops.gcRuns.Inc()
-				ops.gcFreed.Add(float64(max(0, rep.Bytes)))
-				log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
-					"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
-			})
-		})
-	}
-	g.Go(func() error {
-		return every(gctx, valueLogGCInterval, func() {
-			if err := store.RunValueLogGC(); err != nil {
-				log.Warn("index value-log GC", "err", err)
-			}
-		})
-	})
 	err = g.Wait()
 	log.Info("wharf stopped")
 	return err

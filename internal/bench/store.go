@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -16,7 +17,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
-	"github.com/wharf-registry/wharf/policy"
 )
 
 var (
@@ -82,7 +82,7 @@ func runStore(tmp, bin string) error {
 	defer st.Close()
 	size, _ := st.Size()
 	t2 := time.Now()
-	rep, err := st.Evict(cache.EvictOptions{MaxBytes: int64(float64(size) / 0.96), Mirrored: policy.HasRegistryPrefix,
+	rep, err := st.Evict(cache.EvictOptions{MaxBytes: int64(float64(size) / 0.96),
 		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour), MirroredGrace: time.Minute}})
 	if err != nil {
 		return err
@@ -100,25 +100,52 @@ func seedStore(dir string, blobs, tags int) error {
 		return err
 	}
 	defer st.Close()
+	fills := st.NewFills(cache.FillsOptions{})
+	defer fills.Close()
 	per := max(1, blobs/tags)
 	for i := 0; i < tags; i++ {
-		repo := fmt.Sprintf("bench/r%d", i%1000)
-		if i%2 == 1 {
+		repo, mirrored := fmt.Sprintf("bench/r%d", i%1000), i%2 == 1
+		if mirrored {
 			repo = fmt.Sprintf("docker.io/bench/r%d", i%1000)
 		}
 		var layers []map[string]any
 		for j := 0; j < per; j++ {
 			b := []byte(fmt.Sprintf("blob %d-%d", i, j))
 			d := digest.FromBytes(b)
-			if err := st.PutBlob(repo, d, int64(len(b)), bytes.NewReader(b)); err != nil {
+			if !mirrored {
+				if err := st.PutBlob(repo, d, int64(len(b)), bytes.NewReader(b)); err != nil {
+					return err
+				}
+			} else if err := mirrorBlob(fills, repo, d, b); err != nil {
 				return err
 			}
 			layers = append(layers, map[string]any{"mediaType": "application/octet-stream", "digest": d, "size": len(b)})
 		}
 		m, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": cache.MediaTypeOCIManifest, "config": layers[0], "layers": layers[1:]})
-		if _, err := st.PutManifest(repo, "", []string{fmt.Sprintf("t%d", i/1000)}, cache.MediaTypeOCIManifest, m); err != nil {
+		tag := fmt.Sprintf("t%d", i/1000)
+		var err error
+		if mirrored {
+			_, err = st.PutMirroredManifest(repo, "docker.io", digest.FromBytes(m), tag, cache.MediaTypeOCIManifest, m, time.Now())
+		} else {
+			_, err = st.PutManifest(repo, "", []string{tag}, cache.MediaTypeOCIManifest, m)
+		}
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// mirrorBlob stores b as a blob mirrored from docker.io, the way the
+// pull-through mirror does (through the store's download coordinator).
+func mirrorBlob(fills *cache.Fills, repo string, d digest.Digest, b []byte) error {
+	src := cache.BlobSource{Open: func(context.Context, int64) (io.ReadCloser, int64, error) {
+		return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
+	}}
+	rd, _, err := fills.Get(context.Background(), repo, cache.MirroredFrom("docker.io"), d, src)
+	if err != nil || rd == nil {
+		return err
+	}
+	defer rd.Close()
+	return rd.Wait(context.Background())
 }

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// valueLogGCInterval is how often Badger's value log is compacted.
+const valueLogGCInterval = 10 * time.Minute
+
+// upkeep is the store's maintenance, one job at a time so that no two of
+// them compete for the content locks or the index: access times flushed
+// every minute; the quota and retention checked every --evict-interval, and
+// at once when a write found the disk full; garbage collection every
+// --gc-interval; idle upload sessions expired; Badger's value log
+// compacted. A job that is due while another runs waits for it.
+func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, pressure <-chan struct{}, ops *opsMetrics) error {
+	ticker := func(d time.Duration) (<-chan time.Time, func()) {
+		if d <= 0 {
+			return nil, func() {}
+		}
+		t := time.NewTicker(d)
+		return t.C, t.Stop
+	}
+	flush, stop1 := ticker(time.Minute)
+	defer stop1()
+	check, stop2 := ticker(max(cfg.evictInterval, time.Second))
+	defer stop2()
+	gc, stop3 := ticker(cfg.gcInterval)
+	defer stop3()
+	expire, stop4 := ticker(min(cfg.cache.UploadTTL/4+time.Second, 10*time.Minute))
+	defer stop4()
+	vlog, stop5 := ticker(valueLogGCInterval)
+	defer stop5()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-flush:
+			if err := store.FlushAccess(); err != nil {
+				log.Warn("recording access times", "err", err)
+			}
+		case <-pressure:
+			evictOnce(store, cfg, log, ops)
+		case <-check:
+			evictOnce(store, cfg, log, ops)
+		case <-gc:
+			collect(store, cfg, log, ops)
+		case <-expire:
+			if n, err := store.ExpireUploads(time.Now()); err != nil {
+				log.Warn("expiring upload sessions", "err", err)
+			} else if n > 0 {
+				log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
+			}
+		case <-vlog:
+			if err := store.RunValueLogGC(); err != nil {
+				log.Warn("index value-log GC", "err", err)
+			}
+		}
+	}
+}
+
+// evictOnce checks the quota and the retention and evicts what they ask.
+func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
+	if size, err := store.Size(); err == nil {
+		ops.storeBytes.Set(float64(size))
+	}
+	if cfg.maxSize == 0 && cfg.retention == 0 {
+		return
+	}
+	rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention,
+		GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
+	if err != nil {
+		log.Error("eviction", "err", err)
+	} else if len(rep.Tags) > 0 {
+		ops.evicted.Add(float64(len(rep.Tags)))
+		ops.gcFreed.Add(float64(max(0, rep.Freed))) // counters must never decrease
+		ops.storeBytes.Set(float64(rep.Now))
+		log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
+			"size", rep.Now, "quota", cfg.maxSize)
+	}
+}
+
+// collect runs one scheduled garbage collection.
+func collect(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
+	start := time.Now()
+	rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
+	if err != nil {
+		log.Error("garbage collection", "err", err)
+		return
+	}
+	ops.gcRuns.Inc()
+	ops.gcFreed.Add(float64(max(0, rep.Bytes)))
+	log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
+		"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
+}

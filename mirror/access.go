@@ -1,0 +1,62 @@
+package mirror
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/wharf-registry/wharf/policy"
+	"github.com/wharf-registry/wharf/upstream"
+)
+
+// authorize decides, once per request, whether the caller may do q.action
+// on q.repo: nil, 401 UNAUTHORIZED (anonymous: sign in) or 403 DENIED,
+// with an audit record for a refusal. anonymous-mirror-pull applies only
+// when q.repo is a mirrored copy by its recorded origin.
+func (reg *Registry) authorize(r *http.Request, q *request) error {
+	if q.repo == "" { // /v2/ and the catalog decide for themselves
+		return nil
+	}
+	if q.action != policy.Pull {
+		if err := reg.checkPush(r, q); err != nil {
+			return err
+		}
+	}
+	c := callerOf(r)
+	if reg.policy().Allowed(c.Subject, q.repo, q.action, q.mirrored) {
+		return nil
+	}
+	reg.audit(r, "denied", slog.String("repo", q.repo), slog.String("action", string(q.action)))
+	if c.User == "" {
+		return unauthorized(r, q.repo, q.action)
+	}
+	return apiErr(codeDenied, "%s may not %s %s", c.User, q.action, q.repo)
+}
+
+// checkPush refuses, with the mirror on, writes that would overwrite or
+// shadow mirrored content: ?ns= requests, names that name another registry
+// or Docker Hub's library/ namespace, and names whose mirrored copy holds
+// content (by its recorded origin) — unless a rule explicitly grants the
+// caller that action on that name.
+func (reg *Registry) checkPush(r *http.Request, q *request) error {
+	if reg.pull == nil {
+		return nil
+	}
+	var why string
+	t := policy.Mirror(q.name, "")
+	switch {
+	case q.ns != "" || t.Named:
+		why = "names another registry's content"
+	case strings.HasPrefix(t.Remote, "library/") && t.Registry == upstream.DockerHub:
+		why = "is in Docker Hub's library/ namespace"
+	default:
+		if o, ok := reg.store.Origin(t.Local); ok && o.Mirrored() {
+			why = "holds content " + o.String()
+		}
+	}
+	if why == "" || (q.ns == "" && reg.policy().Explicit(callerOf(r).Subject, q.name, q.action)) {
+		return nil
+	}
+	reg.audit(r, "denied", slog.String("repo", q.name), slog.String("action", string(q.action)), slog.String("reason", "mirrored name"))
+	return apiErr(codeDenied, "%s %s; a push may not shadow it unless a rule allows it", q.name, why)
+}

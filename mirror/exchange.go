@@ -1,0 +1,181 @@
+package mirror
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// exchange is the bookkeeping of one request: every exit of ServeHTTP goes
+// through its finish, once (access log, metrics, recent errors, the
+// storage-full hook).
+type exchange struct {
+	w     *statusWriter
+	r     *http.Request
+	start time.Time
+	label string    // route label for metrics: "manifest", "health", "token", ...
+	kind  routeKind // for the error mapping
+	repo  string
+	err   error
+}
+
+// ServeHTTP authenticates, routes, resolves and authorizes the request
+// once, calls the one handler the route table names, and writes errors.
+func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := &exchange{w: &statusWriter{ResponseWriter: w}, r: r, start: time.Now(), label: "unknown"}
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				reg.finish(x)
+				panic(p)
+			}
+			reg.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+			x.err = fmt.Errorf("panic: %v", p)
+			if x.w.status == 0 {
+				writeError(x.w, apiErr(codeUnknown, "internal error"), x.kind)
+			}
+		}
+		reg.finish(x)
+	}()
+	x.r = reg.authenticate(r)
+	if x.err = reg.dispatch(x); x.err != nil && x.w.status == 0 {
+		writeError(x.w, x.err, x.kind)
+	}
+}
+
+func (reg *Registry) dispatch(x *exchange) error {
+	w, r := x.w, x.r
+	switch r.URL.Path {
+	case "/healthz", "/readyz":
+		x.label = "health"
+		return reg.health(w, r)
+	case "/":
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			x.label = "status"
+			reg.status(w, r)
+			return nil
+		}
+	case "/token":
+		if reg.authRequired() {
+			x.label = "token"
+			reg.serveToken(w, r)
+			return nil
+		}
+	}
+	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	rt, err := parseRoute(r.URL.Path)
+	if err != nil {
+		return err
+	}
+	x.label, x.kind = rt.kind.String(), rt.kind
+	q := reg.resolve(r, rt)
+	x.repo = q.repo
+	h := reg.handler(rt.kind, r.Method, q.mirrored)
+	if h == nil {
+		return apiErr(codeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)
+	}
+	if err := reg.authorize(r, q); err != nil {
+		return err
+	}
+	if (rt.kind == routeUpload || rt.kind == routeUploads) && (r.Method == http.MethodPatch || r.Method == http.MethodPut || r.Method == http.MethodPost) {
+		release, err := reg.uploads.acquire(r)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
+	if q.ns != "" && q.mirrored {
+		w.Header().Set("OCI-Namespace", q.ns)
+	}
+	return h(w, r, q)
+}
+
+// finish logs and counts one request.
+func (reg *Registry) finish(x *exchange) {
+	r, err, took := x.r, x.err, time.Since(x.start)
+	status := x.w.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	if err != nil && errors.Is(err, cache.ErrStorageFull) && reg.opts.OnStorageFull != nil {
+		reg.opts.OnStorageFull()
+	}
+	if m := reg.opts.Metrics; m != nil {
+		m.Requests.WithLabelValues(x.label, r.Method, strconv.Itoa(status)).Inc()
+		m.Duration.WithLabelValues(x.label).Observe(took.Seconds())
+	}
+	level := slog.LevelDebug
+	switch {
+	case status >= 500:
+		level = slog.LevelError
+		msg := fmt.Sprintf("%d %s %s", status, r.Method, r.URL.Path)
+		if err != nil {
+			msg += ": " + err.Error()
+		}
+		reg.book.noteError(msg)
+	case status >= 400 || isWrite(r.Method):
+		level = slog.LevelInfo
+	}
+	if !reg.log.Enabled(r.Context(), level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", status),
+		slog.Int64("bytes", x.w.n), slog.Duration("took", took), slog.String("remote", r.RemoteAddr),
+	}
+	if x.repo != "" {
+		attrs = append(attrs, slog.String("repo", x.repo))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	reg.log.LogAttrs(r.Context(), level, "request", attrs...)
+}
+
+// statusWriter records the status and body size. It keeps ReadFrom so that
+// blob bodies still go out with sendfile.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) ReadFrom(src io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(w.ResponseWriter, src)
+	}
+	w.n += n
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

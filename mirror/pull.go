@@ -1,0 +1,209 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
+	"github.com/wharf-registry/wharf/upstream"
+)
+
+// Upstream is what the pull-through mirror needs from upstream registries;
+// *upstream.Client provides it.
+type Upstream interface {
+	Allowed(registry string) bool
+	Resolve(ctx context.Context, registry, repo, ref string) (upstream.Descriptor, error)
+	Manifest(ctx context.Context, registry, repo string, desc upstream.Descriptor, maxSize int64) ([]byte, error)
+	Blob(ctx context.Context, registry, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error)
+	HasBlob(ctx context.Context, registry, repo string, d digest.Digest) error
+}
+
+var _ Upstream = (*upstream.Client)(nil)
+
+// puller is the pull-through mirror: it answers reads of mirrored
+// repositories from the cache and fills the cache from upstream on a miss.
+// Blob downloads are the store's (cache.Fills); the puller tells them where
+// the bytes come from.
+type puller struct {
+	reg   *Registry
+	store *cache.Store
+	up    Upstream
+	opts  Options
+	fills *cache.Fills
+
+	manifests singleflight.Group // one upstream manifest fetch per repo and reference
+
+	bg     context.Context // owned by no client; cancelled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newPuller(reg *Registry) *puller {
+	o := &reg.opts
+	if o.TagTTL <= 0 {
+		o.TagTTL = 10 * time.Minute
+	}
+	if o.PrefetchParallel == 0 {
+		o.PrefetchParallel = 8
+	}
+	p := &puller{reg: reg, store: reg.store, up: o.Upstream, opts: *o}
+	p.fills = reg.store.NewFills(cache.FillsOptions{Timeout: o.FillTimeout, Logger: reg.log, Done: p.fillDone})
+	p.bg, p.cancel = context.WithCancel(context.Background())
+	return p
+}
+
+func (p *puller) close() {
+	p.cancel()
+	p.wg.Wait()
+	p.fills.Close()
+}
+
+// allowed refuses registries that are not configured upstreams.
+func (p *puller) allowed(q *request) error {
+	if !p.up.Allowed(q.target.Registry) {
+		return fmt.Errorf("%s: %w", q.target.Registry, upstream.ErrNotAllowed)
+	}
+	return nil
+}
+
+// manifest serves GET and HEAD of a mirrored manifest.
+func (p *puller) manifest(w http.ResponseWriter, r *http.Request, q *request) error {
+	if err := p.allowed(q); err != nil {
+		return err
+	}
+	m, err := p.lookup(r.Context(), q.target, q.ref)
+	if err != nil {
+		return err
+	}
+	return writeManifest(w, r, m)
+}
+
+// lookup returns manifest ref of mirrored repository t: from the cache
+// while fresh (tags) or forever (digests), revalidated with a HEAD when a
+// tag is older than the TTL, fetched on a miss. When upstream cannot be
+// reached, cached tags are served however old.
+func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*cache.Manifest, error) {
+	p.store.Touch(t.Local, ref.String()) // for LRU eviction: a map update, flushed in batches
+	if ref.isDigest() {
+		if m, err := p.store.GetManifest(t.Local, ref.String()); err == nil || !errors.Is(err, cache.ErrManifestUnknown) {
+			if err == nil {
+				p.opts.Metrics.cache("manifest", "hit")
+			}
+			return m, err
+		}
+		if p.opts.Offline {
+			return nil, cache.ErrManifestUnknown
+		}
+		return p.fetchManifest(ctx, t, ref, upstream.Descriptor{Digest: ref.digest})
+	}
+	d, checked, err := p.store.TagInfo(t.Local, ref.tag)
+	if errors.Is(err, cache.ErrManifestUnknown) {
+		if p.opts.Offline {
+			return nil, err
+		}
+		return p.fetchManifest(ctx, t, ref, upstream.Descriptor{})
+	} else if err != nil {
+		return nil, err
+	}
+	if p.opts.Offline || time.Since(checked) < p.opts.TagTTL {
+		p.opts.Metrics.cache("manifest", "hit")
+		return p.store.GetManifest(t.Local, d.String())
+	}
+	desc, err := p.resolveOnce(ctx, t, ref.tag)
+	switch {
+	case err == nil && desc.Digest == d:
+		if err := p.store.TouchTag(t.Local, t.Registry, ref.tag, d, time.Now()); err != nil {
+			return nil, err
+		}
+		p.opts.Metrics.cache("manifest", "hit")
+		return p.store.GetManifest(t.Local, d.String())
+	case err == nil:
+		return p.fetchManifest(ctx, t, ref, desc)
+	case errors.Is(err, upstream.ErrNotFound):
+		return nil, err
+	}
+	p.reg.log.Warn("upstream unreachable: serving the cached tag", "repo", t.Local, "tag", ref.tag, "checked", checked, "err", err)
+	p.opts.Metrics.cache("manifest", "hit")
+	return p.store.GetManifest(t.Local, d.String())
+}
+
+// resolveOnce revalidates a tag with one HEAD however many clients ask.
+func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string) (upstream.Descriptor, error) {
+	ch := p.manifests.DoChan("HEAD "+t.Local+":"+tag, func() (any, error) {
+		hctx, cancel := context.WithTimeout(p.bg, time.Minute)
+		defer cancel()
+		start := time.Now()
+		desc, err := p.up.Resolve(hctx, t.Registry, t.Remote, tag)
+		p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
+		return desc, err
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return upstream.Descriptor{}, res.Err
+		}
+		return res.Val.(upstream.Descriptor), nil
+	case <-ctx.Done():
+		return upstream.Descriptor{}, ctx.Err()
+	}
+}
+
+// fetchManifest downloads ref once however many clients ask (the flight
+// runs on a context no client owns), stores it and starts prefetching its
+// blobs. desc is what is already known of it.
+func (p *puller) fetchManifest(ctx context.Context, t policy.Target, ref reference, desc upstream.Descriptor) (*cache.Manifest, error) {
+	ch := p.manifests.DoChan(t.Local+"@"+ref.String(), func() (any, error) {
+		fctx, cancel := context.WithTimeout(p.bg, 2*time.Minute)
+		defer cancel()
+		if desc.MediaType == "" {
+			var err error
+			start := time.Now()
+			desc, err = p.up.Resolve(fctx, t.Registry, t.Remote, ref.String())
+			p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
+			if err != nil {
+				return nil, err
+			}
+		}
+		if ref.isDigest() && desc.Digest != ref.digest {
+			return nil, fmt.Errorf("%w: asked for %s, upstream resolved %s", upstream.ErrInvalid, ref, desc.Digest)
+		}
+		start := time.Now()
+		body, err := p.up.Manifest(fctx, t.Registry, t.Remote, desc, cache.MaxManifestSize)
+		p.opts.Metrics.upstream(t.Registry, "manifest", err, time.Since(start).Seconds())
+		if err != nil {
+			return nil, err
+		}
+		m, err := p.store.PutMirroredManifest(t.Local, t.Registry, desc.Digest, ref.tag, desc.MediaType, body, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		if !cache.IsIndex(m.MediaType) {
+			p.prefetch(t, m.Refs)
+		} else if len(p.opts.PrefetchPlatforms) > 0 {
+			p.prefetchPlatforms(t, body)
+		}
+		return m, nil
+	})
+	p.opts.Metrics.cache("manifest", "miss")
+	select {
+	case res := <-ch:
+		if res.Shared {
+			p.opts.Metrics.coalesced()
+		}
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*cache.Manifest), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

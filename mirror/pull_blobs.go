@@ -1,0 +1,245 @@
+package mirror
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// blob serves a mirrored blob: from the cache, or streamed from the
+// store's download in flight, which this request starts if none is.
+func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error {
+	if _, err := p.store.StatBlob(q.repo, q.digest); err == nil || p.opts.Offline {
+		p.opts.Metrics.cache("blob", "hit")
+		return p.reg.getBlob(w, r, q)
+	}
+	if err := p.allowed(q); err != nil {
+		return err
+	}
+	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, p.source(q.target, q.digest))
+	if err != nil {
+		return err
+	}
+	if rd == nil { // held, or committed meanwhile
+		p.opts.Metrics.cache("blob", "hit")
+		return p.reg.getBlob(w, r, q)
+	}
+	defer rd.Close()
+	if shared {
+		p.opts.Metrics.coalesced()
+	}
+	p.opts.Metrics.cache("blob", "miss")
+	size, err := rd.Size(r.Context())
+	if err != nil {
+		return err
+	}
+	start, n, partial, ok := singleRange(r.Header.Get("Range"), size)
+	if !ok { // several or unsatisfiable ranges: let the cached copy answer
+		if err := rd.Wait(r.Context()); err != nil {
+			return err
+		}
+		return p.reg.getBlob(w, r, q)
+	}
+	h := w.Header()
+	setBlobHeaders(h, q.digest)
+	h.Set("Content-Length", strconv.FormatInt(n, 10))
+	status := http.StatusOK
+	if partial {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+n-1, size))
+		status = http.StatusPartialContent
+	}
+	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
+		return nil
+	}
+	rd.Limit(start, n)
+	w.WriteHeader(status)
+	bp := blobBufs.Get().(*[]byte)
+	defer blobBufs.Put(bp)
+	sent, err := io.CopyBuffer(struct{ io.Writer }{w}, rd, *bp)
+	if m := p.opts.Metrics; m != nil {
+		m.BytesServed.WithLabelValues("upstream").Add(float64(sent))
+	}
+	if err != nil {
+		// Headers promised the whole body: cut the connection so the client
+		// sees a failed transfer, never a complete but wrong one.
+		p.reg.log.Warn("mirrored blob transfer aborted", "repo", q.repo, "digest", q.digest, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// probeBlob answers HEAD of a mirrored blob. Push clients probe a new
+// repository's blobs with HEAD before uploading (pulls use GET; containerd
+// sends ?ns=): unless the request named its registry, such a HEAD is
+// answered from what is here and never goes upstream.
+func (p *puller) probeBlob(w http.ResponseWriter, r *http.Request, q *request) error {
+	if q.target.Named {
+		return p.blob(w, r, q)
+	}
+	return p.reg.getBlob(w, r, q)
+}
+
+// source tells the store's download where blob d of t comes from: a GET
+// (resumed at an offset after a failure), and a HEAD confirming that t has
+// it when the bytes are already here for another repository.
+func (p *puller) source(t policy.Target, d digest.Digest) cache.BlobSource {
+	return cache.BlobSource{
+		Open: func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+			start := time.Now()
+			rc, size, err := p.up.Blob(ctx, t.Registry, t.Remote, d)
+			p.opts.Metrics.upstream(t.Registry, "blob", err, time.Since(start).Seconds())
+			if err != nil {
+				return nil, 0, err
+			}
+			if offset > 0 {
+				if _, err := rc.Seek(offset, io.SeekStart); err != nil {
+					rc.Close()
+					return nil, 0, err
+				}
+			}
+			return countingReader{rc, p.opts.Metrics}, size, nil
+		},
+		Confirm: func(ctx context.Context) error {
+			return p.up.HasBlob(ctx, t.Registry, t.Remote, d)
+		},
+	}
+}
+
+// countingReader counts upstream bytes for the metrics.
+type countingReader struct {
+	io.ReadCloser
+	m *Metrics
+}
+
+func (c countingReader) Read(b []byte) (int, error) {
+	n, err := c.ReadCloser.Read(b)
+	if c.m != nil && n > 0 {
+		c.m.UpstreamBytes.Add(float64(n))
+	}
+	return n, err
+}
+
+// fillDone logs and counts the end of a download.
+func (p *puller) fillDone(d digest.Digest, repos []string, written int64, took time.Duration, err error) {
+	switch {
+	case errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeInvalid):
+		p.opts.Metrics.digestFailed()
+		p.reg.log.Error("upstream sent a corrupt blob: discarded, nothing cached", "repos", repos, "digest", d, "err", err)
+	case err != nil:
+		p.reg.log.Warn("blob download from upstream failed", "repos", repos, "digest", d, "err", err)
+	default:
+		p.reg.log.Debug("blob cached from upstream", "repos", repos, "digest", d, "bytes", written, "took", took)
+	}
+}
+
+// prefetch downloads a manifest's blobs ahead of the client, a few at a
+// time; the upstream client's semaphore bounds connections overall.
+func (p *puller) prefetch(t policy.Target, blobs []digest.Digest) {
+	if p.opts.PrefetchParallel < 0 {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		var g errgroup.Group
+		g.SetLimit(p.opts.PrefetchParallel)
+		for _, d := range blobs {
+			g.Go(func() error {
+				if _, err := p.store.StatBlob(t.Local, d); err == nil {
+					return nil
+				}
+				rd, shared, err := p.fills.Get(p.bg, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d))
+				if err != nil || rd == nil {
+					return nil
+				}
+				if !shared {
+					p.opts.Metrics.prefetched()
+				}
+				rd.Wait(p.bg)
+				rd.Close()
+				return nil
+			})
+		}
+		g.Wait()
+	}()
+}
+
+// singleRange parses a Range header with one range against size. ok is
+// false for several ranges or an unsatisfiable one.
+func singleRange(h string, size int64) (start, n int64, partial, ok bool) {
+	if h == "" {
+		return 0, size, false, true
+	}
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found || strings.Contains(spec, ",") || size == 0 { // nothing in an empty blob is satisfiable
+		return 0, 0, false, false
+	}
+	a, b, _ := strings.Cut(spec, "-")
+	switch {
+	case a == "": // suffix: the last b bytes
+		k, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || k <= 0 {
+			return 0, 0, false, false
+		}
+		k = min(k, size)
+		return size - k, k, true, true
+	default:
+		s, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || s >= size {
+			return 0, 0, false, false
+		}
+		e := size - 1
+		if b != "" {
+			if e, err = strconv.ParseInt(b, 10, 64); err != nil || e < s {
+				return 0, 0, false, false
+			}
+			e = min(e, size-1)
+		}
+		return s, e - s + 1, true, true
+	}
+}
+
+// prefetchPlatforms fetches the manifests (and so the blobs) of an index's
+// entries for the configured platforms.
+func (p *puller) prefetchPlatforms(t policy.Target, index []byte) {
+	var idx struct {
+		Manifests []struct {
+			Digest   digest.Digest
+			Platform struct {
+				OS           string `json:"os"`
+				Architecture string `json:"architecture"`
+				Variant      string `json:"variant"`
+			}
+		}
+	}
+	if json.Unmarshal(index, &idx) != nil {
+		return
+	}
+	for _, m := range idx.Manifests {
+		plat := m.Platform.OS + "/" + m.Platform.Architecture
+		if !slices.Contains(p.opts.PrefetchPlatforms, plat) && !slices.Contains(p.opts.PrefetchPlatforms, plat+"/"+m.Platform.Variant) {
+			continue
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if _, err := p.lookup(p.bg, t, reference{digest: m.Digest}); err != nil {
+				p.reg.log.Warn("platform prefetch failed", "repo", t.Local, "digest", m.Digest, "err", err)
+			}
+		}()
+	}
+}

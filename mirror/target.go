@@ -1,0 +1,66 @@
+package mirror
+
+import (
+	"net/http"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// request is one API request after routing, resolution and authorization:
+// what it asks for, and which repository of the store answers it.
+type request struct {
+	route
+	action   policy.Action
+	ns       string // ?ns=: the registry a containerd mirror request is for
+	repo     string // the store repository read or written
+	mirrored bool   // repo is a mirrored copy: reads may go upstream
+	target   policy.Target
+}
+
+// resolve decides, once per request, which repository of the store answers
+// it, from the origins the store recorded (never from the shape of the
+// name). Writes always go to the name as requested. A read goes to:
+//   - the name itself when that repository holds pushed content (a pushed
+//     image wins, whatever its name looks like);
+//   - otherwise, with the mirror on, the mirrored copy the name maps to
+//     (policy.Mirror: ?ns=, a registry host as first component, or Docker
+//     Hub) — unless content was pushed into that copy's name, which is
+//     then served as pushed and never fetched;
+//   - otherwise the name itself.
+func (reg *Registry) resolve(r *http.Request, rt route) *request {
+	q := &request{route: rt, action: actionOf(rt, r.Method), ns: r.URL.Query().Get("ns"), repo: rt.name}
+	if rt.name == "" || q.action != policy.Pull || reg.pull == nil {
+		return q
+	}
+	if o, ok := reg.store.Origin(rt.name); ok && !o.Mirrored() && q.ns == "" {
+		return q
+	}
+	q.target = policy.Mirror(rt.name, q.ns)
+	if o, ok := reg.store.Origin(q.target.Local); ok && !o.Mirrored() {
+		q.repo = q.target.Local
+		return q
+	}
+	q.repo, q.mirrored = q.target.Local, true
+	return q
+}
+
+// origin is the recorded origin of a repository for listings and access
+// decisions; a repository never written counts as pushed (private).
+func (reg *Registry) origin(repo string) cache.Origin {
+	o, _ := reg.store.Origin(repo)
+	return o
+}
+
+// actionOf is what a request does: pull, push or delete.
+func actionOf(rt route, method string) policy.Action {
+	switch {
+	case method == http.MethodDelete && rt.kind != routeUpload:
+		return policy.Delete
+	case isWrite(method) || rt.kind == routeUpload || rt.kind == routeUploads:
+		return policy.Push
+	}
+	return policy.Pull
+}
+
+func isWrite(method string) bool { return method != http.MethodGet && method != http.MethodHead }
