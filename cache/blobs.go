@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -36,6 +37,20 @@ type Blobs interface {
 	Ingests() ([]string, error)
 	// Delete removes committed content; a missing one is not an error.
 	Delete(d digest.Digest) error
+	// Walk calls fn for every piece of committed content (and for every
+	// stray entry, with an empty Digest), in no particular order.
+	Walk(fn func(BlobInfo) error) error
+	// Quarantine moves committed content d aside, out of reach of Open,
+	// for an operator to inspect.
+	Quarantine(d digest.Digest) error
+}
+
+// BlobInfo describes one entry of a blob store's committed content.
+type BlobInfo struct {
+	Digest  digest.Digest // empty for an entry whose name is no digest
+	Name    string        // where it is, for messages
+	Size    int64
+	ModTime time.Time
 }
 
 // ReadAtCloser reads an ingest file sequentially or at offsets.
@@ -223,6 +238,39 @@ func (f *FileBlobs) Ingests() ([]string, error) {
 		ids = append(ids, e.Name())
 	}
 	return ids, nil
+}
+
+// Walk lists blobs/<alg>/<xx>/<hex>.
+func (f *FileBlobs) Walk(fn func(BlobInfo) error) error {
+	return filepath.WalkDir(filepath.Join(f.root, "blobs"), func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed while walking
+		} else if err != nil {
+			return err
+		}
+		alg := filepath.Base(filepath.Dir(filepath.Dir(p)))
+		d := digest.NewDigestFromEncoded(digest.Algorithm(alg), e.Name())
+		if ValidateDigest(d) != nil || f.Path(d) != p {
+			d = ""
+		}
+		return fn(BlobInfo{Digest: d, Name: p, Size: info.Size(), ModTime: info.ModTime()})
+	})
+}
+
+// Quarantine moves d to <root>/quarantine/<alg>-<hex>.
+func (f *FileBlobs) Quarantine(d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return ErrDigestInvalid
+	}
+	q := filepath.Join(f.root, "quarantine", string(d.Algorithm())+"-"+d.Encoded())
+	if err := os.MkdirAll(filepath.Dir(q), 0o750); err != nil {
+		return err
+	}
+	return os.Rename(f.Path(d), q)
 }
 
 func (f *FileBlobs) Delete(d digest.Digest) error {

@@ -88,7 +88,8 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 	if err := ValidateDigest(d); err != nil {
 		return nil, false, err
 	}
-	for attempt := 0; attempt < 3; attempt++ {
+	held := true // may the blob already be stored for another repository?
+	for attempt := 0; attempt < 4; attempt++ {
 		fs.mu.Lock()
 		if f := fs.m[d]; f != nil {
 			if containsRepo(f.repos, repo) || src.Confirm == nil {
@@ -117,7 +118,7 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 			fs.mu.Unlock()
 			return nil, false, nil
 		}
-		if _, err := fs.s.blobs.Stat(d); err == nil {
+		if _, err := fs.s.blobs.Stat(d); held && err == nil {
 			fs.mu.Unlock()
 			if src.Confirm != nil {
 				if err := src.Confirm(ctx); err != nil {
@@ -129,7 +130,8 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 			} else if !errors.Is(err, ErrBlobUnknown) {
 				return nil, false, err
 			}
-			continue // collected meanwhile: download it
+			held = false // being collected: download it
+			continue
 		}
 		f, err := fs.s.newFill(repo, o, d)
 		if err != nil {
@@ -143,7 +145,7 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 		fs.mu.Unlock()
 		return rd, false, nil
 	}
-	return nil, false, fmt.Errorf("blob %s: the store changed under three attempts: %w", d, ErrFillAborted)
+	return nil, false, fmt.Errorf("blob %s: the store changed under four attempts: %w", d, ErrFillAborted)
 }
 
 func containsRepo(repos []string, repo string) bool {

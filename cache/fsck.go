@@ -4,9 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
@@ -33,10 +30,6 @@ func (r *FsckReport) Clean() bool { return len(r.Problems) == 0 }
 // manifests); orphan files are removed. Run it with the server stopped.
 func (s *Store) Fsck(repair bool) (FsckReport, error) {
 	var rep FsckReport
-	fb, ok := s.blobs.(*FileBlobs)
-	if !ok {
-		return rep, errors.New("fsck needs the file blob store")
-	}
 	records := map[digest.Digest]int64{}
 	if err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
@@ -51,36 +44,33 @@ func (s *Store) Fsck(repair bool) (FsckReport, error) {
 	}
 	bad := map[digest.Digest]bool{}
 	onDisk := map[digest.Digest]bool{}
-	err := filepath.WalkDir(filepath.Join(fb.root, "blobs"), func(p string, e fs.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		alg := filepath.Base(filepath.Dir(filepath.Dir(p)))
-		d := digest.NewDigestFromEncoded(digest.Algorithm(alg), e.Name())
+	err := s.blobs.Walk(func(b BlobInfo) error {
 		rep.Blobs++
-		if ValidateDigest(d) != nil {
-			rep.Problems = append(rep.Problems, fmt.Sprintf("stray file %s", p))
+		d := b.Digest
+		if d == "" {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("stray file %s", b.Name))
 			return nil
 		}
 		onDisk[d] = true
-		f, err := os.Open(p)
+		rc, _, err := s.blobs.Open(d)
+		if errors.Is(err, ErrBlobUnknown) {
+			return nil // removed while walking
+		} else if err != nil {
+			return err
+		}
+		got, err := d.Algorithm().FromReader(rc)
+		rc.Close()
 		if err != nil {
 			return err
 		}
-		got, err := d.Algorithm().FromReader(f)
-		st, _ := f.Stat()
-		f.Close()
-		if err != nil {
-			return err
-		}
-		rep.Bytes += st.Size()
+		rep.Bytes += b.Size
 		size, recorded := records[d]
 		switch {
 		case got != d:
 			rep.Problems = append(rep.Problems, fmt.Sprintf("corrupt blob %s: content hashes to %s", d, got))
 			bad[d] = true
-		case recorded && size != st.Size():
-			rep.Problems = append(rep.Problems, fmt.Sprintf("blob %s: %d bytes on disk, %d recorded", d, st.Size(), size))
+		case recorded && size != b.Size:
+			rep.Problems = append(rep.Problems, fmt.Sprintf("blob %s: %d bytes on disk, %d recorded", d, b.Size, size))
 			bad[d] = true
 		case !recorded:
 			rep.Orphans++
@@ -109,11 +99,7 @@ func (s *Store) Fsck(repair bool) (FsckReport, error) {
 	}
 	for d := range bad {
 		if onDisk[d] {
-			q := filepath.Join(fb.root, "quarantine", string(d.Algorithm())+"-"+d.Encoded())
-			if err := os.MkdirAll(filepath.Dir(q), 0o750); err != nil {
-				return rep, err
-			}
-			if err := os.Rename(fb.Path(d), q); err != nil {
+			if err := s.blobs.Quarantine(d); err != nil {
 				return rep, err
 			}
 		}

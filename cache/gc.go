@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -466,10 +464,6 @@ func (s *Store) removeUnrecorded(d digest.Digest) error {
 // sweepOrphans removes blob files older than the grace period that the
 // index never recorded (a crash between rename and index commit).
 func (s *Store) sweepOrphans(rep *GCReport, o GCOptions) error {
-	fb, ok := s.blobs.(*FileBlobs)
-	if !ok {
-		return nil
-	}
 	recorded := map[digest.Digest]bool{}
 	s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("b/")})
@@ -479,19 +473,14 @@ func (s *Store) sweepOrphans(rep *GCReport, o GCOptions) error {
 		}
 		return nil
 	})
-	return filepath.WalkDir(filepath.Join(fb.root, "blobs"), func(p string, e fs.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		alg := filepath.Base(filepath.Dir(filepath.Dir(p)))
-		d := digest.NewDigestFromEncoded(digest.Algorithm(alg), e.Name())
-		info, ierr := e.Info()
-		if ValidateDigest(d) != nil || recorded[d] || ierr != nil || o.Now.Sub(info.ModTime()) < o.Grace {
+	return s.blobs.Walk(func(b BlobInfo) error {
+		d := b.Digest
+		if d == "" || recorded[d] || o.Now.Sub(b.ModTime) < o.Grace {
 			return nil
 		}
 		rep.Orphans++
-		rep.Bytes += info.Size()
-		rep.add("orphan file %s (%d bytes, never indexed)", d, info.Size())
+		rep.Bytes += b.Size
+		rep.add("orphan file %s (%d bytes, never indexed)", d, b.Size)
 		if o.DryRun {
 			return nil
 		}

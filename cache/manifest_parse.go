@@ -6,12 +6,13 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Manifest media types Wharf accepts on push.
+// Manifest media types Wharf accepts on push: OCI's, and Docker's schema 2.
 const (
-	MediaTypeOCIManifest    = "application/vnd.oci.image.manifest.v1+json"
-	MediaTypeOCIIndex       = "application/vnd.oci.image.index.v1+json"
+	MediaTypeOCIManifest    = ocispec.MediaTypeImageManifest
+	MediaTypeOCIIndex       = ocispec.MediaTypeImageIndex
 	MediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
 	MediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
@@ -19,15 +20,8 @@ const (
 // MaxManifestSize is the largest manifest accepted (4 MiB, as registry:2).
 const MaxManifestSize = 4 << 20
 
-// Descriptor is an OCI content descriptor, as stored for referrers.
-type Descriptor struct {
-	MediaType    string            `json:"mediaType"`
-	Digest       digest.Digest     `json:"digest"`
-	Size         int64             `json:"size"`
-	URLs         []string          `json:"urls,omitempty"`
-	ArtifactType string            `json:"artifactType,omitempty"`
-	Annotations  map[string]string `json:"annotations,omitempty"`
-}
+// Descriptor is an OCI content descriptor (referrers, index entries).
+type Descriptor = ocispec.Descriptor
 
 type manifestDoc struct {
 	SchemaVersion int               `json:"schemaVersion"`
@@ -48,6 +42,28 @@ type parsedManifest struct {
 	annotations  map[string]string
 	blobs        []digest.Digest // config and layers: must be linked in the repo
 	children     []digest.Digest // index entries: must be manifests in the repo
+	entries      []Descriptor    // index entries, with their platforms
+}
+
+// ManifestInfo is what a manifest references, as ParseManifest reads it.
+type ManifestInfo struct {
+	MediaType string
+	// Blobs are the config and the distributable layers of an image
+	// manifest; Manifests the entries of an index, with their platforms.
+	Blobs     []digest.Digest
+	Manifests []Descriptor
+}
+
+// ParseManifest checks manifest body (of mediaType, or the document's own
+// when empty) and returns what it references: Wharf's one manifest parser,
+// used for pushes, mirrored manifests and prefetching. Errors:
+// ErrManifestInvalid.
+func ParseManifest(mediaType string, body []byte) (*ManifestInfo, error) {
+	p, err := parseManifest(mediaType, body)
+	if err != nil {
+		return nil, err
+	}
+	return &ManifestInfo{MediaType: p.mediaType, Blobs: p.blobs, Manifests: p.entries}, nil
 }
 
 // IsIndex reports whether mediaType is a list of manifests.
@@ -113,6 +129,7 @@ func parseManifest(contentType string, body []byte) (*parsedManifest, error) {
 				return nil, err
 			}
 			p.children = append(p.children, m.Digest)
+			p.entries = append(p.entries, m)
 		}
 	default:
 		return nil, invalidManifest("unsupported manifest media type %q", mt)

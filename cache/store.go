@@ -33,6 +33,10 @@ type Options struct {
 	// NoSync skips every fsync, for bulk loading by tools and benchmarks:
 	// a crash may lose what was written. Never for serving.
 	NoSync bool
+	// Blobs, when set, holds the bytes instead of the files under Dir (a
+	// fault-injecting store in tests; an object store later). The index
+	// stays under Dir.
+	Blobs Blobs
 }
 
 // Store is the content store. It is safe for concurrent use.
@@ -85,11 +89,15 @@ func Open(opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	blobs, err := NewFileBlobs(opts.Dir)
-	if err != nil {
-		return nil, err
+	blobs := opts.Blobs
+	if blobs == nil {
+		fb, err := NewFileBlobs(opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+		fb.noSync = opts.NoSync
+		blobs = fb
 	}
-	blobs.noSync = opts.NoSync
 	lock, err := lockDir(opts.Dir)
 	if err != nil {
 		return nil, err

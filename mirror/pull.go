@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/wharf-registry/wharf/cache"
@@ -39,6 +41,8 @@ type puller struct {
 	up    Upstream
 	opts  Options
 	fills *cache.Fills
+	// platforms are Options.PrefetchPlatforms, matched as containerd does.
+	platforms platforms.MatchComparer
 
 	manifests singleflight.Group // one upstream manifest fetch per repo and reference
 
@@ -55,7 +59,16 @@ func newPuller(reg *Registry) *puller {
 	if o.PrefetchParallel == 0 {
 		o.PrefetchParallel = 8
 	}
-	p := &puller{reg: reg, store: reg.store, up: o.Upstream, opts: *o}
+	p := &puller{reg: reg, store: reg.store, up: o.Upstream, opts: *o, platforms: platforms.Any()}
+	var ps []ocispec.Platform
+	for _, s := range o.PrefetchPlatforms {
+		if pl, err := platforms.Parse(s); err == nil {
+			ps = append(ps, pl)
+		} else {
+			reg.log.Warn("ignoring a prefetch platform", "platform", s, "err", err)
+		}
+	}
+	p.platforms = platforms.Any(ps...)
 	p.fills = reg.store.NewFills(cache.FillsOptions{Timeout: o.FillTimeout, Logger: reg.log, Done: p.fillDone})
 	p.bg, p.cancel = context.WithCancel(context.Background())
 	return p
@@ -189,7 +202,7 @@ func (p *puller) fetchManifest(ctx context.Context, t policy.Target, ref referen
 		if !cache.IsIndex(m.MediaType) {
 			p.prefetch(t, m.Refs)
 		} else if len(p.opts.PrefetchPlatforms) > 0 {
-			p.prefetchPlatforms(t, body)
+			p.prefetchPlatforms(t, m.MediaType, body)
 		}
 		return m, nil
 	})

@@ -2,12 +2,10 @@ package mirror
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -215,23 +213,13 @@ func singleRange(h string, size int64) (start, n int64, partial, ok bool) {
 
 // prefetchPlatforms fetches the manifests (and so the blobs) of an index's
 // entries for the configured platforms.
-func (p *puller) prefetchPlatforms(t policy.Target, index []byte) {
-	var idx struct {
-		Manifests []struct {
-			Digest   digest.Digest
-			Platform struct {
-				OS           string `json:"os"`
-				Architecture string `json:"architecture"`
-				Variant      string `json:"variant"`
-			}
-		}
-	}
-	if json.Unmarshal(index, &idx) != nil {
+func (p *puller) prefetchPlatforms(t policy.Target, mediaType string, index []byte) {
+	info, err := cache.ParseManifest(mediaType, index)
+	if err != nil {
 		return
 	}
-	for _, m := range idx.Manifests {
-		plat := m.Platform.OS + "/" + m.Platform.Architecture
-		if !slices.Contains(p.opts.PrefetchPlatforms, plat) && !slices.Contains(p.opts.PrefetchPlatforms, plat+"/"+m.Platform.Variant) {
+	for _, m := range info.Manifests {
+		if m.Platform == nil || !p.platforms.Match(*m.Platform) {
 			continue
 		}
 		p.wg.Add(1)

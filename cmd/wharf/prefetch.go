@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,10 +13,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -104,58 +106,47 @@ var manifestAccept = strings.Join([]string{
 	"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json",
 }, ", ")
 
-type manifestDoc struct {
-	Config    *struct{ Digest digest.Digest }
-	Layers    []struct{ Digest digest.Digest }
-	Manifests []struct {
-		Digest   digest.Digest
-		Platform struct{ OS, Architecture, Variant string }
-	}
-}
-
-// get fetches path fully into w, verifying the digest when known.
-func (p *prefetcher) get(ctx context.Context, path string, want digest.Digest, w io.Writer) error {
+// get fetches path fully into w, verifying the digest when known, and
+// returns its content type.
+func (p *prefetcher) get(ctx context.Context, path string, want digest.Digest, w io.Writer) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.server+path, nil)
 	if err != nil {
-		return err
+		return "", err
 	}
 	req.Header.Set("Accept", manifestAccept)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("GET %s: %s %s", path, resp.Status, strings.TrimSpace(string(b)))
+		return "", fmt.Errorf("GET %s: %s %s", path, resp.Status, strings.TrimSpace(string(b)))
 	}
 	v := digest.Canonical.Digester()
 	if want != "" {
 		v = want.Algorithm().Digester()
 	}
 	if _, err := io.Copy(io.MultiWriter(w, v.Hash()), resp.Body); err != nil {
-		return err
+		return "", err
 	}
 	if want != "" && v.Digest() != want {
-		return fmt.Errorf("%s: content does not match %s", path, want)
+		return "", fmt.Errorf("%s: content does not match %s", path, want)
 	}
-	return nil
+	return resp.Header.Get("Content-Type"), nil
 }
 
-func (p *prefetcher) manifest(ctx context.Context, path, ref string) (*manifestDoc, error) {
+func (p *prefetcher) manifest(ctx context.Context, path, ref string) (*cache.ManifestInfo, error) {
 	var b strings.Builder
 	want := digest.Digest("")
 	if strings.Contains(ref, ":") {
 		want = digest.Digest(ref)
 	}
-	if err := p.get(ctx, "/v2/"+path+"/manifests/"+ref, want, &b); err != nil {
+	ct, err := p.get(ctx, "/v2/"+path+"/manifests/"+ref, want, &b)
+	if err != nil {
 		return nil, err
 	}
-	var m manifestDoc
-	if err := json.Unmarshal([]byte(b.String()), &m); err != nil {
-		return nil, err
-	}
-	return &m, nil
+	return cache.ParseManifest(ct, []byte(b.String()))
 }
 
 // image pulls one image (the chosen platforms of an index) through Wharf,
@@ -167,13 +158,15 @@ func (p *prefetcher) image(ctx context.Context, img string) error {
 	if err != nil {
 		return err
 	}
-	images := []*manifestDoc{top}
-	if len(top.Manifests) > 0 {
+	images := []*cache.ManifestInfo{top}
+	if cache.IsIndex(top.MediaType) {
 		images = nil
+		match, err := platformMatcher(p.platforms)
+		if err != nil {
+			return err
+		}
 		for _, m := range top.Manifests {
-			plat := m.Platform.OS + "/" + m.Platform.Architecture
-			if !slices.Contains(p.platforms, "all") && !slices.Contains(p.platforms, plat) &&
-				!slices.Contains(p.platforms, plat+"/"+m.Platform.Variant) {
+			if match != nil && (m.Platform == nil || !match.Match(*m.Platform)) {
 				continue
 			}
 			child, err := p.manifest(ctx, path, m.Digest.String())
@@ -188,12 +181,7 @@ func (p *prefetcher) image(ctx context.Context, img string) error {
 	}
 	var blobs []digest.Digest
 	for _, m := range images {
-		if m.Config != nil {
-			blobs = append(blobs, m.Config.Digest)
-		}
-		for _, l := range m.Layers {
-			blobs = append(blobs, l.Digest)
-		}
+		blobs = append(blobs, m.Blobs...)
 	}
 	slices.Sort(blobs)
 	blobs = slices.Compact(blobs)
@@ -215,7 +203,7 @@ func (p *prefetcher) image(ctx context.Context, img string) error {
 	g.SetLimit(p.parallel)
 	for _, d := range blobs {
 		g.Go(func() error {
-			err := p.get(gctx, "/v2/"+path+"/blobs/"+d.String(), d, countWriter{&bytesDone})
+			_, err := p.get(gctx, "/v2/"+path+"/blobs/"+d.String(), d, countWriter{&bytesDone})
 			if err == nil {
 				blobsDone.Add(1)
 			}
@@ -244,4 +232,21 @@ type countWriter struct{ n *atomic.Int64 }
 func (c countWriter) Write(p []byte) (int, error) {
 	c.n.Add(int64(len(p)))
 	return len(p), nil
+}
+
+// platformMatcher matches the --platform values as containerd does; nil
+// for "all".
+func platformMatcher(names []string) (platforms.MatchComparer, error) {
+	var ps []ocispec.Platform
+	for _, n := range names {
+		if n == "all" {
+			return nil, nil
+		}
+		pl, err := platforms.Parse(n)
+		if err != nil {
+			return nil, fmt.Errorf("--platform %q: %w", n, err)
+		}
+		ps = append(ps, pl)
+	}
+	return platforms.Any(ps...), nil
 }

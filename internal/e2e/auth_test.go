@@ -33,7 +33,8 @@ func makeUsers(t *testing.T, users map[string]string, config string) (htpasswd, 
 
 // TestDockerLoginPlainHTTP: docker login, push and pull as a user over
 // plain HTTP (insecure-registries); a wrong password fails cleanly; an
-// anonymous pull of the private repository is refused; and anonymous
+// anonymous push fails within 2 s and an anonymous pull of the private
+// repository is refused; and anonymous
 // registry-mirrors pulls keep working with users configured.
 func TestDockerLoginPlainHTTP(t *testing.T) {
 	hub := fakehub.Start(t)
@@ -65,8 +66,15 @@ func TestDockerLoginPlainHTTP(t *testing.T) {
 	if out, err := runErr(2*time.Minute, d.env(), "docker", "push", poison); err == nil || !strings.Contains(strings.ToLower(out), "denied") {
 		t.Fatalf("alice pushing over library/busybox: %v\n%s", err, out)
 	}
-	d.docker(t, "rmi", ref, poison)
+	// Signed out, a push fails at once with a clear message (docker retries
+	// a 401 without detail for about a minute).
 	d.docker(t, "logout", w.addr)
+	start := time.Now()
+	out, err := runErr(time.Minute, d.env(), "docker", "push", ref)
+	if took := time.Since(start); err == nil || took > 2*time.Second || !strings.Contains(strings.ToLower(out), "authentication required") {
+		t.Fatalf("anonymous push: %v after %s, want a failure within 2 s saying authentication is required\n%s", err, took, out)
+	}
+	d.docker(t, "rmi", ref, poison)
 	if out, err := runErr(time.Minute, d.env(), "docker", "pull", ref); err == nil {
 		t.Fatalf("anonymous pull of a private repository succeeded:\n%s", out)
 	}

@@ -98,7 +98,14 @@ func TestUploadLimitPerClient(t *testing.T) {
 		t.Fatalf("upload after the first ended: %v %v", err, resp.Status)
 	}
 	resp.Body.Close()
-	if !strings.Contains(w.log.String(), "upload refused: concurrency limit") {
-		t.Fatal("no log line for the refused upload")
+	// The refusal is logged (and counted) once, like every request.
+	var refused int
+	for _, line := range strings.Split(w.log.String(), "\n") {
+		if strings.Contains(line, "msg=request") && strings.Contains(line, "status=429") && strings.Contains(line, "TOOMANYREQUESTS") {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("%d log lines for the one refused upload, want 1:\n%s", refused, w.log)
 	}
 }
