@@ -1,7 +1,10 @@
 // Package cache is Wharf's content store: blob files on disk addressed by
-// digest, and a Badger index of what those blobs mean (tags, manifests,
-// repository links, referrers, upload sessions). Hot tag and manifest lookups
-// are answered from in-memory LRUs.
+// digest (behind the small Blobs interface), a Badger index of what those
+// blobs mean (tags, manifests, repository links, referrers, upload sessions,
+// and where each repository's content came from), the downloads of missing
+// blobs (Fills: one per digest, resumed, verified, committed), garbage
+// collection, eviction and fsck. Hot tag and manifest lookups are answered
+// from in-memory LRUs, repository origins from an in-memory map.
 //
 // Everything Wharf keeps lives under one data directory:
 //
@@ -9,24 +12,36 @@
 //	├── blobs/<alg>/<hex[0:2]>/<hex>   committed, verified content (layers,
 //	│                                  configs and manifest bytes alike)
 //	├── ingest/<id>                    bytes being written: an open upload
-//	│                                  session ("up-<uuid>") or a one-shot write
-//	│                                  ("tmp-<uuid>"); renamed into blobs/ only
+//	│                                  session ("up-<uuid>"), a download from
+//	│                                  upstream ("fill-<uuid>") or a one-shot
+//	│                                  write ("tmp-<uuid>"); renamed into blobs/ only
 //	│                                  after the digest matched. At start-up
 //	│                                  every ingest file without a live session
 //	│                                  is removed.
 //	└── index/                         Badger
-//	    ├── b/<digest>                       blob record {size, created}
-//	    ├── l/<repo>\x00<digest>             repo → blob link {size, linked at}
+//	    ├── b/<digest>                       blob record {size}
+//	    ├── o/<repo>                         origin: "pushed" | "mirror:<registry>"
+//	    ├── l/<repo>\x00<digest>             repo → blob link {size, linked at,
+//	    │                                    origin}
 //	    ├── m/<repo>\x00<digest>             repo → manifest {mediaType, size,
-//	    │                                    subject, artifactType, refs}
-//	    ├── t/<repo>\x00<tag>                tag → manifest digest
+//	    │                                    subject, artifactType, refs, pushed
+//	    │                                    at, origin}
+//	    ├── t/<repo>\x00<tag>                tag → manifest digest (pushed), or
+//	    │                                    digest\x00checked\x00registry (mirrored)
 //	    ├── r/<repo>\x00<subject>\x00<digest> referrer descriptor (JSON)
 //	    ├── u/<id>                           upload session {repo, updated,
 //	    │                                    offset, sha256 state}
-//	    └── a/<repo>\x00<ref>                last use of a mirrored tag (LRU)
+//	    ├── a/<repo>\x00<ref>                last use of a mirrored tag (LRU)
+//	    └── s/alive, s/provenance            write probe; origins recorded (v1)
 //
-// A link's value is the blob size and when it was made; a tag's is the
-// digest and, for mirrored tags, when upstream was last asked. Besides,
+// A link's value is the blob size, when it was made and the origin of the
+// content; a tag's is the digest and, for mirrored tags, when upstream was
+// last asked and which registry it came from. Every write records its
+// origin on the record and on the repository (o/, in the same transaction;
+// pushed content makes a repository pushed for good); Store.Origin answers
+// from memory and every decision (routing, access, eviction, listings, du)
+// reads it. A data directory from before origins were kept is migrated
+// once at start (s/provenance marks it done). Besides,
 // <data>/wharf.lock is flock'ed by the process that has the store open, and
 // fsck --repair moves bad blobs to <data>/quarantine/.
 //

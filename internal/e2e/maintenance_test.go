@@ -83,3 +83,27 @@ func TestOperatorCommands(t *testing.T) {
 		t.Fatalf("quarantined blob: %s", resp.Status)
 	}
 }
+
+// TestPushedUnderRegistryNameNeverEvicted: a private registry
+// (--mirror=false) with a tiny quota keeps an image pushed under a
+// registry-named path (as `skopeo sync` into wharf:5000/quay.io/org/app
+// does): pushed content is never evicted, whatever its name.
+func TestPushedUnderRegistryNameNeverEvicted(t *testing.T) {
+	w := startWharf(t, "", "--mirror=false", "--max-size", "1K", "--evict-interval", "200ms", "--gc-grace", "1ms")
+	p := &pusher{base: "http://" + w.addr, client: http.DefaultClient, mu: new(sync.Mutex), attempts: new([]ackedPush)}
+	if _, err := p.pushImage("quay.io/org/app", "v1", 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // several eviction checks, all over the quota
+	resp, err := http.Get(w.url("/v2/quay.io/org/app/manifests/v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("pushed quay.io/org/app after eviction checks: %s\n%s", resp.Status, w.log)
+	}
+	if strings.Contains(w.log.String(), "evicted least recently used") {
+		t.Fatalf("eviction touched pushed content:\n%s", w.log)
+	}
+}

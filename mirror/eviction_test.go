@@ -1,0 +1,125 @@
+package mirror
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/internal/fakehub"
+)
+
+// TestEvictionLRU: past the high-water mark the least recently used
+// mirrored image goes first; private content and the rest stay intact; a
+// pull of the evicted image fetches it again, correctly.
+func TestEvictionLRU(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	e.pushImage(t, "team/private", "v1", nil)
+	ctx := context.Background()
+	for i, name := range []string{"library/a", "library/b", "library/c"} {
+		e.hub.Push(name, "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 2, LayerSize: 300 << 10, Seed: uint64(40 + i)})
+		if err := e.pull(ctx, name, "1", ""); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitFillsDone(t, e)
+	if err := e.pull(ctx, "library/a", "1", ""); err != nil { // a is used again: b is now the oldest
+		t.Fatal(err)
+	}
+	size, err := e.store.Size()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := e.store.Evict(cache.EvictOptions{
+		MaxBytes: int64(float64(size) / 0.96), // just above the high-water mark
+		GC:       cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Tags) != 1 || rep.Tags[0] != "docker.io/library/b:1" || rep.Freed <= 0 {
+		t.Fatalf("evicted %v (freed %d), want only docker.io/library/b:1", rep.Tags, rep.Freed)
+	}
+	if resp, _ := e.do(t, "GET", "/v2/team/private/manifests/v1", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("private image after eviction: %s", resp.Status)
+	}
+	e.hub.ResetCounts()
+	for _, name := range []string{"library/a", "library/c"} {
+		if err := e.pull(ctx, name, "1", ""); err != nil {
+			t.Fatalf("%s after eviction: %v", name, err)
+		}
+	}
+	if n := e.hub.Count("GET blob"); n != 0 {
+		t.Fatalf("kept images were fetched again (%d blob GETs)", n)
+	}
+	if err := e.pull(ctx, "library/b", "1", ""); err != nil {
+		t.Fatalf("evicted image: %v", err)
+	}
+	if e.hub.Count("GET blob") == 0 {
+		t.Fatal("the evicted image was not fetched again")
+	}
+}
+
+// TestRetention: mirrored tags unused for longer than the retention go
+// even under the quota.
+func TestRetention(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	e.hub.Push("library/old", "1", smallImage(50))
+	if err := e.pull(context.Background(), "library/old", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	rep, err := e.store.Evict(cache.EvictOptions{Retention: time.Hour,
+		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}})
+	if err != nil || len(rep.Tags) != 1 || rep.Freed <= 0 {
+		t.Fatalf("retention: %+v %v", rep, err)
+	}
+}
+
+// TestMetricsColdAndWarm: after a cold pull and a warm pull the counters
+// show the misses, hits and bytes of exactly those pulls (prefetching off,
+// so every fetch is the client's).
+func TestMetricsColdAndWarm(t *testing.T) {
+	preg := prometheus.NewRegistry()
+	m := NewMetrics(preg)
+	e := newMirrorEnv(t, Options{Metrics: m, PrefetchParallel: -1})
+	e.hub.Push("library/metrics", "1", fakehub.ImageSpec{Platforms: []string{platform, "linux/s390x"}, Layers: 3, LayerSize: 100 << 10, Seed: 60})
+	ctx := context.Background()
+	if err := e.pull(ctx, "library/metrics", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	fetched := float64(e.hub.Count("bytes")) // blob bytes the hub sent: config and 3 layers
+	get := func(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+	check := func(when string, want map[string]float64) {
+		t.Helper()
+		got := map[string]float64{
+			"manifest hit": get(m.Cache.WithLabelValues("manifest", "hit")), "manifest miss": get(m.Cache.WithLabelValues("manifest", "miss")),
+			"blob hit": get(m.Cache.WithLabelValues("blob", "hit")), "blob miss": get(m.Cache.WithLabelValues("blob", "miss")),
+			"upstream bytes": get(m.UpstreamBytes), "served from upstream": get(m.BytesServed.WithLabelValues("upstream")),
+			"served from cache": get(m.BytesServed.WithLabelValues("cache")),
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: %s = %v, want %v (all: %v)", when, k, got[k], v, got)
+			}
+		}
+	}
+	check("after the cold pull", map[string]float64{"manifest hit": 0, "manifest miss": 2, "blob hit": 0, "blob miss": 4,
+		"upstream bytes": fetched, "served from upstream": fetched, "served from cache": 0})
+	if err := e.pull(ctx, "library/metrics", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	check("after the warm pull", map[string]float64{"manifest hit": 2, "manifest miss": 2, "blob hit": 4, "blob miss": 4,
+		"upstream bytes": fetched, "served from upstream": fetched, "served from cache": fetched})
+	if n := get(m.Requests.WithLabelValues("blob", "GET", "200")); n != 8 {
+		t.Errorf("blob GET 200 requests: %v, want 8", n)
+	}
+	if get(m.Upstream.WithLabelValues("docker.io", "blob", "ok")) != 4 || get(m.Upstream.WithLabelValues("docker.io", "manifest", "ok")) != 2 {
+		t.Errorf("upstream operations: %v blob, %v manifest", get(m.Upstream.WithLabelValues("docker.io", "blob", "ok")), get(m.Upstream.WithLabelValues("docker.io", "manifest", "ok")))
+	}
+}

@@ -1,0 +1,170 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/internal/fakehub"
+)
+
+// TestCorruptUpstreamBlob: the pull fails, nothing is cached; once the hub
+// is fixed the pull succeeds.
+func TestCorruptUpstreamBlob(t *testing.T) {
+	e := newMirrorEnv(t, Options{PrefetchParallel: 1})
+	img := e.hub.Push("library/redis", "7", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 1 << 20, Seed: 4})
+	layer := img.Layers[platform][0]
+	e.hub.Corrupt(layer, true)
+	// Throttled, so clients keep pace with the download and are waiting at
+	// its end: the held-back tail is all that stands between them and a
+	// complete corrupt body.
+	e.hub.SetBandwidth(4 << 20)
+	err := e.pull(context.Background(), "library/redis", "7", "")
+	if err == nil {
+		t.Fatal("pull of a corrupt layer succeeded")
+	}
+	waitFillsDone(t, e)
+	if _, err := e.store.StatBlob("docker.io/library/redis", layer); !errors.Is(err, cache.ErrBlobUnknown) {
+		t.Fatalf("corrupt layer was cached: %v", err)
+	}
+	// Whatever a client received, it was never the full body.
+	resp, err := http.Get(e.srv.URL + "/v2/library/redis/blobs/" + layer.String())
+	if err == nil {
+		b, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil && resp.StatusCode == 200 {
+			t.Fatalf("a complete 200 response (%d bytes, digest %s) for corrupt content", len(b), digest.FromBytes(b))
+		}
+	}
+	waitFillsDone(t, e)
+	e.hub.Corrupt(layer, false)
+	if err := e.pull(context.Background(), "library/redis", "7", ""); err != nil {
+		t.Fatalf("pull after the hub was fixed: %v", err)
+	}
+}
+
+// TestUpstreamDown: warm pulls work with the hub gone, stale tags
+// included; a cold pull gets 503 quickly.
+func TestUpstreamDown(t *testing.T) {
+	e := newMirrorEnv(t, Options{TagTTL: time.Millisecond})
+	e.hub.Push("library/alpine", "3", smallImage(5))
+	e.hub.Push("library/busybox", "1", smallImage(6))
+	ctx := context.Background()
+	if err := e.pull(ctx, "library/alpine", "3", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	e.hub.Close()
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		if err := e.pull(ctx, "library/alpine", "3", ""); err != nil {
+			t.Fatalf("warm pull with upstream down: %v", err)
+		}
+		if i > 0 && time.Since(start) > time.Second {
+			t.Fatalf("warm pull took %s with upstream down", time.Since(start))
+		}
+	}
+	start := time.Now()
+	resp, body := e.do(t, "GET", "/v2/library/busybox/manifests/1", nil, nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || ociError(t, body) != "UNAVAILABLE" || time.Since(start) > time.Second {
+		t.Fatalf("cold pull with upstream down: %s %s after %s", resp.Status, body, time.Since(start))
+	}
+}
+
+// TestUpstreamRateLimited: with Docker Hub answering 429, stale tags are
+// served and a cold pull gets TOOMANYREQUESTS with Retry-After.
+func TestUpstreamRateLimited(t *testing.T) {
+	e := newMirrorEnv(t, Options{TagTTL: time.Millisecond})
+	e.hub.Push("library/alpine", "3", smallImage(7))
+	e.hub.Push("library/busybox", "1", smallImage(8))
+	ctx := context.Background()
+	if err := e.pull(ctx, "library/alpine", "3", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFillsDone(t, e)
+	e.hub.SetRateLimit(1, 42) // already used: every further GET is a 429
+	resp, body := e.do(t, "GET", "/v2/library/busybox/manifests/1", nil, nil)
+	if resp.StatusCode != http.StatusTooManyRequests || ociError(t, body) != "TOOMANYREQUESTS" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("cold pull while rate limited: %s %v %s", resp.Status, resp.Header, body)
+	}
+	if err := e.pull(ctx, "library/alpine", "3", ""); err != nil {
+		t.Fatalf("stale tag while rate limited: %v", err)
+	}
+}
+
+// TestDroppedConnectionResumes: a 256 MiB layer whose connection drops at
+// half completes with one Range request.
+func TestDroppedConnectionResumes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("256 MiB layer")
+	}
+	e := newMirrorEnv(t, Options{})
+	img := e.hub.Push("library/big", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 256 << 20, Seed: 9})
+	layer := img.Layers[platform][0]
+	e.hub.DropAt(layer, 128<<20)
+	if err := e.pull(context.Background(), "library/big", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if e.hub.Count("GET range") != 1 || e.hub.Count("GET blob "+layer.String()) != 2 {
+		t.Fatalf("want one Range resume: %d ranged GETs, %d GETs of the layer", e.hub.Count("GET range"), e.hub.Count("GET blob "+layer.String()))
+	}
+}
+
+// TestClientDisconnectKeepsFilling: the first client goes away mid-layer;
+// the download completes and the next client is served from the cache.
+func TestClientDisconnectKeepsFilling(t *testing.T) {
+	e := newMirrorEnv(t, Options{PrefetchParallel: 1})
+	img := e.hub.Push("library/slow", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 4 << 20, Seed: 10})
+	layer := img.Layers[platform][0]
+	e.hub.SetBandwidth(8 << 20) // ~0.5 s for the layer
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET /v2/library/slow/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n", layer)
+	buf := make([]byte, 64<<10)
+	if _, err := io.ReadAtLeast(conn, buf, len(buf)); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close() // gone mid-download
+	waitFillsDone(t, e)
+	if _, err := e.store.StatBlob("docker.io/library/slow", layer); err != nil {
+		t.Fatalf("fill stopped with its client: %v", err)
+	}
+	e.hub.ResetCounts()
+	resp, body := e.do(t, "GET", "/v2/library/slow/blobs/"+layer.String(), nil, nil)
+	if resp.StatusCode != 200 || digest.FromBytes(body) != layer || e.hub.Count("GET blob") != 0 {
+		t.Fatalf("next client: %s, %d upstream GETs", resp.Status, e.hub.Count("GET blob"))
+	}
+}
+
+// TestRangeOnInflightBlob: a Range request on a blob still downloading is
+// answered with 206 from the growing file.
+func TestRangeOnInflightBlob(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	img := e.hub.Push("library/r", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 2 << 20, Seed: 11})
+	e.hub.SetBandwidth(4 << 20)
+	layer := img.Layers[platform][0]
+	full, _ := e.do(t, "HEAD", "/v2/r/blobs/"+layer.String()+"?ns=docker.io", nil, nil)
+	if full.StatusCode != 200 {
+		t.Fatalf("HEAD: %s", full.Status)
+	}
+	resp, body := e.do(t, "GET", "/v2/library/r/blobs/"+layer.String(), nil, map[string]string{"Range": "bytes=100-1099"})
+	if resp.StatusCode != http.StatusPartialContent || len(body) != 1000 {
+		t.Fatalf("range on in-flight blob: %s, %d bytes", resp.Status, len(body))
+	}
+	waitFillsDone(t, e)
+	_, whole := e.do(t, "GET", "/v2/library/r/blobs/"+layer.String(), nil, nil)
+	if string(whole[100:1100]) != string(body) {
+		t.Fatal("ranged bytes differ from the blob")
+	}
+}
