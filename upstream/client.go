@@ -43,11 +43,7 @@ type Options struct {
 }
 
 // Descriptor identifies upstream content.
-type Descriptor struct {
-	Digest    digest.Digest
-	MediaType string
-	Size      int64
-}
+type Descriptor = ocispec.Descriptor
 
 // Client fetches from the allowed registries. Safe for concurrent use.
 type Client struct {
