@@ -2,6 +2,7 @@ package cache
 
 import (
 	"encoding/binary"
+	"errors"
 	"strings"
 	"sync"
 
@@ -99,25 +100,36 @@ func (s *Store) Origins() map[string]Origin {
 // changes it, and returns the function that publishes the change in memory
 // once the transaction committed (nil when nothing changed).
 func (s *Store) recordOrigin(txn *badger.Txn, repo string, o Origin) (func(), error) {
-	cur, known := s.Origin(repo)
+	if cur, known := s.Origin(repo); known && cur.merge(o) == cur {
+		return nil, nil // the hot path: nothing changes, no index read
+	}
+	// Read the record in the transaction, so that two first writes of
+	// different origins to one repository conflict (and retry) instead of
+	// the last one winning.
 	next := o
-	if known {
-		next = cur.merge(o)
-		if next == cur {
-			return nil, nil
+	if v, err := getValue(txn, originKey(repo)); err == nil {
+		if stored, ok := decodeOrigin(string(v)); ok {
+			if next = stored.merge(o); next == stored {
+				return func() { s.setOrigin(repo, stored) }, nil
+			}
 		}
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, err
 	}
 	if err := txn.Set(originKey(repo), []byte(next.encode())); err != nil {
 		return nil, err
 	}
-	return func() {
-		s.origins.mu.Lock()
-		if c, ok := s.origins.m[repo]; ok {
-			next = c.merge(o)
-		}
-		s.origins.m[repo] = next
-		s.origins.mu.Unlock()
-	}, nil
+	return func() { s.setOrigin(repo, next) }, nil
+}
+
+// setOrigin publishes a committed origin record in memory.
+func (s *Store) setOrigin(repo string, o Origin) {
+	s.origins.mu.Lock()
+	if c, ok := s.origins.m[repo]; ok {
+		o = c.merge(o)
+	}
+	s.origins.m[repo] = o
+	s.origins.mu.Unlock()
 }
 
 // updateWithOrigin runs fn in a read-write transaction that also records

@@ -3,6 +3,8 @@ package cache
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,4 +151,43 @@ func TestEvictBurstFreesSpace(t *testing.T) {
 	if len(rep.Tags) != 2 {
 		t.Fatalf("evicted %v, want the two older images", rep.Tags)
 	}
+}
+
+// TestOriginConcurrentFirstWrites: a push and a mirrored write racing to
+// be a repository's first content leave it pushed, in memory and in the
+// index (after a restart).
+func TestOriginConcurrentFirstWrites(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	const n = 20
+	for i := 0; i < n; i++ {
+		repo := fmt.Sprintf("race/r%d", i)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			b := []byte("pushed " + repo)
+			if err := s.PutBlob(repo, digest.FromBytes(b), -1, bytes.NewReader(b)); err != nil {
+				t.Error(err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			mirrorImage(t, s, repo, "docker.io", "1", []byte("mirrored "+repo))
+		}()
+		wg.Wait()
+	}
+	check := func(s *Store) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			if o, ok := s.Origin(fmt.Sprintf("race/r%d", i)); !ok || o.Mirrored() {
+				t.Fatalf("race/r%d: origin %v (%v), want pushed", i, o, ok)
+			}
+		}
+	}
+	check(s)
+	s.Close()
+	s = openStore(t, dir)
+	defer s.Close()
+	check(s)
 }

@@ -1,0 +1,85 @@
+package mirror
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// syncLog is a log buffer safe for the server's goroutines.
+type syncLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *syncLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestEveryExitCountedOnce: health checks, the status page, token logins
+// and refused uploads are logged and counted like every request, once.
+func TestEveryExitCountedOnce(t *testing.T) {
+	users, pol := testPolicy(t)
+	m := NewMetrics(prometheus.NewRegistry())
+	logs := &syncLog{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	st, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(st, Options{Logger: log, Metrics: m, Users: users, Policy: pol, MaxUploads: 1}))
+	t.Cleanup(func() { srv.Close(); st.Close() })
+	r := &testRegistry{srv: srv, store: st}
+
+	r.do(t, "GET", "/healthz", nil, nil)
+	r.do(t, "GET", "/readyz", nil, nil)
+	r.do(t, "GET", "/", nil, nil)
+	r.do(t, "GET", "/token", nil, basic("alice", "alice-pw"))
+	// One upload holds the only slot; the second is refused.
+	pr, pw := io.Pipe()
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		req, _ := http.NewRequest("POST", srv.URL+"/v2/team/a/blobs/uploads/?digest=sha256:"+strings.Repeat("0", 64), pr)
+		req.Header.Set("Authorization", basic("alice", "alice-pw")["Authorization"])
+		if resp, err := srv.Client().Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	pw.Write([]byte("x")) // the first upload is running once its body flows
+	resp, body := r.do(t, "POST", "/v2/team/b/blobs/uploads/", nil, basic("alice", "alice-pw"))
+	pw.Close()
+	<-first
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("second upload: %s %s", resp.Status, body)
+	}
+	for label, want := range map[string]float64{"health": 2, "status": 1, "token": 1} {
+		if got := testutil.ToFloat64(m.Requests.WithLabelValues(label, "GET", "200")); got != want {
+			t.Errorf("%s requests counted %v times, want %v", label, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(m.Requests.WithLabelValues("uploads", "POST", "429")); got != 1 {
+		t.Errorf("refused upload counted %v times, want 1", got)
+	}
+	var refused, health int
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "msg=request") && strings.Contains(line, "status=429") {
+			refused++
+		}
+		if strings.Contains(line, "msg=request") && strings.Contains(line, "path=/healthz") {
+			health++
+		}
+	}
+	if refused != 1 || health != 1 {
+		t.Fatalf("log lines: %d for the refused upload, %d for /healthz; want 1 each:\n%s", refused, health, logs)
+	}
+}
