@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -36,7 +37,8 @@ func TestEveryExitCountedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(st, Options{Logger: log, Metrics: m, Users: users, Policy: pol, MaxUploads: 1}))
+	reg := New(st, Options{Logger: log, Metrics: m, Users: users, Policy: pol, MaxUploads: 1})
+	srv := httptest.NewServer(reg)
 	t.Cleanup(func() { srv.Close(); st.Close() })
 	r := &testRegistry{srv: srv, store: st}
 
@@ -55,7 +57,19 @@ func TestEveryExitCountedOnce(t *testing.T) {
 			resp.Body.Close()
 		}
 	}()
-	pw.Write([]byte("x")) // the first upload is running once its body flows
+	pw.Write([]byte("x"))
+	for i := 0; ; i++ { // the first upload holds the slot
+		reg.uploads.mu.Lock()
+		n := reg.uploads.running
+		reg.uploads.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if i == 2000 {
+			t.Fatal("the first upload never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	resp, body := r.do(t, "POST", "/v2/team/b/blobs/uploads/", nil, basic("alice", "alice-pw"))
 	pw.Close()
 	<-first
