@@ -280,24 +280,6 @@ func decodeTag(v []byte) tagEntry {
 	return e
 }
 
-// HasRepository reports whether repo holds any manifest, tag or blob.
-func (s *Store) HasRepository(repo string) (bool, error) {
-	found := false
-	err := s.db.View(func(txn *badger.Txn) error {
-		for _, p := range []string{"m/", "l/", "t/"} {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p + repo + "\x00")})
-			it.Rewind()
-			found = it.Valid()
-			it.Close()
-			if found {
-				return nil
-			}
-		}
-		return nil
-	})
-	return found, err
-}
-
 // GetManifest returns the manifest ref (a tag or a digest) of repo with its
 // body, or ErrManifestUnknown. The returned value must not be modified.
 func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {

@@ -85,17 +85,6 @@ func (s *Store) Origin(repo string) (o Origin, ok bool) {
 	return o, ok
 }
 
-// Origins returns a copy of every repository's recorded origin.
-func (s *Store) Origins() map[string]Origin {
-	s.origins.mu.RLock()
-	defer s.origins.mu.RUnlock()
-	out := make(map[string]Origin, len(s.origins.m))
-	for k, v := range s.origins.m {
-		out[k] = v
-	}
-	return out
-}
-
 // recordOrigin writes repo's origin record in txn when content of origin o
 // changes it, and returns the function that publishes the change in memory
 // once the transaction committed (nil when nothing changed).

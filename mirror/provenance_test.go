@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/fakehub"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -51,7 +52,7 @@ func TestExplicitPushUnderRegistryName(t *testing.T) {
 			t.Errorf("anonymous GET %s: %s %s, want 401", path, resp.Status, body)
 		}
 	}
-	if n := e.ghcr.Count("GET manifest") + e.ghcr.Count("HEAD manifest"); n != 0 {
+	if n := e.ghcr.Count("GET manifest") + e.ghcr.Count("HEAD manifest") + e.ghcr.Count("token"); n != 0 {
 		t.Fatalf("reads of a pushed image went to ghcr.io (%d requests)", n)
 	}
 }
@@ -116,5 +117,29 @@ func TestTwoRepositoriesOneDownload(t *testing.T) {
 				t.Errorf("%s: %s not linked: %v", repo, d, err)
 			}
 		}
+	}
+}
+
+// TestDeletedPushedNameStaysPrivate: once its pushed image is deleted and
+// collected, a private name still never reads from Docker Hub, even when
+// the hub has an image of that name.
+func TestDeletedPushedNameStaysPrivate(t *testing.T) {
+	e := newMirrorEnv(t, Options{AllowDelete: true})
+	e.hub.Push("team/app", "v1", smallImage(90)) // someone registers the name upstream
+	e.pushImage(t, "team/app", "v1", nil)
+	resp, _ := e.do(t, "GET", "/v2/team/app/manifests/v1", nil, nil)
+	d := resp.Header.Get("Docker-Content-Digest")
+	if resp, body := e.do(t, "DELETE", "/v2/team/app/manifests/"+d, nil, nil); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("delete: %s %s", resp.Status, body)
+	}
+	if _, err := e.store.GC(cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	e.hub.ResetCounts()
+	if resp, body := e.do(t, "GET", "/v2/team/app/manifests/v1", nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("deleted private name: %s %s, want 404", resp.Status, body)
+	}
+	if n := e.hub.Count("GET manifest") + e.hub.Count("HEAD manifest") + e.hub.Count("token"); n != 0 {
+		t.Fatalf("a deleted private name was read from Docker Hub (%d requests)", n)
 	}
 }

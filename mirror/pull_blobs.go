@@ -20,6 +20,8 @@ import (
 // blob serves a mirrored blob: from the cache, or streamed from the
 // store's download in flight, which this request starts if none is.
 func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error {
+	// A lock-free look first: a warm hit never touches the download
+	// coordinator (Fills.Get looks again under its lock).
 	if _, err := p.store.StatBlob(q.repo, q.digest); err == nil || p.opts.Offline {
 		p.opts.Metrics.cache("blob", "hit")
 		return p.reg.getBlob(w, r, q)

@@ -131,10 +131,12 @@ func (reg *Registry) health(w http.ResponseWriter, r *http.Request) error {
 		io.WriteString(w, "ok\n")
 	case reg.draining.Load():
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-	case reg.store.Ping(false) != nil:
-		http.Error(w, "index unavailable: "+reg.store.Ping(false).Error(), http.StatusServiceUnavailable)
 	default:
-		io.WriteString(w, "ready\n")
+		if err := reg.store.Ping(false); err != nil {
+			http.Error(w, "index unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		} else {
+			io.WriteString(w, "ready\n")
+		}
 	}
 	return nil
 }
