@@ -65,6 +65,9 @@ type Appender interface {
 	io.WriteCloser
 	// Size is the ingest file's length, including what was written.
 	Size() int64
+	// Truncate cuts the ingest file back to size bytes (never longer):
+	// what a failed write left is not kept.
+	Truncate(size int64) error
 }
 
 var _ Blobs = (*FileBlobs)(nil)
@@ -74,7 +77,8 @@ var _ Blobs = (*FileBlobs)(nil)
 // for concurrent use; callers serialise use of one ingest id.
 type FileBlobs struct {
 	root   string
-	noSync bool // see Options.NoSync
+	noSync bool   // see Options.NoSync
+	space  *space // refuses writes that would fill the filesystem; nil: none
 }
 
 // NewFileBlobs creates the blobs/ and ingest/ directories under root.
@@ -134,13 +138,30 @@ func (f *FileBlobs) Stat(d digest.Digest) (int64, error) {
 
 type fileAppender struct {
 	*os.File
-	size int64
+	size  int64
+	space *space
 }
 
 func (a *fileAppender) Write(p []byte) (int, error) {
+	if a.space != nil {
+		if err := a.space.blobWrite(int64(len(p))); err != nil {
+			return 0, err
+		}
+	}
 	n, err := a.File.Write(p)
 	a.size += int64(n)
 	return n, noSpace(err)
+}
+
+func (a *fileAppender) Truncate(size int64) error {
+	if size >= a.size {
+		return nil
+	}
+	if err := a.File.Truncate(size); err != nil {
+		return err
+	}
+	a.size = size
+	return nil
 }
 
 // noSpace marks a full filesystem (or quota) as ErrStorageFull.
@@ -167,7 +188,7 @@ func (f *FileBlobs) Append(id string) (Appender, error) {
 		fh.Close()
 		return nil, err
 	}
-	return &fileAppender{File: fh, size: st.Size()}, nil
+	return &fileAppender{File: fh, size: st.Size(), space: f.space}, nil
 }
 
 func (f *FileBlobs) ReadIngest(id string) (ReadAtCloser, error) {

@@ -34,6 +34,20 @@ func (s *Store) FlushAccess() error {
 	if len(batch) == 0 {
 		return nil
 	}
+	if err := s.space.indexWrite(false); err != nil {
+		s.accessMu.Lock() // keep them for the next flush
+		if s.access == nil {
+			s.access = batch
+		} else {
+			for k, t := range batch {
+				if _, newer := s.access[k]; !newer {
+					s.access[k] = t
+				}
+			}
+		}
+		s.accessMu.Unlock()
+		return err
+	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for k, t := range batch {
@@ -63,6 +77,9 @@ type EvictOptions struct {
 	MaxBytes  int64         // quota; 0: no quota
 	High, Low float64       // evict above High×MaxBytes down to Low×MaxBytes (0.95, 0.85)
 	Retention time.Duration // mirrored tags unused this long go regardless of quota; 0: keep
+	// Free asks for this many bytes to be freed whatever the quota says:
+	// the filesystem is short of space (Store.SpaceDeficit).
+	Free int64
 	// GC configures the collections that free what evicted tags leave.
 	// What eviction untags is collected at once (no grace); other mirrored
 	// content keeps a short grace (a minute) and pushed content the full one.
@@ -102,7 +119,7 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 	if o.GC.MirroredGrace <= 0 {
 		o.GC.MirroredGrace = time.Minute
 	}
-	if err := s.FlushAccess(); err != nil {
+	if err := s.FlushAccess(); err != nil && !errors.Is(err, ErrStorageFull) {
 		return rep, err
 	}
 	size, err := s.Size()
@@ -122,8 +139,10 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 			rest = append(rest, e)
 		}
 	}
-	over := func() bool { return o.MaxBytes > 0 && float64(rep.Now) > o.Low*float64(o.MaxBytes) }
-	if len(expired) == 0 && (o.MaxBytes == 0 || float64(size) <= o.High*float64(o.MaxBytes)) {
+	over := func() bool {
+		return o.MaxBytes > 0 && float64(rep.Now) > o.Low*float64(o.MaxBytes) || o.Free > 0 && rep.Before-rep.Now < o.Free
+	}
+	if len(expired) == 0 && (o.MaxBytes == 0 || float64(size) <= o.High*float64(o.MaxBytes)) && o.Free <= 0 {
 		return rep, nil
 	}
 	evict := func(batch []lruEntry) error {

@@ -36,6 +36,9 @@ type FillsOptions struct {
 	Done func(d digest.Digest, repos []string, written int64, took time.Duration, err error)
 	// Logger receives resume notices (slog.Default).
 	Logger *slog.Logger
+	// MakeRoom, when set, is asked to free space (evict) and waits for it,
+	// when a download would not fit above the free-space floor.
+	MakeRoom func(ctx context.Context) error
 }
 
 // Fills runs the downloads of missing blobs into the store: one download
@@ -207,6 +210,9 @@ func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
 		return err
 	}
 	defer func() { rc.Close() }()
+	if err := fs.room(ctx, size); err != nil {
+		return err
+	}
 	f.start(size)
 	bp := fillBufs.Get().(*[]byte)
 	defer fillBufs.Put(bp)
@@ -251,6 +257,27 @@ func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
 			return fmt.Errorf("%w: the blob's size changed from %d to %d on resume", ErrSizeInvalid, size, again)
 		}
 	}
+}
+
+// room makes sure a blob of size bytes fits above the free-space floor,
+// asking for eviction first when it does not; ErrStorageFull otherwise.
+func (fs *Fills) room(ctx context.Context, size int64) error {
+	need := max(size, fillBatch)
+	if fs.s.HasRoom(need) {
+		return nil
+	}
+	if fs.opts.MakeRoom != nil {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := fs.opts.MakeRoom(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		if fs.s.HasRoom(need) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: no room for blob of %d bytes above the free-space floor", ErrStorageFull, size)
 }
 
 // InFlight is how many downloads are running.

@@ -185,7 +185,7 @@ func (s *Store) unindex(records map[digest.Digest]int64, bad map[digest.Digest]b
 		return 0, err
 	}
 	for _, k := range keys {
-		if err := s.update(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
+		if err := s.release(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
 			return 0, err
 		}
 	}

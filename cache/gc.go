@@ -271,7 +271,7 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 // meantime, it was pushed again or a tag came to point at it.
 func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
 	dropped := false
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.release(func(txn *badger.Txn) error {
 		dropped = false
 		v, err := getValue(txn, manifestKey(repo, d))
 		if errors.Is(err, badger.ErrKeyNotFound) {
@@ -308,7 +308,7 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(d
 
 // dropLink removes a blob link unless it was refreshed meanwhile.
 func (s *Store) dropLink(repo string, d digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
-	return s.update(func(txn *badger.Txn) error {
+	return s.release(func(txn *badger.Txn) error {
 		v, err := getValue(txn, linkKey(repo, d))
 		if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && fresh(d, linkTime(v))) {
 			return nil
@@ -365,7 +365,7 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 			s.contentLocks[i].Lock()
 		}
 		doomed = s.track.without(doomed)
-		err = s.update(func(txn *badger.Txn) error {
+		err = s.release(func(txn *badger.Txn) error {
 			for _, d := range doomed {
 				if err := txn.Delete(blobKey(d)); err != nil {
 					return err

@@ -123,7 +123,7 @@ func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, err
 		return 0, err
 	}
 	if _, err := s.blobs.Stat(d); err != nil { // indexed but the file is gone: undo
-		s.update(func(txn *badger.Txn) error { return txn.Delete(linkKey(repo, d)) })
+		s.release(func(txn *badger.Txn) error { return txn.Delete(linkKey(repo, d)) })
 		return 0, ErrBlobUnknown
 	}
 	return size, nil

@@ -342,7 +342,7 @@ func (s *Store) manifestRecord(repo string, d digest.Digest) (*Manifest, error) 
 // bytes stay until garbage collection. Errors: ErrManifestUnknown.
 func (s *Store) DeleteManifest(repo, ref string) error {
 	if !strings.Contains(ref, ":") {
-		err := s.update(func(txn *badger.Txn) error {
+		err := s.release(func(txn *badger.Txn) error {
 			if ok, err := exists(txn, tagKey(repo, ref)); err != nil {
 				return err
 			} else if !ok {
@@ -357,7 +357,7 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 	}
 	d := digest.Digest(ref)
 	var dropped []string
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.release(func(txn *badger.Txn) error {
 		dropped = dropped[:0]
 		v, err := getValue(txn, manifestKey(repo, d))
 		if errors.Is(err, badger.ErrKeyNotFound) {

@@ -210,6 +210,9 @@ func (s *Store) migrateOrigins() error {
 	if err != nil {
 		return err
 	}
+	if err := s.space.indexWrite(false); err != nil {
+		return err
+	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for repo, f := range repos {

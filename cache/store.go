@@ -37,12 +37,19 @@ type Options struct {
 	// fault-injecting store in tests; an object store later). The index
 	// stays under Dir.
 	Blobs Blobs
+	// MinFree is the free space blob writes leave on the data directory's
+	// filesystem, for the index (DefaultMinFree of its size). See space.go.
+	MinFree int64
+	// Statfs, in tests, replaces statfs(2): available and total bytes of
+	// the filesystem holding a directory.
+	Statfs func(dir string) (avail, total int64, err error)
 }
 
 // Store is the content store. It is safe for concurrent use.
 type Store struct {
 	db    *badger.DB
 	blobs Blobs
+	space *space
 	opts  Options
 	log   *slog.Logger
 	lock  *os.File // flock on <data>/wharf.lock
@@ -89,6 +96,13 @@ func Open(opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, err
+	}
+	sp, err := newSpace(opts.Dir, opts.MinFree, opts.Logger, opts.Statfs)
+	if err != nil {
+		return nil, err
+	}
 	blobs := opts.Blobs
 	if blobs == nil {
 		fb, err := NewFileBlobs(opts.Dir)
@@ -96,18 +110,29 @@ func Open(opts Options) (*Store, error) {
 			return nil, err
 		}
 		fb.noSync = opts.NoSync
+		fb.space = sp
 		blobs = fb
 	}
 	lock, err := lockDir(opts.Dir)
 	if err != nil {
 		return nil, err
 	}
-	db, err := badger.Open(badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger).WithSyncWrites(!opts.NoSync))
+	// On a nearly full filesystem the reserve goes before the index opens:
+	// opening writes (a new log file). With still no room for that, the
+	// index opens read-only: reads are served, writes refused.
+	readOnly := sp.check().Avail < indexFloor
+	bo := badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger).WithSyncWrites(!opts.NoSync).WithReadOnly(readOnly)
+	db, err := badger.Open(bo)
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("cache: open index: %w", err)
 	}
-	s := &Store{db: db, blobs: blobs, opts: opts, log: opts.Logger, lock: lock}
+	if readOnly {
+		sp.setReadOnly()
+		opts.Logger.Warn("the filesystem is full: index opened read-only; serving reads, refusing writes until space is freed",
+			"dir", opts.Dir, "free_bytes", sp.check().Avail, "needed_bytes", indexFloor)
+	}
+	s := &Store{db: db, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock}
 	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
 	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
 	if err := s.loadOrigins(); err != nil {
@@ -115,11 +140,25 @@ func Open(opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("cache: reading repository origins: %w", err)
 	}
-	if err := s.CleanIngests(time.Now()); err != nil {
-		db.Close()
-		return nil, err
+	if !readOnly {
+		if err := s.CleanIngests(time.Now()); err != nil {
+			db.Close()
+			lock.Close()
+			return nil, err
+		}
 	}
 	return s, nil
+}
+
+// ReadOnly reports that the index was opened read-only (the filesystem was
+// full at start). WritableAgain says when reopening the store would give a
+// writable index.
+func (s *Store) ReadOnly() bool { return s.space.isReadOnly() }
+
+// WritableAgain reports, for a read-only store, that the filesystem now has
+// room for a writable index: close the store and open it again.
+func (s *Store) WritableAgain() bool {
+	return s.space.isReadOnly() && s.space.check().Avail >= indexFloor+reserveSize
 }
 
 // badgerOptions sizes Badger for an appliance: small memtables and caches
@@ -129,7 +168,7 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 	return badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{log}).
 		WithSyncWrites(true).
-		WithMemTableSize(8 << 20).
+		WithMemTableSize(2 << 20). // see indexFloor
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
@@ -137,7 +176,10 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
 		WithValueThreshold(4 << 10).
-		WithNumCompactors(2)
+		WithNumCompactors(2).
+		// <data>/wharf.lock already keeps a second process out; Badger's own
+		// pid file would be one more write that a full disk refuses at start.
+		WithBypassLockGuard(true)
 }
 
 // Close closes the index and releases the data directory. In-flight calls
@@ -182,12 +224,27 @@ func (s *Store) Ping(write bool) error {
 	})
 }
 
+// Space reads the data directory's free space now, and gives back or
+// makes again the index's reserve (see space.go). Call it every few
+// seconds: it is how the store notices a filesystem filled by others.
+func (s *Store) Space() Space { return s.space.check() }
+
+// SpaceDeficit is how many bytes must be freed for blob writes to have
+// room again (0 when they have).
+func (s *Store) SpaceDeficit() int64 { return s.space.deficit() }
+
+// HasRoom reports whether n more bytes of blob data fit now.
+func (s *Store) HasRoom(n int64) bool { return s.space.room(n) }
+
 // Blobs exposes the byte store (for tests and operator commands).
 func (s *Store) Blobs() Blobs { return s.blobs }
 
 // RunValueLogGC runs one Badger value-log GC pass; nil when nothing was
 // rewritten. Call it from a loop owned by the process.
 func (s *Store) RunValueLogGC() error {
+	if err := s.space.indexWrite(true); err != nil {
+		return nil // it rewrites: not now
+	}
 	err := s.db.RunValueLogGC(0.5)
 	if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
 		return nil
@@ -213,8 +270,25 @@ func referrerKey(repo string, subject, d digest.Digest) []byte {
 
 func cacheKey(repo, ref string) string { return repo + "\x00" + ref }
 
-// update runs fn in a read-write transaction, retrying on conflicts.
+// update runs fn in a read-write transaction, retrying on conflicts. It is
+// refused with ErrStorageFull when the index has no room (see space.go).
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	if err := s.space.indexWrite(false); err != nil {
+		return err
+	}
+	return s.retry(fn)
+}
+
+// release is update for deletions: they free space, so they go on when
+// other writes are refused.
+func (s *Store) release(fn func(txn *badger.Txn) error) error {
+	if err := s.space.indexWrite(true); err != nil {
+		return err
+	}
+	return s.retry(fn)
+}
+
+func (s *Store) retry(fn func(txn *badger.Txn) error) error {
 	for i := 0; ; i++ {
 		err := s.db.Update(fn)
 		if !errors.Is(err, badger.ErrConflict) || i == 20 {

@@ -87,8 +87,9 @@ func (s *Store) UploadStatus(repo, id string) (int64, error) {
 
 // AppendUpload appends r to session id of repo and returns the new offset.
 // start is where the client says the chunk begins (-1: wherever the session
-// ends); a different start gives *RangeError. Bytes received before a
-// failure of r stay in the session. Errors: ErrUploadUnknown, *RangeError.
+// ends); a different start gives *RangeError. A chunk is stored whole or
+// not at all: when r fails or the disk is full, the session stays where it
+// was. Errors: ErrUploadUnknown, *RangeError, ErrStorageFull.
 func (s *Store) AppendUpload(repo, id string, start int64, r io.Reader) (int64, error) {
 	mu := s.uploadLock(id)
 	mu.Lock()
@@ -100,34 +101,71 @@ func (s *Store) AppendUpload(repo, id string, start int64, r io.Reader) (int64, 
 	if start >= 0 && start != rec.Offset {
 		return rec.Offset, &RangeError{Offset: rec.Offset}
 	}
-	err = s.appendLocked(id, rec, r)
-	if serr := s.saveUpload(id, rec); err == nil {
-		err = serr
+	next := *rec
+	if err := s.appendLocked(id, &next, r); err != nil {
+		return rec.Offset, err
 	}
-	return rec.Offset, err
+	if err := s.saveUpload(id, &next); err != nil {
+		s.truncateIngest(id, rec.Offset)
+		return rec.Offset, err
+	}
+	return next.Offset, nil
 }
 
+// appendLocked appends r to the session's file and advances rec (offset
+// and hash state). The file is first cut back to the recorded offset: a
+// crash in the middle of an earlier chunk leaves bytes no record counts.
+// On failure the file is cut back again and rec is unchanged.
 func (s *Store) appendLocked(id string, rec *uploadRecord, r io.Reader) error {
 	app, err := s.blobs.Append(id)
 	if err != nil {
 		return err
 	}
 	defer app.Close()
+	switch size := app.Size(); {
+	case size > rec.Offset:
+		s.log.Info("upload session file longer than its record (a crash mid-chunk): cut back", "upload", id, "file", size, "offset", rec.Offset)
+		if err := app.Truncate(rec.Offset); err != nil {
+			return err
+		}
+	case size < rec.Offset:
+		return fmt.Errorf("%w: session file has %d of its %d bytes", ErrUploadUnknown, size, rec.Offset)
+	}
 	h := sha256.New()
-	hashed := rec.Offset == 0 && app.Size() == 0
-	if app.Size() == rec.Offset && rec.State != nil {
+	hashed := rec.Offset == 0
+	if !hashed && rec.State != nil {
 		hashed = h.(encoding.BinaryUnmarshaler).UnmarshalBinary(rec.State) == nil
 	}
-	_, cerr := copyHashed(app, h, r)
+	if r == nil {
+		r = eofReader{}
+	}
+	if _, err := copyHashed(app, h, r); err != nil {
+		if terr := app.Truncate(rec.Offset); terr != nil {
+			return errors.Join(err, terr)
+		}
+		return err
+	}
 	rec.Offset = app.Size()
 	rec.State = nil
 	if hashed {
-		rec.State, err = h.(encoding.BinaryMarshaler).MarshalBinary()
-		if err != nil {
+		if rec.State, err = h.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
 			return err
 		}
 	}
-	return cerr
+	return nil
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// truncateIngest cuts session id's file back to size (best effort: the
+// next append does it too).
+func (s *Store) truncateIngest(id string, size int64) {
+	if app, err := s.blobs.Append(id); err == nil {
+		app.Truncate(size)
+		app.Close()
+	}
 }
 
 // copyHashed copies r to w, hashing exactly the bytes w accepted.
@@ -165,11 +203,10 @@ func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int
 	if err != nil {
 		return 0, err
 	}
-	if r != nil {
-		if err := s.appendLocked(id, rec, r); err != nil {
-			s.saveUpload(id, rec)
-			return 0, err
-		}
+	// Always through appendLocked: it makes the file exist and match the
+	// record even with no final chunk.
+	if err := s.appendLocked(id, rec, r); err != nil {
+		return 0, err
 	}
 	sum, err := s.uploadDigest(id, rec, d.Algorithm())
 	if err != nil {
@@ -209,7 +246,7 @@ func (s *Store) CancelUpload(repo, id string) error {
 }
 
 func (s *Store) cancelLocked(id string) error {
-	if err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
+	if err := s.release(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
 		return err
 	}
 	return s.blobs.Discard(id)
@@ -276,7 +313,7 @@ func (s *Store) CleanIngests(now time.Time) error {
 		return err
 	}
 	for _, k := range expired {
-		if err := s.update(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
+		if err := s.release(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -97,15 +98,27 @@ func TestMetricsColdAndWarm(t *testing.T) {
 	get := func(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 	check := func(when string, want map[string]float64) {
 		t.Helper()
-		got := map[string]float64{
-			"manifest hit": get(m.Cache.WithLabelValues("manifest", "hit")), "manifest miss": get(m.Cache.WithLabelValues("manifest", "miss")),
-			"blob hit": get(m.Cache.WithLabelValues("blob", "hit")), "blob miss": get(m.Cache.WithLabelValues("blob", "miss")),
-			"upstream bytes": get(m.UpstreamBytes), "served from upstream": get(m.BytesServed.WithLabelValues("upstream")),
-			"served from cache": get(m.BytesServed.WithLabelValues("cache")),
-		}
-		for k, v := range want {
-			if got[k] != v {
-				t.Errorf("%s: %s = %v, want %v (all: %v)", when, k, got[k], v, got)
+		// A handler counts its bytes as it returns, which can be just after
+		// the client read the last of them: give it a moment.
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			got := map[string]float64{
+				"manifest hit": get(m.Cache.WithLabelValues("manifest", "hit")), "manifest miss": get(m.Cache.WithLabelValues("manifest", "miss")),
+				"blob hit": get(m.Cache.WithLabelValues("blob", "hit")), "blob miss": get(m.Cache.WithLabelValues("blob", "miss")),
+				"upstream bytes": get(m.UpstreamBytes), "served from upstream": get(m.BytesServed.WithLabelValues("upstream")),
+				"served from cache": get(m.BytesServed.WithLabelValues("cache")),
+			}
+			var wrong []string
+			for k, v := range want {
+				if got[k] != v {
+					wrong = append(wrong, fmt.Sprintf("%s = %v, want %v", k, got[k], v))
+				}
+			}
+			if len(wrong) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s: %v (all: %v)", when, wrong, got)
+				return
 			}
 		}
 	}
@@ -116,6 +129,9 @@ func TestMetricsColdAndWarm(t *testing.T) {
 	}
 	check("after the warm pull", map[string]float64{"manifest hit": 2, "manifest miss": 2, "blob hit": 4, "blob miss": 4,
 		"upstream bytes": fetched, "served from upstream": fetched, "served from cache": fetched})
+	for deadline := time.Now().Add(2 * time.Second); get(m.Requests.WithLabelValues("blob", "GET", "200")) < 8 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := get(m.Requests.WithLabelValues("blob", "GET", "200")); n != 8 {
 		t.Errorf("blob GET 200 requests: %v, want 8", n)
 	}

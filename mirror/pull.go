@@ -69,7 +69,7 @@ func newPuller(reg *Registry) *puller {
 		}
 	}
 	p.platforms = platforms.Any(ps...)
-	p.fills = reg.store.NewFills(cache.FillsOptions{Timeout: o.FillTimeout, Logger: reg.log, Done: p.fillDone})
+	p.fills = reg.store.NewFills(cache.FillsOptions{Timeout: o.FillTimeout, Logger: reg.log, Done: p.fillDone, MakeRoom: o.MakeRoom})
 	p.bg, p.cancel = context.WithCancel(context.Background())
 	return p
 }

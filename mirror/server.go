@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -53,6 +54,9 @@ type Options struct {
 	// OnStorageFull is called (without blocking) when a write failed for a
 	// full filesystem: the caller can run eviction at once.
 	OnStorageFull func()
+	// MakeRoom, when set, frees space (evicts mirrored images) and waits for
+	// it, up to ctx: a mirror download that would not fit asks it first.
+	MakeRoom func(ctx context.Context) error
 
 	// MaxUploads and MaxUploadsPerClient bound upload requests (POST with
 	// a body, PATCH, PUT of a blob) running at once; 0: no limit.

@@ -81,6 +81,11 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
 	}
+	if s := c.String("min-free"); s != "" {
+		if cfg.cache.MinFree, err = parseSize(s, c.String("data")); err != nil {
+			return cfg, fmt.Errorf("--min-free: %w", err)
+		}
+	}
 	if s := c.String("max-size"); s != "" {
 		if cfg.maxSize, err = parseSize(s, c.String("data")); err != nil {
 			return cfg, fmt.Errorf("--max-size: %w", err)
@@ -287,10 +292,27 @@ func (s *slowClients) wrap(h http.Handler) http.Handler {
 	})
 }
 
-// serve runs the registry until SIGTERM or SIGINT, then stops accepting,
+// errReopen ends one run of the server whose store opened read-only on a
+// full filesystem, once there is room again: serve runs it again with a
+// writable store.
+var errReopen = errors.New("the filesystem has room again: reopening the index for writing")
+
+// serve runs the registry until SIGTERM or SIGINT (see serveOnce), again
+// each time a read-only store can be reopened for writing.
+func serve(parent context.Context, cfg serveConfig) error {
+	for {
+		err := serveOnce(parent, cfg)
+		if !errors.Is(err, errReopen) || parent.Err() != nil {
+			return err
+		}
+		cfg.log.Info("restarting the server with a writable index")
+	}
+}
+
+// serveOnce runs the registry until SIGTERM or SIGINT, then stops accepting,
 // lets in-flight requests finish (up to the shutdown timeout) and closes
 // the index cleanly.
-func serve(parent context.Context, cfg serveConfig) error {
+func serveOnce(parent context.Context, cfg serveConfig) error {
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log := cfg.log
@@ -338,13 +360,9 @@ func serve(parent context.Context, cfg serveConfig) error {
 		}
 		log.Info("pull-through mirror enabled", "upstreams", names, "tag_ttl", cfg.mirror.TagTTL, "offline", cfg.mirror.Offline)
 	}
-	pressure := make(chan struct{}, 1)
-	cfg.mirror.OnStorageFull = func() {
-		select {
-		case pressure <- struct{}{}:
-		default:
-		}
-	}
+	room := newRoomMaker()
+	cfg.mirror.OnStorageFull = room.kick
+	cfg.mirror.MakeRoom = room.wait
 	reg := mirror.New(store, cfg.mirror)
 	defer reg.Close() // before the store closes: stops upstream fills
 	if cfg.metricsAddr != "" {
@@ -371,7 +389,9 @@ func serve(parent context.Context, cfg serveConfig) error {
 	if !cfg.mirror.AllowDelete {
 		log.Info("deletes are disabled; start with --allow-delete to enable them")
 	}
-	if err := store.Ping(true); err != nil {
+	if err := store.Ping(true); errors.Is(err, cache.ErrStorageFull) {
+		log.Warn("starting with the filesystem full: serving reads; writes resume once space is freed", "err", err)
+	} else if err != nil {
 		return fmt.Errorf("index not writable: %w", err)
 	}
 	log.Info("wharf listening", "addr", ln.Addr().String(), "data", cfg.cache.Dir, "tls", cfg.tlsCert != "")
@@ -441,9 +461,11 @@ func serve(parent context.Context, cfg serveConfig) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	g.Go(func() error { return upkeep(gctx, store, cfg, log, pressure, ops) })
+	g.Go(func() error { return upkeep(gctx, store, cfg, log, room, ops) })
 	g.Go(func() error { return every(gctx, time.Minute, reg.Sample) })
 	err = g.Wait()
-	log.Info("wharf stopped")
+	if !errors.Is(err, errReopen) {
+		log.Info("wharf stopped")
+	}
 	return err
 }

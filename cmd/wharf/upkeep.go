@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/wharf-registry/wharf/cache"
@@ -11,13 +12,58 @@ import (
 // valueLogGCInterval is how often Badger's value log is compacted.
 const valueLogGCInterval = 10 * time.Minute
 
+// spaceCheckInterval is how often the filesystem's free space is read (the
+// store notices what others write there only then).
+const spaceCheckInterval = 5 * time.Second
+
+// roomMaker lets requests ask the maintenance loop for an eviction pass:
+// kick asks without waiting, wait until a pass that started after the
+// call has ended.
+type roomMaker struct {
+	kicks   chan struct{}
+	mu      sync.Mutex
+	waiters []chan struct{}
+}
+
+func newRoomMaker() *roomMaker { return &roomMaker{kicks: make(chan struct{}, 1)} }
+
+func (m *roomMaker) kick() {
+	select {
+	case m.kicks <- struct{}{}:
+	default:
+	}
+}
+
+func (m *roomMaker) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	m.mu.Lock()
+	m.waiters = append(m.waiters, done)
+	m.mu.Unlock()
+	m.kick()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// take hands the current waiters to a pass about to start.
+func (m *roomMaker) take() []chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w := m.waiters
+	m.waiters = nil
+	return w
+}
+
 // upkeep is the store's maintenance, one job at a time so that no two of
 // them compete for the content locks or the index: access times flushed
-// every minute; the quota and retention checked every --evict-interval, and
-// at once when a write found the disk full; garbage collection every
-// --gc-interval; idle upload sessions expired; Badger's value log
-// compacted. A job that is due while another runs waits for it.
-func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, pressure <-chan struct{}, ops *opsMetrics) error {
+// every minute; the quota, retention and free space checked every
+// --evict-interval, and at once when a write found the disk full; garbage
+// collection every --gc-interval; idle upload sessions expired; Badger's
+// value log compacted. A job that is due while another runs waits for it.
+func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, room *roomMaker, ops *opsMetrics) error {
 	ticker := func(d time.Duration) (<-chan time.Time, func()) {
 		if d <= 0 {
 			return nil, func() {}
@@ -35,6 +81,8 @@ func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.
 	defer stop4()
 	vlog, stop5 := ticker(valueLogGCInterval)
 	defer stop5()
+	spaceCheck, stop6 := ticker(spaceCheckInterval)
+	defer stop6()
 	for {
 		select {
 		case <-ctx.Done():
@@ -43,8 +91,19 @@ func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.
 			if err := store.FlushAccess(); err != nil {
 				log.Warn("recording access times", "err", err)
 			}
-		case <-pressure:
+		case <-spaceCheck:
+			if store.WritableAgain() {
+				return errReopen
+			}
+			if sp := store.Space(); sp.Low() {
+				room.kick()
+			}
+		case <-room.kicks:
+			waiters := room.take()
 			evictOnce(store, cfg, log, ops)
+			for _, w := range waiters {
+				close(w)
+			}
 		case <-check:
 			evictOnce(store, cfg, log, ops)
 		case <-gc:
@@ -68,10 +127,11 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 	if size, err := store.Size(); err == nil {
 		ops.storeBytes.Set(float64(size))
 	}
-	if cfg.maxSize == 0 && cfg.retention == 0 {
+	deficit := store.SpaceDeficit()
+	if cfg.maxSize == 0 && cfg.retention == 0 && deficit == 0 || store.ReadOnly() {
 		return
 	}
-	rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention,
+	rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention, Free: deficit,
 		GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
 	if err != nil {
 		log.Error("eviction", "err", err)
@@ -80,7 +140,7 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 		ops.gcFreed.Add(float64(max(0, rep.Freed))) // counters must never decrease
 		ops.storeBytes.Set(float64(rep.Now))
 		log.Info("evicted least recently used mirrored images", "tags", len(rep.Tags), "freed_bytes", rep.Freed,
-			"size", rep.Now, "quota", cfg.maxSize)
+			"size", rep.Now, "quota", cfg.maxSize, "short_of_space_bytes", deficit)
 	}
 }
 

@@ -20,7 +20,13 @@ import (
 // wharfBin is the binary built once for the whole package by TestMain.
 var wharfBin string
 
+// WHARF_E2E_BIN, when set, names a binary to test instead (an older build,
+// to show that a test catches what it is about).
 func TestMain(m *testing.M) {
+	if bin := os.Getenv("WHARF_E2E_BIN"); bin != "" {
+		wharfBin = bin
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "wharf-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
