@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -39,7 +40,15 @@ type Options struct {
 	ProbeEvery time.Duration
 	// RetryAfter is assumed after a 429 without Retry-After (60s).
 	RetryAfter time.Duration
-	Logger     *slog.Logger
+	// BodyIdle aborts a response body that delivers nothing for this long
+	// (20s): a stalled or black-holed connection, resumed on a new one.
+	BodyIdle time.Duration
+	// SlotWait bounds the wait for one of the MaxConns slots (30s).
+	SlotWait time.Duration
+	// DownAfter is how many upstream failures in a row mark a registry
+	// down (3); failures that concern one repository never count.
+	DownAfter int
+	Logger    *slog.Logger
 }
 
 // Descriptor identifies upstream content.
@@ -64,6 +73,7 @@ type registry struct {
 
 	mu           sync.Mutex
 	down         bool
+	failures     int // unavailability in a row
 	probing      bool
 	limitedUntil time.Time
 	retryAfter   time.Duration // from the last 429
@@ -87,6 +97,15 @@ func New(opts Options) (*Client, error) {
 	}
 	if opts.RetryAfter <= 0 {
 		opts.RetryAfter = time.Minute
+	}
+	if opts.BodyIdle <= 0 {
+		opts.BodyIdle = 20 * time.Second
+	}
+	if opts.SlotWait <= 0 {
+		opts.SlotWait = 30 * time.Second
+	}
+	if opts.DownAfter <= 0 {
+		opts.DownAfter = 3
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -114,7 +133,7 @@ func New(opts Options) (*Client, error) {
 		}
 		reg.host = docker.RegistryHost{
 			Client:       client,
-			Authorizer:   docker.NewDockerAuthorizer(docker.WithAuthClient(client), docker.WithAuthCreds(creds)),
+			Authorizer:   newAuthorizer(client, opts.ResponseTimeout, creds),
 			Host:         u.Host,
 			Scheme:       u.Scheme,
 			Path:         strings.TrimSuffix(u.Path, "/") + "/v2",
@@ -130,7 +149,10 @@ func New(opts Options) (*Client, error) {
 func (c *Client) Close() { c.cancel() }
 
 func (c *Client) transport(anyAddress bool) *http.Transport {
-	dialer := &net.Dialer{Timeout: c.opts.DialTimeout, KeepAlive: 30 * time.Second}
+	// Keepalive probes find a peer that vanished; BodyIdle finds a
+	// connection whose peer still acknowledges but sends nothing.
+	dialer := &net.Dialer{Timeout: c.opts.DialTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}}
 	if !anyAddress {
 		dialer.Control = refuseInternal
 	}
@@ -190,12 +212,14 @@ func (c *Client) Resolve(ctx context.Context, name, repo, ref string) (Descripto
 	if strings.Contains(ref, ":") {
 		sep = "@"
 	}
-	ctx, cs := withCallStatus(ctx)
-	_, desc, err := c.resolver.Resolve(ctx, r.Name+"/"+repo+sep+ref)
+	var desc ocispec.Descriptor
+	err = c.do(ctx, r, func(ctx context.Context) (err error) {
+		_, desc, err = c.resolver.Resolve(ctx, r.Name+"/"+repo+sep+ref)
+		return err
+	})
 	if err != nil {
-		return Descriptor{}, c.observe(ctx, r, cs, err)
+		return Descriptor{}, err
 	}
-	c.observe(ctx, r, cs, nil)
 	return Descriptor{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size}, nil
 }
 
@@ -215,21 +239,23 @@ func (c *Client) Manifest(ctx context.Context, name, repo string, desc Descripto
 	if desc.Size > maxSize {
 		return nil, fmt.Errorf("%w: manifest %s is %d bytes, more than %d", ErrInvalid, desc.Digest, desc.Size, maxSize)
 	}
-	ctx, cs := withCallStatus(ctx)
-	f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+desc.Digest.String())
+	var body []byte
+	err = c.do(ctx, r, func(ctx context.Context) error {
+		f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+desc.Digest.String())
+		if err != nil {
+			return err
+		}
+		rc, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		body, err = io.ReadAll(io.LimitReader(rc, maxSize+1))
+		return err
+	})
 	if err != nil {
-		return nil, c.observe(ctx, r, cs, err)
+		return nil, err
 	}
-	rc, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size})
-	if err != nil {
-		return nil, c.observe(ctx, r, cs, err)
-	}
-	defer rc.Close()
-	body, err := io.ReadAll(io.LimitReader(rc, maxSize+1))
-	if err != nil {
-		return nil, c.observe(ctx, r, cs, err)
-	}
-	c.observe(ctx, r, cs, nil)
 	if int64(len(body)) > maxSize || desc.Digest.Algorithm().FromBytes(body) != desc.Digest {
 		return nil, fmt.Errorf("%w: manifest bytes do not hash to %s", ErrInvalid, desc.Digest)
 	}
@@ -244,26 +270,33 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest) (
 	if err != nil {
 		return nil, 0, err
 	}
-	if err := c.sem.Acquire(ctx, 1); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, c.opts.SlotWait)
+	err = c.sem.Acquire(wctx, 1)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
+		}
+		return nil, 0, fmt.Errorf("%w: all %d upstream connections busy for %s", ErrBusy, c.opts.MaxConns, c.opts.SlotWait)
+	}
+	var rc io.ReadCloser
+	var desc ocispec.Descriptor
+	err = c.do(ctx, r, func(ctx context.Context) error {
+		f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
+		if err != nil {
+			return err
+		}
+		byDigest, ok := f.(remotes.FetcherByDigest)
+		if !ok {
+			return errors.New("containerd fetcher cannot fetch by digest")
+		}
+		rc, desc, err = byDigest.FetchByDigest(ctx, d)
+		return err
+	})
+	if err != nil {
+		c.sem.Release(1)
 		return nil, 0, err
 	}
-	ctx, cs := withCallStatus(ctx)
-	f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
-	if err != nil {
-		c.sem.Release(1)
-		return nil, 0, c.observe(ctx, r, cs, err)
-	}
-	byDigest, ok := f.(remotes.FetcherByDigest)
-	if !ok {
-		c.sem.Release(1)
-		return nil, 0, errors.New("containerd fetcher cannot fetch by digest")
-	}
-	rc, desc, err := byDigest.FetchByDigest(ctx, d)
-	if err != nil {
-		c.sem.Release(1)
-		return nil, 0, c.observe(ctx, r, cs, err)
-	}
-	c.observe(ctx, r, cs, nil)
 	rs, ok := rc.(io.ReadSeekCloser)
 	if !ok {
 		rc.Close()
@@ -332,11 +365,46 @@ func (cs *callStatus) get() int {
 	return cs.last
 }
 
+// do runs op, one idempotent upstream operation, and classifies its
+// outcome (observe). A 500, 502, 503 or 504 is retried twice, after
+// jittered pauses of about 0.2 s and 0.6 s; timeouts and other errors are
+// not (a hung server would only hang longer).
+func (c *Client) do(ctx context.Context, r *registry, op func(ctx context.Context) error) error {
+	for attempt := 0; ; attempt++ {
+		octx, cs := withCallStatus(ctx)
+		err := op(octx)
+		code := cs.get()
+		transient := code == 500 || code == 502 || code == 503 || code == 504
+		if err == nil || !transient || attempt == 2 || ctx.Err() != nil {
+			return c.observe(octx, r, cs, err)
+		}
+		pause := time.Duration(200*(1+2*attempt)) * time.Millisecond
+		pause = pause/2 + time.Duration(rand.Int64N(int64(pause)))
+		select {
+		case <-time.After(pause):
+		case <-ctx.Done():
+			return c.observe(octx, r, cs, err)
+		}
+	}
+}
+
 // observe classifies err, updates r's health and returns the error to give
-// callers.
+// callers. Only failures of the registry itself count towards marking it
+// down, and only DownAfter of them in a row: a token server's failure, or
+// an answer about one repository (401, 403, 404), never does.
 func (c *Client) observe(ctx context.Context, r *registry, cs *callStatus, err error) error {
-	if err == nil || ctx.Err() != nil {
+	if err == nil {
+		r.mu.Lock()
+		r.failures = 0
+		r.mu.Unlock()
+		return nil
+	}
+	if ctx.Err() != nil {
 		return err
+	}
+	var tokenErr *TokenError
+	if errors.As(err, &tokenErr) {
+		return fmt.Errorf("%s: %w: %v", r.Name, ErrUnavailable, err)
 	}
 	var status remoteerrors.ErrUnexpectedStatus
 	if errors.As(err, &status) {
@@ -363,16 +431,19 @@ func (c *Client) observe(ctx context.Context, r *registry, cs *callStatus, err e
 	case code >= 300 && code < 500:
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	c.markDown(r, err)
+	c.markFailed(r, err)
 	return fmt.Errorf("%s: %w: %v", r.Name, ErrUnavailable, err)
 }
 
-// markDown records that r failed and starts a background probe that marks
-// it up again once it answers.
-func (c *Client) markDown(r *registry, err error) {
+// markFailed counts a failure of r; the DownAfter-th in a row marks it down
+// and starts a background probe that marks it up again once it answers.
+func (c *Client) markFailed(r *registry, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastErr = err.Error()
+	if r.failures++; r.failures < c.opts.DownAfter && !r.down {
+		return
+	}
 	if !r.down {
 		c.log.Warn("upstream unavailable; serving from cache until it answers", "registry", r.Name, "err", err)
 	}
@@ -401,7 +472,7 @@ func (c *Client) probe(r *registry) {
 		resp.Body.Close()
 		if resp.StatusCode < 500 {
 			r.mu.Lock()
-			r.down, r.probing = false, false
+			r.down, r.probing, r.failures = false, false, 0
 			r.mu.Unlock()
 			c.log.Info("upstream is back", "registry", r.Name)
 			return
@@ -442,6 +513,7 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return resp, err
 	}
+	resp.Body = newIdleBody(resp.Body, t.opts.BodyIdle)
 	if cs, ok := req.Context().Value(callStatusKey{}).(*callStatus); ok { // the latest response decides
 		cs.mu.Lock()
 		cs.last = resp.StatusCode
@@ -465,4 +537,47 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.reg.mu.Unlock()
 	}
 	return resp, nil
+}
+
+// idleBody aborts a response body that delivers nothing for idle: closing
+// it from a timer makes the blocked Read return, and the transport drops
+// the connection. Read then reports ErrStalled.
+type idleBody struct {
+	rc    io.ReadCloser
+	idle  time.Duration
+	timer *time.Timer
+
+	mu      sync.Mutex
+	stalled bool
+}
+
+func newIdleBody(rc io.ReadCloser, idle time.Duration) *idleBody {
+	b := &idleBody{rc: rc, idle: idle}
+	b.timer = time.AfterFunc(idle, func() {
+		b.mu.Lock()
+		b.stalled = true
+		b.mu.Unlock()
+		rc.Close()
+	})
+	return b
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.timer.Reset(b.idle)
+	}
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.stalled {
+			err = fmt.Errorf("%w: nothing received for %s", ErrStalled, b.idle)
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.timer.Stop()
+	return b.rc.Close()
 }

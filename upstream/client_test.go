@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -119,7 +120,8 @@ func TestRateLimitFailsFast(t *testing.T) {
 	}
 }
 
-// TestDownFailsFastAndRecovers: a dead upstream is remembered, requests fail
+// TestDownFailsFastAndRecovers: a registry that keeps failing is marked
+// down after DownAfter failed operations (each retried), then requests fail
 // at once, and the background probe brings it back.
 func TestDownFailsFastAndRecovers(t *testing.T) {
 	hub := fakehub.Start(t)
@@ -127,12 +129,20 @@ func TestDownFailsFastAndRecovers(t *testing.T) {
 	hub.SetFailStatus(503)
 	c := newTestClient(t, hub, "", "")
 	ctx := context.Background()
-	if _, err := c.Resolve(ctx, "docker.io", "library/alpine", "latest"); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("503 upstream: %v", err)
+	for i := 0; i < 3; i++ {
+		if _, err := c.Resolve(ctx, "docker.io", "library/alpine", "latest"); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("503 upstream, attempt %d: %v", i, err)
+		}
+		if up := c.Status()[0].Up; up != (i < 2) {
+			t.Fatalf("after %d failed operations the registry is up=%v", i+1, up)
+		}
+	}
+	if n := hub.Count("503"); n < 6 {
+		t.Fatalf("3 operations reached the hub %d times: transient 5xx are not retried", n)
 	}
 	start := time.Now()
 	if _, err := c.Resolve(ctx, "docker.io", "library/alpine", "latest"); !errors.Is(err, ErrUnavailable) || time.Since(start) > 50*time.Millisecond {
-		t.Fatalf("second request: %v after %s", err, time.Since(start))
+		t.Fatalf("request to a registry marked down: %v after %s", err, time.Since(start))
 	}
 	hub.SetFailStatus(0)
 	deadline := time.Now().Add(5 * time.Second)
@@ -144,6 +154,78 @@ func TestDownFailsFastAndRecovers(t *testing.T) {
 			t.Fatal("probe never marked the registry up")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestTransient5xxRetried: a single 503 (containerd retries once itself) or
+// a pair of them never reaches the caller and leaves the registry up.
+func TestTransient5xxRetried(t *testing.T) {
+	hub := fakehub.Start(t)
+	img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 1000, Seed: 3})
+	c := newTestClient(t, hub, "", "")
+	ctx := context.Background()
+	hub.FailNext(503, 3)
+	desc, err := c.Resolve(ctx, "docker.io", "library/alpine", "latest")
+	if err != nil || desc.Digest != img.Index {
+		t.Fatalf("resolve through three 503s: %v", err)
+	}
+	hub.FailNext(502, 2)
+	rc, _, err := c.Blob(ctx, "docker.io", "library/alpine", img.Blobs[0])
+	if err != nil {
+		t.Fatalf("blob through two 502s: %v", err)
+	}
+	got, _ := digest.FromReader(rc)
+	rc.Close()
+	if got != img.Blobs[0] || !c.Status()[0].Up {
+		t.Fatalf("blob %s, registry up %v", got, c.Status()[0].Up)
+	}
+}
+
+// TestFailedTokenFetchNotKept: a token server that answers 503 once, or
+// hangs once, fails only the requests that waited for that fetch; the next
+// request fetches a new token and succeeds, and the registry is never
+// marked down (containerd's own authorizer keeps the failure for good).
+func TestFailedTokenFetchNotKept(t *testing.T) {
+	for _, fault := range []int{503, -1} {
+		t.Run(fmt.Sprint(fault), func(t *testing.T) {
+			hub := fakehub.Start(t)
+			img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 1000, Seed: 3})
+			c, err := New(Options{
+				Registries:      []Registry{{Name: "docker.io", Endpoint: hub.URL}},
+				ResponseTimeout: 500 * time.Millisecond, // bounds the hung token fetch
+				ProbeEvery:      50 * time.Millisecond,
+				Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// A 503 is retried by the client (three attempts): fail them all.
+			n := 1
+			if fault == 503 {
+				n = 3
+			}
+			hub.FailToken(fault, n)
+			ctx := context.Background()
+			if _, err := c.Resolve(ctx, "docker.io", "library/alpine", "latest"); err == nil {
+				t.Fatal("resolve succeeded while the token server failed")
+			}
+			if hub.Count("token")-hub.Count("token hang")-hub.Count("token 503") != 0 {
+				t.Fatalf("the first resolve got a token (%d requests)", hub.Count("token"))
+			}
+			for i := 0; i < 3; i++ {
+				desc, err := c.Resolve(ctx, "docker.io", "library/alpine", "latest")
+				if err != nil || desc.Digest != img.Index {
+					t.Fatalf("resolve %d after the token server recovered: %v", i, err)
+				}
+			}
+			if !c.Status()[0].Up {
+				t.Fatal("a token failure marked the registry down")
+			}
+			if got := hub.Count("token"); got > n+1 {
+				t.Fatalf("%d token requests: a good token was not reused", got)
+			}
+		})
 	}
 }
 

@@ -14,6 +14,10 @@ var (
 	ErrUnavailable = errors.New("upstream unavailable")
 	ErrRateLimited = errors.New("upstream rate limit reached")
 	ErrInvalid     = errors.New("upstream sent invalid content")
+	// ErrBusy: every upstream connection slot stayed taken (Options.SlotWait).
+	ErrBusy = fmt.Errorf("%w: every upstream connection is busy", ErrUnavailable)
+	// ErrStalled: a response body delivered nothing for Options.BodyIdle.
+	ErrStalled = errors.New("upstream connection stalled")
 )
 
 // RateLimitError is ErrRateLimited with the time the registry asked to wait.

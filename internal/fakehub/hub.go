@@ -42,6 +42,10 @@ type Hub struct {
 	rateLimit   int // manifest GETs allowed (0: unlimited)
 	retryAfter  int
 	failStatus  int
+	failNext    int // the next failNextN registry requests get failNext
+	failNextN   int
+	tokenFail   int // the next tokenFailN token requests get tokenFail (-1: hang)
+	tokenFailN  int
 	dropAt      map[digest.Digest]int64 // next GET of digest drops after n bytes
 	corrupt     map[digest.Digest]bool
 	redirect    bool
@@ -117,7 +121,15 @@ func (h *Hub) SetBandwidth(bytesPerSec int64) { h.set(func() { h.bytesPerSec = b
 func (h *Hub) SetRateLimit(gets, retryAfter int) {
 	h.set(func() { h.rateLimit, h.retryAfter = gets, retryAfter })
 }
-func (h *Hub) SetFailStatus(status int)         { h.set(func() { h.failStatus = status }) }
+func (h *Hub) SetFailStatus(status int) { h.set(func() { h.failStatus = status }) }
+
+// FailNext makes the next n registry requests (not token requests) answer
+// status.
+func (h *Hub) FailNext(status, n int) { h.set(func() { h.failNext, h.failNextN = status, n }) }
+
+// FailToken makes the next n token requests answer status; status -1 makes
+// them hang until the client gives up.
+func (h *Hub) FailToken(status, n int)          { h.set(func() { h.tokenFail, h.tokenFailN = status, n }) }
 func (h *Hub) SetRedirect(on bool)              { h.set(func() { h.redirect = on }) }
 func (h *Hub) DropAt(d digest.Digest, n int64)  { h.set(func() { h.dropAt[d] = n }) }
 func (h *Hub) Corrupt(d digest.Digest, on bool) { h.set(func() { h.corrupt[d] = on }) }
@@ -161,6 +173,10 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	latency, fail, auth := h.latency, h.failStatus, h.auth
 	if _, _, ok := r.BasicAuth(); ok && r.URL.Path != "/token" {
 		h.credLeaks++
+	}
+	if h.failNextN > 0 && strings.HasPrefix(r.URL.Path, "/v2/") {
+		h.failNextN--
+		fail = h.failNext
 	}
 	h.mu.Unlock()
 	time.Sleep(latency)
@@ -361,7 +377,25 @@ func (h *Hub) token(w http.ResponseWriter, r *http.Request) {
 	h.count("token")
 	h.mu.Lock()
 	users := h.users
+	fail := 0
+	if h.tokenFailN > 0 {
+		h.tokenFailN--
+		fail = h.tokenFail
+	}
 	h.mu.Unlock()
+	switch {
+	case fail == -1:
+		h.count("token hang")
+		select {
+		case <-r.Context().Done():
+		case <-time.After(2 * time.Minute):
+		}
+		return
+	case fail != 0:
+		h.count("token " + strconv.Itoa(fail))
+		writeErr(w, fail, "UNAVAILABLE", "token fault injected")
+		return
+	}
 	u, p, ok := r.BasicAuth()
 	scopes := r.URL.Query()["scope"]
 	if r.Method == http.MethodPost {
