@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,12 +25,22 @@ func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, q *request)
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	f, _, err := reg.store.OpenBlob(q.repo, d)
+	f, size, err := reg.store.OpenBlob(q.repo, d)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	setBlobHeaders(h, d)
+	if rh := r.Header.Get("Range"); rh != "" {
+		// Go's ServeContent answers a zero-length suffix ("bytes=-0") with
+		// an impossible 206; RFC 9110 makes it unsatisfiable.
+		kept, ok := dropEmptySuffixes(rh)
+		if !ok {
+			h.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+			return &apiError{code: codeBlobUnknown, status: http.StatusRequestedRangeNotSatisfiable, message: "range not satisfiable: " + rh}
+		}
+		r.Header.Set("Range", kept)
+	}
 	// ServeContent answers Range (206/416) and If-None-Match, then copies
 	// with w's ReadFrom: sendfile for the plain writer, or big buffered
 	// reads and writes (see Options.Sendfile).
@@ -46,6 +57,26 @@ func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, q *request)
 		m.BytesServed.WithLabelValues("cache").Add(float64(sw.n - before))
 	}
 	return nil
+}
+
+// dropEmptySuffixes removes zero-length suffix ranges ("-0") from a Range
+// header; ok is false when nothing is left.
+func dropEmptySuffixes(h string) (string, bool) {
+	unit, set, found := strings.Cut(h, "=")
+	if !found {
+		return h, true // not a byte range: ServeContent ignores it
+	}
+	var kept []string
+	for _, spec := range strings.Split(set, ",") {
+		if n, isSuffix := strings.CutPrefix(strings.TrimSpace(spec), "-"); isSuffix && strings.Trim(strings.TrimSpace(n), "0") == "" && strings.TrimSpace(n) != "" {
+			continue
+		}
+		kept = append(kept, spec)
+	}
+	if len(kept) == 0 {
+		return "", false
+	}
+	return unit + "=" + strings.Join(kept, ","), true
 }
 
 // blobCopyBuffer is the size of the buffered blob copy: measured on loopback

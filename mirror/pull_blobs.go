@@ -3,11 +3,9 @@ package mirror
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -46,8 +44,10 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 	if err != nil {
 		return err
 	}
-	start, n, partial, ok := singleRange(r.Header.Get("Range"), size)
-	if !ok { // several or unsatisfiable ranges: let the cached copy answer
+	if r.Header.Get("Range") != "" {
+		// A range is answered once the whole blob is verified and stored:
+		// the hold-back protects only a whole body's end, and any range can
+		// be a complete response.
 		if err := rd.Wait(r.Context()); err != nil {
 			return err
 		}
@@ -55,18 +55,13 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 	}
 	h := w.Header()
 	setBlobHeaders(h, q.digest)
-	h.Set("Content-Length", strconv.FormatInt(n, 10))
-	status := http.StatusOK
-	if partial {
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+n-1, size))
-		status = http.StatusPartialContent
-	}
+	h.Del("Cache-Control") // immutable only once stored: these bytes are still arriving
+	h.Set("Content-Length", strconv.FormatInt(size, 10))
 	if r.Method == http.MethodHead {
-		w.WriteHeader(status)
+		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	rd.Limit(start, n)
-	w.WriteHeader(status)
+	w.WriteHeader(http.StatusOK)
 	bp := blobBufs.Get().(*[]byte)
 	defer blobBufs.Put(bp)
 	sent, err := io.CopyBuffer(struct{ io.Writer }{w}, rd, *bp)
@@ -176,41 +171,6 @@ func (p *puller) prefetch(t policy.Target, blobs []digest.Digest) {
 		}
 		g.Wait()
 	}()
-}
-
-// singleRange parses a Range header with one range against size. ok is
-// false for several ranges or an unsatisfiable one.
-func singleRange(h string, size int64) (start, n int64, partial, ok bool) {
-	if h == "" {
-		return 0, size, false, true
-	}
-	spec, found := strings.CutPrefix(h, "bytes=")
-	if !found || strings.Contains(spec, ",") || size == 0 { // nothing in an empty blob is satisfiable
-		return 0, 0, false, false
-	}
-	a, b, _ := strings.Cut(spec, "-")
-	switch {
-	case a == "": // suffix: the last b bytes
-		k, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || k <= 0 {
-			return 0, 0, false, false
-		}
-		k = min(k, size)
-		return size - k, k, true, true
-	default:
-		s, err := strconv.ParseInt(a, 10, 64)
-		if err != nil || s >= size {
-			return 0, 0, false, false
-		}
-		e := size - 1
-		if b != "" {
-			if e, err = strconv.ParseInt(b, 10, 64); err != nil || e < s {
-				return 0, 0, false, false
-			}
-			e = min(e, size-1)
-		}
-		return s, e - s + 1, true, true
-	}
 }
 
 // prefetchPlatforms fetches the manifests (and so the blobs) of an index's

@@ -168,3 +168,69 @@ func TestRangeOnInflightBlob(t *testing.T) {
 		t.Fatal("ranged bytes differ from the blob")
 	}
 }
+
+// TestRangeOnCorruptFillNeverCompletes: Range requests for most of a
+// corrupted layer while it still downloads (the hold-back covers only the
+// end of the whole blob) never complete with wrong bytes, and no answer
+// about bytes still arriving is marked immutable.
+func TestRangeOnCorruptFillNeverCompletes(t *testing.T) {
+	e := newMirrorEnv(t, Options{PrefetchParallel: -1})
+	img := e.hub.Push("library/ranged", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 4 << 20, Seed: 77})
+	layer := img.Layers[platform][0]
+	e.hub.Corrupt(layer, true)
+	e.hub.SetBandwidth(2 << 20) // about 2 s for the layer: the ranges arrive mid-download
+	url := e.srv.URL + "/v2/library/ranged/blobs/" + layer.String()
+	type answer struct {
+		status int
+		n      int
+		err    error
+		cc     string
+	}
+	results := make(chan answer, 10)
+	for i := 0; i < 10; i++ {
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, url, nil)
+			if i%2 == 0 {
+				req.Header.Set("Range", "bytes=0-1999999")
+			} else {
+				req.Header.Set("Range", "bytes=1000-")
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				results <- answer{err: err}
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			results <- answer{status: resp.StatusCode, n: len(b), err: err, cc: resp.Header.Get("Cache-Control")}
+		}()
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; i < 10; i++ {
+		a := <-results
+		if a.err == nil && (a.status == http.StatusPartialContent || a.status == http.StatusOK) {
+			t.Fatalf("a complete %d of %d bytes for a corrupt layer (Cache-Control %q)", a.status, a.n, a.cc)
+		}
+	}
+	waitFillsDone(t, e)
+	// A plain GET streamed from a download in flight is not immutable.
+	e.hub.Corrupt(layer, false)
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := digest.FromReader(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || got != layer || resp.Header.Get("Cache-Control") != "" {
+		t.Fatalf("streamed GET: %s, digest %s, Cache-Control %q", resp.Status, got, resp.Header.Get("Cache-Control"))
+	}
+	waitFillsDone(t, e)
+	resp, err = http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if cc := resp.Header.Get("Cache-Control"); !strings.Contains(cc, "immutable") {
+		t.Fatalf("stored blob served with Cache-Control %q", cc)
+	}
+}
