@@ -303,16 +303,38 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest) (
 		c.sem.Release(1)
 		return nil, 0, errors.New("containerd blob reader cannot seek")
 	}
-	return &slotReader{ReadSeekCloser: rs, release: func() { c.sem.Release(1) }}, desc.Size, nil
+	return newSlotReader(rs, func() { c.sem.Release(1) }), desc.Size, nil
 }
+
+// stallRelease is how long a blob transfer may make no progress before its
+// connection slot goes back to the pool: a stalled connection moves no
+// bytes, and must not keep other images' cold pulls waiting. (BodyIdle
+// later aborts it.)
+const stallRelease = 5 * time.Second
 
 type slotReader struct {
 	io.ReadSeekCloser
 	once    sync.Once
 	release func()
+	stalled *time.Timer
+}
+
+func newSlotReader(rs io.ReadSeekCloser, release func()) *slotReader {
+	s := &slotReader{ReadSeekCloser: rs, release: release}
+	s.stalled = time.AfterFunc(stallRelease, func() { s.once.Do(s.release) })
+	return s
+}
+
+func (s *slotReader) Read(p []byte) (int, error) {
+	n, err := s.ReadSeekCloser.Read(p)
+	if n > 0 {
+		s.stalled.Reset(stallRelease)
+	}
+	return n, err
 }
 
 func (s *slotReader) Close() error {
+	s.stalled.Stop()
 	err := s.ReadSeekCloser.Close()
 	s.once.Do(s.release)
 	return err
@@ -564,7 +586,9 @@ func newIdleBody(rc io.ReadCloser, idle time.Duration) *idleBody {
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if n > 0 {
+	if err == io.EOF {
+		b.timer.Stop()
+	} else if n > 0 {
 		b.timer.Reset(b.idle)
 	}
 	if err != nil && err != io.EOF {
