@@ -61,7 +61,9 @@ type Store struct {
 	cacheMu sync.Mutex
 	gen     uint64
 
-	uploadLocks [64]sync.Mutex
+	// uploadLocks serialise the requests of one upload session; sessions
+	// never wait for each other (a slow client's chunk holds only its own).
+	uploadLocks sessionLocks
 	// contentLocks serialise, per digest, everything that gives content a
 	// new link (commit, mount, manifest put) with the collector's deletion
 	// of that content.
@@ -314,10 +316,42 @@ func exists(txn *badger.Txn, key []byte) (bool, error) {
 	return err == nil, err
 }
 
-func (s *Store) uploadLock(id string) *sync.Mutex {
-	h := fnv.New32a()
-	h.Write([]byte(id))
-	return &s.uploadLocks[h.Sum32()%uint32(len(s.uploadLocks))]
+// uploadLock locks session id; call the returned function to unlock.
+func (s *Store) uploadLock(id string) (unlock func()) { return s.uploadLocks.lock(id) }
+
+// sessionLocks are mutexes by key, made on first use and dropped when
+// nobody holds or waits for them.
+type sessionLocks struct {
+	mu sync.Mutex
+	m  map[string]*sessionLock
+}
+
+type sessionLock struct {
+	sync.Mutex
+	refs int
+}
+
+func (k *sessionLocks) lock(key string) func() {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*sessionLock{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &sessionLock{}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
 }
 
 // contentLock is the lock of digest d's stripe.

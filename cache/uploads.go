@@ -91,9 +91,7 @@ func (s *Store) UploadStatus(repo, id string) (int64, error) {
 // not at all: when r fails or the disk is full, the session stays where it
 // was. Errors: ErrUploadUnknown, *RangeError, ErrStorageFull.
 func (s *Store) AppendUpload(repo, id string, start int64, r io.Reader) (int64, error) {
-	mu := s.uploadLock(id)
-	mu.Lock()
-	defer mu.Unlock()
+	defer s.uploadLock(id)()
 	rec, err := s.loadUpload(repo, id)
 	if err != nil {
 		return 0, err
@@ -196,9 +194,7 @@ func copyHashed(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
 // upload against d and links the blob into repo. On a mismatch the session
 // is cancelled. Errors: ErrUploadUnknown, ErrDigestMismatch.
 func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int64, error) {
-	mu := s.uploadLock(id)
-	mu.Lock()
-	defer mu.Unlock()
+	defer s.uploadLock(id)()
 	rec, err := s.loadUpload(repo, id)
 	if err != nil {
 		return 0, err
@@ -236,9 +232,7 @@ func (s *Store) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm)
 
 // CancelUpload drops session id of repo. Errors: ErrUploadUnknown.
 func (s *Store) CancelUpload(repo, id string) error {
-	mu := s.uploadLock(id)
-	mu.Lock()
-	defer mu.Unlock()
+	defer s.uploadLock(id)()
 	if _, err := s.loadUpload(repo, id); err != nil {
 		return err
 	}
@@ -356,8 +350,7 @@ func (s *Store) ExpireUploads(now time.Time) (int, error) {
 	}
 	n := 0
 	for _, id := range ids {
-		mu := s.uploadLock(id)
-		mu.Lock()
+		unlock := s.uploadLock(id)
 		rec, err := s.readUpload(id)
 		// Re-checked under the session's lock: a request may have used it.
 		if err == nil && now.Sub(rec.Updated) > s.opts.UploadTTL {
@@ -365,7 +358,7 @@ func (s *Store) ExpireUploads(now time.Time) (int, error) {
 				n++
 			}
 		}
-		mu.Unlock()
+		unlock()
 	}
 	return n, nil
 }

@@ -49,8 +49,10 @@ func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, q *request)
 	if counted {
 		before = sw.n
 	}
-	if !reg.opts.Sendfile {
-		w = bufferedCopier{w}
+	if reg.opts.Sendfile {
+		w = sendfileCopier{w, reg, r}
+	} else {
+		w = bufferedCopier{w, reg, r}
 	}
 	http.ServeContent(w, r, "", time.Time{}, f)
 	if m := reg.opts.Metrics; m != nil && counted {
@@ -86,16 +88,18 @@ const blobCopyBuffer = 512 << 10
 
 var blobBufs = sync.Pool{New: func() any { b := make([]byte, blobCopyBuffer); return &b }}
 
-// bufferedCopier makes ServeContent copy through a pooled buffer instead of
+// bufferedCopier makes ServeContent copy through copyToClient instead of
 // sendfile: plain read and write calls of blobCopyBuffer bytes.
-type bufferedCopier struct{ http.ResponseWriter }
+type bufferedCopier struct {
+	http.ResponseWriter
+	reg *Registry
+	r   *http.Request
+}
 
 func (b bufferedCopier) ReadFrom(src io.Reader) (int64, error) {
-	bp := blobBufs.Get().(*[]byte)
-	defer blobBufs.Put(bp)
-	// The wrappers hide the file's WriteTo and the writer's ReadFrom, which
-	// would otherwise take the sendfile path again.
-	return io.CopyBuffer(struct{ io.Writer }{b.ResponseWriter}, struct{ io.Reader }{src}, *bp)
+	// The wrapper hides the file's WriteTo, which would otherwise take the
+	// sendfile path again.
+	return b.reg.copyToClient(b.ResponseWriter, b.r, struct{ io.Reader }{src})
 }
 
 func setBlobHeaders(h http.Header, d digest.Digest) {

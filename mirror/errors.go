@@ -79,9 +79,12 @@ func toAPIError(err error, kind routeKind) *apiError {
 	var missing *cache.MissingRefError
 	var rng *cache.RangeError
 	var limited *upstream.RateLimitError
+	var body *bodyError
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &body):
+		return &apiError{code: codeBlobUploadInvalid, status: http.StatusBadRequest, message: body.Error()}
 	case errors.As(err, &missing):
 		return &apiError{code: codeManifestBlobUnknown, message: err.Error(), detail: map[string]string{"digest": missing.Digest.String()}}
 	case errors.As(err, &rng):

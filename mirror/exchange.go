@@ -84,12 +84,15 @@ func (reg *Registry) dispatch(x *exchange) error {
 	if err := reg.authorize(r, q); err != nil {
 		return err
 	}
+	var slot *uploadSlot // nil: the request holds none
 	if (rt.kind == routeUpload || rt.kind == routeUploads) && (r.Method == http.MethodPatch || r.Method == http.MethodPut || r.Method == http.MethodPost) {
-		release, err := reg.uploads.acquire(r)
-		if err != nil {
+		if slot, err = reg.uploads.acquire(r); err != nil {
 			return err
 		}
-		defer release()
+		defer slot.release()
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &bodyReader{rc: r.Body, ctl: http.NewResponseController(w), timeout: reg.opts.ClientTimeout, slot: slot, log: reg.log, client: r.RemoteAddr}
 	}
 	if q.ns != "" && q.mirrored {
 		w.Header().Set("OCI-Namespace", q.ns)

@@ -7,7 +7,9 @@ import (
 )
 
 // uploadLimiter bounds upload requests running at once, overall and per
-// client address; zero limits are off.
+// client address; zero limits are off. A request whose body has sent
+// nothing for a while is parked: it stops counting until bytes come again,
+// so slow clients cannot hold every slot while moving nothing.
 type uploadLimiter struct {
 	total, perClient int
 	mu               sync.Mutex
@@ -15,11 +17,20 @@ type uploadLimiter struct {
 	byClient         map[string]int
 }
 
+// uploadSlot is one admitted upload request.
+type uploadSlot struct {
+	l      *uploadLimiter
+	host   string
+	mu     sync.Mutex
+	parked bool
+	done   bool
+}
+
 // acquire admits one upload request or returns a TOOMANYREQUESTS error;
-// release must be called when an admitted request ends.
-func (l *uploadLimiter) acquire(r *http.Request) (release func(), err error) {
+// the slot's release must be called when the request ends.
+func (l *uploadLimiter) acquire(r *http.Request) (*uploadSlot, error) {
 	if l.total <= 0 && l.perClient <= 0 {
-		return func() {}, nil
+		return &uploadSlot{done: true}, nil
 	}
 	host, _, _ := net.SplitHostPort(r.RemoteAddr)
 	l.mu.Lock()
@@ -30,14 +41,51 @@ func (l *uploadLimiter) acquire(r *http.Request) (release func(), err error) {
 	case l.perClient > 0 && l.byClient[host] >= l.perClient:
 		return nil, &apiError{code: codeTooManyRequests, message: "too many uploads in progress from " + host + "; retry later", retryAfter: 1e9}
 	}
-	l.running++
-	l.byClient[host]++
-	return func() {
-		l.mu.Lock()
-		l.running--
-		if l.byClient[host]--; l.byClient[host] == 0 {
-			delete(l.byClient, host)
-		}
-		l.mu.Unlock()
-	}, nil
+	l.addLocked(host, 1)
+	return &uploadSlot{l: l, host: host}, nil
+}
+
+func (l *uploadLimiter) addLocked(host string, n int) {
+	l.running += n
+	if l.byClient[host] += n; l.byClient[host] <= 0 {
+		delete(l.byClient, host)
+	}
+}
+
+// park stops counting the slot (its body is idle); unpark counts it again,
+// even above the limits: the request was admitted.
+func (s *uploadSlot) park()   { s.set(true) }
+func (s *uploadSlot) unpark() { s.set(false) }
+
+func (s *uploadSlot) set(parked bool) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done || s.parked == parked {
+		return
+	}
+	s.parked = parked
+	n := 1
+	if parked {
+		n = -1
+	}
+	s.l.mu.Lock()
+	s.l.addLocked(s.host, n)
+	s.l.mu.Unlock()
+}
+
+func (s *uploadSlot) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return
+	}
+	s.done = true
+	if !s.parked {
+		s.l.mu.Lock()
+		s.l.addLocked(s.host, -1)
+		s.l.mu.Unlock()
+	}
 }

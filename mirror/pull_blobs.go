@@ -62,9 +62,7 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 		return nil
 	}
 	w.WriteHeader(http.StatusOK)
-	bp := blobBufs.Get().(*[]byte)
-	defer blobBufs.Put(bp)
-	sent, err := io.CopyBuffer(struct{ io.Writer }{w}, rd, *bp)
+	sent, err := p.reg.copyToClient(w, r, rd)
 	if m := p.opts.Metrics; m != nil {
 		m.BytesServed.WithLabelValues("upstream").Add(float64(sent))
 	}

@@ -58,6 +58,10 @@ type Options struct {
 	// it, up to ctx: a mirror download that would not fit asks it first.
 	MakeRoom func(ctx context.Context) error
 
+	// ClientTimeout cuts off a client whose response write, or whose
+	// upload body's read, makes no progress for this long (60s).
+	ClientTimeout time.Duration
+
 	// MaxUploads and MaxUploadsPerClient bound upload requests (POST with
 	// a body, PATCH, PUT of a blob) running at once; 0: no limit.
 	MaxUploads, MaxUploadsPerClient int
@@ -93,6 +97,9 @@ type access struct {
 func New(store *cache.Store, opts Options) *Registry {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.ClientTimeout <= 0 {
+		opts.ClientTimeout = time.Minute
 	}
 	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(),
 		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
