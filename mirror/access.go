@@ -22,8 +22,15 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 			return err
 		}
 	}
+	pol := reg.policy()
+	if pol.Allowed(policy.Subject{}, q.repo, q.action, q.mirrored) {
+		return nil // anonymous callers may: who asks does not matter (no bcrypt)
+	}
 	c := callerOf(r)
-	if reg.policy().Allowed(c.Subject, q.repo, q.action, q.mirrored) {
+	if c.throttled > 0 {
+		return throttledError(c.throttled)
+	}
+	if pol.Allowed(c.Subject, q.repo, q.action, q.mirrored) {
 		return nil
 	}
 	reg.audit(r, "denied", slog.String("repo", q.repo), slog.String("action", string(q.action)))

@@ -3,8 +3,10 @@ package mirror
 import (
 	"context"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/wharf-registry/wharf/policy"
@@ -14,6 +16,10 @@ import (
 type Authenticator interface {
 	Len() int
 	Verify(user, password string) bool
+	// Generation changes whenever user's credential does (and is empty for
+	// an unknown user): tokens carry it, so a deleted user's or an old
+	// password's tokens stop working at once.
+	Generation(user string) string
 }
 
 type subjectKey struct{}
@@ -21,13 +27,61 @@ type subjectKey struct{}
 // caller is who sent a request, as authenticated.
 type caller struct {
 	policy.Subject
-	badCredentials bool // sent credentials that did not verify (treated as anonymous)
-	token          bool // holds a valid token from Wharf's realm
+	badCredentials bool          // sent credentials that did not verify (treated as anonymous)
+	token          bool          // holds a valid token from Wharf's realm
+	throttled      time.Duration // its sign-in was refused after too many failures: retry after this
+}
+
+// lazyCaller resolves a request's caller on first use: Basic credentials
+// cost a bcrypt check, which a request that anonymous callers may make
+// never pays.
+type lazyCaller struct {
+	once    sync.Once
+	c       caller
+	resolve func() caller
 }
 
 func callerOf(r *http.Request) caller {
-	c, _ := r.Context().Value(subjectKey{}).(caller)
-	return c
+	lc, _ := r.Context().Value(subjectKey{}).(*lazyCaller)
+	if lc == nil {
+		return caller{}
+	}
+	lc.once.Do(func() { lc.c = lc.resolve() })
+	return lc.c
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// signIn checks user's password for a request, throttled per client
+// address and user name (see signins): ok, or how long to wait before
+// trying again (0: the password was wrong). Failures are audited.
+func (reg *Registry) signIn(r *http.Request, user, pass string) (ok bool, retry time.Duration) {
+	users := reg.access.Load().users
+	if users == nil {
+		return false, 0
+	}
+	ip, now, gen := clientIP(r), reg.signins.now(), users.Generation(user)
+	if reg.signins.knownBad(user, gen, pass, now) {
+		return false, 0 // the same failure again: no new guess
+	}
+	if w := reg.signins.wait(ip, user, now); w > 0 {
+		reg.auditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "throttled after failed sign-ins"), slog.Duration("retry_after", w))
+		return false, w
+	}
+	if users.Verify(user, pass) {
+		reg.signins.succeeded(ip, user)
+		return true, 0
+	}
+	reg.signins.rememberBad(user, gen, pass, now)
+	backoff := reg.signins.failed(ip, user, now)
+	reg.auditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "wrong user or password"), slog.Duration("backoff", backoff))
+	return false, 0
 }
 
 // authenticate reads a bearer token from Wharf's realm, or Basic
@@ -36,23 +90,50 @@ func callerOf(r *http.Request) caller {
 // an anonymous pull. They only matter when the request needs more than
 // anonymous rights.
 func (reg *Registry) authenticate(r *http.Request) *http.Request {
-	var c caller
-	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 { // a client certificate from --tls-client-ca
-		c.User = r.TLS.VerifiedChains[0][0].Subject.CommonName
-		return r.WithContext(context.WithValue(r.Context(), subjectKey{}, c))
-	}
-	h := r.Header.Get("Authorization")
-	if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
-		claims, valid := reg.tokens.check(tok, time.Now())
-		c.User, c.badCredentials, c.token = claims.User, !valid || claims.Bad, valid
-	} else if user, pass, ok := r.BasicAuth(); ok && reg.access.Load().users != nil {
-		if users := reg.access.Load().users; users != nil && users.Verify(user, pass) {
-			c.User = user
-		} else {
-			c.badCredentials = true
+	lc := &lazyCaller{}
+	switch h := r.Header.Get("Authorization"); {
+	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0: // a client certificate from --tls-client-ca
+		cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
+		lc.resolve = func() caller { return caller{Subject: policy.Subject{User: cn}} }
+	case strings.HasPrefix(h, "Bearer "):
+		lc.resolve = func() caller {
+			claims, valid := reg.tokens.check(strings.TrimPrefix(h, "Bearer "), time.Now())
+			if valid && claims.User != "" {
+				users := reg.access.Load().users
+				valid = users != nil && users.Generation(claims.User) == claims.Gen
+			}
+			var c caller
+			if valid {
+				c.User = claims.User
+			}
+			c.badCredentials, c.token = !valid || claims.Bad, valid
+			return c
+		}
+	default:
+		user, pass, ok := r.BasicAuth()
+		lc.resolve = func() caller {
+			var c caller
+			if !ok || reg.access.Load().users == nil {
+				return c
+			}
+			good, retry := reg.signIn(r, user, pass)
+			switch {
+			case good:
+				c.User = user
+			case retry > 0:
+				c.badCredentials, c.throttled = true, retry
+			default:
+				c.badCredentials = true
+			}
+			return c
 		}
 	}
-	return r.WithContext(context.WithValue(r.Context(), subjectKey{}, c))
+	return r.WithContext(context.WithValue(r.Context(), subjectKey{}, lc))
+}
+
+// throttledError is the 429 for a sign-in refused after failures.
+func throttledError(retry time.Duration) error {
+	return &apiError{code: codeTooManyRequests, message: "too many failed sign-ins; retry later", retryAfter: retry}
 }
 
 // authRequired reports that users exist: /v2/ then challenges anonymous
@@ -87,8 +168,11 @@ func unauthorized(r *http.Request, repo string, a policy.Action) error {
 // audit writes one structured audit record: pushes, deletes, logins and
 // denials, with user and client address.
 func (reg *Registry) audit(r *http.Request, event string, attrs ...slog.Attr) {
-	c := callerOf(r)
-	user := c.User
+	reg.auditAs(r, callerOf(r).User, event, attrs...)
+}
+
+// auditAs is audit for a request whose caller is being resolved.
+func (reg *Registry) auditAs(r *http.Request, user, event string, attrs ...slog.Attr) {
 	if user == "" {
 		user = "anonymous"
 	}

@@ -82,6 +82,7 @@ type Registry struct {
 	pull     *puller                // the pull-through mirror; nil without Options.Upstream
 	access   atomic.Pointer[access] // users and rules; swapped by SetAccess
 	tokens   *tokens
+	signins  *signins
 	uploads  *uploadLimiter
 	draining atomic.Bool
 	book     statusBook
@@ -101,7 +102,7 @@ func New(store *cache.Store, opts Options) *Registry {
 	if opts.ClientTimeout <= 0 {
 		opts.ClientTimeout = time.Minute
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(),
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(), signins: newSignins(),
 		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {
@@ -155,7 +156,11 @@ func (reg *Registry) health(w http.ResponseWriter, r *http.Request) error {
 func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ *request) error {
 	// With users, /v2/ challenges callers without a token: clients then ask
 	// the realm, anonymously (mirror pulls) or with a password (login).
-	if c := callerOf(r); reg.authRequired() && c.User == "" && (!c.token || c.badCredentials) {
+	c := callerOf(r)
+	if c.throttled > 0 {
+		return throttledError(c.throttled)
+	}
+	if reg.authRequired() && c.User == "" && (!c.token || c.badCredentials) {
 		if c.badCredentials {
 			reg.audit(r, "login", slog.Bool("ok", false))
 		}

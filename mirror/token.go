@@ -31,6 +31,7 @@ func newTokens() *tokens {
 
 type tokenClaims struct {
 	User string `json:"u"`
+	Gen  string `json:"g,omitempty"` // the user's credential generation when issued
 	Exp  int64  `json:"e"`
 	Bad  bool   `json:"b,omitempty"` // asked for with credentials that did not verify
 }
@@ -41,8 +42,8 @@ func (t *tokens) sign(payload []byte) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-func (t *tokens) issue(user string, bad bool, now time.Time) string {
-	payload, _ := json.Marshal(tokenClaims{User: user, Exp: now.Add(tokenTTL).Unix(), Bad: bad})
+func (t *tokens) issue(user, gen string, bad bool, now time.Time) string {
+	payload, _ := json.Marshal(tokenClaims{User: user, Gen: gen, Exp: now.Add(tokenTTL).Unix(), Bad: bad})
 	p := base64.RawURLEncoding.EncodeToString(payload)
 	return p + "." + t.sign([]byte(p))
 }
@@ -74,19 +75,20 @@ func (reg *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
 		user, pass = r.PostForm.Get("username"), r.PostForm.Get("password")
 		withCreds = r.PostForm.Get("grant_type") == "password"
 	}
-	bad := false
-	users := reg.access.Load().users
-	switch {
-	case !withCreds:
+	bad, gen := false, ""
+	if !withCreds {
 		user = ""
-	case users != nil && users.Verify(user, pass):
-		reg.audit(r, "login", slog.Bool("ok", true), slog.String("as", user))
-	default:
-		reg.audit(r, "login", slog.Bool("ok", false), slog.String("as", user))
+	} else if ok, retry := reg.signIn(r, user, pass); ok {
+		reg.auditAs(r, user, "login", slog.Bool("ok", true), slog.String("as", user))
+		gen = reg.access.Load().users.Generation(user)
+	} else if retry > 0 {
+		writeError(w, throttledError(retry), routeBase)
+		return
+	} else {
 		user, bad = "", true
 	}
 	now := time.Now()
-	tok := reg.tokens.issue(user, bad, now)
+	tok := reg.tokens.issue(user, gen, bad, now)
 	body, _ := json.Marshal(map[string]any{"token": tok, "access_token": tok,
 		"expires_in": int(tokenTTL / time.Second), "issued_at": now.UTC().Format(time.RFC3339)})
 	w.Header().Set("Content-Type", "application/json")

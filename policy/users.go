@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -103,6 +104,18 @@ func (u *Users) Names() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Generation identifies user's current credential: it changes when the
+// password does and is empty for an unknown user. It is derived from the
+// hash, so every process reading the same file agrees on it.
+func (u *Users) Generation(user string) string {
+	hash, ok := u.hashes[user]
+	if !ok {
+		return ""
+	}
+	sum := sha256.Sum256(hash)
+	return base64.RawURLEncoding.EncodeToString(sum[:9])
 }
 
 // Verify checks a password. Successes are cached for a minute under an
