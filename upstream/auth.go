@@ -43,6 +43,7 @@ type hostAuth struct {
 // token is one fetch of a bearer token: done closes when it ends.
 type token struct {
 	done    chan struct{}
+	started time.Time
 	value   string
 	expires time.Time
 	err     error
@@ -50,6 +51,11 @@ type token struct {
 
 // tokenEarly is how long before its expiry a token is fetched anew.
 const tokenEarly = 10 * time.Second
+
+// tokenStale: a request finding a fetch in flight for longer than this
+// starts its own instead of waiting (a hung token server must not hold a
+// repository's requests for the whole fetch timeout).
+const tokenStale = 5 * time.Second
 
 // TokenError is a failure to obtain a bearer token from a registry's token
 // server. It concerns the request's scope, not the registry's health.
@@ -98,39 +104,45 @@ func scopesOf(ctx context.Context, h *hostAuth) []string {
 func (a *authorizer) bearer(ctx context.Context, host string, h *hostAuth) (string, error) {
 	scopes := scopesOf(ctx, h)
 	key := strings.Join(scopes, " ")
-	a.mu.Lock()
-	if a.hosts[host] != h { // a newer challenge replaced it
-		h = a.hosts[host]
-	}
-	t := h.tokens[key]
-	if t != nil {
+	for {
+		a.mu.Lock()
+		t := h.tokens[key]
+		if t != nil {
+			select {
+			case <-t.done:
+				if t.err != nil || time.Until(t.expires) < tokenEarly {
+					t = nil // never reuse a failure; refresh an expiring token
+				}
+			default: // in flight: share it, unless it seems hung
+				if time.Since(t.started) > tokenStale {
+					t = nil
+				}
+			}
+		}
+		if t == nil {
+			t = &token{done: make(chan struct{}), started: time.Now()}
+			h.tokens[key] = t
+			opts := h.opts
+			opts.Scopes = scopes
+			go a.fetch(context.WithoutCancel(ctx), h, key, t, opts)
+		}
+		a.mu.Unlock()
+		stale := time.NewTimer(time.Until(t.started.Add(tokenStale)) + time.Millisecond)
 		select {
 		case <-t.done:
-			if t.err != nil || time.Until(t.expires) < tokenEarly {
-				t = nil // never reuse a failure; refresh an expiring token
-			}
-		default: // in flight: share it
+			stale.Stop()
+			return t.value, t.err
+		case <-ctx.Done():
+			stale.Stop()
+			return "", ctx.Err()
+		case <-stale.C: // it hangs: look again (and start a fresh fetch)
 		}
-	}
-	if t == nil {
-		t = &token{done: make(chan struct{})}
-		h.tokens[key] = t
-		opts := h.opts
-		opts.Scopes = scopes
-		go a.fetch(context.WithoutCancel(ctx), host, h, key, t, opts)
-	}
-	a.mu.Unlock()
-	select {
-	case <-t.done:
-		return t.value, t.err
-	case <-ctx.Done():
-		return "", ctx.Err()
 	}
 }
 
 // fetch gets one token. A failure is handed to the requests waiting for
 // it, then forgotten.
-func (a *authorizer) fetch(ctx context.Context, host string, h *hostAuth, key string, t *token, opts auth.TokenOptions) {
+func (a *authorizer) fetch(ctx context.Context, h *hostAuth, key string, t *token, opts auth.TokenOptions) {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	value, expiresIn, err := fetchToken(ctx, a.client, opts)
