@@ -361,27 +361,16 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 		return err
 	}
 	if !o.DryRun && len(doomed) > 0 {
-		for i := range s.contentLocks {
-			s.contentLocks[i].Lock()
-		}
-		doomed = s.track.without(doomed)
-		err = s.release(func(txn *badger.Txn) error {
-			for _, d := range doomed {
-				if err := txn.Delete(blobKey(d)); err != nil {
-					return err
-				}
+		var kept []digest.Digest
+		for len(doomed) > 0 {
+			n := min(len(doomed), sweepBatch)
+			batch, err := s.dropBlobRecords(doomed[:n])
+			if err != nil {
+				return err
 			}
-			return nil
-		})
-		for i := range s.contentLocks {
-			s.contentLocks[i].Unlock()
+			kept, doomed = append(kept, batch...), doomed[n:]
 		}
-		if err != nil {
-			return err
-		}
-		if s.afterSweepRecords != nil {
-			s.afterSweepRecords(doomed)
-		}
+		doomed = kept
 	}
 	for _, d := range doomed {
 		rep.Blobs++
@@ -395,6 +384,38 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 		}
 	}
 	return nil
+}
+
+// sweepBatch bounds the blob records one transaction deletes: Badger
+// refuses a transaction larger than a fraction of its memtable, and each
+// batch holds every content lock only as long as one small commit.
+const sweepBatch = 1000
+
+// dropBlobRecords deletes, under all content locks, the records of the
+// given blobs that nothing linked since the sweep began, and returns those.
+func (s *Store) dropBlobRecords(doomed []digest.Digest) ([]digest.Digest, error) {
+	for i := range s.contentLocks {
+		s.contentLocks[i].Lock()
+	}
+	doomed = s.track.without(doomed)
+	err := s.release(func(txn *badger.Txn) error {
+		for _, d := range doomed {
+			if err := txn.Delete(blobKey(d)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for i := range s.contentLocks {
+		s.contentLocks[i].Unlock()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.afterSweepRecords != nil {
+		s.afterSweepRecords(doomed)
+	}
+	return doomed, nil
 }
 
 // linkTracker notes the digests that got a new link while a collection

@@ -277,3 +277,28 @@ func TestGCRecommitDuringSweep(t *testing.T) {
 		t.Fatalf("fsck: %v %v", rep.Problems, err)
 	}
 }
+
+// TestGCLargeSweep: a collection that frees more blobs than one Badger
+// transaction can delete (with the appliance's small memtables) frees them
+// all, in batches.
+func TestGCLargeSweep(t *testing.T) {
+	s := openStore(t, t.TempDir(), func(o *Options) { o.NoSync = true })
+	defer s.Close()
+	const n = 4 * sweepBatch
+	for i := range n {
+		b := []byte(fmt.Sprintf("loose blob %d", i))
+		if err := s.PutBlob("team/app", digest.FromBytes(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := s.GC(later(2 * time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Blobs != n || rep.Links != n {
+		t.Fatalf("GC freed %d blobs and %d links, want %d of each", rep.Blobs, rep.Links, n)
+	}
+	if size, err := s.Size(); err != nil || size != 0 {
+		t.Fatalf("store holds %d bytes after the sweep (%v)", size, err)
+	}
+}
