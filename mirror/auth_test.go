@@ -266,3 +266,29 @@ func TestSSRF(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 }
+
+// TestStatusErrorsFollowPullRights: the status page lists a repository's
+// recent errors only to those who may pull it; errors of no repository to
+// everyone.
+func TestStatusErrorsFollowPullRights(t *testing.T) {
+	users, pol := testPolicy(t)
+	reg := newTestRegistry(t, Options{Users: users, Policy: pol})
+	reg.reg().book.noteError("team/secret-app", "GET /v2/team/secret-app/manifests/v1 500: disk trouble")
+	reg.reg().book.noteError("", "GET /v2/_catalog 500: index trouble")
+	for _, c := range []struct {
+		name       string
+		hdr        map[string]string
+		seesSecret bool
+	}{{"anonymous", nil, false}, {"bob", basic("bob", "bob-pw"), false}, {"alice", basic("alice", "alice-pw"), true}} {
+		resp, body := reg.do(t, "GET", "/", nil, c.hdr)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status page for %s: %s", c.name, resp.Status)
+		}
+		if !strings.Contains(string(body), "index trouble") {
+			t.Errorf("%s does not see an error of no repository", c.name)
+		}
+		if strings.Contains(string(body), "secret-app") != c.seesSecret {
+			t.Errorf("%s sees team/secret-app's error: %v, want %v", c.name, !c.seesSecret, c.seesSecret)
+		}
+	}
+}

@@ -89,10 +89,12 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeManifestBlobUnknown, message: err.Error(), detail: map[string]string{"digest": missing.Digest.String()}}
 	case errors.As(err, &rng):
 		return &apiError{code: codeBlobUploadInvalid, status: http.StatusRequestedRangeNotSatisfiable, message: err.Error()}
+	// Upstream errors: the client gets the category, never the upstream
+	// URLs and addresses the full error (logged) names.
 	case (errors.Is(err, upstream.ErrNotFound) || errors.Is(err, upstream.ErrDenied)) && kind == routeBlob:
-		return &apiError{code: codeBlobUnknown, message: "blob unknown to registry: " + err.Error()}
+		return &apiError{code: codeBlobUnknown, message: "blob unknown to registry (upstream does not have it)"}
 	case errors.Is(err, upstream.ErrNotFound) || errors.Is(err, upstream.ErrDenied):
-		return &apiError{code: codeManifestUnknown, message: "manifest unknown: " + err.Error()}
+		return &apiError{code: codeManifestUnknown, message: "manifest unknown (upstream does not have it)"}
 	case errors.Is(err, cache.ErrBlobUnknown):
 		return &apiError{code: codeBlobUnknown, message: "blob unknown to registry"}
 	case errors.Is(err, cache.ErrManifestUnknown):
@@ -114,12 +116,16 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeUnknown, status: http.StatusInsufficientStorage, message: "the registry's storage is full; nothing was stored: " + err.Error()}
 	case errors.As(err, &limited):
 		return &apiError{code: codeTooManyRequests, message: limited.Error(), retryAfter: limited.RetryAfter}
+	case errors.Is(err, upstream.ErrBusy):
+		return &apiError{code: codeUnavailable, message: "every upstream connection is busy; retry later", retryAfter: 5e9}
 	case errors.Is(err, upstream.ErrUnavailable):
-		return &apiError{code: codeUnavailable, message: err.Error()}
+		return &apiError{code: codeUnavailable, message: "the upstream registry is unavailable; cached content is still served"}
 	case errors.Is(err, upstream.ErrNotAllowed):
-		return &apiError{code: codeDenied, message: err.Error()}
-	case errors.Is(err, upstream.ErrInvalid), errors.Is(err, cache.ErrFillAborted):
-		return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: err.Error()}
+		return &apiError{code: codeDenied, message: "that registry is not on this mirror's upstream allow-list"}
+	case errors.Is(err, upstream.ErrInvalid), errors.Is(err, cache.ErrDigestMismatch) && errors.Is(err, cache.ErrFillAborted):
+		return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: "the upstream registry sent invalid content; nothing was cached"}
+	case errors.Is(err, cache.ErrFillAborted):
+		return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: "the download from the upstream registry failed; retry"}
 	}
 	return &apiError{code: codeUnknown, message: "internal error"}
 }

@@ -122,7 +122,7 @@ func (reg *Registry) finish(x *exchange) {
 		if err != nil {
 			msg += ": " + err.Error()
 		}
-		reg.book.noteError(msg)
+		reg.book.noteError(x.repo, msg)
 	case status >= 400 || isWrite(r.Method):
 		level = slog.LevelInfo
 	}

@@ -78,6 +78,10 @@ func TestUpstreamDown(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || ociError(t, body) != "UNAVAILABLE" || time.Since(start) > time.Second {
 		t.Fatalf("cold pull with upstream down: %s %s after %s", resp.Status, body, time.Since(start))
 	}
+	// The client learns the category, not the upstream's address.
+	if hub := strings.TrimPrefix(e.hub.URL, "http://"); strings.Contains(string(body), hub) || strings.Contains(string(body), "127.0.0.1") {
+		t.Fatalf("the error names the upstream's address: %s", body)
+	}
 }
 
 // TestUpstreamRateLimited: with Docker Hub answering 429, stale tags are

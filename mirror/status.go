@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -23,8 +24,14 @@ type StatusInfo struct {
 // traffic counters and the latest errors.
 type statusBook struct {
 	mu      sync.Mutex
-	samples []sample // one a minute, the last 60
-	errors  []string // newest last, at most 12
+	samples []sample      // one a minute, the last 60
+	errors  []bookedError // newest last, at most 12
+}
+
+// bookedError is one recent error; repo ("" for none) decides who sees it.
+type bookedError struct {
+	text string
+	repo string
 }
 
 type sample struct {
@@ -32,10 +39,10 @@ type sample struct {
 	fromCache, fromUpstream float64 // cumulative blob bytes
 }
 
-func (b *statusBook) noteError(s string) {
+func (b *statusBook) noteError(repo, s string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.errors = append(b.errors, time.Now().Format("15:04:05")+"  "+s)
+	b.errors = append(b.errors, bookedError{text: time.Now().Format("15:04:05") + "  " + s, repo: repo})
 	if len(b.errors) > 12 {
 		b.errors = b.errors[len(b.errors)-12:]
 	}
@@ -122,8 +129,16 @@ func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
 	}
 	reg.book.mu.Lock()
 	samples := append([]sample(nil), reg.book.samples...)
-	p.Errors = append([]string(nil), reg.book.errors...)
+	booked := append([]bookedError(nil), reg.book.errors...)
 	reg.book.mu.Unlock()
+	// A viewer sees the errors of repositories they may pull, and those of
+	// no repository: private names stay private.
+	subject, pol := callerOf(r).Subject, reg.policy()
+	for _, e := range booked {
+		if e.repo == "" || pol.Allowed(subject, e.repo, policy.Pull, reg.origin(e.repo).Mirrored()) {
+			p.Errors = append(p.Errors, e.text)
+		}
+	}
 	var maxD float64
 	deltas := make([]float64, 0, len(samples))
 	for i := 1; i < len(samples); i++ {
