@@ -8,8 +8,10 @@ import (
 
 // uploadLimiter bounds upload requests running at once, overall and per
 // client address; zero limits are off. A request whose body has sent
-// nothing for a while is parked: it stops counting until bytes come again,
-// so slow clients cannot hold every slot while moving nothing.
+// nothing for a while is parked: it stops counting toward the overall
+// limit until bytes come again, so slow clients cannot hold every slot
+// while moving nothing. It still counts toward its own client's limit: a
+// client that stalls its uploads only holds up itself.
 type uploadLimiter struct {
 	total, perClient int
 	mu               sync.Mutex
@@ -52,8 +54,9 @@ func (l *uploadLimiter) addLocked(host string, n int) {
 	}
 }
 
-// park stops counting the slot (its body is idle); unpark counts it again,
-// even above the limits: the request was admitted.
+// park stops counting the slot toward the overall limit (its body is
+// idle); unpark counts it again, even above the limit: the request was
+// admitted.
 func (s *uploadSlot) park()   { s.set(true) }
 func (s *uploadSlot) unpark() { s.set(false) }
 
@@ -67,12 +70,12 @@ func (s *uploadSlot) set(parked bool) {
 		return
 	}
 	s.parked = parked
-	n := 1
-	if parked {
-		n = -1
-	}
 	s.l.mu.Lock()
-	s.l.addLocked(s.host, n)
+	if parked {
+		s.l.running--
+	} else {
+		s.l.running++
+	}
 	s.l.mu.Unlock()
 }
 
@@ -83,9 +86,10 @@ func (s *uploadSlot) release() {
 		return
 	}
 	s.done = true
-	if !s.parked {
-		s.l.mu.Lock()
-		s.l.addLocked(s.host, -1)
-		s.l.mu.Unlock()
+	s.l.mu.Lock()
+	s.l.addLocked(s.host, -1)
+	if s.parked {
+		s.l.running++ // addLocked took it off the overall count once more
 	}
+	s.l.mu.Unlock()
 }
