@@ -103,6 +103,10 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeNameUnknown, message: "repository name not known to registry"}
 	case errors.Is(err, cache.ErrUploadUnknown):
 		return &apiError{code: codeBlobUploadUnknown, message: "blob upload unknown to registry"}
+	case errors.Is(err, cache.ErrFillAborted) && (errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeInvalid)),
+		errors.Is(err, upstream.ErrInvalid):
+		// Upstream's bytes, not the client's: a bad gateway.
+		return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: "the upstream registry sent invalid content; nothing was cached"}
 	case errors.Is(err, cache.ErrDigestInvalid), errors.Is(err, cache.ErrDigestMismatch):
 		return &apiError{code: codeDigestInvalid, message: err.Error()}
 	case errors.Is(err, cache.ErrSizeInvalid):
@@ -122,8 +126,6 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeUnavailable, message: "the upstream registry is unavailable; cached content is still served"}
 	case errors.Is(err, upstream.ErrNotAllowed):
 		return &apiError{code: codeDenied, message: "that registry is not on this mirror's upstream allow-list"}
-	case errors.Is(err, upstream.ErrInvalid), errors.Is(err, cache.ErrDigestMismatch) && errors.Is(err, cache.ErrFillAborted):
-		return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: "the upstream registry sent invalid content; nothing was cached"}
 	case errors.Is(err, cache.ErrFillAborted):
 		return &apiError{code: codeUnknown, status: http.StatusBadGateway, message: "the download from the upstream registry failed; retry"}
 	}

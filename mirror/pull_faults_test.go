@@ -52,6 +52,26 @@ func TestCorruptUpstreamBlob(t *testing.T) {
 	}
 }
 
+// TestSmallCorruptBlobAnswered: a blob small enough to be held back whole
+// that fails verification is answered with a 502 and an OCI error, not a
+// 200 whose connection is then cut (an empty reply to the client).
+func TestSmallCorruptBlobAnswered(t *testing.T) {
+	e := newMirrorEnv(t, Options{PrefetchParallel: -1})
+	img := e.hub.Push("library/tiny", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 10 << 10, Seed: 41})
+	layer := img.Layers[platform][0]
+	e.hub.Corrupt(layer, true)
+	resp, body := e.do(t, "GET", "/v2/library/tiny/blobs/"+layer.String(), nil, nil)
+	if resp.StatusCode != http.StatusBadGateway || ociError(t, body) != "UNKNOWN" || resp.Header.Get("Docker-Content-Digest") != "" {
+		t.Fatalf("corrupt small blob: %s %v %s", resp.Status, resp.Header, body)
+	}
+	waitFillsDone(t, e)
+	e.hub.Corrupt(layer, false)
+	resp, body = e.do(t, "GET", "/v2/library/tiny/blobs/"+layer.String(), nil, nil)
+	if resp.StatusCode != 200 || digest.FromBytes(body) != layer {
+		t.Fatalf("small blob after the hub was fixed: %s, %d bytes", resp.Status, len(body))
+	}
+}
+
 // TestUpstreamDown: warm pulls work with the hub gone, stale tags
 // included; a cold pull gets 503 quickly.
 func TestUpstreamDown(t *testing.T) {
