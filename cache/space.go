@@ -220,6 +220,48 @@ func (g *space) check() Space {
 	return Space{Avail: g.avail, Total: g.total, Floor: g.floor, Reserve: g.reserve}
 }
 
+// closeRoom is what a clean close of the index may write: its memtables
+// as tables (two of 2 MiB) and their manifest records.
+const closeRoom = 6 << 20
+
+// roomToClose reports whether the index can be closed cleanly, giving it
+// the reserve first when it needs it. Badger builds its tables in
+// memory-mapped files: on a full filesystem that is a SIGBUS, not an error.
+func (g *space) roomToClose() (bool, int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.refreshLocked(time.Now()); err != nil {
+		return false, 0
+	}
+	if g.avail < closeRoom && g.reserve {
+		if err := os.Remove(g.reservePath()); err == nil || errors.Is(err, os.ErrNotExist) {
+			g.reserve = false
+			g.refreshLocked(time.Now())
+		}
+	}
+	return g.avail >= closeRoom, g.avail
+}
+
+// allocateLogs gives the index's write-ahead logs (*.mem: fixed-size files
+// Badger writes and replays through memory maps) every block they span.
+// Badger creates them sparse; a write to a hole on a full filesystem, or
+// on tmpfs even the read of one while replaying, is a SIGBUS. Allocated
+// once, neither needs the filesystem again. Errors are left to the next
+// call: a log that cannot be allocated now is no worse off than before.
+func allocateLogs(indexDir string) {
+	paths, _ := filepath.Glob(filepath.Join(indexDir, "*.mem"))
+	for _, p := range paths {
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			continue
+		}
+		if st, err := f.Stat(); err == nil && st.Size() > 0 && st.Sys().(*syscall.Stat_t).Blocks*512 < st.Size() {
+			syscall.Fallocate(int(f.Fd()), 1 /* FALLOC_FL_KEEP_SIZE */, 0, st.Size())
+		}
+		f.Close()
+	}
+}
+
 // makeReserve allocates the reserve file (fallocate, or zeros where the
 // filesystem cannot allocate), durably.
 func makeReserve(path string) error {

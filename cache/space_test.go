@@ -257,3 +257,26 @@ func TestEvictFreesDeficit(t *testing.T) {
 		t.Fatalf("pushed image evicted: %v", err)
 	}
 }
+
+// TestIndexLogsAllocated: the index's write-ahead logs, which Badger
+// creates sparse and writes and replays through memory maps, have every
+// block allocated, so that neither needs the filesystem again.
+func TestIndexLogsAllocated(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	defer s.Close()
+	s.Space()
+	logs, _ := filepath.Glob(filepath.Join(dir, "index", "*.mem"))
+	if len(logs) == 0 {
+		t.Fatal("no write-ahead log in the index directory")
+	}
+	for _, p := range logs {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if blocks := st.Sys().(*syscall.Stat_t).Blocks * 512; blocks < st.Size() {
+			t.Fatalf("%s: %d of %d bytes allocated", p, blocks, st.Size())
+		}
+	}
+}

@@ -47,12 +47,13 @@ type Options struct {
 
 // Store is the content store. It is safe for concurrent use.
 type Store struct {
-	db    *badger.DB
-	blobs Blobs
-	space *space
-	opts  Options
-	log   *slog.Logger
-	lock  *os.File // flock on <data>/wharf.lock
+	db       *badger.DB
+	blobs    Blobs
+	space    *space
+	opts     Options
+	log      *slog.Logger
+	lock     *os.File // flock on <data>/wharf.lock
+	indexDir string   // Badger's directory
 
 	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
 	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
@@ -125,6 +126,13 @@ func Open(opts Options) (*Store, error) {
 	readOnly := sp.check().Avail < indexFloor
 	bo := badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger).WithSyncWrites(!opts.NoSync).WithReadOnly(readOnly)
 	db, err := badger.Open(bo)
+	if err != nil && readOnly && truncateNeeded(err) {
+		// Writes from an unclean stop are still in the index's log, and
+		// only a writable open replays it: that needs room.
+		lock.Close()
+		return nil, fmt.Errorf("%w: the filesystem holding %s is full, and the index has writes from an unclean stop that only a writable start can replay: free at least %d MiB there and start again",
+			ErrStorageFull, opts.Dir, indexFloor>>20)
+	}
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("cache: open index: %w", err)
@@ -134,7 +142,10 @@ func Open(opts Options) (*Store, error) {
 		opts.Logger.Warn("the filesystem is full: index opened read-only; serving reads, refusing writes until space is freed",
 			"dir", opts.Dir, "free_bytes", sp.check().Avail, "needed_bytes", indexFloor)
 	}
-	s := &Store{db: db, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock}
+	s := &Store{db: db, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock, indexDir: bo.Dir}
+	if !readOnly {
+		allocateLogs(s.indexDir)
+	}
 	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
 	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
 	if err := s.loadOrigins(); err != nil {
@@ -186,8 +197,20 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 
 // Close closes the index and releases the data directory. In-flight calls
 // must have returned.
+//
+// On a filesystem too full for the index to write its memtables out, the
+// index is not closed: everything acknowledged is already in its synced
+// write-ahead log, which the next start replays (as after a crash). The
+// data directory then stays locked until the process exits.
 func (s *Store) Close() error {
 	s.FlushAccess()
+	if !s.space.isReadOnly() {
+		if ok, avail := s.space.roomToClose(); !ok {
+			s.log.Error("the filesystem is full: the index is left to its write-ahead log, which the next start replays",
+				"dir", s.space.dir, "free_bytes", avail, "needed_bytes", closeRoom)
+			return fmt.Errorf("%w: index not closed cleanly", ErrStorageFull)
+		}
+	}
 	err := s.db.Close()
 	s.lock.Close()
 	return err
@@ -229,7 +252,13 @@ func (s *Store) Ping(write bool) error {
 // Space reads the data directory's free space now, and gives back or
 // makes again the index's reserve (see space.go). Call it every few
 // seconds: it is how the store notices a filesystem filled by others.
-func (s *Store) Space() Space { return s.space.check() }
+func (s *Store) Space() Space {
+	sp := s.space.check()
+	if !s.space.isReadOnly() {
+		allocateLogs(s.indexDir)
+	}
+	return sp
+}
 
 // SpaceDeficit is how many bytes must be freed for blob writes to have
 // room again (0 when they have).
@@ -400,3 +429,9 @@ func (b badgerLogger) Warningf(f string, a ...any) {
 }
 func (b badgerLogger) Infof(string, ...any)  {}
 func (b badgerLogger) Debugf(string, ...any) {}
+
+// truncateNeeded reports Badger's refusal to open a log with writes not yet
+// replayed read-only; some of its wrappings lose the error's identity.
+func truncateNeeded(err error) bool {
+	return errors.Is(err, badger.ErrTruncateNeeded) || strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error())
+}
