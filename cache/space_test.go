@@ -121,7 +121,7 @@ func TestSpaceIndexFloor(t *testing.T) {
 	s := openStore(t, t.TempDir(), withFS(ffs, 16*mib))
 	defer s.Close()
 	pushImage(t, s, "app", "v1", []byte("layer"))
-	ffs.avail.Store(4 * mib)
+	ffs.avail.Store(8 * mib) // less the index's allocated log (4 MiB): below the floor
 	s.Space()
 	if err := s.Ping(true); !errors.Is(err, ErrStorageFull) {
 		t.Fatalf("index write below its floor: %v", err)
