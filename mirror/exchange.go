@@ -24,6 +24,7 @@ type exchange struct {
 	kind  routeKind // for the error mapping
 	repo  string
 	err   error
+	gone  bool // the client went away before an answer: logged as 499
 }
 
 // ServeHTTP authenticates, routes, resolves and authorizes the request
@@ -46,6 +47,10 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	x.r = reg.authenticate(r)
 	if x.err = reg.dispatch(x); x.err != nil && x.w.status == 0 {
+		if x.r.Context().Err() != nil {
+			x.gone = true // the client hung up: nobody reads an error
+			return
+		}
 		writeError(x.w, x.err, x.kind)
 	}
 }
@@ -100,11 +105,18 @@ func (reg *Registry) dispatch(x *exchange) error {
 	return h(w, r, q)
 }
 
+// statusClientGone is what logs and metrics say of a request whose client
+// went away before it was answered (nginx's 499): not a server error.
+const statusClientGone = 499
+
 // finish logs and counts one request.
 func (reg *Registry) finish(x *exchange) {
 	r, err, took := x.r, x.err, time.Since(x.start)
 	status := x.w.status
-	if status == 0 {
+	switch {
+	case x.gone:
+		status = statusClientGone
+	case status == 0:
 		status = http.StatusOK
 	}
 	if err != nil && errors.Is(err, cache.ErrStorageFull) && reg.opts.OnStorageFull != nil {
@@ -116,7 +128,7 @@ func (reg *Registry) finish(x *exchange) {
 	}
 	level := slog.LevelDebug
 	switch {
-	case status >= 500:
+	case status >= 500 && !x.gone:
 		level = slog.LevelError
 		msg := fmt.Sprintf("%d %s %s", status, r.Method, r.URL.Path)
 		if err != nil {

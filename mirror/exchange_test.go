@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -95,5 +96,42 @@ func TestEveryExitCountedOnce(t *testing.T) {
 	}
 	if refused != 1 || health != 1 {
 		t.Fatalf("log lines: %d for the refused upload, %d for /healthz; want 1 each:\n%s", refused, health, logs)
+	}
+}
+
+// TestClientGoneIsNotAServerError: a client that hangs up while its cold
+// pull waits for the upstream is logged and counted as 499 at INFO, and is
+// not a recent error on the status page.
+func TestClientGoneIsNotAServerError(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry())
+	e := newMirrorEnv(t, Options{Metrics: m})
+	logs := &syncLog{}
+	e.reg.log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.hub.Push("library/slow", "1", smallImage(51))
+	e.hub.SetLatency(time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.srv.URL+"/v2/library/slow/manifests/1", nil)
+	if resp, err := e.srv.Client().Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the pull answered before its client hung up: %s", resp.Status)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(m.Requests.WithLabelValues("manifest", "GET", "499")) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 499 counted for a client that hung up; log:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(m.Requests.WithLabelValues("manifest", "GET", "500")); got != 0 {
+		t.Fatalf("%v 500s counted for a client that hung up", got)
+	}
+	if l := logs.String(); !strings.Contains(l, "level=INFO msg=request method=GET path=/v2/library/slow/manifests/1 status=499") || strings.Contains(l, "level=ERROR") {
+		t.Fatalf("log for a client that hung up:\n%s", l)
+	}
+	e.reg.book.mu.Lock()
+	defer e.reg.book.mu.Unlock()
+	if len(e.reg.book.errors) != 0 {
+		t.Fatalf("recent errors after a client hung up: %v", e.reg.book.errors)
 	}
 }
