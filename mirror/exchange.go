@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -47,8 +48,11 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	x.r = reg.authenticate(r)
 	if x.err = reg.dispatch(x); x.err != nil && x.w.status == 0 {
-		if x.r.Context().Err() != nil {
-			x.gone = true // the client hung up: nobody reads an error
+		if x.r.Context().Err() != nil && errors.Is(x.err, context.Canceled) {
+			// The client hung up and the handler gave up on that: nobody
+			// reads an error. (A body cut off by its deadline also cancels
+			// the context, but the client still waits for its 400.)
+			x.gone = true
 			return
 		}
 		writeError(x.w, x.err, x.kind)
