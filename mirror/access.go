@@ -42,28 +42,36 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 
 // checkPush refuses, with the mirror on, writes that would overwrite or
 // shadow mirrored content: ?ns= requests, names that name another registry
-// or Docker Hub's library/ namespace, and names whose mirrored copy holds
-// content (by its recorded origin) — unless a rule explicitly grants the
-// caller that action on that name.
+// or Docker Hub's library/ namespace (the path dockerd's own mirror requests
+// use), and names whose mirrored copy holds content (by its recorded
+// origin) — unless a rule explicitly grants the caller that action on that
+// name. Single-component names (registry:2's "centos", "my-ubuntu") are
+// private names: pushing one shadows nothing, since a mirror pull of
+// Docker Hub's image always says library/<name>, and reads of the name fall
+// through to Docker Hub only until it is pushed.
 func (reg *Registry) checkPush(r *http.Request, q *request) error {
 	if reg.pull == nil {
 		return nil
 	}
-	var why string
+	var why, way string
 	t := policy.Mirror(q.name, "")
 	switch {
-	case q.ns != "" || t.Named:
-		why = "names another registry's content"
-	case strings.HasPrefix(t.Remote, "library/") && t.Registry == upstream.DockerHub:
-		why = "is in Docker Hub's library/ namespace"
+	case q.ns != "":
+		why, way = "is a request for another registry's content (?ns=)", "push without ?ns="
+	case t.Named:
+		why, way = "names another registry ("+t.Registry+")", "push under a name that does not start with a registry host"
+	case strings.HasPrefix(q.name, "library/") && t.Registry == upstream.DockerHub:
+		why, way = "is in Docker Hub's library/ namespace, which dockerd's mirror pulls use", "push it as "+strings.TrimPrefix(q.name, "library/")+" (a private name) or under your own namespace"
+	case !strings.Contains(q.name, "/"):
+		// a private name: nothing to shadow
 	default:
 		if o, ok := reg.store.Origin(t.Local); ok && o.Mirrored() {
-			why = "holds content " + o.String()
+			why, way = "is a Docker Hub name whose mirrored copy holds content "+o.String(), "push under a name Docker Hub does not serve here"
 		}
 	}
 	if why == "" || (q.ns == "" && reg.policy().Explicit(callerOf(r).Subject, q.name, q.action)) {
 		return nil
 	}
 	reg.audit(r, "denied", slog.String("repo", q.name), slog.String("action", string(q.action)), slog.String("reason", "mirrored name"))
-	return apiErr(codeDenied, "%s %s; a push may not shadow it unless a rule allows it", q.name, why)
+	return apiErr(codeDenied, "%s %s; %s, or add a rule that names %s to allow pushing it", q.name, why, way, q.name)
 }

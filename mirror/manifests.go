@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
 )
 
 func (reg *Registry) getManifest(w http.ResponseWriter, r *http.Request, q *request) error {
@@ -59,7 +61,7 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 	if r.ContentLength >= 0 && int64(len(body)) != r.ContentLength {
 		return apiErr(codeSizeInvalid, "manifest body is %d bytes, Content-Length said %d", len(body), r.ContentLength)
 	}
-	m, err := reg.store.PutManifest(q.repo, want, tags, r.Header.Get("Content-Type"), body)
+	m, err := reg.putLinkingFallthrough(r, q, want, tags, body)
 	if err != nil {
 		return err
 	}
@@ -77,6 +79,40 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 	w.WriteHeader(http.StatusCreated)
 	return nil
 }
+
+// putLinkingFallthrough stores a pushed manifest. A name whose reads fall
+// through to a mirrored copy until it is pushed (registry:2's "centos" is
+// Docker Hub's library/centos until then) answered the client's blob
+// probes from that copy, so the client skipped uploading those blobs: they
+// are linked from the copy, if the caller may pull it, as a mount would.
+func (reg *Registry) putLinkingFallthrough(r *http.Request, q *request, want digest.Digest, tags []string, body []byte) (*cache.Manifest, error) {
+	mediaType := r.Header.Get("Content-Type")
+	m, err := reg.store.PutManifest(q.repo, want, tags, mediaType, body)
+	var missing *cache.MissingRefError
+	if err == nil || !errors.As(err, &missing) || reg.pull == nil || q.ns != "" {
+		return m, err
+	}
+	t := policy.Mirror(q.name, "")
+	if t.Named || q.repo != q.name {
+		return m, err
+	}
+	if o, ok := reg.store.Origin(t.Local); !ok || !o.Mirrored() ||
+		!reg.policy().Allowed(callerOf(r).Subject, t.Local, policy.Pull, true) {
+		return m, err
+	}
+	for range maxLinkedRefs {
+		if _, lerr := reg.store.MountBlob(t.Local, q.repo, missing.Digest); lerr != nil {
+			return m, err
+		}
+		if m, err = reg.store.PutManifest(q.repo, want, tags, mediaType, body); err == nil || !errors.As(err, &missing) {
+			return m, err
+		}
+	}
+	return m, err
+}
+
+// maxLinkedRefs bounds the blobs one manifest push links from a mirrored copy.
+const maxLinkedRefs = 1024
 
 func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *request) error {
 	if !reg.opts.AllowDelete {
