@@ -57,8 +57,8 @@ func TestRegistry2Names(t *testing.T) {
 		}
 	}
 	m, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": cache.MediaTypeOCIManifest,
-		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": sizeOf(t, e, cfg)},
-		"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": sizeOf(t, e, layer)}},
+		"config":      map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": sizeOf(t, e, cfg)},
+		"layers":      []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": sizeOf(t, e, layer)}},
 		"annotations": map[string]string{"pushed": "here"}})
 	resp, body = e.do(t, "PUT", "/v2/alpine/manifests/latest", m, map[string]string{"Content-Type": cache.MediaTypeOCIManifest})
 	if resp.StatusCode != http.StatusCreated {
