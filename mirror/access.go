@@ -35,7 +35,7 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	}
 	reg.audit(r, "denied", slog.String("repo", q.repo), slog.String("action", string(q.action)))
 	if c.User == "" {
-		return unauthorized(r, q.repo, q.action)
+		return reg.unauthorized(r, q.repo, q.action)
 	}
 	return apiErr(codeDenied, "%s may not %s %s", c.User, q.action, q.repo)
 }

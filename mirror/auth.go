@@ -156,13 +156,13 @@ type accessRecord struct {
 
 // unauthorized is the 401 with the challenge for this request; repo and
 // action name what was asked (both empty for /v2/).
-func unauthorized(r *http.Request, repo string, a policy.Action) error {
+func (reg *Registry) unauthorized(r *http.Request, repo string, a policy.Action) error {
 	scope, detail := "", []accessRecord{}
 	if repo != "" {
 		scope = "repository:" + repo + ":pull,push"
 		detail = append(detail, accessRecord{Type: "repository", Name: repo, Action: string(a)})
 	}
-	return &apiError{code: codeUnauthorized, message: "authentication required", detail: detail, challenge: challenge(r, scope)}
+	return &apiError{code: codeUnauthorized, message: "authentication required", detail: detail, challenge: reg.challenge(r, scope)}
 }
 
 // audit writes one structured audit record: pushes, deletes, logins and

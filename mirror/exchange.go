@@ -31,6 +31,7 @@ type exchange struct {
 // ServeHTTP authenticates, routes, resolves and authorizes the request
 // once, calls the one handler the route table names, and writes errors.
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = reg.fromProxy(r)
 	x := &exchange{w: &statusWriter{ResponseWriter: w}, r: r, start: time.Now(), label: "unknown"}
 	defer func() {
 		if p := recover(); p != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,14 @@ type Options struct {
 	// MaxUploads and MaxUploadsPerClient bound upload requests (POST with
 	// a body, PATCH, PUT of a blob) running at once; 0: no limit.
 	MaxUploads, MaxUploadsPerClient int
+
+	// TrustedProxies are the peers (reverse proxies) whose X-Forwarded-For,
+	// -Proto and -Host headers are believed: for the client's address (logs,
+	// audit, limits, sign-in throttling) and the token realm's URL.
+	TrustedProxies []netip.Prefix
+	// PublicURL, when set, is the scheme and host clients reach the registry
+	// at ("https://registry.example"): the token realm is built from it.
+	PublicURL string
 
 	// PrefetchPlatforms ("linux/arm64", ...) are fetched, manifests and
 	// blobs, as soon as an index listing them is; by default only what
@@ -164,7 +173,7 @@ func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ *request) er
 		if c.badCredentials {
 			reg.audit(r, "login", slog.Bool("ok", false))
 		}
-		return unauthorized(r, "", "")
+		return reg.unauthorized(r, "", "")
 	} else if c.User != "" {
 		reg.audit(r, "login", slog.Bool("ok", true))
 	}

@@ -97,12 +97,10 @@ func (reg *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
 }
 
 // challenge is the WWW-Authenticate value pointing clients at the realm.
-func challenge(r *http.Request, scope string) string {
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	v := fmt.Sprintf(`Bearer realm="%s://%s/token",service="wharf"`, scheme, r.Host)
+// The realm is an absolute URL: it is built from the address clients use
+// (behind a proxy, the proxy's; see externalBase).
+func (reg *Registry) challenge(r *http.Request, scope string) string {
+	v := fmt.Sprintf(`Bearer realm="%s/token",service="wharf"`, reg.externalBase(r))
 	if scope != "" {
 		v += fmt.Sprintf(`,scope="%s"`, scope)
 	}

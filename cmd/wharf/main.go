@@ -46,6 +46,8 @@ func newApp() *cli.App {
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "prefetch-platform", Usage: "when an index is fetched, also fetch this platform's image, e.g. linux/arm64 (repeatable)", EnvVars: []string{"WHARF_PREFETCH_PLATFORM"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "header-timeout", Value: 30e9, Usage: "a client must send its request headers within this", EnvVars: []string{"WHARF_HEADER_TIMEOUT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "client-timeout", Value: 60e9, Usage: "a client that reads nothing of a response, or sends nothing of a request body, for this long is cut off", EnvVars: []string{"WHARF_CLIENT_TIMEOUT"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "a reverse proxy (CIDR or address) whose X-Forwarded-For, -Proto and -Host are believed (repeatable)", EnvVars: []string{"WHARF_TRUSTED_PROXY"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "public-url", Usage: "the URL clients reach this registry at, e.g. https://registry.example (for the token realm behind a proxy)", EnvVars: []string{"WHARF_PUBLIC_URL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-timeout", Value: 120e9, Usage: "idle keep-alive connections are closed after this", EnvVars: []string{"WHARF_IDLE_TIMEOUT"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "max-uploads", Value: 64, Usage: "upload requests running at once, all clients (0: no limit)", EnvVars: []string{"WHARF_MAX_UPLOADS"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "max-uploads-per-client", Value: 16, Usage: "upload requests running at once from one address (0: no limit)", EnvVars: []string{"WHARF_MAX_UPLOADS_PER_CLIENT"}}),

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -80,6 +82,18 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 			Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
+	}
+	for _, s := range c.StringSlice("trusted-proxy") {
+		p, err := parseProxy(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--trusted-proxy: %w", err)
+		}
+		cfg.mirror.TrustedProxies = append(cfg.mirror.TrustedProxies, p)
+	}
+	if s := c.String("public-url"); s != "" {
+		if cfg.mirror.PublicURL, err = parsePublicURL(s); err != nil {
+			return cfg, fmt.Errorf("--public-url: %w", err)
+		}
 	}
 	if s := c.String("min-free"); s != "" {
 		if cfg.cache.MinFree, err = parseSize(s, c.String("data")); err != nil {
@@ -468,4 +482,26 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		log.Info("wharf stopped")
 	}
 	return err
+}
+
+// parseProxy reads a trusted proxy as a CIDR or a single address.
+func parseProxy(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither a CIDR nor an address", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// parsePublicURL accepts http(s)://host[:port] with nothing after it.
+func parsePublicURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.User != nil {
+		return "", fmt.Errorf("%q: want http:// or https:// and a host, nothing else", s)
+	}
+	return u.Scheme + "://" + u.Host, nil
 }
