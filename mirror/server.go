@@ -71,6 +71,9 @@ type Options struct {
 	// -Proto and -Host headers are believed: for the client's address (logs,
 	// audit, limits, sign-in throttling) and the token realm's URL.
 	TrustedProxies []netip.Prefix
+	// Secret, when set, derives the key tokens are signed with, so that
+	// nodes sharing it accept each other's tokens; "": a random key.
+	Secret string
 	// PublicURL, when set, is the scheme and host clients reach the registry
 	// at ("https://registry.example"): the token realm is built from it.
 	PublicURL string
@@ -111,7 +114,7 @@ func New(store *cache.Store, opts Options) *Registry {
 	if opts.ClientTimeout <= 0 {
 		opts.ClientTimeout = time.Minute
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(), signins: newSignins(),
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(opts.Secret), signins: newSignins(),
 		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {

@@ -23,9 +23,15 @@ const tokenTTL = 5 * time.Minute
 // lives only in this process: after a restart clients fetch new tokens.
 type tokens struct{ key [32]byte }
 
-func newTokens() *tokens {
+// newTokens makes the token signer: its key is derived from secret, or
+// random when secret is "".
+func newTokens(secret string) *tokens {
 	t := &tokens{}
-	rand.Read(t.key[:])
+	if secret == "" {
+		rand.Read(t.key[:])
+		return t
+	}
+	t.key = sha256.Sum256([]byte("wharf token key\x00" + secret))
 	return t
 }
 

@@ -46,6 +46,8 @@ func newApp() *cli.App {
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "prefetch-platform", Usage: "when an index is fetched, also fetch this platform's image, e.g. linux/arm64 (repeatable)", EnvVars: []string{"WHARF_PREFETCH_PLATFORM"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "header-timeout", Value: 30e9, Usage: "a client must send its request headers within this", EnvVars: []string{"WHARF_HEADER_TIMEOUT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "client-timeout", Value: 60e9, Usage: "a client that reads nothing of a response, or sends nothing of a request body, for this long is cut off", EnvVars: []string{"WHARF_CLIENT_TIMEOUT"}}),
+		&cli.StringFlag{Name: "registry-config", Usage: "registry:2's config.yml: the settings Wharf understands are used, any other stops the start (see README)", EnvVars: []string{"WHARF_REGISTRY_CONFIG"}},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "secret", Usage: "signs tokens, so that Wharf nodes with the same secret accept each other's (registry:2's http.secret; default: random per process)", EnvVars: []string{"WHARF_SECRET"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "a reverse proxy (CIDR or address) whose X-Forwarded-For, -Proto and -Host are believed (repeatable)", EnvVars: []string{"WHARF_TRUSTED_PROXY"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "public-url", Usage: "the URL clients reach this registry at, e.g. https://registry.example (for the token realm behind a proxy)", EnvVars: []string{"WHARF_PUBLIC_URL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-timeout", Value: 120e9, Usage: "idle keep-alive connections are closed after this", EnvVars: []string{"WHARF_IDLE_TIMEOUT"}}),
@@ -65,10 +67,20 @@ func newApp() *cli.App {
 		Version: version,
 		Commands: []*cli.Command{
 			{
-				Name:   "serve",
-				Usage:  "run the registry",
-				Flags:  serveFlags,
-				Before: altsrc.InitInputSourceWithContext(serveFlags, altsrc.NewYamlSourceFromFlagFunc("config")),
+				Name:  "serve",
+				Usage: "run the registry",
+				Flags: serveFlags,
+				Before: func(c *cli.Context) error {
+					if err := altsrc.InitInputSourceWithContext(serveFlags, altsrc.NewYamlSourceFromFlagFunc("config"))(c); err != nil {
+						return err
+					}
+					r2, err := applyRegistry2(c)
+					if err != nil {
+						return err
+					}
+					c.App.Metadata = map[string]any{"registry2": r2}
+					return nil
+				},
 				Action: func(c *cli.Context) error {
 					cfg, err := serveConfigFrom(c)
 					if err != nil {

@@ -50,6 +50,7 @@ type serveConfig struct {
 	cache           cache.Options
 	mirror          mirror.Options
 	upstream        *upstream.Options // nil: no mirroring
+	registry2Auth   bool              // registry:2's htpasswd auth: signed-in users may do everything
 }
 
 func serveConfigFrom(c *cli.Context) (serveConfig, error) {
@@ -57,7 +58,14 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
-	access, err := readAccess(c.String("config"), c.String("htpasswd"))
+	r2, _ := c.App.Metadata["registry2"].(*registry2Config)
+	if r2 == nil {
+		r2 = &registry2Config{}
+	}
+	for _, w := range r2.warnings {
+		log.Warn("registry:2 setting: " + w)
+	}
+	access, err := readAccess(c.String("config"), c.String("htpasswd"), r2.htpasswdAuth)
 	if err != nil {
 		return serveConfig{}, err
 	}
@@ -68,6 +76,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		tlsClientCA:     c.String("tls-client-ca"),
 		configFile:      c.String("config"),
 		htpasswd:        c.String("htpasswd"),
+		registry2Auth:   r2.htpasswdAuth,
 		metricsAddr:     c.String("metrics-addr"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
@@ -79,7 +88,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		idleTimeout:     c.Duration("idle-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
-			Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
+			Secret: c.String("secret"), Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
 	}
@@ -126,6 +135,8 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		}
 		if cr, ok := creds[r.Name]; ok {
 			r.Username, r.Password = cr.Username, cr.Password
+		} else if r.Name == upstream.DockerHub && r2.username != "" {
+			r.Username, r.Password = r2.username, r2.password // registry:2's proxy credentials
 		}
 		up.Registries = append(up.Registries, r)
 	}
@@ -139,7 +150,10 @@ type access struct {
 }
 
 // readAccess loads users (htpasswd) and the rules of the config file.
-func readAccess(configFile, htpasswd string) (access, error) {
+// readAccess reads the users and rules. registry2Auth (registry:2's
+// REGISTRY_AUTH=htpasswd) means what it means there when no rules are
+// given: any signed-in user may pull, push and delete anything.
+func readAccess(configFile, htpasswd string, registry2Auth bool) (access, error) {
 	var a access
 	var err error
 	if htpasswd != "" {
@@ -165,6 +179,9 @@ func readAccess(configFile, htpasswd string) (access, error) {
 	n := 0
 	if a.users != nil {
 		n = a.users.Len()
+	}
+	if registry2Auth && len(doc.Rules) == 0 {
+		doc.Rules = []policy.Rule{{Repos: []string{"**"}, Who: []string{"users"}, Actions: []policy.Action{policy.Pull, policy.Push, policy.Delete}}}
 	}
 	a.policy, err = policy.New(n, doc.Config)
 	if err != nil {
@@ -425,7 +442,7 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 			case <-hup:
 			}
 			sdNotify("RELOADING=1")
-			if a, err := readAccess(cfg.configFile, cfg.htpasswd); err != nil {
+			if a, err := readAccess(cfg.configFile, cfg.htpasswd, cfg.registry2Auth); err != nil {
 				log.Error("reload: keeping the current users and rules", "err", err)
 			} else {
 				var users mirror.Authenticator

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// writeHtpasswd writes an htpasswd with one bcrypt user.
+func writeHtpasswd(t *testing.T) string {
+	t.Helper()
+	users, err := policy.ParseHtpasswd(strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	users.Set("alice", "alice-pw")
+	path := filepath.Join(t.TempDir(), "htpasswd")
+	if err := users.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestRegistry2Environment: the REGISTRY_* variables of the registry:2
+// guides mean what they mean there; Wharf's own flags win over them.
+func TestRegistry2Environment(t *testing.T) {
+	htpasswd := writeHtpasswd(t)
+	for k, v := range map[string]string{
+		"REGISTRY_HTTP_ADDR": "127.0.0.1:6001", "REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_PATH": htpasswd,
+		"REGISTRY_AUTH_HTPASSWD_REALM": "Registry Realm", "REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/domain.crt",
+		"REGISTRY_HTTP_TLS_KEY": "/certs/domain.key", "REGISTRY_STORAGE_DELETE_ENABLED": "true",
+		"REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": "/var/lib/registry", "REGISTRY_HTTP_SECRET": "s3cret",
+		"REGISTRY_AUTH_FILE": "/run/containers/auth.json", // skopeo's, not registry:2's: no effect
+	} {
+		t.Setenv(k, v)
+	}
+	cfg := parseServe(t)
+	if cfg.addr != "127.0.0.1:6001" || cfg.htpasswd != htpasswd || cfg.tlsCert != "/certs/domain.crt" || cfg.tlsKey != "/certs/domain.key" ||
+		!cfg.mirror.AllowDelete || cfg.cache.Dir != "/var/lib/registry" || cfg.mirror.Secret != "s3cret" {
+		t.Fatalf("registry:2 environment: %+v", cfg)
+	}
+	// htpasswd auth as registry:2 means it: any signed-in user may do anything.
+	if !cfg.mirror.Policy.Allowed(policy.Subject{User: "alice"}, "centos", policy.Push, false) ||
+		cfg.mirror.Policy.Allowed(policy.Subject{}, "centos", policy.Push, false) {
+		t.Fatal("REGISTRY_AUTH=htpasswd: alice should push anything, anonymous nothing")
+	}
+	if cfg = parseServe(t, "--addr", "127.0.0.1:7000"); cfg.addr != "127.0.0.1:7000" {
+		t.Fatalf("--addr against REGISTRY_HTTP_ADDR: %s", cfg.addr)
+	}
+	t.Setenv("WHARF_DATA", "/wharf/data")
+	if cfg = parseServe(t); cfg.cache.Dir != "/wharf/data" {
+		t.Fatalf("WHARF_DATA against REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: %s", cfg.cache.Dir)
+	}
+}
+
+// TestRegistry2ConfigFile: registry:2's config.yml (the subset Wharf
+// understands); the environment overrides it as in registry:2; harmless
+// keys are warnings, anything Wharf cannot honour stops the start naming it.
+func TestRegistry2ConfigFile(t *testing.T) {
+	htpasswd := writeHtpasswd(t)
+	file := filepath.Join(t.TempDir(), "config.yml")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+  tls:
+    certificate: /certs/domain.crt
+    key: /certs/domain.key
+auth:
+  htpasswd:
+    realm: basic-realm
+    path: ` + htpasswd + `
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: hubuser
+  password: hubpass
+`)
+	t.Setenv("REGISTRY_HTTP_ADDR", "127.0.0.1:5999")
+	r2, err := readRegistry2(os.Environ(), file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.flags["addr"] != "127.0.0.1:5999" || r2.flags["data"] != "/var/lib/registry" || r2.flags["allow-delete"] != "true" ||
+		r2.flags["tls-cert"] != "/certs/domain.crt" || r2.flags["upstream"] != "docker.io" || r2.username != "hubuser" || !r2.htpasswdAuth {
+		t.Fatalf("config.yml: %+v", r2)
+	}
+	warned := strings.Join(r2.warnings, "\n")
+	for _, k := range []string{"log.fields.service", "storage.cache.blobdescriptor", "http.headers.x-content-type-options", "health.storagedriver.enabled", "version"} {
+		if !strings.Contains(warned, k) {
+			t.Errorf("no warning for %s:\n%s", k, warned)
+		}
+	}
+	cfg := parseServe(t, "--registry-config", file)
+	if cfg.addr != "127.0.0.1:5999" || cfg.upstream == nil || cfg.upstream.Registries[0].Username != "hubuser" {
+		t.Fatalf("serve with --registry-config: %+v", cfg)
+	}
+
+	for bad, want := range map[string]string{
+		"storage:\n  s3:\n    bucket: b\n    region: us-east-1\n":                   "REGISTRY_STORAGE_S3_BUCKET (storage.s3.bucket)",
+		"auth:\n  token:\n    realm: https://auth\n":                                "REGISTRY_AUTH_TOKEN_REALM (auth.token.realm)",
+		"notifications:\n  endpoints:\n    - name: hook\n      url: https://hook\n": "notifications.endpoints.name",
+		"http:\n  prefix: /registry\n":                                              "http.prefix",
+		"storage:\n  delete:\n    enabled: maybe\n":                                 "storage.delete.enabled",
+		"frobnicate: true\n":                                                        "REGISTRY_FROBNICATE (frobnicate)",
+	} {
+		write(bad)
+		if _, err := tryServe("--registry-config", file); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config %q: %v, want an error naming %s", bad, err, want)
+		}
+	}
+}
