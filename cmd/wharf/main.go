@@ -95,6 +95,7 @@ func newApp() *cli.App {
 			installCommand,
 			fsckCommand,
 			duCommand,
+			healthCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",

@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wharf-registry/wharf/internal/fakehub"
+)
+
+// TestContainerImage builds the repository's Dockerfile from a context
+// holding only a static wharf binary, runs it with the real dockerd as the
+// README says (a host directory as /var/lib/wharf; --network host, since
+// the test daemon has no bridge; the address from registry:2's variable),
+// pushes and pulls through it, mirrors from the fake hub, waits for the
+// image's own health check to pass, and finds the data again after
+// `docker restart`.
+func TestContainerImage(t *testing.T) {
+	requireTool(t, "dockerd")
+	ctx := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(ctx, "wharf"), "github.com/wharf-registry/wharf/cmd/wharf")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	dockerfile, err := filepath.Abs("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDockerd(t)
+	d.docker(t, "build", "-q", "-t", "wharf-e2e", "-f", dockerfile, ctx)
+
+	hub := fakehub.Start(t)
+	img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 2, LayerSize: 128 << 10, Seed: 1201})
+	addr := freeAddr(t)
+	data := t.TempDir()
+	d.docker(t, "run", "-d", "--name", "wharf-e2e", "--restart=always", "--network", "host", "--health-interval", "1s",
+		"-v", data+":/var/lib/wharf", "-e", "REGISTRY_HTTP_ADDR="+addr, "-e", "WHARF_UPSTREAM=docker.io="+hub.URL, "wharf-e2e")
+	t.Cleanup(func() { runErr(time.Minute, d.env(), "docker", "rm", "-f", "wharf-e2e") })
+	waitUp := func(when string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				logs, _ := runErr(time.Minute, d.env(), "docker", "logs", "wharf-e2e")
+				t.Fatalf("%s: the container does not answer on %s\n%s", when, addr, logs)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitUp("started")
+
+	ref := addr + "/centos:latest"
+	d.buildImage(t, ref, "scratch", "a.bin", "b.bin")
+	d.roundTrip(t, ref)
+	d.docker(t, "pull", addr+"/alpine:latest")
+	if id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", addr+"/alpine:latest"); id != img.Configs[hostPlatform].String() {
+		t.Fatalf("alpine through the container: %s, want %s", id, img.Configs[hostPlatform])
+	}
+	if _, err := os.Stat(filepath.Join(data, "index")); err != nil {
+		t.Fatalf("the data is not in the mounted host directory: %v", err)
+	}
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := d.docker(t, "inspect", "--format", "{{.State.Health.Status}}", "wharf-e2e")
+		if st == "healthy" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the image's health check says %q", st)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref)
+	d.docker(t, "restart", "wharf-e2e")
+	waitUp("after docker restart")
+	d.docker(t, "rmi", ref)
+	d.docker(t, "pull", ref)
+	if got := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref); got != id {
+		t.Fatalf("after docker restart centos is %s, pushed %s", got, id)
+	}
+	if u := d.docker(t, "image", "inspect", "--format", "{{.Config.User}}", "wharf-e2e"); strings.TrimSpace(u) != "" {
+		t.Fatalf("image user %q: the README documents root (as registry:2)", u)
+	}
+}
