@@ -96,6 +96,7 @@ func newApp() *cli.App {
 			fsckCommand,
 			duCommand,
 			healthCommand,
+			importCommand,
 			{
 				Name:  "version",
 				Usage: "print the version",
