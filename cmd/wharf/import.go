@@ -29,6 +29,7 @@ var importCommand = &cli.Command{
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "registry-root", Required: true, Usage: "registry:2's root directory (storage.filesystem.rootdirectory, e.g. /var/lib/registry)"},
 		&cli.BoolFlag{Name: "quiet", Usage: "no progress line"},
+		&cli.BoolFlag{Name: "include-library", Usage: "also import library/... repositories (by default skipped: they are Docker Hub's names, which Wharf mirrors, and a registry:2 pull-through cache keeps Docker Hub's images there)"},
 	}, dataFlags...),
 	Action: func(c *cli.Context) error {
 		src, err := scanRegistry2(c.String("registry-root"))
@@ -40,7 +41,7 @@ var importCommand = &cli.Command{
 			return err
 		}
 		defer st.Close()
-		imp := &importer{st: st, src: src, done: map[digest.Digest]bool{}}
+		imp := &importer{st: st, src: src, done: map[digest.Digest]bool{}, library: c.Bool("include-library")}
 		if !c.Bool("quiet") {
 			stop := imp.showProgress(os.Stderr)
 			defer stop()
@@ -188,6 +189,9 @@ type importer struct {
 	start  time.Time
 	done   map[digest.Digest]bool // blobs whose file was read (shared layers count once)
 	bad    map[digest.Digest]string
+	// library: import library/... too (Docker Hub's names: pushed content
+	// there would shadow the mirror for them for good)
+	library bool
 }
 
 func (imp *importer) run() (*importReport, error) {
@@ -195,6 +199,10 @@ func (imp *importer) run() (*importReport, error) {
 	imp.start = time.Now()
 	imp.bad = map[digest.Digest]string{}
 	for _, r := range imp.src.repos {
+		if strings.HasPrefix(r.name, "library/") && !imp.library {
+			rep.skip("repository %s: Docker Hub's library/ namespace, which Wharf mirrors (a registry:2 pull-through cache keeps Docker Hub's images there); --include-library imports it as private content", r.name)
+			continue
+		}
 		rep.repos++
 		if err := imp.repo(r, rep); err != nil {
 			return rep, fmt.Errorf("%s: %w", r.name, err)

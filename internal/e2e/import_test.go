@@ -109,6 +109,7 @@ func TestImportFromRegistry2(t *testing.T) {
 	copyTo("library/app:b", "app:v1") // the tag moves; a's manifest stays untagged
 	copyTo("library/broken:1", "broken:1")
 	copyTo("library/bulk:1", "bulk:1")
+	copyTo("library/alpine:3", "library/alpine:3") // what a registry:2 pull-through cache holds
 	wantIndex := map[string]digest.Digest{"alpine:3": alpine.Index, "team/base:1": alpine.Index, "app:v1": appB.Index, "bulk:1": bulk.Index}
 	for ref, d := range wantIndex {
 		if got := rawDigest(t, "docker://"+r2+"/"+ref); got != d {
@@ -158,6 +159,9 @@ func TestImportFromRegistry2(t *testing.T) {
 		!strings.Contains(out2, "manifest broken@"+broken.Manifests[hostPlatform].String()) {
 		t.Fatalf("the report does not name the corrupt blob and the manifest that needs it:\n%s", out2)
 	}
+	if !strings.Contains(out2, "repository library/alpine: Docker Hub's library/ namespace") {
+		t.Fatalf("library/alpine was not reported as skipped:\n%s", out2)
+	}
 	// Third run: nothing left to import.
 	out3 := run(t, 2*time.Minute, nil, wharfBin, "import", "--quiet", "--registry-root", root, "--data", data)
 	if !strings.Contains(out3, "0 blobs (0 B), 0 manifests, 0 tags") {
@@ -189,6 +193,9 @@ func TestImportFromRegistry2(t *testing.T) {
 	// The moved tag's earlier image is there by digest, untagged.
 	if resp, err := http.Get(w.url("/v2/app/manifests/" + appA.Index.String())); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("app's earlier image by digest: %v %v", err, resp)
+	}
+	if resp, err := http.Get(w.url("/v2/library/alpine/manifests/3")); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("library/alpine was imported: %v %v", err, resp)
 	}
 	if resp, err := http.Get(w.url("/v2/broken/manifests/1")); err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("broken:1, whose layer is corrupt, was imported: %v %v", err, resp)
