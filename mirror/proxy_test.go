@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/netip"
@@ -91,5 +92,31 @@ func TestTrustedProxy(t *testing.T) {
 	fixed := newTestRegistry(t, Options{Users: users, Policy: pol, PublicURL: "https://registry.example:8443"})
 	if got := realm(fixed, nil); !strings.HasPrefix(got, `Bearer realm="https://registry.example:8443/token"`) {
 		t.Fatalf("realm with a public URL: %s", got)
+	}
+}
+
+// TestSharedSecret: a token issued by one node is accepted by another with
+// the same --secret (registry:2's http.secret), and refused by a node
+// with another secret or none.
+func TestSharedSecret(t *testing.T) {
+	users, pol := testPolicy(t)
+	a := newTestRegistry(t, Options{Users: users, Policy: pol, Secret: "shared"})
+	b := newTestRegistry(t, Options{Users: users, Policy: pol, Secret: "shared"})
+	c := newTestRegistry(t, Options{Users: users, Policy: pol, Secret: "other"})
+	d := newTestRegistry(t, Options{Users: users, Policy: pol})
+	resp, body := a.do(t, "GET", "/token?service=wharf&scope=repository:team/app:push,pull", nil, basic("alice", "alice-pw"))
+	var tok struct{ Token string }
+	if err := json.Unmarshal(body, &tok); err != nil || resp.StatusCode != 200 || tok.Token == "" {
+		t.Fatalf("token from a: %s %s", resp.Status, body)
+	}
+	bearer := map[string]string{"Authorization": "Bearer " + tok.Token}
+	for _, n := range []struct {
+		name string
+		reg  *testRegistry
+		want int
+	}{{"a", a, 200}, {"b (same secret)", b, 200}, {"c (another secret)", c, 401}, {"d (no secret)", d, 401}} {
+		if resp, _ := n.reg.do(t, "GET", "/v2/", nil, bearer); resp.StatusCode != n.want {
+			t.Errorf("a's token on %s: %s, want %d", n.name, resp.Status, n.want)
+		}
 	}
 }
