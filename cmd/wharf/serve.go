@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +65,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	}
 	for _, w := range r2.warnings {
 		log.Warn("registry:2 setting: " + w)
+	}
+	if dir := c.String("data"); dirExists(filepath.Join(dir, "docker", "registry", "v2")) {
+		log.Warn("the data directory holds registry:2's storage, which Wharf does not read in place: stop Wharf and run `wharf import --registry-root "+dir+" --data DIR` into a directory of its own", "data", dir)
 	}
 	access, err := readAccess(c.String("config"), c.String("htpasswd"), r2.htpasswdAuth)
 	if err != nil {
@@ -521,4 +525,9 @@ func parsePublicURL(s string) (string, error) {
 		return "", fmt.Errorf("%q: want http:// or https:// and a host, nothing else", s)
 	}
 	return u.Scheme + "://" + u.Host, nil
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }
