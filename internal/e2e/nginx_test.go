@@ -14,7 +14,9 @@ import (
 
 // guideNginx is the "authenticate proxy with nginx" configuration the
 // registry:2 guides print (TLS, optional Basic auth, the headers it
-// forwards), with this test's addresses and files.
+// forwards), with this test's addresses and files. Its location is the
+// guide's /v2/, or / where Wharf's own token realm (/token) must be
+// proxied too.
 const guideNginx = `daemon off;
 %[6]s
 pid %[1]s/nginx.pid;
@@ -41,7 +43,7 @@ http {
     ssl_protocols TLSv1.2 TLSv1.3;
     client_max_body_size 0;
     chunked_transfer_encoding on;
-    location / {
+    location %[8]s {
       if ($http_user_agent ~ "^(docker\/1\.(3|4|5(?!\.[0-9]-dev))|Go ).*$" ) {
         return 404;
       }
@@ -71,12 +73,15 @@ func startGuideNginx(t *testing.T, ca *testCA, backend, htpasswd string) string 
 	if os.Geteuid() == 0 { // workers must read the test's files
 		user = "user root;"
 	}
-	auth := ""
+	// nginx's Basic auth, as in the guide (location /v2/); without it,
+	// Wharf's own users sign in at /token, which must be proxied too.
+	auth, location := "", "/"
 	if htpasswd != "" {
 		auth = fmt.Sprintf("auth_basic \"Registry realm\";\n      auth_basic_user_file %s;", htpasswd)
+		location = "/v2/"
 	}
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(guideNginx, dir, backend, addr, certFile, keyFile, user, auth)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(guideNginx, dir, backend, addr, certFile, keyFile, user, auth, location)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	startDaemon(t, func() error {
