@@ -54,30 +54,27 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 		}
 		return p.reg.getBlob(w, r, q)
 	}
-	if r.Method == http.MethodHead {
+	streaming := func() {
 		h := w.Header()
 		setBlobHeaders(h, q.digest)
-		h.Del("Cache-Control") // immutable only once stored
+		h.Del("Cache-Control") // immutable only once stored: these bytes are still arriving
 		h.Set("Content-Length", strconv.FormatInt(size, 10))
 		w.WriteHeader(http.StatusOK)
+	}
+	if r.Method == http.MethodHead {
+		streaming()
 		return nil
 	}
 	// The status waits for the first bytes: a download that fails before
 	// any (a small blob is held back whole until verified) is answered
 	// with its error, not with a 200 and a cut connection.
-	bp := smallBufs.Get().(*[]byte)
-	defer smallBufs.Put(bp)
-	n, err := io.ReadAtLeast(rd, *bp, 1)
+	var first [4 << 10]byte
+	n, err := io.ReadAtLeast(rd, first[:], 1)
 	if err != nil && !(errors.Is(err, io.EOF) && size == 0) {
 		return err
 	}
-	first := (*bp)[:n]
-	h := w.Header()
-	setBlobHeaders(h, q.digest)
-	h.Del("Cache-Control") // immutable only once stored: these bytes are still arriving
-	h.Set("Content-Length", strconv.FormatInt(size, 10))
-	w.WriteHeader(http.StatusOK)
-	sent, err := p.reg.copyToClient(w, r, io.MultiReader(bytes.NewReader(first), rd))
+	streaming()
+	sent, err := p.reg.copyToClient(w, r, io.MultiReader(bytes.NewReader(first[:n]), rd))
 	if m := p.opts.Metrics; m != nil {
 		m.BytesServed.WithLabelValues("upstream").Add(float64(sent))
 	}
