@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// startWharfEnv starts `wharf serve` with extra environment and no --addr
-// or --data: the test's REGISTRY_* settings give them. The caller gives
-// the address to wait on.
+// startWharfEnv starts `wharf serve` over TLS with extra environment and
+// args exactly as given (the test's REGISTRY_* settings may give the
+// address and data directory), and waits for HTTPS on addr.
 func startWharfEnv(t *testing.T, ca *testCA, addr string, env []string, args ...string) *wharfProc {
 	t.Helper()
 	w := &wharfProc{addr: addr, log: &syncBuffer{}, done: make(chan error, 1)}

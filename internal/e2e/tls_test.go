@@ -174,26 +174,10 @@ func waitSerial(t *testing.T, ca *testCA, addr string, want int64) {
 // startWharfTLS starts wharf serving HTTPS and waits for it.
 func startWharfTLS(t *testing.T, ca *testCA, args ...string) *wharfProc {
 	t.Helper()
-	w := &wharfProc{addr: freeAddr(t), data: t.TempDir(), log: &syncBuffer{}, done: make(chan error, 1)}
-	w.cmd = execCommand(wharfBin, append([]string{"serve", "--addr", w.addr, "--data", w.data}, args...)...)
-	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
-	if err := w.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { w.done <- w.cmd.Wait() }()
-	t.Cleanup(func() { w.kill() })
-	c := ca.client(t)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if resp, err := c.Get("https://" + w.addr + "/v2/"); err == nil {
-			resp.Body.Close()
-			return w
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("wharf (TLS) did not answer\n%s", w.log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	addr, data := freeAddr(t), t.TempDir()
+	w := startWharfEnv(t, ca, addr, nil, append([]string{"--addr", addr, "--data", data}, args...)...)
+	w.data = data
+	return w
 }
 
 // TestClientCertificatePush: with --tls-client-ca, a CI machine's
