@@ -203,12 +203,7 @@ func (g *space) check() Space {
 	}
 	switch {
 	case g.reserve && g.avail < g.floor/2:
-		if err := os.Remove(g.reservePath()); err == nil || errors.Is(err, os.ErrNotExist) {
-			g.reserve = false
-			g.log.Warn("the filesystem is nearly full (not by Wharf's blob writes): gave the index its reserve",
-				"dir", g.dir, "free_bytes", g.avail, "reserve_bytes", reserveSize)
-			g.refreshLocked(time.Now())
-		}
+		g.giveReserveLocked("the filesystem is nearly full (not by Wharf's blob writes): gave the index its reserve")
 	case !g.reserve && g.avail > g.floor+2*reserveSize:
 		if err := makeReserve(g.reservePath()); err != nil {
 			g.log.Warn("making the space reserve", "err", err)
@@ -234,12 +229,19 @@ func (g *space) roomToClose() (bool, int64) {
 		return false, 0
 	}
 	if g.avail < closeRoom && g.reserve {
-		if err := os.Remove(g.reservePath()); err == nil || errors.Is(err, os.ErrNotExist) {
-			g.reserve = false
-			g.refreshLocked(time.Now())
-		}
+		g.giveReserveLocked("the filesystem is nearly full: gave the index its reserve to close cleanly")
 	}
 	return g.avail >= closeRoom, g.avail
+}
+
+// giveReserveLocked removes the reserve file, so that the index has its
+// space, and reads the free space again.
+func (g *space) giveReserveLocked(msg string) {
+	if err := os.Remove(g.reservePath()); err == nil || errors.Is(err, os.ErrNotExist) {
+		g.reserve = false
+		g.log.Warn(msg, "dir", g.dir, "free_bytes", g.avail, "reserve_bytes", reserveSize)
+		g.refreshLocked(time.Now())
+	}
 }
 
 // allocateLogs gives the index's write-ahead logs (*.mem: fixed-size files
