@@ -25,7 +25,7 @@ type Upstream interface {
 	Allowed(registry string) bool
 	Resolve(ctx context.Context, registry, repo, ref string) (upstream.Descriptor, error)
 	Manifest(ctx context.Context, registry, repo string, desc upstream.Descriptor, maxSize int64) ([]byte, error)
-	Blob(ctx context.Context, registry, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error)
+	Blob(ctx context.Context, registry, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	HasBlob(ctx context.Context, registry, repo string, d digest.Digest) error
 }
 

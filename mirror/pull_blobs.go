@@ -98,23 +98,17 @@ func (p *puller) probeBlob(w http.ResponseWriter, r *http.Request, q *request) e
 	return p.reg.getBlob(w, r, q)
 }
 
-// source tells the store's download where blob d of t comes from: a GET
-// (resumed at an offset after a failure), and a HEAD confirming that t has
+// source tells the store's download where blob d of t comes from: one GET
+// (with Range when resumed at an offset after a failure), and a HEAD confirming that t has
 // it when the bytes are already here for another repository.
 func (p *puller) source(t policy.Target, d digest.Digest) cache.BlobSource {
 	return cache.BlobSource{
 		Open: func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
 			start := time.Now()
-			rc, size, err := p.up.Blob(ctx, t.Registry, t.Remote, d)
+			rc, size, err := p.up.Blob(ctx, t.Registry, t.Remote, d, offset)
 			p.opts.Metrics.upstream(t.Registry, "blob", err, time.Since(start).Seconds())
 			if err != nil {
 				return nil, 0, err
-			}
-			if offset > 0 {
-				if _, err := rc.Seek(offset, io.SeekStart); err != nil {
-					rc.Close()
-					return nil, 0, err
-				}
 			}
 			return countingReader{rc, p.opts.Metrics}, size, nil
 		},

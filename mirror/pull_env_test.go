@@ -136,7 +136,7 @@ func smallImage(seed uint64) fakehub.ImageSpec {
 }
 
 // TestConcurrentColdPulls: 20 clients pull the same new image at once;
-// Docker Hub sees one GET per blob and per manifest.
+// Docker Hub sees one request per blob (a GET, no HEAD) and per manifest.
 func TestConcurrentColdPulls(t *testing.T) {
 	e := newMirrorEnv(t, Options{})
 	img := e.hub.Push("library/alpine", "latest", smallImage(1))
@@ -157,6 +157,10 @@ func TestConcurrentColdPulls(t *testing.T) {
 	// platform manifest: two manifest GETs in all.
 	if n := e.hub.Count("GET blob"); n != 4 {
 		t.Fatalf("%d upstream blob GETs, want 4 (config + 3 layers of one platform)", n)
+	}
+	// One request per cold blob: no HEAD before each GET.
+	if n := e.hub.Count("HEAD blob"); n != 0 {
+		t.Fatalf("%d upstream blob HEADs for a cold pull, want 0", n)
 	}
 	if n := e.hub.Count("GET manifest"); n != 2 {
 		t.Fatalf("%d upstream manifest GETs, want 2", n)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -262,10 +263,12 @@ func (c *Client) Manifest(ctx context.Context, name, repo string, desc Descripto
 	return body, nil
 }
 
-// Blob opens blob d of repo and returns it with its size. The reader
-// reconnects with a Range request when the connection drops, and Seek
-// resumes at an offset. It holds one of the MaxConns slots until closed.
-func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+// Blob opens blob d of repo at offset and returns it with the size of the
+// whole blob. It sends one GET (with Range from a non-zero offset), no
+// HEAD first: the size comes from the response. The reader reconnects
+// with a Range request when the connection drops. It holds one of the
+// MaxConns slots until closed.
+func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
 	r, err := c.ready(name)
 	if err != nil {
 		return nil, 0, err
@@ -279,32 +282,86 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest) (
 		}
 		return nil, 0, fmt.Errorf("%w: all %d upstream connections busy for %s", ErrBusy, c.opts.MaxConns, c.opts.SlotWait)
 	}
-	var rc io.ReadCloser
-	var desc ocispec.Descriptor
+	var (
+		rs    io.ReadSeekCloser
+		first []byte
+		eof   bool
+		size  int64
+	)
 	err = c.do(ctx, r, func(ctx context.Context) error {
 		f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
 		if err != nil {
 			return err
 		}
-		byDigest, ok := f.(remotes.FetcherByDigest)
-		if !ok {
-			return errors.New("containerd fetcher cannot fetch by digest")
+		// containerd's Fetch opens lazily and wants a size to stop at;
+		// the real one is the response's (the recorder notes it), so the
+		// first read, which sends the GET, happens here: errors and the
+		// size are known before Blob returns.
+		rc, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: unknownSize})
+		if err != nil {
+			return err
 		}
-		rc, desc, err = byDigest.FetchByDigest(ctx, d)
-		return err
+		var ok bool
+		if rs, ok = rc.(io.ReadSeekCloser); !ok {
+			rc.Close()
+			return errors.New("containerd blob reader cannot seek")
+		}
+		if offset > 0 {
+			if _, err := rs.Seek(offset, io.SeekStart); err != nil {
+				rs.Close()
+				return err
+			}
+		}
+		buf := make([]byte, 32<<10)
+		n, err := rs.Read(buf)
+		if err != nil && err != io.EOF {
+			rs.Close()
+			return err
+		}
+		first, eof = buf[:n], err == io.EOF
+		if size = callFrom(ctx).blobSize(); size < 0 {
+			rs.Close()
+			return fmt.Errorf("%w: blob %s answered without a length", ErrInvalid, d)
+		}
+		return nil
 	})
 	if err != nil {
 		c.sem.Release(1)
 		return nil, 0, err
 	}
-	rs, ok := rc.(io.ReadSeekCloser)
-	if !ok {
-		rc.Close()
-		c.sem.Release(1)
-		return nil, 0, errors.New("containerd blob reader cannot seek")
-	}
-	return newSlotReader(rs, func() { c.sem.Release(1) }), desc.Size, nil
+	return newSlotReader(&primed{first: first, eof: eof, rc: rs}, func() { c.sem.Release(1) }), size, nil
 }
+
+// unknownSize stands for "up to the end of the response" in containerd's
+// reader, which needs a size to stop at.
+const unknownSize = math.MaxInt64 - 1
+
+// primed is a reader whose first bytes were already read (and maybe its
+// end: containerd's reader must not be read past its end, it would
+// reopen the blob there).
+type primed struct {
+	first []byte
+	eof   bool
+	rc    io.ReadCloser
+}
+
+func (p *primed) Read(b []byte) (int, error) {
+	if len(p.first) > 0 {
+		n := copy(b, p.first)
+		p.first = p.first[n:]
+		return n, nil
+	}
+	if p.eof {
+		return 0, io.EOF
+	}
+	n, err := p.rc.Read(b)
+	if err == io.EOF {
+		p.eof = true
+	}
+	return n, err
+}
+
+func (p *primed) Close() error { return p.rc.Close() }
 
 // stallRelease is how long a blob transfer may make no progress before its
 // connection slot goes back to the pool: a stalled connection moves no
@@ -313,20 +370,20 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest) (
 const stallRelease = 5 * time.Second
 
 type slotReader struct {
-	io.ReadSeekCloser
+	io.ReadCloser
 	once    sync.Once
 	release func()
 	stalled *time.Timer
 }
 
-func newSlotReader(rs io.ReadSeekCloser, release func()) *slotReader {
-	s := &slotReader{ReadSeekCloser: rs, release: release}
+func newSlotReader(rc io.ReadCloser, release func()) *slotReader {
+	s := &slotReader{ReadCloser: rc, release: release}
 	s.stalled = time.AfterFunc(stallRelease, func() { s.once.Do(s.release) })
 	return s
 }
 
 func (s *slotReader) Read(p []byte) (int, error) {
-	n, err := s.ReadSeekCloser.Read(p)
+	n, err := s.ReadCloser.Read(p)
 	if n > 0 {
 		s.stalled.Reset(stallRelease)
 	}
@@ -335,18 +392,32 @@ func (s *slotReader) Read(p []byte) (int, error) {
 
 func (s *slotReader) Close() error {
 	s.stalled.Stop()
-	err := s.ReadSeekCloser.Close()
+	err := s.ReadCloser.Close()
 	s.once.Do(s.release)
 	return err
 }
 
 // HasBlob asks, with a HEAD, whether repo holds blob d upstream.
 func (c *Client) HasBlob(ctx context.Context, name, repo string, d digest.Digest) error {
-	rc, _, err := c.Blob(ctx, name, repo, d) // FetchByDigest sends only the HEAD until read
+	r, err := c.ready(name)
 	if err != nil {
 		return err
 	}
-	return rc.Close()
+	return c.do(ctx, r, func(ctx context.Context) error {
+		f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
+		if err != nil {
+			return err
+		}
+		byDigest, ok := f.(remotes.FetcherByDigest)
+		if !ok {
+			return errors.New("containerd fetcher cannot fetch by digest")
+		}
+		rc, _, err := byDigest.FetchByDigest(ctx, d) // only the HEAD until read
+		if err != nil {
+			return err
+		}
+		return rc.Close()
+	})
 }
 
 // ready fails fast for a registry that is not allowed, down or rate limited.
@@ -372,13 +443,50 @@ func (c *Client) ready(name string) (*registry, error) {
 type callStatus struct {
 	mu   sync.Mutex
 	last int
+	size int64 // of the whole blob, from the latest blob response; -1 unknown
 }
 
 type callStatusKey struct{}
 
 func withCallStatus(ctx context.Context) (context.Context, *callStatus) {
-	cs := &callStatus{}
+	cs := &callStatus{size: -1}
 	return context.WithValue(ctx, callStatusKey{}, cs), cs
+}
+
+// callFrom returns the callStatus of ctx (a fresh one when it has none).
+func callFrom(ctx context.Context) *callStatus {
+	if cs, ok := ctx.Value(callStatusKey{}).(*callStatus); ok {
+		return cs
+	}
+	return &callStatus{size: -1}
+}
+
+func (cs *callStatus) blobSize() int64 {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.size
+}
+
+// noteResponse records resp's status and, for a blob's 200 or 206, the
+// size of the whole blob (Content-Length, or the total of Content-Range).
+func (cs *callStatus) noteResponse(resp *http.Response, blob bool) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.last = resp.StatusCode
+	if !blob {
+		return
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		cs.size = resp.ContentLength
+	case http.StatusPartialContent:
+		cs.size = -1
+		if _, total, ok := strings.Cut(resp.Header.Get("Content-Range"), "/"); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64); err == nil && n >= 0 {
+				cs.size = n
+			}
+		}
+	}
 }
 
 func (cs *callStatus) get() int {
@@ -537,9 +645,9 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body = newIdleBody(resp.Body, t.opts.BodyIdle)
 	if cs, ok := req.Context().Value(callStatusKey{}).(*callStatus); ok { // the latest response decides
-		cs.mu.Lock()
-		cs.last = resp.StatusCode
-		cs.mu.Unlock()
+		// A blob's bytes come from its blobs URL or from where that
+		// redirected (a CDN); a token response never says a blob's size.
+		cs.noteResponse(resp, strings.Contains(req.URL.Path, "/blobs/") || req.Response != nil)
 	}
 	if v := resp.Header.Get("ratelimit-remaining"); v != "" {
 		n, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(v, ";", 2)[0]))

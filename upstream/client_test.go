@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -58,7 +59,7 @@ func TestResolveAndFetch(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rc, _, err := c.Blob(ctx, "docker.io", "library/alpine", d)
+			rc, _, err := c.Blob(ctx, "docker.io", "library/alpine", d, 0)
 			if err != nil {
 				t.Error(err)
 				return
@@ -78,6 +79,42 @@ func TestResolveAndFetch(t *testing.T) {
 	}
 	if hub.Count("GET cdn") != len(img.Blobs) {
 		t.Fatalf("redirects followed %d times, want %d", hub.Count("GET cdn"), len(img.Blobs))
+	}
+	// One request per blob: a GET, no HEAD before it.
+	if hub.Count("HEAD blob") != 0 || hub.Count("GET blob") != len(img.Blobs) {
+		t.Fatalf("%d blobs took %d HEADs and %d GETs, want 0 and %d", len(img.Blobs), hub.Count("HEAD blob"), hub.Count("GET blob"), len(img.Blobs))
+	}
+}
+
+// TestBlobFromOffset: a blob opened at an offset is one ranged GET, and
+// its size is still the whole blob's.
+func TestBlobFromOffset(t *testing.T) {
+	hub := fakehub.Start(t)
+	img := hub.Push("library/big", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 1 << 20, Seed: 6})
+	layer := img.Blobs[0]
+	c := newTestClient(t, hub, "", "")
+	whole, size, err := c.Blob(context.Background(), "docker.io", "library/big", layer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := io.ReadAll(whole)
+	whole.Close()
+	if err != nil || int64(len(all)) != size || digest.FromBytes(all) != layer {
+		t.Fatalf("whole blob: %d bytes of %d, %v", len(all), size, err)
+	}
+	hub.ResetCounts()
+	const off = 300000
+	rc, total, err := c.Blob(context.Background(), "docker.io", "library/big", layer, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	rest, err := io.ReadAll(rc)
+	if err != nil || total != size || !bytes.Equal(rest, all[off:]) {
+		t.Fatalf("from %d: %d bytes, size %d of %d, %v", off, len(rest), total, size, err)
+	}
+	if hub.Count("GET range") != 1 || hub.Count("GET blob") != 1 || hub.Count("HEAD blob") != 0 {
+		t.Fatalf("ranged open: %d ranges, %d GETs, %d HEADs", hub.Count("GET range"), hub.Count("GET blob"), hub.Count("HEAD blob"))
 	}
 }
 
@@ -170,7 +207,7 @@ func TestTransient5xxRetried(t *testing.T) {
 		t.Fatalf("resolve through three 503s: %v", err)
 	}
 	hub.FailNext(502, 2)
-	rc, _, err := c.Blob(ctx, "docker.io", "library/alpine", img.Blobs[0])
+	rc, _, err := c.Blob(ctx, "docker.io", "library/alpine", img.Blobs[0], 0)
 	if err != nil {
 		t.Fatalf("blob through two 502s: %v", err)
 	}
@@ -236,7 +273,7 @@ func TestBlobResumes(t *testing.T) {
 	layer := img.Blobs[0]
 	hub.DropAt(layer, 2<<20)
 	c := newTestClient(t, hub, "", "")
-	rc, size, err := c.Blob(context.Background(), "docker.io", "library/big", layer)
+	rc, size, err := c.Blob(context.Background(), "docker.io", "library/big", layer, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +297,7 @@ func TestMissingBlobIsNotAnOutage(t *testing.T) {
 	if err := c.HasBlob(ctx, "docker.io", "library/other", img.Blobs[0]); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing blob: %v", err)
 	}
-	if _, _, err := c.Blob(ctx, "docker.io", "library/other", img.Blobs[0]); !errors.Is(err, ErrNotFound) {
+	if _, _, err := c.Blob(ctx, "docker.io", "library/other", img.Blobs[0], 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing blob GET: %v", err)
 	}
 	if st := c.Status(); !st[0].Up {
