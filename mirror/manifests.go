@@ -66,6 +66,7 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 		return err
 	}
 	reg.audit(r, "push", slog.String("repo", q.repo), slog.String("digest", m.Digest.String()), slog.Any("tags", tags))
+	reg.pushed(q)
 	h := w.Header()
 	setLocation(w, q.repo, "manifests", m.Digest.String())
 	h.Set("Docker-Content-Digest", m.Digest.String())
@@ -78,6 +79,19 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 	h.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// pushed forgets the upstream misses remembered for a repository just
+// pushed to (and for the mirrored name its reads fell through to until
+// now): what upstream lacked may be here now.
+func (reg *Registry) pushed(q *request) {
+	if reg.pull == nil {
+		return
+	}
+	reg.pull.misses.forget(q.repo)
+	if t := policy.Mirror(q.name, ""); !t.Named {
+		reg.pull.misses.forget(t.Local)
+	}
 }
 
 // putLinkingFallthrough stores a pushed manifest. A name whose reads fall

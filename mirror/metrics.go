@@ -7,16 +7,17 @@ import (
 // Metrics are the registry's Prometheus instruments. Create them with
 // NewMetrics on a registry the caller owns; a nil *Metrics records nothing.
 type Metrics struct {
-	Requests        *prometheus.CounterVec   // route, method, status
-	Duration        *prometheus.HistogramVec // route
-	Cache           *prometheus.CounterVec   // kind (manifest, blob), result (hit, miss)
-	BytesServed     *prometheus.CounterVec   // source (cache, upstream)
-	UpstreamBytes   prometheus.Counter
-	Upstream        *prometheus.CounterVec   // registry, op, result
-	UpstreamLatency *prometheus.HistogramVec // registry, op
-	Coalesced       prometheus.Counter
-	Prefetches      prometheus.Counter
-	DigestFailures  prometheus.Counter
+	Requests         *prometheus.CounterVec   // route, method, status
+	Duration         *prometheus.HistogramVec // route
+	Cache            *prometheus.CounterVec   // kind (manifest, blob), result (hit, miss)
+	BytesServed      *prometheus.CounterVec   // source (cache, upstream)
+	UpstreamBytes    prometheus.Counter
+	Upstream         *prometheus.CounterVec   // registry, op, result
+	UpstreamLatency  *prometheus.HistogramVec // registry, op
+	Coalesced        prometheus.Counter
+	Prefetches       prometheus.Counter
+	DigestFailures   prometheus.Counter
+	MissesRemembered prometheus.Counter
 }
 
 // NewMetrics registers the instruments on r.
@@ -42,9 +43,11 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Help: "Blob downloads started ahead of any client."}),
 		DigestFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_digest_failures_total",
 			Help: "Upstream downloads discarded because their bytes did not match the digest."}),
+		MissesRemembered: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_upstream_misses_remembered_total",
+			Help: "Requests answered 404 from a remembered upstream miss (--miss-ttl) without asking upstream."}),
 	}
 	r.MustRegister(m.Requests, m.Duration, m.Cache, m.BytesServed, m.UpstreamBytes, m.Upstream, m.UpstreamLatency,
-		m.Coalesced, m.Prefetches, m.DigestFailures)
+		m.Coalesced, m.Prefetches, m.DigestFailures, m.MissesRemembered)
 	return m
 }
 
@@ -63,6 +66,12 @@ func (m *Metrics) coalesced() {
 func (m *Metrics) prefetched() {
 	if m != nil {
 		m.Prefetches.Inc()
+	}
+}
+
+func (m *Metrics) rememberedMiss() {
+	if m != nil {
+		m.MissesRemembered.Inc()
 	}
 }
 

@@ -45,6 +45,7 @@ type puller struct {
 	platforms platforms.MatchComparer
 
 	manifests singleflight.Group // one upstream manifest fetch per repo and reference
+	misses    *misses            // what upstream said it has not, for MissTTL
 
 	bg     context.Context // owned by no client; cancelled by close
 	cancel context.CancelFunc
@@ -59,7 +60,10 @@ func newPuller(reg *Registry) *puller {
 	if o.PrefetchParallel == 0 {
 		o.PrefetchParallel = 8
 	}
-	p := &puller{reg: reg, store: reg.store, up: o.Upstream, opts: *o, platforms: platforms.Any()}
+	if o.MissTTL == 0 {
+		o.MissTTL = time.Minute
+	}
+	p := &puller{reg: reg, store: reg.store, up: o.Upstream, opts: *o, platforms: platforms.Any(), misses: newMisses(o.MissTTL)}
 	var ps []ocispec.Platform
 	for _, s := range o.PrefetchPlatforms {
 		if pl, err := platforms.Parse(s); err == nil {
@@ -151,12 +155,19 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 
 // resolveOnce revalidates a tag with one HEAD however many clients ask.
 func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string) (upstream.Descriptor, error) {
+	if err := p.misses.get(t.Registry, t.Local, tag); err != nil {
+		p.opts.Metrics.rememberedMiss()
+		return upstream.Descriptor{}, err
+	}
 	ch := p.manifests.DoChan("HEAD "+t.Local+":"+tag, func() (any, error) {
 		hctx, cancel := context.WithTimeout(p.bg, time.Minute)
 		defer cancel()
 		start := time.Now()
 		desc, err := p.up.Resolve(hctx, t.Registry, t.Remote, tag)
 		p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
+		if err != nil {
+			p.misses.note(t.Registry, t.Local, tag, err)
+		}
 		return desc, err
 	})
 	select {
@@ -174,37 +185,14 @@ func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string) (
 // runs on a context no client owns), stores it and starts prefetching its
 // blobs. desc is what is already known of it.
 func (p *puller) fetchManifest(ctx context.Context, t policy.Target, ref reference, desc upstream.Descriptor) (*cache.Manifest, error) {
+	if err := p.misses.get(t.Registry, t.Local, ref.String()); err != nil {
+		p.opts.Metrics.rememberedMiss()
+		return nil, err
+	}
 	ch := p.manifests.DoChan(t.Local+"@"+ref.String(), func() (any, error) {
-		fctx, cancel := context.WithTimeout(p.bg, 2*time.Minute)
-		defer cancel()
-		if desc.MediaType == "" {
-			var err error
-			start := time.Now()
-			desc, err = p.up.Resolve(fctx, t.Registry, t.Remote, ref.String())
-			p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
-			if err != nil {
-				return nil, err
-			}
-		}
-		if ref.isDigest() && desc.Digest != ref.digest {
-			return nil, fmt.Errorf("%w: asked for %s, upstream resolved %s", upstream.ErrInvalid, ref, desc.Digest)
-		}
-		start := time.Now()
-		body, err := p.up.Manifest(fctx, t.Registry, t.Remote, desc, cache.MaxManifestSize)
-		p.opts.Metrics.upstream(t.Registry, "manifest", err, time.Since(start).Seconds())
-		if err != nil {
-			return nil, err
-		}
-		m, err := p.store.PutMirroredManifest(t.Local, t.Registry, desc.Digest, ref.tag, desc.MediaType, body, time.Now())
-		if err != nil {
-			return nil, err
-		}
-		if !cache.IsIndex(m.MediaType) {
-			p.prefetch(t, m.Refs)
-		} else if len(p.opts.PrefetchPlatforms) > 0 {
-			p.prefetchPlatforms(t, m.MediaType, body)
-		}
-		return m, nil
+		m, err := p.fetchManifestFlight(t, ref, desc)
+		p.misses.note(t.Registry, t.Local, ref.String(), err)
+		return m, err
 	})
 	p.opts.Metrics.cache("manifest", "miss")
 	select {
@@ -219,4 +207,38 @@ func (p *puller) fetchManifest(ctx context.Context, t policy.Target, ref referen
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// fetchManifestFlight is the one download of fetchManifest.
+func (p *puller) fetchManifestFlight(t policy.Target, ref reference, desc upstream.Descriptor) (*cache.Manifest, error) {
+	fctx, cancel := context.WithTimeout(p.bg, 2*time.Minute)
+	defer cancel()
+	if desc.MediaType == "" {
+		var err error
+		start := time.Now()
+		desc, err = p.up.Resolve(fctx, t.Registry, t.Remote, ref.String())
+		p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
+		if err != nil {
+			return nil, err
+		}
+	}
+	if ref.isDigest() && desc.Digest != ref.digest {
+		return nil, fmt.Errorf("%w: asked for %s, upstream resolved %s", upstream.ErrInvalid, ref, desc.Digest)
+	}
+	start := time.Now()
+	body, err := p.up.Manifest(fctx, t.Registry, t.Remote, desc, cache.MaxManifestSize)
+	p.opts.Metrics.upstream(t.Registry, "manifest", err, time.Since(start).Seconds())
+	if err != nil {
+		return nil, err
+	}
+	m, err := p.store.PutMirroredManifest(t.Local, t.Registry, desc.Digest, ref.tag, desc.MediaType, body, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if !cache.IsIndex(m.MediaType) {
+		p.prefetch(t, m.Refs)
+	} else if len(p.opts.PrefetchPlatforms) > 0 {
+		p.prefetchPlatforms(t, m.MediaType, body)
+	}
+	return m, nil
 }

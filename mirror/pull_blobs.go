@@ -28,6 +28,10 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 	if err := p.allowed(q); err != nil {
 		return err
 	}
+	if err := p.misses.get(q.target.Registry, q.target.Local, q.digest.String()); err != nil {
+		p.opts.Metrics.rememberedMiss()
+		return err
+	}
 	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, p.source(q.target, q.digest))
 	if err != nil {
 		return err
@@ -108,6 +112,7 @@ func (p *puller) source(t policy.Target, d digest.Digest) cache.BlobSource {
 			rc, size, err := p.up.Blob(ctx, t.Registry, t.Remote, d, offset)
 			p.opts.Metrics.upstream(t.Registry, "blob", err, time.Since(start).Seconds())
 			if err != nil {
+				p.misses.note(t.Registry, t.Local, d.String(), err)
 				return nil, 0, err
 			}
 			return countingReader{rc, p.opts.Metrics}, size, nil

@@ -32,6 +32,10 @@ type Options struct {
 	// TagTTL is how long a mirrored tag is served without asking upstream
 	// (10m); after it, a HEAD revalidates it.
 	TagTTL time.Duration
+	// MissTTL is how long upstream's "no such name, tag or blob" is
+	// remembered (1m; negative: never): a wrong name pulled in a loop asks
+	// upstream once per MissTTL. A push into the repository forgets it.
+	MissTTL time.Duration
 	// Offline serves only what is cached; upstream is never contacted.
 	Offline bool
 	// PrefetchParallel bounds how many blobs of one manifest are fetched at

@@ -197,7 +197,7 @@ func (a *authorizer) AddResponses(ctx context.Context, responses []*http.Respons
 		case auth.BearerAuth:
 			if msg := c.Parameters["error"]; msg != "" {
 				n := len(responses)
-				if n > 1 && sameRequest(responses[n-2].Request, last.Request) {
+				if n > 1 && sameRequest(responses[n-2].Request, last.Request) || a.freshlyRefused(ctx, host, last.Request) {
 					return fmt.Errorf("server message: %s: %w", msg, docker.ErrInvalidAuthorization)
 				}
 			}
@@ -249,6 +249,35 @@ func (a *authorizer) AddResponses(ctx context.Context, responses []*http.Respons
 		}
 	}
 	return fmt.Errorf("failed to find supported auth scheme: %w", errdefs.ErrNotImplemented)
+}
+
+// tokenFresh: a token refused (with a bearer error such as Docker Hub's
+// insufficient_scope for a name it does not have) this soon after it was
+// issued for the very scope of the request would only be refused again: the
+// refusal is final, without a second token fetch and request.
+const tokenFresh = 10 * time.Second
+
+func (a *authorizer) freshlyRefused(ctx context.Context, host string, req *http.Request) bool {
+	sent, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := a.hosts[host]
+	if h == nil {
+		return false
+	}
+	t := h.tokens[strings.Join(scopesOf(ctx, h), " ")]
+	if t == nil {
+		return false
+	}
+	select {
+	case <-t.done:
+		return t.err == nil && t.value == sent && time.Since(t.started) < tokenFresh
+	default:
+		return false
+	}
 }
 
 func (a *authorizer) credsFor(host string) (string, string, error) {

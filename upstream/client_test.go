@@ -294,10 +294,15 @@ func TestMissingBlobIsNotAnOutage(t *testing.T) {
 	img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 10, Seed: 5})
 	c := newTestClient(t, hub, "", "")
 	ctx := context.Background()
-	if err := c.HasBlob(ctx, "docker.io", "library/other", img.Blobs[0]); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("missing blob: %v", err)
+	// library/other does not exist: Docker Hub answers 401 insufficient_scope.
+	if err := c.HasBlob(ctx, "docker.io", "library/other", img.Blobs[0]); !errors.Is(err, ErrDenied) {
+		t.Fatalf("missing repository: %v", err)
 	}
-	if _, _, err := c.Blob(ctx, "docker.io", "library/other", img.Blobs[0], 0); !errors.Is(err, ErrNotFound) {
+	if _, _, err := c.Blob(ctx, "docker.io", "library/other", img.Blobs[0], 0); !errors.Is(err, ErrDenied) {
+		t.Fatalf("missing repository, blob GET: %v", err)
+	}
+	// A blob the repository does not hold: 404.
+	if _, _, err := c.Blob(ctx, "docker.io", "library/alpine", digest.FromString("none"), 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing blob GET: %v", err)
 	}
 	if st := c.Status(); !st[0].Up {

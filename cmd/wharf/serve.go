@@ -93,7 +93,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
 			Secret: c.String("secret"), Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
-			TagTTL: c.Duration("tag-ttl"), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
+			TagTTL: c.Duration("tag-ttl"), MissTTL: missTTL(c.Duration("miss-ttl")), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
 	}
 	for _, s := range c.StringSlice("trusted-proxy") {
@@ -530,4 +530,13 @@ func parsePublicURL(s string) (string, error) {
 func dirExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
+}
+
+// missTTL maps the flag (0: remember nothing) to mirror.Options.MissTTL
+// (0: the default, negative: nothing).
+func missTTL(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

@@ -142,7 +142,9 @@ func (h *Hub) set(f func()) {
 
 // Count returns how many requests of a kind were served: "GET manifest",
 // "HEAD manifest", "GET blob", "GET blob <digest>", "token", "GET cdn",
-// "429", "bytes" (blob bytes sent), "credleak".
+// "429", "bytes" (blob bytes sent), "credleak", "insufficient_scope" (a
+// request for a repository the hub does not have, with auth on), and
+// "requests" (every HTTP request, the token realm's included).
 func (h *Hub) Count(kind string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -178,6 +180,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.failNextN--
 		fail = h.failNext
 	}
+	h.counts["requests"]++
 	h.mu.Unlock()
 	time.Sleep(latency)
 	switch {
@@ -218,6 +221,18 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if auth && !h.authorized(r, repo) {
 		h.challenge(w, repo)
+		return
+	}
+	h.mu.Lock()
+	_, exists := h.repoBlobs[repo]
+	h.mu.Unlock()
+	if auth && !exists {
+		// Docker Hub never says 404 for a repository it does not have: the
+		// token carries no access to it, and the request gets 401
+		// insufficient_scope.
+		h.count("insufficient_scope")
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="fakehub",scope="repository:%s:pull",error="insufficient_scope"`, h.URL, repo))
+		writeErr(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
 		return
 	}
 	h.count(r.Method + " " + kind)
