@@ -17,12 +17,21 @@ import (
 // body whose bytes do not match the digest.
 const FillHoldBack = 64 << 10
 
+// fillRing is how many of the latest bytes of a fill are kept in memory:
+// readers that keep up take them from there as they arrive; one that falls
+// further behind, or joins late, reads the ingest file. One ring per fill
+// in flight (at most the upstream connection limit of them).
+const fillRing = 1 << 20
+
+var fillRings = sync.Pool{New: func() any { b := make([]byte, fillRing); return &b }}
+
 // ErrFillAborted is returned to readers of a fill that did not complete.
 var ErrFillAborted = errors.New("blob download aborted")
 
 // fill is a blob being written from upstream while clients read it: bytes
-// go to an ingest file and a hash as they arrive; readers follow the file
-// as it grows. finish verifies the digest and commits the blob into the
+// go to an ingest file, a hash and a ring of the latest fillRing bytes as
+// they arrive; readers take them from the ring, or from the file when they
+// are further behind. finish verifies the digest and commits the blob into the
 // repositories that asked for it; fail discards it. Safe for concurrent
 // use. Fills (fills.go) owns the one fill per digest.
 type fill struct {
@@ -38,13 +47,16 @@ type fill struct {
 	changed   chan struct{} // closed and replaced on every change
 	size      int64         // -1 until Start
 	written   int64
-	done      bool  // verified: readers may have every byte
-	committed bool  // stored and linked: the cache answers from now on
-	err       error // set by Fail: readers stop with it
-	commitErr error // the blob was verified but could not be stored
+	done      bool    // verified: readers may have every byte
+	committed bool    // stored and linked: the cache answers from now on
+	err       error   // set by Fail: readers stop with it
+	commitErr error   // the blob was verified but could not be stored
+	ring      *[]byte // the latest bytes: offset o is at o % fillRing; nil once released
 	readers   int
 	retired   bool
-	repos     []string // linked on commit; guarded by Fills.mu
+	// bytes handed to readers from memory and from the file (for tests)
+	ringBytes, fileBytes int64
+	repos                []string // linked on commit; guarded by Fills.mu
 }
 
 // newFill begins filling blob d, content of origin o, for repo. The caller
@@ -66,7 +78,7 @@ func (s *Store) newFill(repo string, o Origin, d digest.Digest) (*fill, error) {
 		return nil, err
 	}
 	return &fill{s: s, o: o, repos: []string{repo}, d: d, id: id, app: app, h: d.Algorithm().Hash(), rf: rf,
-		changed: make(chan struct{}), size: -1}, nil
+		changed: make(chan struct{}), size: -1, ring: fillRings.Get().(*[]byte)}, nil
 }
 
 func (f *fill) notifyLocked() {
@@ -93,10 +105,48 @@ func (f *fill) write(p []byte) (int, error) {
 	n, err := f.app.Write(p)
 	f.h.Write(p[:n])
 	f.mu.Lock()
+	if f.ring != nil {
+		ringPut(*f.ring, f.written, p[:n])
+	}
 	f.written += int64(n)
 	f.notifyLocked()
 	f.mu.Unlock()
 	return n, err
+}
+
+// ringPut stores b, the bytes at offset off, in ring (their last fillRing
+// bytes when there are more).
+func ringPut(ring []byte, off int64, b []byte) {
+	if len(b) > len(ring) {
+		off += int64(len(b) - len(ring))
+		b = b[len(b)-len(ring):]
+	}
+	for len(b) > 0 {
+		i := int(off % int64(len(ring)))
+		n := copy(ring[i:], b)
+		off += int64(n)
+		b = b[n:]
+	}
+}
+
+// ringGet copies into p the bytes at offset off from ring.
+func ringGet(ring []byte, off int64, p []byte) {
+	for len(p) > 0 {
+		i := int(off % int64(len(ring)))
+		n := copy(p, ring[i:])
+		off += int64(n)
+		p = p[n:]
+	}
+}
+
+// release returns the ring to the pool and closes the read handle, once the
+// fill is retired and its last reader closed. Call with f.mu held.
+func (f *fill) releaseLocked() error {
+	if f.ring != nil {
+		fillRings.Put(f.ring)
+		f.ring = nil
+	}
+	return f.rf.Close()
 }
 
 // written is how many bytes arrived so far.
@@ -207,11 +257,10 @@ func (f *fill) newReader(ctx context.Context) *FillReader {
 // closed when the last reader is.
 func (f *fill) retire() {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.retired = true
-	last := f.readers == 0
-	f.mu.Unlock()
-	if last {
-		f.rf.Close()
+	if f.readers == 0 {
+		f.releaseLocked()
 	}
 }
 
@@ -225,6 +274,8 @@ type FillReader struct {
 	pos, end int64
 	open     bool // end is set
 	closed   bool
+	// bytes this reader took from the ring and from the file
+	fromRing, fromFile int64
 }
 
 // Limit restricts the reader to n bytes from offset off, before any Read.
@@ -244,8 +295,8 @@ func (r *FillReader) Read(p []byte) (int, error) {
 	for {
 		f.mu.Lock()
 		limit, size, done, err, ch := f.written, f.size, f.done, f.err, f.changed
-		f.mu.Unlock()
 		if err != nil {
+			f.mu.Unlock()
 			return 0, err
 		}
 		if !done {
@@ -260,16 +311,33 @@ func (r *FillReader) Read(p []byte) (int, error) {
 			end = min(end, r.end)
 		}
 		if r.open && r.pos >= r.end || done && r.pos >= limit {
+			f.mu.Unlock()
 			return 0, io.EOF
 		}
 		if avail := end - r.pos; avail > 0 {
-			n, err := f.rf.ReadAt(p[:min(int64(len(p)), avail)], r.pos)
+			n := int(min(int64(len(p)), avail))
+			if f.ring != nil && r.pos >= f.written-fillRing {
+				// Still in memory: the bytes just written.
+				ringGet(*f.ring, r.pos, p[:n])
+				f.ringBytes += int64(n)
+				f.mu.Unlock()
+				r.pos += int64(n)
+				r.fromRing += int64(n)
+				return n, nil
+			}
+			f.mu.Unlock()
+			n, err := f.rf.ReadAt(p[:n], r.pos)
+			f.mu.Lock()
+			f.fileBytes += int64(n)
+			f.mu.Unlock()
 			r.pos += int64(n)
+			r.fromFile += int64(n)
 			if err == io.EOF && n > 0 {
 				err = nil
 			}
 			return n, err
 		}
+		f.mu.Unlock()
 		select {
 		case <-ch:
 		case <-r.ctx.Done():
@@ -285,11 +353,10 @@ func (r *FillReader) Close() error {
 	r.closed = true
 	f := r.f
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.readers--
-	last := f.retired && f.readers == 0
-	f.mu.Unlock()
-	if last {
-		return f.rf.Close()
+	if f.retired && f.readers == 0 {
+		return f.releaseLocked()
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -126,5 +127,123 @@ func TestFillRangeAndCancel(t *testing.T) {
 	if err := f.finish(f.repos); err != nil {
 		t.Fatal(err)
 	}
+	f.retire()
+}
+
+// TestFillRingReaders: readers that keep up take the bytes from memory;
+// one that joins mid-way, one that stalls and one that joins late fall
+// back to the file; all get exactly the blob, the tail only once verified.
+func TestFillRingReaders(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	const chunk, chunks = 256 << 10, 16
+	content := make([]byte, chunk*chunks)
+	for i := range content {
+		content[i] = byte(i*7 + i>>11)
+	}
+	d := digest.FromBytes(content)
+	f, err := s.newFill("mirror/repo", MirroredFrom("docker.io"), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	f.start(int64(len(content)))
+	early, stalled := f.newReader(ctx), f.newReader(ctx)
+	var mid *FillReader
+	got := map[*FillReader]*bytes.Buffer{early: {}, stalled: {}}
+	readN := func(r *FillReader, n int) {
+		t.Helper()
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			t.Fatalf("read %d: %v", n, err)
+		}
+		got[r].Write(buf)
+	}
+	for i := 0; i < chunks; i++ {
+		f.write(content[i*chunk : (i+1)*chunk])
+		avail := (i+1)*chunk - FillHoldBack
+		readN(early, avail-got[early].Len())
+		if i == 0 {
+			readN(stalled, 100<<10) // then it stops reading
+		}
+		if i == chunks/2 {
+			mid = f.newReader(ctx) // 2.25 MiB in: the start is no longer in memory
+			got[mid] = &bytes.Buffer{}
+		}
+		if mid != nil && i >= chunks/2+2 {
+			readN(mid, avail-got[mid].Len())
+		}
+	}
+	if err := f.finish(f.repos); err != nil {
+		t.Fatal(err)
+	}
+	late := f.newReader(ctx)
+	got[late] = &bytes.Buffer{}
+	for r, b := range got {
+		rest, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(rest)
+		if !bytes.Equal(b.Bytes(), content) {
+			t.Fatalf("a reader got %d bytes that differ from the blob", b.Len())
+		}
+		r.Close()
+	}
+	f.retire()
+	if early.fromFile != 0 || early.fromRing != int64(len(content)) {
+		t.Fatalf("reader that kept up: %d bytes from memory, %d from the file", early.fromRing, early.fromFile)
+	}
+	for name, r := range map[string]*FillReader{"stalled": stalled, "mid-way": mid, "late": late} {
+		if r.fromFile == 0 {
+			t.Fatalf("%s reader read nothing from the file (%d from memory)", name, r.fromRing)
+		}
+	}
+	if mid.fromRing == 0 {
+		t.Fatal("the mid-way reader never caught up with memory")
+	}
+	if f.ring != nil {
+		t.Fatal("ring still held after the last reader closed")
+	}
+}
+
+// TestFillRingBounded: a stalled reader does not make a fill hold more
+// memory: 64 MiB pass through while it reads nothing.
+func TestFillRingBounded(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	const size = 64 << 20
+	block := make([]byte, 256<<10)
+	h := digest.Canonical.Digester()
+	for i := 0; i < size/len(block); i++ {
+		h.Hash().Write(block)
+	}
+	f, err := s.newFill("mirror/repo", MirroredFrom("docker.io"), h.Digest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.start(size)
+	stalled := f.newReader(context.Background())
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < size/len(block); i++ {
+		if _, err := f.write(block); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 8<<20 {
+		t.Fatalf("heap grew %d MiB while 64 MiB passed a stalled reader", grew>>20)
+	}
+	if err := f.finish(f.repos); err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, stalled)
+	if err != nil || n != size {
+		t.Fatalf("stalled reader, resumed: %d bytes, %v", n, err)
+	}
+	stalled.Close()
 	f.retire()
 }
