@@ -48,7 +48,7 @@ var (
 	conns     = flag.Int("conns", 32, "connections for the manifest test")
 	duration  = flag.Duration("duration", 5*time.Second, "length of each manifest load run")
 	wharfPath = flag.String("wharf", "", "wharf binary (default: go build ./cmd/wharf)")
-	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), auth (signed-in vs anonymous), store (a large index) or all")
+	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), cold (real dockerd and skopeo, vs Distribution and direct), auth (signed-in vs anonymous), store (a large index) or all")
 )
 
 func main() {
@@ -88,8 +88,16 @@ func run(tmp string) error {
 		}
 	}
 	if *suite == "mirror" || *suite == "all" {
-		return runMirror(tmp, bin)
+		if err := runMirror(tmp, bin); err != nil {
+			return err
+		}
 	}
+	if *suite == "cold" || *suite == "all" {
+		if err := runCold(tmp, bin); err != nil {
+			return err
+		}
+	}
+	printTargets()
 	return nil
 }
 

@@ -3,12 +3,17 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -148,6 +153,10 @@ func runMirror(tmp, bin string) error {
 	fmt.Printf("  direct from hub %7.2fs   cold via wharf %7.2fs (%.2fx direct, target < 1)   warm %6.3fs (cold/warm %.0fx, target >= 10)\n",
 		direct.Seconds(), cold.Seconds(), cold.Seconds()/direct.Seconds(), warm.Seconds(), cold.Seconds()/warm.Seconds())
 
+	if err := warmManifests(tmp, c, wharf, "bench/shaped", "1"); err != nil {
+		return err
+	}
+
 	before := hub.Count("bytes")
 	var g errgroup.Group
 	crowdTime, err := timed(func() error {
@@ -210,4 +219,115 @@ func runMirror(tmp, bin string) error {
 	fmt.Printf("  %d MiB layer streamed cold to %d clients in %.2fs; wharf peak RSS %.1f MiB (target < 64 MiB)\n",
 		*bigLayerMiB, *bigClients, took.Seconds(), float64(peak)/(1<<20))
 	return nil
+}
+
+// warmManifests compares warm GETs of a mirrored manifest by tag at
+// -conns connections with nginx serving the same bytes, with wrk (the
+// load generator that costs least CPU on this shared machine) or, without
+// it, the benchmark's own client.
+func warmManifests(tmp string, c *http.Client, wharf, repo, tag string) error {
+	req, _ := http.NewRequest(http.MethodGet, wharf+"/v2/"+repo+"/manifests/"+tag, nil)
+	req.Header.Set("Accept", accept)
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("warm manifest: %s %v", resp.Status, err)
+	}
+	www := filepath.Join(tmp, "www-mirror")
+	os.MkdirAll(www, 0o755)
+	if err := os.WriteFile(filepath.Join(www, "manifest.json"), body, 0o644); err != nil {
+		return err
+	}
+	ng, err := startNginx(tmp, "off", www)
+	if err != nil {
+		return err
+	}
+	defer ng.stop()
+	urls := []string{wharf + "/v2/" + repo + "/manifests/" + tag, "http://" + ng.addr + "/manifest.json"}
+	var res [2][]loadResult
+	for round := 0; round < 3; round++ { // interleaved: the machine's drift hits both
+		for i, u := range urls {
+			r, err := wrkLoad(u, *conns, *duration)
+			if err != nil {
+				return err
+			}
+			res[i] = append(res[i], r)
+		}
+	}
+	var ratios []float64
+	for k := range res[0] {
+		ratios = append(ratios, res[0][k].rps/res[1][k].rps)
+	}
+	sort.Float64s(ratios)
+	best := func(rs []loadResult) loadResult {
+		sort.Slice(rs, func(i, j int) bool { return rs[i].rps > rs[j].rps })
+		return rs[len(rs)/2]
+	}
+	w, n := best(res[0]), best(res[1])
+	fmt.Printf("  warm manifest by tag of a mirrored image (%d bytes), %d connections, 3 x %s interleaved (median):\n", len(body), *conns, *duration)
+	fmt.Printf("    %-28s %8.0f req/s  p99 %6.2f ms  errors %d\n", "wharf", w.rps, w.p99ms, w.errors)
+	fmt.Printf("    %-28s %8.0f req/s  p99 %6.2f ms  errors %d\n", "nginx, same bytes", n.rps, n.p99ms, n.errors)
+	ratio := ratios[len(ratios)/2]
+	fmt.Printf("    wharf / nginx per round: %.2f %.2f %.2f (median %.2f, target >= 0.8)\n", ratios[0], ratios[1], ratios[2], ratio)
+	addTarget("warm manifest by tag, 32 connections, Wharf ÷ nginx (p99)", "0.54–0.60", "≥ 0.8, p99 < 5 ms",
+		fmt.Sprintf("%.2f (p99 %.2f ms)", ratio, w.p99ms), ratio >= 0.8 && w.p99ms < 5)
+	if w.errors > 0 || n.errors > 0 {
+		return errors.New("requests failed during the warm manifest load")
+	}
+	return nil
+}
+
+// wrkLoad runs wrk -t2 against url (the benchmark's own client when wrk is
+// not installed) and reads its throughput and p99.
+func wrkLoad(url string, conns int, d time.Duration) (loadResult, error) {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		return load(&http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conns}}, url, conns, d), nil
+	}
+	out, err := exec.Command("wrk", "-t2", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency",
+		"-H", "Accept: "+accept, url).CombinedOutput()
+	if err != nil {
+		return loadResult{}, fmt.Errorf("wrk: %v: %s", err, out)
+	}
+	var r loadResult
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "Requests/sec:":
+			r.rps, _ = strconv.ParseFloat(f[1], 64)
+		case len(f) == 2 && f[0] == "99%":
+			r.p99ms = wrkMillis(f[1])
+		case len(f) >= 4 && f[0] == "Non-2xx":
+			n, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+			r.errors += n
+		case len(f) >= 2 && f[0] == "Socket" && f[1] == "errors:":
+			for _, part := range strings.Split(strings.Join(f[2:], " "), ",") {
+				if kv := strings.Fields(part); len(kv) == 2 {
+					n, _ := strconv.ParseInt(kv[1], 10, 64)
+					r.errors += n
+				}
+			}
+		}
+	}
+	if r.rps == 0 {
+		return r, fmt.Errorf("wrk printed no throughput: %s", out)
+	}
+	return r, nil
+}
+
+// wrkMillis reads wrk's latency figures: 1.23ms, 456.78us, 1.02s.
+func wrkMillis(s string) float64 {
+	for _, u := range []struct {
+		sfx string
+		ms  float64
+	}{{"us", 1e-3}, {"ms", 1}, {"s", 1e3}} {
+		if v, ok := strings.CutSuffix(s, u.sfx); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f * u.ms
+		}
+	}
+	return 0
 }

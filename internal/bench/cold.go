@@ -1,0 +1,361 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wharf-registry/wharf/internal/fakehub"
+)
+
+var (
+	coldRounds      = flag.Int("cold-rounds", 3, "rounds of the real-client cold pulls (each round: direct, wharf, distribution, on fresh images)")
+	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
+)
+
+// target is one row of the table printed at the end.
+type target struct {
+	figure, before, goal, measured string
+	met                            bool
+}
+
+var targets []target
+
+func addTarget(figure, before, goal, measured string, met bool) {
+	targets = append(targets, target{figure, before, goal, measured, met})
+}
+
+func printTargets() {
+	if len(targets) == 0 {
+		return
+	}
+	fmt.Println("targets (issue 12):")
+	fmt.Printf("  %-72s %-22s %-28s %-34s %s\n", "figure", "before", "target", "measured", "met")
+	for _, t := range targets {
+		met := "yes"
+		if !t.met {
+			met = "NO"
+		}
+		fmt.Printf("  %-72s %-22s %-28s %-34s %s\n", t.figure, t.before, t.goal, t.measured, met)
+	}
+}
+
+// runCold measures what users run: the real dockerd and skopeo pulling
+// cold through Wharf, through CNCF Distribution's proxy (registry:2 with
+// proxy.remoteurl) and directly from the fake hub, side by side, on fresh
+// images each time; and what Wharf asks upstream.
+func runCold(tmp, bin string) error {
+	for _, tool := range []string{"dockerd", "docker", "skopeo"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("cold suite needs %s: %w", tool, err)
+		}
+	}
+	dist := *distributionBin
+	if dist == "" {
+		dist = filepath.Join(tmp, "registry")
+		start := time.Now()
+		cmd := exec.Command("go", "build", "-o", dist, "github.com/distribution/distribution/v3/cmd/registry")
+		cmd.Dir = filepath.Join("internal", "tools", "registry2")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building distribution: %v\n%s", err, out)
+		}
+		fmt.Printf("cold: built CNCF Distribution v3.1.1 in %.0fs\n", time.Since(start).Seconds())
+	}
+	hub, err := fakehub.New()
+	if err != nil {
+		return err
+	}
+	defer hub.Close()
+	w, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", filepath.Join(tmp, "cold-wharf"), "--log-level", "warn", "--upstream", "docker.io="+hub.URL)
+	if err != nil {
+		return err
+	}
+	defer w.stop()
+	d, err := startDistribution(dist, tmp, hub.URL)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	dk, err := startDockerd(tmp, []string{hub.Host(), w.addr, d.addr})
+	if err != nil {
+		return err
+	}
+	defer dk.stop()
+
+	servers := []struct{ name, host string }{{"direct", hub.Host()}, {"wharf", w.addr}, {"distribution", d.addr}}
+	spec := func(seed uint64) fakehub.ImageSpec {
+		return fakehub.ImageSpec{Platforms: []string{"linux/" + runtime.GOARCH}, Layers: *mirrorLayers, LayerSize: *mirrorLayerMB << 20, Seed: seed}
+	}
+	// Real dockerd, shaped like Docker Hub from far away.
+	hub.SetLatency(50 * time.Millisecond)
+	hub.SetBandwidth(20 << 20)
+	fmt.Printf("cold: real dockerd (3 layers at a time) pulling a %d x %d MiB image; hub 50 ms latency, 20 MiB/s per connection; %d rounds:\n",
+		*mirrorLayers, *mirrorLayerMB, *coldRounds)
+	dockerTimes := make([][]float64, len(servers))
+	var perBlob, warmTimes []float64
+	seed := uint64(1000)
+	for r := 0; r < *coldRounds; r++ {
+		for i, s := range servers {
+			seed++
+			repo := fmt.Sprintf("bench/docker%d", seed)
+			img := hub.Push(repo, "1", spec(seed))
+			hub.ResetCounts()
+			ref := s.host + "/" + repo + ":1"
+			took, err := timed(func() error { return dk.run("pull", "-q", ref) })
+			if err != nil {
+				return fmt.Errorf("docker pull %s (%s): %w", ref, s.name, err)
+			}
+			if s.name == "wharf" {
+				blobs := len(img.Layers["linux/"+runtime.GOARCH]) + 1
+				perBlob = append(perBlob, float64(hub.Count("GET blob")+hub.Count("HEAD blob"))/float64(blobs))
+			}
+			dockerTimes[i] = append(dockerTimes[i], took.Seconds())
+			if err := dk.run("rmi", "-f", ref); err != nil {
+				return err
+			}
+			if s.name == "wharf" { // again, all cached: dockerd's own floor (unpacking on vfs)
+				took, err := timed(func() error { return dk.run("pull", "-q", ref) })
+				if err != nil {
+					return err
+				}
+				warmTimes = append(warmTimes, took.Seconds())
+				if err := dk.run("rmi", "-f", ref); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	ratios := printRatios(servers[0].name, dockerTimes, []string{"wharf", "distribution"})
+	fmt.Printf("  %-14s", "wharf warm")
+	for _, v := range warmTimes {
+		fmt.Printf(" %7.2fs", v)
+	}
+	fmt.Println("  (everything cached: what dockerd itself needs)")
+	worst := ratios[0][len(ratios[0])-1]
+	addTarget("real dockerd cold pull, 50 ms + 20 MiB/s/conn, Wharf ÷ direct (worst round)", "0.77–0.99", "≤ 0.7 in every run",
+		fmt.Sprintf("%.2f (Distribution %.2f)", worst, median(ratios[1])), worst <= 0.7)
+	sort.Float64s(perBlob)
+	addTarget("upstream requests per cold blob (HEAD + GET, dockerd pull via Wharf)", "2 (HEAD + GET)", "1",
+		fmt.Sprintf("%.2f", perBlob[len(perBlob)-1]), perBlob[len(perBlob)-1] <= 1)
+
+	// skopeo, unshaped: CPU-bound, what each server costs per byte.
+	hub.SetLatency(0)
+	hub.SetBandwidth(0)
+	fmt.Printf("cold: skopeo copy to dir:, no shaping (CPU-bound), %d rounds:\n", *coldRounds)
+	skopeoTimes := make([][]float64, len(servers))
+	for r := -1; r < *coldRounds; r++ { // round -1 warms up page cache, binaries and connections; not counted
+		for i, s := range servers {
+			seed++
+			repo := fmt.Sprintf("bench/skopeo%d", seed)
+			hub.Push(repo, "1", spec(seed))
+			dest := filepath.Join(tmp, "skopeo-dest")
+			took, err := timed(func() error {
+				out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
+					"docker://"+s.host+"/"+repo+":1", "dir:"+dest).CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				return nil
+			})
+			os.RemoveAll(dest)
+			if err != nil {
+				return fmt.Errorf("skopeo copy (%s): %w", s.name, err)
+			}
+			if r >= 0 {
+				skopeoTimes[i] = append(skopeoTimes[i], took.Seconds())
+			}
+		}
+	}
+	ratios = printRatios(servers[0].name, skopeoTimes, []string{"wharf", "distribution"})
+	wm, dm := median(ratios[0]), median(ratios[1])
+	addTarget("skopeo cold copy, unshaped loopback, Wharf ÷ direct (median)", "1.29–1.40 (Distr. 1.09–1.22)", "≤ 1.1 and below Distribution",
+		fmt.Sprintf("%.2f (Distribution %.2f)", wm, dm), wm <= 1.1 && wm < dm)
+
+	// A name the hub does not have, pulled ten times: what each server asks.
+	c := &http.Client{}
+	missing := func(host string) (int, error) {
+		hub.ResetCounts()
+		for i := 0; i < 10; i++ {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bench/no-such-image/manifests/latest", nil)
+			req.Header.Set("Accept", accept)
+			resp, err := c.Do(req)
+			if err != nil {
+				return 0, err
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusNotFound {
+				return 0, fmt.Errorf("%s: missing name answered %s", host, resp.Status)
+			}
+		}
+		return hub.Count("requests"), nil
+	}
+	wn, err := missing(w.addr)
+	if err != nil {
+		return err
+	}
+	dn, err := missing(d.addr)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("cold: 10 pulls of a name the hub does not have: upstream requests: wharf %d, distribution %d\n", wn, dn)
+	addTarget("10 pulls of a missing name within a minute: upstream requests", "20", "≤ 2",
+		fmt.Sprintf("%d (Distribution %d)", wn, dn), wn <= 2)
+	return nil
+}
+
+// printRatios prints each server's times and, per round, its time divided
+// by the reference's (the first series) of the same round; it returns the
+// sorted ratios of the named servers.
+func printRatios(ref string, times [][]float64, names []string) [][]float64 {
+	all := append([]string{ref}, names...)
+	for i, n := range all {
+		fmt.Printf("  %-14s", n)
+		for _, v := range times[i] {
+			fmt.Printf(" %7.2fs", v)
+		}
+		fmt.Println()
+	}
+	var out [][]float64
+	for k, n := range names {
+		var rs []float64
+		for r := range times[0] {
+			rs = append(rs, times[k+1][r]/times[0][r])
+		}
+		fmt.Printf("  %-14s ÷ %s per round:", n, ref)
+		for _, v := range rs {
+			fmt.Printf(" %.2f", v)
+		}
+		sort.Float64s(rs)
+		fmt.Printf("  (median %.2f)\n", median(rs))
+		out = append(out, rs)
+	}
+	return out
+}
+
+func median(sorted []float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), sorted...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// startDistribution runs CNCF Distribution as a pull-through cache of
+// upstream, the way registry:2 users configure proxy.remoteurl.
+func startDistribution(bin, tmp, upstream string) (*proc, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(tmp, "distribution")
+	os.MkdirAll(dir, 0o755)
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+proxy:
+  remoteurl: %s
+`, filepath.Join(dir, "data"), addr, upstream)
+	cf := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cf, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "serve", cf)
+	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, addr: addr}
+	for i := 0; i < 200; i++ {
+		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
+			resp.Body.Close()
+			return p, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.stop()
+	return nil, errors.New("distribution did not start")
+}
+
+// dockerd is a daemon of the benchmark's own, in its own process group.
+type dockerd struct {
+	cmd  *exec.Cmd
+	root string
+	host string
+}
+
+func startDockerd(tmp string, insecure []string) (*dockerd, error) {
+	root, err := os.MkdirTemp("/tmp", "wb") // unix socket paths are short
+	if err != nil {
+		return nil, err
+	}
+	cfg, _ := json.Marshal(map[string]any{"insecure-registries": insecure, "max-concurrent-downloads": 3})
+	if err := os.WriteFile(filepath.Join(root, "daemon.json"), cfg, 0o644); err != nil {
+		return nil, err
+	}
+	d := &dockerd{root: root, host: "unix://" + filepath.Join(root, "docker.sock")}
+	d.cmd = exec.Command("dockerd", "--data-root", filepath.Join(root, "data"), "--exec-root", filepath.Join(root, "exec"),
+		"--pidfile", filepath.Join(root, "docker.pid"), "-H", d.host, "--config-file", filepath.Join(root, "daemon.json"),
+		"--storage-driver", "vfs", "--iptables=false", "--bridge=none", "--ip-masq=false")
+	logf, _ := os.Create(filepath.Join(tmp, "dockerd.log"))
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		return nil, err
+	}
+	for i := 0; i < 300; i++ {
+		if d.run("version") == nil {
+			return d, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	d.stop()
+	return nil, errors.New("dockerd did not come up in 60s (see dockerd.log)")
+}
+
+func (d *dockerd) run(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+d.host, "DOCKER_CONFIG="+filepath.Join(d.root, "client"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func (d *dockerd) stop() {
+	syscall.Kill(-d.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	os.RemoveAll(d.root)
+}
