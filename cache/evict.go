@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -12,14 +13,34 @@ import (
 )
 
 // Touch records that mirrored tag (or digest) ref of repo was used. It is
-// an in-memory map update; FlushAccess writes the batch to the index.
+// an in-memory map update; FlushAccess writes the batch to the index. A
+// key touched again within the same second is not written again: a hot
+// tag's GETs (tens of thousands a second) read one sync.Map entry instead
+// of all queueing on one mutex.
 func (s *Store) Touch(repo, ref string) {
+	now := time.Now()
+	key, sec := cacheKey(repo, ref), now.Unix()
+	recent := s.recentTouches()
+	if v, ok := recent.Load(key); ok && v.(int64) == sec {
+		return
+	}
+	recent.Store(key, sec)
 	s.accessMu.Lock()
 	if s.access == nil {
 		s.access = map[string]time.Time{}
 	}
-	s.access[cacheKey(repo, ref)] = time.Now()
+	s.access[key] = now
 	s.accessMu.Unlock()
+}
+
+// recentTouches maps keys to the second of their last recorded touch; it
+// starts afresh at every flush, which bounds it.
+func (s *Store) recentTouches() *sync.Map {
+	if m := s.recent.Load(); m != nil {
+		return m
+	}
+	s.recent.CompareAndSwap(nil, new(sync.Map))
+	return s.recent.Load()
 }
 
 func accessKey(key string) []byte { return []byte("a/" + key) }
@@ -27,6 +48,7 @@ func accessKey(key string) []byte { return []byte("a/" + key) }
 // FlushAccess writes the access times gathered since the last flush, in
 // one batch.
 func (s *Store) FlushAccess() error {
+	s.recent.Store(new(sync.Map))
 	s.accessMu.Lock()
 	batch := s.access
 	s.access = nil

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -75,6 +76,7 @@ type Store struct {
 
 	accessMu sync.Mutex
 	access   map[string]time.Time // repo\x00ref → last use, until FlushAccess
+	recent   atomic.Pointer[sync.Map]
 
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.

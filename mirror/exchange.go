@@ -60,6 +60,8 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+var apiVersion = []string{"registry/2.0"} // never modified
+
 func (reg *Registry) dispatch(x *exchange) error {
 	w, r := x.w, x.r
 	switch r.URL.Path {
@@ -79,7 +81,7 @@ func (reg *Registry) dispatch(x *exchange) error {
 			return nil
 		}
 	}
-	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	w.Header()["Docker-Distribution-Api-Version"] = apiVersion
 	rt, err := parseRoute(r.URL.Path)
 	if err != nil {
 		return err

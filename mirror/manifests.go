@@ -24,11 +24,13 @@ func (reg *Registry) getManifest(w http.ResponseWriter, r *http.Request, q *requ
 
 // writeManifest sends m's exact bytes with its media type and digest.
 func writeManifest(w http.ResponseWriter, r *http.Request, m *cache.Manifest) error {
+	// Canonical keys assigned directly: Set would canonicalize each one
+	// again on every warm GET.
 	h := w.Header()
-	h.Set("Content-Type", m.MediaType)
-	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
-	h.Set("Docker-Content-Digest", m.Digest.String())
-	h.Set("ETag", `"`+m.Digest.String()+`"`)
+	h["Content-Type"] = []string{m.MediaType}
+	h["Content-Length"] = []string{strconv.Itoa(len(m.Body))}
+	h["Docker-Content-Digest"] = []string{m.Digest.String()}
+	h["Etag"] = []string{`"` + m.Digest.String() + `"`}
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusOK)
 		return nil

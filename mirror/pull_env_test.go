@@ -29,7 +29,7 @@ type mirrorEnv struct {
 	reg       *Registry
 }
 
-func newMirrorEnv(t *testing.T, opts Options) *mirrorEnv {
+func newMirrorEnv(t testing.TB, opts Options) *mirrorEnv {
 	t.Helper()
 	hub, ghcr := fakehub.Start(t), fakehub.Start(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))

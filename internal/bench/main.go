@@ -200,6 +200,29 @@ func runRegistry(tmp, bin string) error {
 	}
 	fmt.Printf("  wharf / %s, median of per-round ratios: %.1f%% default, %.1f%% --sendfile (target >= 95%%)\n",
 		servers[ref].name, ratio(0), ratio(1))
+	// 16 clients reading one warm 256 MiB layer at once, aggregate.
+	layer, err := pushStream(client, wharfURL, "bench/layer", 256<<20, 3)
+	if err != nil {
+		return err
+	}
+	if err := os.Symlink(filepath.Join(data, "blobs", "sha256", layer.Encoded()[:2], layer.Encoded()), filepath.Join(www, "layer")); err != nil {
+		return err
+	}
+	ngLayer := servers[ref].url[:strings.LastIndex(servers[ref].url, "/")] + "/layer"
+	var agg [2][]float64
+	for r := 0; r < 2; r++ {
+		for i, u := range []string{wharfURL + "/v2/bench/layer/blobs/" + layer.String(), ngLayer} {
+			mbps, err := concurrentGets(u, 16)
+			if err != nil {
+				return err
+			}
+			agg[i] = append(agg[i], mbps)
+		}
+	}
+	aggRatio := (agg[0][0] + agg[0][1]) / (agg[1][0] + agg[1][1])
+	fmt.Printf("16 clients reading one warm 256 MiB layer at once, 2 rounds interleaved: wharf %.0f MB/s, nginx %.0f MB/s aggregate: %.2f (target >= 0.95)\n",
+		(agg[0][0]+agg[0][1])/2, (agg[1][0]+agg[1][1])/2, aggRatio)
+	addTarget("16 concurrent warm 256 MiB layer reads, Wharf ÷ nginx aggregate", "1.02", "keep ≥ 0.95", fmt.Sprintf("%.2f", aggRatio), aggRatio >= 0.95)
 	fmt.Printf("manifest GET by tag, %d-byte manifest, %d connections, %s:\n", len(man), *conns, *duration)
 	wr := load(client, wharfURL+"/v2/bench/app/manifests/"+tag, *conns, *duration)
 	nr := load(client, "http://"+ngOff.addr+"/manifest.json", *conns, *duration)
@@ -385,6 +408,43 @@ func pushManifest(c *http.Client, base, repo string, layer digest.Digest, layerS
 		return nil, "", fmt.Errorf("push manifest: %s", resp.Status)
 	}
 	return man, "latest", nil
+}
+
+// concurrentGets GETs url fully from n clients at once and returns their
+// aggregate MB/s.
+func concurrentGets(url string, n int) (float64, error) {
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n, DisableCompression: true}}
+	var total atomic.Int64
+	errs := make(chan error, n)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get(url)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Errorf("GET %s: %s", url, resp.Status)
+				return
+			}
+			m, err := io.Copy(io.Discard, resp.Body)
+			total.Add(m)
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(total.Load()) / 1e6 / time.Since(start).Seconds(), nil
 }
 
 // getOnce GETs url fully and returns MB/s.
