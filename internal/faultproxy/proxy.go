@@ -29,8 +29,10 @@ const (
 	HalfClose
 )
 
-// Rule applies Fault to the answer of the next Times requests whose bytes
-// contain Match, after After bytes of that answer.
+// Rule applies Fault, Times times, to the answer of a request whose bytes
+// contain Match, after After bytes of that answer. A matching request
+// whose answer ends sooner (a 401 asking for a token, say) does not use
+// the rule up: the next matching request is armed again.
 type Rule struct {
 	Match []byte
 	Fault Fault
@@ -116,21 +118,27 @@ func (p *Proxy) accept() {
 
 // armed is the fault waiting on one connection's answer.
 type armed struct {
-	mu    sync.Mutex
-	fault Fault
-	left  int64 // answer bytes before it strikes
-	set   bool
+	mu   sync.Mutex
+	rule *Rule
+	left int64 // answer bytes before it strikes
+	set  bool
 }
 
-func (a *armed) arm(f Fault, after int64) {
+func (a *armed) arm(r *Rule) {
 	a.mu.Lock()
-	a.fault, a.left, a.set = f, after, true
+	a.rule, a.left, a.set = r, r.After, true
+	a.mu.Unlock()
+}
+
+func (a *armed) disarm() {
+	a.mu.Lock()
+	a.set = false
 	a.mu.Unlock()
 }
 
 // take returns how many of n answer bytes may pass before the fault, and
-// the fault if it strikes within them.
-func (a *armed) take(n int64) (int64, Fault) {
+// the fault if it strikes within them (and its rule is not used up).
+func (p *Proxy) take(a *armed, n int64) (int64, Fault) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.set {
@@ -140,9 +148,14 @@ func (a *armed) take(n int64) (int64, Fault) {
 		a.left -= n
 		return n, 0
 	}
-	pass := a.left
 	a.set = false
-	return pass, a.fault
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if a.rule.Times <= 0 {
+		return n, 0 // another connection used it up meanwhile
+	}
+	a.rule.Times--
+	return a.left, a.rule.Fault
 }
 
 func (p *Proxy) match(b []byte) *Rule {
@@ -150,7 +163,6 @@ func (p *Proxy) match(b []byte) *Rule {
 	defer p.mu.Unlock()
 	for _, r := range p.rules {
 		if r.Times > 0 && bytes.Contains(b, r.Match) {
-			r.Times--
 			return r
 		}
 	}
@@ -181,7 +193,9 @@ func (p *Proxy) serve(client net.Conn) {
 			n, err := client.Read(buf)
 			if n > 0 {
 				if r := p.match(buf[:n]); r != nil {
-					a.arm(r.Fault, r.After)
+					a.arm(r)
+				} else if bytes.HasPrefix(buf[:n], []byte("GET ")) || bytes.HasPrefix(buf[:n], []byte("HEAD ")) {
+					a.disarm() // the next request on this connection: the fault was for another answer
 				}
 				if _, werr := server.Write(buf[:n]); werr != nil {
 					return
@@ -202,7 +216,7 @@ func (p *Proxy) serve(client net.Conn) {
 		for {
 			n, err := server.Read(buf)
 			if n > 0 {
-				pass, fault := a.take(int64(n))
+				pass, fault := p.take(&a, int64(n))
 				if pass > 0 {
 					if _, werr := client.Write(buf[:pass]); werr != nil {
 						return
