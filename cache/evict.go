@@ -5,7 +5,7 @@ import (
 	"errors"
 	"sort"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -13,71 +13,67 @@ import (
 )
 
 // Touch records that mirrored tag (or digest) ref of repo was used. It is
-// an in-memory map update; FlushAccess writes the batch to the index. A
-// key touched again within the same second is not written again: a hot
-// tag's GETs (tens of thousands a second) read one sync.Map entry instead
-// of all queueing on one mutex.
+// an in-memory update; FlushAccess writes the batch to the index. A key
+// already known is one atomic store: a hot tag's GETs (tens of thousands a
+// second) do not queue on a mutex.
 func (s *Store) Touch(repo, ref string) {
-	now := time.Now()
-	key, sec := cacheKey(repo, ref), now.Unix()
-	recent := s.recentTouches()
-	if v, ok := recent.Load(key); ok && v.(int64) == sec {
+	now := time.Now().UnixNano()
+	key := cacheKey(repo, ref)
+	if v, ok := s.touches.Load(key); ok {
+		v.(*touch).at.Store(now)
 		return
 	}
-	recent.Store(key, sec)
-	s.accessMu.Lock()
-	if s.access == nil {
-		s.access = map[string]time.Time{}
+	t := &touch{}
+	t.at.Store(now)
+	if v, loaded := s.touches.LoadOrStore(key, t); loaded {
+		v.(*touch).at.Store(now)
 	}
-	s.access[key] = now
-	s.accessMu.Unlock()
 }
 
-// recentTouches maps keys to the second of their last recorded touch; it
-// starts afresh at every flush, which bounds it.
-func (s *Store) recentTouches() *sync.Map {
-	if m := s.recent.Load(); m != nil {
-		return m
-	}
-	s.recent.CompareAndSwap(nil, new(sync.Map))
-	return s.recent.Load()
-}
+// touch is a key's last use (unix nanoseconds) and the value last written
+// to the index.
+type touch struct{ at, flushed atomic.Int64 }
 
 func accessKey(key string) []byte { return []byte("a/" + key) }
 
-// FlushAccess writes the access times gathered since the last flush, in
-// one batch.
+// FlushAccess writes the access times recorded since the last flush, in one
+// batch. Keys unused since the previous flush are dropped from memory.
 func (s *Store) FlushAccess() error {
-	s.recent.Store(new(sync.Map))
-	s.accessMu.Lock()
-	batch := s.access
-	s.access = nil
-	s.accessMu.Unlock()
+	type entry struct {
+		key string
+		t   *touch
+		at  int64
+	}
+	var batch []entry
+	s.touches.Range(func(k, v any) bool {
+		t := v.(*touch)
+		if at := t.at.Load(); at != t.flushed.Load() {
+			batch = append(batch, entry{k.(string), t, at})
+		} else {
+			s.touches.CompareAndDelete(k, v) // idle: a later Touch adds it again
+		}
+		return true
+	})
 	if len(batch) == 0 {
 		return nil
 	}
 	if err := s.space.indexWrite(false); err != nil {
-		s.accessMu.Lock() // keep them for the next flush
-		if s.access == nil {
-			s.access = batch
-		} else {
-			for k, t := range batch {
-				if _, newer := s.access[k]; !newer {
-					s.access[k] = t
-				}
-			}
-		}
-		s.accessMu.Unlock()
-		return err
+		return err // kept: the next flush writes them
 	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
-	for k, t := range batch {
-		if err := wb.Set(accessKey(k), binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))); err != nil {
+	for _, e := range batch {
+		if err := wb.Set(accessKey(e.key), binary.BigEndian.AppendUint64(nil, uint64(e.at))); err != nil {
 			return err
 		}
 	}
-	return wb.Flush()
+	if err := wb.Flush(); err != nil {
+		return err
+	}
+	for _, e := range batch {
+		e.t.flushed.Store(e.at)
+	}
+	return nil
 }
 
 // Size is the number of bytes the blob store holds, by its records.

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -74,9 +73,7 @@ type Store struct {
 	origins origins     // repo → where its content came from (o/ records)
 	track   linkTracker // links made while a collection runs
 
-	accessMu sync.Mutex
-	access   map[string]time.Time // repo\x00ref → last use, until FlushAccess
-	recent   atomic.Pointer[sync.Map]
+	touches sync.Map // repo\x00ref → *touch: last use, for FlushAccess
 
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.

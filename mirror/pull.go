@@ -58,7 +58,7 @@ func newPuller(reg *Registry) *puller {
 		o.TagTTL = 10 * time.Minute
 	}
 	if o.PrefetchParallel == 0 {
-		o.PrefetchParallel = 8
+		o.PrefetchParallel = 16
 	}
 	if o.MissTTL == 0 {
 		o.MissTTL = time.Minute

@@ -39,7 +39,7 @@ type Options struct {
 	// Offline serves only what is cached; upstream is never contacted.
 	Offline bool
 	// PrefetchParallel bounds how many blobs of one manifest are fetched at
-	// once ahead of the client (0: 8; negative: no prefetching).
+	// once ahead of the client (0: 16; negative: no prefetching).
 	PrefetchParallel int
 	// FillTimeout bounds one blob download from upstream (1h).
 	FillTimeout time.Duration

@@ -43,7 +43,7 @@ func newApp() *cli.App {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "miss-ttl", Value: 60e9, Usage: "remember upstream's \"no such name, tag or blob\" this long (0: never); a push into the repository forgets it", EnvVars: []string{"WHARF_MISS_TTL"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "offline", Usage: "serve only what is cached; never contact upstream", EnvVars: []string{"WHARF_OFFLINE"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "upstream-conns", Value: 32, Usage: "concurrent blob downloads from upstream, all registries together", EnvVars: []string{"WHARF_UPSTREAM_CONNS"}}),
-		altsrc.NewIntFlag(&cli.IntFlag{Name: "prefetch-parallel", Value: 8, Usage: "blobs of one manifest fetched at once ahead of the client", EnvVars: []string{"WHARF_PREFETCH_PARALLEL"}}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "prefetch-parallel", Value: 16, Usage: "blobs of one manifest fetched at once ahead of the client (the upstream connection limit, 32, bounds all of them)", EnvVars: []string{"WHARF_PREFETCH_PARALLEL"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "prefetch-platform", Usage: "when an index is fetched, also fetch this platform's image, e.g. linux/arm64 (repeatable)", EnvVars: []string{"WHARF_PREFETCH_PLATFORM"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "header-timeout", Value: 30e9, Usage: "a client must send its request headers within this", EnvVars: []string{"WHARF_HEADER_TIMEOUT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "client-timeout", Value: 60e9, Usage: "a client that reads nothing of a response, or sends nothing of a request body, for this long is cut off", EnvVars: []string{"WHARF_CLIENT_TIMEOUT"}}),

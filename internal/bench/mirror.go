@@ -219,6 +219,8 @@ func runMirror(tmp, bin string) error {
 	}
 	fmt.Printf("  %d MiB layer streamed cold to %d clients in %.2fs; wharf peak RSS %.1f MiB (target < 64 MiB)\n",
 		*bigLayerMiB, *bigClients, took.Seconds(), float64(peak)/(1<<20))
+	addTarget(fmt.Sprintf("peak RSS, one %d MiB layer streamed cold to %d clients", *bigLayerMiB, *bigClients), "57 MiB", "< 64 MiB with the memory ring",
+		fmt.Sprintf("%.1f MiB", float64(peak)/(1<<20)), peak < 64<<20)
 	return nil
 }
 

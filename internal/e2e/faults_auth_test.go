@@ -173,7 +173,7 @@ func TestDeletedUserAndGuessers(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < 25; i++ {
+			for i := 0; i < 400; i++ { // until the pulls below are measured
 				select {
 				case <-stop:
 					return
@@ -186,10 +186,27 @@ func TestDeletedUserAndGuessers(t *testing.T) {
 			}
 		}()
 	}
+	// Measured once throttling is in force: the few free guesses before
+	// it each cost a bcrypt, as any sign-in does; throttled ones must not.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		n := statuses[http.StatusTooManyRequests]
+		mu.Unlock()
+		if n >= 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guessers not throttled within 20 s: %v", statuses)
+		}
+	}
 	during := pulls(40)
-	wg.Wait()
 	close(stop)
-	t.Logf("100 wrong passwords: statuses %v; bob's cached pull median %s before, %s during", statuses, before, during)
+	wg.Wait()
+	total := 0
+	for _, n := range statuses {
+		total += n
+	}
+	t.Logf("%d wrong passwords: statuses %v; bob's cached pull median %s before, %s while throttled guessing went on", total, statuses, before, during)
 	if statuses[http.StatusTooManyRequests] < 80 {
 		t.Fatalf("guessing was not slowed: %v", statuses)
 	}
