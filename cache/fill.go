@@ -54,9 +54,7 @@ type fill struct {
 	ring      *[]byte // the latest bytes: offset o is at o % fillRing; nil once released
 	readers   int
 	retired   bool
-	// bytes handed to readers from memory and from the file (for tests)
-	ringBytes, fileBytes int64
-	repos                []string // linked on commit; guarded by Fills.mu
+	repos     []string // linked on commit; guarded by Fills.mu
 }
 
 // newFill begins filling blob d, content of origin o, for repo. The caller
@@ -139,8 +137,8 @@ func ringGet(ring []byte, off int64, p []byte) {
 	}
 }
 
-// release returns the ring to the pool and closes the read handle, once the
-// fill is retired and its last reader closed. Call with f.mu held.
+// releaseLocked returns the ring to the pool and closes the read handle,
+// once the fill is retired and its last reader closed. Call with f.mu held.
 func (f *fill) releaseLocked() error {
 	if f.ring != nil {
 		fillRings.Put(f.ring)
@@ -319,7 +317,6 @@ func (r *FillReader) Read(p []byte) (int, error) {
 			if f.ring != nil && r.pos >= f.written-fillRing {
 				// Still in memory: the bytes just written.
 				ringGet(*f.ring, r.pos, p[:n])
-				f.ringBytes += int64(n)
 				f.mu.Unlock()
 				r.pos += int64(n)
 				r.fromRing += int64(n)
@@ -327,9 +324,6 @@ func (r *FillReader) Read(p []byte) (int, error) {
 			}
 			f.mu.Unlock()
 			n, err := f.rf.ReadAt(p[:n], r.pos)
-			f.mu.Lock()
-			f.fileBytes += int64(n)
-			f.mu.Unlock()
 			r.pos += int64(n)
 			r.fromFile += int64(n)
 			if err == io.EOF && n > 0 {
