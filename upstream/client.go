@@ -320,8 +320,14 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 		}
 		first, eof = buf[:n], err == io.EOF
 		if size = callFrom(ctx).blobSize(); size < 0 {
-			rs.Close()
-			return fmt.Errorf("%w: blob %s answered without a length", ErrInvalid, d)
+			// A GET without a length (chunked): ask the HEAD, as before.
+			if size, err = headBlob(ctx, f, d); err == nil && size < 0 {
+				err = fmt.Errorf("%w: blob %s answered without a length", ErrInvalid, d)
+			}
+			if err != nil {
+				rs.Close()
+				return err
+			}
 		}
 		return nil
 	})
@@ -408,16 +414,24 @@ func (c *Client) HasBlob(ctx context.Context, name, repo string, d digest.Digest
 		if err != nil {
 			return err
 		}
-		byDigest, ok := f.(remotes.FetcherByDigest)
-		if !ok {
-			return errors.New("containerd fetcher cannot fetch by digest")
-		}
-		rc, _, err := byDigest.FetchByDigest(ctx, d) // only the HEAD until read
-		if err != nil {
-			return err
-		}
-		return rc.Close()
+		_, err = headBlob(ctx, f, d)
+		return err
 	})
+}
+
+// headBlob sends a HEAD for blob d and returns its Content-Length (-1 when
+// the registry gives none).
+func headBlob(ctx context.Context, f remotes.Fetcher, d digest.Digest) (int64, error) {
+	byDigest, ok := f.(remotes.FetcherByDigest)
+	if !ok {
+		return 0, errors.New("containerd fetcher cannot fetch by digest")
+	}
+	rc, desc, err := byDigest.FetchByDigest(ctx, d) // only the HEAD until read
+	if err != nil {
+		return 0, err
+	}
+	rc.Close()
+	return desc.Size, nil
 }
 
 // ready fails fast for a registry that is not allowed, down or rate limited.

@@ -49,7 +49,8 @@ type Hub struct {
 	dropAt      map[digest.Digest]int64 // next GET of digest drops after n bytes
 	corrupt     map[digest.Digest]bool
 	redirect    bool
-	credLeaks   int // requests outside the token realm that carried Basic credentials
+	noLength    bool // blob GETs answer chunked, without Content-Length
+	credLeaks   int  // requests outside the token realm that carried Basic credentials
 }
 
 // New starts a hub on a free loopback port; Close stops it.
@@ -131,6 +132,7 @@ func (h *Hub) FailNext(status, n int) { h.set(func() { h.failNext, h.failNextN =
 // them hang until the client gives up.
 func (h *Hub) FailToken(status, n int)          { h.set(func() { h.tokenFail, h.tokenFailN = status, n }) }
 func (h *Hub) SetRedirect(on bool)              { h.set(func() { h.redirect = on }) }
+func (h *Hub) SetNoLength(on bool)              { h.set(func() { h.noLength = on }) }
 func (h *Hub) DropAt(d digest.Digest, n int64)  { h.set(func() { h.dropAt[d] = n }) }
 func (h *Hub) Corrupt(d digest.Digest, on bool) { h.set(func() { h.corrupt[d] = on }) }
 
@@ -297,6 +299,7 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest)
 	h.mu.Lock()
 	body := h.blobs[d]
 	bps := h.bytesPerSec
+	noLength := h.noLength && r.Method == http.MethodGet
 	drop, dropping := h.dropAt[d]
 	if dropping && r.Method == http.MethodGet {
 		delete(h.dropAt, d)
@@ -320,12 +323,17 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest)
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Docker-Content-Digest", d.String())
-	w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
+	if !noLength {
+		w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
+	}
 	if start > 0 || end < int64(len(body)) {
 		w.WriteHeader(http.StatusPartialContent)
 	}
 	if r.Method != http.MethodGet {
 		return
+	}
+	if noLength {
+		w.(http.Flusher).Flush() // headers out now: the body goes chunked
 	}
 	out := body[start:end]
 	const chunk = 32 << 10
