@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,7 +50,15 @@ type Options struct {
 	// DownAfter is how many upstream failures in a row mark a registry
 	// down (3); failures that concern one repository never count.
 	DownAfter int
-	Logger    *slog.Logger
+	// Segments is how many ranged GETs a large blob whose first connection
+	// is slow may have in flight ahead of its reader (4; negative: a blob
+	// is never split). SegmentSize is their size (2 MiB); SegmentMemory
+	// bounds their buffers over all blobs (16 MiB); a blob is split only
+	// when its first connection delivers less than SplitBelow bytes per
+	// second (32 MiB/s).
+	Segments                               int
+	SegmentSize, SegmentMemory, SplitBelow int64
+	Logger                                 *slog.Logger
 }
 
 // Descriptor identifies upstream content.
@@ -62,6 +71,8 @@ type Client struct {
 	regs     map[string]*registry
 	resolver remotes.Resolver
 	sem      *semaphore.Weighted
+	streams  atomic.Int64 // blob downloads holding a slot (not their segments)
+	segments *segBudget
 	ctx      context.Context // cancelled by Close: stops probes
 	cancel   context.CancelFunc
 }
@@ -108,13 +119,26 @@ func New(opts Options) (*Client, error) {
 	if opts.DownAfter <= 0 {
 		opts.DownAfter = 3
 	}
+	if opts.Segments == 0 {
+		opts.Segments = 4
+	}
+	if opts.SegmentSize <= 0 {
+		opts.SegmentSize = 2 << 20
+	}
+	if opts.SegmentMemory <= 0 {
+		opts.SegmentMemory = 16 << 20
+	}
+	if opts.SplitBelow <= 0 {
+		opts.SplitBelow = 32 << 20
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
 	// containerd logs every retry and fallback through logrus at info;
 	// Wharf reports upstream trouble itself, once, through slog.
 	containerdlog.SetLevel("warn")
-	c := &Client{opts: opts, log: opts.Logger, regs: map[string]*registry{}, sem: semaphore.NewWeighted(opts.MaxConns)}
+	c := &Client{opts: opts, log: opts.Logger, regs: map[string]*registry{}, sem: semaphore.NewWeighted(opts.MaxConns),
+		segments: newSegBudget(int(opts.SegmentSize), int(max(1, opts.SegmentMemory/opts.SegmentSize)))}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	for _, r := range opts.Registries {
 		r.Name = NormalizeName(r.Name)
@@ -264,10 +288,11 @@ func (c *Client) Manifest(ctx context.Context, name, repo string, desc Descripto
 }
 
 // Blob opens blob d of repo at offset and returns it with the size of the
-// whole blob. It sends one GET (with Range from a non-zero offset), no
-// HEAD first: the size comes from the response. The reader reconnects
-// with a Range request when the connection drops. It holds one of the
-// MaxConns slots until closed.
+// whole blob. It sends one GET (with Range), no HEAD first: the size comes
+// from the response. The reader reconnects with a Range request when the
+// connection drops; a large blob read from offset 0 whose connection is
+// slow is split into segments fetched in parallel (segments.go). It holds
+// one of the MaxConns slots until closed.
 func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
 	r, err := c.ready(name)
 	if err != nil {
@@ -282,13 +307,23 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 		}
 		return nil, 0, fmt.Errorf("%w: all %d upstream connections busy for %s", ErrBusy, c.opts.MaxConns, c.opts.SlotWait)
 	}
+	c.streams.Add(1)
+	release := func() { c.streams.Add(-1); c.sem.Release(1) }
 	var (
-		rs    io.ReadSeekCloser
-		first []byte
-		eof   bool
-		size  int64
+		rs     io.ReadSeekCloser
+		first  []byte
+		eof    bool
+		size   int64
+		ranged bool
 	)
+	// From offset 0 the GET asks "bytes=0-" all the same: a 206 says the
+	// registry serves ranges, which splitting needs.
+	askRange := offset == 0 && c.opts.Segments > 0 && !emptyBlob(d)
 	err = c.do(ctx, r, func(ctx context.Context) error {
+		cs := callFrom(ctx)
+		if askRange {
+			ctx = withRange(ctx, -1)
+		}
 		f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
 		if err != nil {
 			return err
@@ -319,7 +354,8 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 			return err
 		}
 		first, eof = buf[:n], err == io.EOF
-		if size = callFrom(ctx).blobSize(); size < 0 {
+		ranged = cs.rangeStart() == offset
+		if size = cs.blobSize(); size < 0 {
 			// A GET without a length (chunked): ask the HEAD, as before.
 			if size, err = headBlob(ctx, f, d); err == nil && size < 0 {
 				err = fmt.Errorf("%w: blob %s answered without a length", ErrInvalid, d)
@@ -332,10 +368,14 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 		return nil
 	})
 	if err != nil {
-		c.sem.Release(1)
+		release()
 		return nil, 0, err
 	}
-	return newSlotReader(&primed{first: first, eof: eof, rc: rs}, func() { c.sem.Release(1) }), size, nil
+	var rd io.ReadCloser = &primed{first: first, eof: eof, rc: rs}
+	if askRange && ranged && !eof && size >= 2*c.opts.SegmentSize {
+		rd = c.newSegmented(ctx, r, repo, d, size, rd, int64(len(first)))
+	}
+	return newSlotReader(rd, release), size, nil
 }
 
 // unknownSize stands for "up to the end of the response" in containerd's
@@ -455,15 +495,16 @@ func (c *Client) ready(name string) (*registry, error) {
 // operation's requests (the recorder writes it through the request context): containerd
 // does not always keep the status in the errors it returns.
 type callStatus struct {
-	mu   sync.Mutex
-	last int
-	size int64 // of the whole blob, from the latest blob response; -1 unknown
+	mu    sync.Mutex
+	last  int
+	size  int64 // of the whole blob, from the latest blob response; -1 unknown
+	start int64 // where the latest blob response's Content-Range starts; -1 none
 }
 
 type callStatusKey struct{}
 
 func withCallStatus(ctx context.Context) (context.Context, *callStatus) {
-	cs := &callStatus{size: -1}
+	cs := &callStatus{size: -1, start: -1}
 	return context.WithValue(ctx, callStatusKey{}, cs), cs
 }
 
@@ -472,7 +513,7 @@ func callFrom(ctx context.Context) *callStatus {
 	if cs, ok := ctx.Value(callStatusKey{}).(*callStatus); ok {
 		return cs
 	}
-	return &callStatus{size: -1}
+	return &callStatus{size: -1, start: -1}
 }
 
 func (cs *callStatus) blobSize() int64 {
@@ -490,17 +531,32 @@ func (cs *callStatus) noteResponse(resp *http.Response, blob bool) {
 	if !blob {
 		return
 	}
+	cs.start = -1
 	switch resp.StatusCode {
 	case http.StatusOK:
 		cs.size = resp.ContentLength
 	case http.StatusPartialContent:
 		cs.size = -1
-		if _, total, ok := strings.Cut(resp.Header.Get("Content-Range"), "/"); ok {
-			if n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64); err == nil && n >= 0 {
-				cs.size = n
-			}
+		span, total, ok := strings.Cut(resp.Header.Get("Content-Range"), "/")
+		if !ok {
+			return
+		}
+		if n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64); err == nil && n >= 0 {
+			cs.size = n
+		}
+		var a, b int64
+		if n, _ := fmt.Sscanf(strings.TrimSpace(span), "bytes %d-%d", &a, &b); n == 2 && a >= 0 && b >= a {
+			cs.start = a
 		}
 	}
+}
+
+// rangeStart is where the latest blob response's bytes start, when it was
+// a 206 (-1 otherwise).
+func (cs *callStatus) rangeStart() int64 {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.start
 }
 
 func (cs *callStatus) get() int {
@@ -560,7 +616,7 @@ func (c *Client) observe(ctx context.Context, r *registry, cs *callStatus, err e
 	switch {
 	case errdefs.IsNotFound(err), code == http.StatusNotFound:
 		return fmt.Errorf("%w: %v", ErrNotFound, err)
-	case errors.Is(err, ErrNotAllowed):
+	case errors.Is(err, ErrNotAllowed), errors.Is(err, errRangeIgnored):
 		return err
 	case code == http.StatusTooManyRequests:
 		r.mu.Lock()
@@ -653,15 +709,29 @@ type recorder struct {
 }
 
 func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	// A blob's bytes come from its blobs URL or from where that redirected
+	// (a CDN); a token response never says a blob's size.
+	blob := strings.Contains(req.URL.Path, "/blobs/") || req.Response != nil
+	bounded := false
+	if blob && req.Method == http.MethodGet {
+		if v, ok := rangeFrom(req.Context(), req.Header.Get("Range")); ok {
+			req = req.Clone(req.Context())
+			req.Header.Set("Range", v)
+			bounded = !strings.HasSuffix(v, "-")
+		}
+	}
 	resp, err := t.next.RoundTrip(req)
 	if err != nil {
 		return resp, err
 	}
+	if bounded && resp.StatusCode == http.StatusOK {
+		// containerd would read the whole blob up to the offset.
+		resp.Body.Close()
+		resp.Body = io.NopCloser(errReader{errRangeIgnored})
+	}
 	resp.Body = newIdleBody(resp.Body, t.opts.BodyIdle)
 	if cs, ok := req.Context().Value(callStatusKey{}).(*callStatus); ok { // the latest response decides
-		// A blob's bytes come from its blobs URL or from where that
-		// redirected (a CDN); a token response never says a blob's size.
-		cs.noteResponse(resp, strings.Contains(req.URL.Path, "/blobs/") || req.Response != nil)
+		cs.noteResponse(resp, blob)
 	}
 	if v := resp.Header.Get("ratelimit-remaining"); v != "" {
 		n, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(v, ";", 2)[0]))
@@ -682,6 +752,10 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return resp, nil
 }
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // idleBody aborts a response body that delivers nothing for idle: closing
 // it from a timer makes the blocked Read return, and the transport drops

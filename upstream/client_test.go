@@ -353,23 +353,31 @@ func TestNoInternalAddressesUnlessNamed(t *testing.T) {
 }
 
 // TestBlobWithoutLength: a registry whose blob GET has no Content-Length
-// (chunked) still gives the size, from one HEAD after the GET.
+// (chunked) still gives the size: from Content-Range's total when it
+// serves ranges (the GET asks "bytes=0-"), else from one HEAD after the GET.
 func TestBlobWithoutLength(t *testing.T) {
-	hub := fakehub.Start(t)
-	img := hub.Push("library/chunked", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 1 << 20, Seed: 7})
-	layer := img.Blobs[0]
-	hub.SetNoLength(true)
-	c := newTestClient(t, hub, "", "")
-	rc, size, err := c.Blob(context.Background(), "docker.io", "library/chunked", layer, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	all, err := io.ReadAll(rc)
-	if err != nil || int64(len(all)) != size || digest.FromBytes(all) != layer {
-		t.Fatalf("chunked blob: %d bytes, size %d, %v", len(all), size, err)
-	}
-	if hub.Count("GET blob") != 1 || hub.Count("HEAD blob") != 1 {
-		t.Fatalf("chunked blob: %d GETs, %d HEADs; want 1 and 1", hub.Count("GET blob"), hub.Count("HEAD blob"))
+	for _, ranges := range []bool{true, false} {
+		hub := fakehub.Start(t)
+		img := hub.Push("library/chunked", "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 1 << 20, Seed: 7})
+		layer := img.Blobs[0]
+		hub.SetNoLength(true)
+		hub.SetNoRanges(!ranges)
+		c := newTestClient(t, hub, "", "")
+		rc, size, err := c.Blob(context.Background(), "docker.io", "library/chunked", layer, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || int64(len(all)) != size || digest.FromBytes(all) != layer {
+			t.Fatalf("ranges %v: chunked blob: %d bytes, size %d, %v", ranges, len(all), size, err)
+		}
+		heads := 1
+		if ranges {
+			heads = 0
+		}
+		if hub.Count("GET blob") != 1 || hub.Count("HEAD blob") != heads {
+			t.Fatalf("ranges %v: chunked blob: %d GETs, %d HEADs; want 1 and %d", ranges, hub.Count("GET blob"), hub.Count("HEAD blob"), heads)
+		}
 	}
 }

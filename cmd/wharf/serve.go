@@ -131,7 +131,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return cfg, err
 	}
-	up := &upstream.Options{MaxConns: int64(c.Int("upstream-conns")), Logger: log}
+	up := &upstream.Options{MaxConns: int64(c.Int("upstream-conns")), Segments: segments(c.Int("upstream-segments")), Logger: log}
 	for _, s := range c.StringSlice("upstream") {
 		r, err := upstream.ParseRegistry(s)
 		if err != nil {
@@ -539,4 +539,13 @@ func missTTL(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// segments maps --upstream-segments, where 0 is off, to
+// upstream.Options.Segments, where 0 is the default and negative is off.
+func segments(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }

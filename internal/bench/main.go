@@ -48,6 +48,7 @@ var (
 	conns     = flag.Int("conns", 32, "connections for the manifest test")
 	duration  = flag.Duration("duration", 5*time.Second, "length of each manifest load run")
 	wharfPath = flag.String("wharf", "", "wharf binary (default: go build ./cmd/wharf)")
+	wharfLog  = flag.String("wharf-log", "", "append the Wharf servers' debug logs (every request, with its time) to this file")
 	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), cold (real dockerd and skopeo, vs Distribution and direct), auth (signed-in vs anonymous), store (a large index) or all")
 )
 
@@ -250,7 +251,11 @@ func (p *proc) stop() {
 // startProc starts wharf and reads its listen address from its log.
 func startProc(bin string, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
-	cmd.Args = append(cmd.Args, "--log-level", "info")
+	level := "info"
+	if *wharfLog != "" {
+		level = "debug"
+	}
+	cmd.Args = append(cmd.Args, "--log-level", level)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -263,7 +268,16 @@ func startProc(bin string, args ...string) (*proc, error) {
 		line := sc.Text()
 		if i := strings.Index(line, "addr="); i >= 0 && strings.Contains(line, "listening") {
 			addr := strings.Fields(line[i+5:])[0]
-			go io.Copy(io.Discard, stderr)
+			var sink io.Writer = io.Discard
+			if *wharfLog != "" {
+				f, err := os.OpenFile(*wharfLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+				if err != nil {
+					cmd.Process.Kill()
+					return nil, err
+				}
+				sink = f
+			}
+			go io.Copy(sink, stderr)
 			return &proc{cmd: cmd, addr: addr}, nil
 		}
 	}

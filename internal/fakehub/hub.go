@@ -46,11 +46,13 @@ type Hub struct {
 	failNextN   int
 	tokenFail   int // the next tokenFailN token requests get tokenFail (-1: hang)
 	tokenFailN  int
-	dropAt      map[digest.Digest]int64 // next GET of digest drops after n bytes
+	dropAt      map[digest.Digest]int64 // the next GET of digest to reach byte n drops there
 	corrupt     map[digest.Digest]bool
 	redirect    bool
 	noLength    bool // blob GETs answer chunked, without Content-Length
+	noRanges    bool // blob GETs ignore Range and answer 200 with everything
 	credLeaks   int  // requests outside the token realm that carried Basic credentials
+	blobGets    int  // blob GETs being answered now
 }
 
 // New starts a hub on a free loopback port; Close stops it.
@@ -133,6 +135,7 @@ func (h *Hub) FailNext(status, n int) { h.set(func() { h.failNext, h.failNextN =
 func (h *Hub) FailToken(status, n int)          { h.set(func() { h.tokenFail, h.tokenFailN = status, n }) }
 func (h *Hub) SetRedirect(on bool)              { h.set(func() { h.redirect = on }) }
 func (h *Hub) SetNoLength(on bool)              { h.set(func() { h.noLength = on }) }
+func (h *Hub) SetNoRanges(on bool)              { h.set(func() { h.noRanges = on }) }
 func (h *Hub) DropAt(d digest.Digest, n int64)  { h.set(func() { h.dropAt[d] = n }) }
 func (h *Hub) Corrupt(d digest.Digest, on bool) { h.set(func() { h.corrupt[d] = on }) }
 
@@ -300,9 +303,19 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest)
 	body := h.blobs[d]
 	bps := h.bytesPerSec
 	noLength := h.noLength && r.Method == http.MethodGet
+	noRanges := h.noRanges
 	drop, dropping := h.dropAt[d]
-	if dropping && r.Method == http.MethodGet {
-		delete(h.dropAt, d)
+	dropping = dropping && r.Method == http.MethodGet
+	if r.Method == http.MethodGet {
+		h.blobGets++
+		if h.blobGets > h.counts["blob GETs at once"] {
+			h.counts["blob GETs at once"] = h.blobGets
+		}
+		defer func() {
+			h.mu.Lock()
+			h.blobGets--
+			h.mu.Unlock()
+		}()
 	}
 	if h.corrupt[d] {
 		body = append([]byte(nil), body...)
@@ -310,15 +323,18 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest)
 	}
 	h.mu.Unlock()
 	start, end := int64(0), int64(len(body))
-	if rg := r.Header.Get("Range"); rg != "" {
+	ranged := false
+	if rg := r.Header.Get("Range"); rg != "" && !noRanges {
 		var a, b int64 = 0, -1
 		if n, _ := fmt.Sscanf(rg, "bytes=%d-%d", &a, &b); n >= 1 && a < end {
-			start = a
+			start, ranged = a, true
 			if n == 2 && b+1 < end {
 				end = b + 1
 			}
 			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, len(body)))
-			h.count("GET range")
+			if start > 0 || end < int64(len(body)) { // "bytes=0-" is the whole blob
+				h.count("GET range")
+			}
 		}
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -326,7 +342,7 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest)
 	if !noLength {
 		w.Header().Set("Content-Length", strconv.FormatInt(end-start, 10))
 	}
-	if start > 0 || end < int64(len(body)) {
+	if ranged { // as net/http's ServeContent: any satisfiable range is a 206
 		w.WriteHeader(http.StatusPartialContent)
 	}
 	if r.Method != http.MethodGet {
@@ -341,7 +357,15 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest)
 	var sent int64
 	for len(out) > 0 {
 		n := min(len(out), chunk)
-		if dropping && start+sent+int64(n) > drop {
+		if dropping && start+sent <= drop && start+sent+int64(n) > drop {
+			h.mu.Lock()
+			_, still := h.dropAt[d] // the first GET to reach it drops
+			delete(h.dropAt, d)
+			h.mu.Unlock()
+			if !still {
+				dropping = false
+				continue
+			}
 			n = int(drop - start - sent)
 			w.Write(out[:n])
 			h.addBytes(n)

@@ -1,0 +1,524 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// A large blob that arrives slowly on its one connection (a registry or CDN
+// that caps each connection, a long fat network) is fetched over several:
+// its first GET keeps going up to a segment boundary, then bounded ranged
+// GETs ("Range: bytes=a-b") fetch the following segments ahead of the
+// reader into buffers, which the reader drains in order. The bytes reach
+// the store's fill in order, so hashing, the ingest file and the fill's
+// readers are unchanged. Buffers come from one budget for all blobs; the
+// oldest blob waiting gets the next free one, so an image's layers are
+// completed in the order they were asked for, which is the order dockerd
+// unpacks them in. A blob on a fast connection is never split: it costs
+// one request, as before.
+
+// splitProbe is how many bytes of the first response are timed before
+// deciding whether to split; a blob not split then is looked at again
+// every splitAgain bytes (other downloads may have ended since).
+const (
+	splitProbe = 512 << 10
+	splitAgain = 4 << 20
+)
+
+// errRangeIgnored is a full 200 answered to a bounded ranged GET: the
+// registry does not serve ranges (the recorder refuses the body rather
+// than let containerd read the blob up to the offset).
+var errRangeIgnored = errors.New("registry ignored a range request")
+
+// rangeKey carries, through a request's context, the Range a blob GET
+// must ask for: from the offset containerd asked for (0 when it asked
+// none) to end (-1: to the end of the blob).
+type rangeKey struct{}
+
+func withRange(ctx context.Context, end int64) context.Context {
+	return context.WithValue(ctx, rangeKey{}, end)
+}
+
+// rangeFrom returns the Range header value for req under ctx's wish, or "".
+func rangeFrom(ctx context.Context, existing string) (string, bool) {
+	end, ok := ctx.Value(rangeKey{}).(int64)
+	if !ok {
+		return "", false
+	}
+	var start int64
+	if existing != "" {
+		if n, err := fmt.Sscanf(existing, "bytes=%d-", &start); n != 1 || err != nil {
+			return "", false
+		}
+	}
+	if end < 0 {
+		return fmt.Sprintf("bytes=%d-", start), true
+	}
+	return fmt.Sprintf("bytes=%d-%d", start, end), true
+}
+
+// segBudget hands out segment buffers, at most n of them at a time, to
+// the oldest blob that wants one.
+type segBudget struct {
+	size int
+	pool sync.Pool
+
+	mu   sync.Mutex
+	n    int          // buffers that may still be handed out
+	wait []*segmented // blobs waiting for a buffer, oldest first
+}
+
+func newSegBudget(size int, n int) *segBudget {
+	b := &segBudget{size: size, n: n}
+	b.pool.New = func() any { return make([]byte, size) }
+	return b
+}
+
+// take returns a buffer for s, or nil; then s is queued and offered the
+// next buffer put back (grant).
+func (b *segBudget) take(s *segmented) []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n > 0 {
+		b.n--
+		return b.pool.Get().([]byte)
+	}
+	if !slices.Contains(b.wait, s) {
+		i, _ := slices.BinarySearchFunc(b.wait, s.seq, func(w *segmented, seq uint64) int { return cmpU(w.seq, seq) })
+		b.wait = slices.Insert(b.wait, i, s)
+	}
+	return nil
+}
+
+func cmpU(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// put gives buf back: to the oldest waiting blob that still wants it, or
+// to the pool. Never call it holding a segmented's lock.
+func (b *segBudget) put(buf []byte) {
+	for {
+		b.mu.Lock()
+		if len(b.wait) == 0 {
+			b.n++
+			b.mu.Unlock()
+			b.pool.Put(buf)
+			return
+		}
+		w := b.wait[0]
+		b.wait = b.wait[1:]
+		b.mu.Unlock()
+		if w.grant(buf) {
+			return
+		}
+	}
+}
+
+// forget drops s from the queue.
+func (b *segBudget) forget(s *segmented) {
+	b.mu.Lock()
+	b.wait = slices.DeleteFunc(b.wait, func(w *segmented) bool { return w == s })
+	b.mu.Unlock()
+}
+
+// segment is one part of a split blob, bytes [start, end).
+type segment struct {
+	start, end int64
+	buf        []byte // nil: nobody fetches it into memory
+	filled     int    // bytes of buf received
+	read       int    // bytes given to the reader
+	running    bool   // a helper is fetching it
+	err        error  // the helper failed: the reader fetches the rest itself
+	byReader   bool   // the reader streams it on its own connection
+}
+
+func (g *segment) len() int { return int(g.end - g.start) }
+
+// segmented reads a blob in order from its first response and, once
+// split, from segments.
+type segmented struct {
+	c      *Client
+	r      *registry
+	repo   string
+	d      digest.Digest
+	size   int64
+	seq    uint64
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Used by Read only.
+	head    io.ReadCloser // the first response, up to headEnd
+	headEnd int64
+	since   time.Time // the rate is measured from here
+	from    int64     // and from this offset
+	probe   int64     // the next offset to decide at; -1 once split
+	pos     int64
+	direct  io.ReadCloser // the reader's own stream of parts[next]
+
+	mu      sync.Mutex
+	changed chan struct{}
+	parts   []*segment // from headEnd on; set once, when split
+	next    int        // the part the reader is in
+	running int        // helpers in flight
+	closed  bool
+}
+
+var segSeq struct {
+	sync.Mutex
+	n uint64
+}
+
+func (c *Client) newSegmented(ctx context.Context, r *registry, repo string, d digest.Digest, size int64, head io.ReadCloser, first int64) *segmented {
+	segSeq.Lock()
+	segSeq.n++
+	seq := segSeq.n
+	segSeq.Unlock()
+	s := &segmented{c: c, r: r, repo: repo, d: d, size: size, seq: seq, head: head, headEnd: size,
+		since: time.Now(), from: first, probe: first + splitProbe, changed: make(chan struct{})}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	return s
+}
+
+func (s *segmented) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *segmented) Read(p []byte) (int, error) {
+	if s.pos >= s.size {
+		return 0, io.EOF
+	}
+	if s.pos < s.headEnd {
+		return s.readHead(p)
+	}
+	return s.readPart(p)
+}
+
+func (s *segmented) readHead(p []byte) (int, error) {
+	if int64(len(p)) > s.headEnd-s.pos {
+		p = p[:s.headEnd-s.pos]
+	}
+	n, err := s.head.Read(p)
+	s.pos += int64(n)
+	if s.probe >= 0 && s.pos >= s.probe {
+		s.decide()
+	}
+	if s.pos < s.headEnd {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, err
+	}
+	if s.headEnd < s.size { // the segments take over: the rest of this response is not wanted
+		s.head.Close()
+		s.head = nil
+		return n, nil
+	}
+	return n, err
+}
+
+// decide splits the rest of the blob into segments if its connection
+// delivers less than SplitBelow per second, enough is left, and few other
+// blobs are downloading: with many in flight the link already carries
+// many connections, and on a loaded machine a slow connection may only
+// mean a busy CPU, which more connections would not help.
+func (s *segmented) decide() {
+	o := s.c.opts
+	now := time.Now()
+	rate := float64(s.pos-s.from) / now.Sub(s.since).Seconds()
+	seg := o.SegmentSize
+	cut := (s.pos/seg + 1) * seg
+	if rate >= float64(o.SplitBelow) || s.c.streams.Load() > int64(o.Segments) || s.size-cut < seg {
+		s.since, s.from, s.probe = now, s.pos, s.pos+splitAgain
+		return
+	}
+	s.probe = -1
+	took := now.Sub(s.since).Seconds()
+	var parts []*segment
+	for a := cut; a < s.size; a += seg {
+		parts = append(parts, &segment{start: a, end: min(a+seg, s.size)})
+	}
+	s.headEnd = cut
+	s.mu.Lock()
+	s.parts = parts
+	s.mu.Unlock()
+	s.c.log.Debug("slow upstream blob: fetching it in segments", "digest", s.d, "size", s.size,
+		"bytes_per_sec", int64(rate), "took", took, "segments", len(parts))
+	s.schedule()
+}
+
+// pendingLocked returns the first part after the reader's that nobody
+// fetches, or nil; it stops at Segments parts ahead of the reader.
+func (s *segmented) pendingLocked() *segment {
+	for i := s.next; i < len(s.parts) && i <= s.next+s.c.opts.Segments; i++ {
+		g := s.parts[i]
+		if g.buf == nil && !g.running && !g.byReader && g.read == 0 {
+			return g
+		}
+	}
+	return nil
+}
+
+// schedule starts helpers while there are parts to fetch, connection
+// slots and buffers. Call without s.mu.
+func (s *segmented) schedule() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.closed && s.running < s.c.opts.Segments {
+		g := s.pendingLocked()
+		if g == nil || !s.c.sem.TryAcquire(1) {
+			return
+		}
+		buf := s.c.segments.take(s)
+		if buf == nil {
+			s.c.sem.Release(1)
+			return
+		}
+		s.startLocked(g, buf)
+	}
+}
+
+// grant offers s a buffer freed by another blob; false if s no longer
+// wants it.
+func (s *segmented) grant(buf []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.running >= s.c.opts.Segments {
+		return false
+	}
+	g := s.pendingLocked()
+	if g == nil || !s.c.sem.TryAcquire(1) {
+		return false
+	}
+	s.startLocked(g, buf)
+	return true
+}
+
+// startLocked fetches g into buf on a connection slot already taken.
+func (s *segmented) startLocked(g *segment, buf []byte) {
+	g.buf, g.running, g.err, g.filled = buf[:g.len()], true, nil, 0
+	s.running++
+	go s.fetch(g)
+}
+
+func (s *segmented) fetch(g *segment) {
+	rc, err := s.c.openRange(s.ctx, s.r, s.repo, s.d, g.start, g.end-1)
+	filled := 0
+	for err == nil && filled < len(g.buf) {
+		var n int
+		n, err = rc.Read(g.buf[filled:])
+		filled += n
+		if n > 0 {
+			s.mu.Lock()
+			g.filled = filled
+			s.notifyLocked()
+			s.mu.Unlock()
+		}
+	}
+	if rc != nil {
+		rc.Close()
+	}
+	if filled == len(g.buf) {
+		err = nil
+	} else if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	s.c.sem.Release(1)
+	s.mu.Lock()
+	g.running, g.err = false, err
+	s.running--
+	var free []byte
+	if s.closed {
+		free = s.releaseLocked(g)
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+	if err != nil && s.ctx.Err() == nil {
+		s.c.log.Debug("upstream blob segment failed: the reader fetches it itself", "digest", s.d, "at", g.start+int64(filled), "err", err)
+	}
+	if free != nil {
+		s.c.segments.put(free)
+	}
+	s.schedule()
+}
+
+// releaseLocked takes g's buffer back once no helper writes it.
+func (s *segmented) releaseLocked(g *segment) []byte {
+	if g.running || g.buf == nil {
+		return nil
+	}
+	buf := g.buf[:cap(g.buf)]
+	g.buf = nil
+	return buf
+}
+
+func (s *segmented) readPart(p []byte) (int, error) {
+	for {
+		if s.direct != nil {
+			return s.readDirect(p)
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return 0, errors.New("blob reader closed")
+		}
+		g := s.parts[s.next]
+		if g.buf != nil && g.read < g.filled {
+			n := copy(p, g.buf[g.read:g.filled])
+			g.read += n
+			s.pos += int64(n)
+			var free []byte
+			if g.read == g.len() {
+				free = s.releaseLocked(g)
+				s.next++
+			}
+			s.mu.Unlock()
+			if free != nil {
+				s.c.segments.put(free)
+				s.schedule()
+			}
+			return n, nil
+		}
+		if g.running {
+			ch := s.changed
+			s.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-s.ctx.Done():
+				return 0, s.ctx.Err()
+			}
+		}
+		// Nobody fetches it (no buffer or slot was free), or its helper
+		// failed: fetch the rest of it on the reader's own connection.
+		g.byReader = true
+		free := s.releaseLocked(g)
+		from := g.start + int64(g.read)
+		s.mu.Unlock()
+		if free != nil {
+			s.c.segments.put(free)
+		}
+		rc, err := s.c.openRange(s.ctx, s.r, s.repo, s.d, from, g.end-1)
+		if err != nil {
+			return 0, err
+		}
+		s.direct = rc
+	}
+}
+
+func (s *segmented) readDirect(p []byte) (int, error) {
+	s.mu.Lock()
+	g := s.parts[s.next]
+	s.mu.Unlock()
+	if left := g.len() - g.read; len(p) > left {
+		p = p[:left]
+	}
+	n, err := s.direct.Read(p)
+	s.pos += int64(n)
+	s.mu.Lock()
+	g.read += n
+	done := g.read == g.len()
+	if done {
+		s.next++
+	}
+	s.mu.Unlock()
+	if done {
+		s.direct.Close()
+		s.direct = nil
+		s.schedule()
+		return n, nil
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (s *segmented) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	var frees [][]byte
+	for _, g := range s.parts {
+		if b := s.releaseLocked(g); b != nil {
+			frees = append(frees, b)
+		}
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+	s.c.segments.forget(s)
+	for _, b := range frees {
+		s.c.segments.put(b)
+	}
+	if s.direct != nil {
+		s.direct.Close()
+	}
+	if s.head != nil {
+		return s.head.Close()
+	}
+	return nil
+}
+
+// openRange opens bytes [start, end] of blob d with one bounded ranged
+// GET; the response must be a 206 for exactly that start.
+func (c *Client) openRange(ctx context.Context, r *registry, repo string, d digest.Digest, start, end int64) (io.ReadCloser, error) {
+	var rc io.ReadCloser
+	err := c.do(ctx, r, func(ctx context.Context) error {
+		ctx = withRange(ctx, end)
+		f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
+		if err != nil {
+			return err
+		}
+		// The size tells containerd's reader where to stop.
+		body, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: end + 1})
+		if err != nil {
+			return err
+		}
+		rs, ok := body.(io.ReadSeekCloser)
+		if !ok {
+			body.Close()
+			return errors.New("containerd blob reader cannot seek")
+		}
+		if _, err := rs.Seek(start, io.SeekStart); err != nil {
+			rs.Close()
+			return err
+		}
+		buf := make([]byte, 32<<10)
+		n, err := rs.Read(buf)
+		if err != nil && err != io.EOF {
+			rs.Close()
+			return err
+		}
+		if got := callFrom(ctx).rangeStart(); got != start {
+			rs.Close()
+			return fmt.Errorf("%w: asked for bytes from %d, got from %d", errRangeIgnored, start, got)
+		}
+		rc = &primed{first: buf[:n], eof: err == io.EOF, rc: rs}
+		return nil
+	})
+	return rc, err
+}
+
+// emptyBlob reports whether d is the digest of no bytes: a Range request
+// for it cannot be satisfied.
+func emptyBlob(d digest.Digest) bool {
+	return d.Validate() == nil && d.Algorithm().FromBytes(nil) == d
+}

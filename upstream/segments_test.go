@@ -1,0 +1,236 @@
+package upstream
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/internal/fakehub"
+)
+
+func newSegmentClient(t *testing.T, hub *fakehub.Hub, opts Options) *Client {
+	t.Helper()
+	opts.Registries = []Registry{{Name: "docker.io", Endpoint: hub.URL}}
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if opts.SegmentSize == 0 {
+		opts.SegmentSize = 1 << 20
+	}
+	c, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func pushLayer(t *testing.T, hub *fakehub.Hub, repo string, size int, seed uint64) digest.Digest {
+	t.Helper()
+	img := hub.Push(repo, "latest", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: size, Seed: seed})
+	return img.Blobs[0]
+}
+
+func readBlob(t *testing.T, c *Client, repo string, d digest.Digest) []byte {
+	t.Helper()
+	rc, size, err := c.Blob(context.Background(), "docker.io", repo, d, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	all, err := io.ReadAll(rc)
+	if err != nil || int64(len(all)) != size || digest.FromBytes(all) != d {
+		t.Fatalf("%s: %d bytes of %d, %v (digest ok: %v)", d, len(all), size, err, digest.FromBytes(all) == d)
+	}
+	return all
+}
+
+// TestSlowBlobInSegments: a large blob whose connection is slow is fetched
+// over several connections at once, through the registry's redirect to
+// its CDN, and arrives whole and in order; the first response is cut at a
+// segment boundary without much more than that boundary sent.
+func TestSlowBlobInSegments(t *testing.T) {
+	hub := fakehub.Start(t)
+	hub.SetRedirect(true)
+	const size = 10 << 20
+	layer := pushLayer(t, hub, "library/slow", size, 1)
+	hub.SetBandwidth(8 << 20)
+	c := newSegmentClient(t, hub, Options{})
+	before := hub.Count("bytes")
+	readBlob(t, c, "library/slow", layer)
+	if at := hub.Count("blob GETs at once"); at < 3 {
+		t.Errorf("at most %d blob GETs at once; want the segments in parallel", at)
+	}
+	if n := hub.Count("GET range"); n < 5 {
+		t.Errorf("%d ranged GETs for a 10 MiB blob in 1 MiB segments", n)
+	}
+	if sent := hub.Count("bytes") - before; sent > size+1<<20 {
+		t.Errorf("hub sent %d bytes for a %d-byte blob", sent, size)
+	}
+	if hub.Count("HEAD blob") != 0 {
+		t.Errorf("%d blob HEADs", hub.Count("HEAD blob"))
+	}
+}
+
+// TestFastBlobNotSplit: on a connection faster than SplitBelow a blob
+// costs one GET.
+func TestFastBlobNotSplit(t *testing.T) {
+	hub := fakehub.Start(t)
+	layer := pushLayer(t, hub, "library/fast", 24<<20, 2)
+	hub.SetBandwidth(32 << 20)
+	c := newSegmentClient(t, hub, Options{SplitBelow: 8 << 20})
+	readBlob(t, c, "library/fast", layer)
+	if hub.Count("GET blob") != 1 || hub.Count("GET range") != 0 {
+		t.Fatalf("fast blob: %d GETs, %d ranged", hub.Count("GET blob"), hub.Count("GET range"))
+	}
+}
+
+// TestSegmentsNeedRanges: a registry that ignores Range is read on one
+// connection, slow or not; so is every blob when segments are off.
+func TestSegmentsNeedRanges(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		noRanges bool
+		segments int
+	}{{"registry without ranges", true, 0}, {"segments off", false, -1}} {
+		hub := fakehub.Start(t)
+		layer := pushLayer(t, hub, "library/plain", 6<<20, 3)
+		hub.SetNoRanges(tc.noRanges)
+		hub.SetBandwidth(16 << 20)
+		c := newSegmentClient(t, hub, Options{Segments: tc.segments})
+		readBlob(t, c, "library/plain", layer)
+		if hub.Count("GET blob") != 1 || hub.Count("blob GETs at once") != 1 {
+			t.Fatalf("%s: %d GETs, %d at once", tc.name, hub.Count("GET blob"), hub.Count("blob GETs at once"))
+		}
+	}
+}
+
+// TestSegmentDropped: a segment whose connection drops mid-way is
+// finished by the reader itself from where it broke; the bytes are exact.
+func TestSegmentDropped(t *testing.T) {
+	hub := fakehub.Start(t)
+	const size = 8 << 20
+	layer := pushLayer(t, hub, "library/flaky", size, 4)
+	hub.SetBandwidth(8 << 20)
+	hub.DropAt(layer, 5<<20+12345) // inside a segment, not the first response
+	c := newSegmentClient(t, hub, Options{})
+	readBlob(t, c, "library/flaky", layer)
+	if hub.Count("GET range") < 4 {
+		t.Fatalf("%d ranged GETs", hub.Count("GET range"))
+	}
+}
+
+// TestSegmentMemoryBounded: three slow blobs at once share the segment
+// buffers: never more than SegmentMemory of them, all blobs exact, and
+// every buffer is back once they are read.
+func TestSegmentMemoryBounded(t *testing.T) {
+	hub := fakehub.Start(t)
+	hub.SetBandwidth(8 << 20)
+	var layers []digest.Digest
+	for i := range 3 {
+		layers = append(layers, pushLayer(t, hub, "library/many", 6<<20, uint64(10+i)))
+	}
+	c := newSegmentClient(t, hub, Options{SegmentMemory: 2 << 20})
+	var peak int
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			c.segments.mu.Lock()
+			peak = max(peak, 2-c.segments.n)
+			c.segments.mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for _, d := range layers {
+		wg.Add(1)
+		go func() { defer wg.Done(); readBlob(t, c, "library/many", d) }()
+	}
+	wg.Wait()
+	close(stop)
+	<-watched
+	c.segments.mu.Lock()
+	free, waiting := c.segments.n, len(c.segments.wait)
+	c.segments.mu.Unlock()
+	if peak == 0 || peak > 2 || free != 2 || waiting != 0 {
+		t.Fatalf("buffers: peak %d of 2, %d free after, %d blobs still waiting", peak, free, waiting)
+	}
+	if hub.Count("GET range") == 0 {
+		t.Fatal("no segments fetched")
+	}
+}
+
+// TestSegmentedCloseEarly: a reader closed half-way (the fill failed or
+// was cancelled) stops its helpers and gives every buffer back.
+func TestSegmentedCloseEarly(t *testing.T) {
+	hub := fakehub.Start(t)
+	layer := pushLayer(t, hub, "library/half", 12<<20, 5)
+	hub.SetBandwidth(8 << 20)
+	c := newSegmentClient(t, hub, Options{})
+	rc, _, err := c.Blob(context.Background(), "docker.io", "library/half", layer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(io.Discard, rc, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.segments.mu.Lock()
+		free := c.segments.n
+		c.segments.mu.Unlock()
+		if free == 16 && c.sem.TryAcquire(32) {
+			c.sem.Release(32)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after close: %d of 16 buffers back, connection slots not all free", free)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestManyBlobsNotSplit: with more blobs downloading than a blob may have
+// segments, none is split (the link already carries that many
+// connections): one GET per blob.
+func TestManyBlobsNotSplit(t *testing.T) {
+	hub := fakehub.Start(t)
+	hub.SetBandwidth(8 << 20)
+	c := newSegmentClient(t, hub, Options{})
+	var readers []io.ReadCloser
+	var layers []digest.Digest
+	for i := range 6 {
+		d := pushLayer(t, hub, "library/wide", 5<<20, uint64(20+i))
+		rc, _, err := c.Blob(context.Background(), "docker.io", "library/wide", d, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readers, layers = append(readers, rc), append(layers, d)
+	}
+	var wg sync.WaitGroup
+	for i, rc := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer rc.Close()
+			all, err := io.ReadAll(rc)
+			if err != nil || digest.FromBytes(all) != layers[i] {
+				t.Errorf("blob %d: %d bytes, %v", i, len(all), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if hub.Count("GET range") != 0 || hub.Count("GET blob") != 6 {
+		t.Fatalf("6 blobs at once: %d GETs, %d ranged", hub.Count("GET blob"), hub.Count("GET range"))
+	}
+}
