@@ -163,9 +163,10 @@ type segmented struct {
 	// Used by Read only.
 	head    io.ReadCloser // the first response, up to headEnd
 	headEnd int64
-	since   time.Time // the rate is measured from here
-	from    int64     // and from this offset
-	probe   int64     // the next offset to decide at; -1 once split
+	since   time.Time     // the rate is measured from here
+	from    int64         // and from this offset
+	probe   int64         // the next offset to decide at; -1 once split
+	waited  time.Duration // of the time since, spent waiting in the first response's Read
 	pos     int64
 	direct  io.ReadCloser // the reader's own stream of parts[next]
 
@@ -212,7 +213,15 @@ func (s *segmented) readHead(p []byte) (int, error) {
 	if int64(len(p)) > s.headEnd-s.pos {
 		p = p[:s.headEnd-s.pos]
 	}
-	n, err := s.head.Read(p)
+	var n int
+	var err error
+	if s.probe >= 0 {
+		began := time.Now()
+		n, err = s.head.Read(p)
+		s.waited += time.Since(began)
+	} else {
+		n, err = s.head.Read(p)
+	}
 	s.pos += int64(n)
 	if s.probe >= 0 && s.pos >= s.probe {
 		s.decide()
@@ -232,18 +241,20 @@ func (s *segmented) readHead(p []byte) (int, error) {
 }
 
 // decide splits the rest of the blob into segments if its connection
-// delivers less than SplitBelow per second, enough is left, and few other
-// blobs are downloading: with many in flight the link already carries
-// many connections, and on a loaded machine a slow connection may only
-// mean a busy CPU, which more connections would not help.
+// delivers less than SplitBelow per second while the reader spends most of
+// its time waiting for it (not hashing and writing: a busy CPU or disk is
+// not helped by more connections), enough is left, and few other blobs
+// are downloading (with many in flight the link already carries many
+// connections).
 func (s *segmented) decide() {
 	o := s.c.opts
 	now := time.Now()
-	rate := float64(s.pos-s.from) / now.Sub(s.since).Seconds()
+	window := now.Sub(s.since)
+	rate := float64(s.pos-s.from) / window.Seconds()
 	seg := o.SegmentSize
 	cut := (s.pos/seg + 1) * seg
-	if rate >= float64(o.SplitBelow) || s.c.streams.Load() > int64(o.Segments) || s.size-cut < seg {
-		s.since, s.from, s.probe = now, s.pos, s.pos+splitAgain
+	if rate >= float64(o.SplitBelow) || s.waited < window*7/10 || s.c.streams.Load() > int64(o.Segments) || s.size-cut < seg {
+		s.since, s.from, s.probe, s.waited = now, s.pos, s.pos+splitAgain, 0
 		return
 	}
 	s.probe = -1

@@ -234,3 +234,36 @@ func TestManyBlobsNotSplit(t *testing.T) {
 		t.Fatalf("6 blobs at once: %d GETs, %d ranged", hub.Count("GET blob"), hub.Count("GET range"))
 	}
 }
+
+// TestSlowReaderNotSplit: a blob that arrives slowly because its reader is
+// slow (a busy CPU or disk: the bytes wait in the socket, not on the
+// network) is not split; more connections would not help it.
+func TestSlowReaderNotSplit(t *testing.T) {
+	hub := fakehub.Start(t)
+	layer := pushLayer(t, hub, "library/cpu", 6<<20, 30)
+	c := newSegmentClient(t, hub, Options{})
+	rc, _, err := c.Blob(context.Background(), "docker.io", "library/cpu", layer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	h := digest.Canonical.Digester()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := rc.Read(buf)
+		h.Hash().Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // ~12 MiB/s at most, under SplitBelow
+	}
+	if h.Digest() != layer {
+		t.Fatal("wrong bytes")
+	}
+	if hub.Count("GET range") != 0 || hub.Count("GET blob") != 1 {
+		t.Fatalf("slow reader: %d GETs, %d ranged", hub.Count("GET blob"), hub.Count("GET range"))
+	}
+}

@@ -49,6 +49,7 @@ func newApp() *cli.App {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "header-timeout", Value: 30e9, Usage: "a client must send its request headers within this", EnvVars: []string{"WHARF_HEADER_TIMEOUT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "client-timeout", Value: 60e9, Usage: "a client that reads nothing of a response, or sends nothing of a request body, for this long is cut off", EnvVars: []string{"WHARF_CLIENT_TIMEOUT"}}),
 		&cli.StringFlag{Name: "registry-config", Usage: "registry:2's config.yml: the settings Wharf understands are used, any other stops the start (see README)", EnvVars: []string{"WHARF_REGISTRY_CONFIG"}},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "token-key-file", Usage: "read the token signing key from this file (the same file on every node behind one load balancer; instead of --secret)", EnvVars: []string{"WHARF_TOKEN_KEY_FILE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "secret", Usage: "signs tokens, so that Wharf nodes with the same secret accept each other's (registry:2's http.secret; default: random per process)", EnvVars: []string{"WHARF_SECRET"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "trusted-proxy", Usage: "a reverse proxy (CIDR or address) whose X-Forwarded-For, -Proto and -Host are believed (repeatable)", EnvVars: []string{"WHARF_TRUSTED_PROXY"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "public-url", Usage: "the URL clients reach this registry at, e.g. https://registry.example (for the token realm behind a proxy)", EnvVars: []string{"WHARF_PUBLIC_URL"}}),

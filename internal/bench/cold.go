@@ -22,6 +22,7 @@ import (
 
 var (
 	coldData        = flag.String("cold-data", "", "directory for the cold suite's Wharf data (default: the bench's temporary directory)")
+	dockerdRoot     = flag.String("dockerd-root", "/dev/shm", "parent of the cold suite's dockerd data root (a tmpfs: vfs copies every layer, ~1 GiB a pull, and this disk's write-back stalls would otherwise decide the figure; \"\": under the bench's temporary directory)")
 	coldRounds      = flag.Int("cold-rounds", 3, "rounds of the real-client cold pulls (each round: direct, wharf, distribution, on fresh images)")
 	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
 )
@@ -323,6 +324,7 @@ proxy:
 type dockerd struct {
 	cmd  *exec.Cmd
 	root string
+	data string // data root outside root (-dockerd-root), removed at stop
 	host string
 }
 
@@ -336,7 +338,14 @@ func startDockerd(tmp string, insecure []string) (*dockerd, error) {
 		return nil, err
 	}
 	d := &dockerd{root: root, host: "unix://" + filepath.Join(root, "docker.sock")}
-	d.cmd = exec.Command("dockerd", "--data-root", filepath.Join(root, "data"), "--exec-root", filepath.Join(root, "exec"),
+	dataRoot := filepath.Join(root, "data")
+	if fi, serr := os.Stat(*dockerdRoot); *dockerdRoot != "" && serr == nil && fi.IsDir() {
+		if dataRoot, err = os.MkdirTemp(*dockerdRoot, "wharf-bench-dockerd"); err != nil {
+			return nil, err
+		}
+		d.data = dataRoot
+	}
+	d.cmd = exec.Command("dockerd", "--data-root", dataRoot, "--exec-root", filepath.Join(root, "exec"),
 		"--pidfile", filepath.Join(root, "docker.pid"), "-H", d.host, "--config-file", filepath.Join(root, "daemon.json"),
 		"--storage-driver", "vfs", "--iptables=false", "--bridge=none", "--ip-masq=false")
 	logf, _ := os.Create(filepath.Join(tmp, "dockerd.log"))
@@ -377,6 +386,9 @@ func (d *dockerd) stop() {
 		<-done
 	}
 	os.RemoveAll(d.root)
+	if d.data != "" {
+		os.RemoveAll(d.data)
+	}
 }
 
 // coldDataDir is the cold suite's Wharf data directory: under tmp, or
