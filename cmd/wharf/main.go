@@ -29,6 +29,7 @@ func newApp() *cli.App {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "data directory (blobs and index)", EnvVars: []string{"WHARF_DATA"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-delete", Usage: "allow manifest, tag and blob deletes", EnvVars: []string{"WHARF_ALLOW_DELETE"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "sendfile", Usage: "serve blobs with sendfile(2) instead of 512 KiB buffered copies (measure with internal/bench)", EnvVars: []string{"WHARF_SENDFILE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "debug-addr", Usage: "serve Go's profiler at /debug/pprof/ (and the metrics) on this address, e.g. 127.0.0.1:5001 (empty: off)", EnvVars: []string{"WHARF_DEBUG_ADDR"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address at /metrics (empty: off)", EnvVars: []string{"WHARF_METRICS_ADDR"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (debug logs every request)", EnvVars: []string{"WHARF_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: []string{"WHARF_LOG_FORMAT"}}),

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,5 +80,31 @@ func serveMetrics(addr string, r *prometheus.Registry, log *slog.Logger) (*http.
 		}
 	}()
 	log.Info("metrics on /metrics", "addr", ln.Addr().String())
+	return srv, nil
+}
+
+// serveDebug serves Go's profiler (/debug/pprof/) and the metrics on addr:
+// for an operator on the box (bind it to loopback), like registry:2's
+// http.debug.addr.
+func serveDebug(addr string, r *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/metrics", promhttp.HandlerFor(r, promhttp.HandlerOpts{}))
+	// No WriteTimeout: a CPU profile or trace streams for its duration.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("debug server", "err", err)
+		}
+	}()
+	log.Info("profiles on /debug/pprof/", "addr", ln.Addr().String())
 	return srv, nil
 }

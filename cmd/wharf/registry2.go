@@ -74,7 +74,7 @@ var r2Prefixes = []struct {
 }{
 	{prefix: "LOG_", note: "Wharf's logging is set with --log-level and --log-format"},
 	{prefix: "HTTP_HEADERS_", note: "Wharf sets its own response headers"},
-	{prefix: "HTTP_DEBUG_", note: "use --metrics-addr for Prometheus metrics"},
+	{prefix: "HTTP_DEBUG_", note: "use --debug-addr for profiles and --metrics-addr for Prometheus metrics"},
 	{prefix: "HTTP_HTTP2_", note: "Wharf speaks HTTP/2 on TLS by itself"},
 	{prefix: "HTTP_TLS_LETSENCRYPT_", why: "Let's Encrypt is not built in: give Wharf a certificate (--tls-cert) or put a TLS proxy in front"},
 	{prefix: "HTTP_TLS_CIPHERSUITES", note: "Wharf uses Go's default cipher suites"},

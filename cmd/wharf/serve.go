@@ -39,6 +39,7 @@ type serveConfig struct {
 	configFile      string
 	htpasswd        string
 	metricsAddr     string
+	debugAddr       string
 	log             *slog.Logger
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
@@ -86,6 +87,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		htpasswd:        c.String("htpasswd"),
 		registry2Auth:   r2.htpasswdAuth,
 		metricsAddr:     c.String("metrics-addr"),
+		debugAddr:       c.String("debug-addr"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		headerTimeout:   c.Duration("header-timeout"),
@@ -410,6 +412,13 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 			return fmt.Errorf("--metrics-addr: %w", err)
 		}
 		defer msrv.Close()
+	}
+	if cfg.debugAddr != "" {
+		dsrv, err := serveDebug(cfg.debugAddr, promReg, log)
+		if err != nil {
+			return fmt.Errorf("--debug-addr: %w", err)
+		}
+		defer dsrv.Close()
 	}
 	slow := &slowClients{log: log, timeout: cfg.headerTimeout}
 	srv := &http.Server{

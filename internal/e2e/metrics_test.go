@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,4 +53,26 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	value(`wharf_store_bytes`)
 	value(`wharf_gc_runs_total`)
+}
+
+// TestDebugAddr: --debug-addr serves Go's profiler: the index, a one
+// second CPU profile (gzipped protobuf) and the metrics.
+func TestDebugAddr(t *testing.T) {
+	addr := freeAddr(t)
+	startWharf(t, "", "--mirror=false", "--debug-addr", addr)
+	for _, c := range []struct{ path, want string }{
+		{"/debug/pprof/", "goroutine"},
+		{"/debug/pprof/profile?seconds=1", "\x1f\x8b"},
+		{"/metrics", "wharf_"},
+	} {
+		resp, err := http.Get("http://" + addr + c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), c.want) {
+			t.Fatalf("%s: %s, %d bytes, no %q", c.path, resp.Status, len(body), c.want)
+		}
+	}
 }
