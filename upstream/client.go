@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,7 +70,6 @@ type Client struct {
 	regs     map[string]*registry
 	resolver remotes.Resolver
 	sem      *semaphore.Weighted
-	streams  atomic.Int64 // blob downloads holding a slot (not their segments)
 	segments *segBudget
 	ctx      context.Context // cancelled by Close: stops probes
 	cancel   context.CancelFunc
@@ -307,8 +305,7 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 		}
 		return nil, 0, fmt.Errorf("%w: all %d upstream connections busy for %s", ErrBusy, c.opts.MaxConns, c.opts.SlotWait)
 	}
-	c.streams.Add(1)
-	release := func() { c.streams.Add(-1); c.sem.Release(1) }
+	release := func() { c.sem.Release(1) }
 	var (
 		rs     io.ReadSeekCloser
 		first  []byte

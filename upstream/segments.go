@@ -31,6 +31,8 @@ import (
 const (
 	splitProbe = 512 << 10
 	splitAgain = 4 << 20
+	// splitWindow is the shortest time a rate is measured over.
+	splitWindow = 50 * time.Millisecond
 )
 
 // errRangeIgnored is a full 200 answered to a bounded ranged GET: the
@@ -71,9 +73,36 @@ type segBudget struct {
 	size int
 	pool sync.Pool
 
-	mu   sync.Mutex
-	n    int          // buffers that may still be handed out
-	wait []*segmented // blobs waiting for a buffer, oldest first
+	mu     sync.Mutex
+	n      int          // buffers that may still be handed out
+	wait   []*segmented // blobs waiting for a buffer, oldest first
+	active []uint64     // seq of the large blobs being read, oldest first
+}
+
+// splitAhead is how many older large blobs may still be downloading for a
+// blob to be split: clients read an image's layers in order, a few at a
+// time (dockerd 3), so the oldest downloads are the ones they wait for
+// next; the younger ones would only multiply upstream requests.
+const splitAhead = 3
+
+func (b *segBudget) started(seq uint64) {
+	b.mu.Lock()
+	b.active = append(b.active, seq) // seqs only grow
+	b.mu.Unlock()
+}
+
+func (b *segBudget) ended(seq uint64) {
+	b.mu.Lock()
+	b.active = slices.DeleteFunc(b.active, func(a uint64) bool { return a == seq })
+	b.mu.Unlock()
+}
+
+// older is how many large blobs that started before seq are still read.
+func (b *segBudget) older(seq uint64) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i, _ := slices.BinarySearch(b.active, seq)
+	return i
 }
 
 func newSegBudget(size int, n int) *segBudget {
@@ -187,9 +216,10 @@ func (c *Client) newSegmented(ctx context.Context, r *registry, repo string, d d
 	segSeq.Lock()
 	segSeq.n++
 	seq := segSeq.n
+	c.segments.started(seq) // under segSeq: active stays sorted
 	segSeq.Unlock()
 	s := &segmented{c: c, r: r, repo: repo, d: d, size: size, seq: seq, head: head, headEnd: size,
-		since: time.Now(), from: first, probe: first + splitProbe, changed: make(chan struct{})}
+		from: first, probe: first + splitProbe, changed: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	return s
 }
@@ -217,6 +247,9 @@ func (s *segmented) readHead(p []byte) (int, error) {
 	var err error
 	if s.probe >= 0 {
 		began := time.Now()
+		if s.since.IsZero() { // measured from the first read, not from the open
+			s.since = began
+		}
 		n, err = s.head.Read(p)
 		s.waited += time.Since(began)
 	} else {
@@ -243,17 +276,20 @@ func (s *segmented) readHead(p []byte) (int, error) {
 // decide splits the rest of the blob into segments if its connection
 // delivers less than SplitBelow per second while the reader spends most of
 // its time waiting for it (not hashing and writing: a busy CPU or disk is
-// not helped by more connections), enough is left, and few other blobs
-// are downloading (with many in flight the link already carries many
-// connections).
+// not helped by more connections), enough is left, and fewer than
+// splitAhead older large blobs are still downloading.
 func (s *segmented) decide() {
 	o := s.c.opts
 	now := time.Now()
 	window := now.Sub(s.since)
+	if window < splitWindow { // bytes that waited in the socket came in a burst: look longer
+		s.probe = s.pos + splitProbe
+		return
+	}
 	rate := float64(s.pos-s.from) / window.Seconds()
 	seg := o.SegmentSize
 	cut := (s.pos/seg + 1) * seg
-	if rate >= float64(o.SplitBelow) || s.waited < window*7/10 || s.c.streams.Load() > int64(o.Segments) || s.size-cut < seg {
+	if rate >= float64(o.SplitBelow) || s.waited < window*7/10 || s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg {
 		s.since, s.from, s.probe, s.waited = now, s.pos, s.pos+splitAgain, 0
 		return
 	}
@@ -476,6 +512,7 @@ func (s *segmented) Close() error {
 	s.notifyLocked()
 	s.mu.Unlock()
 	s.c.segments.forget(s)
+	s.c.segments.ended(s.seq)
 	for _, b := range frees {
 		s.c.segments.put(b)
 	}
