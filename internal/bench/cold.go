@@ -23,6 +23,7 @@ import (
 var (
 	coldData        = flag.String("cold-data", "", "directory for the cold suite's Wharf data (default: the bench's temporary directory)")
 	dockerdRoot     = flag.String("dockerd-root", "/dev/shm", "parent of the cold suite's dockerd data root (a tmpfs: vfs copies every layer, ~1 GiB a pull, and this disk's write-back stalls would otherwise decide the figure; \"\": under the bench's temporary directory)")
+	coldProfile     = flag.String("cold-profile", "", "save Wharf's CPU profile of the skopeo rounds (15 s) to this file (go tool pprof FILE)")
 	coldRounds      = flag.Int("cold-rounds", 3, "rounds of the real-client cold pulls (each round: direct, wharf, distribution, on fresh images)")
 	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
 )
@@ -80,7 +81,15 @@ func runCold(tmp, bin string) error {
 		return err
 	}
 	defer hub.Close()
-	w, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", coldDataDir(tmp), "--log-level", "warn", "--upstream", "docker.io="+hub.URL)
+	args := []string{"serve", "--addr", "127.0.0.1:0", "--data", coldDataDir(tmp), "--log-level", "warn", "--upstream", "docker.io=" + hub.URL}
+	debugAddr := ""
+	if *coldProfile != "" {
+		if debugAddr, err = freePort(); err != nil {
+			return err
+		}
+		args = append(args, "--debug-addr", debugAddr)
+	}
+	w, err := startProc(bin, args...)
 	if err != nil {
 		return err
 	}
@@ -165,6 +174,17 @@ func runCold(tmp, bin string) error {
 	hub.SetLatency(0)
 	hub.SetBandwidth(0)
 	fmt.Printf("cold: skopeo copy to dir:, no shaping (CPU-bound), %d rounds:\n", *coldRounds)
+	if debugAddr != "" { // Wharf's CPU profile over the skopeo rounds
+		profiled := make(chan error, 1)
+		go func() { profiled <- saveProfile("http://"+debugAddr+"/debug/pprof/profile?seconds=15", *coldProfile) }()
+		defer func() {
+			if err := <-profiled; err != nil {
+				fmt.Println("cold: profile:", err)
+			} else {
+				fmt.Println("cold: Wharf's CPU profile of the skopeo rounds in", *coldProfile)
+			}
+		}()
+	}
 	skopeoTimes := make([][]float64, len(servers))
 	var fastPerBlob []float64
 	for r := -1; r < *coldRounds; r++ { // round -1 warms up page cache, binaries and connections; not counted
@@ -398,4 +418,24 @@ func coldDataDir(tmp string) string {
 		return filepath.Join(*coldData, "cold-wharf")
 	}
 	return filepath.Join(tmp, "cold-wharf")
+}
+
+func saveProfile(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
