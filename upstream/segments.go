@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -68,10 +69,11 @@ func rangeFrom(ctx context.Context, existing string) (string, bool) {
 }
 
 // segBudget hands out segment buffers, at most n of them at a time, to
-// the oldest blob that wants one.
+// the oldest blob that wants one. The buffers are mapped from the kernel
+// and unmapped as soon as no blob wants them: a slow pull's 16 MiB must
+// not stay in the process after it (the Go heap would keep it resident).
 type segBudget struct {
 	size int
-	pool sync.Pool
 
 	mu     sync.Mutex
 	n      int          // buffers that may still be handed out
@@ -106,9 +108,16 @@ func (b *segBudget) older(seq uint64) int {
 }
 
 func newSegBudget(size int, n int) *segBudget {
-	b := &segBudget{size: size, n: n}
-	b.pool.New = func() any { return make([]byte, size) }
-	return b
+	return &segBudget{size: size, n: n}
+}
+
+// alloc maps a buffer (nil when the kernel refuses: no segment then).
+func (b *segBudget) alloc() []byte {
+	buf, err := syscall.Mmap(-1, 0, b.size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil
+	}
+	return buf
 }
 
 // take returns a buffer for s, or nil; then s is queued and offered the
@@ -117,8 +126,11 @@ func (b *segBudget) take(s *segmented) []byte {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.n > 0 {
-		b.n--
-		return b.pool.Get().([]byte)
+		if buf := b.alloc(); buf != nil {
+			b.n--
+			return buf
+		}
+		return nil
 	}
 	if !slices.Contains(b.wait, s) {
 		i, _ := slices.BinarySearchFunc(b.wait, s.seq, func(w *segmented, seq uint64) int { return cmpU(w.seq, seq) })
@@ -145,7 +157,7 @@ func (b *segBudget) put(buf []byte) {
 		if len(b.wait) == 0 {
 			b.n++
 			b.mu.Unlock()
-			b.pool.Put(buf)
+			syscall.Munmap(buf)
 			return
 		}
 		w := b.wait[0]
@@ -193,6 +205,7 @@ type segmented struct {
 	head    io.ReadCloser // the first response, up to headEnd
 	headEnd int64
 	since   time.Time     // the rate is measured from here
+	began   time.Time     // the first read
 	from    int64         // and from this offset
 	probe   int64         // the next offset to decide at; -1 once split
 	waited  time.Duration // of the time since, spent waiting in the first response's Read
@@ -248,7 +261,7 @@ func (s *segmented) readHead(p []byte) (int, error) {
 	if s.probe >= 0 {
 		began := time.Now()
 		if s.since.IsZero() { // measured from the first read, not from the open
-			s.since = began
+			s.since, s.began = began, began
 		}
 		n, err = s.head.Read(p)
 		s.waited += time.Since(began)
@@ -274,7 +287,7 @@ func (s *segmented) readHead(p []byte) (int, error) {
 }
 
 // decide splits the rest of the blob into segments if its connection
-// delivers less than SplitBelow per second while the reader spends most of
+// delivers less than SplitBelow per second, lately and since its start, while the reader spends most of
 // its time waiting for it (not hashing and writing: a busy CPU or disk is
 // not helped by more connections), enough is left, and fewer than
 // splitAhead older large blobs are still downloading.
@@ -287,9 +300,12 @@ func (s *segmented) decide() {
 		return
 	}
 	rate := float64(s.pos-s.from) / window.Seconds()
+	// A fast blob that stalled for a moment is not slow: the whole
+	// download so far must be slow too.
+	overall := float64(s.pos) / now.Sub(s.began).Seconds()
 	seg := o.SegmentSize
 	cut := (s.pos/seg + 1) * seg
-	if rate >= float64(o.SplitBelow) || s.waited < window*7/10 || s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg {
+	if rate >= float64(o.SplitBelow) || overall >= float64(o.SplitBelow) || s.waited < window*7/10 || s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg {
 		s.since, s.from, s.probe, s.waited = now, s.pos, s.pos+splitAgain, 0
 		return
 	}
