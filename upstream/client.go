@@ -329,28 +329,9 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 		// the real one is the response's (the recorder notes it), so the
 		// first read, which sends the GET, happens here: errors and the
 		// size are known before Blob returns.
-		rc, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: unknownSize})
-		if err != nil {
+		if rs, first, eof, err = openAt(ctx, f, d, unknownSize, offset); err != nil {
 			return err
 		}
-		var ok bool
-		if rs, ok = rc.(io.ReadSeekCloser); !ok {
-			rc.Close()
-			return errors.New("containerd blob reader cannot seek")
-		}
-		if offset > 0 {
-			if _, err := rs.Seek(offset, io.SeekStart); err != nil {
-				rs.Close()
-				return err
-			}
-		}
-		buf := make([]byte, 32<<10)
-		n, err := rs.Read(buf)
-		if err != nil && err != io.EOF {
-			rs.Close()
-			return err
-		}
-		first, eof = buf[:n], err == io.EOF
 		ranged = cs.rangeStart() == offset
 		if size = cs.blobSize(); size < 0 {
 			// A GET without a length (chunked): ask the HEAD, as before.
@@ -373,6 +354,33 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 		rd = c.newSegmented(ctx, r, repo, d, size, rd, int64(len(first)))
 	}
 	return newSlotReader(rd, release), size, nil
+}
+
+// openAt opens blob d with containerd's reader, which stops at size, seeks
+// to offset and reads the first bytes (sending the GET).
+func openAt(ctx context.Context, f remotes.Fetcher, d digest.Digest, size, offset int64) (rs io.ReadSeekCloser, first []byte, eof bool, err error) {
+	rc, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: size})
+	if err != nil {
+		return nil, nil, false, err
+	}
+	rs, ok := rc.(io.ReadSeekCloser)
+	if !ok {
+		rc.Close()
+		return nil, nil, false, errors.New("containerd blob reader cannot seek")
+	}
+	if offset > 0 {
+		if _, err := rs.Seek(offset, io.SeekStart); err != nil {
+			rs.Close()
+			return nil, nil, false, err
+		}
+	}
+	buf := make([]byte, 32<<10)
+	n, err := rs.Read(buf)
+	if err != nil && err != io.EOF {
+		rs.Close()
+		return nil, nil, false, err
+	}
+	return rs, buf[:n], err == io.EOF, nil
 }
 
 // unknownSize stands for "up to the end of the response" in containerd's

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // A large blob that arrives slowly on its one connection (a registry or CDN
@@ -551,31 +550,15 @@ func (c *Client) openRange(ctx context.Context, r *registry, repo string, d dige
 		if err != nil {
 			return err
 		}
-		// The size tells containerd's reader where to stop.
-		body, err := f.Fetch(ctx, ocispec.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: end + 1})
+		rs, first, eof, err := openAt(ctx, f, d, end+1, start) // containerd's reader stops at end
 		if err != nil {
-			return err
-		}
-		rs, ok := body.(io.ReadSeekCloser)
-		if !ok {
-			body.Close()
-			return errors.New("containerd blob reader cannot seek")
-		}
-		if _, err := rs.Seek(start, io.SeekStart); err != nil {
-			rs.Close()
-			return err
-		}
-		buf := make([]byte, 32<<10)
-		n, err := rs.Read(buf)
-		if err != nil && err != io.EOF {
-			rs.Close()
 			return err
 		}
 		if got := callFrom(ctx).rangeStart(); got != start {
 			rs.Close()
 			return fmt.Errorf("%w: asked for bytes from %d, got from %d", errRangeIgnored, start, got)
 		}
-		rc = &primed{first: buf[:n], eof: err == io.EOF, rc: rs}
+		rc = &primed{first: first, eof: eof, rc: rs}
 		return nil
 	})
 	return rc, err

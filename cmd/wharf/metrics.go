@@ -67,30 +67,15 @@ func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
 
 // serveMetrics serves /metrics on addr until the server is closed.
 func serveMetrics(addr string, r *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(r, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server", "err", err)
-		}
-	}()
-	log.Info("metrics on /metrics", "addr", ln.Addr().String())
-	return srv, nil
+	return serveSide(addr, mux, "metrics on /metrics", log)
 }
 
 // serveDebug serves Go's profiler (/debug/pprof/) and the metrics on addr:
 // for an operator on the box (bind it to loopback), like registry:2's
 // http.debug.addr.
 func serveDebug(addr string, r *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -98,13 +83,22 @@ func serveDebug(addr string, r *prometheus.Registry, log *slog.Logger) (*http.Se
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.Handle("/metrics", promhttp.HandlerFor(r, promhttp.HandlerOpts{}))
-	// No WriteTimeout: a CPU profile or trace streams for its duration.
+	return serveSide(addr, mux, "profiles on /debug/pprof/", log)
+}
+
+// serveSide serves mux on addr, beside the registry, until closed. No
+// WriteTimeout: a CPU profile or trace streams for its duration.
+func serveSide(addr string, mux *http.ServeMux, what string, log *slog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Error("debug server", "err", err)
+			log.Error("side server", "serving", what, "err", err)
 		}
 	}()
-	log.Info("profiles on /debug/pprof/", "addr", ln.Addr().String())
+	log.Info(what, "addr", ln.Addr().String())
 	return srv, nil
 }
