@@ -307,11 +307,12 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 	}
 	release := func() { c.sem.Release(1) }
 	var (
-		rs     io.ReadSeekCloser
-		first  []byte
-		eof    bool
-		size   int64
-		ranged bool
+		rs       io.ReadSeekCloser
+		first    []byte
+		eof      bool
+		size     int64
+		ranged   bool
+		location string
 	)
 	// From offset 0 the GET asks "bytes=0-" all the same: a 206 says the
 	// registry serves ranges, which splitting needs.
@@ -332,7 +333,7 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 		if rs, first, eof, err = openAt(ctx, f, d, unknownSize, offset); err != nil {
 			return err
 		}
-		ranged = cs.rangeStart() == offset
+		ranged, location = cs.rangeStart() == offset, cs.redirectedTo()
 		if size = cs.blobSize(); size < 0 {
 			// A GET without a length (chunked): ask the HEAD, as before.
 			if size, err = headBlob(ctx, f, d); err == nil && size < 0 {
@@ -351,7 +352,7 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 	}
 	var rd io.ReadCloser = &primed{first: first, eof: eof, rc: rs}
 	if askRange && ranged && !eof && size >= 2*c.opts.SegmentSize {
-		rd = c.newSegmented(ctx, r, repo, d, size, rd, int64(len(first)))
+		rd = c.newSegmented(ctx, r, repo, d, size, rd, int64(len(first)), location)
 	}
 	return newSlotReader(rd, release), size, nil
 }
@@ -504,6 +505,9 @@ type callStatus struct {
 	last  int
 	size  int64 // of the whole blob, from the latest blob response; -1 unknown
 	start int64 // where the latest blob response's Content-Range starts; -1 none
+	// where the latest blob response came from when the registry
+	// redirected there (a CDN's signed URL); "" when it did not
+	location string
 }
 
 type callStatusKey struct{}
@@ -536,7 +540,10 @@ func (cs *callStatus) noteResponse(resp *http.Response, blob bool) {
 	if !blob {
 		return
 	}
-	cs.start = -1
+	cs.start, cs.location = -1, ""
+	if resp.Request != nil && resp.Request.Response != nil && resp.StatusCode < 300 {
+		cs.location = resp.Request.URL.String()
+	}
 	switch resp.StatusCode {
 	case http.StatusOK:
 		cs.size = resp.ContentLength
@@ -554,6 +561,14 @@ func (cs *callStatus) noteResponse(resp *http.Response, blob bool) {
 			cs.start = a
 		}
 	}
+}
+
+// redirectedTo is where the latest blob response came from after a
+// redirect, or "".
+func (cs *callStatus) redirectedTo() string {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.location
 }
 
 // rangeStart is where the latest blob response's bytes start, when it was

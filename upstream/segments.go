@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"slices"
 	"sync"
 	"syscall"
@@ -211,12 +212,13 @@ type segmented struct {
 	pos     int64
 	direct  io.ReadCloser // the reader's own stream of parts[next]
 
-	mu      sync.Mutex
-	changed chan struct{}
-	parts   []*segment // from headEnd on; set once, when split
-	next    int        // the part the reader is in
-	running int        // helpers in flight
-	closed  bool
+	mu       sync.Mutex
+	location string // the CDN URL the registry redirected the first GET to; "" once it failed
+	changed  chan struct{}
+	parts    []*segment // from headEnd on; set once, when split
+	next     int        // the part the reader is in
+	running  int        // helpers in flight
+	closed   bool
 }
 
 var segSeq struct {
@@ -224,13 +226,13 @@ var segSeq struct {
 	n uint64
 }
 
-func (c *Client) newSegmented(ctx context.Context, r *registry, repo string, d digest.Digest, size int64, head io.ReadCloser, first int64) *segmented {
+func (c *Client) newSegmented(ctx context.Context, r *registry, repo string, d digest.Digest, size int64, head io.ReadCloser, first int64, location string) *segmented {
 	segSeq.Lock()
 	segSeq.n++
 	seq := segSeq.n
 	c.segments.started(seq) // under segSeq: active stays sorted
 	segSeq.Unlock()
-	s := &segmented{c: c, r: r, repo: repo, d: d, size: size, seq: seq, head: head, headEnd: size,
+	s := &segmented{c: c, r: r, repo: repo, d: d, size: size, seq: seq, head: head, headEnd: size, location: location,
 		from: first, probe: first + splitProbe, changed: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	return s
@@ -378,7 +380,7 @@ func (s *segmented) startLocked(g *segment, buf []byte) {
 }
 
 func (s *segmented) fetch(g *segment) {
-	rc, err := s.c.openRange(s.ctx, s.r, s.repo, s.d, g.start, g.end-1)
+	rc, err := s.open(g.start, g.end-1)
 	filled := 0
 	for err == nil && filled < len(g.buf) {
 		var n int
@@ -474,7 +476,7 @@ func (s *segmented) readPart(p []byte) (int, error) {
 		if free != nil {
 			s.c.segments.put(free)
 		}
-		rc, err := s.c.openRange(s.ctx, s.r, s.repo, s.d, from, g.end-1)
+		rc, err := s.open(from, g.end-1)
 		if err != nil {
 			return 0, err
 		}
@@ -538,6 +540,53 @@ func (s *segmented) Close() error {
 		return s.head.Close()
 	}
 	return nil
+}
+
+// open opens bytes [start, end] of the blob: straight from the CDN URL the
+// registry redirected the first GET to (one request instead of two, and
+// the registry sees one GET per blob), or, without one or once it failed
+// (a signed URL expires), through the registry.
+func (s *segmented) open(start, end int64) (io.ReadCloser, error) {
+	s.mu.Lock()
+	loc := s.location
+	s.mu.Unlock()
+	if loc != "" {
+		rc, err := s.c.openLocation(s.ctx, s.r, loc, start, end)
+		if err == nil {
+			return rc, nil
+		}
+		if s.ctx.Err() != nil {
+			return nil, err
+		}
+		s.c.log.Debug("blob segment from the redirect location failed: asking the registry", "digest", s.d, "err", err)
+		s.mu.Lock()
+		s.location = ""
+		s.mu.Unlock()
+	}
+	return s.c.openRange(s.ctx, s.r, s.repo, s.d, start, end)
+}
+
+// openLocation GETs bytes [start, end] from loc, a URL the registry
+// redirected a GET of the same blob to, on the registry's HTTP client
+// (its dialer rules apply) without credentials (those were for the
+// registry). It must answer 206 from start.
+func (c *Client) openLocation(ctx context.Context, r *registry, loc string, start, end int64) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, loc, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end))
+	resp, err := r.host.Client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	var from, to int64 = -1, -1
+	fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d", &from, &to)
+	if resp.StatusCode != http.StatusPartialContent || from != start || to != end {
+		resp.Body.Close()
+		return nil, fmt.Errorf("redirect location answered %s (%q) for bytes %d-%d", resp.Status, resp.Header.Get("Content-Range"), start, end)
+	}
+	return resp.Body, nil
 }
 
 // openRange opens bytes [start, end] of blob d with one bounded ranged

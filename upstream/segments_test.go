@@ -73,6 +73,26 @@ func TestSlowBlobInSegments(t *testing.T) {
 	if hub.Count("HEAD blob") != 0 {
 		t.Errorf("%d blob HEADs", hub.Count("HEAD blob"))
 	}
+	// The segments went straight to the URL the registry redirected to.
+	if reg, cdn := hub.Count("GET blob "+layer.String()), hub.Count("GET cdn"); reg != 1 || cdn < 6 {
+		t.Errorf("registry saw %d GETs of the blob, the CDN %d", reg, cdn)
+	}
+}
+
+// TestSegmentsAfterExpiry: once the signed URL the registry redirected to
+// has expired, the segments go through the registry again (a new
+// redirect), and the blob arrives whole.
+func TestSegmentsAfterExpiry(t *testing.T) {
+	hub := fakehub.Start(t)
+	hub.SetRedirect(true)
+	hub.SetCDNTTL(150 * time.Millisecond)
+	layer := pushLayer(t, hub, "library/expiring", 10<<20, 6)
+	hub.SetBandwidth(8 << 20)
+	c := newSegmentClient(t, hub, Options{})
+	readBlob(t, c, "library/expiring", layer)
+	if hub.Count("GET cdn expired") == 0 || hub.Count("GET blob "+layer.String()) < 2 {
+		t.Fatalf("%d expired CDN GETs, %d registry GETs of the blob", hub.Count("GET cdn expired"), hub.Count("GET blob "+layer.String()))
+	}
 }
 
 // TestFastBlobNotSplit: on a connection faster than SplitBelow a blob

@@ -49,10 +49,11 @@ type Hub struct {
 	dropAt      map[digest.Digest]int64 // the next GET of digest to reach byte n drops there
 	corrupt     map[digest.Digest]bool
 	redirect    bool
-	noLength    bool // blob GETs answer chunked, without Content-Length
-	noRanges    bool // blob GETs ignore Range and answer 200 with everything
-	credLeaks   int  // requests outside the token realm that carried Basic credentials
-	blobGets    int  // blob GETs being answered now
+	cdnTTL      time.Duration // redirect URLs expire after this (0: never)
+	noLength    bool          // blob GETs answer chunked, without Content-Length
+	noRanges    bool          // blob GETs ignore Range and answer 200 with everything
+	credLeaks   int           // requests outside the token realm that carried Basic credentials
+	blobGets    int           // blob GETs being answered now
 }
 
 // New starts a hub on a free loopback port; Close stops it.
@@ -134,6 +135,7 @@ func (h *Hub) FailNext(status, n int) { h.set(func() { h.failNext, h.failNextN =
 // them hang until the client gives up.
 func (h *Hub) FailToken(status, n int)          { h.set(func() { h.tokenFail, h.tokenFailN = status, n }) }
 func (h *Hub) SetRedirect(on bool)              { h.set(func() { h.redirect = on }) }
+func (h *Hub) SetCDNTTL(d time.Duration)        { h.set(func() { h.cdnTTL = d }) }
 func (h *Hub) SetNoLength(on bool)              { h.set(func() { h.noLength = on }) }
 func (h *Hub) SetNoRanges(on bool)              { h.set(func() { h.noRanges = on }) }
 func (h *Hub) DropAt(d digest.Digest, n int64)  { h.set(func() { h.dropAt[d] = n }) }
@@ -194,6 +196,11 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case strings.HasPrefix(r.URL.Path, "/cdn/"):
 		h.count("GET cdn")
+		if exp, err := strconv.ParseInt(r.URL.Query().Get("exp"), 10, 64); err == nil && time.Now().UnixNano() > exp {
+			h.count("GET cdn expired")
+			http.Error(w, "signature expired", http.StatusForbidden)
+			return
+		}
 		h.serveBlob(w, r, digest.Digest(strings.TrimPrefix(r.URL.Path, "/cdn/")))
 		return
 	case !strings.HasPrefix(r.URL.Path, "/v2/"):
@@ -248,7 +255,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := digest.Digest(ref)
 	h.mu.Lock()
 	known := h.repoBlobs[repo][d]
-	redirect := h.redirect
+	redirect, cdnTTL := h.redirect, h.cdnTTL
 	h.mu.Unlock()
 	if !known {
 		writeErr(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown")
@@ -256,7 +263,11 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.count(r.Method + " blob " + ref)
 	if redirect && r.Method == http.MethodGet {
-		http.Redirect(w, r, "/cdn/"+ref, http.StatusTemporaryRedirect)
+		to := "/cdn/" + ref
+		if cdnTTL > 0 { // a signed URL, valid for cdnTTL
+			to += "?exp=" + strconv.FormatInt(time.Now().Add(cdnTTL).UnixNano(), 10)
+		}
+		http.Redirect(w, r, to, http.StatusTemporaryRedirect)
 		return
 	}
 	h.serveBlob(w, r, d)
