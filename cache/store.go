@@ -37,6 +37,9 @@ type Options struct {
 	// fault-injecting store in tests; an object store later). The index
 	// stays under Dir.
 	Blobs Blobs
+	// S3, when set, keeps committed blobs in that bucket, with the files
+	// under Dir as ingest space and a local copy (S3Blobs).
+	S3 *S3Options
 	// MinFree is the free space blob writes leave on the data directory's
 	// filesystem, for the index (DefaultMinFree of its size). See space.go.
 	MinFree int64
@@ -105,6 +108,9 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkBlobStore(opts); err != nil {
+		return nil, err
+	}
 	blobs := opts.Blobs
 	if blobs == nil {
 		fb, err := NewFileBlobs(opts.Dir)
@@ -114,6 +120,11 @@ func Open(opts Options) (*Store, error) {
 		fb.noSync = opts.NoSync
 		fb.space = sp
 		blobs = fb
+		if opts.S3 != nil {
+			if blobs, err = NewS3Blobs(fb, *opts.S3); err != nil {
+				return nil, err
+			}
+		}
 	}
 	lock, err := lockDir(opts.Dir)
 	if err != nil {

@@ -29,6 +29,7 @@ func newApp() *cli.App {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "data directory (blobs and index)", EnvVars: []string{"WHARF_DATA"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-delete", Usage: "allow manifest, tag and blob deletes", EnvVars: []string{"WHARF_ALLOW_DELETE"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "sendfile", Usage: "serve blobs with sendfile(2) instead of 512 KiB buffered copies (measure with internal/bench)", EnvVars: []string{"WHARF_SENDFILE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "blob-store", Usage: "keep committed blobs in an S3-compatible bucket: s3://bucket[/prefix]?endpoint=host:port[&region=R][&insecure=true][&part-size=BYTES], credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the data directory keeps the index, uploads and a local copy (default: files under --data)", EnvVars: []string{"WHARF_BLOB_STORE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "debug-addr", Usage: "serve Go's profiler at /debug/pprof/ (and the metrics) on this address, e.g. 127.0.0.1:5001 (empty: off)", EnvVars: []string{"WHARF_DEBUG_ADDR"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address at /metrics (empty: off)", EnvVars: []string{"WHARF_METRICS_ADDR"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error (debug logs every request)", EnvVars: []string{"WHARF_LOG_LEVEL"}}),

@@ -78,6 +78,10 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
+	s3, err := blobStore(c.String("blob-store"))
+	if err != nil {
+		return serveConfig{}, err
+	}
 	cfg := serveConfig{
 		addr:            c.String("addr"),
 		tlsCert:         c.String("tls-cert"),
@@ -96,7 +100,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		retention:       c.Duration("retention"),
 		evictInterval:   c.Duration("evict-interval"),
 		idleTimeout:     c.Duration("idle-timeout"),
-		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
+		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log, S3: s3},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
 			Secret: secret, Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 			TagTTL: c.Duration("tag-ttl"), MissTTL: missTTL(c.Duration("miss-ttl")), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
@@ -589,4 +593,24 @@ func tokenSecret(secret, file string, log *slog.Logger) (string, error) {
 		log.Warn("the token key file is readable by other users: anyone who reads it can sign tokens", "file", file, "mode", fi.Mode().Perm().String())
 	}
 	return key, nil
+}
+
+// blobStore reads --blob-store: nil for the files under --data, or the S3
+// bucket with the usual AWS credential variables.
+func blobStore(raw string) (*cache.S3Options, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	o, err := cache.ParseS3URL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--blob-store: %w", err)
+	}
+	o.AccessKey, o.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+	if o.AccessKey == "" || o.SecretKey == "" {
+		return nil, errors.New("--blob-store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+	}
+	if o.Region == "" {
+		o.Region = os.Getenv("AWS_REGION")
+	}
+	return &o, nil
 }

@@ -1,0 +1,276 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/opencontainers/go-digest"
+)
+
+// S3Options names the S3-compatible bucket that holds committed blobs.
+type S3Options struct {
+	Endpoint             string // host:port
+	Bucket               string
+	Prefix               string // key prefix: "" or ending in "/"
+	Region               string
+	AccessKey, SecretKey string
+	Insecure             bool   // plain HTTP (a server on the same host or LAN)
+	PartSize             uint64 // uploads above this are multipart, in parts of it (16 MiB)
+}
+
+// ParseS3URL reads s3://bucket[/prefix]?endpoint=host:port[&region=r][&insecure=true][&part-size=bytes].
+// Credentials are not part of it.
+func ParseS3URL(raw string) (S3Options, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return S3Options{}, err
+	}
+	if u.Scheme != "s3" || u.Host == "" {
+		return S3Options{}, fmt.Errorf("%q: want s3://bucket[/prefix]?endpoint=host:port", raw)
+	}
+	q := u.Query()
+	o := S3Options{Bucket: u.Host, Prefix: strings.Trim(u.Path, "/"), Endpoint: q.Get("endpoint"), Region: q.Get("region")}
+	if o.Prefix != "" {
+		o.Prefix += "/"
+	}
+	if o.Endpoint == "" {
+		return S3Options{}, fmt.Errorf("%q: no endpoint=host:port", raw)
+	}
+	if v := q.Get("insecure"); v != "" {
+		if o.Insecure, err = strconv.ParseBool(v); err != nil {
+			return S3Options{}, fmt.Errorf("%q: insecure=%q", raw, v)
+		}
+	}
+	if v := q.Get("part-size"); v != "" {
+		if o.PartSize, err = strconv.ParseUint(v, 10, 64); err != nil || o.PartSize < 5<<20 {
+			return S3Options{}, fmt.Errorf("%q: part-size=%q: want bytes, at least 5 MiB", raw, v)
+		}
+	}
+	return o, nil
+}
+
+var _ Blobs = (*S3Blobs)(nil)
+
+// S3Blobs keeps committed blobs in an S3-compatible bucket, written once
+// under their digest after the Store verified them and never overwritten,
+// with a local FileBlobs in front: ingest files live there, and so does a
+// copy of every blob this node wrote or read (safe to wipe: a missing
+// local copy is fetched again, and checked against its digest, on the
+// next Open).
+type S3Blobs struct {
+	local *FileBlobs
+	cl    *minio.Client
+	o     S3Options
+}
+
+// s3Timeout bounds one metadata request to the object store.
+const s3Timeout = 30 * time.Second
+
+// NewS3Blobs connects to the bucket of o (which must exist) with local in
+// front.
+func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
+	if o.PartSize == 0 {
+		o.PartSize = 16 << 20
+	}
+	cl, err := minio.New(o.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(o.AccessKey, o.SecretKey, ""),
+		Secure: !o.Insecure, Region: o.Region})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
+	defer cancel()
+	ok, err := cl.BucketExists(ctx, o.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("object store %s: %w", o.Endpoint, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("object store %s: no bucket %q (create it first)", o.Endpoint, o.Bucket)
+	}
+	return &S3Blobs{local: local, cl: cl, o: o}, nil
+}
+
+func (b *S3Blobs) key(d digest.Digest) string {
+	return b.o.Prefix + "blobs/" + string(d.Algorithm()) + "/" + d.Encoded()
+}
+
+func notFound(err error) bool {
+	code := minio.ToErrorResponse(err).Code
+	return code == "NoSuchKey" || code == "NotFound"
+}
+
+// Open returns the local copy of d, fetching it from the bucket first
+// when there is none. The fetched bytes must hash to d: a damaged object
+// is an error, never content.
+func (b *S3Blobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	rc, n, err := b.local.Open(d)
+	if !errors.Is(err, ErrBlobUnknown) {
+		return rc, n, err
+	}
+	if err := b.fetch(d); err != nil {
+		return nil, 0, err
+	}
+	return b.local.Open(d)
+}
+
+func (b *S3Blobs) fetch(d digest.Digest) error {
+	ctx := context.Background()
+	obj, err := b.cl.GetObject(ctx, b.o.Bucket, b.key(d), minio.GetObjectOptions{})
+	if err != nil {
+		return fmt.Errorf("object store: %w", err)
+	}
+	defer obj.Close()
+	if _, err := obj.Stat(); err != nil {
+		if notFound(err) {
+			return ErrBlobUnknown
+		}
+		return fmt.Errorf("object store: %w", err)
+	}
+	id := "s3-" + uuid.NewString()
+	app, err := b.local.Append(id)
+	if err != nil {
+		return err
+	}
+	h := d.Algorithm().Hash()
+	_, err = io.Copy(io.MultiWriter(app, h), obj)
+	if cerr := app.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && digest.NewDigest(d.Algorithm(), h) != d {
+		err = fmt.Errorf("%w: object %s in the bucket hashes to %s", ErrDigestMismatch, b.key(d), digest.NewDigest(d.Algorithm(), h))
+	}
+	if err != nil {
+		b.local.Discard(id)
+		return err
+	}
+	return b.local.Commit(id, d)
+}
+
+func (b *S3Blobs) Stat(d digest.Digest) (int64, error) {
+	if n, err := b.local.Stat(d); !errors.Is(err, ErrBlobUnknown) {
+		return n, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
+	defer cancel()
+	info, err := b.cl.StatObject(ctx, b.o.Bucket, b.key(d), minio.StatObjectOptions{})
+	if notFound(err) {
+		return 0, ErrBlobUnknown
+	} else if err != nil {
+		return 0, fmt.Errorf("object store: %w", err)
+	}
+	return info.Size, nil
+}
+
+func (b *S3Blobs) Append(id string) (Appender, error)         { return b.local.Append(id) }
+func (b *S3Blobs) ReadIngest(id string) (ReadAtCloser, error) { return b.local.ReadIngest(id) }
+func (b *S3Blobs) Discard(id string) error                    { return b.local.Discard(id) }
+func (b *S3Blobs) Ingests() ([]string, error)                 { return b.local.Ingests() }
+
+// Commit uploads ingest file id as d (multipart above PartSize) unless
+// the bucket already has d, then keeps it as the local copy. The bucket
+// is written first: what the index will point at is durable there.
+func (b *S3Blobs) Commit(id string, d digest.Digest) error {
+	path, err := b.local.ingestPath(id)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	scx, cancel := context.WithTimeout(ctx, s3Timeout)
+	_, err = b.cl.StatObject(scx, b.o.Bucket, b.key(d), minio.StatObjectOptions{})
+	cancel()
+	switch {
+	case err == nil: // written once, never overwritten
+	case notFound(err):
+		if _, err := b.cl.FPutObject(ctx, b.o.Bucket, b.key(d), path, minio.PutObjectOptions{
+			ContentType: "application/octet-stream", PartSize: b.o.PartSize}); err != nil {
+			return fmt.Errorf("object store: writing %s: %w", d, err)
+		}
+	default:
+		return fmt.Errorf("object store: %w", err)
+	}
+	return b.local.Commit(id, d)
+}
+
+// Delete removes d from the bucket and the local copy.
+func (b *S3Blobs) Delete(d digest.Digest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
+	defer cancel()
+	if err := b.cl.RemoveObject(ctx, b.o.Bucket, b.key(d), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
+		return fmt.Errorf("object store: %w", err)
+	}
+	return b.local.Delete(d)
+}
+
+// Walk lists the bucket's blobs (the local copies are only a cache).
+func (b *S3Blobs) Walk(fn func(BlobInfo) error) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	prefix := b.o.Prefix + "blobs/"
+	for obj := range b.cl.ListObjects(ctx, b.o.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return fmt.Errorf("object store: %w", obj.Err)
+		}
+		info := BlobInfo{Name: "s3://" + b.o.Bucket + "/" + obj.Key, Size: obj.Size, ModTime: obj.LastModified}
+		if alg, hex, ok := strings.Cut(strings.TrimPrefix(obj.Key, prefix), "/"); ok {
+			if d := digest.NewDigestFromEncoded(digest.Algorithm(alg), hex); d.Validate() == nil {
+				info.Digest = d
+			}
+		}
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Quarantine moves d in the bucket under quarantine/ and drops the local
+// copy.
+func (b *S3Blobs) Quarantine(d digest.Digest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
+	defer cancel()
+	dst := minio.CopyDestOptions{Bucket: b.o.Bucket, Object: b.o.Prefix + "quarantine/" + string(d.Algorithm()) + "-" + d.Encoded() + "-" + strconv.FormatInt(time.Now().Unix(), 10)}
+	if _, err := b.cl.CopyObject(ctx, dst, minio.CopySrcOptions{Bucket: b.o.Bucket, Object: b.key(d)}); err != nil && !notFound(err) {
+		return fmt.Errorf("object store: %w", err)
+	}
+	if err := b.cl.RemoveObject(ctx, b.o.Bucket, b.key(d), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
+		return fmt.Errorf("object store: %w", err)
+	}
+	if err := b.local.Delete(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// blobStoreMarker, in a data directory whose blobs are in a bucket, names
+// the bucket: a command opening the directory without it would take the
+// local copies for all there is (fsck would report every other blob
+// missing, gc would free nothing in the bucket).
+const blobStoreMarker = "blob-store"
+
+func (o S3Options) String() string {
+	return "s3://" + o.Bucket + "/" + o.Prefix + "?endpoint=" + o.Endpoint
+}
+
+// checkBlobStore writes the marker when opts.S3 is set and refuses to open
+// a marked directory without it.
+func checkBlobStore(opts Options) error {
+	marker := filepath.Join(opts.Dir, blobStoreMarker)
+	if opts.S3 != nil {
+		return os.WriteFile(marker, []byte(opts.S3.String()+"\n"), 0o640)
+	}
+	if b, err := os.ReadFile(marker); err == nil && opts.Blobs == nil {
+		return fmt.Errorf("%s keeps its blobs in %s: give --blob-store with that bucket (operator commands on such a directory need the running server for now)",
+			opts.Dir, strings.TrimSpace(string(b)))
+	}
+	return nil
+}

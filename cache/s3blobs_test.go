@@ -1,0 +1,204 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/internal/s3test"
+)
+
+func commitBytes(t *testing.T, b Blobs, data []byte) digest.Digest {
+	t.Helper()
+	id := "test-" + digest.FromBytes(data).Encoded()[:12]
+	app, err := b.Append(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := app.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	app.Close()
+	d := digest.FromBytes(data)
+	if err := b.Commit(id, d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func readS3Blob(t *testing.T, b Blobs, d digest.Digest) ([]byte, error) {
+	t.Helper()
+	rc, _, err := b.Open(d)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// TestS3Blobs against a real S3-compatible server: a commit lands in the
+// bucket under its digest (a 12 MiB blob as a multipart upload); with the
+// local copies wiped, Open fetches and verifies it again; a damaged object
+// is an error, never content; an object already there is not overwritten;
+// Walk lists the bucket; Delete and Quarantine act on it.
+func startS3(t *testing.T) (S3Options, *minio.Client) {
+	srv := s3test.Start(t)
+	return S3Options{Endpoint: srv.Addr, Bucket: srv.Bucket, Prefix: "node/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey,
+		Insecure: true, PartSize: 5 << 20}, srv.Client
+}
+
+func TestS3Blobs(t *testing.T) {
+	o, cl := startS3(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	fb, err := NewFileBlobs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewS3Blobs(fb, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := []byte("a small blob")
+	big := make([]byte, 12<<20)
+	rand.Read(big)
+	ds, db := commitBytes(t, b, small), commitBytes(t, b, big)
+	for _, c := range []struct {
+		d    digest.Digest
+		size int64
+	}{{ds, int64(len(small))}, {db, int64(len(big))}} {
+		info, err := cl.StatObject(ctx, "wharf", b.key(c.d), minio.StatObjectOptions{})
+		if err != nil || info.Size != c.size {
+			t.Fatalf("object %s: %+v %v", b.key(c.d), info, err)
+		}
+	}
+	if info, _ := cl.StatObject(ctx, "wharf", b.key(db), minio.StatObjectOptions{}); !strings.Contains(info.ETag, "-") {
+		t.Errorf("12 MiB in 5 MiB parts: ETag %q is not a multipart one", info.ETag)
+	}
+
+	// Wipe the local copies: Open fetches, verifies and keeps them again.
+	os.RemoveAll(filepath.Join(dir, "blobs"))
+	os.MkdirAll(filepath.Join(dir, "blobs"), 0o750)
+	if got, err := readS3Blob(t, b, db); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("big blob after the local copy was wiped: %d bytes, %v", len(got), err)
+	}
+	if _, err := fb.Stat(db); err != nil {
+		t.Fatalf("no local copy after the fetch: %v", err)
+	}
+	if n, err := b.Stat(ds); err != nil || n != int64(len(small)) {
+		t.Fatalf("stat of a blob only in the bucket: %d %v", n, err)
+	}
+
+	// A damaged object in the bucket never comes back as content.
+	if _, err := cl.PutObject(ctx, "wharf", b.key(ds), bytes.NewReader([]byte("a smell blob")), 12, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readS3Blob(t, b, ds); err == nil {
+		t.Fatalf("damaged object read as %q", got)
+	}
+	if _, err := fb.Stat(ds); err == nil {
+		t.Fatal("damaged object kept as a local copy")
+	}
+
+	// Written once: a commit of content the bucket has leaves it alone.
+	before, _ := cl.StatObject(ctx, "wharf", b.key(db), minio.StatObjectOptions{})
+	commitBytes(t, b, big)
+	after, _ := cl.StatObject(ctx, "wharf", b.key(db), minio.StatObjectOptions{})
+	if before.ETag != after.ETag || !before.LastModified.Equal(after.LastModified) {
+		t.Fatalf("object rewritten: %s %v -> %s %v", before.ETag, before.LastModified, after.ETag, after.LastModified)
+	}
+
+	seen := map[digest.Digest]int64{}
+	if err := b.Walk(func(i BlobInfo) error { seen[i.Digest] = i.Size; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 2 || seen[db] != int64(len(big)) {
+		t.Fatalf("walk: %v", seen)
+	}
+	if err := b.Quarantine(ds); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(db); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []digest.Digest{ds, db} {
+		if _, err := b.Stat(d); err != ErrBlobUnknown {
+			t.Fatalf("%s after quarantine/delete: %v", d, err)
+		}
+	}
+	var quarantined int
+	for obj := range cl.ListObjects(ctx, "wharf", minio.ListObjectsOptions{Prefix: "node/quarantine/", Recursive: true}) {
+		if obj.Err == nil {
+			quarantined++
+		}
+	}
+	if quarantined != 1 {
+		t.Fatalf("%d objects in quarantine", quarantined)
+	}
+}
+
+// TestStoreOnS3: the Store with S3 set keeps what a push commits in the
+// bucket; a second node's store with its own empty directory and the same
+// bucket reads those bytes by digest (the index is per node until etcd).
+func TestStoreOnS3(t *testing.T) {
+	o, _ := startS3(t)
+	s, err := Open(Options{Dir: t.TempDir(), S3: &o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			s.Close()
+		}
+	}()
+	if _, ok := s.blobs.(*S3Blobs); !ok {
+		t.Fatalf("store blobs are %T", s.blobs)
+	}
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	d := commitBytes(t, s.blobs, data)
+	other, err := NewFileBlobs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := NewS3Blobs(other, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readS3Blob(t, b2, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("second node: %d bytes, %v", len(got), err)
+	}
+	// The directory remembers its bucket: opened without it, it refuses.
+	dir := s.opts.Dir
+	s.Close()
+	closed = true
+	if _, err := Open(Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "s3://wharf/node/") {
+		t.Fatalf("S3-backed directory opened without the bucket: %v", err)
+	}
+	bad := o
+	bad.Bucket = "no-such-bucket"
+	if _, err := Open(Options{Dir: t.TempDir(), S3: &bad}); err == nil || !strings.Contains(err.Error(), "no bucket") {
+		t.Fatalf("missing bucket: %v", err)
+	}
+}
+
+func TestParseS3URL(t *testing.T) {
+	o, err := ParseS3URL("s3://images/wharf/node1?endpoint=127.0.0.1:7070&insecure=true&region=eu-1&part-size=8388608")
+	if err != nil || o.Bucket != "images" || o.Prefix != "wharf/node1/" || o.Endpoint != "127.0.0.1:7070" || !o.Insecure || o.Region != "eu-1" || o.PartSize != 8<<20 {
+		t.Fatalf("%+v %v", o, err)
+	}
+	for _, bad := range []string{"http://b?endpoint=x:1", "s3://b", "s3://b?endpoint=x:1&insecure=maybe", "s3://b?endpoint=x:1&part-size=1024", "s3:///?endpoint=x:1"} {
+		if _, err := ParseS3URL(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
