@@ -97,7 +97,45 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 	if !ok {
 		return nil, fmt.Errorf("object store %s: no bucket %q (create it first)", o.Endpoint, o.Bucket)
 	}
-	return &S3Blobs{local: local, cl: cl, o: o}, nil
+	b := &S3Blobs{local: local, cl: cl, o: o}
+	if err := b.claim(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// claim makes the bucket's prefix this data directory's: until the index
+// is shared, another node's GC would collect what it does not know, so
+// two directories never share a prefix. The claim is an object holding
+// an id kept in the directory.
+func (b *S3Blobs) claim(ctx context.Context) error {
+	idFile := filepath.Join(b.local.root, "blob-store-owner")
+	id, err := os.ReadFile(idFile)
+	if errors.Is(err, os.ErrNotExist) {
+		id = []byte(uuid.NewString())
+		if err = os.WriteFile(idFile, id, 0o640); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	key := b.o.Prefix + "owner"
+	obj, err := b.cl.GetObject(ctx, b.o.Bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return fmt.Errorf("object store: %w", err)
+	}
+	held, err := io.ReadAll(io.LimitReader(obj, 256))
+	obj.Close()
+	switch {
+	case err == nil && string(held) == string(id):
+		return nil
+	case err == nil:
+		return fmt.Errorf("object store: s3://%s/%s belongs to another data directory (%s): give each node its own prefix; nodes share a bucket's prefix only once they share the index", b.o.Bucket, b.o.Prefix, key)
+	case !notFound(err):
+		return fmt.Errorf("object store: %w", err)
+	}
+	_, err = b.cl.PutObject(ctx, b.o.Bucket, key, strings.NewReader(string(id)), int64(len(id)), minio.PutObjectOptions{ContentType: "text/plain"})
+	return err
 }
 
 func (b *S3Blobs) key(d digest.Digest) string {

@@ -145,9 +145,10 @@ func TestS3Blobs(t *testing.T) {
 	}
 }
 
-// TestStoreOnS3: the Store with S3 set keeps what a push commits in the
-// bucket; a second node's store with its own empty directory and the same
-// bucket reads those bytes by digest (the index is per node until etcd).
+// TestStoreOnS3: the Store with S3 set keeps what it commits in the
+// bucket; a second data directory cannot take the same prefix (the index
+// is per node until etcd), only a prefix of its own; a missing bucket and
+// a marked directory opened without its bucket are refused.
 func TestStoreOnS3(t *testing.T) {
 	o, _ := startS3(t)
 	s, err := Open(Options{Dir: t.TempDir(), S3: &o})
@@ -170,12 +171,24 @@ func TestStoreOnS3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b2, err := NewS3Blobs(other, o)
+	// Another directory may not take the same prefix (its GC would
+	// collect this one's blobs) ...
+	if _, err := NewS3Blobs(other, o); err == nil || !strings.Contains(err.Error(), "another data directory") {
+		t.Fatalf("a second directory on the same prefix: %v", err)
+	}
+	// ... it takes its own, and this one's bytes are not there.
+	o2 := o
+	o2.Prefix = "node2/"
+	b2, err := NewS3Blobs(other, o2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := readS3Blob(t, b2, d); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("second node: %d bytes, %v", len(got), err)
+	if _, err := readS3Blob(t, b2, d); err != ErrBlobUnknown {
+		t.Fatalf("second node's prefix: %v", err)
+	}
+	// The same directory opens again.
+	if _, err := NewS3Blobs(s.blobs.(*S3Blobs).local, o); err != nil {
+		t.Fatalf("reopening the owner: %v", err)
 	}
 	// The directory remembers its bucket: opened without it, it refuses.
 	dir := s.opts.Dir
