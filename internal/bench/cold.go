@@ -330,6 +330,7 @@ proxy:
 		return nil, err
 	}
 	cmd := exec.Command(bin, "serve", cf)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
 	cmd.Stderr = io.Discard
 	if err := cmd.Start(); err != nil {

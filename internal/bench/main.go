@@ -36,6 +36,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -243,14 +244,19 @@ type proc struct {
 	addr string
 }
 
+// stop kills the process group the server leads (nginx's workers
+// with their master: killed alone, the master would leave them serving).
 func (p *proc) stop() {
-	p.cmd.Process.Kill()
+	if syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) != nil {
+		p.cmd.Process.Kill() // not a group leader
+	}
 	p.cmd.Wait()
 }
 
 // startProc starts wharf and reads its listen address from its log.
 func startProc(bin string, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	level := "info"
 	if *wharfLog != "" {
 		level = "debug"
@@ -335,6 +341,7 @@ http {
 	}
 	cmd := exec.Command("nginx", "-c", cf, "-p", dir)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("nginx: %w", err)
 	}
