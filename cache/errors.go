@@ -21,6 +21,9 @@ var (
 	ErrManifestTooBig  = errors.New("manifest too large")
 	// ErrStorageFull: the filesystem holding the data directory is full.
 	ErrStorageFull = errors.New("storage full")
+	// ErrBlobStoreUnavailable: the object store holding the blobs did
+	// not answer (or failed); nothing was stored.
+	ErrBlobStoreUnavailable = errors.New("object store unavailable")
 	// ErrInUse: another process holds the data directory.
 	ErrInUse = errors.New("data directory is in use by another process")
 	// ErrManifestBlobUnknown is wrapped by *MissingRefError.

@@ -84,7 +84,8 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 		o.PartSize = 16 << 20
 	}
 	cl, err := minio.New(o.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(o.AccessKey, o.SecretKey, ""),
-		Secure: !o.Insecure, Region: o.Region})
+		Secure: !o.Insecure, Region: o.Region,
+		MaxRetries: 3}) // not minio's 10: an unreachable store must answer 503 in seconds
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +93,7 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 	defer cancel()
 	ok, err := cl.BucketExists(ctx, o.Bucket)
 	if err != nil {
-		return nil, fmt.Errorf("object store %s: %w", o.Endpoint, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrBlobStoreUnavailable, o.Endpoint, err)
 	}
 	if !ok {
 		return nil, fmt.Errorf("object store %s: no bucket %q (create it first)", o.Endpoint, o.Bucket)
@@ -122,7 +123,7 @@ func (b *S3Blobs) claim(ctx context.Context) error {
 	key := b.o.Prefix + "owner"
 	obj, err := b.cl.GetObject(ctx, b.o.Bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	held, err := io.ReadAll(io.LimitReader(obj, 256))
 	obj.Close()
@@ -132,7 +133,7 @@ func (b *S3Blobs) claim(ctx context.Context) error {
 	case err == nil:
 		return fmt.Errorf("object store: s3://%s/%s belongs to another data directory (%s): give each node its own prefix; nodes share a bucket's prefix only once they share the index", b.o.Bucket, b.o.Prefix, key)
 	case !notFound(err):
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	_, err = b.cl.PutObject(ctx, b.o.Bucket, key, strings.NewReader(string(id)), int64(len(id)), minio.PutObjectOptions{ContentType: "text/plain"})
 	return err
@@ -165,14 +166,14 @@ func (b *S3Blobs) fetch(d digest.Digest) error {
 	ctx := context.Background()
 	obj, err := b.cl.GetObject(ctx, b.o.Bucket, b.key(d), minio.GetObjectOptions{})
 	if err != nil {
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	defer obj.Close()
 	if _, err := obj.Stat(); err != nil {
 		if notFound(err) {
 			return ErrBlobUnknown
 		}
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	id := "s3-" + uuid.NewString()
 	app, err := b.local.Append(id)
@@ -204,7 +205,7 @@ func (b *S3Blobs) Stat(d digest.Digest) (int64, error) {
 	if notFound(err) {
 		return 0, ErrBlobUnknown
 	} else if err != nil {
-		return 0, fmt.Errorf("object store: %w", err)
+		return 0, fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	return info.Size, nil
 }
@@ -231,10 +232,10 @@ func (b *S3Blobs) Commit(id string, d digest.Digest) error {
 	case notFound(err):
 		if _, err := b.cl.FPutObject(ctx, b.o.Bucket, b.key(d), path, minio.PutObjectOptions{
 			ContentType: "application/octet-stream", PartSize: b.o.PartSize}); err != nil {
-			return fmt.Errorf("object store: writing %s: %w", d, err)
+			return fmt.Errorf("%w: writing %s: %w", ErrBlobStoreUnavailable, d, err)
 		}
 	default:
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	return b.local.Commit(id, d)
 }
@@ -244,7 +245,7 @@ func (b *S3Blobs) Delete(d digest.Digest) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
 	defer cancel()
 	if err := b.cl.RemoveObject(ctx, b.o.Bucket, b.key(d), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	return b.local.Delete(d)
 }
@@ -256,7 +257,7 @@ func (b *S3Blobs) Walk(fn func(BlobInfo) error) error {
 	prefix := b.o.Prefix + "blobs/"
 	for obj := range b.cl.ListObjects(ctx, b.o.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
 		if obj.Err != nil {
-			return fmt.Errorf("object store: %w", obj.Err)
+			return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, obj.Err)
 		}
 		info := BlobInfo{Name: "s3://" + b.o.Bucket + "/" + obj.Key, Size: obj.Size, ModTime: obj.LastModified}
 		if alg, hex, ok := strings.Cut(strings.TrimPrefix(obj.Key, prefix), "/"); ok {
@@ -278,10 +279,10 @@ func (b *S3Blobs) Quarantine(d digest.Digest) error {
 	defer cancel()
 	dst := minio.CopyDestOptions{Bucket: b.o.Bucket, Object: b.o.Prefix + "quarantine/" + string(d.Algorithm()) + "-" + d.Encoded() + "-" + strconv.FormatInt(time.Now().Unix(), 10)}
 	if _, err := b.cl.CopyObject(ctx, dst, minio.CopySrcOptions{Bucket: b.o.Bucket, Object: b.key(d)}); err != nil && !notFound(err) {
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	if err := b.cl.RemoveObject(ctx, b.o.Bucket, b.key(d), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
-		return fmt.Errorf("object store: %w", err)
+		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	if err := b.local.Delete(d); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/opencontainers/go-digest"
@@ -213,5 +215,51 @@ func TestParseS3URL(t *testing.T) {
 		if _, err := ParseS3URL(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
+	}
+}
+
+// TestS3Unreachable: with the object store gone, blobs with a local copy
+// are still served; anything else is ErrBlobStoreUnavailable (never
+// "unknown", which would make a client give up on content that exists),
+// and a commit fails saying so, within seconds.
+func TestS3Unreachable(t *testing.T) {
+	srv := s3test.Start(t)
+	o := S3Options{Endpoint: srv.Addr, Bucket: srv.Bucket, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true}
+	dir := t.TempDir()
+	fb, err := NewFileBlobs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewS3Blobs(fb, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := commitBytes(t, b, []byte("kept locally"))
+	remote := commitBytes(t, b, []byte("only in the bucket"))
+	if err := fb.Delete(remote); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	if got, err := readS3Blob(t, b, local); err != nil || string(got) != "kept locally" {
+		t.Fatalf("local copy with the store down: %q %v", got, err)
+	}
+	start := time.Now()
+	if _, err := b.Stat(remote); !errors.Is(err, ErrBlobStoreUnavailable) {
+		t.Fatalf("stat with the store down: %v", err)
+	}
+	if _, _, err := b.Open(remote); !errors.Is(err, ErrBlobStoreUnavailable) {
+		t.Fatalf("open with the store down: %v", err)
+	}
+	app, err := b.Append("down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app.Write([]byte("new"))
+	app.Close()
+	if err := b.Commit("down", digest.FromString("new")); !errors.Is(err, ErrBlobStoreUnavailable) {
+		t.Fatalf("commit with the store down: %v", err)
+	}
+	if took := time.Since(start); took > 45*time.Second {
+		t.Fatalf("three calls to a dead store took %s", took)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -377,5 +378,16 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	if resp, _ := reg.do(t, "GET", "/healthz", nil, nil); resp.StatusCode != 200 {
 		t.Fatalf("/healthz while draining: %s", resp.Status)
+	}
+}
+
+// TestObjectStoreDownIs503: a write the object store refused is a 503
+// UNAVAILABLE with Retry-After, saying nothing was stored.
+func TestObjectStoreDownIs503(t *testing.T) {
+	w := httptest.NewRecorder()
+	writeError(w, fmt.Errorf("%w: dial tcp: connection refused", cache.ErrBlobStoreUnavailable), routeBase)
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" ||
+		!strings.Contains(w.Body.String(), `"UNAVAILABLE"`) || !strings.Contains(w.Body.String(), "nothing was stored") {
+		t.Fatalf("%d %v %s", w.Code, w.Header(), w.Body)
 	}
 }

@@ -118,6 +118,8 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeManifestInvalid, message: err.Error()}
 	case errors.Is(err, cache.ErrStorageFull):
 		return &apiError{code: codeUnknown, status: http.StatusInsufficientStorage, message: "the registry's storage is full; nothing was stored: " + err.Error()}
+	case errors.Is(err, cache.ErrBlobStoreUnavailable):
+		return &apiError{code: codeUnavailable, message: "the object store is unavailable; nothing was stored, cached content is still served", retryAfter: 5e9}
 	case errors.As(err, &limited):
 		return &apiError{code: codeTooManyRequests, message: limited.Error(), retryAfter: limited.RetryAfter}
 	case errors.Is(err, upstream.ErrBusy):

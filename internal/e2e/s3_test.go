@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/internal/s3test"
 )
@@ -18,7 +21,8 @@ import (
 // digests. With the node stopped and its local blob copies wiped, it
 // starts again and dockerd pulls the image back (the bytes come from the
 // bucket, verified, and are kept locally again). Started without
-// --blob-store, the data directory refuses naming its bucket.
+// --blob-store, the data directory refuses naming its bucket. With the
+// object store gone, the image still pulls and a push gets 503.
 func TestServeOnS3(t *testing.T) {
 	srv := s3test.Start(t)
 	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
@@ -63,5 +67,20 @@ func TestServeOnS3(t *testing.T) {
 	}
 	if n := countFiles(filepath.Join(data, "blobs")); n < 4 {
 		t.Fatalf("%d local copies after the pull", n)
+	}
+
+	// The object store goes away: what the node holds is still pulled, a
+	// push is refused with 503, saying so.
+	srv.Stop()
+	d.docker(t, "rmi", "-f", id)
+	d.docker(t, "pull", ref)
+	body := []byte("pushed while the object store is down")
+	resp, err := http.Post(w.url("/v2/team/other/blobs/uploads/?digest="+digest.FromBytes(body).String()), "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := readAll(t, resp)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(msg, "object store") {
+		t.Fatalf("push with the object store down: %s %s", resp.Status, msg)
 	}
 }

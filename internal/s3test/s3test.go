@@ -24,6 +24,8 @@ type Server struct {
 	Addr, Bucket         string
 	AccessKey, SecretKey string
 	Client               *minio.Client
+	cmd                  *exec.Cmd
+	once                 sync.Once
 }
 
 var versitygw struct {
@@ -73,7 +75,8 @@ func Start(t testing.TB) *Server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	srv := &Server{cmd: cmd}
+	t.Cleanup(srv.Stop)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get("http://" + addr + "/")
@@ -93,5 +96,11 @@ func Start(t testing.TB) *Server {
 	if err := cl.MakeBucket(context.Background(), "wharf", minio.MakeBucketOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return &Server{Addr: addr, Bucket: "wharf", AccessKey: ak, SecretKey: sk, Client: cl}
+	srv.Addr, srv.Bucket, srv.AccessKey, srv.SecretKey, srv.Client = addr, "wharf", ak, sk, cl
+	return srv
+}
+
+// Stop kills the server by its PID (again: a no-op).
+func (s *Server) Stop() {
+	s.once.Do(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
 }
