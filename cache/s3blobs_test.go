@@ -46,20 +46,15 @@ func readS3Blob(t *testing.T, b Blobs, d digest.Digest) ([]byte, error) {
 	return io.ReadAll(rc)
 }
 
-// TestS3Blobs against a real S3-compatible server: a commit lands in the
-// bucket under its digest (a 12 MiB blob as a multipart upload); with the
-// local copies wiped, Open fetches and verifies it again; a damaged object
-// is an error, never content; an object already there is not overwritten;
-// Walk lists the bucket; Delete and Quarantine act on it.
 func startS3(t *testing.T) (S3Options, *minio.Client) {
 	srv := s3test.Start(t)
 	return S3Options{Endpoint: srv.Addr, Bucket: srv.Bucket, Prefix: "node/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey,
 		Insecure: true, PartSize: 5 << 20}, srv.Client
 }
 
-func TestS3Blobs(t *testing.T) {
-	o, cl := startS3(t)
-	ctx := context.Background()
+// newS3Blobs puts a new local directory in front of the bucket of o.
+func newS3Blobs(t *testing.T, o S3Options) (string, *FileBlobs, *S3Blobs) {
+	t.Helper()
 	dir := t.TempDir()
 	fb, err := NewFileBlobs(dir)
 	if err != nil {
@@ -69,6 +64,18 @@ func TestS3Blobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, fb, b
+}
+
+// TestS3Blobs against a real S3-compatible server: a commit lands in the
+// bucket under its digest (a 12 MiB blob as a multipart upload); with the
+// local copies wiped, Open fetches and verifies it again; a damaged object
+// is an error, never content; an object already there is not overwritten;
+// Walk lists the bucket; Delete and Quarantine act on it.
+func TestS3Blobs(t *testing.T) {
+	o, cl := startS3(t)
+	ctx := context.Background()
+	dir, fb, b := newS3Blobs(t, o)
 	small := []byte("a small blob")
 	big := make([]byte, 12<<20)
 	rand.Read(big)
@@ -225,15 +232,7 @@ func TestParseS3URL(t *testing.T) {
 func TestS3Unreachable(t *testing.T) {
 	srv := s3test.Start(t)
 	o := S3Options{Endpoint: srv.Addr, Bucket: srv.Bucket, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true}
-	dir := t.TempDir()
-	fb, err := NewFileBlobs(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := NewS3Blobs(fb, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, fb, b := newS3Blobs(t, o)
 	local := commitBytes(t, b, []byte("kept locally"))
 	remote := commitBytes(t, b, []byte("only in the bucket"))
 	if err := fb.Delete(remote); err != nil {

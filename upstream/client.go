@@ -549,18 +549,30 @@ func (cs *callStatus) noteResponse(resp *http.Response, blob bool) {
 		cs.size = resp.ContentLength
 	case http.StatusPartialContent:
 		cs.size = -1
-		span, total, ok := strings.Cut(resp.Header.Get("Content-Range"), "/")
-		if !ok {
-			return
-		}
-		if n, err := strconv.ParseInt(strings.TrimSpace(total), 10, 64); err == nil && n >= 0 {
-			cs.size = n
-		}
-		var a, b int64
-		if n, _ := fmt.Sscanf(strings.TrimSpace(span), "bytes %d-%d", &a, &b); n == 2 && a >= 0 && b >= a {
-			cs.start = a
+		if start, _, total, ok := contentRange(resp.Header.Get("Content-Range")); ok {
+			cs.start, cs.size = start, total
 		}
 	}
+}
+
+// contentRange parses a response's "bytes start-end/total" (total -1 when
+// it is "*").
+func contentRange(h string) (start, end, total int64, ok bool) {
+	span, tot, found := strings.Cut(strings.TrimSpace(h), "/")
+	if !found {
+		return 0, 0, 0, false
+	}
+	if n, _ := fmt.Sscanf(span, "bytes %d-%d", &start, &end); n != 2 || start < 0 || end < start {
+		return 0, 0, 0, false
+	}
+	total = -1
+	if tot = strings.TrimSpace(tot); tot != "*" {
+		var err error
+		if total, err = strconv.ParseInt(tot, 10, 64); err != nil || total <= end {
+			return 0, 0, 0, false
+		}
+	}
+	return start, end, total, true
 }
 
 // redirectedTo is where the latest blob response came from after a

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -79,6 +80,7 @@ type segBudget struct {
 	n      int          // buffers that may still be handed out
 	wait   []*segmented // blobs waiting for a buffer, oldest first
 	active []uint64     // seq of the large blobs being read, oldest first
+	seq    uint64       // the latest blob's
 }
 
 // splitAhead is how many older large blobs may still be downloading for a
@@ -87,10 +89,13 @@ type segBudget struct {
 // next; the younger ones would only multiply upstream requests.
 const splitAhead = 3
 
-func (b *segBudget) started(seq uint64) {
+// begin numbers a large blob being read, in the order they began.
+func (b *segBudget) begin() uint64 {
 	b.mu.Lock()
-	b.active = append(b.active, seq) // seqs only grow
-	b.mu.Unlock()
+	defer b.mu.Unlock()
+	b.seq++
+	b.active = append(b.active, b.seq) // seqs only grow: active stays sorted
+	return b.seq
 }
 
 func (b *segBudget) ended(seq uint64) {
@@ -133,20 +138,10 @@ func (b *segBudget) take(s *segmented) []byte {
 		return nil
 	}
 	if !slices.Contains(b.wait, s) {
-		i, _ := slices.BinarySearchFunc(b.wait, s.seq, func(w *segmented, seq uint64) int { return cmpU(w.seq, seq) })
+		i, _ := slices.BinarySearchFunc(b.wait, s.seq, func(w *segmented, seq uint64) int { return cmp.Compare(w.seq, seq) })
 		b.wait = slices.Insert(b.wait, i, s)
 	}
 	return nil
-}
-
-func cmpU(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // put gives buf back: to the oldest waiting blob that still wants it, or
@@ -182,8 +177,7 @@ type segment struct {
 	buf        []byte // nil: nobody fetches it into memory
 	filled     int    // bytes of buf received
 	read       int    // bytes given to the reader
-	running    bool   // a helper is fetching it
-	err        error  // the helper failed: the reader fetches the rest itself
+	running    bool   // a helper is fetching it (not running with filled < len: it failed, the reader fetches the rest itself)
 	byReader   bool   // the reader streams it on its own connection
 }
 
@@ -221,17 +215,8 @@ type segmented struct {
 	closed   bool
 }
 
-var segSeq struct {
-	sync.Mutex
-	n uint64
-}
-
 func (c *Client) newSegmented(ctx context.Context, r *registry, repo string, d digest.Digest, size int64, head io.ReadCloser, first int64, location string) *segmented {
-	segSeq.Lock()
-	segSeq.n++
-	seq := segSeq.n
-	c.segments.started(seq) // under segSeq: active stays sorted
-	segSeq.Unlock()
+	seq := c.segments.begin()
 	s := &segmented{c: c, r: r, repo: repo, d: d, size: size, seq: seq, head: head, headEnd: size, location: location,
 		from: first, probe: first + splitProbe, changed: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
@@ -374,7 +359,7 @@ func (s *segmented) grant(buf []byte) bool {
 
 // startLocked fetches g into buf on a connection slot already taken.
 func (s *segmented) startLocked(g *segment, buf []byte) {
-	g.buf, g.running, g.err, g.filled = buf[:g.len()], true, nil, 0
+	g.buf, g.running, g.filled = buf[:g.len()], true, 0
 	s.running++
 	go s.fetch(g)
 }
@@ -403,7 +388,7 @@ func (s *segmented) fetch(g *segment) {
 	}
 	s.c.sem.Release(1)
 	s.mu.Lock()
-	g.running, g.err = false, err
+	g.running = false
 	s.running--
 	var free []byte
 	if s.closed {
@@ -580,9 +565,8 @@ func (c *Client) openLocation(ctx context.Context, r *registry, loc string, star
 	if err != nil {
 		return nil, err
 	}
-	var from, to int64 = -1, -1
-	fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d", &from, &to)
-	if resp.StatusCode != http.StatusPartialContent || from != start || to != end {
+	from, to, _, ok := contentRange(resp.Header.Get("Content-Range"))
+	if resp.StatusCode != http.StatusPartialContent || !ok || from != start || to != end {
 		resp.Body.Close()
 		return nil, fmt.Errorf("redirect location answered %s (%q) for bytes %d-%d", resp.Status, resp.Header.Get("Content-Range"), start, end)
 	}

@@ -301,3 +301,21 @@ func TestSlowReaderNotSplit(t *testing.T) {
 		t.Fatalf("slow reader: %d GETs, %d ranged", hub.Count("GET blob"), hub.Count("GET range"))
 	}
 }
+
+func TestContentRange(t *testing.T) {
+	for h, want := range map[string][3]int64{
+		"bytes 0-9/10":                   {0, 9, 10},
+		" bytes 5-9/* ":                  {5, 9, -1},
+		"bytes 2097152-4194303/20974684": {2097152, 4194303, 20974684},
+	} {
+		a, b, n, ok := contentRange(h)
+		if !ok || [3]int64{a, b, n} != want {
+			t.Errorf("%q: %d %d %d %v", h, a, b, n, ok)
+		}
+	}
+	for _, h := range []string{"", "bytes 9-0/10", "bytes 0-9/9", "bytes -1-3/10", "0-9/10", "bytes 0-9", "bytes 0-9/x"} {
+		if _, _, _, ok := contentRange(h); ok {
+			t.Errorf("%q accepted", h)
+		}
+	}
+}
