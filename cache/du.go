@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"sort"
 
-	"github.com/dgraph-io/badger/v4"
 )
 
 // RepoUsage is what one repository links: its blobs and manifests.
@@ -28,36 +27,32 @@ func (s *Store) Usage() ([]RepoUsage, int64, error) {
 		return byRepo[r]
 	}
 	var total int64
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) < 2 {
-				continue
-			}
-			switch string(k[:2]) {
-			case "b/":
-				it.Item().Value(func(v []byte) error { total += decodeSize(v); return nil })
-			case "l/":
-				repo, _ := splitRepoKey(k, "l/")
-				u := get(repo)
-				u.Blobs++
-				it.Item().Value(func(v []byte) error { u.Bytes += decodeSize(v); return nil })
-			case "m/":
-				repo, _ := splitRepoKey(k, "m/")
-				u := get(repo)
-				u.Manifests++
-				it.Item().Value(func(v []byte) error {
+	err := s.idx.View(func(txn Txn) error {
+		for _, p := range []string{"b/", "l/", "m/", "t/"} {
+			if err := txn.Scan([]byte(p), nil, p == "t/", func(k, v []byte) error {
+				switch p {
+				case "b/":
+					total += decodeSize(v)
+				case "l/":
+					repo, _ := splitRepoKey(k, "l/")
+					u := get(repo)
+					u.Blobs++
+					u.Bytes += decodeSize(v)
+				case "m/":
+					repo, _ := splitRepoKey(k, "m/")
+					u := get(repo)
+					u.Manifests++
 					var m Manifest
 					if json.Unmarshal(v, &m) == nil {
 						u.Bytes += m.Size
 					}
-					return nil
-				})
-			case "t/":
-				repo, _ := splitRepoKey(k, "t/")
-				get(repo).Tags++
+				case "t/":
+					repo, _ := splitRepoKey(k, "t/")
+					get(repo).Tags++
+				}
+				return nil
+			}); err != nil {
+				return err
 			}
 		}
 		return nil

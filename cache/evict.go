@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -57,17 +56,14 @@ func (s *Store) FlushAccess() error {
 	if len(batch) == 0 {
 		return nil
 	}
-	if err := s.space.indexWrite(false); err != nil {
+	if err := s.indexWrite(false); err != nil {
 		return err // kept: the next flush writes them
 	}
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
+	kvs := make([]keyValue, 0, len(batch))
 	for _, e := range batch {
-		if err := wb.Set(accessKey(e.key), binary.BigEndian.AppendUint64(nil, uint64(e.at))); err != nil {
-			return err
-		}
+		kvs = append(kvs, keyValue{accessKey(e.key), binary.BigEndian.AppendUint64(nil, uint64(e.at))})
 	}
-	if err := wb.Flush(); err != nil {
+	if err := s.setAll(kvs); err != nil {
 		return err
 	}
 	for _, e := range batch {
@@ -79,13 +75,11 @@ func (s *Store) FlushAccess() error {
 // Size is the number of bytes the blob store holds, by its records.
 func (s *Store) Size() (int64, error) {
 	var total int64
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			it.Item().Value(func(v []byte) error { total += decodeSize(v); return nil })
-		}
-		return nil
+	err := s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("b/"), nil, false, func(_, v []byte) error {
+			total += decodeSize(v)
+			return nil
+		})
 	})
 	return total, err
 }
@@ -201,24 +195,32 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 // upstream.
 func (s *Store) mirroredTags() ([]lruEntry, error) {
 	var out []lruEntry
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("t/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			repo, tag := splitRepoKey(it.Item().Key(), "t/")
+	err := s.idx.View(func(txn Txn) error {
+		var tags []lruEntry
+		if err := txn.Scan([]byte("t/"), nil, false, func(k, v []byte) error {
+			repo, tag := splitRepoKey(k, "t/")
 			if o, _ := s.Origin(repo); !o.Mirrored() {
-				continue
+				return nil
 			}
-			var te tagEntry
-			it.Item().Value(func(v []byte) error { te = decodeTag(v); return nil })
-			if !te.mirrored() {
-				continue
+			if te := decodeTag(v); te.mirrored() {
+				tags = append(tags, lruEntry{repo: repo, tag: tag, digest: te.digest, used: te.checked})
 			}
-			e := lruEntry{repo: repo, tag: tag, digest: te.digest, used: te.checked}
-			if v, err := getValue(txn, accessKey(cacheKey(repo, tag))); err == nil && len(v) == 8 {
-				if at := time.Unix(0, int64(binary.BigEndian.Uint64(v))); at.After(e.used) {
-					e.used = at
-				}
+			return nil
+		}); err != nil {
+			return err
+		}
+		used := map[string]time.Time{} // repo\x00ref → last use
+		if err := txn.Scan(accessKey(""), nil, false, func(k, v []byte) error {
+			if len(v) == 8 {
+				used[string(k[len(accessKey("")):])] = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, e := range tags {
+			if at := used[cacheKey(e.repo, e.tag)]; at.After(e.used) {
+				e.used = at
 			}
 			out = append(out, e)
 		}

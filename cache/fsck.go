@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -31,14 +30,11 @@ func (r *FsckReport) Clean() bool { return len(r.Problems) == 0 }
 func (s *Store) Fsck(repair bool) (FsckReport, error) {
 	var rep FsckReport
 	records := map[digest.Digest]int64{}
-	if err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			d := digest.Digest(it.Item().Key()[2:])
-			it.Item().Value(func(v []byte) error { records[d] = decodeSize(v); return nil })
-		}
-		return nil
+	if err := s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("b/"), nil, false, func(k, v []byte) error {
+			records[digest.Digest(k[2:])] = decodeSize(v)
+			return nil
+		})
 	}); err != nil {
 		return rep, err
 	}
@@ -112,19 +108,20 @@ func (s *Store) Fsck(repair bool) (FsckReport, error) {
 // danglingLinks lists links and manifests whose content is unrecorded or bad.
 func (s *Store) danglingLinks(records map[digest.Digest]int64, bad map[digest.Digest]bool) ([]string, error) {
 	var out []string
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		for _, p := range []string{"l/", "m/"} {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p)})
-			for it.Rewind(); it.Valid(); it.Next() {
-				repo, ds := splitRepoKey(it.Item().Key(), p)
+			if err := txn.Scan([]byte(p), nil, true, func(k, _ []byte) error {
+				repo, ds := splitRepoKey(k, p)
 				d := digest.Digest(ds)
 				if _, ok := records[d]; !ok {
 					out = append(out, fmt.Sprintf("%s %s@%s refers to content that is not indexed", map[string]string{"l/": "blob link", "m/": "manifest"}[p], repo, d))
 				} else if bad[d] {
 					out = append(out, fmt.Sprintf("%s@%s refers to bad content %s", repo, d, d))
 				}
+				return nil
+			}); err != nil {
+				return err
 			}
-			it.Close()
 		}
 		return nil
 	})
@@ -138,17 +135,17 @@ func (s *Store) unindex(records map[digest.Digest]int64, bad map[digest.Digest]b
 	gone := func(d digest.Digest) bool { _, ok := records[d]; return !ok || bad[d] }
 	var keys [][]byte
 	dropped := map[string]bool{} // "repo\x00digest" of manifests removed
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		for d := range bad {
 			keys = append(keys, blobKey(d))
 		}
+		var serr error
 		scan := func(prefix string, fn func(k, v []byte)) {
-			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefix)})
-			defer it.Close()
-			for it.Rewind(); it.Valid(); it.Next() {
-				k := it.Item().KeyCopy(nil)
-				v, _ := it.Item().ValueCopy(nil)
-				fn(k, v)
+			if serr == nil {
+				serr = txn.Scan([]byte(prefix), nil, false, func(k, v []byte) error {
+					fn(append([]byte(nil), k...), v)
+					return nil
+				})
 			}
 		}
 		scan("l/", func(k, _ []byte) {
@@ -179,19 +176,22 @@ func (s *Store) unindex(records map[digest.Digest]int64, bad map[digest.Digest]b
 				keys = append(keys, k)
 			}
 		})
-		return nil
+		return serr
 	})
 	if err != nil {
 		return 0, err
 	}
 	for _, k := range keys {
-		if err := s.release(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
+		if err := s.release(func(txn Txn) error { return txn.Delete(k) }); err != nil {
 			return 0, err
 		}
 	}
 	s.cacheMu.Lock()
 	s.tags.Purge()
 	s.manifests.Purge()
+	if s.links != nil {
+		s.links.Purge()
+	}
 	s.gen++
 	s.cacheMu.Unlock()
 	return len(keys), nil

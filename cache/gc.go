@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -88,17 +87,12 @@ func splitRepoKey(k []byte, prefix string) (repo, rest string) {
 func (s *Store) snapshot(pace *pacer) (*snapshot, error) {
 	sn := &snapshot{tags: map[string][]digest.Digest{}, manifests: map[string]map[digest.Digest]*Manifest{},
 		links: map[string]map[digest.Digest]time.Time{}, referrers: map[string]map[digest.Digest][]digest.Digest{}}
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		scan := func(prefix string, fn func(k, v []byte) error) error {
-			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte(prefix)})
-			defer it.Close()
-			for it.Rewind(); it.Valid(); it.Next() {
+			return txn.Scan([]byte(prefix), nil, false, func(k, v []byte) error {
 				pace.step()
-				if err := it.Item().Value(func(v []byte) error { return fn(it.Item().Key(), v) }); err != nil {
-					return err
-				}
-			}
-			return nil
+				return fn(k, v)
+			})
 		}
 		if err := scan("t/", func(k, v []byte) error {
 			repo, _ := splitRepoKey(k, "t/")
@@ -271,10 +265,10 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 // meantime, it was pushed again or a tag came to point at it.
 func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
 	dropped := false
-	err := s.release(func(txn *badger.Txn) error {
+	err := s.release(func(txn Txn) error {
 		dropped = false
 		v, err := getValue(txn, manifestKey(repo, d))
-		if errors.Is(err, badger.ErrKeyNotFound) {
+		if errors.Is(err, errNotFound) {
 			return nil
 		} else if err != nil {
 			return err
@@ -283,14 +277,14 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(d
 		if err := json.Unmarshal(v, &m); err != nil || fresh(d, m.Pushed) {
 			return err
 		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: tagPrefix(repo)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			tagged := false
-			it.Item().Value(func(v []byte) error { tagged = decodeTag(v).digest == d; return nil })
-			if tagged {
-				return nil
+		tagged := false
+		if err := txn.Scan(tagPrefix(repo), nil, false, func(_, v []byte) error {
+			if tagged = decodeTag(v).digest == d; tagged {
+				return errStopScan
 			}
+			return nil
+		}); err != nil || tagged {
+			return err
 		}
 		if subject != "" {
 			if err := txn.Delete(referrerKey(repo, subject, d)); err != nil {
@@ -308,9 +302,10 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(d
 
 // dropLink removes a blob link unless it was refreshed meanwhile.
 func (s *Store) dropLink(repo string, d digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
-	return s.release(func(txn *badger.Txn) error {
+	defer s.forgetLink(repo, d)
+	return s.release(func(txn Txn) error {
 		v, err := getValue(txn, linkKey(repo, d))
-		if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && fresh(d, linkTime(v))) {
+		if errors.Is(err, errNotFound) || (err == nil && fresh(d, linkTime(v))) {
 			return nil
 		} else if err != nil {
 			return err
@@ -331,31 +326,26 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 	defer s.track.end()
 	var doomed []digest.Digest
 	sizes := map[digest.Digest]int64{}
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		used := map[digest.Digest]bool{}
 		for _, p := range []string{"l/", "m/"} {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(p)})
-			for it.Rewind(); it.Valid(); it.Next() {
-				if o.DryRun && planned[string(it.Item().Key())] {
-					continue
+			if err := txn.Scan([]byte(p), nil, true, func(k, _ []byte) error {
+				if o.DryRun && planned[string(k)] {
+					return nil
 				}
-				_, d := splitRepoKey(it.Item().Key(), p)
+				_, d := splitRepoKey(k, p)
 				used[digest.Digest(d)] = true
+				return nil
+			}); err != nil {
+				return err
 			}
-			it.Close()
 		}
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("b/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			d := digest.Digest(it.Item().Key()[2:])
-			if used[d] {
-				continue
+		return txn.Scan([]byte("b/"), nil, false, func(k, v []byte) error {
+			if d := digest.Digest(k[2:]); !used[d] {
+				doomed, sizes[d] = append(doomed, d), decodeSize(v)
 			}
-			var size int64
-			it.Item().Value(func(v []byte) error { size = decodeSize(v); return nil })
-			doomed, sizes[d] = append(doomed, d), size
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return err
@@ -363,7 +353,7 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 	if !o.DryRun && len(doomed) > 0 {
 		var kept []digest.Digest
 		for len(doomed) > 0 {
-			n := min(len(doomed), sweepBatch)
+			n := min(len(doomed), s.idx.MaxOps())
 			batch, err := s.dropBlobRecords(doomed[:n])
 			if err != nil {
 				return err
@@ -386,11 +376,6 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 	return nil
 }
 
-// sweepBatch bounds the blob records one transaction deletes: Badger
-// refuses a transaction larger than a fraction of its memtable, and each
-// batch holds every content lock only as long as one small commit.
-const sweepBatch = 1000
-
 // dropBlobRecords deletes, under all content locks, the records of the
 // given blobs that nothing linked since the sweep began, and returns those.
 func (s *Store) dropBlobRecords(doomed []digest.Digest) ([]digest.Digest, error) {
@@ -398,7 +383,7 @@ func (s *Store) dropBlobRecords(doomed []digest.Digest) ([]digest.Digest, error)
 		s.contentLocks[i].Lock()
 	}
 	doomed = s.track.without(doomed)
-	err := s.release(func(txn *badger.Txn) error {
+	err := s.release(func(txn Txn) error {
 		for _, d := range doomed {
 			if err := txn.Delete(blobKey(d)); err != nil {
 				return err
@@ -473,7 +458,7 @@ func (s *Store) removeUnrecorded(d digest.Digest) error {
 	mu.Lock()
 	defer mu.Unlock()
 	var recorded bool
-	if err := s.db.View(func(txn *badger.Txn) (err error) {
+	if err := s.idx.View(func(txn Txn) (err error) {
 		recorded, err = exists(txn, blobKey(d))
 		return err
 	}); err != nil || recorded {
@@ -486,14 +471,14 @@ func (s *Store) removeUnrecorded(d digest.Digest) error {
 // index never recorded (a crash between rename and index commit).
 func (s *Store) sweepOrphans(rep *GCReport, o GCOptions) error {
 	recorded := map[digest.Digest]bool{}
-	s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("b/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			recorded[digest.Digest(it.Item().Key()[2:])] = true
-		}
-		return nil
-	})
+	if err := s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("b/"), nil, true, func(k, _ []byte) error {
+			recorded[digest.Digest(k[2:])] = true
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
 	return s.blobs.Walk(func(b BlobInfo) error {
 		d := b.Digest
 		if d == "" || recorded[d] || o.Now.Sub(b.ModTime) < o.Grace {

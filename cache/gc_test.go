@@ -284,7 +284,7 @@ func TestGCRecommitDuringSweep(t *testing.T) {
 func TestGCLargeSweep(t *testing.T) {
 	s := openStore(t, t.TempDir(), func(o *Options) { o.NoSync = true })
 	defer s.Close()
-	const n = 4 * sweepBatch
+	n := 4 * s.idx.MaxOps()
 	for i := range n {
 		b := []byte(fmt.Sprintf("loose blob %d", i))
 		if err := s.PutBlob("team/app", digest.FromBytes(b), int64(len(b)), bytes.NewReader(b)); err != nil {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -37,18 +36,28 @@ func linkTime(b []byte) time.Time {
 
 // StatBlob returns the size of blob d as linked in repo, or ErrBlobUnknown.
 func (s *Store) StatBlob(repo string, d digest.Digest) (int64, error) {
-	size := int64(-1)
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(linkKey(repo, d))
-		if err != nil {
-			return err
+	key := cacheKey(repo, d.String())
+	if s.links != nil {
+		if size, ok := s.links.Get(key); ok {
+			return size, nil
 		}
-		return item.Value(func(v []byte) error { size = decodeSize(v); return nil })
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, ErrBlobUnknown
 	}
-	return size, err
+	g := s.generation()
+	size := int64(-1)
+	err := s.idx.View(func(txn Txn) error {
+		v, err := txn.Get(linkKey(repo, d))
+		size = decodeSize(v)
+		return err
+	})
+	if errors.Is(err, errNotFound) {
+		return 0, ErrBlobUnknown
+	} else if err != nil {
+		return 0, err
+	}
+	if s.links != nil {
+		s.remember(g, func() { s.links.Add(key, size) })
+	}
+	return size, nil
 }
 
 // OpenBlob opens blob d of repo for reading. Errors: ErrBlobUnknown. The
@@ -68,7 +77,7 @@ func (s *Store) OpenBlob(repo string, d digest.Digest) (io.ReadSeekCloser, int64
 // DeleteBlob unlinks blob d from repo; its bytes stay until garbage
 // collection. Errors: ErrBlobUnknown.
 func (s *Store) DeleteBlob(repo string, d digest.Digest) error {
-	return s.update(func(txn *badger.Txn) error {
+	err := s.update(func(txn Txn) error {
 		if ok, err := exists(txn, linkKey(repo, d)); err != nil {
 			return err
 		} else if !ok {
@@ -76,6 +85,22 @@ func (s *Store) DeleteBlob(repo string, d digest.Digest) error {
 		}
 		return txn.Delete(linkKey(repo, d))
 	})
+	if err == nil {
+		s.forgetLink(repo, d)
+	}
+	return err
+}
+
+// forgetLink drops a link this node deleted from the links cache at once
+// (the change feed would, a moment later).
+func (s *Store) forgetLink(repo string, d digest.Digest) {
+	if s.links == nil {
+		return
+	}
+	s.cacheMu.Lock()
+	s.gen++
+	s.links.Remove(cacheKey(repo, d.String()))
+	s.cacheMu.Unlock()
 }
 
 // MountBlob links blob d, linked in from, into to as well (a push to to)
@@ -85,9 +110,9 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	var size int64
-	err := s.updateWithOrigin(to, Pushed, func(txn *badger.Txn) error {
+	err := s.updateWithOrigin(to, Pushed, func(txn Txn) error {
 		v, err := getValue(txn, linkKey(from, d))
-		if errors.Is(err, badger.ErrKeyNotFound) {
+		if errors.Is(err, errNotFound) {
 			return ErrBlobUnknown
 		} else if err != nil {
 			return err
@@ -109,9 +134,9 @@ func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, err
 	defer mu.Unlock()
 	defer s.noteLinked(d)
 	var size int64
-	err := s.updateWithOrigin(repo, o, func(txn *badger.Txn) error {
+	err := s.updateWithOrigin(repo, o, func(txn Txn) error {
 		v, err := getValue(txn, blobKey(d))
-		if errors.Is(err, badger.ErrKeyNotFound) {
+		if errors.Is(err, errNotFound) {
 			return ErrBlobUnknown
 		} else if err != nil {
 			return err
@@ -123,7 +148,8 @@ func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, err
 		return 0, err
 	}
 	if _, err := s.blobs.Stat(d); err != nil { // indexed but the file is gone: undo
-		s.release(func(txn *badger.Txn) error { return txn.Delete(linkKey(repo, d)) })
+		s.release(func(txn Txn) error { return txn.Delete(linkKey(repo, d)) })
+		s.forgetLink(repo, d)
 		return 0, ErrBlobUnknown
 	}
 	return size, nil
@@ -133,7 +159,7 @@ func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, err
 // of origin o; the upload session key, when given, is deleted in the same
 // transaction.
 func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byte, o Origin) error {
-	return s.updateWithOrigin(repo, o, func(txn *badger.Txn) error {
+	return s.updateWithOrigin(repo, o, func(txn Txn) error {
 		if err := setBlobRecord(txn, d, size); err != nil {
 			return err
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -13,28 +12,26 @@ import (
 // manifest gives ErrNameUnknown.
 func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool, err error) {
 	tags = []string{}
-	err = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("m/" + repo + "\x00")})
-		known := false
-		for it.Rewind(); it.Valid(); it.Next() {
-			known = true
-			break
+	err = s.idx.View(func(txn Txn) error {
+		known, err := scanFirst(txn, []byte("m/"+repo+"\x00"))
+		if err != nil {
+			return err
 		}
-		it.Close()
 		prefix := tagPrefix(repo)
-		it = txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		for it.Seek(append(append([]byte{}, prefix...), last...)); it.Valid(); it.Next() {
+		if err := txn.Scan(prefix, append(append([]byte{}, prefix...), last...), true, func(k, _ []byte) error {
 			known = true
-			tag := string(it.Item().Key()[len(prefix):])
+			tag := string(k[len(prefix):])
 			if last != "" && tag <= last {
-				continue
+				return nil
 			}
 			if n >= 0 && len(tags) == n {
 				more = true
-				break
+				return errStopScan
 			}
 			tags = append(tags, tag)
+			return nil
+		}); err != nil {
+			return err
 		}
 		if !known {
 			return ErrNameUnknown
@@ -48,22 +45,25 @@ func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool,
 // after last, at most n of them (n < 0: all); more as for Tags.
 func (s *Store) Catalog(n int, last string) (repos []string, more bool, err error) {
 	repos = []string{}
-	err = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("m/")})
-		defer it.Close()
-		// Seek past every key of last ("m/last\x00..." < "m/last\x01").
-		it.Seek([]byte("m/" + last + "\x01"))
-		for it.Valid() {
-			k := it.Item().Key()[2:]
-			repo := string(k[:bytes.IndexByte(k, 0)])
+	err = s.idx.View(func(txn Txn) error {
+		// Skip past every key of a repository: "m/r\x00..." < "m/r\x01".
+		from := []byte("m/" + last + "\x01")
+		for {
+			var repo string
+			if err := txn.Scan([]byte("m/"), from, true, func(k, _ []byte) error {
+				k = k[2:]
+				repo = string(k[:bytes.IndexByte(k, 0)])
+				return errStopScan
+			}); err != nil || repo == "" {
+				return err
+			}
 			if n >= 0 && len(repos) == n {
 				more = true
 				return nil
 			}
 			repos = append(repos, repo)
-			it.Seek([]byte("m/" + repo + "\x01"))
+			from = []byte("m/" + repo + "\x01")
 		}
-		return nil
 	})
 	return repos, more, err
 }
@@ -72,19 +72,17 @@ func (s *Store) Catalog(n int, last string) (repos []string, more bool, err erro
 // those of artifactType when it is set.
 func (s *Store) Referrers(repo string, d digest.Digest, artifactType string) ([]Descriptor, error) {
 	out := []Descriptor{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: referrerPrefix(repo, d)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+	err := s.idx.View(func(txn Txn) error {
+		return txn.Scan(referrerPrefix(repo, d), nil, false, func(_, v []byte) error {
 			var desc Descriptor
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &desc) }); err != nil {
+			if err := json.Unmarshal(v, &desc); err != nil {
 				return err
 			}
 			if artifactType == "" || desc.ArtifactType == artifactType {
 				out = append(out, desc)
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
 }

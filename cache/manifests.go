@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
 )
@@ -85,7 +84,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 	// leaves nothing) and again in the committing transaction (a
 	// concurrent delete cannot slip in between).
 	if checkRefsOf {
-		if err := s.db.View(func(txn *badger.Txn) error { return checkRefs(txn, repo, p) }); err != nil {
+		if err := s.idx.View(func(txn Txn) error { return checkRefs(txn, repo, p) }); err != nil {
 			return nil, err
 		}
 	}
@@ -107,7 +106,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 			return nil, err
 		}
 	}
-	err = s.updateWithOrigin(repo, o, func(txn *badger.Txn) error {
+	err = s.updateWithOrigin(repo, o, func(txn Txn) error {
 		if checkRefsOf {
 			if err := checkRefs(txn, repo, p); err != nil {
 				return err
@@ -139,7 +138,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 
 // checkRefs requires every blob of p to be linked in repo and every child
 // manifest to be a manifest of repo.
-func checkRefs(txn *badger.Txn, repo string, p *parsedManifest) error {
+func checkRefs(txn Txn, repo string, p *parsedManifest) error {
 	for _, b := range p.blobs {
 		if ok, err := exists(txn, linkKey(repo, b)); err != nil {
 			return err
@@ -169,7 +168,7 @@ func (s *Store) manifestDigest(repo string, want digest.Digest, body []byte) (di
 	}
 	alt := digest.SHA512.FromBytes(body)
 	var found bool
-	err := s.db.View(func(txn *badger.Txn) (err error) {
+	err := s.idx.View(func(txn Txn) (err error) {
 		found, err = exists(txn, manifestKey(repo, alt))
 		return err
 	})
@@ -221,12 +220,12 @@ func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
 	}
 	g := s.generation()
 	var e tagEntry
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		v, err := getValue(txn, tagKey(repo, tag))
 		e = decodeTag(v)
 		return err
 	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
+	if errors.Is(err, errNotFound) {
 		return "", time.Time{}, ErrManifestUnknown
 	} else if err != nil {
 		return "", time.Time{}, err
@@ -238,7 +237,7 @@ func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
 // TouchTag records that upstream registry confirmed mirrored tag still
 // points at d.
 func (s *Store) TouchTag(repo, registry, tag string, d digest.Digest, checked time.Time) error {
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.update(func(txn Txn) error {
 		return txn.Set(tagKey(repo, tag), encodeTag(tagEntry{d, checked, registry}))
 	})
 	if err == nil {
@@ -321,14 +320,14 @@ func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
 
 func (s *Store) manifestRecord(repo string, d digest.Digest) (*Manifest, error) {
 	var m Manifest
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		v, err := getValue(txn, manifestKey(repo, d))
 		if err != nil {
 			return err
 		}
 		return json.Unmarshal(v, &m)
 	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
+	if errors.Is(err, errNotFound) {
 		return nil, ErrManifestUnknown
 	} else if err != nil {
 		return nil, err
@@ -342,7 +341,7 @@ func (s *Store) manifestRecord(repo string, d digest.Digest) (*Manifest, error) 
 // bytes stay until garbage collection. Errors: ErrManifestUnknown.
 func (s *Store) DeleteManifest(repo, ref string) error {
 	if !strings.Contains(ref, ":") {
-		err := s.release(func(txn *badger.Txn) error {
+		err := s.release(func(txn Txn) error {
 			if ok, err := exists(txn, tagKey(repo, ref)); err != nil {
 				return err
 			} else if !ok {
@@ -357,10 +356,10 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 	}
 	d := digest.Digest(ref)
 	var dropped []string
-	err := s.release(func(txn *badger.Txn) error {
+	err := s.release(func(txn Txn) error {
 		dropped = dropped[:0]
 		v, err := getValue(txn, manifestKey(repo, d))
-		if errors.Is(err, badger.ErrKeyNotFound) {
+		if errors.Is(err, errNotFound) {
 			return ErrManifestUnknown
 		} else if err != nil {
 			return err
@@ -374,19 +373,14 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 				return err
 			}
 		}
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: tagPrefix(repo)})
-		defer it.Close()
 		var keys [][]byte
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			if err := item.Value(func(val []byte) error {
-				if decodeTag(val).digest == d {
-					keys = append(keys, item.KeyCopy(nil))
-				}
-				return nil
-			}); err != nil {
-				return err
+		if err := txn.Scan(tagPrefix(repo), nil, false, func(k, v []byte) error {
+			if decodeTag(v).digest == d {
+				keys = append(keys, append([]byte(nil), k...))
 			}
+			return nil
+		}); err != nil {
+			return err
 		}
 		for _, k := range keys {
 			if err := txn.Delete(k); err != nil {
@@ -402,7 +396,7 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 	return err
 }
 
-func setBlobRecord(txn *badger.Txn, d digest.Digest, size int64) error {
+func setBlobRecord(txn Txn, d digest.Digest, size int64) error {
 	if ok, err := exists(txn, blobKey(d)); err != nil || ok {
 		return err
 	}

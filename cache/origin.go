@@ -6,7 +6,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/dgraph-io/badger/v4"
 )
 
 // Origin is where a repository's content came from: pushed here, or
@@ -88,7 +87,7 @@ func (s *Store) Origin(repo string) (o Origin, ok bool) {
 // recordOrigin writes repo's origin record in txn when content of origin o
 // changes it, and returns the function that publishes the change in memory
 // once the transaction committed (nil when nothing changed).
-func (s *Store) recordOrigin(txn *badger.Txn, repo string, o Origin) (func(), error) {
+func (s *Store) recordOrigin(txn Txn, repo string, o Origin) (func(), error) {
 	if cur, known := s.Origin(repo); known && cur.merge(o) == cur {
 		return nil, nil // the hot path: nothing changes, no index read
 	}
@@ -102,7 +101,7 @@ func (s *Store) recordOrigin(txn *badger.Txn, repo string, o Origin) (func(), er
 				return func() { s.setOrigin(repo, stored) }, nil
 			}
 		}
-	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+	} else if !errors.Is(err, errNotFound) {
 		return nil, err
 	}
 	if err := txn.Set(originKey(repo), []byte(next.encode())); err != nil {
@@ -124,9 +123,9 @@ func (s *Store) setOrigin(repo string, o Origin) {
 // updateWithOrigin runs fn in a read-write transaction that also records
 // that repo received content of origin o, and publishes the origin after
 // the commit.
-func (s *Store) updateWithOrigin(repo string, o Origin, fn func(txn *badger.Txn) error) error {
+func (s *Store) updateWithOrigin(repo string, o Origin, fn func(txn Txn) error) error {
 	var publish func()
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.update(func(txn Txn) error {
 		if err := fn(txn); err != nil {
 			return err
 		}
@@ -147,9 +146,11 @@ func (s *Store) updateWithOrigin(repo string, o Origin, fn func(txn *badger.Txn)
 // its local name, which is how mirrored copies were named); everything else
 // was pushed.
 func (s *Store) loadOrigins() error {
-	s.origins.m = map[string]Origin{}
+	if s.origins.m == nil {
+		s.origins.m = map[string]Origin{}
+	}
 	migrated := false
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		ok, err := exists(txn, provenanceMarker)
 		migrated = ok
 		return err
@@ -162,30 +163,36 @@ func (s *Store) loadOrigins() error {
 			return err
 		}
 	}
-	return s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("o/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			repo := string(it.Item().Key()[2:])
-			it.Item().Value(func(v []byte) error {
-				if o, ok := decodeOrigin(string(v)); ok {
-					s.origins.m[repo] = o
-				}
-				return nil
-			})
+	m := map[string]Origin{}
+	if err := s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("o/"), nil, false, func(k, v []byte) error {
+			if o, ok := decodeOrigin(string(v)); ok {
+				m[string(k[2:])] = o
+			}
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
+	s.origins.mu.Lock()
+	for repo, o := range s.origins.m { // published meanwhile (a watch)
+		if c, ok := m[repo]; ok {
+			o = c.merge(o)
 		}
-		return nil
-	})
+		m[repo] = o
+	}
+	s.origins.m = m
+	s.origins.mu.Unlock()
+	return nil
 }
 
 func (s *Store) migrateOrigins() error {
 	type facts struct{ checkedTag, pushedTag, any bool }
 	repos := map[string]*facts{}
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		for _, p := range []string{"t/", "m/", "l/"} {
-			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: p == "t/", Prefix: []byte(p)})
-			for it.Rewind(); it.Valid(); it.Next() {
-				repo, _ := splitRepoKey(it.Item().Key(), p)
+			if err := txn.Scan([]byte(p), nil, p != "t/", func(k, v []byte) error {
+				repo, _ := splitRepoKey(k, p)
 				f := repos[repo]
 				if f == nil {
 					f = &facts{}
@@ -193,28 +200,26 @@ func (s *Store) migrateOrigins() error {
 				}
 				f.any = true
 				if p == "t/" {
-					it.Item().Value(func(v []byte) error {
-						if decodeTag(v).checked.IsZero() {
-							f.pushedTag = true
-						} else {
-							f.checkedTag = true
-						}
-						return nil
-					})
+					if decodeTag(v).checked.IsZero() {
+						f.pushedTag = true
+					} else {
+						f.checkedTag = true
+					}
 				}
+				return nil
+			}); err != nil {
+				return err
 			}
-			it.Close()
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if err := s.space.indexWrite(false); err != nil {
+	if err := s.indexWrite(false); err != nil {
 		return err
 	}
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
+	var kvs []keyValue
 	for repo, f := range repos {
 		o := Pushed
 		host, _, _ := strings.Cut(repo, "/")
@@ -222,14 +227,11 @@ func (s *Store) migrateOrigins() error {
 		if !f.pushedTag && legacyMirrorName && (f.checkedTag || f.any) {
 			o = MirroredFrom(host)
 		}
-		if err := wb.Set(originKey(repo), []byte(o.encode())); err != nil {
-			return err
-		}
+		kvs = append(kvs, keyValue{originKey(repo), []byte(o.encode())})
 	}
-	if err := wb.Set(provenanceMarker, binary.BigEndian.AppendUint32(nil, 1)); err != nil {
-		return err
-	}
-	if err := wb.Flush(); err != nil {
+	// The marker last: an interrupted migration runs again.
+	kvs = append(kvs, keyValue{provenanceMarker, binary.BigEndian.AppendUint32(nil, 1)})
+	if err := s.setAll(kvs); err != nil {
 		return err
 	}
 	if len(repos) > 0 {

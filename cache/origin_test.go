@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -81,7 +80,7 @@ func TestOriginMigration(t *testing.T) {
 	mirrorImage(t, s, "docker.io/library/busybox", "docker.io", "1", []byte("mirrored"))
 	// Make it look like an old directory: no o/ records, no marker, and a
 	// mirrored tag in the old encoding (no registry).
-	err := s.db.Update(func(txn *badger.Txn) error {
+	err := s.idx.Update(func(txn Txn) error {
 		for _, k := range [][]byte{originKey("quay.io/org/app"), originKey("docker.io/library/busybox"), provenanceMarker} {
 			if err := txn.Delete(k); err != nil {
 				return err

@@ -40,6 +40,10 @@ type Options struct {
 	// S3, when set, keeps committed blobs in that bucket, with the files
 	// under Dir as ingest space and a local copy (S3Blobs).
 	S3 *S3Options
+	// Index, when set, is the index instead of Badger under Dir: etcd,
+	// shared by a cluster's nodes (OpenEtcdIndex). The store closes it.
+	// Its nodes must share the blobs too (S3).
+	Index Index
 	// MinFree is the free space blob writes leave on the data directory's
 	// filesystem, for the index (DefaultMinFree of its size). See space.go.
 	MinFree int64
@@ -50,7 +54,9 @@ type Options struct {
 
 // Store is the content store. It is safe for concurrent use.
 type Store struct {
-	db       *badger.DB
+	idx      Index
+	bdb      *badger.DB // the Badger index; nil with another Index
+	shared   bool       // the index is shared with other nodes (IndexWatcher)
 	blobs    Blobs
 	space    *space
 	opts     Options
@@ -60,6 +66,10 @@ type Store struct {
 
 	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
 	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
+	// links (shared index only) caches blob links, repo\x00digest → size:
+	// a blob GET needs no index round trip, and serves on while the index
+	// is unreachable. The index's change feed removes changed entries.
+	links *lru.Cache[string, int64]
 	// cacheMu and gen keep a reader from putting a value it read before a
 	// write back into the LRU after that write invalidated it.
 	cacheMu sync.Mutex
@@ -130,6 +140,9 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Index != nil {
+		return openShared(opts, blobs, sp, lock)
+	}
 	// On a nearly full filesystem the reserve goes before the index opens:
 	// opening writes (a new log file). With still no room for that, the
 	// index opens read-only: reads are served, writes refused.
@@ -152,7 +165,7 @@ func Open(opts Options) (*Store, error) {
 		opts.Logger.Warn("the filesystem is full: index opened read-only; serving reads, refusing writes until space is freed",
 			"dir", opts.Dir, "free_bytes", sp.check().Avail, "needed_bytes", indexFloor)
 	}
-	s := &Store{db: db, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock, indexDir: bo.Dir}
+	s := &Store{idx: badgerIndex{db}, bdb: db, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock, indexDir: bo.Dir}
 	if !readOnly {
 		allocateLogs(s.indexDir)
 	}
@@ -214,14 +227,14 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 // data directory then stays locked until the process exits.
 func (s *Store) Close() error {
 	s.FlushAccess()
-	if !s.space.isReadOnly() {
+	if !s.space.isReadOnly() && s.bdb != nil {
 		if ok, avail := s.space.roomToClose(); !ok {
 			s.log.Error("the filesystem is full: the index is left to its write-ahead log, which the next start replays",
 				"dir", s.space.dir, "free_bytes", avail, "needed_bytes", closeRoom)
 			return fmt.Errorf("%w: index not closed cleanly", ErrStorageFull)
 		}
 	}
-	err := s.db.Close()
+	err := s.idx.Close()
 	s.lock.Close()
 	return err
 }
@@ -246,15 +259,12 @@ func lockDir(dir string) (*os.File, error) {
 // Ping proves the index answers; with write, that it takes a write too.
 func (s *Store) Ping(write bool) error {
 	if !write {
-		return s.db.View(func(txn *badger.Txn) error {
-			_, err := txn.Get([]byte("s/alive"))
-			if errors.Is(err, badger.ErrKeyNotFound) {
-				return nil
-			}
+		return s.idx.View(func(txn Txn) error {
+			_, err := exists(txn, []byte("s/alive"))
 			return err
 		})
 	}
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn Txn) error {
 		return txn.Set([]byte("s/alive"), []byte(time.Now().UTC().Format(time.RFC3339)))
 	})
 }
@@ -264,7 +274,7 @@ func (s *Store) Ping(write bool) error {
 // seconds: it is how the store notices a filesystem filled by others.
 func (s *Store) Space() Space {
 	sp := s.space.check()
-	if !s.space.isReadOnly() {
+	if !s.space.isReadOnly() && s.bdb != nil {
 		allocateLogs(s.indexDir)
 	}
 	return sp
@@ -283,10 +293,13 @@ func (s *Store) Blobs() Blobs { return s.blobs }
 // RunValueLogGC runs one Badger value-log GC pass; nil when nothing was
 // rewritten. Call it from a loop owned by the process.
 func (s *Store) RunValueLogGC() error {
+	if s.bdb == nil {
+		return nil
+	}
 	if err := s.space.indexWrite(true); err != nil {
 		return nil // it rewrites: not now
 	}
-	err := s.db.RunValueLogGC(0.5)
+	err := s.bdb.RunValueLogGC(0.5)
 	if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
 		return nil
 	}
@@ -313,46 +326,64 @@ func cacheKey(repo, ref string) string { return repo + "\x00" + ref }
 
 // update runs fn in a read-write transaction, retrying on conflicts. It is
 // refused with ErrStorageFull when the index has no room (see space.go).
-func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	if err := s.space.indexWrite(false); err != nil {
+func (s *Store) update(fn func(txn Txn) error) error {
+	if err := s.indexWrite(false); err != nil {
 		return err
 	}
 	return s.retry(fn)
+}
+
+// indexWrite is space.indexWrite for an index on the data directory's
+// filesystem; a remote index takes its writes elsewhere.
+func (s *Store) indexWrite(release bool) error {
+	if s.bdb == nil {
+		return nil
+	}
+	return s.space.indexWrite(release)
 }
 
 // release is update for deletions: they free space, so they go on when
 // other writes are refused.
-func (s *Store) release(fn func(txn *badger.Txn) error) error {
-	if err := s.space.indexWrite(true); err != nil {
+func (s *Store) release(fn func(txn Txn) error) error {
+	if err := s.indexWrite(true); err != nil {
 		return err
 	}
 	return s.retry(fn)
 }
 
-func (s *Store) retry(fn func(txn *badger.Txn) error) error {
+func (s *Store) retry(fn func(txn Txn) error) error {
 	for i := 0; ; i++ {
-		err := s.db.Update(fn)
-		if !errors.Is(err, badger.ErrConflict) || i == 20 {
+		err := s.idx.Update(fn)
+		if !errors.Is(err, errConflict) || i == 20 {
 			return err
 		}
 	}
 }
 
-// getValue copies out the value at key, or returns badger.ErrKeyNotFound.
-func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
-	item, err := txn.Get(key)
-	if err != nil {
-		return nil, err
-	}
-	return item.ValueCopy(nil)
-}
+// keyValue is one write of setAll.
+type keyValue struct{ key, val []byte }
 
-func exists(txn *badger.Txn, key []byte) (bool, error) {
-	_, err := txn.Get(key)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return false, nil
+// setAll writes kvs in transactions of at most MaxOps writes each, in
+// order: not atomic as a whole.
+func (s *Store) setAll(kvs []keyValue) error {
+	if err := s.indexWrite(false); err != nil {
+		return err
 	}
-	return err == nil, err
+	for len(kvs) > 0 {
+		n := min(len(kvs), s.idx.MaxOps())
+		if err := s.retry(func(txn Txn) error {
+			for _, kv := range kvs[:n] {
+				if err := txn.Set(kv.key, kv.val); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		kvs = kvs[n:]
+	}
+	return nil
 }
 
 // uploadLock locks session id; call the returned function to unlock.

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
 )
@@ -36,7 +35,7 @@ func (s *Store) NewUpload(repo string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := s.update(func(txn *badger.Txn) error { return txn.Set(uploadKey(id), rec) }); err != nil {
+	if err := s.update(func(txn Txn) error { return txn.Set(uploadKey(id), rec) }); err != nil {
 		return "", err
 	}
 	return id, nil
@@ -47,16 +46,16 @@ func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
 		return nil, ErrUploadUnknown
 	}
 	rec, err := s.readUpload(id)
-	if errors.Is(err, badger.ErrKeyNotFound) || (err == nil && rec.Repo != repo) {
+	if errors.Is(err, errNotFound) || (err == nil && rec.Repo != repo) {
 		return nil, ErrUploadUnknown
 	}
 	return rec, err
 }
 
-// readUpload reads session id's record (badger.ErrKeyNotFound if none).
+// readUpload reads session id's record (errNotFound if none).
 func (s *Store) readUpload(id string) (*uploadRecord, error) {
 	var rec uploadRecord
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.idx.View(func(txn Txn) error {
 		v, err := getValue(txn, uploadKey(id))
 		if err != nil {
 			return err
@@ -72,7 +71,7 @@ func (s *Store) saveUpload(id string, rec *uploadRecord) error {
 	if err != nil {
 		return err
 	}
-	return s.update(func(txn *badger.Txn) error { return txn.Set(uploadKey(id), v) })
+	return s.update(func(txn Txn) error { return txn.Set(uploadKey(id), v) })
 }
 
 // UploadStatus returns how many bytes session id of repo holds.
@@ -240,7 +239,7 @@ func (s *Store) CancelUpload(repo, id string) error {
 }
 
 func (s *Store) cancelLocked(id string) error {
-	if err := s.release(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
+	if err := s.release(func(txn Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
 		return err
 	}
 	return s.blobs.Discard(id)
@@ -285,29 +284,22 @@ func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) e
 func (s *Store) CleanIngests(now time.Time) error {
 	live := map[string]bool{}
 	var expired [][]byte
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("u/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+	err := s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("u/"), nil, false, func(k, v []byte) error {
 			var rec uploadRecord
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			id := string(it.Item().Key()[2:])
 			if json.Unmarshal(v, &rec) != nil || now.Sub(rec.Updated) > s.opts.UploadTTL {
-				expired = append(expired, it.Item().KeyCopy(nil))
-				continue
+				expired = append(expired, append([]byte(nil), k...))
+			} else {
+				live[string(k[2:])] = true
 			}
-			live[id] = true
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return err
 	}
 	for _, k := range expired {
-		if err := s.release(func(txn *badger.Txn) error { return txn.Delete(k) }); err != nil {
+		if err := s.release(func(txn Txn) error { return txn.Delete(k) }); err != nil {
 			return err
 		}
 	}
@@ -334,16 +326,14 @@ func (s *Store) CleanIngests(now time.Time) error {
 // with their files, while the store is in use; it returns how many.
 func (s *Store) ExpireUploads(now time.Time) (int, error) {
 	var ids []string
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte("u/")})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+	err := s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("u/"), nil, false, func(k, v []byte) error {
 			var rec uploadRecord
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rec) }); err != nil || now.Sub(rec.Updated) > s.opts.UploadTTL {
-				ids = append(ids, string(it.Item().Key()[2:]))
+			if err := json.Unmarshal(v, &rec); err != nil || now.Sub(rec.Updated) > s.opts.UploadTTL {
+				ids = append(ids, string(k[2:]))
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return 0, err

@@ -1,0 +1,81 @@
+package cache
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+)
+
+// openShared opens a store on an index other than the data directory's
+// Badger (opts.Index, etcd). The data directory still holds the ingest
+// files, the local copies of blobs and the lock; the index's space is not
+// the data directory's concern.
+func openShared(opts Options, blobs Blobs, sp *space, lock *os.File) (*Store, error) {
+	s := &Store{idx: opts.Index, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock}
+	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
+	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
+	s.links, _ = lru.New[string, int64](4 * opts.ManifestCacheEntries)
+	fail := func(err error) (*Store, error) {
+		opts.Index.Close()
+		lock.Close()
+		return nil, err
+	}
+	if w, ok := opts.Index.(IndexWatcher); ok {
+		// Before the origins are read: nothing written after that read
+		// can be missed.
+		s.shared = true
+		w.Watch(s.changed, s.lostChanges)
+	}
+	if err := s.loadOrigins(); err != nil {
+		return fail(fmt.Errorf("cache: reading repository origins: %w", err))
+	}
+	if err := s.CleanIngests(time.Now()); err != nil {
+		return fail(err)
+	}
+	return s, nil
+}
+
+// changed keeps the in-memory caches true to a write that committed in
+// the shared index, on any node (this one included).
+func (s *Store) changed(key, val []byte, deleted bool) {
+	if len(key) < 2 {
+		return
+	}
+	p, rest := string(key[:2]), key[2:]
+	repo, ref, _ := bytes.Cut(rest, []byte{0})
+	switch p {
+	case "t/", "m/":
+		s.invalidate(string(repo), string(ref))
+	case "l/":
+		s.cacheMu.Lock()
+		s.gen++
+		s.links.Remove(string(rest))
+		s.cacheMu.Unlock()
+	case "o/":
+		if o, ok := decodeOrigin(string(val)); ok && !deleted {
+			s.setOrigin(string(rest), o)
+		}
+	}
+}
+
+// lostChanges drops every cache after the index's change feed broke off
+// (changes may have been missed) and reads the origins again.
+func (s *Store) lostChanges() {
+	s.cacheMu.Lock()
+	s.gen++
+	s.tags.Purge()
+	s.manifests.Purge()
+	if s.links != nil {
+		s.links.Purge()
+	}
+	s.cacheMu.Unlock()
+	if err := s.loadOrigins(); err != nil {
+		s.log.Warn("index: reading repository origins again after the change feed broke off", "err", err)
+	}
+}
+
+// Shared reports whether the index is shared with other nodes.
+func (s *Store) Shared() bool { return s.shared }
