@@ -3,7 +3,6 @@ package cache
 import (
 	"encoding/json"
 	"sort"
-
 )
 
 // RepoUsage is what one repository links: its blobs and manifests.

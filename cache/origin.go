@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"sync"
-
 )
 
 // Origin is where a repository's content came from: pushed here, or
