@@ -42,7 +42,7 @@ func (s *Store) StatBlob(repo string, d digest.Digest) (int64, error) {
 			return size, nil
 		}
 	}
-	g := s.generation()
+	g := s.generation(key)
 	size := int64(-1)
 	err := s.idx.View(func(txn Txn) error {
 		v, err := txn.Get(linkKey(repo, d))
@@ -55,7 +55,7 @@ func (s *Store) StatBlob(repo string, d digest.Digest) (int64, error) {
 		return 0, err
 	}
 	if s.links != nil {
-		s.remember(g, func() { s.links.Add(key, size) })
+		s.remember(key, g, func() { s.links.Add(key, size) })
 	}
 	return size, nil
 }
@@ -97,9 +97,10 @@ func (s *Store) forgetLink(repo string, d digest.Digest) {
 	if s.links == nil {
 		return
 	}
+	key := cacheKey(repo, d.String())
 	s.cacheMu.Lock()
-	s.gen++
-	s.links.Remove(cacheKey(repo, d.String()))
+	s.gens[stripe(key)]++
+	s.links.Remove(key)
 	s.cacheMu.Unlock()
 }
 

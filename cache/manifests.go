@@ -218,7 +218,7 @@ func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
 	if e, ok := s.tags.Get(key); ok {
 		return e.digest, e.checked, nil
 	}
-	g := s.generation()
+	g := s.generation(key)
 	var e tagEntry
 	err := s.idx.View(func(txn Txn) error {
 		v, err := getValue(txn, tagKey(repo, tag))
@@ -230,7 +230,7 @@ func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
 	} else if err != nil {
 		return "", time.Time{}, err
 	}
-	s.remember(g, func() { s.tags.Add(key, e) })
+	s.remember(key, g, func() { s.tags.Add(key, e) })
 	return e.digest, e.checked, nil
 }
 
@@ -293,7 +293,7 @@ func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
 	if m, ok := s.manifests.Get(key); ok {
 		return m, nil
 	}
-	g := s.generation()
+	g := s.generation(key)
 	m, err := s.manifestRecord(repo, d)
 	if err != nil {
 		return nil, err
@@ -313,7 +313,7 @@ func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
 		return nil, err
 	}
 	if len(m.Body) <= s.opts.ManifestCacheBody {
-		s.remember(g, func() { s.manifests.Add(key, m) })
+		s.remember(key, g, func() { s.manifests.Add(key, m) })
 	}
 	return m, nil
 }

@@ -51,7 +51,7 @@ func (s *Store) changed(key, val []byte, deleted bool) {
 		s.invalidate(string(repo), string(ref))
 	case "l/":
 		s.cacheMu.Lock()
-		s.gen++
+		s.gens[stripe(string(rest))]++
 		s.links.Remove(string(rest))
 		s.cacheMu.Unlock()
 	case "o/":

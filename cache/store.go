@@ -72,8 +72,12 @@ type Store struct {
 	links *lru.Cache[string, int64]
 	// cacheMu and gen keep a reader from putting a value it read before a
 	// write back into the LRU after that write invalidated it.
+	// gen counts purges of every cache, gens the invalidations by stripe
+	// of keys: a write to one key does not keep other reads from caching
+	// (on a shared index, writes of every node arrive here).
 	cacheMu sync.Mutex
 	gen     uint64
+	gens    [cacheStripes]uint64
 
 	// uploadLocks serialise the requests of one upload session; sessions
 	// never wait for each other (a slow client's chunk holds only its own).
@@ -434,27 +438,40 @@ func (s *Store) contentLock(d digest.Digest) *sync.Mutex {
 // invalidate drops cached entries after a write to the index committed.
 func (s *Store) invalidate(repo string, refs ...string) {
 	s.cacheMu.Lock()
-	s.gen++
 	for _, r := range refs {
+		key := cacheKey(repo, r)
+		s.gens[stripe(key)]++
 		if strings.Contains(r, ":") {
-			s.manifests.Remove(cacheKey(repo, r))
+			s.manifests.Remove(key)
 		} else {
-			s.tags.Remove(cacheKey(repo, r))
+			s.tags.Remove(key)
 		}
 	}
 	s.cacheMu.Unlock()
 }
 
-func (s *Store) generation() uint64 {
-	s.cacheMu.Lock()
-	defer s.cacheMu.Unlock()
-	return s.gen
+const cacheStripes = 64
+
+// stripe is the slot of key in Store.gens.
+func stripe(key string) int {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return int(h.Sum32() % cacheStripes)
 }
 
-// remember caches a value read at generation g unless a write came since.
-func (s *Store) remember(g uint64, add func()) {
+// generation is the cache generation of key: it changes whenever an entry
+// of key's stripe, or every entry, is invalidated.
+func (s *Store) generation(key string) uint64 {
 	s.cacheMu.Lock()
-	if s.gen == g {
+	defer s.cacheMu.Unlock()
+	return s.gen + s.gens[stripe(key)]
+}
+
+// remember caches a value of key read at generation g unless a write that
+// could have changed it came since.
+func (s *Store) remember(key string, g uint64, add func()) {
+	s.cacheMu.Lock()
+	if s.gen+s.gens[stripe(key)] == g {
 		add()
 	}
 	s.cacheMu.Unlock()
