@@ -115,6 +115,7 @@ type EtcdIndex struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	started int64 // the revision at open: the watch starts after it
+	name    string
 
 	mu      sync.Mutex
 	healthy bool // the last request reached a quorum
@@ -181,7 +182,7 @@ func OpenEtcdIndex(o EtcdOptions) (*EtcdIndex, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrIndexUnavailable, o, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &EtcdIndex{cli: cli, prefix: o.Prefix, timeout: o.Timeout, maxOps: o.MaxOps, log: o.Logger, ctx: ctx, cancel: cancel}
+	e := &EtcdIndex{cli: cli, prefix: o.Prefix, timeout: o.Timeout, maxOps: o.MaxOps, log: o.Logger, ctx: ctx, cancel: cancel, name: o.String()}
 	rctx, rcancel := context.WithTimeout(ctx, o.Timeout)
 	resp, err := cli.Get(rctx, o.Prefix+"s/alive")
 	rcancel()
@@ -194,6 +195,10 @@ func OpenEtcdIndex(o EtcdOptions) (*EtcdIndex, error) {
 	e.healthy = true
 	return e, nil
 }
+
+// String names the cluster and prefix (for logs and the data directory's
+// marker).
+func (e *EtcdIndex) String() string { return e.name }
 
 // MaxOps leaves room in etcd's --max-txn-ops for the compares.
 func (e *EtcdIndex) MaxOps() int { return e.maxOps / 2 }

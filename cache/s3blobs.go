@@ -27,6 +27,9 @@ type S3Options struct {
 	AccessKey, SecretKey string
 	Insecure             bool   // plain HTTP (a server on the same host or LAN)
 	PartSize             uint64 // uploads above this are multipart, in parts of it (16 MiB)
+	// Owner, when set, is who claims the prefix: a cluster's id, which
+	// its nodes share (the default is an id kept in the data directory).
+	Owner string
 }
 
 // ParseS3URL reads s3://bucket[/prefix]?endpoint=host:port[&region=r][&insecure=true][&part-size=bytes].
@@ -112,7 +115,9 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 func (b *S3Blobs) claim(ctx context.Context) error {
 	idFile := filepath.Join(b.local.root, "blob-store-owner")
 	id, err := os.ReadFile(idFile)
-	if errors.Is(err, os.ErrNotExist) {
+	if b.o.Owner != "" {
+		id, err = []byte(b.o.Owner), nil
+	} else if errors.Is(err, os.ErrNotExist) {
 		id = []byte(uuid.NewString())
 		if err = os.WriteFile(idFile, id, 0o640); err != nil {
 			return err
@@ -131,7 +136,7 @@ func (b *S3Blobs) claim(ctx context.Context) error {
 	case err == nil && string(held) == string(id):
 		return nil
 	case err == nil:
-		return fmt.Errorf("object store: s3://%s/%s belongs to another data directory (%s): give each node its own prefix; nodes share a bucket's prefix only once they share the index", b.o.Bucket, b.o.Prefix, key)
+		return fmt.Errorf("object store: s3://%s/%s belongs to another data directory or cluster (%s holds %q): give each its own prefix; nodes share a bucket's prefix only when they share the index", b.o.Bucket, b.o.Prefix, key, held)
 	case !notFound(err):
 		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
@@ -302,6 +307,35 @@ func (o S3Options) String() string {
 
 // checkBlobStore writes the marker when opts.S3 is set and refuses to open
 // a marked directory without it.
+// indexStoreMarker, in the data directory of a cluster node, names the
+// shared index its content is recorded in: the directory alone (its
+// local copies, its uploads) means nothing without it.
+const indexStoreMarker = "index-store"
+
+// checkIndexStore keeps a data directory with one kind of index: a
+// cluster node's is never opened on a Badger index of its own (which
+// would look empty), and a single box's Badger index is never left behind
+// unread by a start with a shared one.
+func checkIndexStore(opts Options) error {
+	marker := filepath.Join(opts.Dir, indexStoreMarker)
+	if opts.Index != nil {
+		if ents, err := os.ReadDir(filepath.Join(opts.Dir, "index")); err == nil && len(ents) > 0 {
+			return fmt.Errorf("%s holds a single box's index (%s): a cluster node starts on a data directory of its own",
+				opts.Dir, filepath.Join(opts.Dir, "index"))
+		}
+		name := "a shared index"
+		if s, ok := opts.Index.(fmt.Stringer); ok {
+			name = s.String()
+		}
+		return os.WriteFile(marker, []byte(name+"\n"), 0o640)
+	}
+	if b, err := os.ReadFile(marker); err == nil {
+		return fmt.Errorf("%s is a cluster node's: its index is in %s; start it with --index",
+			opts.Dir, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
 func checkBlobStore(opts Options) error {
 	marker := filepath.Join(opts.Dir, blobStoreMarker)
 	if opts.S3 != nil {

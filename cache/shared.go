@@ -2,10 +2,12 @@ package cache
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"time"
 
+	"github.com/google/uuid"
 	lru "github.com/hashicorp/golang-lru/v2"
 )
 
@@ -75,6 +77,25 @@ func (s *Store) lostChanges() {
 	if err := s.loadOrigins(); err != nil {
 		s.log.Warn("index: reading repository origins again after the change feed broke off", "err", err)
 	}
+}
+
+// clusterID is the id of the cluster a shared index holds, made by the
+// first node that asks: the owner of the cluster's object-store prefix.
+func clusterID(ix Index) (string, error) {
+	var id string
+	err := ix.Update(func(txn Txn) error {
+		v, err := txn.Get([]byte("s/cluster-id"))
+		if errors.Is(err, errNotFound) {
+			id = "cluster-" + uuid.NewString()
+			return txn.Set([]byte("s/cluster-id"), []byte(id))
+		}
+		id = string(v)
+		return err
+	})
+	if errors.Is(err, errConflict) { // another node made it meanwhile
+		return clusterID(ix)
+	}
+	return id, err
 }
 
 // Shared reports whether the index is shared with other nodes.

@@ -125,6 +125,9 @@ func Open(opts Options) (*Store, error) {
 	if err := checkBlobStore(opts); err != nil {
 		return nil, err
 	}
+	if err := checkIndexStore(opts); err != nil {
+		return nil, err
+	}
 	blobs := opts.Blobs
 	if blobs == nil {
 		fb, err := NewFileBlobs(opts.Dir)
@@ -135,7 +138,13 @@ func Open(opts Options) (*Store, error) {
 		fb.space = sp
 		blobs = fb
 		if opts.S3 != nil {
-			if blobs, err = NewS3Blobs(fb, *opts.S3); err != nil {
+			s3o := *opts.S3
+			if opts.Index != nil {
+				if s3o.Owner, err = clusterID(opts.Index); err != nil {
+					return nil, err
+				}
+			}
+			if blobs, err = NewS3Blobs(fb, s3o); err != nil {
 				return nil, err
 			}
 		}

@@ -391,3 +391,14 @@ func TestObjectStoreDownIs503(t *testing.T) {
 		t.Fatalf("%d %v %s", w.Code, w.Header(), w.Body)
 	}
 }
+
+// TestIndexDownIs503: a request the cluster's index could not serve is a
+// 503 UNAVAILABLE with Retry-After that names the index.
+func TestIndexDownIs503(t *testing.T) {
+	w := httptest.NewRecorder()
+	writeError(w, fmt.Errorf("%w (write: context deadline exceeded)", cache.ErrIndexUnavailable), routeBase)
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" ||
+		!strings.Contains(w.Body.String(), `"UNAVAILABLE"`) || !strings.Contains(w.Body.String(), "index (etcd) is unavailable") {
+		t.Fatalf("%d %v %s", w.Code, w.Header(), w.Body)
+	}
+}

@@ -118,6 +118,8 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeManifestInvalid, message: err.Error()}
 	case errors.Is(err, cache.ErrStorageFull):
 		return &apiError{code: codeUnknown, status: http.StatusInsufficientStorage, message: "the registry's storage is full; nothing was stored: " + err.Error()}
+	case errors.Is(err, cache.ErrIndexUnavailable):
+		return &apiError{code: codeUnavailable, message: "the cluster's index (etcd) is unavailable; nothing was stored, cached content is still served", retryAfter: 5e9}
 	case errors.Is(err, cache.ErrBlobStoreUnavailable):
 		return &apiError{code: codeUnavailable, message: "the object store is unavailable; nothing was stored, cached content is still served", retryAfter: 5e9}
 	case errors.As(err, &limited):

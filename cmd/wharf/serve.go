@@ -44,6 +44,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
+	index           *cache.EtcdOptions // the cluster's index; nil: Badger under the data directory
 	gcGrace         time.Duration
 	maxSize         int64
 	retention       time.Duration
@@ -82,6 +83,10 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
+	index, err := sharedIndex(c.String("index"), s3 != nil, log)
+	if err != nil {
+		return serveConfig{}, err
+	}
 	cfg := serveConfig{
 		addr:            c.String("addr"),
 		tlsCert:         c.String("tls-cert"),
@@ -91,6 +96,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		htpasswd:        c.String("htpasswd"),
 		registry2Auth:   r2.htpasswdAuth,
 		metricsAddr:     c.String("metrics-addr"),
+		index:           index,
 		debugAddr:       c.String("debug-addr"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
@@ -361,8 +367,19 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log := cfg.log
+	if cfg.index != nil {
+		ix, err := cache.OpenEtcdIndex(*cfg.index)
+		if err != nil {
+			return err
+		}
+		cfg.cache.Index = ix
+		log.Info("index in etcd, shared with the cluster's other nodes", "index", ix.String())
+	}
 	store, err := cache.Open(cfg.cache)
 	if err != nil {
+		if cfg.cache.Index != nil {
+			cfg.cache.Index.Close()
+		}
 		return err
 	}
 	defer func() {
@@ -593,6 +610,24 @@ func tokenSecret(secret, file string, log *slog.Logger) (string, error) {
 		log.Warn("the token key file is readable by other users: anyone who reads it can sign tokens", "file", file, "mode", fi.Mode().Perm().String())
 	}
 	return key, nil
+}
+
+// sharedIndex reads --index: nil for Badger under --data, or the etcd
+// cluster a cluster's nodes share, which only makes sense with blobs they
+// share too.
+func sharedIndex(raw string, sharedBlobs bool, log *slog.Logger) (*cache.EtcdOptions, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	o, err := cache.ParseEtcdURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--index: %w", err)
+	}
+	if !sharedBlobs {
+		return nil, errors.New("--index: the nodes sharing an index must share the blobs too: give --blob-store s3://…")
+	}
+	o.Logger = log
+	return &o, nil
 }
 
 // blobStore reads --blob-store: nil for the files under --data, or the S3
