@@ -31,7 +31,9 @@ func (s *Store) Usage() ([]RepoUsage, int64, error) {
 			if err := txn.Scan([]byte(p), nil, p == "t/", func(k, v []byte) error {
 				switch p {
 				case "b/":
-					total += decodeSize(v)
+					if liveRecord(v) {
+						total += decodeSize(v)
+					}
 				case "l/":
 					repo, _ := splitRepoKey(k, "l/")
 					u := get(repo)

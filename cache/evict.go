@@ -77,7 +77,9 @@ func (s *Store) Size() (int64, error) {
 	var total int64
 	err := s.idx.View(func(txn Txn) error {
 		return txn.Scan([]byte("b/"), nil, false, func(_, v []byte) error {
-			total += decodeSize(v)
+			if liveRecord(v) {
+				total += decodeSize(v)
+			}
 			return nil
 		})
 	})
@@ -119,6 +121,11 @@ type lruEntry struct {
 // A blob being read stays readable to its reader.
 func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 	var rep EvictReport
+	release, err := s.collectorLock()
+	if err != nil {
+		return rep, err
+	}
+	defer release()
 	if o.High <= 0 {
 		o.High = 0.95
 	}
@@ -167,7 +174,7 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 			rep.Tags = append(rep.Tags, e.repo+":"+e.tag)
 			gc.Released[e.repo] = append(gc.Released[e.repo], e.digest)
 		}
-		if _, err := s.GC(gc); err != nil {
+		if _, err := s.gc(gc); err != nil {
 			return err
 		}
 		now, err := s.Size()

@@ -32,7 +32,9 @@ func (s *Store) Fsck(repair bool) (FsckReport, error) {
 	records := map[digest.Digest]int64{}
 	if err := s.idx.View(func(txn Txn) error {
 		return txn.Scan([]byte("b/"), nil, false, func(k, v []byte) error {
-			records[digest.Digest(k[2:])] = decodeSize(v)
+			if liveRecord(v) {
+				records[digest.Digest(k[2:])] = decodeSize(v)
+			}
 			return nil
 		})
 	}); err != nil {

@@ -193,7 +193,19 @@ func (sn *snapshot) kept(repo string, freshM func(digest.Digest, time.Time) bool
 // is re-checked in its own transaction, and blob files are removed under
 // the same per-digest lock that commits take, so a push or mount racing
 // the collector never loses a blob.
+//
+// On a shared index one node of the cluster collects at a time: GC
+// returns ErrCollectorElsewhere when another holds the collector's lock.
 func (s *Store) GC(o GCOptions) (GCReport, error) {
+	release, err := s.collectorLock()
+	if err != nil {
+		return GCReport{}, err
+	}
+	defer release()
+	return s.gc(o)
+}
+
+func (s *Store) gc(o GCOptions) (GCReport, error) {
 	if o.Grace <= 0 {
 		o.Grace = time.Hour
 	}
@@ -322,6 +334,9 @@ func (s *Store) dropLink(repo string, d digest.Digest, fresh func(digest.Digest,
 // candidates that nothing linked since are deleted. Each file is removed
 // under its digest's lock only if its record is still gone.
 func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) error {
+	if s.shared {
+		return s.sweepShared(rep, o, planned)
+	}
 	s.track.begin()
 	defer s.track.end()
 	var doomed []digest.Digest
@@ -457,6 +472,22 @@ func (s *Store) removeUnrecorded(d digest.Digest) error {
 	mu := s.contentLock(d)
 	mu.Lock()
 	defer mu.Unlock()
+	if s.shared {
+		// Claim the deletion with a tombstone where there is no record:
+		// a push of d on another node then waits or retries.
+		tomb := sharedRecord(0, stateDeleting)
+		claimed := false
+		if err := s.retry(func(txn Txn) error {
+			ok, err := exists(txn, blobKey(d))
+			if claimed = err == nil && !ok; !claimed {
+				return err
+			}
+			return txn.Set(blobKey(d), tomb)
+		}); err != nil || !claimed {
+			return err
+		}
+		return s.finishDeleting(d, tomb)
+	}
 	var recorded bool
 	if err := s.idx.View(func(txn Txn) (err error) {
 		recorded, err = exists(txn, blobKey(d))

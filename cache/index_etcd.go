@@ -17,6 +17,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 )
 
@@ -106,19 +107,21 @@ func (o EtcdOptions) String() string {
 // nodes' conflicting writes never both land (strictly serializable, as
 // etcd's transactions are).
 type EtcdIndex struct {
-	cli     *clientv3.Client
-	prefix  string
-	timeout time.Duration
-	maxOps  int
-	log     *slog.Logger
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	started int64 // the revision at open: the watch starts after it
-	name    string
+	cli       *clientv3.Client
+	prefix    string
+	timeout   time.Duration
+	maxOps    int
+	log       *slog.Logger
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	started   int64 // the revision at open: the watch starts after it
+	closeOnce sync.Once
+	name      string
 
 	mu      sync.Mutex
-	healthy bool // the last request reached a quorum
+	session *concurrency.Session // this node's lease: its locks and membership
+	healthy bool                 // the last request reached a quorum
 	lastErr string
 	events  int64 // changes seen on the watch
 	restart int64 // watch restarts
@@ -203,11 +206,84 @@ func (e *EtcdIndex) String() string { return e.name }
 // MaxOps leaves room in etcd's --max-txn-ops for the compares.
 func (e *EtcdIndex) MaxOps() int { return e.maxOps / 2 }
 
-// Close stops the watch and the client.
+// Close stops the watch, ends the node's lease (its locks and membership
+// go at once) and closes the client. A second call does nothing.
 func (e *EtcdIndex) Close() error {
-	e.cancel()
-	e.wg.Wait()
-	return e.cli.Close()
+	var err error
+	e.closeOnce.Do(func() {
+		e.mu.Lock()
+		if e.session != nil {
+			e.session.Close()
+		}
+		e.mu.Unlock()
+		e.cancel()
+		e.wg.Wait()
+		err = e.cli.Close()
+	})
+	return err
+}
+
+// abandon, in tests, stops renewing this node's lease without revoking
+// it, as a process killed with SIGKILL does.
+func (e *EtcdIndex) abandon() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.session != nil {
+		e.session.Orphan()
+		e.session = nil
+	}
+}
+
+// sessionTTL is how long a dead node's locks and membership outlive it.
+const sessionTTL = 10 // seconds
+
+// leased returns this node's session, made on first use (again after
+// its lease was lost).
+func (e *EtcdIndex) leased() (*concurrency.Session, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.session != nil {
+		select {
+		case <-e.session.Done():
+			e.session = nil
+		default:
+			return e.session, nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+	defer cancel()
+	lease, err := e.cli.Grant(ctx, sessionTTL)
+	if err != nil {
+		return nil, e.outcome("lease", err)
+	}
+	s, err := concurrency.NewSession(e.cli, concurrency.WithLease(lease.ID), concurrency.WithContext(e.ctx))
+	if err != nil {
+		return nil, fmt.Errorf("%w (lease: %v)", ErrIndexUnavailable, err)
+	}
+	e.session = s
+	return s, nil
+}
+
+// TryLock takes the cluster-wide lock name, held until release or until
+// this node's lease ends (it died, or lost etcd for sessionTTL).
+func (e *EtcdIndex) TryLock(name string) (func(), error) {
+	s, err := e.leased()
+	if err != nil {
+		return nil, err
+	}
+	m := concurrency.NewMutex(s, e.prefix+"locks/"+name)
+	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+	defer cancel()
+	if err := m.TryLock(ctx); errors.Is(err, concurrency.ErrLocked) {
+		return nil, ErrCollectorElsewhere
+	} else if err != nil {
+		return nil, e.outcome("lock", err)
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+		defer cancel()
+		m.Unlock(ctx)
+	}, nil
 }
 
 // EtcdHealth is what the status page and metrics show of the index.

@@ -119,6 +119,9 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 			return err
 		}
 		size = decodeSize(v)
+		if _, err := s.touchBlob(txn, d); err != nil {
+			return err
+		}
 		return txn.Set(linkKey(to, d), encodeLink(size, time.Now(), Pushed))
 	})
 	s.noteLinked(d)
@@ -136,13 +139,10 @@ func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, err
 	defer s.noteLinked(d)
 	var size int64
 	err := s.updateWithOrigin(repo, o, func(txn Txn) error {
-		v, err := getValue(txn, blobKey(d))
-		if errors.Is(err, errNotFound) {
-			return ErrBlobUnknown
-		} else if err != nil {
+		var err error
+		if size, err = s.touchBlob(txn, d); err != nil {
 			return err
 		}
-		size = decodeSize(v)
 		return txn.Set(linkKey(repo, d), encodeLink(size, time.Now(), o))
 	})
 	if err != nil {
@@ -159,9 +159,9 @@ func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, err
 // linkBlob records committed content d and links it into repo as content
 // of origin o; the upload session key, when given, is deleted in the same
 // transaction.
-func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byte, o Origin) error {
+func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byte, o Origin, before []byte) error {
 	return s.updateWithOrigin(repo, o, func(txn Txn) error {
-		if err := setBlobRecord(txn, d, size); err != nil {
+		if err := s.recordBlob(txn, d, size, before); err != nil {
 			return err
 		}
 		if session != nil {
@@ -181,6 +181,10 @@ func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int6
 	mu.Lock()
 	defer mu.Unlock()
 	defer s.noteLinked(d)
+	before, err := s.blobBefore(d)
+	if err != nil {
+		return err
+	}
 	if err := s.blobs.Commit(id, d); err != nil {
 		return err
 	}
@@ -188,7 +192,7 @@ func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int6
 		if i > 0 {
 			session = nil
 		}
-		if err := s.linkBlob(repo, d, size, session, o); err != nil {
+		if err := s.linkBlob(repo, d, size, session, o, before); err != nil {
 			return err
 		}
 	}

@@ -91,7 +91,11 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 	mu := s.contentLock(d)
 	mu.Lock()
 	defer mu.Unlock()
-	if err := s.writeManifestBytes(d, body); err != nil {
+	before, err := s.blobBefore(d)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.writeManifestBytes(d, body, !s.shared || (before != nil && liveRecord(before))); err != nil {
 		return nil, err
 	}
 	rec, err := json.Marshal(m)
@@ -112,7 +116,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 				return err
 			}
 		}
-		if err := setBlobRecord(txn, d, m.Size); err != nil {
+		if err := s.recordBlob(txn, d, m.Size, before); err != nil {
 			return err
 		}
 		if err := txn.Set(manifestKey(repo, d), rec); err != nil {
@@ -181,9 +185,10 @@ func (s *Store) manifestDigest(repo string, want digest.Digest, body []byte) (di
 	return digest.SHA256.FromBytes(body), nil
 }
 
-// writeManifestBytes stores body as content d, verified like any blob.
-func (s *Store) writeManifestBytes(d digest.Digest, body []byte) error {
-	if _, err := s.blobs.Stat(d); err == nil {
+// writeManifestBytes stores body as content d, verified like any blob;
+// with trustStored, not again if the blob store has d.
+func (s *Store) writeManifestBytes(d digest.Digest, body []byte, trustStored bool) error {
+	if _, err := s.blobs.Stat(d); err == nil && trustStored {
 		return nil
 	}
 	id := "tmp-" + uuid.NewString()
@@ -394,11 +399,4 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 		s.invalidate(repo, append(dropped, d.String())...)
 	}
 	return err
-}
-
-func setBlobRecord(txn Txn, d digest.Digest, size int64) error {
-	if ok, err := exists(txn, blobKey(d)); err != nil || ok {
-		return err
-	}
-	return txn.Set(blobKey(d), encodeSize(size))
 }

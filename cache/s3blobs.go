@@ -255,6 +255,15 @@ func (b *S3Blobs) Delete(d digest.Digest) error {
 	return b.local.Delete(d)
 }
 
+// DropLocal removes only this node's copy of d (another node is deleting
+// d from the bucket).
+func (b *S3Blobs) DropLocal(d digest.Digest) error {
+	if err := b.local.Delete(d); err != nil && !errors.Is(err, ErrBlobUnknown) && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // Walk lists the bucket's blobs (the local copies are only a cache).
 func (b *S3Blobs) Walk(fn func(BlobInfo) error) error {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/opencontainers/go-digest"
 	lru "github.com/hashicorp/golang-lru/v2"
 )
 
@@ -56,6 +57,10 @@ func (s *Store) changed(key, val []byte, deleted bool) {
 		s.gens[stripe(string(rest))]++
 		s.links.Remove(string(rest))
 		s.cacheMu.Unlock()
+	case "b/":
+		if !deleted && recordState(val) == stateDeleting {
+			s.dropLocalCopy(digest.Digest(rest))
+		}
 	case "o/":
 		if o, ok := decodeOrigin(string(val)); ok && !deleted {
 			s.setOrigin(string(rest), o)
@@ -96,6 +101,25 @@ func clusterID(ix Index) (string, error) {
 		return clusterID(ix)
 	}
 	return id, err
+}
+
+// ErrCollectorElsewhere: another node of the cluster is collecting or
+// evicting; this one skips its turn.
+var ErrCollectorElsewhere = errors.New("another node of the cluster holds the collector's lock")
+
+// IndexLocker is a shared index that holds named locks for its nodes,
+// released when the holder dies.
+type IndexLocker interface {
+	TryLock(name string) (release func(), err error) // ErrCollectorElsewhere when held
+}
+
+// collectorLock serialises collections and evictions across a cluster's
+// nodes (a no-op on a single box).
+func (s *Store) collectorLock() (func(), error) {
+	if l, ok := s.idx.(IndexLocker); ok {
+		return l.TryLock("collector")
+	}
+	return func() {}, nil
 }
 
 // Shared reports whether the index is shared with other nodes.

@@ -95,6 +95,9 @@ type Store struct {
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.
 	afterSweepRecords func(doomed []digest.Digest)
+	// afterMark, in tests, runs on a shared index between the mark and the
+	// first tombstone: the window a link on another node must survive.
+	afterMark func()
 }
 
 // Open opens (creating if needed) the store in opts.Dir, then removes

@@ -118,6 +118,8 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeManifestInvalid, message: err.Error()}
 	case errors.Is(err, cache.ErrStorageFull):
 		return &apiError{code: codeUnknown, status: http.StatusInsufficientStorage, message: "the registry's storage is full; nothing was stored: " + err.Error()}
+	case errors.Is(err, cache.ErrCollecting):
+		return &apiError{code: codeUnavailable, message: "this blob is being garbage collected at this moment; nothing was stored: retry", retryAfter: 1e9}
 	case errors.Is(err, cache.ErrIndexUnavailable):
 		return &apiError{code: codeUnavailable, message: "the cluster's index (etcd) is unavailable; nothing was stored, cached content is still served", retryAfter: 5e9}
 	case errors.Is(err, cache.ErrBlobStoreUnavailable):
