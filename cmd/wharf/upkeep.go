@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -133,7 +134,9 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 	}
 	rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention, Free: deficit,
 		GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
-	if err != nil {
+	if errors.Is(err, cache.ErrCollectorElsewhere) {
+		log.Debug("eviction: another node of the cluster is collecting; skipped")
+	} else if err != nil {
 		log.Error("eviction", "err", err)
 	} else if len(rep.Tags) > 0 {
 		ops.evicted.Add(float64(len(rep.Tags)))
@@ -148,7 +151,10 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 func collect(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
 	start := time.Now()
 	rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
-	if err != nil {
+	if errors.Is(err, cache.ErrCollectorElsewhere) {
+		log.Info("garbage collection: another node of the cluster is collecting; skipped")
+		return
+	} else if err != nil {
 		log.Error("garbage collection", "err", err)
 		return
 	}
