@@ -55,6 +55,7 @@ type fill struct {
 	readers   int
 	retired   bool
 	repos     []string // linked on commit; guarded by Fills.mu
+	peer      string // the cluster node that sent every byte ("": none)
 }
 
 // newFill begins filling blob d, content of origin o, for repo. The caller
@@ -179,7 +180,7 @@ func (f *fill) finish(repos []string) error {
 	f.done = true
 	f.notifyLocked()
 	f.mu.Unlock()
-	if err = f.s.commitBlob(f.id, repos, f.d, written, nil, f.o); err != nil {
+	if err = f.s.commitBlob(f.id, repos, f.d, written, nil, f.o, f.peer); err != nil {
 		f.s.blobs.Discard(f.id)
 	}
 	f.mu.Lock()

@@ -23,6 +23,10 @@ type BlobSource struct {
 	// is linked into this one: the same digest is the same bytes, but a
 	// repository only lists what its registry says it has.
 	Confirm func(ctx context.Context) error
+	// Peer, when set, names the cluster node that sent every byte of the
+	// download ("" when any came from elsewhere): that node stores the
+	// blob itself, so this one keeps a local copy and writes no object.
+	Peer func() string
 }
 
 // FillsOptions configures the downloads of missing blobs.
@@ -172,6 +176,9 @@ func (fs *Fills) run(f *fill, src BlobSource) {
 	repos := append([]string(nil), f.repos...)
 	fs.mu.Unlock()
 	if err == nil {
+		if src.Peer != nil {
+			f.peer = src.Peer()
+		}
 		err = f.finish(repos)
 	} else {
 		f.fail(err)

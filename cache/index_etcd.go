@@ -1,12 +1,14 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"sort"
@@ -120,6 +122,7 @@ type EtcdIndex struct {
 	name      string
 
 	mu      sync.Mutex
+	members map[string]string    // live nodes: id → URL (from the watch)
 	session *concurrency.Session // this node's lease: its locks and membership
 	healthy bool                 // the last request reached a quorum
 	lastErr string
@@ -187,7 +190,7 @@ func OpenEtcdIndex(o EtcdOptions) (*EtcdIndex, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &EtcdIndex{cli: cli, prefix: o.Prefix, timeout: o.Timeout, maxOps: o.MaxOps, log: o.Logger, ctx: ctx, cancel: cancel, name: o.String()}
 	rctx, rcancel := context.WithTimeout(ctx, o.Timeout)
-	resp, err := cli.Get(rctx, o.Prefix+"s/alive")
+	resp, err := cli.Get(rctx, o.Prefix+membersPrefix, clientv3.WithPrefix())
 	rcancel()
 	if err != nil {
 		cancel()
@@ -195,6 +198,10 @@ func OpenEtcdIndex(o EtcdOptions) (*EtcdIndex, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrIndexUnavailable, o, err)
 	}
 	e.started = resp.Header.Revision
+	e.members = map[string]string{}
+	for _, kv := range resp.Kvs {
+		e.members[string(kv.Key[len(o.Prefix)+len(membersPrefix):])] = string(kv.Value)
+	}
 	e.healthy = true
 	return e, nil
 }
@@ -232,6 +239,59 @@ func (e *EtcdIndex) abandon() {
 		e.session.Orphan()
 		e.session = nil
 	}
+}
+
+// membersPrefix holds one key per live node, on its lease: its id → the
+// URL the other nodes reach it at.
+const membersPrefix = "members/"
+
+func (e *EtcdIndex) member(id, url string, gone bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if gone {
+		delete(e.members, id)
+	} else {
+		e.members[id] = url
+	}
+}
+
+// Members lists the live nodes, id → URL, as the change feed last said.
+func (e *EtcdIndex) Members() map[string]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.members)
+}
+
+// Join registers this node as id, reachable at url, for as long as the
+// process lives: on its lease, made again if it is lost.
+func (e *EtcdIndex) Join(id, url string) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for e.ctx.Err() == nil {
+			s, err := e.leased()
+			if err == nil {
+				ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+				_, err = e.cli.Put(ctx, e.prefix+membersPrefix+id, url, clientv3.WithLease(s.Lease()))
+				cancel()
+				if err == nil {
+					e.member(id, url, false) // at once, before the feed says so
+					select {
+					case <-s.Done(): // lease lost: join again
+					case <-e.ctx.Done():
+						return
+					}
+				}
+			}
+			if err != nil {
+				e.log.Warn("cluster: registering this node", "err", err)
+			}
+			select {
+			case <-e.ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
 }
 
 // sessionTTL is how long a dead node's locks and membership outlive it.
@@ -543,7 +603,12 @@ func (e *EtcdIndex) Watch(fn func(key, val []byte, deleted bool), lost func()) {
 					break
 				}
 				for _, ev := range resp.Events {
-					fn(ev.Kv.Key[len(e.prefix):], ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+					key := ev.Kv.Key[len(e.prefix):]
+					if id, ok := bytes.CutPrefix(key, []byte(membersPrefix)); ok {
+						e.member(string(id), string(ev.Kv.Value), ev.Type == clientv3.EventTypeDelete)
+					} else {
+						fn(key, ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+					}
 					next = ev.Kv.ModRevision + 1
 				}
 				e.mu.Lock()

@@ -175,12 +175,29 @@ func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byt
 
 // commitBlob moves ingest id into place as d and links it into each of
 // repos as content of origin o (and drops the upload session key, when
-// given), serialised with the collector on d.
-func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int64, session []byte, o Origin) error {
+// given), serialised with the collector on d. peer names the cluster node
+// the bytes came from, which stores them itself ("": none).
+func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int64, session []byte, o Origin, peer string) error {
 	mu := s.contentLock(d)
 	mu.Lock()
 	defer mu.Unlock()
 	defer s.noteLinked(d)
+	if peer != "" && s.shared {
+		if before, ok := s.awaitStored(d, peer); ok {
+			if err := s.blobs.(localCommitter).CommitLocal(id, d); err != nil {
+				return err
+			}
+			for i, repo := range repos {
+				if i > 0 {
+					session = nil
+				}
+				if err := s.linkBlob(repo, d, size, session, o, before); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
 	before, err := s.blobBefore(d)
 	if err != nil {
 		return err

@@ -245,6 +245,10 @@ func (b *S3Blobs) Commit(id string, d digest.Digest) error {
 	return b.local.Commit(id, d)
 }
 
+// CommitLocal keeps ingest file id as the local copy of d, which another
+// node writes to the bucket.
+func (b *S3Blobs) CommitLocal(id string, d digest.Digest) error { return b.local.Commit(id, d) }
+
 // Delete removes d from the bucket and the local copy.
 func (b *S3Blobs) Delete(d digest.Digest) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)

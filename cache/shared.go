@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/opencontainers/go-digest"
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
 )
 
 // openShared opens a store on an index other than the data directory's
@@ -17,7 +19,13 @@ import (
 // files, the local copies of blobs and the lock; the index's space is not
 // the data directory's concern.
 func openShared(opts Options, blobs Blobs, sp *space, lock *os.File) (*Store, error) {
-	s := &Store{idx: opts.Index, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock}
+	id, err := nodeID(opts.Dir)
+	if err != nil {
+		opts.Index.Close()
+		lock.Close()
+		return nil, err
+	}
+	s := &Store{idx: opts.Index, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock, nodeID: id}
 	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
 	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
 	s.links, _ = lru.New[string, int64](4 * opts.ManifestCacheEntries)
@@ -120,6 +128,77 @@ func (s *Store) collectorLock() (func(), error) {
 		return l.TryLock("collector")
 	}
 	return func() {}, nil
+}
+
+// IndexMembers is a shared index that knows the cluster's live nodes.
+type IndexMembers interface {
+	Join(id, url string)
+	Members() map[string]string
+}
+
+// NodeID is this node's id in its cluster (kept in <data>/node-id); ""
+// on a single box.
+func (s *Store) NodeID() string { return s.nodeID }
+
+// Join announces this node to the cluster at url (what the other nodes
+// dial), for as long as the store is open.
+func (s *Store) Join(url string) {
+	if m, ok := s.idx.(IndexMembers); ok {
+		m.Join(s.nodeID, url)
+	}
+}
+
+// Members lists the cluster's live nodes, id → URL; nil on a single box.
+func (s *Store) Members() map[string]string {
+	if m, ok := s.idx.(IndexMembers); ok {
+		return m.Members()
+	}
+	return nil
+}
+
+// localCommitter keeps a blob another node stores as a local copy only.
+type localCommitter interface {
+	CommitLocal(id string, d digest.Digest) error
+}
+
+// storedWait bounds how long a node that received a blob from the node
+// filling it waits for that node to store it before storing it itself.
+const storedWait = 10 * time.Minute
+
+// awaitStored waits until peer, which sent this node the bytes of d, has
+// stored d (its record is live) and returns the record; false when peer
+// left the cluster first (or the wait ran out): then this node stores d.
+func (s *Store) awaitStored(d digest.Digest, peer string) ([]byte, bool) {
+	if _, ok := s.blobs.(localCommitter); !ok {
+		return nil, false
+	}
+	deadline := time.Now().Add(storedWait)
+	for delay := 5 * time.Millisecond; time.Now().Before(deadline); delay = min(2*delay, 200*time.Millisecond) {
+		var v []byte
+		err := s.idx.View(func(txn Txn) (err error) {
+			v, err = txn.Get(blobKey(d))
+			return err
+		})
+		if err == nil && liveRecord(v) {
+			return v, true
+		}
+		if _, alive := s.Members()[peer]; !alive || (err != nil && !errors.Is(err, errNotFound)) {
+			return nil, false
+		}
+		time.Sleep(delay)
+	}
+	return nil, false
+}
+
+// nodeID reads or makes <data>/node-id.
+func nodeID(dir string) (string, error) {
+	file := filepath.Join(dir, "node-id")
+	b, err := os.ReadFile(file)
+	if err == nil && len(bytes.TrimSpace(b)) > 0 {
+		return string(bytes.TrimSpace(b)), nil
+	}
+	id := strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
+	return id, os.WriteFile(file, []byte(id+"\n"), 0o640)
 }
 
 // Shared reports whether the index is shared with other nodes.

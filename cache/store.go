@@ -57,6 +57,7 @@ type Store struct {
 	idx      Index
 	bdb      *badger.DB // the Badger index; nil with another Index
 	shared   bool       // the index is shared with other nodes (IndexWatcher)
+	nodeID   string     // this node's id in the cluster (shared index only)
 	blobs    Blobs
 	space    *space
 	opts     Options

@@ -31,6 +31,10 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // NewUpload opens an upload session for repo and returns its id.
 func (s *Store) NewUpload(repo string) (string, error) {
 	id := "up-" + uuid.NewString()
+	if s.nodeID != "" {
+		// Its bytes stay on this node: the id says which it is.
+		id = "up-" + s.nodeID + "." + uuid.NewString()
+	}
 	rec, err := json.Marshal(uploadRecord{Repo: repo, Updated: time.Now().UTC()})
 	if err != nil {
 		return "", err
@@ -39,6 +43,20 @@ func (s *Store) NewUpload(repo string) (string, error) {
 		return "", err
 	}
 	return id, nil
+}
+
+// UploadNode is the cluster node holding upload session id ("" for a
+// single box's session, or not an upload id).
+func UploadNode(id string) string {
+	rest, ok := strings.CutPrefix(id, "up-")
+	if !ok {
+		return ""
+	}
+	node, _, ok := strings.Cut(rest, ".")
+	if !ok {
+		return ""
+	}
+	return node
 }
 
 func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
@@ -211,7 +229,7 @@ func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int
 		s.cancelLocked(id)
 		return 0, fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, sum, d)
 	}
-	return rec.Offset, s.commitBlob(id, []string{repo}, d, rec.Offset, uploadKey(id), Pushed)
+	return rec.Offset, s.commitBlob(id, []string{repo}, d, rec.Offset, uploadKey(id), Pushed, "")
 }
 
 func (s *Store) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm) (digest.Digest, error) {
@@ -273,7 +291,7 @@ func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) e
 	case digest.NewDigest(d.Algorithm(), h) != d:
 		return ErrDigestMismatch
 	}
-	err = s.commitBlob(id, []string{repo}, d, n, nil, Pushed)
+	err = s.commitBlob(id, []string{repo}, d, n, nil, Pushed, "")
 	committed = err == nil // on failure the deferred Discard removes what is left
 	return err
 }

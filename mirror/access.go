@@ -33,6 +33,9 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	if pol.Allowed(c.Subject, q.repo, q.action, q.mirrored) {
 		return nil
 	}
+	if c.node != "" && q.action == policy.Pull && reg.clustered() {
+		return nil // a node of this cluster filling its copy
+	}
 	reg.audit(r, "denied", slog.String("repo", q.repo), slog.String("action", string(q.action)))
 	if c.User == "" {
 		return reg.unauthorized(r, q.repo, q.action)

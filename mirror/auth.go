@@ -30,6 +30,7 @@ type caller struct {
 	badCredentials bool          // sent credentials that did not verify (treated as anonymous)
 	token          bool          // holds a valid token from Wharf's realm
 	throttled      time.Duration // its sign-in was refused after too many failures: retry after this
+	node           string        // another node of the cluster (a node token): it may pull
 }
 
 // lazyCaller resolves a request's caller on first use: Basic credentials
@@ -104,7 +105,7 @@ func (reg *Registry) authenticate(r *http.Request) *http.Request {
 			}
 			var c caller
 			if valid {
-				c.User = claims.User
+				c.User, c.node = claims.User, claims.Node
 			}
 			c.badCredentials, c.token = !valid || claims.Bad, valid
 			return c

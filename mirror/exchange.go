@@ -89,6 +89,14 @@ func (reg *Registry) dispatch(x *exchange) error {
 	x.label, x.kind = rt.kind.String(), rt.kind
 	q := reg.resolve(r, rt)
 	x.repo = q.repo
+	if rt.kind == routeUpload {
+		if handled, err := reg.relayUpload(w, r, rt); handled {
+			return err
+		}
+	}
+	if fromPeer(r) && reg.clustered() {
+		r = r.WithContext(context.WithValue(r.Context(), peerKey{}, true))
+	}
 	h := reg.handler(rt.kind, r.Method, q.mirrored)
 	if h == nil {
 		return apiErr(codeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)

@@ -18,6 +18,7 @@ type Metrics struct {
 	Prefetches       prometheus.Counter
 	DigestFailures   prometheus.Counter
 	MissesRemembered prometheus.Counter
+	Relayed          *prometheus.CounterVec // kind (upload, blob): requests a cluster node sent to another
 }
 
 // NewMetrics registers the instruments on r.
@@ -45,15 +46,23 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Help: "Upstream downloads discarded because their bytes did not match the digest."}),
 		MissesRemembered: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_upstream_misses_remembered_total",
 			Help: "Requests answered 404 from a remembered upstream miss (--miss-ttl) without asking upstream."}),
+		Relayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_cluster_relayed_total",
+			Help: "Requests this node sent to another node of its cluster: upload requests for sessions another node holds, and cold blob downloads from the node that owns them."}, []string{"kind"}),
 	}
 	r.MustRegister(m.Requests, m.Duration, m.Cache, m.BytesServed, m.UpstreamBytes, m.Upstream, m.UpstreamLatency,
-		m.Coalesced, m.Prefetches, m.DigestFailures, m.MissesRemembered)
+		m.Coalesced, m.Prefetches, m.DigestFailures, m.MissesRemembered, m.Relayed)
 	return m
 }
 
 func (m *Metrics) cache(kind, result string) {
 	if m != nil {
 		m.Cache.WithLabelValues(kind, result).Inc()
+	}
+}
+
+func (m *Metrics) relayed(kind string) {
+	if m != nil {
+		m.Relayed.WithLabelValues(kind).Inc()
 	}
 }
 

@@ -120,12 +120,18 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 		if p.opts.Offline {
 			return nil, cache.ErrManifestUnknown
 		}
+		if m, ok, err := p.viaOwner(ctx, t, ref); ok {
+			return m, err
+		}
 		return p.fetchManifest(ctx, t, ref, upstream.Descriptor{Digest: ref.digest})
 	}
 	d, checked, err := p.store.TagInfo(t.Local, ref.tag)
 	if errors.Is(err, cache.ErrManifestUnknown) {
 		if p.opts.Offline {
 			return nil, err
+		}
+		if m, ok, err := p.viaOwner(ctx, t, ref); ok {
+			return m, err
 		}
 		return p.fetchManifest(ctx, t, ref, upstream.Descriptor{})
 	} else if err != nil {
@@ -135,12 +141,15 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 		p.opts.Metrics.cache("manifest", "hit")
 		return p.store.GetManifest(t.Local, d.String())
 	}
-	desc, err := p.resolveOnce(ctx, t, ref.tag)
+	if m, ok, err := p.viaOwner(ctx, t, ref); ok && (err == nil || errors.Is(err, cache.ErrManifestUnknown)) {
+		if err == nil {
+			p.opts.Metrics.cache("manifest", "hit")
+		}
+		return m, err
+	}
+	desc, err := p.resolveOnce(ctx, t, ref.tag, d)
 	switch {
 	case err == nil && desc.Digest == d:
-		if err := p.store.TouchTag(t.Local, t.Registry, ref.tag, d, time.Now()); err != nil {
-			return nil, err
-		}
 		p.opts.Metrics.cache("manifest", "hit")
 		return p.store.GetManifest(t.Local, d.String())
 	case err == nil:
@@ -153,8 +162,11 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 	return p.store.GetManifest(t.Local, d.String())
 }
 
-// resolveOnce revalidates a tag with one HEAD however many clients ask.
-func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string) (upstream.Descriptor, error) {
+// resolveOnce revalidates a tag with one HEAD however many clients ask;
+// when upstream still has it at cached, the tag's check time is renewed
+// before the flight ends, so that a client arriving just after it finds
+// the tag fresh (on a cluster, the index write takes a round trip).
+func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string, cached digest.Digest) (upstream.Descriptor, error) {
 	if err := p.misses.get(t.Registry, t.Local, tag); err != nil {
 		p.opts.Metrics.rememberedMiss()
 		return upstream.Descriptor{}, err
@@ -167,6 +179,10 @@ func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string) (
 		p.opts.Metrics.upstream(t.Registry, "resolve", err, time.Since(start).Seconds())
 		if err != nil {
 			p.misses.note(t.Registry, t.Local, tag, err)
+		} else if desc.Digest == cached {
+			if err := p.store.TouchTag(t.Local, t.Registry, tag, cached, time.Now()); err != nil {
+				return upstream.Descriptor{}, err
+			}
 		}
 		return desc, err
 	})

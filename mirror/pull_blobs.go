@@ -32,7 +32,11 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 		p.opts.Metrics.rememberedMiss()
 		return err
 	}
-	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, p.source(q.target, q.digest))
+	src := p.source(q.target, q.digest)
+	if fromPeer(r) {
+		src = p.upstreamSource(q.target, q.digest) // this node owns the download
+	}
+	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, src)
 	if err != nil {
 		return err
 	}
@@ -105,7 +109,19 @@ func (p *puller) probeBlob(w http.ResponseWriter, r *http.Request, q *request) e
 // source tells the store's download where blob d of t comes from: one GET
 // (with Range when resumed at an offset after a failure), and a HEAD confirming that t has
 // it when the bytes are already here for another repository.
+//
+// In a cluster, a node that does not own d's download fills from the node
+// that does (see cluster.go).
 func (p *puller) source(t policy.Target, d digest.Digest) cache.BlobSource {
+	up := p.upstreamSource(t, d)
+	if p.reg.clustered() {
+		return p.peerSource(t, d, up)
+	}
+	return up
+}
+
+// upstreamSource downloads blob d of t from its upstream registry.
+func (p *puller) upstreamSource(t policy.Target, d digest.Digest) cache.BlobSource {
 	return cache.BlobSource{
 		Open: func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
 			start := time.Now()

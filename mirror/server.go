@@ -102,6 +102,7 @@ type Registry struct {
 	uploads  *uploadLimiter
 	draining atomic.Bool
 	book     statusBook
+	peers    *peers // the other nodes of a cluster
 }
 
 // access is who may sign in and what they may do, replaced as a whole.
@@ -118,7 +119,7 @@ func New(store *cache.Store, opts Options) *Registry {
 	if opts.ClientTimeout <= 0 {
 		opts.ClientTimeout = time.Minute
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(opts.Secret), signins: newSignins(),
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(opts.Secret), signins: newSignins(), peers: newPeers(),
 		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {

@@ -40,6 +40,7 @@ type tokenClaims struct {
 	Gen  string `json:"g,omitempty"` // the user's credential generation when issued
 	Exp  int64  `json:"e"`
 	Bad  bool   `json:"b,omitempty"` // asked for with credentials that did not verify
+	Node string `json:"n,omitempty"` // a cluster node's own token (pulls only)
 }
 
 func (t *tokens) sign(payload []byte) string {
@@ -50,6 +51,13 @@ func (t *tokens) sign(payload []byte) string {
 
 func (t *tokens) issue(user, gen string, bad bool, now time.Time) string {
 	payload, _ := json.Marshal(tokenClaims{User: user, Gen: gen, Exp: now.Add(tokenTTL).Unix(), Bad: bad})
+	p := base64.RawURLEncoding.EncodeToString(payload)
+	return p + "." + t.sign([]byte(p))
+}
+
+// issueNode is the token a cluster node shows another: it may pull.
+func (t *tokens) issueNode(node string, now time.Time) string {
+	payload, _ := json.Marshal(tokenClaims{Node: node, Exp: now.Add(tokenTTL).Unix()})
 	p := base64.RawURLEncoding.EncodeToString(payload)
 	return p + "." + t.sign([]byte(p))
 }

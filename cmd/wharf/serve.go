@@ -45,6 +45,7 @@ type serveConfig struct {
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
 	index           *cache.EtcdOptions // the cluster's index; nil: Badger under the data directory
+	advertise       string             // the URL other nodes reach this one at ("": derived)
 	gcGrace         time.Duration
 	maxSize         int64
 	retention       time.Duration
@@ -87,6 +88,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
+	if index != nil && secret == "" {
+		return serveConfig{}, errors.New("--index: the nodes of a cluster must share a token key: give each the same --token-key-file (or --secret)")
+	}
 	cfg := serveConfig{
 		addr:            c.String("addr"),
 		tlsCert:         c.String("tls-cert"),
@@ -97,6 +101,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		registry2Auth:   r2.htpasswdAuth,
 		metricsAddr:     c.String("metrics-addr"),
 		index:           index,
+		advertise:       c.String("advertise-url"),
 		debugAddr:       c.String("debug-addr"),
 		log:             log,
 		shutdownTimeout: c.Duration("shutdown-timeout"),
@@ -464,6 +469,11 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		return fmt.Errorf("index not writable: %w", err)
 	}
 	log.Info("wharf listening", "addr", ln.Addr().String(), "data", cfg.cache.Dir, "tls", cfg.tlsCert != "")
+	if store.Shared() {
+		url := advertiseURL(cfg, ln.Addr())
+		store.Join(url)
+		log.Info("joined the cluster", "node", store.NodeID(), "url", url)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	serveFn := srv.Serve
@@ -610,6 +620,26 @@ func tokenSecret(secret, file string, log *slog.Logger) (string, error) {
 		log.Warn("the token key file is readable by other users: anyone who reads it can sign tokens", "file", file, "mode", fi.Mode().Perm().String())
 	}
 	return key, nil
+}
+
+// advertiseURL is the URL the cluster's other nodes reach this node at:
+// --advertise-url, else the listening address (this host's name when it
+// listens on every address).
+func advertiseURL(cfg serveConfig, addr net.Addr) string {
+	if cfg.advertise != "" {
+		return strings.TrimSuffix(cfg.advertise, "/")
+	}
+	scheme := "http"
+	if cfg.tlsCert != "" {
+		scheme = "https"
+	}
+	host, port, _ := net.SplitHostPort(addr.String())
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if name, err := os.Hostname(); err == nil {
+			host = name
+		}
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
 }
 
 // sharedIndex reads --index: nil for Badger under --data, or the etcd

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/internal/etcdtest"
+	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/mirror"
 	"github.com/wharf-registry/wharf/internal/s3test"
 )
 
@@ -128,4 +131,148 @@ func TestClusterPushPull(t *testing.T) {
 	if took := time.Since(start); took > 15*time.Second {
 		t.Errorf("the refused push took %v", took)
 	}
+}
+
+// pullBlobs GETs the manifest tag of repo from node, then each of blobs,
+// and checks every digest.
+func pullBlobs(node *wharfProc, repo, tag string, blobs []digest.Digest) error {
+	req, _ := http.NewRequest(http.MethodGet, node.url("/v2/"+repo+"/manifests/"+tag), nil)
+	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("manifest %s:%s from %s: %s", repo, tag, node.addr, resp.Status)
+	}
+	for _, d := range blobs {
+		resp, err := http.Get(node.url("/v2/" + repo + "/blobs/" + d.String()))
+		if err != nil {
+			return err
+		}
+		v := d.Verifier()
+		_, err = io.Copy(v, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !v.Verified() {
+			return fmt.Errorf("blob %s from %s: %s, %v, verified %v", d, node.addr, resp.Status, err, v.Verified())
+		}
+	}
+	return nil
+}
+
+// members is the cluster's membership as the nodes' data directories
+// and addresses say.
+func (c *cluster) members(t *testing.T) map[string]string {
+	m := map[string]string{}
+	for _, w := range c.nodes {
+		id, err := os.ReadFile(filepath.Join(w.data, "node-id"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[strings.TrimSpace(string(id))] = "http://" + w.addr
+	}
+	return m
+}
+
+// TestClusterColdPulls: 20 cold pulls of one image spread over three
+// nodes make the fake hub serve each blob once for the whole cluster (the
+// digest's owner downloads it, the other nodes fill from the owner). Then
+// the owner of a large layer being downloaded is killed with SIGKILL: the
+// pulls on the other nodes still complete, verified (from upstream).
+func TestClusterColdPulls(t *testing.T) {
+	hub := fakehub.Start(t)
+	img := hub.Push("library/app", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 4, LayerSize: 2 << 20, Seed: 31})
+	hub.SetBandwidth(16 << 20)
+	c := startCluster(t, 3, "--upstream", "docker.io="+hub.URL, "--tag-ttl", "2s")
+	blobs := append([]digest.Digest{img.Configs["linux/amd64"]}, img.Layers["linux/amd64"]...)
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pullBlobs(c.nodes[i%3], "library/app", "v1", blobs); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for _, d := range blobs {
+		if n := hub.Count("GET blob " + d.String()); n != 1 {
+			t.Errorf("the hub served %s %d times for 20 pulls over 3 nodes, want once", d, n)
+		}
+	}
+	if n := hub.Count("GET manifest"); n != 1 {
+		t.Errorf("the hub served the tag's manifest %d times for 20 pulls over 3 nodes, want once", n)
+	}
+	t.Logf("20 cold pulls over 3 nodes: %d blob GETs upstream for %d blobs, %d manifest GETs", hub.Count("GET blob"), len(blobs), hub.Count("GET manifest"))
+
+	// The tag's TTL runs out: 15 pulls over the nodes revalidate it with
+	// one HEAD for the cluster.
+	time.Sleep(2100 * time.Millisecond)
+	hub.ResetCounts()
+	errs = make(chan error, 15)
+	for i := range 15 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pullBlobs(c.nodes[i%3], "library/app", "v1", nil); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if heads, gets := hub.Count("HEAD manifest"), hub.Count("GET manifest"); heads != 1 || gets != 0 {
+		var logs strings.Builder
+		for _, w := range c.nodes {
+			logs.WriteString(w.log.String())
+		}
+		t.Errorf("revalidating an expired tag from 3 nodes: %d HEADs and %d GETs upstream, want 1 and 0\n%s", heads, gets, logs.String())
+	}
+
+	// The owner of a slow layer dies mid-download.
+	big := hub.Push("library/big", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 24 << 20, Seed: 32})
+	hub.SetBandwidth(4 << 20)
+	layer := big.Layers["linux/amd64"][0]
+	ownerID, _ := mirror.BlobOwner(c.members(t), layer)
+	var owner *wharfProc
+	var others []*wharfProc
+	for _, w := range c.nodes {
+		if id, _ := os.ReadFile(filepath.Join(w.data, "node-id")); strings.TrimSpace(string(id)) == ownerID {
+			owner = w
+		} else {
+			others = append(others, w)
+		}
+	}
+	errs = make(chan error, 4)
+	for _, w := range others {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pullBlobs(w, "library/big", "v1", []digest.Digest{layer}); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for hub.Count("GET blob "+layer.String()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a few MiB into the layer
+	owner.kill()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a pull failed when the owner died: %v", err)
+	}
+	t.Logf("owner killed mid-download: %d GETs of the layer upstream (ranged segments included)", hub.Count("GET blob "+layer.String()))
 }
