@@ -55,7 +55,7 @@ type fill struct {
 	readers   int
 	retired   bool
 	repos     []string // linked on commit; guarded by Fills.mu
-	peer      string // the cluster node that sent every byte ("": none)
+	peer      string   // the cluster node that sent every byte ("": none)
 }
 
 // newFill begins filling blob d, content of origin o, for repo. The caller

@@ -18,8 +18,8 @@ import (
 
 	"github.com/wharf-registry/wharf/internal/etcdtest"
 	"github.com/wharf-registry/wharf/internal/fakehub"
-	"github.com/wharf-registry/wharf/mirror"
 	"github.com/wharf-registry/wharf/internal/s3test"
+	"github.com/wharf-registry/wharf/mirror"
 )
 
 // cluster is n Wharf nodes on one etcd index and one bucket, sharing a
