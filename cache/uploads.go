@@ -305,7 +305,7 @@ func (s *Store) CleanIngests(now time.Time) error {
 	err := s.idx.View(func(txn Txn) error {
 		return txn.Scan([]byte("u/"), nil, false, func(k, v []byte) error {
 			var rec uploadRecord
-			if json.Unmarshal(v, &rec) != nil || now.Sub(rec.Updated) > s.opts.UploadTTL {
+			if (json.Unmarshal(v, &rec) != nil || now.Sub(rec.Updated) > s.opts.UploadTTL) && s.mayExpire(string(k[2:])) {
 				expired = append(expired, append([]byte(nil), k...))
 			} else {
 				live[string(k[2:])] = true
@@ -340,6 +340,18 @@ func (s *Store) CleanIngests(now time.Time) error {
 	return nil
 }
 
+// mayExpire reports whether this process may expire session id: on a
+// cluster, only the node holding it does (its requests are serialised
+// there), or any node once that one left the cluster.
+func (s *Store) mayExpire(id string) bool {
+	node := UploadNode(id)
+	if !s.shared || node == "" || node == s.nodeID {
+		return true
+	}
+	_, alive := s.Members()[node]
+	return !alive
+}
+
 // ExpireUploads drops upload sessions idle for longer than the upload TTL,
 // with their files, while the store is in use; it returns how many.
 func (s *Store) ExpireUploads(now time.Time) (int, error) {
@@ -347,7 +359,7 @@ func (s *Store) ExpireUploads(now time.Time) (int, error) {
 	err := s.idx.View(func(txn Txn) error {
 		return txn.Scan([]byte("u/"), nil, false, func(k, v []byte) error {
 			var rec uploadRecord
-			if err := json.Unmarshal(v, &rec); err != nil || now.Sub(rec.Updated) > s.opts.UploadTTL {
+			if err := json.Unmarshal(v, &rec); (err != nil || now.Sub(rec.Updated) > s.opts.UploadTTL) && s.mayExpire(string(k[2:])) {
 				ids = append(ids, string(k[2:]))
 			}
 			return nil

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -15,9 +17,15 @@ import (
 
 // Operator commands open the data directory themselves; Badger's lock makes
 // them refuse while a server holds it.
+//
+// On a cluster (--index and --blob-store) they work on the shared index and
+// bucket while the nodes serve, from a scratch data directory of their own
+// (the default there): gc takes the cluster's collector lock.
 var dataFlags = []cli.Flag{
-	&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "data directory", EnvVars: []string{"WHARF_DATA"}},
+	&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "data directory (with --index: a scratch directory of this command's, a temporary one by default)", EnvVars: []string{"WHARF_DATA"}},
 	&cli.StringFlag{Name: "config", Usage: "YAML config (its data key is used when --data is not given)", EnvVars: []string{"WHARF_CONFIG"}},
+	&cli.StringFlag{Name: "index", Usage: "a cluster's etcd index, as for serve (with --blob-store)", EnvVars: []string{"WHARF_INDEX"}},
+	&cli.StringFlag{Name: "blob-store", Usage: "the cluster's bucket, as for serve", EnvVars: []string{"WHARF_BLOB_STORE"}},
 }
 
 func openForMaintenance(c *cli.Context) (*cache.Store, error) {
@@ -27,11 +35,45 @@ func openForMaintenance(c *cli.Context) (*cache.Store, error) {
 			dir = d
 		}
 	}
-	st, err := cache.Open(cache.Options{Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts := cache.Options{Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s3, err := blobStore(c.String("blob-store"))
+	if err != nil {
+		return nil, err
+	}
+	opts.S3 = s3
+	if raw := c.String("index"); raw != "" {
+		eo, err := sharedIndex(raw, s3 != nil, opts.Logger)
+		if err != nil {
+			return nil, err
+		}
+		if !c.IsSet("data") {
+			if opts.Dir, err = os.MkdirTemp("", "wharf-maintenance-"); err != nil {
+				return nil, err
+			}
+			c.Context = context.WithValue(c.Context, scratchKey{}, opts.Dir)
+		}
+		ix, err := cache.OpenEtcdIndex(*eo)
+		if err != nil {
+			return nil, err
+		}
+		opts.Index = ix
+	}
+	st, err := cache.Open(opts)
 	if errors.Is(err, cache.ErrInUse) {
 		return nil, fmt.Errorf("%s is in use, probably by a running wharf serve: stop it first", dir)
 	}
 	return st, err
+}
+
+// scratchKey holds the temporary data directory a cluster command made.
+type scratchKey struct{}
+
+// closeMaintenance closes st and removes the scratch directory, if any.
+func closeMaintenance(c *cli.Context, st *cache.Store) {
+	st.Close()
+	if dir, ok := c.Context.Value(scratchKey{}).(string); ok {
+		os.RemoveAll(dir)
+	}
 }
 
 var gcCommand = &cli.Command{
@@ -46,7 +88,7 @@ var gcCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		defer st.Close()
+		defer closeMaintenance(c, st)
 		rep, err := st.GC(cache.GCOptions{DryRun: c.Bool("dry-run"), Grace: c.Duration("grace")})
 		if err != nil {
 			return err
@@ -73,7 +115,7 @@ var fsckCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		defer st.Close()
+		defer closeMaintenance(c, st)
 		rep, err := st.Fsck(c.Bool("repair"))
 		if err != nil {
 			return err
@@ -103,7 +145,7 @@ var duCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		defer st.Close()
+		defer closeMaintenance(c, st)
 		usage, total, err := st.Usage()
 		if err != nil {
 			return err

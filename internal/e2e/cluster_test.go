@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -275,4 +277,192 @@ func TestClusterColdPulls(t *testing.T) {
 		t.Fatalf("a pull failed when the owner died: %v", err)
 	}
 	t.Logf("owner killed mid-download: %d GETs of the layer upstream (ranged segments included)", hub.Count("GET blob "+layer.String()))
+}
+
+// pushRaw pushes an image of the given layers (and a config naming tag)
+// to repo:tag on node, one monolithic upload per blob, and returns the
+// manifest's digest.
+func pushRaw(node *wharfProc, repo, tag string, layers ...[]byte) (digest.Digest, error) {
+	cfg := []byte(`{"architecture":"amd64","os":"linux","tag":"` + tag + `"}`)
+	var descs []string
+	for _, b := range append([][]byte{cfg}, layers...) {
+		d := digest.FromBytes(b)
+		resp, err := http.Post(node.url("/v2/"+repo+"/blobs/uploads/?digest="+d.String()), "application/octet-stream", bytes.NewReader(b))
+		if err != nil {
+			return "", err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return "", fmt.Errorf("blob %s of %s on %s: %s", d, repo, node.addr, resp.Status)
+		}
+		descs = append(descs, fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}`, d, len(b)))
+	}
+	descs[0] = strings.Replace(descs[0], "image.layer.v1.tar", "image.config.v1+json", 1)
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":` + descs[0] + `,"layers":[` + strings.Join(descs[1:], ",") + `]}`)
+	req, _ := http.NewRequest(http.MethodPut, node.url("/v2/"+repo+"/manifests/"+tag), bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return "", fmt.Errorf("manifest %s:%s on %s: %s", repo, tag, node.addr, resp.Status)
+	}
+	return digest.FromBytes(body), nil
+}
+
+// TestClusterUploadAcrossNodes: an upload session started on one node,
+// continued on a second and finished on a third (as without a
+// repository-hashing balancer) lands whole; the blob is readable on all.
+func TestClusterUploadAcrossNodes(t *testing.T) {
+	c := startCluster(t, 3, "--mirror=false")
+	body := bytes.Repeat([]byte("chunked across nodes "), 50000)
+	half := len(body) / 2
+	resp, err := http.Post(c.nodes[0].url("/v2/team/up/blobs/uploads/"), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		t.Fatalf("start upload: %s %q", resp.Status, loc)
+	}
+	req, _ := http.NewRequest(http.MethodPatch, c.nodes[1].url(loc), bytes.NewReader(body[:half]))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Content-Range", fmt.Sprintf("0-%d", half-1))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("PATCH on another node: %s", resp.Status)
+	}
+	loc = resp.Header.Get("Location")
+	d := digest.FromBytes(body)
+	sep := "?"
+	if strings.Contains(loc, "?") {
+		sep = "&"
+	}
+	req, _ = http.NewRequest(http.MethodPut, c.nodes[2].url(loc+sep+"digest="+d.String()), bytes.NewReader(body[half:]))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := readAll(t, resp)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT on a third node: %s %s", resp.Status, msg)
+	}
+	for _, w := range c.nodes {
+		resp, err := http.Get(w.url("/v2/team/up/blobs/" + d.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := readAll(t, resp)
+		if resp.StatusCode != http.StatusOK || digest.FromString(got) != d {
+			t.Fatalf("blob on %s: %s, %d bytes", w.addr, resp.Status, len(got))
+		}
+	}
+}
+
+// TestClusterGCWhilePushing: every node collects every 300 ms (one at a
+// time: the cluster's collector lock) with a 1 s grace while two nodes
+// take pushes that reuse a small pool of layers and a third deletes old
+// tags, so that content is collected and pushed again all the time. Every
+// push that was acknowledged and not deleted is then whole on every node,
+// and `wharf fsck` of the shared index and bucket is clean.
+func TestClusterGCWhilePushing(t *testing.T) {
+	c := startCluster(t, 3, "--mirror=false", "--allow-delete", "--gc-interval", "300ms", "--gc-grace", "1s")
+	pool := make([][]byte, 6)
+	for i := range pool {
+		pool[i] = bytes.Repeat([]byte(fmt.Sprintf("pool layer %d ", i)), 20000+i)
+	}
+	type pushed struct {
+		repo, tag string
+		d         digest.Digest
+		layers    [][]byte
+	}
+	var mu sync.Mutex
+	var kept []pushed
+	stop := time.Now().Add(8 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for p := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			node := c.nodes[1+p]
+			for i := 0; time.Now().Before(stop); i++ {
+				repo, tag := fmt.Sprintf("gc/team%d", i%3), fmt.Sprintf("p%d-%d", p, i)
+				layers := [][]byte{pool[(i+p)%len(pool)], pool[(i*7+3)%len(pool)], fmt.Appendf(nil, "unique %d %d", p, i)}
+				d, err := pushRaw(node, repo, tag, layers...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				kept = append(kept, pushed{repo, tag, d, layers})
+				mu.Unlock()
+			}
+		}()
+	}
+	deleted := 0
+	for time.Now().Before(stop) {
+		time.Sleep(150 * time.Millisecond)
+		mu.Lock()
+		if len(kept) < 4 {
+			mu.Unlock()
+			continue
+		}
+		victim := kept[0]
+		kept = kept[1:]
+		mu.Unlock()
+		req, _ := http.NewRequest(http.MethodDelete, c.nodes[0].url("/v2/"+victim.repo+"/manifests/"+victim.d.String()), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("delete %s@%s: %s", victim.repo, victim.d, resp.Status)
+		}
+		deleted++
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a push failed while collecting: %v", err)
+	}
+	time.Sleep(2 * time.Second) // more collections, past the grace
+	var collections, freed int
+	for _, w := range c.nodes {
+		for _, m := range regexp.MustCompile(`msg="garbage collection" .* blobs=(\d+)`).FindAllStringSubmatch(w.log.String(), -1) {
+			n, _ := strconv.Atoi(m[1])
+			collections, freed = collections+1, freed+n
+		}
+	}
+	if collections == 0 || deleted == 0 || freed == 0 {
+		t.Fatalf("%d collections freed %d blobs after %d deletes: the test exercised nothing", collections, freed, deleted)
+	}
+	for _, p := range kept {
+		for _, w := range c.nodes {
+			if err := pullBlobs(w, p.repo, p.tag, nil); err != nil {
+				t.Fatalf("acknowledged push lost: %v", err)
+			}
+			var blobs []digest.Digest
+			for _, l := range p.layers {
+				blobs = append(blobs, digest.FromBytes(l))
+			}
+			if err := pullBlobs(w, p.repo, p.tag, blobs); err != nil {
+				t.Fatalf("acknowledged push lost a blob: %v", err)
+			}
+		}
+	}
+	out, err := runErr(2*time.Minute, nil, wharfBin, append([]string{"fsck"}, c.args[:4]...)...)
+	if err != nil || !strings.Contains(out, "; 0 problems;") {
+		t.Fatalf("wharf fsck of the cluster: %v\n%s", err, out)
+	}
+	t.Logf("%d pushes kept, %d deleted, %d collections freed %d blobs; fsck: %s", len(kept), deleted, collections, freed, strings.TrimSpace(out))
 }
