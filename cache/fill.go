@@ -56,6 +56,7 @@ type fill struct {
 	retired   bool
 	repos     []string // linked on commit; guarded by Fills.mu
 	peer      string   // the cluster node that sent every byte ("": none)
+	from      func() string // BlobSource.Peer, for Fills.Active (guarded by mu)
 }
 
 // newFill begins filling blob d, content of origin o, for repo. The caller

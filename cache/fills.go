@@ -62,6 +62,36 @@ type Fills struct {
 	wg     sync.WaitGroup
 }
 
+// ActiveFill is a download in flight.
+type ActiveFill struct {
+	Digest        digest.Digest
+	Repos         []string
+	Written, Size int64  // Size -1 until known
+	From          string // the cluster node it comes from; "" for upstream
+}
+
+// Active lists the downloads in flight.
+func (fs *Fills) Active() []ActiveFill {
+	fs.mu.Lock()
+	fills := make([]*fill, 0, len(fs.m))
+	var out []ActiveFill
+	for _, f := range fs.m {
+		fills = append(fills, f)
+		out = append(out, ActiveFill{Digest: f.d, Repos: append([]string(nil), f.repos...)})
+	}
+	fs.mu.Unlock()
+	for i, f := range fills {
+		f.mu.Lock()
+		out[i].Written, out[i].Size = f.written, f.size
+		from := f.from
+		f.mu.Unlock()
+		if from != nil {
+			out[i].From = from()
+		}
+	}
+	return out
+}
+
 // NewFills returns the download coordinator for s. Close it before s.
 func (s *Store) NewFills(opts FillsOptions) *Fills {
 	if opts.Timeout <= 0 {
@@ -145,6 +175,7 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 			fs.mu.Unlock()
 			return nil, false, err
 		}
+		f.from = src.Peer
 		fs.m[d] = f
 		rd = f.newReader(ctx)
 		fs.wg.Add(1)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -75,6 +76,31 @@ type S3Blobs struct {
 	local *FileBlobs
 	cl    *minio.Client
 	o     S3Options
+
+	pingMu  sync.Mutex
+	pinged  time.Time // last Ping's answer, kept pingCache
+	pingErr error
+}
+
+// pingCache is how long a Ping's answer stands: the status page and the
+// metrics ask often.
+const pingCache = 10 * time.Second
+
+// Ping reports whether the bucket answers (within 3 s).
+func (b *S3Blobs) Ping() error {
+	b.pingMu.Lock()
+	defer b.pingMu.Unlock()
+	if time.Since(b.pinged) < pingCache {
+		return b.pingErr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err := b.cl.BucketExists(ctx, b.o.Bucket)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+	}
+	b.pinged, b.pingErr = time.Now(), err
+	return err
 }
 
 // s3Timeout bounds one metadata request to the object store.

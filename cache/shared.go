@@ -203,3 +203,32 @@ func nodeID(dir string) (string, error) {
 
 // Shared reports whether the index is shared with other nodes.
 func (s *Store) Shared() bool { return s.shared }
+
+// ClusterHealth is what the status page and the metrics show of a
+// cluster: this node, the live members, the index and the object store.
+type ClusterHealth struct {
+	Node         string
+	Members      map[string]string // id → URL
+	Index        EtcdHealth
+	BlobStore    string // the bucket
+	BlobStoreErr string // "" while it answers
+}
+
+// ClusterHealth reports the cluster as this node sees it; ok is false on
+// a single box.
+func (s *Store) ClusterHealth() (h ClusterHealth, ok bool) {
+	if !s.shared {
+		return h, false
+	}
+	h.Node, h.Members = s.nodeID, s.Members()
+	if e, ok := s.idx.(*EtcdIndex); ok {
+		h.Index = e.Health()
+	}
+	if b, ok := s.blobs.(*S3Blobs); ok {
+		h.BlobStore = b.o.String()
+		if err := b.Ping(); err != nil {
+			h.BlobStoreErr = err.Error()
+		}
+	}
+	return h, true
+}

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -18,6 +20,7 @@ import (
 type StatusInfo struct {
 	StoreBytes, QuotaBytes int64
 	Upstreams              []upstream.Status
+	Cluster                *cache.ClusterHealth // nil on a single box
 }
 
 // statusBook keeps what the status page shows over time: samples of the
@@ -88,6 +91,27 @@ type statusPage struct {
 	MoreMirrored, MorePushed int
 	Upstreams                []upstreamRow
 	Errors                   []string
+	Cluster                  *clusterView
+}
+
+// clusterView is the status page's cluster section.
+type clusterView struct {
+	Node              string
+	Members           []memberRow
+	Index, IndexState string
+	IndexOK           bool
+	Store, StoreState string
+	StoreOK           bool
+	Fills             []fillRow
+}
+
+type memberRow struct {
+	ID, URL string
+	Self    bool
+}
+
+type fillRow struct {
+	Digest, Repos, Progress, From, Owner string
 }
 
 type upstreamRow struct {
@@ -176,6 +200,11 @@ func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
 			p.Upstreams = append(p.Upstreams, row)
 		}
 	}
+	if reg.opts.StatusInfo != nil {
+		if info := reg.opts.StatusInfo(); info.Cluster != nil {
+			p.Cluster = reg.clusterView(*info.Cluster, subject, pol)
+		}
+	}
 	repos, _, _ := reg.visibleRepos(r, 1000, "")
 	for _, repo := range repos {
 		if reg.origin(repo).Mirrored() {
@@ -195,6 +224,48 @@ func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
 	if err := statusTemplate.Execute(w, p); err != nil {
 		reg.log.Warn("status page", "err", err)
 	}
+}
+
+// clusterView renders the cluster: members, index and object store
+// health, and the downloads in flight with the node that owns each (only
+// those of repositories the viewer may pull).
+func (reg *Registry) clusterView(h cache.ClusterHealth, subject policy.Subject, pol *policy.Policy) *clusterView {
+	v := &clusterView{Node: h.Node, Index: strings.Join(h.Index.Endpoints, ", "), Store: h.BlobStore, IndexOK: h.Index.Healthy, StoreOK: h.BlobStoreErr == ""}
+	v.IndexState = fmt.Sprintf("answering; %d changes followed, %d watch restarts", h.Index.Events, h.Index.Restarts)
+	if !h.Index.Healthy {
+		v.IndexState = "unavailable: " + h.Index.LastError
+	}
+	v.StoreState = "answering"
+	if !v.StoreOK {
+		v.StoreState = h.BlobStoreErr
+	}
+	for id, u := range h.Members {
+		v.Members = append(v.Members, memberRow{ID: id, URL: u, Self: id == h.Node})
+	}
+	sort.Slice(v.Members, func(i, j int) bool { return v.Members[i].ID < v.Members[j].ID })
+	if reg.pull != nil {
+		for _, f := range reg.pull.fills.Active() {
+			visible := false
+			for _, repo := range f.Repos {
+				visible = visible || pol.Allowed(subject, repo, policy.Pull, true)
+			}
+			if !visible {
+				continue
+			}
+			row := fillRow{Digest: f.Digest.String(), Repos: strings.Join(f.Repos, ", "), From: "upstream"}
+			if f.From != "" {
+				row.From = "node " + f.From
+			}
+			if f.Size > 0 {
+				row.Progress = fmt.Sprintf("%s of %s", humanBytes(float64(f.Written)), humanBytes(float64(f.Size)))
+			} else {
+				row.Progress = humanBytes(float64(f.Written))
+			}
+			row.Owner, _ = BlobOwner(h.Members, f.Digest)
+			v.Fills = append(v.Fills, row)
+		}
+	}
+	return v
 }
 
 var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
@@ -230,6 +301,11 @@ table{width:100%;border-collapse:collapse;font-size:13px}td{padding:5px 4px;bord
 <div class="meter"><div style="width:{{printf "%.0f" .UsedPct}}%"></div></div></section>
 <section><h2>Upstreams</h2><table>{{range .Upstreams}}<tr><td><b>{{.Name}}</b><br><span class="sub">{{.Endpoint}}</span></td>
 <td class="{{if .OK}}ok{{else}}bad{{end}}">{{.State}}</td><td>{{.Limit}}</td></tr>{{else}}<tr><td class="sub">mirroring off</td></tr>{{end}}</table></section>
+{{with .Cluster}}<section><h2>Cluster</h2><div class="sub">this node: {{.Node}}</div>
+<table>{{range .Members}}<tr><td><b>{{.ID}}</b>{{if .Self}} (this node){{end}}</td><td>{{.URL}}</td></tr>{{end}}</table>
+<table><tr><td><b>index</b><br><span class="sub">{{.Index}}</span></td><td class="{{if .IndexOK}}ok{{else}}bad{{end}}">{{.IndexState}}</td></tr>
+<tr><td><b>object store</b><br><span class="sub">{{.Store}}</span></td><td class="{{if .StoreOK}}ok{{else}}bad{{end}}">{{.StoreState}}</td></tr></table>
+<h3>Downloads in flight</h3><table>{{range .Fills}}<tr><td>{{.Repos}}<br><span class="sub">{{.Digest}}</span></td><td>{{.Progress}}</td><td>from {{.From}}; owner {{.Owner}}</td></tr>{{else}}<tr><td class="sub">none</td></tr>{{end}}</table></section>{{end}}
 <section><h2>Cached images</h2><ul>{{range .Mirrored}}<li>{{.}}</li>{{else}}<li class="sub">none yet</li>{{end}}</ul>
 {{if .MoreMirrored}}<div class="sub">and {{.MoreMirrored}} more</div>{{end}}</section>
 <section><h2>Pushed images</h2><ul>{{range .Pushed}}<li>{{.}}</li>{{else}}<li class="sub">none (or none you may see)</li>{{end}}</ul>

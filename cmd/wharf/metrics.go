@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"github.com/wharf-registry/wharf/cache"
 	"log/slog"
 	"net"
 	"net/http"
@@ -101,4 +102,47 @@ func serveSide(addr string, mux *http.ServeMux, what string, log *slog.Logger) (
 	}()
 	log.Info(what, "addr", ln.Addr().String())
 	return srv, nil
+}
+
+// clusterCollector reports a cluster node's view of its cluster when
+// scraped: live members, the index's and the object store's health, and
+// the changes followed on the index's watch.
+type clusterCollector struct {
+	store                                       *cache.Store
+	members, indexUp, storeUp, events, restarts *prometheus.Desc
+}
+
+func newClusterCollector(store *cache.Store) *clusterCollector {
+	return &clusterCollector{store: store,
+		members:  prometheus.NewDesc("wharf_cluster_members", "Live nodes of the cluster, as this node's watch on the index says.", nil, nil),
+		indexUp:  prometheus.NewDesc("wharf_index_up", "1 while the shared index (etcd) answered this node's last request, else 0.", nil, nil),
+		storeUp:  prometheus.NewDesc("wharf_blob_store_up", "1 while the object store answers (checked at most every 10 s), else 0.", nil, nil),
+		events:   prometheus.NewDesc("wharf_index_watch_events_total", "Index changes (of any node) this node's caches followed.", nil, nil),
+		restarts: prometheus.NewDesc("wharf_index_watch_restarts_total", "Restarts of this node's watch on the index (a member lost, a compaction).", nil, nil)}
+}
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.members
+	ch <- c.indexUp
+	ch <- c.storeUp
+	ch <- c.events
+	ch <- c.restarts
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	h, ok := c.store.ClusterHealth()
+	if !ok {
+		return
+	}
+	up := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(len(h.Members)))
+	ch <- prometheus.MustNewConstMetric(c.indexUp, prometheus.GaugeValue, up(h.Index.Healthy))
+	ch <- prometheus.MustNewConstMetric(c.storeUp, prometheus.GaugeValue, up(h.BlobStoreErr == ""))
+	ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(h.Index.Events))
+	ch <- prometheus.MustNewConstMetric(c.restarts, prometheus.CounterValue, float64(h.Index.Restarts))
 }

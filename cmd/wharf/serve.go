@@ -403,10 +403,16 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		ops.storeBytes.Set(float64(size))
 	}
 	cfg.mirror.Metrics = mirror.NewMetrics(promReg)
+	if store.Shared() {
+		promReg.MustRegister(newClusterCollector(store))
+	}
 	var upClient *upstream.Client
 	cfg.mirror.StatusInfo = func() mirror.StatusInfo {
 		info := mirror.StatusInfo{QuotaBytes: cfg.maxSize}
 		info.StoreBytes, _ = store.Size()
+		if h, ok := store.ClusterHealth(); ok {
+			info.Cluster = &h
+		}
 		if upClient != nil {
 			info.Upstreams = upClient.Status()
 		}

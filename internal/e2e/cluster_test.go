@@ -30,8 +30,9 @@ type cluster struct {
 	etcd  *etcdtest.Cluster
 	s3    *s3test.Server
 	nodes []*wharfProc
-	front string
-	args  []string // every node's serve arguments
+	front   string
+	args    []string // every node's serve arguments
+	metrics []string // each node's --metrics-addr
 }
 
 func startCluster(t *testing.T, n int, extra ...string) *cluster {
@@ -50,8 +51,10 @@ func startCluster(t *testing.T, n int, extra ...string) *cluster {
 		"--token-key-file", key}, extra...)
 	var backends []string
 	for range n {
-		w := startWharf(t, "", c.args...)
+		metrics := freeAddr(t)
+		w := startWharf(t, "", append([]string{"--metrics-addr", metrics}, c.args...)...)
 		c.nodes, backends = append(c.nodes, w), append(backends, w.addr)
+		c.metrics = append(c.metrics, metrics)
 	}
 	c.front, _ = startHaproxy(t, backends)
 	return c
@@ -108,6 +111,28 @@ func TestClusterPushPull(t *testing.T) {
 		}
 	}
 
+	// The status page and the metrics show the cluster.
+	ids := c.members(t)
+	resp, err := http.Get(c.nodes[1].url("/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := readAll(t, resp)
+	for id := range ids {
+		if !strings.Contains(page, id) {
+			t.Fatalf("status page does not list member %s:\n%s", id, page)
+		}
+	}
+	if !strings.Contains(page, "(this node)") || strings.Count(page, ">answering") != 2 {
+		t.Fatalf("status page's cluster section:\n%s", page)
+	}
+	metrics := scrape(t, c.metrics[1])
+	for _, want := range []string{"wharf_cluster_members 3", "wharf_index_up 1", "wharf_blob_store_up 1"} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Fatalf("metrics lack %q:\n%s", want, metrics)
+		}
+	}
+
 	// One etcd member down: a push through haproxy and a pull elsewhere.
 	c.etcd.Members[0].Stop()
 	pusher.docker(t, "tag", base, c.front+"/e2e/degraded:v1")
@@ -122,7 +147,7 @@ func TestClusterPushPull(t *testing.T) {
 	puller.docker(t, "pull", ref)
 	body := []byte("pushed while etcd is down")
 	start := time.Now()
-	resp, err := http.Post(c.nodes[1].url("/v2/e2e/other/blobs/uploads/?digest="+digest.FromBytes(body).String()), "application/octet-stream", bytes.NewReader(body))
+	resp, err = http.Post(c.nodes[1].url("/v2/e2e/other/blobs/uploads/?digest="+digest.FromBytes(body).String()), "application/octet-stream", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +158,18 @@ func TestClusterPushPull(t *testing.T) {
 	if took := time.Since(start); took > 15*time.Second {
 		t.Errorf("the refused push took %v", took)
 	}
+	if m := scrape(t, c.metrics[1]); !strings.Contains(m, "wharf_index_up 0\n") {
+		t.Errorf("wharf_index_up with etcd down:\n%s", m)
+	}
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return readAll(t, resp)
 }
 
 // pullBlobs GETs the manifest tag of repo from node, then each of blobs,
