@@ -54,8 +54,8 @@ type fill struct {
 	ring      *[]byte // the latest bytes: offset o is at o % fillRing; nil once released
 	readers   int
 	retired   bool
-	repos     []string // linked on commit; guarded by Fills.mu
-	peer      string   // the cluster node that sent every byte ("": none)
+	repos     []string      // linked on commit; guarded by Fills.mu
+	peer      string        // the cluster node that sent every byte ("": none)
 	from      func() string // BlobSource.Peer, for Fills.Active (guarded by mu)
 }
 

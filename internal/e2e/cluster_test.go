@@ -27,9 +27,9 @@ import (
 // cluster is n Wharf nodes on one etcd index and one bucket, sharing a
 // token key, behind haproxy.
 type cluster struct {
-	etcd  *etcdtest.Cluster
-	s3    *s3test.Server
-	nodes []*wharfProc
+	etcd    *etcdtest.Cluster
+	s3      *s3test.Server
+	nodes   []*wharfProc
 	front   string
 	args    []string // every node's serve arguments
 	metrics []string // each node's --metrics-addr
