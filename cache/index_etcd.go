@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -128,6 +129,8 @@ type EtcdIndex struct {
 	lastErr string
 	events  int64 // changes seen on the watch
 	restart int64 // watch restarts
+
+	reads, writes, conflicts atomic.Int64 // requests sent, and failed compares
 }
 
 var (
@@ -353,13 +356,17 @@ type EtcdHealth struct {
 	LastError string
 	Events    int64 // changes received on the watch
 	Restarts  int64 // watch restarts (a member lost, compaction)
+	// Requests this node sent: reads (one per Get, one per scanned page)
+	// and write transactions, and the writes that lost a compare.
+	Reads, Writes, Conflicts int64
 }
 
 // Health reports the outcome of the last request and the watch's counts.
 func (e *EtcdIndex) Health() EtcdHealth {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return EtcdHealth{Endpoints: e.cli.Endpoints(), Healthy: e.healthy, LastError: e.lastErr, Events: e.events, Restarts: e.restart}
+	return EtcdHealth{Endpoints: e.cli.Endpoints(), Healthy: e.healthy, LastError: e.lastErr, Events: e.events, Restarts: e.restart,
+		Reads: e.reads.Load(), Writes: e.writes.Load(), Conflicts: e.conflicts.Load()}
 }
 
 // outcome records a request's result and classifies its error.
@@ -412,6 +419,7 @@ func (t *etcdTxn) get(key string, opts ...clientv3.OpOption) (*clientv3.GetRespo
 	}
 	ctx, cancel := t.ctx()
 	defer cancel()
+	t.e.reads.Add(1)
 	resp, err := t.e.cli.Get(ctx, t.e.prefix+key, opts...)
 	if err = t.e.outcome("read", err); err != nil {
 		return nil, err
@@ -526,11 +534,13 @@ func (t *etcdTxn) commit() error {
 	}
 	ctx, cancel := t.ctx()
 	defer cancel()
+	t.e.writes.Add(1)
 	resp, err := t.e.cli.Txn(ctx).If(t.compares()...).Then(ops...).Commit()
 	if err = t.e.outcome("write", err); err != nil {
 		return err
 	}
 	if !resp.Succeeded {
+		t.e.conflicts.Add(1)
 		return errConflict
 	}
 	return nil

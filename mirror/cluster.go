@@ -113,11 +113,17 @@ func (reg *Registry) relay(target string) (*httputil.ReverseProxy, error) {
 // whole cluster: the highest of hash(member, d) (rendezvous hashing, so a
 // member joining or leaving moves only its share of the digests).
 func BlobOwner(members map[string]string, d digest.Digest) (id, url string) {
-	return ownerOf(members, d.String())
+	return Owner(members, d.String())
 }
 
-// ownerOf is the rendezvous owner of key among members.
-func ownerOf(members map[string]string, key string) (id, url string) {
+// ManifestOwner is the member that fetches and revalidates manifest ref
+// (a tag or a digest) of local mirrored repository repo.
+func ManifestOwner(members map[string]string, repo, ref string) (id, url string) {
+	return Owner(members, repo+"@"+ref)
+}
+
+// Owner is the rendezvous owner of key among members.
+func Owner(members map[string]string, key string) (id, url string) {
 	var best uint64
 	for m, u := range members {
 		h := fnv.New64a()
@@ -225,7 +231,7 @@ func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (
 	if !p.reg.clustered() || isPeer(ctx) {
 		return nil, false, nil
 	}
-	owner, target := ownerOf(p.store.Members(), t.Local+"@"+ref.String())
+	owner, target := ManifestOwner(p.store.Members(), t.Local, ref.String())
 	if owner == "" || owner == p.store.NodeID() {
 		return nil, false, nil
 	}

@@ -110,6 +110,7 @@ func serveSide(addr string, mux *http.ServeMux, what string, log *slog.Logger) (
 type clusterCollector struct {
 	store                                       *cache.Store
 	members, indexUp, storeUp, events, restarts *prometheus.Desc
+	requests                                    *prometheus.Desc
 }
 
 func newClusterCollector(store *cache.Store) *clusterCollector {
@@ -118,7 +119,8 @@ func newClusterCollector(store *cache.Store) *clusterCollector {
 		indexUp:  prometheus.NewDesc("wharf_index_up", "1 while the shared index (etcd) answered this node's last request, else 0.", nil, nil),
 		storeUp:  prometheus.NewDesc("wharf_blob_store_up", "1 while the object store answers (checked at most every 10 s), else 0.", nil, nil),
 		events:   prometheus.NewDesc("wharf_index_watch_events_total", "Index changes (of any node) this node's caches followed.", nil, nil),
-		restarts: prometheus.NewDesc("wharf_index_watch_restarts_total", "Restarts of this node's watch on the index (a member lost, a compaction).", nil, nil)}
+		restarts: prometheus.NewDesc("wharf_index_watch_restarts_total", "Restarts of this node's watch on the index (a member lost, a compaction).", nil, nil),
+		requests: prometheus.NewDesc("wharf_index_requests_total", "Requests this node sent the shared index: reads (a get, or a page of a scan), writes (transactions), conflicts (writes that lost a compare and were retried).", []string{"op"}, nil)}
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -127,6 +129,7 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.storeUp
 	ch <- c.events
 	ch <- c.restarts
+	ch <- c.requests
 }
 
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
@@ -145,4 +148,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.storeUp, prometheus.GaugeValue, up(h.BlobStoreErr == ""))
 	ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(h.Index.Events))
 	ch <- prometheus.MustNewConstMetric(c.restarts, prometheus.CounterValue, float64(h.Index.Restarts))
+	ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(h.Index.Reads), "read")
+	ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(h.Index.Writes), "write")
+	ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(h.Index.Conflicts), "conflict")
 }

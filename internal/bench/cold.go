@@ -44,7 +44,7 @@ func printTargets() {
 	if len(targets) == 0 {
 		return
 	}
-	fmt.Println("targets (issue 12):")
+	fmt.Println("targets:")
 	fmt.Printf("  %-72s %-22s %-28s %-34s %s\n", "figure", "before", "target", "measured", "met")
 	for _, t := range targets {
 		met := "yes"

@@ -50,7 +50,7 @@ var (
 	duration  = flag.Duration("duration", 5*time.Second, "length of each manifest load run")
 	wharfPath = flag.String("wharf", "", "wharf binary (default: go build ./cmd/wharf)")
 	wharfLog  = flag.String("wharf-log", "", "append the Wharf servers' debug logs (every request, with its time) to this file")
-	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), cold (real dockerd and skopeo, vs Distribution and direct), auth (signed-in vs anonymous), store (a large index) or all")
+	suite     = flag.String("suite", "all", "registry (vs nginx), mirror (vs the fake hub), cold (real dockerd and skopeo, vs Distribution and direct), auth (signed-in vs anonymous), store (a large index), cluster (3 nodes on etcd and S3) or all")
 )
 
 func main() {
@@ -96,6 +96,11 @@ func run(tmp string) error {
 	}
 	if *suite == "cold" || *suite == "all" {
 		if err := runCold(tmp, bin); err != nil {
+			return err
+		}
+	}
+	if *suite == "cluster" || *suite == "all" {
+		if err := runCluster(tmp, bin); err != nil {
 			return err
 		}
 	}
