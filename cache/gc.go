@@ -342,18 +342,9 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 	var doomed []digest.Digest
 	sizes := map[digest.Digest]int64{}
 	err := s.idx.View(func(txn Txn) error {
-		used := map[digest.Digest]bool{}
-		for _, p := range []string{"l/", "m/"} {
-			if err := txn.Scan([]byte(p), nil, true, func(k, _ []byte) error {
-				if o.DryRun && planned[string(k)] {
-					return nil
-				}
-				_, d := splitRepoKey(k, p)
-				used[digest.Digest(d)] = true
-				return nil
-			}); err != nil {
-				return err
-			}
+		used, err := usedDigests(txn, o, planned)
+		if err != nil {
+			return err
 		}
 		return txn.Scan([]byte("b/"), nil, false, func(k, v []byte) error {
 			if d := digest.Digest(k[2:]); !used[d] {
@@ -389,6 +380,25 @@ func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) 
 		}
 	}
 	return nil
+}
+
+// usedDigests is every digest a link or manifest record names (less, in a
+// dry run, those the run would have removed).
+func usedDigests(txn Txn, o GCOptions, planned map[string]bool) (map[digest.Digest]bool, error) {
+	used := map[digest.Digest]bool{}
+	for _, p := range []string{"l/", "m/"} {
+		if err := txn.Scan([]byte(p), nil, true, func(k, _ []byte) error {
+			if o.DryRun && planned[string(k)] {
+				return nil
+			}
+			_, d := splitRepoKey(k, p)
+			used[digest.Digest(d)] = true
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return used, nil
 }
 
 // dropBlobRecords deletes, under all content locks, the records of the

@@ -159,18 +159,9 @@ func (s *Store) sweepShared(rep *GCReport, o GCOptions, planned map[string]bool)
 	marked := map[digest.Digest][]byte{}
 	var stale, old []digest.Digest
 	err := s.idx.View(func(txn Txn) error {
-		used := map[digest.Digest]bool{}
-		for _, p := range []string{"l/", "m/"} {
-			if err := txn.Scan([]byte(p), nil, true, func(k, _ []byte) error {
-				if o.DryRun && planned[string(k)] {
-					return nil
-				}
-				_, d := splitRepoKey(k, p)
-				used[digest.Digest(d)] = true
-				return nil
-			}); err != nil {
-				return err
-			}
+		used, err := usedDigests(txn, o, planned)
+		if err != nil {
+			return err
 		}
 		return txn.Scan([]byte("b/"), nil, false, func(k, v []byte) error {
 			d := digest.Digest(k[2:])

@@ -182,28 +182,23 @@ func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int6
 	mu.Lock()
 	defer mu.Unlock()
 	defer s.noteLinked(d)
+	var before []byte
+	stored := false // by peer: this node keeps a local copy only
 	if peer != "" && s.shared {
-		if before, ok := s.awaitStored(d, peer); ok {
-			if err := s.blobs.(localCommitter).CommitLocal(id, d); err != nil {
-				return err
-			}
-			for i, repo := range repos {
-				if i > 0 {
-					session = nil
-				}
-				if err := s.linkBlob(repo, d, size, session, o, before); err != nil {
-					return err
-				}
-			}
-			return nil
+		before, stored = s.awaitStored(d, peer)
+	}
+	if stored {
+		if err := s.blobs.(localCommitter).CommitLocal(id, d); err != nil {
+			return err
 		}
-	}
-	before, err := s.blobBefore(d)
-	if err != nil {
-		return err
-	}
-	if err := s.blobs.Commit(id, d); err != nil {
-		return err
+	} else {
+		var err error
+		if before, err = s.blobBefore(d); err != nil {
+			return err
+		}
+		if err := s.blobs.Commit(id, d); err != nil {
+			return err
+		}
 	}
 	for i, repo := range repos {
 		if i > 0 {
