@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +81,66 @@ type S3Blobs struct {
 	pingMu  sync.Mutex
 	pinged  time.Time // last Ping's answer, kept pingCache
 	pingErr error
+
+	usedMu sync.Mutex
+	used   map[digest.Digest]time.Time // last use of local copies since start (else their file's time)
+}
+
+// use notes that the local copy of d was just read or written.
+func (b *S3Blobs) use(d digest.Digest) {
+	b.usedMu.Lock()
+	if b.used == nil {
+		b.used = map[digest.Digest]time.Time{}
+	}
+	b.used[d] = time.Now()
+	b.usedMu.Unlock()
+}
+
+// TrimLocal deletes the least recently used local copies until they hold
+// at most max bytes, and returns the bytes freed. Every local copy is
+// also in the bucket (it is written there first, or by the node it came
+// from), so this loses nothing: a blob read again is fetched and checked
+// again. A reader that has the file open keeps reading it.
+func (b *S3Blobs) TrimLocal(max int64) (int64, error) {
+	type copyInfo struct {
+		d    digest.Digest
+		size int64
+		used time.Time
+	}
+	var copies []copyInfo
+	var total int64
+	err := b.local.Walk(func(i BlobInfo) error {
+		if i.Digest != "" {
+			copies = append(copies, copyInfo{i.Digest, i.Size, i.ModTime})
+			total += i.Size
+		}
+		return nil
+	})
+	if err != nil || total <= max {
+		return 0, err
+	}
+	b.usedMu.Lock()
+	for i, c := range copies {
+		if t, ok := b.used[c.d]; ok && t.After(c.used) {
+			copies[i].used = t
+		}
+	}
+	b.usedMu.Unlock()
+	sort.Slice(copies, func(i, j int) bool { return copies[i].used.Before(copies[j].used) })
+	var freed int64
+	for _, c := range copies {
+		if total-freed <= max {
+			break
+		}
+		if err := b.local.Delete(c.d); err != nil {
+			return freed, err
+		}
+		b.usedMu.Lock()
+		delete(b.used, c.d)
+		b.usedMu.Unlock()
+		freed += c.size
+	}
+	return freed, nil
 }
 
 // pingCache is how long a Ping's answer stands: the status page and the
@@ -183,6 +244,7 @@ func notFound(err error) bool {
 // when there is none. The fetched bytes must hash to d: a damaged object
 // is an error, never content.
 func (b *S3Blobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	b.use(d)
 	rc, n, err := b.local.Open(d)
 	if !errors.Is(err, ErrBlobUnknown) {
 		return rc, n, err
@@ -268,12 +330,16 @@ func (b *S3Blobs) Commit(id string, d digest.Digest) error {
 	default:
 		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
+	b.use(d)
 	return b.local.Commit(id, d)
 }
 
 // CommitLocal keeps ingest file id as the local copy of d, which another
 // node writes to the bucket.
-func (b *S3Blobs) CommitLocal(id string, d digest.Digest) error { return b.local.Commit(id, d) }
+func (b *S3Blobs) CommitLocal(id string, d digest.Digest) error {
+	b.use(d)
+	return b.local.Commit(id, d)
+}
 
 // Delete removes d from the bucket and the local copy.
 func (b *S3Blobs) Delete(d digest.Digest) error {

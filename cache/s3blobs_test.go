@@ -262,3 +262,47 @@ func TestS3Unreachable(t *testing.T) {
 		t.Fatalf("three calls to a dead store took %s", took)
 	}
 }
+
+// TestS3LocalCopiesTrimmed: the local copies are kept within a size, the
+// least recently used going first; a trimmed blob read again comes back
+// from the bucket, whole and verified.
+func TestS3LocalCopiesTrimmed(t *testing.T) {
+	o, _ := startS3(t)
+	_, fb, b := newS3Blobs(t, o)
+	var ds []digest.Digest
+	var datas [][]byte
+	for range 5 {
+		data := make([]byte, 1<<20)
+		rand.Read(data)
+		ds, datas = append(ds, commitBytes(t, b, data)), append(datas, data)
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The oldest write is read again: it is the most recently used now.
+	rc, _, err := b.Open(ds[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	freed, err := b.TrimLocal(5<<19 + 1) // room for two and a half
+	if err != nil || freed != 3<<20 {
+		t.Fatalf("freed %d bytes, %v; want 3 MiB", freed, err)
+	}
+	for i, d := range ds {
+		_, err := fb.Stat(d)
+		if kept := err == nil; kept != (i == 0 || i == 4) {
+			t.Errorf("blob %d: local copy kept %v (want the two most recently used)", i, kept)
+		}
+	}
+	rc, n, err := b.Open(ds[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if n != 1<<20 || !bytes.Equal(got, datas[2]) {
+		t.Fatalf("a trimmed blob read again: %d bytes", len(got))
+	}
+	if freed, err := b.TrimLocal(10 << 20); err != nil || freed != 0 {
+		t.Fatalf("under the limit: freed %d, %v", freed, err)
+	}
+}

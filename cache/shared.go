@@ -232,3 +232,25 @@ func (s *Store) ClusterHealth() (h ClusterHealth, ok bool) {
 	}
 	return h, true
 }
+
+// TrimLocalCopies keeps the local copies of blobs held in an object store
+// within max bytes (least recently used go first); with a single box's
+// files, nothing is a copy and nothing is freed.
+func (s *Store) TrimLocalCopies(max int64) (int64, error) {
+	if b, ok := s.blobs.(*S3Blobs); ok {
+		return b.TrimLocal(max)
+	}
+	return 0, nil
+}
+
+// LocalCopiesBytes is how many bytes the local copies of an object
+// store's blobs take (0 for a single box's files).
+func (s *Store) LocalCopiesBytes() (int64, error) {
+	b, ok := s.blobs.(*S3Blobs)
+	if !ok {
+		return 0, nil
+	}
+	var n int64
+	err := b.local.Walk(func(i BlobInfo) error { n += i.Size; return nil })
+	return n, err
+}

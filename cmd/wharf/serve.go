@@ -48,6 +48,7 @@ type serveConfig struct {
 	advertise       string             // the URL other nodes reach this one at ("": derived)
 	gcGrace         time.Duration
 	maxSize         int64
+	localCacheSize  int64 // with --blob-store: bound of the local copies (0: none)
 	retention       time.Duration
 	evictInterval   time.Duration
 	idleTimeout     time.Duration
@@ -132,6 +133,11 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if s := c.String("min-free"); s != "" {
 		if cfg.cache.MinFree, err = parseSize(s, c.String("data")); err != nil {
 			return cfg, fmt.Errorf("--min-free: %w", err)
+		}
+	}
+	if s := c.String("local-cache-size"); s != "" && s3 != nil {
+		if cfg.localCacheSize, err = parseSize(s, c.String("data")); err != nil {
+			return cfg, fmt.Errorf("--local-cache-size: %w", err)
 		}
 	}
 	if s := c.String("max-size"); s != "" {

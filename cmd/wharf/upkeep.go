@@ -129,6 +129,22 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 		ops.storeBytes.Set(float64(size))
 	}
 	deficit := store.SpaceDeficit()
+	if cfg.cache.S3 != nil { // the local copies go first: the bucket keeps them
+		limit := cfg.localCacheSize
+		if deficit > 0 {
+			if local, err := store.LocalCopiesBytes(); err == nil && (limit == 0 || local-deficit < limit) {
+				limit = max(0, local-deficit)
+			}
+		}
+		if limit > 0 || deficit > 0 {
+			if freed, err := store.TrimLocalCopies(limit); err != nil {
+				log.Warn("trimming the local copies of the bucket's blobs", "err", err)
+			} else if freed > 0 {
+				log.Info("trimmed the local copies of the bucket's blobs", "freed_bytes", freed, "limit", limit, "short_of_space_bytes", deficit)
+				deficit = store.SpaceDeficit()
+			}
+		}
+	}
 	if cfg.maxSize == 0 && cfg.retention == 0 && deficit == 0 || store.ReadOnly() {
 		return
 	}
