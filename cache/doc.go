@@ -45,6 +45,15 @@
 // <data>/wharf.lock is flock'ed by the process that has the store open, and
 // fsck --repair moves bad blobs to <data>/quarantine/.
 //
+// A cluster's nodes (Options.Index: EtcdIndex) keep the same keys in etcd
+// under a prefix ("wharf/"), besides members/<node> (on each node's lease:
+// the URL it is reached at), locks/ (the collector's) and s/cluster-id (who
+// claims the bucket's prefix); their blobs are in the bucket (S3Blobs) and
+// their data directories hold ingest files, local copies, node-id and the
+// index-store marker. There a blob record also carries a link stamp and a
+// tombstone state, the collector's compare-and-set protocol (gc_shared.go),
+// and each node's caches follow the index's change feed (shared.go).
+//
 // A blob is readable through a repository only when an l/ (or, for manifest
 // bytes, m/) key links it there. Ordering makes crashes safe: bytes are
 // fsynced and renamed into blobs/ before the index transaction that makes them
