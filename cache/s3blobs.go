@@ -240,52 +240,33 @@ func notFound(err error) bool {
 	return code == "NoSuchKey" || code == "NotFound"
 }
 
-// Open returns the local copy of d, fetching it from the bucket first
-// when there is none. The fetched bytes must hash to d: a damaged object
-// is an error, never content.
+// Open returns the local copy of d or, when there is none, the object
+// streamed from the bucket as it arrives (and kept as the local copy once
+// verified): the last bytes are held back until the whole object hashed
+// to d, so a damaged object is an error, never content (see s3Stream).
 func (b *S3Blobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
 	b.use(d)
 	rc, n, err := b.local.Open(d)
 	if !errors.Is(err, ErrBlobUnknown) {
 		return rc, n, err
 	}
-	if err := b.fetch(d); err != nil {
+	obj, err := b.cl.GetObject(context.Background(), b.o.Bucket, b.key(d), minio.GetObjectOptions{})
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+	}
+	info, err := obj.Stat()
+	if err != nil {
+		obj.Close()
+		if notFound(err) {
+			return nil, 0, ErrBlobUnknown
+		}
+		return nil, 0, fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+	}
+	st, err := b.openStream(d, obj, info.Size)
+	if err != nil {
 		return nil, 0, err
 	}
-	return b.local.Open(d)
-}
-
-func (b *S3Blobs) fetch(d digest.Digest) error {
-	ctx := context.Background()
-	obj, err := b.cl.GetObject(ctx, b.o.Bucket, b.key(d), minio.GetObjectOptions{})
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
-	}
-	defer obj.Close()
-	if _, err := obj.Stat(); err != nil {
-		if notFound(err) {
-			return ErrBlobUnknown
-		}
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
-	}
-	id := "s3-" + uuid.NewString()
-	app, err := b.local.Append(id)
-	if err != nil {
-		return err
-	}
-	h := d.Algorithm().Hash()
-	_, err = io.Copy(io.MultiWriter(app, h), obj)
-	if cerr := app.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && digest.NewDigest(d.Algorithm(), h) != d {
-		err = fmt.Errorf("%w: object %s in the bucket hashes to %s", ErrDigestMismatch, b.key(d), digest.NewDigest(d.Algorithm(), h))
-	}
-	if err != nil {
-		b.local.Discard(id)
-		return err
-	}
-	return b.local.Commit(id, d)
+	return st, info.Size, nil
 }
 
 func (b *S3Blobs) Stat(d digest.Digest) (int64, error) {

@@ -306,3 +306,56 @@ func TestS3LocalCopiesTrimmed(t *testing.T) {
 		t.Fatalf("under the limit: freed %d, %v", freed, err)
 	}
 }
+
+// TestS3Stream: a blob without a local copy streams from the bucket; a
+// damaged object gives its reader an error before the last bytes, never a
+// complete body, and leaves no local copy; a seek into the middle
+// completes and verifies the download first.
+func TestS3Stream(t *testing.T) {
+	o, cl := startS3(t)
+	_, fb, b := newS3Blobs(t, o)
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	d := commitBytes(t, b, data)
+	if err := fb.Delete(d); err != nil {
+		t.Fatal(err)
+	}
+	rc, n, err := b.Open(d)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("open: %d %v", n, err)
+	}
+	if _, ok := rc.(*s3Stream); !ok {
+		t.Fatalf("a blob without a local copy opened as %T", rc)
+	}
+	if _, err := rc.Seek(1<<20, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(rest, data[1<<20:]) {
+		t.Fatalf("after a seek: %d bytes, %v", len(rest), err)
+	}
+	if _, err := fb.Stat(d); err != nil {
+		t.Fatalf("no local copy after a streamed read: %v", err)
+	}
+
+	// The object damaged in its last byte.
+	bad := append([]byte(nil), data...)
+	bad[len(bad)-1] ^= 1
+	if _, err := cl.PutObject(context.Background(), o.Bucket, b.key(d), bytes.NewReader(bad), int64(len(bad)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fb.Delete(d)
+	rc, _, err = b.Open(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if !errors.Is(err, ErrDigestMismatch) || len(got) > len(data)-streamHold || !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("damaged object: %d of %d bytes handed out, err %v", len(got), len(data), err)
+	}
+	if _, err := fb.Stat(d); err == nil {
+		t.Fatal("a damaged object kept as a local copy")
+	}
+}

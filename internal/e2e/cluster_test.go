@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -515,4 +516,81 @@ func TestClusterGCWhilePushing(t *testing.T) {
 		t.Fatalf("wharf fsck of the cluster: %v\n%s", err, out)
 	}
 	t.Logf("%d pushes kept, %d deleted, %d collections freed %d blobs; fsck: %s", len(kept), deleted, collections, freed, strings.TrimSpace(out))
+}
+
+// TestClusterSameTagRace: 200 pushes of one tag, alternating between two
+// nodes and eight at a time, each with its own manifest: afterwards the
+// tag names one of the pushed manifests and all three nodes serve that
+// same one; the 200 distinct tags pushed alongside are all listed.
+func TestClusterSameTagRace(t *testing.T) {
+	c := startCluster(t, 3, "--mirror=false")
+	layer := []byte("the race's shared layer")
+	var mu sync.Mutex
+	pushed := map[digest.Digest]bool{}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	errs := make(chan error, 400)
+	for i := range 200 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			node := c.nodes[i%2]
+			unique := fmt.Appendf(nil, "push %d", i)
+			d, err := pushRaw(node, "race/app", "latest", layer, unique)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if _, err := pushRaw(node, "race/app", fmt.Sprintf("t%d", i), layer, unique); err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			pushed[d] = true
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a racing push failed: %v", err)
+	}
+	var first digest.Digest
+	deadline := time.Now().Add(5 * time.Second)
+	for i, w := range c.nodes {
+		for {
+			req, _ := http.NewRequest(http.MethodHead, w.url("/v2/race/app/manifests/latest"), nil)
+			req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			d := digest.Digest(resp.Header.Get("Docker-Content-Digest"))
+			if i == 0 && first == "" {
+				first = d
+			}
+			if d == first {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d serves latest as %s, node 0 as %s", i, d, first)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !pushed[first] {
+		t.Fatalf("latest is %s, which no acknowledged push wrote", first)
+	}
+	resp, err := http.Get(c.nodes[2].url("/v2/race/app/tags/list"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tags struct{ Tags []string }
+	json.NewDecoder(resp.Body).Decode(&tags)
+	resp.Body.Close()
+	if len(tags.Tags) != 201 {
+		t.Fatalf("%d tags listed after 200 distinct tag pushes and latest", len(tags.Tags))
+	}
 }
