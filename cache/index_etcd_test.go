@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -371,5 +372,25 @@ func TestEtcdOutage(t *testing.T) {
 			t.Fatal("B's cache did not follow a move made after etcd came back")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestEtcdOverTLS: the index reaches members that take only TLS with a
+// client certificate (ca=, cert=, key= in the URL); without the client
+// certificate it is refused as unavailable.
+func TestEtcdOverTLS(t *testing.T) {
+	c, files := etcdtest.StartTLS(t, 1)
+	blobs := t.TempDir()
+	a, b := clusterNode(t, c, "tls", blobs), clusterNode(t, c, "tls", blobs)
+	d := pushImage(t, a, "team/app", "v1", []byte("over TLS"))
+	if got, err := b.ResolveTag("team/app", "v1"); err != nil || got != d {
+		t.Fatalf("over TLS: %s %v", got, err)
+	}
+	o, err := ParseEtcdURL(strings.Split(c.URL("tls"), "?")[0] + "?ca=" + files.CA + "&timeout=2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenEtcdIndex(o); !errors.Is(err, ErrIndexUnavailable) {
+		t.Fatalf("without a client certificate: %v", err)
 	}
 }

@@ -25,6 +25,7 @@ import (
 type Cluster struct {
 	Members []*Member
 	t       testing.TB
+	tls     *TLSFiles
 }
 
 // Member is one etcd process.
@@ -37,10 +38,31 @@ type Member struct {
 	log                *bytes.Buffer
 }
 
+// TLSFiles are the PEM files of a cluster started with StartTLS: the CA
+// that signed the members' and the client's certificates, and the
+// client's certificate and key.
+type TLSFiles struct{ CA, Cert, Key string }
+
+// StartTLS runs an n-member cluster whose client port speaks only TLS with
+// client certificates (--client-cert-auth), from a CA made for the test.
+func StartTLS(t testing.TB, n int) (*Cluster, TLSFiles) {
+	t.Helper()
+	dir := t.TempDir()
+	files := makeCerts(t, dir)
+	c := start(t, n, "https", &files, "--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
+		"--trusted-ca-file", files.CA, "--client-cert-auth")
+	return c, files
+}
+
 // Start runs an n-member cluster and waits until it has a leader. Without
 // /usr/bin/etcd it skips, or fails when WHARF_E2E_REQUIRE=1 (CI). Extra
 // flags go to every member.
 func Start(t testing.TB, n int, extra ...string) *Cluster {
+	t.Helper()
+	return start(t, n, "http", nil, extra...)
+}
+
+func start(t testing.TB, n int, scheme string, tlsFiles *TLSFiles, extra ...string) *Cluster {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -49,7 +71,7 @@ func Start(t testing.TB, n int, extra ...string) *Cluster {
 		}
 		t.Skipf("etcd not installed (Debian etcd-server): %v", err)
 	}
-	c := &Cluster{t: t}
+	c := &Cluster{t: t, tls: tlsFiles}
 	var initial []string
 	for i := range n {
 		m := &Member{Name: fmt.Sprintf("m%d", i), Client: freePort(t), Peer: freePort(t), dir: filepath.Join(t.TempDir(), "etcd")}
@@ -59,7 +81,7 @@ func Start(t testing.TB, n int, extra ...string) *Cluster {
 	for _, m := range c.Members {
 		m.args = append([]string{bin,
 			"--name", m.Name, "--data-dir", m.dir,
-			"--listen-client-urls", "http://" + m.Client, "--advertise-client-urls", "http://" + m.Client,
+			"--listen-client-urls", scheme + "://" + m.Client, "--advertise-client-urls", scheme + "://" + m.Client,
 			"--listen-peer-urls", "http://" + m.Peer, "--initial-advertise-peer-urls", "http://" + m.Peer,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
 			"--initial-cluster-token", "wharf-test",
@@ -143,7 +165,11 @@ func (c *Cluster) Endpoints() []string {
 
 // URL is the --index value for the cluster, under prefix.
 func (c *Cluster) URL(prefix string) string {
-	return "etcd://" + strings.Join(c.Endpoints(), ",") + "/" + prefix
+	u := "etcd://" + strings.Join(c.Endpoints(), ",") + "/" + prefix
+	if c.tls != nil {
+		u += "?ca=" + c.tls.CA + "&cert=" + c.tls.Cert + "&key=" + c.tls.Key
+	}
+	return u
 }
 
 // WaitHealthy waits until a write through the running members succeeds.
@@ -157,7 +183,11 @@ func (c *Cluster) WaitHealthy(t testing.TB, d time.Duration) {
 		}
 		m.mu.Unlock()
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	cfg := clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop()}
+	if c.tls != nil {
+		cfg.TLS = c.tls.config(t)
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
