@@ -209,3 +209,38 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterOptions: the bucket's keys come from the AWS variables or the
+// config file; --index needs a shared bucket and a shared token key;
+// --local-cache-size applies to a bucket's local copies.
+func TestClusterOptions(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "") // restored after the test
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	os.Unsetenv("AWS_ACCESS_KEY_ID")
+	os.Unsetenv("AWS_SECRET_ACCESS_KEY")
+	store := "s3://reg/w?endpoint=s3.lan:9000"
+	if _, err := tryServe("--blob-store", store); err == nil || !strings.Contains(err.Error(), "AWS_ACCESS_KEY_ID") {
+		t.Fatalf("a bucket without keys: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "wharf.yaml")
+	os.WriteFile(file, []byte("blob-store: "+store+"\nblob-store-access-key: from-file\nblob-store-secret-key: file-secret\nlocal-cache-size: 3G\n"), 0o600)
+	cfg := parseServe(t, "--config", file)
+	if cfg.cache.S3 == nil || cfg.cache.S3.AccessKey != "from-file" || cfg.cache.S3.SecretKey != "file-secret" || cfg.localCacheSize != 3<<30 {
+		t.Fatalf("keys from the config file: %+v %d", cfg.cache.S3, cfg.localCacheSize)
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", "from-env")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+	if cfg := parseServe(t, "--config", file); cfg.cache.S3.AccessKey != "from-env" {
+		t.Fatalf("the environment over the file: %+v", cfg.cache.S3)
+	}
+	if _, err := tryServe("--index", "etcd://127.0.0.1:2379"); err == nil || !strings.Contains(err.Error(), "--blob-store") {
+		t.Fatalf("--index without a bucket: %v", err)
+	}
+	if _, err := tryServe("--index", "etcd://127.0.0.1:2379", "--blob-store", store); err == nil || !strings.Contains(err.Error(), "token key") {
+		t.Fatalf("--index without a shared token key: %v", err)
+	}
+	cfg = parseServe(t, "--index", "etcd://127.0.0.1:2379,127.0.0.2:2379/reg", "--blob-store", store, "--secret", "s3cret-s3cret-s3cret")
+	if cfg.index == nil || len(cfg.index.Endpoints) != 2 || cfg.index.Prefix != "reg/" {
+		t.Fatalf("index: %+v", cfg.index)
+	}
+}

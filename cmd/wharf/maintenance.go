@@ -26,6 +26,8 @@ var dataFlags = []cli.Flag{
 	&cli.StringFlag{Name: "config", Usage: "YAML config (its data key is used when --data is not given)", EnvVars: []string{"WHARF_CONFIG"}},
 	&cli.StringFlag{Name: "index", Usage: "a cluster's etcd index, as for serve (with --blob-store)", EnvVars: []string{"WHARF_INDEX"}},
 	&cli.StringFlag{Name: "blob-store", Usage: "the cluster's bucket, as for serve", EnvVars: []string{"WHARF_BLOB_STORE"}},
+	&cli.StringFlag{Name: "blob-store-access-key", Usage: "the bucket's access key", EnvVars: []string{"AWS_ACCESS_KEY_ID"}},
+	&cli.StringFlag{Name: "blob-store-secret-key", Usage: "the bucket's secret key", EnvVars: []string{"AWS_SECRET_ACCESS_KEY"}},
 }
 
 func openForMaintenance(c *cli.Context) (*cache.Store, error) {
@@ -36,7 +38,7 @@ func openForMaintenance(c *cli.Context) (*cache.Store, error) {
 		}
 	}
 	opts := cache.Options{Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	s3, err := blobStore(c.String("blob-store"))
+	s3, err := blobStore(c)
 	if err != nil {
 		return nil, err
 	}

@@ -81,7 +81,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
-	s3, err := blobStore(c.String("blob-store"))
+	s3, err := blobStore(c)
 	if err != nil {
 		return serveConfig{}, err
 	}
@@ -674,7 +674,8 @@ func sharedIndex(raw string, sharedBlobs bool, log *slog.Logger) (*cache.EtcdOpt
 
 // blobStore reads --blob-store: nil for the files under --data, or the S3
 // bucket with the usual AWS credential variables.
-func blobStore(raw string) (*cache.S3Options, error) {
+func blobStore(c *cli.Context) (*cache.S3Options, error) {
+	raw := c.String("blob-store")
 	if raw == "" {
 		return nil, nil
 	}
@@ -682,9 +683,9 @@ func blobStore(raw string) (*cache.S3Options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--blob-store: %w", err)
 	}
-	o.AccessKey, o.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+	o.AccessKey, o.SecretKey = c.String("blob-store-access-key"), c.String("blob-store-secret-key")
 	if o.AccessKey == "" || o.SecretKey == "" {
-		return nil, errors.New("--blob-store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+		return nil, errors.New("--blob-store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or blob-store-access-key and blob-store-secret-key in the --config file)")
 	}
 	if o.Region == "" {
 		o.Region = os.Getenv("AWS_REGION")
