@@ -52,6 +52,9 @@ func TestImportGraph(t *testing.T) {
 			if strings.HasPrefix(imp, "github.com/dgraph-io/badger") && pkg != "cache" {
 				t.Errorf("%s imports Badger; only cache may", pkg)
 			}
+			if strings.HasPrefix(imp, "go.etcd.io/etcd/") && pkg != "cache" && pkg != "internal/etcdtest" {
+				t.Errorf("%s imports etcd's client; only cache (and the tests' etcd helper) may", pkg)
+			}
 			if strings.HasPrefix(imp, "github.com/containerd/containerd/v2/core/remotes") && pkg != "upstream" {
 				t.Errorf("%s imports containerd's remotes; only upstream may", pkg)
 			}
