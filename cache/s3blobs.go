@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -81,6 +82,8 @@ type S3Blobs struct {
 	pingMu  sync.Mutex
 	pinged  time.Time // last Ping's answer, kept pingCache
 	pingErr error
+
+	unconditional atomic.Bool // the store refused If-None-Match
 
 	usedMu sync.Mutex
 	used   map[digest.Digest]time.Time // last use of local copies since start (else their file's time)
@@ -304,15 +307,37 @@ func (b *S3Blobs) Commit(id string, d digest.Digest) error {
 	switch {
 	case err == nil: // written once, never overwritten
 	case notFound(err):
-		if _, err := b.cl.FPutObject(ctx, b.o.Bucket, b.key(d), path, minio.PutObjectOptions{
-			ContentType: "application/octet-stream", PartSize: b.o.PartSize}); err != nil {
-			return fmt.Errorf("%w: writing %s: %w", ErrBlobStoreUnavailable, d, err)
+		if err := b.putOnce(ctx, d, path); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
 	}
 	b.use(d)
 	return b.local.Commit(id, d)
+}
+
+// putOnce writes the file at path as d's object unless one is there by
+// then: the write carries If-None-Match: *, so when two nodes store the
+// same blob at once the second leaves the first's object alone (its
+// 412 means the bytes are there). A store that does not implement
+// conditional writes gets plain ones from then on (the same bytes would
+// be written twice).
+func (b *S3Blobs) putOnce(ctx context.Context, d digest.Digest, path string) error {
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: b.o.PartSize}
+	conditional := !b.unconditional.Load()
+	if conditional {
+		opts.SetMatchETagExcept("*")
+	}
+	_, err := b.cl.FPutObject(ctx, b.o.Bucket, b.key(d), path, opts)
+	switch code := minio.ToErrorResponse(err).Code; {
+	case err == nil, code == "PreconditionFailed":
+		return nil
+	case conditional && code == "NotImplemented":
+		b.unconditional.Store(true)
+		return b.putOnce(ctx, d, path)
+	}
+	return fmt.Errorf("%w: writing %s: %w", ErrBlobStoreUnavailable, d, err)
 }
 
 // CommitLocal keeps ingest file id as the local copy of d, which another
