@@ -122,13 +122,14 @@ type EtcdIndex struct {
 	closeOnce sync.Once
 	name      string
 
-	mu      sync.Mutex
-	members map[string]string    // live nodes: id → URL (from the watch)
-	session *concurrency.Session // this node's lease: its locks and membership
-	healthy bool                 // the last request reached a quorum
-	lastErr string
-	events  int64 // changes seen on the watch
-	restart int64 // watch restarts
+	mu        sync.Mutex
+	members   map[string]string    // live nodes: id → URL (from the watch)
+	compactTo int64                // the revision Compact saw last
+	session   *concurrency.Session // this node's lease: its locks and membership
+	healthy   bool                 // the last request reached a quorum
+	lastErr   string
+	events    int64 // changes seen on the watch
+	restart   int64 // watch restarts
 
 	reads, writes, conflicts atomic.Int64 // requests sent, and failed compares
 }
@@ -295,6 +296,33 @@ func (e *EtcdIndex) Join(id, url string) {
 			}
 		}
 	}()
+}
+
+// Compact discards etcd's history up to the revision this method saw on
+// its previous call (nothing on the first): called every few minutes, it
+// keeps that much history for the transactions and watches in flight,
+// and keeps etcd's database from growing with every write until its
+// quota stops all writes. Any node may do it; doing it twice is harmless.
+// (The space comes back in each member's file after `etcdctl defrag`.)
+func (e *EtcdIndex) Compact() (int64, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+	defer cancel()
+	resp, err := e.cli.Get(ctx, e.prefix+"s/alive")
+	if err = e.outcome("read", err); err != nil {
+		return 0, err
+	}
+	e.mu.Lock()
+	prev := e.compactTo
+	e.compactTo = resp.Header.Revision
+	e.mu.Unlock()
+	if prev == 0 {
+		return 0, nil
+	}
+	_, err = e.cli.Compact(ctx, prev)
+	if errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrGRPCCompacted) {
+		return prev, nil // another node did
+	}
+	return prev, e.outcome("compact", err)
 }
 
 // sessionTTL is how long a dead node's locks and membership outlive it.

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/wharf-registry/wharf/internal/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func openEtcd(t *testing.T, c *etcdtest.Cluster, prefix string, mod ...func(*EtcdOptions)) *EtcdIndex {
@@ -392,5 +394,39 @@ func TestEtcdOverTLS(t *testing.T) {
 	}
 	if _, err := OpenEtcdIndex(o); !errors.Is(err, ErrIndexUnavailable) {
 		t.Fatalf("without a client certificate: %v", err)
+	}
+}
+
+// TestEtcdCompaction: each Compact discards the history up to what the
+// previous call saw, and another node's change feed goes on across it.
+func TestEtcdCompaction(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	blobs := t.TempDir()
+	a, b := clusterNode(t, c, "compact", blobs), clusterNode(t, c, "compact", blobs)
+	ix := a.idx.(*EtcdIndex)
+	if rev, err := ix.Compact(); err != nil || rev != 0 {
+		t.Fatalf("first compaction: %d %v", rev, err)
+	}
+	pushImage(t, a, "team/app", "v1", []byte("before"))
+	rev, err := ix.Compact()
+	if err != nil || rev == 0 {
+		t.Fatalf("second compaction: %d %v", rev, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := ix.cli.Get(ctx, "wharf", clientv3.WithRev(rev-1)); err == nil || !strings.Contains(err.Error(), "compacted") {
+		t.Fatalf("history before revision %d still readable: %v", rev, err)
+	}
+	b.ResolveTag("team/app", "v1")
+	d := pushImage(t, a, "team/app", "v1", []byte("after"))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if got, _ := b.ResolveTag("team/app", "v1"); got == d {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("B's cache stopped following after a compaction")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -309,8 +309,14 @@ func (s *Store) Blobs() Blobs { return s.blobs }
 
 // RunValueLogGC runs one Badger value-log GC pass; nil when nothing was
 // rewritten. Call it from a loop owned by the process.
+//
+// On a shared index it compacts etcd's history instead (EtcdIndex.Compact).
 func (s *Store) RunValueLogGC() error {
 	if s.bdb == nil {
+		if e, ok := s.idx.(*EtcdIndex); ok {
+			_, err := e.Compact()
+			return err
+		}
 		return nil
 	}
 	if err := s.space.indexWrite(true); err != nil {
