@@ -118,6 +118,8 @@ func toAPIError(err error, kind routeKind) *apiError {
 		return &apiError{code: codeManifestInvalid, message: err.Error()}
 	case errors.Is(err, cache.ErrStorageFull):
 		return &apiError{code: codeUnknown, status: http.StatusInsufficientStorage, message: "the registry's storage is full; nothing was stored: " + err.Error()}
+	case errors.Is(err, cache.ErrCollectorElsewhere):
+		return &apiError{code: codeUnavailable, message: "another node of the cluster is collecting at this moment; retry", retryAfter: 5e9}
 	case errors.Is(err, cache.ErrCollecting):
 		return &apiError{code: codeUnavailable, message: "this blob is being garbage collected at this moment; nothing was stored: retry", retryAfter: 1e9}
 	case errors.Is(err, cache.ErrIndexUnavailable):

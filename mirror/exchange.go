@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wharf-registry/wharf/cache"
@@ -80,6 +81,10 @@ func (reg *Registry) dispatch(x *exchange) error {
 			reg.serveToken(w, r)
 			return nil
 		}
+	}
+	if strings.HasPrefix(r.URL.Path, apiPrefix) {
+		x.label = "api"
+		return reg.serveAPI(w, r)
 	}
 	w.Header()["Docker-Distribution-Api-Version"] = apiVersion
 	rt, err := parseRoute(r.URL.Path)

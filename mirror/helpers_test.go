@@ -20,6 +20,8 @@ type testRegistry struct {
 	srv   *httptest.Server
 	store *cache.Store
 	dir   string
+	// pusher, when set, is the Authorization of pushBlob and pushImage.
+	pusher string
 }
 
 func newTestRegistry(t *testing.T, opts Options) *testRegistry {
@@ -45,6 +47,9 @@ func (r *testRegistry) do(t *testing.T, method, path string, body []byte, hdr ma
 	req, err := http.NewRequest(method, r.srv.URL+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, own := hdr["Authorization"]; r.pusher != "" && method != http.MethodGet && !own {
+		req.Header.Set("Authorization", r.pusher)
 	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)

@@ -63,6 +63,10 @@ type Options struct {
 	// it, up to ctx: a mirror download that would not fit asks it first.
 	MakeRoom func(ctx context.Context) error
 
+	// GCGrace is the grace of the admin API's collections (1h; what its
+	// deletes released gets none).
+	GCGrace time.Duration
+
 	// ClientTimeout cuts off a client whose response write, or whose
 	// upload body's read, makes no progress for this long (60s).
 	ClientTimeout time.Duration
@@ -103,6 +107,7 @@ type Registry struct {
 	draining atomic.Bool
 	book     statusBook
 	peers    *peers // the other nodes of a cluster
+	admin    adminState
 }
 
 // access is who may sign in and what they may do, replaced as a whole.

@@ -15,6 +15,10 @@ const (
 	Pull   Action = "pull"
 	Push   Action = "push"
 	Delete Action = "delete"
+	// Admin is the admin API's (/api/v1/): on repositories, deleting and
+	// evicting like Delete; with repos ["**"], what concerns the whole
+	// registry too (usage, garbage collection, upstreams).
+	Admin Action = "admin"
 )
 
 // Subject is who asks: a user name, or "" for anonymous.
@@ -53,6 +57,7 @@ type compiled struct {
 	repos   []*regexp.Regexp
 	who     []string
 	actions []Action
+	all     bool // one of repos is "**": every name
 }
 
 // New compiles cfg. With no users (users == 0) everything is allowed, as
@@ -74,11 +79,12 @@ func New(users int, cfg Config) (*Policy, error) {
 			return nil, fmt.Errorf("rule %d: repos, who and actions are all required", i+1)
 		}
 		for _, a := range r.Actions {
-			if a != Pull && a != Push && a != Delete {
-				return nil, fmt.Errorf("rule %d: unknown action %q (pull, push, delete)", i+1, a)
+			if a != Pull && a != Push && a != Delete && a != Admin {
+				return nil, fmt.Errorf("rule %d: unknown action %q (pull, push, delete, admin)", i+1, a)
 			}
 		}
 		for _, pat := range r.Repos {
+			c.all = c.all || pat == "**"
 			re, err := compilePattern(pat)
 			if err != nil {
 				return nil, fmt.Errorf("rule %d: %w", i+1, err)
@@ -150,6 +156,19 @@ func (p *Policy) Allowed(s Subject, repo string, a Action, mirrored bool) bool {
 		return true
 	}
 	return a == Pull && mirrored && (s.User != "" || p.anonMirror)
+}
+
+// RegistryAdmin reports whether s may use the admin API on the registry
+// as a whole: a rule whose repositories include every name ("**") grants
+// it admin, or no users exist.
+func (p *Policy) RegistryAdmin(s Subject) bool {
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.all && slices.ContainsFunc(r.who, func(w string) bool { return p.names(w, s) }) {
+			return slices.Contains(r.actions, Admin)
+		}
+	}
+	return p.open
 }
 
 // Explicit reports whether a rule names repo and s and grants a: what it

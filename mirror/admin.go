@@ -1,0 +1,335 @@
+package mirror
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// The admin API (/api/v1/) is what the console and `wharf … --server` use:
+// JSON, authorized per call by the same users and rules as the registry
+// (reads of a repository need pull on it; deleting and evicting need
+// delete or admin on it; usage, GC and upstreams need admin on "**"),
+// audited, and safe while serving. Errors are the OCI error format.
+//
+//	GET    /api/v1/repositories                     repositories the caller may pull
+//	GET    /api/v1/repositories/<name>/tags         a repository's tags
+//	DELETE /api/v1/repositories/<name>/tags/<tag>   untag
+//	DELETE /api/v1/repositories/<name>/manifests/<digest>  delete a manifest (and its tags)
+//	GET    /api/v1/usage                            usage by repository and in total
+//	POST   /api/v1/gc[?dry_run=true]                collect now; what a deliberate delete
+//	                                                released gets no grace
+const apiPrefix = "/api/v1/"
+
+// adminState is what the admin API remembers between calls.
+type adminState struct {
+	mu       sync.Mutex
+	released map[string][]digest.Digest // deleted through the API, not collected yet
+}
+
+// repoInfo is one repository in the API's listings.
+type repoInfo struct {
+	Name      string `json:"name"`
+	Origin    string `json:"origin"`             // "pushed" or "mirrored"
+	Registry  string `json:"registry,omitempty"` // for mirrored ones
+	Bytes     int64  `json:"bytes"`
+	Blobs     int    `json:"blobs"`
+	Manifests int    `json:"manifests"`
+	Tags      int    `json:"tags"`
+}
+
+type tagInfo struct {
+	Tag       string   `json:"tag"`
+	Digest    string   `json:"digest"`
+	MediaType string   `json:"media_type"`
+	Bytes     int64    `json:"bytes"` // the manifest and what it references in the repository, shared blobs included
+	Platforms []string `json:"platforms,omitempty"`
+	Pushed    string   `json:"pushed,omitempty"` // when the manifest was stored (RFC 3339)
+}
+
+// serveAPI answers /api/v1/ requests.
+func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.TrimPrefix(r.URL.Path, apiPrefix)
+	switch {
+	case rest == "repositories" && r.Method == http.MethodGet:
+		return reg.apiRepositories(w, r)
+	case rest == "usage" && r.Method == http.MethodGet:
+		return reg.apiUsage(w, r)
+	case rest == "gc" && r.Method == http.MethodPost:
+		return reg.apiGC(w, r)
+	case strings.HasPrefix(rest, "repositories/"):
+		name, what, ok := splitAPIRepo(strings.TrimPrefix(rest, "repositories/"))
+		if !ok {
+			break
+		}
+		switch {
+		case what == "tags" && r.Method == http.MethodGet:
+			return reg.apiTags(w, r, name)
+		case strings.HasPrefix(what, "tags/") && r.Method == http.MethodDelete:
+			return reg.apiDelete(w, r, name, strings.TrimPrefix(what, "tags/"))
+		case strings.HasPrefix(what, "manifests/") && r.Method == http.MethodDelete:
+			ref := strings.TrimPrefix(what, "manifests/")
+			if _, err := digest.Parse(ref); err != nil {
+				return apiErr(codeDigestInvalid, "not a digest: %q", ref)
+			}
+			return reg.apiDelete(w, r, name, ref)
+		}
+	}
+	return &apiError{code: codeUnsupported, status: http.StatusNotFound, message: r.Method + " " + r.URL.Path + " is no admin API endpoint"}
+}
+
+// splitAPIRepo splits "<name>/tags[/<tag>]" or "<name>/manifests/<digest>"
+// at the last such part (names contain slashes).
+func splitAPIRepo(s string) (name, what string, ok bool) {
+	for _, part := range []string{"/manifests/", "/tags/", "/tags"} {
+		if i := strings.LastIndex(s, part); i > 0 && (part != "/tags" || i+len(part) == len(s)) {
+			name, what = s[:i], s[i+1:]
+			return name, what, validName(name)
+		}
+	}
+	return "", "", false
+}
+
+// apiCaller is who asks, refusing a throttled sign-in.
+func (reg *Registry) apiCaller(r *http.Request) (caller, error) {
+	c := callerOf(r)
+	if c.throttled > 0 {
+		return c, throttledError(c.throttled)
+	}
+	return c, nil
+}
+
+// apiDenied is the refusal of a call: 401 (Basic) for an anonymous caller,
+// 403 for a signed-in one.
+func (reg *Registry) apiDenied(r *http.Request, c caller, what string) error {
+	reg.audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path))
+	if c.User == "" {
+		return &apiError{code: codeUnauthorized, message: "sign in (Basic credentials) to " + what, challenge: `Basic realm="Wharf admin API"`}
+	}
+	return apiErr(codeDenied, "%s may not %s", c.User, what)
+}
+
+func (reg *Registry) mayPull(s policy.Subject, repo string) bool {
+	return reg.policy().Allowed(s, repo, policy.Pull, reg.origin(repo).Mirrored())
+}
+
+func (reg *Registry) mayDelete(s policy.Subject, repo string) bool {
+	pol, mirrored := reg.policy(), reg.origin(repo).Mirrored()
+	return pol.Allowed(s, repo, policy.Delete, mirrored) || pol.Allowed(s, repo, policy.Admin, mirrored)
+}
+
+// apiJSON answers status with v as JSON.
+func apiJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+func info(u cache.RepoUsage) repoInfo {
+	ri := repoInfo{Name: u.Repo, Origin: "pushed", Bytes: u.Bytes, Blobs: u.Blobs, Manifests: u.Manifests, Tags: u.Tags}
+	if u.Origin.Mirrored() {
+		ri.Origin, ri.Registry = "mirrored", u.Origin.Registry
+	}
+	return ri
+}
+
+func (reg *Registry) apiRepositories(w http.ResponseWriter, r *http.Request) error {
+	c, err := reg.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	usage, _, err := reg.store.Usage()
+	if err != nil {
+		return err
+	}
+	out := []repoInfo{}
+	for _, u := range usage {
+		if u.Manifests > 0 && reg.mayPull(c.Subject, u.Repo) {
+			out = append(out, info(u))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return apiJSON(w, http.StatusOK, map[string]any{"repositories": out})
+}
+
+func (reg *Registry) apiUsage(w http.ResponseWriter, r *http.Request) error {
+	c, err := reg.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	if !reg.policy().RegistryAdmin(c.Subject) {
+		return reg.apiDenied(r, c, "see the registry's usage")
+	}
+	usage, total, err := reg.store.Usage()
+	if err != nil {
+		return err
+	}
+	repos := make([]repoInfo, 0, len(usage))
+	for _, u := range usage {
+		repos = append(repos, info(u))
+	}
+	out := map[string]any{"total_bytes": total, "repositories": repos}
+	if reg.opts.StatusInfo != nil {
+		out["quota_bytes"] = reg.opts.StatusInfo().QuotaBytes
+	}
+	return apiJSON(w, http.StatusOK, out)
+}
+
+func (reg *Registry) apiTags(w http.ResponseWriter, r *http.Request, repo string) error {
+	c, err := reg.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	if !reg.mayPull(c.Subject, repo) {
+		if c.User == "" && !reg.policy().Open() {
+			return reg.apiDenied(r, c, "list "+repo)
+		}
+		return apiErr(codeNameUnknown, "repository name not known to registry") // never say a private name exists
+	}
+	tags, _, err := reg.store.Tags(repo, -1, "")
+	if err != nil {
+		return err
+	}
+	out := []tagInfo{}
+	for _, tag := range tags {
+		m, err := reg.store.GetManifest(repo, tag)
+		if errors.Is(err, cache.ErrManifestUnknown) {
+			continue // untagged meanwhile
+		} else if err != nil {
+			return err
+		}
+		ti := tagInfo{Tag: tag, Digest: m.Digest.String(), MediaType: m.MediaType, Bytes: reg.imageBytes(repo, m, 0)}
+		if !m.Pushed.IsZero() {
+			ti.Pushed = m.Pushed.UTC().Format(time.RFC3339)
+		}
+		ti.Platforms = indexPlatforms(m.Body)
+		out = append(out, ti)
+	}
+	return apiJSON(w, http.StatusOK, map[string]any{"name": repo, "tags": out})
+}
+
+// imageBytes is the size of manifest m and of what it references in repo
+// (child manifests of an index included, one level deep at a time).
+func (reg *Registry) imageBytes(repo string, m *cache.Manifest, depth int) int64 {
+	n := m.Size
+	for _, ref := range m.Refs {
+		if child, err := reg.store.GetManifest(repo, ref.String()); err == nil && depth < 2 {
+			n += reg.imageBytes(repo, child, depth+1)
+		} else if size, err := reg.store.StatBlob(repo, ref); err == nil {
+			n += size
+		}
+	}
+	return n
+}
+
+// indexPlatforms lists an index's "os/architecture[/variant]" entries.
+func indexPlatforms(body []byte) []string {
+	var idx struct {
+		Manifests []struct {
+			Platform *struct{ OS, Architecture, Variant string }
+		}
+	}
+	if json.Unmarshal(body, &idx) != nil {
+		return nil
+	}
+	var out []string
+	for _, m := range idx.Manifests {
+		if p := m.Platform; p != nil && p.OS != "unknown" {
+			s := p.OS + "/" + p.Architecture
+			if p.Variant != "" {
+				s += "/" + p.Variant
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// apiDelete untags (ref a tag) or deletes a manifest (ref a digest) and
+// remembers what it released, so that the next collection frees it
+// without waiting for the grace period.
+func (reg *Registry) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref string) error {
+	c, err := reg.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	if !reg.mayDelete(c.Subject, repo) {
+		return reg.apiDenied(r, c, "delete in "+repo)
+	}
+	var released digest.Digest
+	if d, err := digest.Parse(ref); err == nil {
+		released = d
+	} else if released, err = reg.store.ResolveTag(repo, ref); err != nil {
+		return err
+	}
+	if err := reg.store.DeleteManifest(repo, ref); err != nil {
+		return err
+	}
+	reg.admin.mu.Lock()
+	if reg.admin.released == nil {
+		reg.admin.released = map[string][]digest.Digest{}
+	}
+	reg.admin.released[repo] = append(reg.admin.released[repo], released)
+	reg.admin.mu.Unlock()
+	reg.audit(r, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "api"))
+	return apiJSON(w, http.StatusAccepted, map[string]string{"deleted": repo + refSep(ref) + ref})
+}
+
+func refSep(ref string) string {
+	if strings.Contains(ref, ":") {
+		return "@"
+	}
+	return ":"
+}
+
+// apiGC collects now: a dry run reports what would go; a real one frees
+// at once what the API's deletes released (no grace for them).
+func (reg *Registry) apiGC(w http.ResponseWriter, r *http.Request) error {
+	c, err := reg.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	if !reg.policy().RegistryAdmin(c.Subject) {
+		return reg.apiDenied(r, c, "run garbage collection")
+	}
+	dry := r.URL.Query().Get("dry_run") == "true" || r.URL.Query().Get("dry_run") == "1"
+	reg.admin.mu.Lock()
+	released := map[string][]digest.Digest{}
+	for repo, ds := range reg.admin.released {
+		released[repo] = append([]digest.Digest(nil), ds...)
+	}
+	reg.admin.mu.Unlock()
+	start := time.Now()
+	rep, err := reg.store.GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released})
+	if err != nil {
+		return err
+	}
+	if !dry {
+		reg.admin.mu.Lock()
+		for repo, ds := range released { // collected: forget them (deletes since stay)
+			reg.admin.released[repo] = reg.admin.released[repo][len(ds):]
+			if len(reg.admin.released[repo]) == 0 {
+				delete(reg.admin.released, repo)
+			}
+		}
+		reg.admin.mu.Unlock()
+	}
+	reg.audit(r, "gc", slog.Bool("dry_run", dry), slog.Int64("freed_bytes", rep.Bytes), slog.Int("blobs", rep.Blobs))
+	items := rep.Items
+	if items == nil {
+		items = []string{}
+	}
+	return apiJSON(w, http.StatusOK, map[string]any{"dry_run": dry, "bytes": rep.Bytes, "manifests": rep.Manifests, "links": rep.Links,
+		"blobs": rep.Blobs, "orphans": rep.Orphans, "items": items, "took_ms": time.Since(start).Milliseconds()})
+}
