@@ -99,7 +99,9 @@ func TestAdminAPIDeleteFrees(t *testing.T) {
 	reg := adminRegistry(t)
 	body := reg.pushImage(t, "team/app", "v1", nil)
 	reg.pushImage(t, "team/app", "keep", nil)
-	var m struct{ Layers []struct{ Digest digest.Digest } }
+	var m struct {
+		Layers []struct{ Digest digest.Digest }
+	}
 	json.Unmarshal(body, &m)
 	_, tags := reg.do(t, "GET", "/api/v1/repositories/team/app/tags", nil, as("alice"))
 	var tl struct {
