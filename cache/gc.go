@@ -28,6 +28,10 @@ type GCOptions struct {
 	// or deleted deliberately (eviction, an operator's delete): they, their
 	// child manifests and the links only they use get no grace.
 	Released map[string][]digest.Digest
+	// ReleasedBlobs names blobs (repository → digests) that manifests
+	// deleted deliberately referenced (their records are gone, so Released
+	// cannot reach them): their links get no grace either.
+	ReleasedBlobs map[string][]digest.Digest
 	// Duty, between 0 and 1, paces a background collection: it works that
 	// share of the time and sleeps the rest, so serving keeps the CPU.
 	// 0 or 1: full speed.
@@ -235,6 +239,14 @@ func (s *Store) gc(o GCOptions) (GCReport, error) {
 			fresh = freshFor(o.MirroredGrace)
 		}
 		relM, relB := sn.released(repo, o.Released[repo])
+		if extra := o.ReleasedBlobs[repo]; len(extra) > 0 {
+			if relB == nil {
+				relB = map[digest.Digest]bool{}
+			}
+			for _, d := range extra {
+				relB[d] = true
+			}
+		}
 		freshM := func(d digest.Digest, t time.Time) bool { return !relM[d] && fresh(t) }
 		freshL := func(d digest.Digest, t time.Time) bool { return !relB[d] && fresh(t) }
 		mans, blobs := sn.kept(repo, freshM)

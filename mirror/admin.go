@@ -26,7 +26,10 @@ import (
 //	GET    /api/v1/repositories/<name>/tags         a repository's tags
 //	DELETE /api/v1/repositories/<name>/tags/<tag>   untag
 //	DELETE /api/v1/repositories/<name>/manifests/<digest>  delete a manifest (and its tags)
+//	DELETE /api/v1/repositories/<name>              evict a mirrored image (all its tags)
 //	GET    /api/v1/usage                            usage by repository and in total
+//	GET    /api/v1/upstreams                        upstream health and rate-limit headroom
+//	GET    /api/v1/events                           recent errors and audit events
 //	POST   /api/v1/gc[?dry_run=true]                collect now; what a deliberate delete
 //	                                                released gets no grace
 const apiPrefix = "/api/v1/"
@@ -34,7 +37,8 @@ const apiPrefix = "/api/v1/"
 // adminState is what the admin API remembers between calls.
 type adminState struct {
 	mu       sync.Mutex
-	released map[string][]digest.Digest // deleted through the API, not collected yet
+	released map[string][]digest.Digest // manifests deleted or untagged deliberately, not collected yet
+	refs     map[string][]digest.Digest // what deleted manifests referenced (their records are gone)
 }
 
 // repoInfo is one repository in the API's listings.
@@ -67,12 +71,18 @@ func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
 		return reg.apiUsage(w, r)
 	case rest == "gc" && r.Method == http.MethodPost:
 		return reg.apiGC(w, r)
+	case rest == "events" && r.Method == http.MethodGet:
+		return reg.apiEvents(w, r)
+	case rest == "upstreams" && r.Method == http.MethodGet:
+		return reg.apiUpstreams(w, r)
 	case strings.HasPrefix(rest, "repositories/"):
 		name, what, ok := splitAPIRepo(strings.TrimPrefix(rest, "repositories/"))
 		if !ok {
 			break
 		}
 		switch {
+		case what == "" && r.Method == http.MethodDelete:
+			return reg.apiEvict(w, r, name)
 		case what == "tags" && r.Method == http.MethodGet:
 			return reg.apiTags(w, r, name)
 		case strings.HasPrefix(what, "tags/") && r.Method == http.MethodDelete:
@@ -91,6 +101,9 @@ func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
 // splitAPIRepo splits "<name>/tags[/<tag>]" or "<name>/manifests/<digest>"
 // at the last such part (names contain slashes).
 func splitAPIRepo(s string) (name, what string, ok bool) {
+	if !strings.Contains(s, "/tags") && !strings.Contains(s, "/manifests/") {
+		return s, "", validName(s) // the repository itself
+	}
 	for _, part := range []string{"/manifests/", "/tags/", "/tags"} {
 		if i := strings.LastIndex(s, part); i > 0 && (part != "/tags" || i+len(part) == len(s)) {
 			name, what = s[:i], s[i+1:]
@@ -264,13 +277,42 @@ func (reg *Registry) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref
 	if err != nil {
 		return err
 	}
+	if err := reg.mayWrite(r, c, repo); err != nil {
+		return err
+	}
+	if err := reg.deleteReleasing(repo, ref); err != nil {
+		return err
+	}
+	reg.audit(r, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "api"))
+	return apiJSON(w, http.StatusAccepted, map[string]string{"deleted": repo + refSep(ref) + ref})
+}
+
+// mayWrite decides an API delete or eviction in repo: the caller needs
+// delete or admin there, and with no users configured (everyone may do
+// everything) the server must have been started with --allow-delete.
+func (reg *Registry) mayWrite(r *http.Request, c caller, repo string) error {
+	if reg.policy().Open() && !reg.opts.AllowDelete {
+		return errDeleteDisabled
+	}
 	if !reg.mayDelete(c.Subject, repo) {
 		return reg.apiDenied(r, c, "delete in "+repo)
 	}
-	var released digest.Digest
-	if d, err := digest.Parse(ref); err == nil {
-		released = d
-	} else if released, err = reg.store.ResolveTag(repo, ref); err != nil {
+	return nil
+}
+
+// deleteReleasing deletes ref (a tag or a digest) of repo and remembers
+// what it released for the next collection: the manifest a tag named, or
+// what a deleted manifest referenced; they and what only they used get
+// no grace.
+func (reg *Registry) deleteReleasing(repo, ref string) error {
+	var d digest.Digest
+	var refs []digest.Digest
+	if parsed, err := digest.Parse(ref); err == nil {
+		d = parsed
+		if m, err := reg.store.GetManifest(repo, ref); err == nil {
+			refs = m.Refs
+		}
+	} else if d, err = reg.store.ResolveTag(repo, ref); err != nil {
 		return err
 	}
 	if err := reg.store.DeleteManifest(repo, ref); err != nil {
@@ -278,12 +320,132 @@ func (reg *Registry) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref
 	}
 	reg.admin.mu.Lock()
 	if reg.admin.released == nil {
-		reg.admin.released = map[string][]digest.Digest{}
+		reg.admin.released, reg.admin.refs = map[string][]digest.Digest{}, map[string][]digest.Digest{}
 	}
-	reg.admin.released[repo] = append(reg.admin.released[repo], released)
+	reg.admin.released[repo] = append(append(reg.admin.released[repo], d), refs...) // child manifests of an index
+	reg.admin.refs[repo] = append(reg.admin.refs[repo], refs...)
 	reg.admin.mu.Unlock()
-	reg.audit(r, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "api"))
-	return apiJSON(w, http.StatusAccepted, map[string]string{"deleted": repo + refSep(ref) + ref})
+	return nil
+}
+
+// CollectReleased runs a collection when deliberate deletes (through the
+// admin API or the registry's DELETE) released content since the last
+// one, so that their space comes back within the caller's period instead
+// of after the grace; ran is false when there was nothing to do.
+func (reg *Registry) CollectReleased() (rep cache.GCReport, ran bool, err error) {
+	reg.admin.mu.Lock()
+	pending := len(reg.admin.released) > 0
+	reg.admin.mu.Unlock()
+	if !pending {
+		return rep, false, nil
+	}
+	rep, err = reg.collect(false)
+	return rep, true, err
+}
+
+// collect runs a collection with what deletes released, forgetting them
+// once a real one ran.
+func (reg *Registry) collect(dry bool) (cache.GCReport, error) {
+	reg.admin.mu.Lock()
+	released, refs := map[string][]digest.Digest{}, map[string][]digest.Digest{}
+	for repo, ds := range reg.admin.released {
+		released[repo] = append([]digest.Digest(nil), ds...)
+	}
+	for repo, ds := range reg.admin.refs {
+		refs[repo] = append([]digest.Digest(nil), ds...)
+	}
+	reg.admin.mu.Unlock()
+	rep, err := reg.store.GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Duty: 0.5})
+	if err != nil || dry {
+		return rep, err
+	}
+	reg.admin.mu.Lock()
+	for _, m := range []struct{ done, pending map[string][]digest.Digest }{{released, reg.admin.released}, {refs, reg.admin.refs}} {
+		for repo, ds := range m.done { // collected: forget them (deletes since stay)
+			m.pending[repo] = m.pending[repo][len(ds):]
+			if len(m.pending[repo]) == 0 {
+				delete(m.pending, repo)
+			}
+		}
+	}
+	reg.admin.mu.Unlock()
+	return rep, nil
+}
+
+// apiEvict untags every tag of a mirrored repository: the next collection
+// frees what only they used, and the next pull fetches it again.
+func (reg *Registry) apiEvict(w http.ResponseWriter, r *http.Request, repo string) error {
+	c, err := reg.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	if err := reg.mayWrite(r, c, repo); err != nil {
+		return err
+	}
+	if o, ok := reg.store.Origin(repo); !ok || !o.Mirrored() {
+		if !ok {
+			return apiErr(codeNameUnknown, "repository name not known to registry")
+		}
+		return apiErr(codeDenied, "%s holds pushed images: delete them tag by tag; eviction is for mirrored ones", repo)
+	}
+	tags, _, err := reg.store.Tags(repo, -1, "")
+	if err != nil {
+		return err
+	}
+	evicted := []string{}
+	for _, tag := range tags {
+		if err := reg.deleteReleasing(repo, tag); errors.Is(err, cache.ErrManifestUnknown) {
+			continue // untagged meanwhile
+		} else if err != nil {
+			return err
+		}
+		evicted = append(evicted, tag)
+	}
+	reg.audit(r, "evict", slog.String("repo", repo), slog.Int("tags", len(evicted)), slog.String("via", "api"))
+	return apiJSON(w, http.StatusAccepted, map[string]any{"evicted": repo, "tags": evicted})
+}
+
+// apiUpstreams is the status page's upstream table, as JSON (public, as
+// that page is).
+func (reg *Registry) apiUpstreams(w http.ResponseWriter, r *http.Request) error {
+	type row struct {
+		Name               string `json:"name"`
+		Endpoint           string `json:"endpoint"`
+		Up                 bool   `json:"up"`
+		RateLimitedUntil   string `json:"rate_limited_until,omitempty"`
+		RateLimitRemaining int    `json:"rate_limit_remaining"` // -1: never reported
+		LastError          string `json:"last_error,omitempty"`
+	}
+	out := []row{}
+	if reg.opts.StatusInfo != nil {
+		for _, u := range reg.opts.StatusInfo().Upstreams {
+			x := row{Name: u.Name, Endpoint: u.Endpoint, Up: u.Up, RateLimitRemaining: u.RateLimitRemaining, LastError: u.LastError}
+			if time.Now().Before(u.RateLimitedUntil) {
+				x.RateLimitedUntil = u.RateLimitedUntil.UTC().Format(time.RFC3339)
+			}
+			out = append(out, x)
+		}
+	}
+	return apiJSON(w, http.StatusOK, map[string]any{"upstreams": out})
+}
+
+// apiEvents lists the recent errors and audit events (registry admins).
+func (reg *Registry) apiEvents(w http.ResponseWriter, r *http.Request) error {
+	c, err := reg.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	if !reg.policy().RegistryAdmin(c.Subject) {
+		return reg.apiDenied(r, c, "see the registry's events")
+	}
+	reg.book.mu.Lock()
+	errs := make([]string, 0, len(reg.book.errors))
+	for _, e := range reg.book.errors {
+		errs = append(errs, e.text)
+	}
+	audits := append([]auditEvent{}, reg.book.audits...)
+	reg.book.mu.Unlock()
+	return apiJSON(w, http.StatusOK, map[string]any{"errors": errs, "audit": audits})
 }
 
 func refSep(ref string) string {
@@ -304,26 +466,10 @@ func (reg *Registry) apiGC(w http.ResponseWriter, r *http.Request) error {
 		return reg.apiDenied(r, c, "run garbage collection")
 	}
 	dry := r.URL.Query().Get("dry_run") == "true" || r.URL.Query().Get("dry_run") == "1"
-	reg.admin.mu.Lock()
-	released := map[string][]digest.Digest{}
-	for repo, ds := range reg.admin.released {
-		released[repo] = append([]digest.Digest(nil), ds...)
-	}
-	reg.admin.mu.Unlock()
 	start := time.Now()
-	rep, err := reg.store.GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released})
+	rep, err := reg.collect(dry)
 	if err != nil {
 		return err
-	}
-	if !dry {
-		reg.admin.mu.Lock()
-		for repo, ds := range released { // collected: forget them (deletes since stay)
-			reg.admin.released[repo] = reg.admin.released[repo][len(ds):]
-			if len(reg.admin.released[repo]) == 0 {
-				delete(reg.admin.released, repo)
-			}
-		}
-		reg.admin.mu.Unlock()
 	}
 	reg.audit(r, "gc", slog.Bool("dry_run", dry), slog.Int64("freed_bytes", rep.Bytes), slog.Int("blobs", rep.Blobs))
 	items := rep.Items

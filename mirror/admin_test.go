@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/policy"
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 func adminRegistry(t *testing.T) *testRegistry {
@@ -146,5 +148,78 @@ func TestAdminAPIDeleteFrees(t *testing.T) {
 	json.Unmarshal(out, &u)
 	if u.Total != tl.Tags[0].Bytes {
 		t.Fatalf("usage after the collection: %s (want %d: the kept image)", out, tl.Tags[0].Bytes)
+	}
+}
+
+// TestAdminAPIEvict: evicting a mirrored image untags it, the collection
+// that follows (CollectReleased, which the server runs every 30 s) frees
+// it without the grace, and the next pull goes upstream once; a pushed
+// repository is not evicted; the audit events and upstreams are listed.
+func TestAdminAPIEvict(t *testing.T) {
+	e := newMirrorEnv(t, Options{AllowDelete: true, StatusInfo: func() StatusInfo {
+		return StatusInfo{Upstreams: []upstream.Status{{Name: "docker.io", Endpoint: "https://registry-1.docker.io", Up: true, RateLimitRemaining: 87}}}
+	}})
+	img := e.hub.Push("library/alpine", "3.20", smallImage(41))
+	ctx := context.Background()
+	if err := e.pull(ctx, "library/alpine", "3.20", ""); err != nil {
+		t.Fatal(err)
+	}
+	e.pushImage(t, "team/app", "v1", nil)
+	if resp, body := e.do(t, "DELETE", "/api/v1/repositories/team/app", nil, nil); resp.StatusCode != http.StatusForbidden || ociError(t, body) != "DENIED" {
+		t.Fatalf("evicting a pushed repository: %s %s", resp.Status, body)
+	}
+	resp, body := e.do(t, "DELETE", "/api/v1/repositories/docker.io/library/alpine", nil, nil)
+	if resp.StatusCode != http.StatusAccepted || !strings.Contains(string(body), `"3.20"`) {
+		t.Fatalf("evict: %s %s", resp.Status, body)
+	}
+	rep, ran, err := e.reg.CollectReleased()
+	if err != nil || !ran || rep.Blobs < len(img.Layers[platform])+1 {
+		t.Fatalf("collection after the eviction: ran %v, %+v, %v", ran, rep, err)
+	}
+	if _, ran, _ := e.reg.CollectReleased(); ran {
+		t.Error("a second collection ran with nothing released")
+	}
+	e.hub.ResetCounts()
+	if err := e.pull(ctx, "library/alpine", "3.20", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n, want := e.hub.Count("GET blob"), len(img.Layers[platform])+1; n != want {
+		t.Fatalf("the pull after the eviction: %d blob GETs upstream, want %d (once each)", n, want)
+	}
+	_, body = e.do(t, "GET", "/api/v1/events", nil, nil)
+	if !strings.Contains(string(body), `"event":"evict"`) {
+		t.Fatalf("events: %s", body)
+	}
+	_, body = e.do(t, "GET", "/api/v1/upstreams", nil, nil)
+	var ups struct {
+		Upstreams []struct {
+			Name      string
+			Up        bool
+			Remaining int `json:"rate_limit_remaining"`
+		}
+	}
+	json.Unmarshal(body, &ups)
+	if len(ups.Upstreams) != 1 || ups.Upstreams[0].Name != "docker.io" || !ups.Upstreams[0].Up || ups.Upstreams[0].Remaining != 87 {
+		t.Fatalf("upstreams: %s", body)
+	}
+}
+
+// TestAdminAPIDeletesNeedRights: with no users and no --allow-delete,
+// the API deletes nothing (as the registry's DELETE); a registry DELETE
+// with --allow-delete is collected by CollectReleased without the grace.
+func TestAdminAPIDeletesNeedRights(t *testing.T) {
+	reg := newTestRegistry(t, Options{})
+	reg.pushImage(t, "team/app", "v1", nil)
+	if resp, body := reg.do(t, "DELETE", "/api/v1/repositories/team/app/tags/v1", nil, nil); resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(string(body), "allow-delete") {
+		t.Fatalf("open registry without --allow-delete: %s %s", resp.Status, body)
+	}
+	open := newTestRegistry(t, Options{AllowDelete: true})
+	body := open.pushImage(t, "team/app", "v1", nil)
+	if resp, _ := open.do(t, "DELETE", "/v2/team/app/manifests/"+digest.FromBytes(body).String(), nil, nil); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("registry DELETE: %s", resp.Status)
+	}
+	rep, ran, err := open.reg().CollectReleased()
+	if err != nil || !ran || rep.Blobs != 3 {
+		t.Fatalf("after a registry DELETE: ran %v, %+v, %v", ran, rep, err)
 	}
 }

@@ -177,6 +177,14 @@ func (reg *Registry) auditAs(r *http.Request, user, event string, attrs ...slog.
 	if user == "" {
 		user = "anonymous"
 	}
+	e := auditEvent{Time: time.Now().UTC().Format(time.RFC3339), User: user, Event: event, Client: r.RemoteAddr}
+	for _, a := range attrs {
+		if e.Attrs == nil {
+			e.Attrs = map[string]string{}
+		}
+		e.Attrs[a.Key] = a.Value.String()
+	}
+	reg.book.noteAudit(e)
 	attrs = append([]slog.Attr{slog.String("event", event), slog.String("user", user), slog.String("client", r.RemoteAddr)}, attrs...)
 	reg.log.LogAttrs(r.Context(), slog.LevelInfo, "audit", attrs...)
 }

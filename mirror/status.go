@@ -29,6 +29,27 @@ type statusBook struct {
 	mu      sync.Mutex
 	samples []sample      // one a minute, the last 60
 	errors  []bookedError // newest last, at most 12
+	audits  []auditEvent  // newest last, at most maxAudits
+}
+
+// auditEvent is one audit record kept for the admin API.
+type auditEvent struct {
+	Time   string            `json:"time"`
+	User   string            `json:"user"`
+	Event  string            `json:"event"`
+	Client string            `json:"client"`
+	Attrs  map[string]string `json:"attrs,omitempty"`
+}
+
+const maxAudits = 200
+
+func (b *statusBook) noteAudit(e auditEvent) {
+	b.mu.Lock()
+	b.audits = append(b.audits, e)
+	if len(b.audits) > maxAudits {
+		b.audits = b.audits[len(b.audits)-maxAudits:]
+	}
+	b.mu.Unlock()
 }
 
 // bookedError is one recent error; repo ("" for none) decides who sees it.

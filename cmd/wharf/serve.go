@@ -552,7 +552,7 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	g.Go(func() error { return upkeep(gctx, store, cfg, log, room, ops) })
+	g.Go(func() error { return upkeep(gctx, store, reg, cfg, log, room, ops) })
 	g.Go(func() error { return every(gctx, time.Minute, reg.Sample) })
 	err = g.Wait()
 	if !errors.Is(err, errReopen) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror"
 )
 
 // valueLogGCInterval is how often Badger's value log is compacted.
@@ -58,13 +59,16 @@ func (m *roomMaker) take() []chan struct{} {
 	return w
 }
 
+// releasedInterval is how soon space deliberately deleted comes back.
+const releasedInterval = 30 * time.Second
+
 // upkeep is the store's maintenance, one job at a time so that no two of
 // them compete for the content locks or the index: access times flushed
 // every minute; the quota, retention and free space checked every
 // --evict-interval, and at once when a write found the disk full; garbage
 // collection every --gc-interval; idle upload sessions expired; Badger's
 // value log compacted. A job that is due while another runs waits for it.
-func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.Logger, room *roomMaker, ops *opsMetrics) error {
+func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, room *roomMaker, ops *opsMetrics) error {
 	ticker := func(d time.Duration) (<-chan time.Time, func()) {
 		if d <= 0 {
 			return nil, func() {}
@@ -84,6 +88,8 @@ func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.
 	defer stop5()
 	spaceCheck, stop6 := ticker(spaceCheckInterval)
 	defer stop6()
+	released, stop7 := ticker(releasedInterval)
+	defer stop7()
 	for {
 		select {
 		case <-ctx.Done():
@@ -109,6 +115,21 @@ func upkeep(ctx context.Context, store *cache.Store, cfg serveConfig, log *slog.
 			evictOnce(store, cfg, log, ops)
 		case <-gc:
 			collect(store, cfg, log, ops)
+		case <-released:
+			// What deliberate deletes released comes back within a
+			// minute, not after the grace and the next scheduled GC.
+			start := time.Now()
+			rep, ran, err := reg.CollectReleased()
+			switch {
+			case errors.Is(err, cache.ErrCollectorElsewhere):
+			case err != nil:
+				log.Error("collecting what deletes released", "err", err)
+			case ran:
+				ops.gcRuns.Inc()
+				ops.gcFreed.Add(float64(max(0, rep.Bytes)))
+				log.Info("garbage collection after deletes", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
+					"freed_bytes", rep.Bytes, "took", time.Since(start))
+			}
 		case <-expire:
 			if n, err := store.ExpireUploads(time.Now()); err != nil {
 				log.Warn("expiring upload sessions", "err", err)
