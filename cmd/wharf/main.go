@@ -105,6 +105,8 @@ func newApp() *cli.App {
 			installCommand,
 			fsckCommand,
 			duCommand,
+			lsCommand,
+			rmCommand,
 			healthCommand,
 			importCommand,
 			{

@@ -84,8 +84,11 @@ var gcCommand = &cli.Command{
 	Flags: append([]cli.Flag{
 		&cli.BoolFlag{Name: "dry-run", Usage: "print what would be freed; change nothing"},
 		&cli.DurationFlag{Name: "grace", Value: time.Hour, Usage: "spare manifests and blobs younger than this"},
-	}, dataFlags...),
+	}, append(dataFlags, serverFlags...)...),
 	Action: func(c *cli.Context) error {
+		if c.String("server") != "" {
+			return serverGC(c)
+		}
 		st, err := openForMaintenance(c)
 		if err != nil {
 			return err
@@ -141,8 +144,11 @@ var fsckCommand = &cli.Command{
 var duCommand = &cli.Command{
 	Name:  "du",
 	Usage: "disk usage by repository, mirrored and private",
-	Flags: dataFlags,
+	Flags: append(dataFlags, serverFlags...),
 	Action: func(c *cli.Context) error {
+		if c.String("server") != "" {
+			return serverDU(c)
+		}
 		st, err := openForMaintenance(c)
 		if err != nil {
 			return err
