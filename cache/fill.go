@@ -55,8 +55,7 @@ type fill struct {
 	readers   int
 	retired   bool
 	repos     []string      // linked on commit; guarded by Fills.mu
-	peer      string        // the cluster node that sent every byte ("": none)
-	from      func() string // BlobSource.Peer, for Fills.Active (guarded by mu)
+	from      func() string // BlobSource.Peer, set before the download starts: the node sending every byte so far
 }
 
 // newFill begins filling blob d, content of origin o, for repo. The caller
@@ -181,7 +180,11 @@ func (f *fill) finish(repos []string) error {
 	f.done = true
 	f.notifyLocked()
 	f.mu.Unlock()
-	if err = f.s.commitBlob(f.id, repos, f.d, written, nil, f.o, f.peer); err != nil {
+	var peer string
+	if f.from != nil {
+		peer = f.from()
+	}
+	if err = f.s.commitBlob(f.id, repos, f.d, written, nil, f.o, peer); err != nil {
 		f.s.blobs.Discard(f.id)
 	}
 	f.mu.Lock()

@@ -207,9 +207,6 @@ func (fs *Fills) run(f *fill, src BlobSource) {
 	repos := append([]string(nil), f.repos...)
 	fs.mu.Unlock()
 	if err == nil {
-		if src.Peer != nil {
-			f.peer = src.Peer()
-		}
 		err = f.finish(repos)
 	} else {
 		f.fail(err)

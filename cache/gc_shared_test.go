@@ -136,3 +136,14 @@ func TestOneCollectorPerCluster(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// abandon stops renewing this node's lease without revoking it, as a
+// process killed with SIGKILL does.
+func (e *EtcdIndex) abandon() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.session != nil {
+		e.session.Orphan()
+		e.session = nil
+	}
+}

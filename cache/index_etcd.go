@@ -234,17 +234,6 @@ func (e *EtcdIndex) Close() error {
 	return err
 }
 
-// abandon, in tests, stops renewing this node's lease without revoking
-// it, as a process killed with SIGKILL does.
-func (e *EtcdIndex) abandon() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.session != nil {
-		e.session.Orphan()
-		e.session = nil
-	}
-}
-
 // membersPrefix holds one key per live node, on its lease: its id → the
 // URL the other nodes reach it at.
 const membersPrefix = "members/"

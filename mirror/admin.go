@@ -98,19 +98,29 @@ func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
 	return &apiError{code: codeUnsupported, status: http.StatusNotFound, message: r.Method + " " + r.URL.Path + " is no admin API endpoint"}
 }
 
-// splitAPIRepo splits "<name>/tags[/<tag>]" or "<name>/manifests/<digest>"
-// at the last such part (names contain slashes).
+// splitAPIRepo splits "<name>/tags", "<name>/tags/<tag>",
+// "<name>/manifests/<digest>" or "<name>" (names contain slashes; tags and
+// digests do not, so the part is recognised from the end, as in /v2/).
 func splitAPIRepo(s string) (name, what string, ok bool) {
-	if !strings.Contains(s, "/tags") && !strings.Contains(s, "/manifests/") {
-		return s, "", validName(s) // the repository itself
+	dir, last := "", s
+	if i := strings.LastIndexByte(s, '/'); i >= 0 {
+		dir, last = s[:i], s[i+1:]
 	}
-	for _, part := range []string{"/manifests/", "/tags/", "/tags"} {
-		if i := strings.LastIndex(s, part); i > 0 && (part != "/tags" || i+len(part) == len(s)) {
-			name, what = s[:i], s[i+1:]
-			return name, what, validName(name)
-		}
+	parent, kind := "", dir
+	if i := strings.LastIndexByte(dir, '/'); i >= 0 {
+		parent, kind = dir[:i], dir[i+1:]
 	}
-	return "", "", false
+	switch {
+	case last == "tags" && dir != "":
+		name, what = dir, "tags"
+	case kind == "tags" && parent != "" && validTag(last):
+		name, what = parent, "tags/"+last
+	case kind == "manifests" && parent != "" && strings.Contains(last, ":"):
+		name, what = parent, "manifests/"+last
+	default:
+		name = s // the repository itself
+	}
+	return name, what, validName(name)
 }
 
 // apiCaller is who asks, refusing a throttled sign-in.
