@@ -153,7 +153,7 @@ func TestAdminAPIDeleteFrees(t *testing.T) {
 }
 
 // TestAdminAPIEvict: evicting a mirrored image untags it, the collection
-// that follows (CollectReleased, which the server runs every 30 s) frees
+// that follows (CollectReleased, which the server runs every 10 s) frees
 // it without the grace, and the next pull goes upstream once; a pushed
 // repository is not evicted; the audit events and upstreams are listed.
 func TestAdminAPIEvict(t *testing.T) {

@@ -152,7 +152,7 @@ func splitImageRef(s string) (repo, path string, err error) {
 
 var rmCommand = &cli.Command{
 	Name:      "rm",
-	Usage:     "delete a tag or a manifest on a running server; its space comes back within a minute",
+	Usage:     "delete a tag or a manifest on a running server; its space comes back within about 10 seconds",
 	ArgsUsage: "REPOSITORY:TAG|REPOSITORY@DIGEST ...",
 	Flags:     serverFlags,
 	Action: func(c *cli.Context) error {
@@ -184,10 +184,10 @@ func serverGC(c *cli.Context) error {
 		return err
 	}
 	var rep struct {
-		DryRun                          bool `json:"dry_run"`
-		Bytes                           int64
-		Manifests, Links, Blobs, Orphan int
-		Items                           []string
+		DryRun                  bool `json:"dry_run"`
+		Bytes                   int64
+		Manifests, Links, Blobs int
+		Items                   []string
 	}
 	path := "/api/v1/gc"
 	if c.Bool("dry-run") {

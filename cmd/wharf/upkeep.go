@@ -60,7 +60,7 @@ func (m *roomMaker) take() []chan struct{} {
 }
 
 // releasedInterval is how soon space deliberately deleted comes back.
-const releasedInterval = 30 * time.Second
+const releasedInterval = 10 * time.Second
 
 // upkeep is the store's maintenance, one job at a time so that no two of
 // them compete for the content locks or the index: access times flushed
@@ -90,6 +90,12 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 	defer stop6()
 	released, stop7 := ticker(releasedInterval)
 	defer stop7()
+	var trim <-chan time.Time
+	if cfg.cache.S3 != nil {
+		var stop8 func()
+		trim, stop8 = ticker(localTrimInterval)
+		defer stop8()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -115,9 +121,11 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 			evictOnce(store, cfg, log, ops)
 		case <-gc:
 			collect(store, cfg, log, ops)
+		case <-trim:
+			trimLocal(store, cfg, log, 0)
 		case <-released:
-			// What deliberate deletes released comes back within a
-			// minute, not after the grace and the next scheduled GC.
+			// What deliberate deletes released comes back within
+			// seconds, not after the grace and the next scheduled GC.
 			start := time.Now()
 			rep, ran, err := reg.CollectReleased()
 			switch {
@@ -150,21 +158,9 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 		ops.storeBytes.Set(float64(size))
 	}
 	deficit := store.SpaceDeficit()
-	if cfg.cache.S3 != nil { // the local copies go first: the bucket keeps them
-		limit := cfg.localCacheSize
-		if deficit > 0 {
-			if local, err := store.LocalCopiesBytes(); err == nil && (limit == 0 || local-deficit < limit) {
-				limit = max(0, local-deficit)
-			}
-		}
-		if limit > 0 || deficit > 0 {
-			if freed, err := store.TrimLocalCopies(limit); err != nil {
-				log.Warn("trimming the local copies of the bucket's blobs", "err", err)
-			} else if freed > 0 {
-				log.Info("trimmed the local copies of the bucket's blobs", "freed_bytes", freed, "limit", limit, "short_of_space_bytes", deficit)
-				deficit = store.SpaceDeficit()
-			}
-		}
+	if cfg.cache.S3 != nil && deficit > 0 { // the local copies go first: the bucket keeps them
+		trimLocal(store, cfg, log, deficit)
+		deficit = store.SpaceDeficit()
 	}
 	if cfg.maxSize == 0 && cfg.retention == 0 && deficit == 0 || store.ReadOnly() {
 		return
@@ -183,6 +179,30 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 			"size", rep.Now, "quota", cfg.maxSize, "short_of_space_bytes", deficit)
 	}
 }
+
+// trimLocal keeps the local copies of the bucket's blobs within
+// --local-cache-size, and deficit bytes below what they hold when the disk
+// runs short. (Each call walks the local copies: the maintenance loop
+// calls it every localTrimInterval, and at once when the disk is short.)
+func trimLocal(store *cache.Store, cfg serveConfig, log *slog.Logger, deficit int64) {
+	limit := cfg.localCacheSize
+	if deficit > 0 {
+		if local, err := store.LocalCopiesBytes(); err == nil && (limit == 0 || local-deficit < limit) {
+			limit = max(0, local-deficit)
+		}
+	}
+	if limit == 0 && deficit == 0 {
+		return
+	}
+	if freed, err := store.TrimLocalCopies(limit); err != nil {
+		log.Warn("trimming the local copies of the bucket's blobs", "err", err)
+	} else if freed > 0 {
+		log.Info("trimmed the local copies of the bucket's blobs", "freed_bytes", freed, "limit", limit, "short_of_space_bytes", deficit)
+	}
+}
+
+// localTrimInterval is how often the local copies are held to their size.
+const localTrimInterval = 5 * time.Minute
 
 // collect runs one scheduled garbage collection.
 func collect(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {

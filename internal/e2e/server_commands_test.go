@@ -59,18 +59,41 @@ func TestServerCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "freed ") || !strings.Contains(out, " 3 blobs") {
 		t.Fatalf("wharf gc: %v\n%s", err, out)
 	}
-	req, _ := http.NewRequest(http.MethodGet, w.url("/v2/team/app/blobs/"+digest.FromBytes(layer).String()), nil)
+	if st := blobStatus(t, w, "team/app", digest.FromBytes(layer)); st != http.StatusNotFound {
+		t.Fatalf("the freed layer answers %d", st)
+	}
+	// Without a gc: the server collects what a deliberate delete released
+	// within about 10 s (no grace).
+	other := bytes.Repeat([]byte("collected by the server itself "), 20000)
+	if _, err := pushRaw(w, "team/other", "v1", other); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := wharf("root-pw", "rm", "--user", "root", "team/other:v1"); err != nil {
+		t.Fatalf("wharf rm team/other:v1: %v\n%s", err, out)
+	}
+	deleted := time.Now()
+	for blobStatus(t, w, "team/other", digest.FromBytes(other)) != http.StatusNotFound {
+		if time.Since(deleted) > 25*time.Second {
+			t.Fatal("a deleted image's layer is still stored 25 s after the delete")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("the server freed a deleted image's layer %v after the delete", time.Since(deleted).Round(100*time.Millisecond))
+	out, err = wharf("root-pw", "du", "--user", "root")
+	if err != nil || !strings.Contains(out, "team/app") || !strings.Contains(out, "blob store") {
+		t.Fatalf("wharf du --server: %v\n%s", err, out)
+	}
+}
+
+// blobStatus is the status of a GET of blob d of repo, as root.
+func blobStatus(t *testing.T, w *wharfProc, repo string, d digest.Digest) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, w.url("/v2/"+repo+"/blobs/"+d.String()), nil)
 	req.SetBasicAuth("root", "root-pw")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Fatalf("the freed layer answers %s", resp.Status)
-	}
-	out, err = wharf("root-pw", "du", "--user", "root")
-	if err != nil || !strings.Contains(out, "team/app") || !strings.Contains(out, "blob store") {
-		t.Fatalf("wharf du --server: %v\n%s", err, out)
-	}
+	return resp.StatusCode
 }
