@@ -291,7 +291,7 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(d
 	dropped := false
 	err := s.release(func(txn Txn) error {
 		dropped = false
-		v, err := getValue(txn, manifestKey(repo, d))
+		v, err := txn.Get(manifestKey(repo, d))
 		if errors.Is(err, errNotFound) {
 			return nil
 		} else if err != nil {
@@ -328,7 +328,7 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(d
 func (s *Store) dropLink(repo string, d digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
 	defer s.forgetLink(repo, d)
 	return s.release(func(txn Txn) error {
-		v, err := getValue(txn, linkKey(repo, d))
+		v, err := txn.Get(linkKey(repo, d))
 		if errors.Is(err, errNotFound) || (err == nil && fresh(d, linkTime(v))) {
 			return nil
 		} else if err != nil {

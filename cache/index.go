@@ -67,9 +67,6 @@ func exists(txn Txn, key []byte) (bool, error) {
 	return err == nil, err
 }
 
-// getValue is txn.Get, kept for the call sites' readability.
-func getValue(txn Txn, key []byte) ([]byte, error) { return txn.Get(key) }
-
 // scanFirst reports whether any key begins with prefix.
 func scanFirst(txn Txn, prefix []byte) (bool, error) {
 	found := false

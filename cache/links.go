@@ -117,7 +117,7 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 	defer mu.Unlock()
 	var size int64
 	err := s.updateWithOrigin(to, Pushed, func(txn Txn) error {
-		v, err := getValue(txn, linkKey(from, d))
+		v, err := txn.Get(linkKey(from, d))
 		if errors.Is(err, errNotFound) {
 			return ErrBlobUnknown
 		} else if err != nil {

@@ -226,7 +226,7 @@ func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
 	g := s.generation(key)
 	var e tagEntry
 	err := s.idx.View(func(txn Txn) error {
-		v, err := getValue(txn, tagKey(repo, tag))
+		v, err := txn.Get(tagKey(repo, tag))
 		e = decodeTag(v)
 		return err
 	})
@@ -326,7 +326,7 @@ func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
 func (s *Store) manifestRecord(repo string, d digest.Digest) (*Manifest, error) {
 	var m Manifest
 	err := s.idx.View(func(txn Txn) error {
-		v, err := getValue(txn, manifestKey(repo, d))
+		v, err := txn.Get(manifestKey(repo, d))
 		if err != nil {
 			return err
 		}
@@ -363,7 +363,7 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 	var dropped []string
 	err := s.release(func(txn Txn) error {
 		dropped = dropped[:0]
-		v, err := getValue(txn, manifestKey(repo, d))
+		v, err := txn.Get(manifestKey(repo, d))
 		if errors.Is(err, errNotFound) {
 			return ErrManifestUnknown
 		} else if err != nil {

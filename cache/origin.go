@@ -94,7 +94,7 @@ func (s *Store) recordOrigin(txn Txn, repo string, o Origin) (func(), error) {
 	// different origins to one repository conflict (and retry) instead of
 	// the last one winning.
 	next := o
-	if v, err := getValue(txn, originKey(repo)); err == nil {
+	if v, err := txn.Get(originKey(repo)); err == nil {
 		if stored, ok := decodeOrigin(string(v)); ok {
 			if next = stored.merge(o); next == stored {
 				return func() { s.setOrigin(repo, stored) }, nil

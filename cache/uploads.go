@@ -74,7 +74,7 @@ func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
 func (s *Store) readUpload(id string) (*uploadRecord, error) {
 	var rec uploadRecord
 	err := s.idx.View(func(txn Txn) error {
-		v, err := getValue(txn, uploadKey(id))
+		v, err := txn.Get(uploadKey(id))
 		if err != nil {
 			return err
 		}
