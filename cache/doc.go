@@ -32,6 +32,8 @@
 //	    ├── u/<id>                           upload session {repo, updated,
 //	    │                                    offset, sha256 state}
 //	    ├── a/<repo>\x00<ref>                last use of a mirrored tag (LRU)
+//	    ├── p/<repo>\x00<ref>                pulls of a tag or digest {count, last};
+//	    │                                    ref "": of the repository
 //	    └── s/alive, s/provenance            write probe; origins recorded (v1)
 //
 // A link's value is the blob size, when it was made and the origin of the

@@ -32,6 +32,10 @@ type GCOptions struct {
 	// deleted deliberately referenced (their records are gone, so Released
 	// cannot reach them): their links get no grace either.
 	ReleasedBlobs map[string][]digest.Digest
+	// Without, in a dry run, treats these references (repository → tags
+	// or digests) as deleted deliberately: the report is then what
+	// deleting them would free, besides what is collectable anyway.
+	Without map[string][]string
 	// Duty, between 0 and 1, paces a background collection: it works that
 	// share of the time and sleeps the rest, so serving keeps the CPU.
 	// 0 or 1: full speed.
@@ -225,6 +229,9 @@ func (s *Store) gc(o GCOptions) (GCReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	if o.DryRun && len(o.Without) > 0 {
+		o.Released = s.pretendDeleted(sn, o.Without, o.Released)
+	}
 	repos := map[string]bool{}
 	for r := range sn.manifests {
 		repos[r] = true
@@ -283,6 +290,37 @@ func (s *Store) gc(o GCOptions) (GCReport, error) {
 		return rep, err
 	}
 	return rep, s.sweepOrphans(&rep, o)
+}
+
+// pretendDeleted removes from the snapshot the tags that deleting refs
+// (repository → tags or digests) would remove, and returns released with
+// the manifests they named added.
+func (s *Store) pretendDeleted(sn *snapshot, refs map[string][]string, released map[string][]digest.Digest) map[string][]digest.Digest {
+	out := map[string][]digest.Digest{}
+	for repo, ds := range released {
+		out[repo] = append([]digest.Digest(nil), ds...)
+	}
+	for repo, rs := range refs {
+		for _, ref := range rs {
+			d, err := digest.Parse(ref)
+			all := err == nil // a digest: every tag naming it goes with it
+			if !all {
+				if d, err = s.ResolveTag(repo, ref); err != nil {
+					continue
+				}
+			}
+			tags := sn.tags[repo][:0:0]
+			for i, t := range sn.tags[repo] {
+				if t == d && (all || len(tags) == i) {
+					continue // only the first, for one tag
+				}
+				tags = append(tags, t)
+			}
+			sn.tags[repo] = tags
+			out[repo] = append(out[repo], d)
+		}
+	}
+	return out
 }
 
 // dropManifest removes an unreachable manifest link unless, in the

@@ -92,6 +92,7 @@ type Store struct {
 	track   linkTracker // links made while a collection runs
 
 	touches sync.Map // repo\x00ref → *touch: last use, for FlushAccess
+	pulls   sync.Map // repo\x00ref (ref "": the repository) → *pullCount, for FlushPulls
 
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.
@@ -244,6 +245,7 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 // data directory then stays locked until the process exits.
 func (s *Store) Close() error {
 	s.FlushAccess()
+	s.FlushPulls()
 	if !s.space.isReadOnly() && s.bdb != nil {
 		if ok, avail := s.space.roomToClose(); !ok {
 			s.log.Error("the filesystem is full: the index is left to its write-ahead log, which the next start replays",
