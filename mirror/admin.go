@@ -39,6 +39,9 @@ type adminState struct {
 	mu       sync.Mutex
 	released map[string][]digest.Digest // manifests deleted or untagged deliberately, not collected yet
 	refs     map[string][]digest.Digest // what deleted manifests referenced (their records are gone)
+
+	reclaimAt time.Time // when reclaim was computed (the console's overview)
+	reclaim   int64
 }
 
 // repoInfo is one repository in the API's listings.
@@ -50,6 +53,9 @@ type repoInfo struct {
 	Blobs     int    `json:"blobs"`
 	Manifests int    `json:"manifests"`
 	Tags      int    `json:"tags"`
+	Pulls     int64  `json:"pulls"`
+	// LastPulled is the latest manifest GET (RFC 3339; absent: never).
+	LastPulled string `json:"last_pulled,omitempty"`
 }
 
 type tagInfo struct {
@@ -59,11 +65,21 @@ type tagInfo struct {
 	Bytes     int64    `json:"bytes"` // the manifest and what it references in the repository, shared blobs included
 	Platforms []string `json:"platforms,omitempty"`
 	Pushed    string   `json:"pushed,omitempty"` // when the manifest was stored (RFC 3339)
+	// Pulls counts manifest GETs by this tag; LastPulled is the latest by
+	// the tag or by its digest.
+	Pulls      int64  `json:"pulls"`
+	LastPulled string `json:"last_pulled,omitempty"`
 }
 
 // serveAPI answers /api/v1/ requests.
 func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
 	rest := strings.TrimPrefix(r.URL.Path, apiPrefix)
+	if isWrite(r.Method) && crossSite(r) {
+		// A browser's form from another site, sending credentials it
+		// keeps for this one: never a script's call.
+		reg.audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path), slog.String("reason", "cross-site request"))
+		return apiErr(codeDenied, "cross-site requests may not change anything")
+	}
 	switch {
 	case rest == "repositories" && r.Method == http.MethodGet:
 		return reg.apiRepositories(w, r)
@@ -176,10 +192,16 @@ func (reg *Registry) apiRepositories(w http.ResponseWriter, r *http.Request) err
 	if err != nil {
 		return err
 	}
+	pulls, err := reg.store.RepoPulls()
+	if err != nil {
+		return err
+	}
 	out := []repoInfo{}
 	for _, u := range usage {
 		if u.Manifests > 0 && reg.mayPull(c.Subject, u.Repo) {
-			out = append(out, info(u))
+			ri := info(u)
+			ri.Pulls, ri.LastPulled = pulls[u.Repo].Count, rfc3339(pulls[u.Repo].Last)
+			out = append(out, ri)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -220,26 +242,25 @@ func (reg *Registry) apiTags(w http.ResponseWriter, r *http.Request, repo string
 		}
 		return apiErr(codeNameUnknown, "repository name not known to registry") // never say a private name exists
 	}
-	tags, _, err := reg.store.Tags(repo, -1, "")
+	rows, err := reg.repoTags(repo, -1)
 	if err != nil {
 		return err
 	}
 	out := []tagInfo{}
-	for _, tag := range tags {
-		m, err := reg.store.GetManifest(repo, tag)
-		if errors.Is(err, cache.ErrManifestUnknown) {
-			continue // untagged meanwhile
-		} else if err != nil {
-			return err
-		}
-		ti := tagInfo{Tag: tag, Digest: m.Digest.String(), MediaType: m.MediaType, Bytes: reg.imageBytes(repo, m, 0)}
-		if !m.Pushed.IsZero() {
-			ti.Pushed = m.Pushed.UTC().Format(time.RFC3339)
-		}
-		ti.Platforms = indexPlatforms(m.Body)
+	for _, row := range rows {
+		ti := row.tagInfo
+		ti.Pushed, ti.Pulls, ti.LastPulled = rfc3339(row.PushedAt), row.Pulls, rfc3339(row.LastPulled)
 		out = append(out, ti)
 	}
 	return apiJSON(w, http.StatusOK, map[string]any{"name": repo, "tags": out})
+}
+
+// rfc3339 formats t, or "" for the zero time.
+func rfc3339(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 // imageBytes is the size of manifest m and of what it references in repo
@@ -349,22 +370,18 @@ func (reg *Registry) CollectReleased() (rep cache.GCReport, ran bool, err error)
 	if !pending {
 		return rep, false, nil
 	}
+	start := time.Now()
 	rep, err = reg.collect(false)
+	if !errors.Is(err, cache.ErrCollectorElsewhere) {
+		reg.NoteGC("after deletes", "", rep, time.Since(start), err)
+	}
 	return rep, true, err
 }
 
 // collect runs a collection with what deletes released, forgetting them
 // once a real one ran.
 func (reg *Registry) collect(dry bool) (cache.GCReport, error) {
-	reg.admin.mu.Lock()
-	released, refs := map[string][]digest.Digest{}, map[string][]digest.Digest{}
-	for repo, ds := range reg.admin.released {
-		released[repo] = append([]digest.Digest(nil), ds...)
-	}
-	for repo, ds := range reg.admin.refs {
-		refs[repo] = append([]digest.Digest(nil), ds...)
-	}
-	reg.admin.mu.Unlock()
+	released, refs := reg.pendingReleases()
 	rep, err := reg.store.GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Duty: 0.5})
 	if err != nil || dry {
 		return rep, err
@@ -382,6 +399,21 @@ func (reg *Registry) collect(dry bool) (cache.GCReport, error) {
 	return rep, nil
 }
 
+// pendingReleases copies what deliberate deletes released and no
+// collection freed yet: manifests, and blobs deleted manifests referenced.
+func (reg *Registry) pendingReleases() (released, refs map[string][]digest.Digest) {
+	reg.admin.mu.Lock()
+	defer reg.admin.mu.Unlock()
+	released, refs = map[string][]digest.Digest{}, map[string][]digest.Digest{}
+	for repo, ds := range reg.admin.released {
+		released[repo] = append([]digest.Digest(nil), ds...)
+	}
+	for repo, ds := range reg.admin.refs {
+		refs[repo] = append([]digest.Digest(nil), ds...)
+	}
+	return released, refs
+}
+
 // apiEvict untags every tag of a mirrored repository: the next collection
 // frees what only they used, and the next pull fetches it again.
 func (reg *Registry) apiEvict(w http.ResponseWriter, r *http.Request, repo string) error {
@@ -392,27 +424,36 @@ func (reg *Registry) apiEvict(w http.ResponseWriter, r *http.Request, repo strin
 	if err := reg.mayWrite(r, c, repo); err != nil {
 		return err
 	}
+	evicted, err := reg.evict(repo)
+	if err != nil {
+		return err
+	}
+	reg.audit(r, "evict", slog.String("repo", repo), slog.Int("tags", len(evicted)), slog.String("via", "api"))
+	return apiJSON(w, http.StatusAccepted, map[string]any{"evicted": repo, "tags": evicted})
+}
+
+// evict untags every tag of a mirrored repository and returns them.
+func (reg *Registry) evict(repo string) ([]string, error) {
 	if o, ok := reg.store.Origin(repo); !ok || !o.Mirrored() {
 		if !ok {
-			return apiErr(codeNameUnknown, "repository name not known to registry")
+			return nil, apiErr(codeNameUnknown, "repository name not known to registry")
 		}
-		return apiErr(codeDenied, "%s holds pushed images: delete them tag by tag; eviction is for mirrored ones", repo)
+		return nil, apiErr(codeDenied, "%s holds pushed images: delete them tag by tag; eviction is for mirrored ones", repo)
 	}
 	tags, _, err := reg.store.Tags(repo, -1, "")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	evicted := []string{}
 	for _, tag := range tags {
 		if err := reg.deleteReleasing(repo, tag); errors.Is(err, cache.ErrManifestUnknown) {
 			continue // untagged meanwhile
 		} else if err != nil {
-			return err
+			return evicted, err
 		}
 		evicted = append(evicted, tag)
 	}
-	reg.audit(r, "evict", slog.String("repo", repo), slog.Int("tags", len(evicted)), slog.String("via", "api"))
-	return apiJSON(w, http.StatusAccepted, map[string]any{"evicted": repo, "tags": evicted})
+	return evicted, nil
 }
 
 // apiUpstreams is the status page's upstream table, as JSON (public, as
@@ -478,6 +519,10 @@ func (reg *Registry) apiGC(w http.ResponseWriter, r *http.Request) error {
 	dry := r.URL.Query().Get("dry_run") == "true" || r.URL.Query().Get("dry_run") == "1"
 	start := time.Now()
 	rep, err := reg.collect(dry)
+	if !dry {
+		reg.NoteGC("api", c.User, rep, time.Since(start), err)
+		reg.forgetReclaimable()
+	}
 	if err != nil {
 		return err
 	}

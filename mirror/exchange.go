@@ -25,6 +25,7 @@ type exchange struct {
 	label string    // route label for metrics: "manifest", "health", "token", ...
 	kind  routeKind // for the error mapping
 	repo  string
+	ref   string // a manifest request's tag or digest
 	err   error
 	gone  bool // the client went away before an answer: logged as 499
 }
@@ -69,12 +70,6 @@ func (reg *Registry) dispatch(x *exchange) error {
 	case "/healthz", "/readyz":
 		x.label = "health"
 		return reg.health(w, r)
-	case "/":
-		if r.Method == http.MethodGet || r.Method == http.MethodHead {
-			x.label = "status"
-			reg.status(w, r)
-			return nil
-		}
 	case "/token":
 		if reg.authRequired() {
 			x.label = "token"
@@ -86,12 +81,20 @@ func (reg *Registry) dispatch(x *exchange) error {
 		x.label = "api"
 		return reg.serveAPI(w, r)
 	}
+	if isConsolePath(r.URL.Path) {
+		x.label = "console"
+		reg.serveConsole(w, r)
+		return nil
+	}
 	w.Header()["Docker-Distribution-Api-Version"] = apiVersion
 	rt, err := parseRoute(r.URL.Path)
 	if err != nil {
 		return err
 	}
 	x.label, x.kind = rt.kind.String(), rt.kind
+	if rt.kind == routeManifest {
+		x.ref = rt.ref.String()
+	}
 	q := reg.resolve(r, rt)
 	x.repo = q.repo
 	if rt.kind == routeUpload {
@@ -142,6 +145,9 @@ func (reg *Registry) finish(x *exchange) {
 	if err != nil && errors.Is(err, cache.ErrStorageFull) && reg.opts.OnStorageFull != nil {
 		reg.opts.OnStorageFull()
 	}
+	if x.kind == routeManifest && r.Method == http.MethodGet && status == http.StatusOK && x.repo != "" && !fromPeer(r) {
+		reg.store.NotePull(x.repo, x.ref) // an atomic add; flushed with the access times
+	}
 	if m := reg.opts.Metrics; m != nil {
 		m.Requests.WithLabelValues(x.label, r.Method, strconv.Itoa(status)).Inc()
 		m.Duration.WithLabelValues(x.label).Observe(took.Seconds())
@@ -150,6 +156,15 @@ func (reg *Registry) finish(x *exchange) {
 	switch {
 	case status >= 500 && !x.gone:
 		level = slog.LevelError
+		msg := fmt.Sprintf("%d %s %s", status, r.Method, r.URL.Path)
+		if err != nil {
+			msg += ": " + err.Error()
+		}
+		reg.book.noteError(x.repo, msg)
+	case status >= 400 && !x.gone && strings.HasPrefix(r.URL.Path, "/v2/") && status != http.StatusUnauthorized && !(status == http.StatusNotFound && r.Method == http.MethodHead):
+		// A registry request refused: a client's mistake worth seeing
+		// (not the 401 that asks for credentials, nor a push's probe).
+		level = slog.LevelInfo
 		msg := fmt.Sprintf("%d %s %s", status, r.Method, r.URL.Path)
 		if err != nil {
 			msg += ": " + err.Error()

@@ -77,7 +77,7 @@ func TestEveryExitCountedOnce(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("second upload: %s %s", resp.Status, body)
 	}
-	for label, want := range map[string]float64{"health": 2, "status": 1, "token": 1} {
+	for label, want := range map[string]float64{"health": 2, "console": 1, "token": 1} {
 		if got := testutil.ToFloat64(m.Requests.WithLabelValues(label, "GET", "200")); got != want {
 			t.Errorf("%s requests counted %v times, want %v", label, got, want)
 		}

@@ -61,7 +61,11 @@ func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, q *reques
 // visibleRepos pages through the catalog keeping what the caller may pull
 // (anonymous-mirror-pull applies to repositories recorded as mirrored).
 func (reg *Registry) visibleRepos(r *http.Request, n int, last string) ([]string, bool, error) {
-	s := callerOf(r).Subject
+	return reg.visibleReposOf(callerOf(r).Subject, n, last)
+}
+
+// visibleReposOf is visibleRepos for subject s.
+func (reg *Registry) visibleReposOf(s policy.Subject, n int, last string) ([]string, bool, error) {
 	out := []string{}
 	for {
 		page, more, err := reg.store.Catalog(max(n, 100), last)

@@ -102,6 +102,7 @@ type Registry struct {
 	pull     *puller                // the pull-through mirror; nil without Options.Upstream
 	access   atomic.Pointer[access] // users and rules; swapped by SetAccess
 	tokens   *tokens
+	sessions *sessions // the console's
 	signins  *signins
 	uploads  *uploadLimiter
 	draining atomic.Bool
@@ -126,6 +127,7 @@ func New(store *cache.Store, opts Options) *Registry {
 	}
 	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(opts.Secret), signins: newSignins(), peers: newPeers(),
 		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
+	reg.sessions = newSessions(reg.tokens)
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {
 		reg.pull = newPuller(reg)

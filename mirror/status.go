@@ -2,8 +2,6 @@ package mirror
 
 import (
 	"fmt"
-	"html/template"
-	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -27,9 +25,10 @@ type StatusInfo struct {
 // traffic counters and the latest errors.
 type statusBook struct {
 	mu      sync.Mutex
-	samples []sample      // one a minute, the last 60
-	errors  []bookedError // newest last, at most 12
+	samples []sample      // one a minute, the last maxSamples
+	errors  []bookedError // newest last, at most maxErrors
 	audits  []auditEvent  // newest last, at most maxAudits
+	gcRuns  []gcRun       // newest last, at most maxGCRuns
 }
 
 // auditEvent is one audit record kept for the admin API.
@@ -41,7 +40,38 @@ type auditEvent struct {
 	Attrs  map[string]string `json:"attrs,omitempty"`
 }
 
-const maxAudits = 200
+const (
+	maxAudits  = 200
+	maxErrors  = 100
+	maxGCRuns  = 20
+	maxSamples = 24 * 60 // a day of minutes
+)
+
+// gcRun is one collection, for the console's GC page.
+type gcRun struct {
+	At      time.Time
+	Trigger string // "schedule", "after deletes", "console", "api"
+	User    string
+	Report  cache.GCReport
+	Took    time.Duration
+	Err     string
+}
+
+// NoteGC records a collection that ran (scheduled ones are run by cmd).
+func (reg *Registry) NoteGC(trigger, user string, rep cache.GCReport, took time.Duration, err error) {
+	run := gcRun{At: time.Now(), Trigger: trigger, User: user, Report: rep, Took: took}
+	run.Report.Items = nil
+	if err != nil {
+		run.Err = err.Error()
+	}
+	b := &reg.book
+	b.mu.Lock()
+	b.gcRuns = append(b.gcRuns, run)
+	if len(b.gcRuns) > maxGCRuns {
+		b.gcRuns = b.gcRuns[len(b.gcRuns)-maxGCRuns:]
+	}
+	b.mu.Unlock()
+}
 
 func (b *statusBook) noteAudit(e auditEvent) {
 	b.mu.Lock()
@@ -54,6 +84,7 @@ func (b *statusBook) noteAudit(e auditEvent) {
 
 // bookedError is one recent error; repo ("" for none) decides who sees it.
 type bookedError struct {
+	at   time.Time
 	text string
 	repo string
 }
@@ -61,14 +92,15 @@ type bookedError struct {
 type sample struct {
 	at                      time.Time
 	fromCache, fromUpstream float64 // cumulative blob bytes
+	disk                    int64   // bytes the blob store holds (-1: unknown)
 }
 
 func (b *statusBook) noteError(repo, s string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.errors = append(b.errors, bookedError{text: time.Now().Format("15:04:05") + "  " + s, repo: repo})
-	if len(b.errors) > 12 {
-		b.errors = b.errors[len(b.errors)-12:]
+	b.errors = append(b.errors, bookedError{at: time.Now(), text: s, repo: repo})
+	if len(b.errors) > maxErrors {
+		b.errors = b.errors[len(b.errors)-maxErrors:]
 	}
 }
 
@@ -80,7 +112,10 @@ func (reg *Registry) sampleNow() {
 		return
 	}
 	s := sample{at: time.Now(), fromCache: testutil.ToFloat64(m.BytesServed.WithLabelValues("cache")),
-		fromUpstream: testutil.ToFloat64(m.UpstreamBytes)}
+		fromUpstream: testutil.ToFloat64(m.UpstreamBytes), disk: -1}
+	if reg.opts.StatusInfo != nil {
+		s.disk = reg.opts.StatusInfo().StoreBytes
+	}
 	b := &reg.book
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -89,7 +124,7 @@ func (reg *Registry) sampleNow() {
 		return
 	}
 	b.samples = append(b.samples, s)
-	if len(b.samples) > 60 {
+	if len(b.samples) > maxSamples {
 		b.samples = b.samples[1:]
 	}
 }
@@ -111,8 +146,14 @@ type statusPage struct {
 	Mirrored, Pushed         []string
 	MoreMirrored, MorePushed int
 	Upstreams                []upstreamRow
-	Errors                   []string
+	Errors                   []shownError
 	Cluster                  *clusterView
+}
+
+// shownError is a recent error as the console shows it.
+type shownError struct {
+	At   time.Time
+	Text string
 }
 
 // clusterView is the status page's cluster section.
@@ -153,8 +194,10 @@ func humanBytes(n float64) string {
 	return fmt.Sprintf("%.1f %s", n, units[i])
 }
 
-// statusHandler renders the page at "/".
-func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
+// statusData is what the console's overview shows everyone (what the
+// status page showed): traffic, disk, upstreams, cluster, the images and
+// recent errors subject may see.
+func (reg *Registry) statusData(subject policy.Subject) statusPage {
 	reg.sampleNow()
 	p := statusPage{Now: time.Now().Format("2006-01-02 15:04:05")}
 	if m := reg.opts.Metrics; m != nil {
@@ -178,10 +221,10 @@ func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
 	reg.book.mu.Unlock()
 	// A viewer sees the errors of repositories they may pull, and those of
 	// no repository: private names stay private.
-	subject, pol := callerOf(r).Subject, reg.policy()
-	for _, e := range booked {
-		if e.repo == "" || pol.Allowed(subject, e.repo, policy.Pull, reg.origin(e.repo).Mirrored()) {
-			p.Errors = append(p.Errors, e.text)
+	pol := reg.policy()
+	for i := len(booked) - 1; i >= 0 && len(p.Errors) < 12; i-- { // newest first
+		if e := booked[i]; e.repo == "" || pol.Allowed(subject, e.repo, policy.Pull, reg.origin(e.repo).Mirrored()) {
+			p.Errors = append(p.Errors, shownError{At: e.at, Text: e.text})
 		}
 	}
 	var maxD float64
@@ -226,7 +269,7 @@ func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
 			p.Cluster = reg.clusterView(*info.Cluster, subject, pol)
 		}
 	}
-	repos, _, _ := reg.visibleRepos(r, 1000, "")
+	repos, _, _ := reg.visibleReposOf(subject, 1000, "")
 	for _, repo := range repos {
 		if reg.origin(repo).Mirrored() {
 			p.Mirrored = append(p.Mirrored, repo)
@@ -240,11 +283,7 @@ func (reg *Registry) status(w http.ResponseWriter, r *http.Request) {
 	if len(p.Pushed) > 15 {
 		p.MorePushed, p.Pushed = len(p.Pushed)-15, p.Pushed[:15]
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	if err := statusTemplate.Execute(w, p); err != nil {
-		reg.log.Warn("status page", "err", err)
-	}
+	return p
 }
 
 // clusterView renders the cluster: members, index and object store
@@ -288,48 +327,3 @@ func (reg *Registry) clusterView(h cache.ClusterHealth, subject policy.Subject, 
 	}
 	return v
 }
-
-var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
-	"join": strings.Join, "sub": func(a, b float64) float64 { return a - b }}).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="30">
-<title>Wharf</title>
-<style>
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f6f8;color:#1d2733}
-header{background:#12344d;color:#fff;padding:18px 32px;display:flex;align-items:baseline;gap:16px}
-header h1{margin:0;font-size:22px;letter-spacing:.5px}header span{opacity:.75;font-size:13px}
-main{padding:24px 32px;display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:20px}
-section{background:#fff;border-radius:10px;padding:18px 20px;box-shadow:0 1px 3px rgba(0,0,0,.08)}
-h2{font-size:13px;text-transform:uppercase;letter-spacing:.8px;color:#5b6b7b;margin:0 0 12px}
-.big{font-size:40px;font-weight:650;color:#12344d}.sub{color:#5b6b7b;font-size:13px}
-.meter{height:12px;background:#e3e8ee;border-radius:6px;overflow:hidden;margin:10px 0 6px}
-.meter div{height:100%;background:#2f80c4}
-ul{list-style:none;margin:0;padding:0}li{padding:4px 0;border-bottom:1px solid #eef1f4;font-family:ui-monospace,monospace;font-size:13px}
-.ok{color:#1e8e3e;font-weight:600}.bad{color:#c5221f;font-weight:600}
-table{width:100%;border-collapse:collapse;font-size:13px}td{padding:5px 4px;border-bottom:1px solid #eef1f4;vertical-align:top}
-.err{font-family:ui-monospace,monospace;font-size:12px;color:#7a2a2a}
-</style></head><body>
-<header><h1>Wharf</h1><span>container registry mirror · {{.Now}}</span></header>
-<main>
-<section><h2>Cache hit ratio</h2><div class="big">{{.HitRatio}}</div>
-<div class="sub">{{.Hits}} hits, {{.Misses}} misses (manifests and blobs)</div></section>
-<section><h2>Bytes served from cache</h2><div class="big">{{.Saved}}</div>
-<div class="sub">not fetched again from upstream · {{.FromUp}} downloaded from upstream</div>
-<svg width="100%" height="74" viewBox="0 0 600 74" preserveAspectRatio="none" role="img" aria-label="bytes served from cache per minute">
-{{range .Bars}}<rect x="{{.X}}" y="{{printf "%.1f" (sub 72 .H)}}" width="{{.W}}" height="{{printf "%.1f" .H}}" fill="#2f80c4"/>{{end}}
-<line x1="0" y1="72.5" x2="600" y2="72.5" stroke="#c9d2dc"/></svg>
-<div class="sub">per minute, last hour</div></section>
-<section><h2>Disk</h2><div class="big">{{.StoreBytes}}</div><div class="sub">quota: {{.Quota}}</div>
-<div class="meter"><div style="width:{{printf "%.0f" .UsedPct}}%"></div></div></section>
-<section><h2>Upstreams</h2><table>{{range .Upstreams}}<tr><td><b>{{.Name}}</b><br><span class="sub">{{.Endpoint}}</span></td>
-<td class="{{if .OK}}ok{{else}}bad{{end}}">{{.State}}</td><td>{{.Limit}}</td></tr>{{else}}<tr><td class="sub">mirroring off</td></tr>{{end}}</table></section>
-{{with .Cluster}}<section><h2>Cluster</h2><div class="sub">this node: {{.Node}}</div>
-<table>{{range .Members}}<tr><td><b>{{.ID}}</b>{{if .Self}} (this node){{end}}</td><td>{{.URL}}</td></tr>{{end}}</table>
-<table><tr><td><b>index</b><br><span class="sub">{{.Index}}</span></td><td class="{{if .IndexOK}}ok{{else}}bad{{end}}">{{.IndexState}}</td></tr>
-<tr><td><b>object store</b><br><span class="sub">{{.Store}}</span></td><td class="{{if .StoreOK}}ok{{else}}bad{{end}}">{{.StoreState}}</td></tr></table>
-<h3>Downloads in flight</h3><table>{{range .Fills}}<tr><td>{{.Repos}}<br><span class="sub">{{.Digest}}</span></td><td>{{.Progress}}</td><td>from {{.From}}; owner {{.Owner}}</td></tr>{{else}}<tr><td class="sub">none</td></tr>{{end}}</table></section>{{end}}
-<section><h2>Cached images</h2><ul>{{range .Mirrored}}<li>{{.}}</li>{{else}}<li class="sub">none yet</li>{{end}}</ul>
-{{if .MoreMirrored}}<div class="sub">and {{.MoreMirrored}} more</div>{{end}}</section>
-<section><h2>Pushed images</h2><ul>{{range .Pushed}}<li>{{.}}</li>{{else}}<li class="sub">none (or none you may see)</li>{{end}}</ul>
-{{if .MorePushed}}<div class="sub">and {{.MorePushed}} more</div>{{end}}</section>
-<section><h2>Recent errors</h2>{{range .Errors}}<div class="err">{{.}}</div>{{else}}<div class="sub">none</div>{{end}}</section>
-</main></body></html>`))

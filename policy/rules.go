@@ -51,6 +51,7 @@ type Policy struct {
 	anonMirror bool
 	rules      []compiled
 	groupsOf   map[string][]string // user → groups
+	cfg        []Rule              // the rules as configured, for display
 }
 
 type compiled struct {
@@ -92,6 +93,7 @@ func New(users int, cfg Config) (*Policy, error) {
 			c.repos = append(c.repos, re)
 		}
 		p.rules = append(p.rules, c)
+		p.cfg = append(p.cfg, Rule{Repos: slices.Clone(r.Repos), Who: slices.Clone(r.Who), Actions: slices.Clone(r.Actions)})
 	}
 	return p, nil
 }
@@ -113,6 +115,21 @@ func compilePattern(pat string) (*regexp.Regexp, error) {
 	b.WriteString("$")
 	return regexp.Compile(b.String())
 }
+
+// Rules returns the rules as configured, in order (the first that names a
+// repository and a subject decides).
+func (p *Policy) Rules() []Rule { return slices.Clone(p.cfg) }
+
+// GroupsOf returns the groups user belongs to, sorted.
+func (p *Policy) GroupsOf(user string) []string {
+	g := slices.Clone(p.groupsOf[user])
+	slices.Sort(g)
+	return g
+}
+
+// AnonymousMirrorPull reports whether anonymous clients may pull mirrored
+// content.
+func (p *Policy) AnonymousMirrorPull() bool { return p.anonMirror }
 
 // Open reports that no users are configured: everything is allowed.
 func (p *Policy) Open() bool { return p.open }

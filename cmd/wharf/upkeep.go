@@ -63,9 +63,9 @@ func (m *roomMaker) take() []chan struct{} {
 const releasedInterval = 10 * time.Second
 
 // upkeep is the store's maintenance, one job at a time so that no two of
-// them compete for the content locks or the index: access times flushed
-// every minute; the quota, retention and free space checked every
-// --evict-interval, and at once when a write found the disk full; garbage
+// them compete for the content locks or the index: access times and pull
+// counts flushed, and the console's charts sampled, every minute; the
+// quota, retention and free space checked every --evict-interval, and at once when a write found the disk full; garbage
 // collection every --gc-interval; idle upload sessions expired; Badger's
 // value log compacted. A job that is due while another runs waits for it.
 func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, room *roomMaker, ops *opsMetrics) error {
@@ -104,6 +104,10 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 			if err := store.FlushAccess(); err != nil {
 				log.Warn("recording access times", "err", err)
 			}
+			if err := store.FlushPulls(); err != nil {
+				log.Warn("recording pull counts", "err", err)
+			}
+			reg.Sample() // the console's charts
 		case <-spaceCheck:
 			if store.WritableAgain() {
 				return errReopen
@@ -120,7 +124,7 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 		case <-check:
 			evictOnce(store, cfg, log, ops)
 		case <-gc:
-			collect(store, cfg, log, ops)
+			collect(store, reg, cfg, log, ops)
 		case <-trim:
 			trimLocal(store, cfg, log, 0)
 		case <-released:
@@ -205,13 +209,15 @@ func trimLocal(store *cache.Store, cfg serveConfig, log *slog.Logger, deficit in
 const localTrimInterval = 5 * time.Minute
 
 // collect runs one scheduled garbage collection.
-func collect(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
+func collect(store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
 	start := time.Now()
 	rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
 	if errors.Is(err, cache.ErrCollectorElsewhere) {
 		log.Info("garbage collection: another node of the cluster is collecting; skipped")
 		return
-	} else if err != nil {
+	}
+	reg.NoteGC("schedule", "", rep, time.Since(start), err)
+	if err != nil {
 		log.Error("garbage collection", "err", err)
 		return
 	}

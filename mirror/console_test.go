@@ -1,0 +1,419 @@
+package mirror
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wharf-registry/wharf/cache"
+)
+
+// browser is an HTTP client with a cookie jar that does not follow
+// redirects, as a test's stand-in for a browser.
+type browser struct {
+	t    *testing.T
+	base string
+	c    *http.Client
+}
+
+func newBrowser(t *testing.T, srv *httptest.Server) *browser {
+	jar, _ := cookiejar.New(nil)
+	c := *srv.Client() // a client of its own: the server's is shared
+	c.Jar = jar
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &browser{t: t, base: srv.URL, c: &c}
+}
+
+func (b *browser) get(path string, hdr ...string) (*http.Response, string) {
+	b.t.Helper()
+	req, _ := http.NewRequest("GET", b.base+path, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	return b.send(req)
+}
+
+func (b *browser) post(path string, form url.Values, hdr ...string) (*http.Response, string) {
+	b.t.Helper()
+	req, _ := http.NewRequest("POST", b.base+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	return b.send(req)
+}
+
+func (b *browser) send(req *http.Request) (*http.Response, string) {
+	b.t.Helper()
+	resp, err := b.c.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrf is the token of the first form on page.
+func (b *browser) csrf(page string) string {
+	b.t.Helper()
+	m := csrfField.FindStringSubmatch(page)
+	if m == nil {
+		b.t.Fatalf("no CSRF token on the page:\n%s", page)
+	}
+	return m[1]
+}
+
+func (b *browser) signIn(user, pass string) *http.Response {
+	b.t.Helper()
+	_, page := b.get("/signin")
+	resp, body := b.post("/signin", url.Values{"csrf": {b.csrf(page)}, "user": {user}, "password": {pass}, "next": {"/repositories"}})
+	if resp.StatusCode == http.StatusSeeOther && resp.Header.Get("Location") != "/repositories" {
+		b.t.Fatalf("sign-in sent to %q", resp.Header.Get("Location"))
+	}
+	_ = body
+	return resp
+}
+
+func sessionOf(resp *http.Response) *http.Cookie {
+	for _, c := range resp.Cookies() {
+		if c.Name == sessionCookie {
+			return c
+		}
+	}
+	return nil
+}
+
+// TestConsoleSignIn: the form signs in with the htpasswd users; the
+// session cookie is HttpOnly and SameSite=Strict (and Secure over TLS); a
+// wrong password gets 401 and no session; signing out ends the session; a
+// new password ends the old sessions.
+func TestConsoleSignIn(t *testing.T) {
+	reg := adminRegistry(t)
+	b := newBrowser(t, reg.srv)
+	if resp := b.signIn("root", "wrong"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("wrong password: %s", resp.Status)
+	}
+	if resp, _ := b.get("/gc"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/signin?next=") {
+		t.Fatalf("GC page before signing in: %s %q", resp.Status, resp.Header.Get("Location"))
+	}
+	resp := b.signIn("root", "root-pw")
+	ck := sessionOf(resp)
+	if resp.StatusCode != http.StatusSeeOther || ck == nil {
+		t.Fatalf("sign-in: %s, cookie %v", resp.Status, ck)
+	}
+	if !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Secure || ck.Path != "/" {
+		t.Fatalf("session cookie over plain HTTP: %+v", ck)
+	}
+	if resp, page := b.get("/gc"); resp.StatusCode != 200 || !strings.Contains(page, "Collect now") || !strings.Contains(page, ">root<") {
+		t.Fatalf("GC page signed in: %s\n%s", resp.Status, page)
+	}
+	_, page := b.get("/")
+	if resp, _ := b.post("/signout", url.Values{"csrf": {b.csrf(page)}}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-out: %s", resp.Status)
+	}
+	// The old cookie, replayed, no longer works.
+	req, _ := http.NewRequest("GET", reg.srv.URL+"/gc", nil)
+	req.AddCookie(ck)
+	if resp, _ := newBrowser(t, reg.srv).send(req); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("a signed-out session still works: %v", resp.Status)
+	}
+
+	// A password change ends the sessions signed in with the old one.
+	b = newBrowser(t, reg.srv)
+	b.signIn("root", "root-pw")
+	users := reg.reg().access.Load().users.(interface{ Set(string, string) error })
+	users.Set("root", "new-pw")
+	if resp, _ := b.get("/gc"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("a session from before the password change: %s", resp.Status)
+	}
+
+	// Over TLS the cookie is Secure too.
+	tlsSrv := httptest.NewTLSServer(reg.srv.Config.Handler)
+	defer tlsSrv.Close()
+	tb := newBrowser(t, tlsSrv)
+	tb.c.Transport.(*http.Transport).TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+	resp = tb.signIn("alice", "alice-pw")
+	if ck := sessionOf(resp); ck == nil || !ck.Secure || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
+		t.Fatalf("session cookie over TLS: %+v (%s)", ck, resp.Status)
+	}
+	// An open redirect after sign-in is not followed.
+	if got := safeNext("//evil.example/x"); got != "/" {
+		t.Fatalf("next=//evil.example/x → %q", got)
+	}
+}
+
+// TestConsoleCSRF: every state-changing form needs its token, signed in
+// with the form or with Basic credentials; a form from another site is
+// refused even with the token; the admin API refuses cross-site writes.
+func TestConsoleCSRF(t *testing.T) {
+	reg := adminRegistry(t)
+	reg.pushImage(t, "team/app", "v1", nil)
+	reg.pushImage(t, "team/app", "v2", nil)
+	b := newBrowser(t, reg.srv)
+	b.signIn("root", "root-pw")
+	for _, c := range []struct {
+		path string
+		form url.Values
+	}{{"/gc", url.Values{}}, {"/repositories/team/app", url.Values{"action": {"delete"}, "ref": {"v2"}}}, {"/signout", url.Values{}}} {
+		if resp, body := b.post(c.path, c.form); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "security token") {
+			t.Errorf("POST %s without a token: %s", c.path, resp.Status)
+		}
+		c.form.Set("csrf", "forged")
+		if resp, _ := b.post(c.path, c.form); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("POST %s with a forged token: %s", c.path, resp.Status)
+		}
+	}
+	if _, err := reg.store.GetManifest("team/app", "v2"); err != nil {
+		t.Fatal("a refused form deleted the tag")
+	}
+	// Basic credentials (a script, or a browser that keeps them) need the
+	// token too: the one the page shows them.
+	auth := as("root")["Authorization"]
+	plain := newBrowser(t, reg.srv)
+	if resp, _ := plain.post("/repositories/team/app", url.Values{"action": {"delete"}, "ref": {"v2"}}, "Authorization", auth); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("Basic POST without a token: %s", resp.Status)
+	}
+	_, page := plain.get("/repositories/team/app?action=delete&ref=v2", "Authorization", auth)
+	token := plain.csrf(page)
+	if resp, _ := plain.post("/repositories/team/app", url.Values{"csrf": {token}, "action": {"delete"}, "ref": {"v2"}}, "Authorization", auth, "Origin", "http://evil.example"); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("cross-site POST with the token: %s", resp.Status)
+	}
+	if resp, body := plain.post("/repositories/team/app", url.Values{"csrf": {token}, "action": {"delete"}, "ref": {"v2"}}, "Authorization", auth); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("Basic POST with its token: %s %s", resp.Status, body)
+	}
+	if _, err := reg.store.GetManifest("team/app", "v2"); err == nil {
+		t.Fatal("the confirmed delete left the tag")
+	}
+	// Another user's token (or a session's) is not this one's.
+	other := newBrowser(t, reg.srv)
+	_, page = other.get("/repositories/team/app?action=delete&ref=v1", "Authorization", as("alice")["Authorization"])
+	if resp, _ := plain.post("/repositories/team/app", url.Values{"csrf": {other.csrf(page)}, "action": {"delete"}, "ref": {"v1"}}, "Authorization", auth); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("root's POST with alice's token: %s", resp.Status)
+	}
+	// The API: a cross-site write is refused with credentials.
+	resp, body := reg.do(t, "POST", "/api/v1/gc", nil, map[string]string{"Authorization": auth, "Sec-Fetch-Site": "cross-site"})
+	if resp.StatusCode != http.StatusForbidden || ociError(t, body) != "DENIED" {
+		t.Fatalf("cross-site API write: %s %s", resp.Status, body)
+	}
+}
+
+// TestAPIWritesNeedCredentials: every /api/v1/ write, anonymous, is 401
+// with a Basic challenge, even when a console session cookie comes along;
+// a user who may only pull can delete nothing, in the API or the console.
+func TestAPIWritesNeedCredentials(t *testing.T) {
+	reg := adminRegistry(t)
+	body := reg.pushImage(t, "team/app", "v1", nil)
+	d := "sha256:" + strings.Repeat("0", 64)
+	_ = body
+	b := newBrowser(t, reg.srv)
+	b.signIn("root", "root-pw")
+	u, _ := url.Parse(reg.srv.URL)
+	cookies := b.c.Jar.Cookies(u)
+	for _, c := range []struct{ method, path string }{
+		{"POST", "/api/v1/gc"}, {"POST", "/api/v1/gc?dry_run=true"},
+		{"DELETE", "/api/v1/repositories/team/app/tags/v1"},
+		{"DELETE", "/api/v1/repositories/team/app/manifests/" + d},
+		{"DELETE", "/api/v1/repositories/team/app"},
+	} {
+		req, _ := http.NewRequest(c.method, reg.srv.URL+c.path, nil)
+		for _, ck := range cookies {
+			req.AddCookie(ck) // the API never takes the console's session
+		}
+		resp, err := reg.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic ") {
+			t.Errorf("anonymous %s %s: %s", c.method, c.path, resp.Status)
+		}
+	}
+	for _, path := range []string{"/api/v1/repositories/team/app/tags/v1", "/api/v1/repositories/team/app"} {
+		if resp, _ := reg.do(t, "DELETE", path, nil, as("reader")); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("reader DELETE %s: %s", path, resp.Status)
+		}
+	}
+	rb := newBrowser(t, reg.srv)
+	rb.signIn("reader", "reader-pw")
+	resp, page := rb.get("/repositories/team/app")
+	if resp.StatusCode != 200 || strings.Contains(page, "Delete…") {
+		t.Fatalf("reader's repository page: %s, offers a delete: %v", resp.Status, strings.Contains(page, "Delete…"))
+	}
+	if resp, _ := rb.post("/repositories/team/app", url.Values{"csrf": {rb.csrf(page)}, "action": {"delete"}, "ref": {"v1"}}); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("reader's delete form: %s", resp.Status)
+	}
+	if _, err := reg.store.GetManifest("team/app", "v1"); err != nil {
+		t.Fatal("a reader deleted a tag")
+	}
+}
+
+// TestConsoleEscapes: what clients and upstreams send is shown as text: a
+// request for a name with a script lands in recent errors escaped, and so
+// do image labels and annotations on a repository page.
+func TestConsoleEscapes(t *testing.T) {
+	reg := adminRegistry(t)
+	resp, _ := reg.do(t, "GET", "/v2/%3Cscript%3Ealert(1)%3C%2Fscript%3E/manifests/x", nil, nil)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a bad name: %s", resp.Status)
+	}
+	evil := `<script>alert(1)</script>`
+	cfg := []byte(`{"os":"linux","config":{"Labels":{"org.example.evil":"` + strings.ReplaceAll(evil, "<", `\u003c`) + `","a\"b":"<img src=x onerror=alert(2)>"}}}`)
+	layer := []byte("layer")
+	m, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": cache.MediaTypeOCIManifest,
+		"config":      map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": reg.pushBlob(t, "team/app", cfg), "size": len(cfg)},
+		"layers":      []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": reg.pushBlob(t, "team/app", layer), "size": len(layer)}},
+		"annotations": map[string]string{"org.opencontainers.image.title": `"><svg onload=alert(3)>`}})
+	if resp, body := reg.do(t, "PUT", "/v2/team/app/manifests/v1", m, map[string]string{"Content-Type": cache.MediaTypeOCIManifest}); resp.StatusCode != 201 {
+		t.Fatalf("push: %s %s", resp.Status, body)
+	}
+	b := newBrowser(t, reg.srv)
+	b.signIn("root", "root-pw")
+	for _, path := range []string{"/", "/audit", "/repositories/team/app"} {
+		resp, page := b.get(path)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", path, resp.Status)
+		}
+		for _, raw := range []string{evil, "<img src=x", "<svg onload"} {
+			if strings.Contains(page, raw) {
+				t.Errorf("%s shows %q unescaped", path, raw)
+			}
+		}
+		if path != "/repositories/team/app" && !strings.Contains(page, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+			t.Errorf("%s does not show the bad request's path as text:\n%s", path, page)
+		}
+		if path == "/repositories/team/app" {
+			for _, want := range []string{"org.example.evil", "&lt;script&gt;alert(1)&lt;/script&gt;", "&lt;img src=x onerror=alert(2)&gt;", "&#34;&gt;&lt;svg onload=alert(3)&gt;"} {
+				if !strings.Contains(page, want) {
+					t.Errorf("the repository page lacks %q:\n%s", want, page)
+				}
+			}
+		}
+	}
+	if h := resp.Header.Get("Content-Security-Policy"); h != "" {
+		t.Fatalf("a registry error carries the console's CSP: %q", h)
+	}
+	if resp, _ := b.get("/"); !strings.Contains(resp.Header.Get("Content-Security-Policy"), "default-src 'none'") {
+		t.Fatal("console pages carry no Content-Security-Policy")
+	}
+}
+
+// TestConsoleRepositories: search, origin filter and sort by query
+// string; pulls and last pull counted per repository and tag; the
+// confirmation says what a delete frees and the delete frees it.
+func TestConsoleRepositories(t *testing.T) {
+	reg := adminRegistry(t)
+	reg.pushImage(t, "team/app", "v1", nil)
+	reg.pushImage(t, "team/app", "v2", nil)
+	reg.pushImage(t, "team/web", "v1", nil)
+	reg.pushImage(t, "other/db", "v1", nil)
+	for range 3 {
+		reg.do(t, "GET", "/v2/team/web/manifests/v1", nil, as("root"))
+	}
+	reg.do(t, "GET", "/v2/team/app/manifests/v2", nil, as("root"))
+	reg.do(t, "HEAD", "/v2/team/app/manifests/v1", nil, as("root")) // a HEAD is no pull
+	b := newBrowser(t, reg.srv)
+	b.signIn("root", "root-pw")
+	_, page := b.get("/repositories?q=team&sort=pulls&order=desc")
+	rows := regexp.MustCompile(`<a href="/repositories/([a-z/]+)">`).FindAllStringSubmatch(page, -1)
+	if len(rows) != 2 || rows[0][1] != "team/web" || rows[1][1] != "team/app" {
+		t.Fatalf("search team sorted by pulls: %v\n%s", rows, page)
+	}
+	if !strings.Contains(page, `aria-sort="descending"`) {
+		t.Fatal("the sorted column is not marked")
+	}
+	_, page = b.get("/repositories?sort=name&order=asc&origin=mirrored")
+	if strings.Contains(page, "/repositories/team/app") {
+		t.Fatal("the mirrored filter shows pushed repositories")
+	}
+	_, body := reg.do(t, "GET", "/api/v1/repositories", nil, as("root"))
+	var list struct{ Repositories []repoInfo }
+	json.Unmarshal(body, &list)
+	for _, r := range list.Repositories {
+		want := map[string]int64{"team/web": 3, "team/app": 1, "other/db": 0}[r.Name]
+		if r.Pulls != want || (want > 0) != (r.LastPulled != "") {
+			t.Errorf("API: %s pulls %d (last %q), want %d", r.Name, r.Pulls, r.LastPulled, want)
+		}
+	}
+	_, body = reg.do(t, "GET", "/api/v1/repositories/team/app/tags", nil, as("root"))
+	var tags struct{ Tags []tagInfo }
+	json.Unmarshal(body, &tags)
+	if len(tags.Tags) != 2 || tags.Tags[0].Pulls != 0 || tags.Tags[1].Pulls != 1 || tags.Tags[1].LastPulled == "" {
+		t.Fatalf("API tags: %s", body)
+	}
+
+	// Delete v2 with its confirmation: it frees its config, layer and
+	// manifest (v1 shares none of them).
+	mv2, _ := reg.store.GetManifest("team/app", "v2")
+	want := int64(len(`{"os":"linux","n":"v2"}`)+len("layer of team/app:v2")) + mv2.Size
+	_, page = b.get("/repositories/team/app")
+	if !strings.Contains(page, "docker pull "+strings.TrimPrefix(reg.srv.URL, "http://")+"/team/app:v1") {
+		t.Fatalf("no pull line:\n%s", page)
+	}
+	_, page = b.get("/repositories/team/app?action=delete&ref=v2")
+	if !strings.Contains(page, `<b id="frees">`+humanBytes(float64(want))+`</b>`) {
+		t.Fatalf("the confirmation does not say %s:\n%s", humanBytes(float64(want)), page)
+	}
+	resp, _ := b.post("/repositories/team/app", url.Values{"csrf": {b.csrf(page)}, "action": {"delete"}, "ref": {"v2"}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("delete: %s", resp.Status)
+	}
+	before, _ := reg.store.Size()
+	rep, ran, err := reg.reg().CollectReleased()
+	after, _ := reg.store.Size()
+	if err != nil || !ran || rep.Bytes != want || before-after != want {
+		t.Fatalf("collected %+v (ran %v, %v), store %d → %d, want %d freed", rep, ran, err, before, after, want)
+	}
+	_, page = b.get("/gc")
+	if !strings.Contains(page, "after deletes") {
+		t.Fatalf("the GC page does not list the run:\n%s", page)
+	}
+}
+
+// TestConsolePages: every page has a title and a heading, and the
+// admin-only ones are refused (403) to others who are signed in.
+func TestConsolePages(t *testing.T) {
+	reg := adminRegistry(t)
+	reg.pushImage(t, "team/app", "v1", nil)
+	reg.reg().sampleNow()
+	time.Sleep(10 * time.Millisecond)
+	root := newBrowser(t, reg.srv)
+	root.signIn("root", "root-pw")
+	alice := newBrowser(t, reg.srv)
+	alice.signIn("alice", "alice-pw")
+	for _, c := range []struct {
+		path  string
+		admin bool
+	}{{"/", false}, {"/repositories", false}, {"/repositories/team/app", false}, {"/upstreams", false}, {"/gc", true}, {"/users", true}, {"/audit", true}, {"/signin", false}} {
+		resp, page := root.get(c.path)
+		if resp.StatusCode != 200 || !regexp.MustCompile(`<title>[^<]+ · Wharf</title>`).MatchString(page) || !strings.Contains(page, "<h1>") {
+			t.Errorf("%s: %s, title or heading missing", c.path, resp.Status)
+		}
+		if !strings.Contains(page, `name="viewport"`) {
+			t.Errorf("%s: no viewport", c.path)
+		}
+		if resp, _ := alice.get(c.path); c.admin != (resp.StatusCode == http.StatusForbidden) {
+			t.Errorf("%s for alice: %s", c.path, resp.Status)
+		}
+	}
+	_, page := root.get("/users")
+	for _, want := range []string{">root<", ">alice<", ">reader<", "team/*", "admin"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("users page lacks %q", want)
+		}
+	}
+	_, page = root.get("/audit")
+	if !strings.Contains(page, "login") {
+		t.Error("the audit log does not show the sign-ins")
+	}
+}
