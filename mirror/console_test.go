@@ -417,3 +417,34 @@ func TestConsolePages(t *testing.T) {
 		t.Error("the audit log does not show the sign-ins")
 	}
 }
+
+// TestConsoleCharts: a day of samples draws one pair of bars per span
+// (at most 60) and a disk line through every sample, scaled to the peak.
+func TestConsoleCharts(t *testing.T) {
+	reg := newTestRegistry(t, Options{})
+	start := time.Now().Add(-3 * time.Hour)
+	var samples []sample
+	for i := 0; i <= 180; i++ { // three hours, one a minute
+		samples = append(samples, sample{at: start.Add(time.Duration(i) * time.Minute), fromCache: float64(i) * 1e6, fromUpstream: float64(i) * 2e5, disk: int64(1e9 + i*1e6)})
+	}
+	reg.reg().book.samples = samples
+	traffic, disk := trafficChart(samples), diskChart(samples)
+	if len(traffic.Bars) != 120 || traffic.Empty {
+		t.Fatalf("traffic: %d bars, want 60 spans × 2", len(traffic.Bars))
+	}
+	for i, b := range traffic.Bars {
+		if want := map[bool]float64{true: chartH - 2, false: (chartH - 2) * 0.2}[i%2 == 0]; b.H < want-0.01 || b.H > want+0.01 {
+			t.Fatalf("bar %d is %.2f high, want %.2f (a steady rate: equal bars, upstream a fifth)", i, b.H, want)
+		}
+	}
+	if n := strings.Count(disk.Line, ","); n != 181 || !strings.HasPrefix(disk.Line, "0.0,") {
+		t.Fatalf("disk line has %d points: %.80s", n, disk.Line)
+	}
+	_, page := reg.do(t, "GET", "/", nil, nil)
+	if strings.Count(string(page), "<rect ") != 120 || !strings.Contains(string(page), "<polyline points=\"0.0,") {
+		t.Fatalf("the overview does not draw the charts:\n%s", page)
+	}
+	if trafficChart(samples[:1]).Empty != true || diskChart(nil).Empty != true {
+		t.Fatal("one sample is no chart")
+	}
+}

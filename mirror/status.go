@@ -142,6 +142,7 @@ type statusPage struct {
 	Saved                    string
 	Bars                     []bar
 	StoreBytes, Quota        string
+	StoreBytesN              int64
 	UsedPct                  float64
 	Mirrored, Pushed         []string
 	MoreMirrored, MorePushed int
@@ -243,7 +244,7 @@ func (reg *Registry) statusData(subject policy.Subject) statusPage {
 	}
 	if reg.opts.StatusInfo != nil {
 		info := reg.opts.StatusInfo()
-		p.StoreBytes, p.Quota = humanBytes(float64(info.StoreBytes)), "no quota"
+		p.StoreBytes, p.StoreBytesN, p.Quota = humanBytes(float64(info.StoreBytes)), info.StoreBytes, "no quota"
 		if info.QuotaBytes > 0 {
 			p.Quota = humanBytes(float64(info.QuotaBytes))
 			p.UsedPct = min(100, 100*float64(info.StoreBytes)/float64(info.QuotaBytes))
