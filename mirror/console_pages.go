@@ -141,19 +141,23 @@ func columns(r *http.Request, current, order string, fields ...string) []column 
 	return out
 }
 
-// sortOrder reads ?sort= (one of allowed, else def) and ?order=.
-func sortOrder(r *http.Request, def, defOrder string, allowed ...string) (string, string) {
-	key, order := r.URL.Query().Get("sort"), r.URL.Query().Get("order")
-	ok := false
-	for _, a := range allowed {
-		ok = ok || a == key
-	}
-	if !ok {
+// sortBy sorts rows by ?sort= (a key of less; def when absent or unknown)
+// and ?order= (asc or desc), and returns the order used.
+func sortBy[T any](r *http.Request, rows []T, def, defOrder string, less map[string]func(a, b T) bool) (key, order string) {
+	key, order = r.URL.Query().Get("sort"), r.URL.Query().Get("order")
+	if less[key] == nil {
 		key, order = def, defOrder
 	}
 	if order != "asc" && order != "desc" {
 		order = defOrder
 	}
+	by := less[key]
+	sort.SliceStable(rows, func(i, j int) bool {
+		if order == "desc" {
+			return by(rows[j], rows[i])
+		}
+		return by(rows[i], rows[j])
+	})
 	return key, order
 }
 
@@ -222,7 +226,6 @@ func (reg *Registry) pageRepositories(w http.ResponseWriter, r *http.Request, v 
 	p.Nav = "repositories"
 	q := r.URL.Query()
 	search, origin := strings.TrimSpace(q.Get("q")), q.Get("origin")
-	key, order := sortOrder(r, "name", "asc", "name", "size", "tags", "pulls", "pulled")
 	usage, _, err := reg.store.Usage()
 	if err != nil {
 		reg.consoleError(w, r, v, http.StatusServiceUnavailable, "The index could not be read: "+err.Error())
@@ -241,18 +244,12 @@ func (reg *Registry) pageRepositories(w http.ResponseWriter, r *http.Request, v 
 		}
 		rows = append(rows, repoRow{repoInfo: ri, Pulls: pulls[u.Repo].Count, LastPulled: pulls[u.Repo].Last})
 	}
-	less := map[string]func(a, b repoRow) bool{
+	key, order := sortBy(r, rows, "name", "asc", map[string]func(a, b repoRow) bool{
 		"name":   func(a, b repoRow) bool { return a.Name < b.Name },
 		"size":   func(a, b repoRow) bool { return a.Bytes < b.Bytes },
 		"tags":   func(a, b repoRow) bool { return a.Tags < b.Tags },
 		"pulls":  func(a, b repoRow) bool { return a.Pulls < b.Pulls },
 		"pulled": func(a, b repoRow) bool { return a.LastPulled.Before(b.LastPulled) },
-	}[key]
-	sort.SliceStable(rows, func(i, j int) bool {
-		if order == "desc" {
-			return less(rows[j], rows[i])
-		}
-		return less(rows[i], rows[j])
 	})
 	p.Data = map[string]any{"Rows": rows, "Q": search, "Origin": origin, "Sort": key, "Order": order,
 		"Columns": columns(r, key, order, "name", "Name", "size", "Size", "tags", "Tags", "pulls", "Pulls", "pulled", "Last pulled")}
@@ -293,19 +290,12 @@ func (reg *Registry) pageRepository(w http.ResponseWriter, r *http.Request, v vi
 		reg.consoleError(w, r, v, http.StatusServiceUnavailable, "The index could not be read: "+err.Error())
 		return
 	}
-	key, order := sortOrder(r, "tag", "asc", "tag", "size", "pushed", "pulls", "pulled")
-	less := map[string]func(a, b tagRow) bool{
+	key, order := sortBy(r, tags, "tag", "asc", map[string]func(a, b tagRow) bool{
 		"tag":    func(a, b tagRow) bool { return a.Tag < b.Tag },
 		"size":   func(a, b tagRow) bool { return a.Bytes < b.Bytes },
 		"pushed": func(a, b tagRow) bool { return a.PushedAt.Before(b.PushedAt) },
 		"pulls":  func(a, b tagRow) bool { return a.Pulls < b.Pulls },
 		"pulled": func(a, b tagRow) bool { return a.LastPulled.Before(b.LastPulled) },
-	}[key]
-	sort.SliceStable(tags, func(i, j int) bool {
-		if order == "desc" {
-			return less(tags[j], tags[i])
-		}
-		return less(tags[i], tags[j])
 	})
 	o, _ := reg.store.Origin(repo)
 	p := reg.newPage(r, v, repo)
