@@ -28,7 +28,7 @@ var consoleFiles embed.FS
 // with that page's "content".
 var consolePages = func() map[string]*template.Template {
 	funcs := template.FuncMap{"bytes": func(n int64) string { return humanBytes(float64(n)) },
-		"ago": ago, "exact": exact, "iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"ago": ago, "exact": exact, "sep": refSep, "iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 		"short": func(d string) string {
 			if _, hex, ok := strings.Cut(d, ":"); ok && len(hex) > 12 {
 				return hex[:12]
@@ -474,14 +474,14 @@ func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v 
 	http.Redirect(w, r, "/repositories/"+repo+"?done="+url.QueryEscape(done), http.StatusSeeOther)
 }
 
-// statusOf is the HTTP status an error maps to in the OCI error format.
+// statusOf is the HTTP status err has in the OCI error format.
 func statusOf(err error) int {
-	var ae *apiError
-	if errors.As(err, &ae) && ae.status != 0 {
+	ae := toAPIError(err, routeManifest)
+	if ae.status != 0 {
 		return ae.status
 	}
-	if errors.Is(err, cache.ErrManifestUnknown) {
-		return http.StatusNotFound
+	if st, ok := codeStatus[ae.code]; ok {
+		return st
 	}
 	return http.StatusInternalServerError
 }

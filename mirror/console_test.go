@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
 )
@@ -446,5 +449,68 @@ func TestConsoleCharts(t *testing.T) {
 	}
 	if trafficChart(samples[:1]).Empty != true || diskChart(nil).Empty != true {
 		t.Fatal("one sample is no chart")
+	}
+}
+
+// TestConsoleEvict: a mirrored image is evicted from its page after a
+// confirmation that lists its tags and says what it frees; the next pull
+// fetches each blob upstream once; a pushed repository offers no eviction
+// and refuses a forged one; with no users and no --allow-delete the
+// console deletes nothing.
+func TestConsoleEvict(t *testing.T) {
+	e := newMirrorEnv(t, Options{AllowDelete: true})
+	img := e.hub.Push("library/alpine", "3.20", smallImage(43))
+	ctx := context.Background()
+	if err := e.pull(ctx, "library/alpine", "3.20", ""); err != nil {
+		t.Fatal(err)
+	}
+	e.pushImage(t, "team/app", "v1", nil)
+	b := newBrowser(t, e.srv)
+	_, page := b.get("/repositories/docker.io/library/alpine")
+	if !strings.Contains(page, "Mirrored from <b>docker.io</b>") || !strings.Contains(page, "?action=evict") {
+		t.Fatalf("the mirrored repository's page:\n%s", page)
+	}
+	_, page = b.get("/repositories/docker.io/library/alpine?action=evict")
+	var want int64
+	for _, d := range append([]digest.Digest{img.Configs[platform]}, img.Layers[platform]...) {
+		size, _ := e.store.StatBlob("docker.io/library/alpine", d)
+		want += size
+	}
+	if !strings.Contains(page, "3.20") || !regexp.MustCompile(`<b id="frees">[0-9.]+ KiB</b>`).MatchString(page) {
+		t.Fatalf("the eviction's confirmation (the image's blobs are %d bytes):\n%s", want, page)
+	}
+	resp, _ := b.post("/repositories/docker.io/library/alpine", url.Values{"csrf": {b.csrf(page)}, "action": {"evict"}})
+	if resp.StatusCode != http.StatusSeeOther || !strings.Contains(resp.Header.Get("Location"), "Evicted") {
+		t.Fatalf("evict: %s %q", resp.Status, resp.Header.Get("Location"))
+	}
+	if rep, ran, err := e.reg.CollectReleased(); err != nil || !ran || rep.Bytes < want {
+		t.Fatalf("collected %+v (%v %v), want at least the image's %d bytes", rep, ran, err, want)
+	}
+	e.hub.ResetCounts()
+	if err := e.pull(ctx, "library/alpine", "3.20", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.hub.Count("GET blob"); n != len(img.Layers[platform])+1 {
+		t.Fatalf("the pull after the eviction: %d blob GETs upstream", n)
+	}
+	_, page = b.get("/repositories/team/app")
+	if strings.Contains(page, "?action=evict") {
+		t.Fatal("a pushed repository offers eviction")
+	}
+	_, page = b.get("/repositories/team/app?action=delete&ref=v1")
+	if resp, _ := b.post("/repositories/team/app", url.Values{"csrf": {b.csrf(page)}, "action": {"evict"}}); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("evicting a pushed repository: %s", resp.Status)
+	}
+
+	plain := newTestRegistry(t, Options{})
+	plain.pushImage(t, "team/app", "v1", nil)
+	pb := newBrowser(t, plain.srv)
+	_, page = pb.get("/repositories/team/app")
+	if strings.Contains(page, "Delete…") {
+		t.Fatal("deletes are offered without --allow-delete")
+	}
+	_, page = pb.get("/repositories/team/app?action=delete&ref=v1")
+	if resp, _ := pb.post("/repositories/team/app", url.Values{"csrf": {pb.csrf(page)}, "action": {"delete"}, "ref": {"v1"}}); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("a delete without --allow-delete: %s", resp.Status)
 	}
 }

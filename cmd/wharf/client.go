@@ -88,8 +88,9 @@ func (a *apiClient) call(method, path string, out any) error {
 
 type apiRepo struct {
 	Name, Origin, Registry string
-	Bytes                  int64
+	Bytes, Pulls           int64
 	Blobs, Manifests, Tags int
+	LastPulled             string `json:"last_pulled"`
 }
 
 var lsCommand = &cli.Command{
@@ -108,16 +109,17 @@ var lsCommand = &cli.Command{
 			var out struct {
 				Tags []struct {
 					Tag, Digest, Pushed string
-					Bytes               int64
+					Bytes, Pulls        int64
 					Platforms           []string
+					LastPulled          string `json:"last_pulled"`
 				}
 			}
 			if err := a.call(http.MethodGet, "/api/v1/repositories/"+repo+"/tags", &out); err != nil {
 				return err
 			}
-			fmt.Fprintln(tw, "TAG\tDIGEST\tSIZE\tPLATFORMS\tPUSHED")
+			fmt.Fprintln(tw, "TAG\tDIGEST\tSIZE\tPLATFORMS\tPUSHED\tPULLS\tLAST PULLED")
 			for _, t := range out.Tags {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Tag, t.Digest, humanBytes(t.Bytes), strings.Join(t.Platforms, ","), t.Pushed)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", t.Tag, t.Digest, humanBytes(t.Bytes), strings.Join(t.Platforms, ","), dash(t.Pushed), t.Pulls, dash(t.LastPulled))
 			}
 			return nil
 		}
@@ -125,16 +127,24 @@ var lsCommand = &cli.Command{
 		if err := a.call(http.MethodGet, "/api/v1/repositories", &out); err != nil {
 			return err
 		}
-		fmt.Fprintln(tw, "REPOSITORY\tORIGIN\tTAGS\tSIZE")
+		fmt.Fprintln(tw, "REPOSITORY\tORIGIN\tTAGS\tSIZE\tPULLS\tLAST PULLED")
 		for _, r := range out.Repositories {
 			origin := r.Origin
 			if r.Registry != "" {
 				origin += ":" + r.Registry
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", r.Name, origin, r.Tags, humanBytes(r.Bytes))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", r.Name, origin, r.Tags, humanBytes(r.Bytes), r.Pulls, dash(r.LastPulled))
 		}
 		return nil
 	},
+}
+
+// dash is s, or "-" for nothing.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // splitImageRef splits REPO:TAG or REPO@DIGEST (a registry host's port in

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -38,9 +39,19 @@ func TestServerCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "team/app") || !strings.Contains(out, "pushed") {
 		t.Fatalf("wharf ls: %v\n%s", err, out)
 	}
+	for range 2 { // two pulls of keep
+		resp, err := http.Get(w.url("/v2/team/app/manifests/keep"))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET keep: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
 	out, err = wharf("root-pw", "ls", "--user", "root", "team/app")
 	if err != nil || !strings.Contains(out, "v1") || !strings.Contains(out, "keep") || !strings.Contains(out, "sha256:") {
 		t.Fatalf("wharf ls team/app: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`(?m)^keep .* 2 +20\d\d-\d\d-\d\dT[^ ]+Z$`).MatchString(out) || !regexp.MustCompile(`(?m)^v1 .* 0 +-$`).MatchString(out) {
+		t.Fatalf("wharf ls team/app: pulls and last pull of keep (2) and v1 (none):\n%s", out)
 	}
 	if out, err := wharf("", "rm", "team/app:v1"); err == nil || !strings.Contains(out, "give --user") {
 		t.Fatalf("wharf rm without a user: %v\n%s", err, out)
