@@ -34,6 +34,8 @@
 //	    ├── a/<repo>\x00<ref>                last use of a mirrored tag (LRU)
 //	    ├── p/<repo>\x00<ref>                pulls of a tag or digest {count, last};
 //	    │                                    ref "": of the repository
+//	    ├── h/<kind>\x00<time>\x00<node>     the console's history: one traffic
+//	    │                                    point a minute (25 h), GC runs (30 d)
 //	    └── s/alive, s/provenance            write probe; origins recorded (v1)
 //
 // A link's value is the blob size, when it was made and the origin of the

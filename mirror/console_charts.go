@@ -7,7 +7,7 @@ import (
 )
 
 // The console's charts are inline SVG drawn here from the one-a-minute
-// samples: no script, no image request.
+// points (Registry.Sample): no script, no image request.
 
 // chart is one SVG chart: bars and/or a line, with a legend and labels.
 type chart struct {
@@ -36,63 +36,73 @@ const (
 	colorUpstream  = "#e8a33d"
 )
 
-// buckets groups samples into at most n consecutive spans of equal length
-// and returns, per span, its first and last sample.
-func buckets(samples []sample, n int) [][2]sample {
-	if len(samples) < 2 {
+// spans groups points into at most n consecutive runs of equal length
+// and sums each run's traffic.
+func spans(points []point, n int) []span {
+	if len(points) < 2 {
 		return nil
 	}
-	per := (len(samples) - 1 + n - 1) / n
-	var out [][2]sample
-	for i := 0; i+1 < len(samples); i += per {
-		j := min(i+per, len(samples)-1)
-		out = append(out, [2]sample{samples[i], samples[j]})
+	per := (len(points) + n - 1) / n
+	var out []span
+	for i := 0; i < len(points); i += per {
+		run := points[i:min(i+per, len(points))]
+		sp := span{from: run[0].At.Add(-time.Minute), to: run[len(run)-1].At}
+		for _, p := range run {
+			sp.cache += p.Cache
+			sp.upstream += p.Upstream
+		}
+		out = append(out, sp)
 	}
 	return out
 }
 
+type span struct {
+	from, to        time.Time
+	cache, upstream float64
+}
+
 // trafficChart is bytes served from the cache and fetched from upstream
 // per span of time, side by side.
-func trafficChart(samples []sample) *chart {
+func trafficChart(points []point) *chart {
 	c := &chart{W: chartW, H: chartH, Label: "bytes served from the cache and downloaded from upstream over time",
 		Legend: []legend{{colorCache, "served from cache"}, {colorUpstream, "downloaded from upstream"}}}
-	spans := buckets(samples, 60)
-	if len(spans) == 0 {
+	runs := spans(points, 60)
+	if len(runs) == 0 {
 		c.Empty = true
 		return c
 	}
 	var peak float64
-	for _, s := range spans {
-		peak = max(peak, s[1].fromCache-s[0].fromCache, s[1].fromUpstream-s[0].fromUpstream)
+	for _, r := range runs {
+		peak = max(peak, r.cache, r.upstream)
 	}
-	slot := float64(chartW) / float64(len(spans))
-	for i, s := range spans {
-		for k, v := range []float64{s[1].fromCache - s[0].fromCache, s[1].fromUpstream - s[0].fromUpstream} {
+	slot := float64(chartW) / float64(len(runs))
+	for i, r := range runs {
+		for k, v := range []float64{r.cache, r.upstream} {
 			h := 0.0
 			if peak > 0 {
-				h = (chartH - 2) * max(0, v) / peak
+				h = (chartH - 2) * v / peak
 			}
 			fill := colorCache
 			if k == 1 {
 				fill = colorUpstream
 			}
 			c.Bars = append(c.Bars, chartBar{X: float64(i)*slot + float64(k)*slot*0.45, Y: chartH - h, W: slot * 0.42, H: h, Fill: fill,
-				Title: fmt.Sprintf("%s–%s: %s", s[0].at.Format("15:04"), s[1].at.Format("15:04"), humanBytes(max(0, v)))})
+				Title: fmt.Sprintf("%s–%s: %s", r.from.Format("15:04"), r.to.Format("15:04"), humanBytes(v))})
 		}
 	}
 	c.Top, c.Bottom = humanBytes(peak)+" per bar", "0"
-	c.From, c.To = timeAxis(spans[0][0].at), timeAxis(spans[len(spans)-1][1].at)
+	c.From, c.To = timeAxis(runs[0].from), timeAxis(runs[len(runs)-1].to)
 	return c
 }
 
 // diskChart is the bytes the blob store held over time.
-func diskChart(samples []sample) *chart {
+func diskChart(points []point) *chart {
 	c := &chart{W: chartW, H: chartH, Label: "disk used by the blob store over time", LineColor: colorCache,
 		Legend: []legend{{colorCache, "blob store"}}}
-	var known []sample
-	for _, s := range samples {
-		if s.disk >= 0 {
-			known = append(known, s)
+	var known []point
+	for _, p := range points {
+		if p.Disk >= 0 {
+			known = append(known, p)
 		}
 	}
 	if len(known) < 2 {
@@ -100,20 +110,20 @@ func diskChart(samples []sample) *chart {
 		return c
 	}
 	var peak int64
-	for _, s := range known {
-		peak = max(peak, s.disk)
+	for _, p := range known {
+		peak = max(peak, p.Disk)
 	}
-	first, last := known[0].at, known[len(known)-1].at
-	span := last.Sub(first).Seconds()
+	first, last := known[0].At, known[len(known)-1].At
+	width := last.Sub(first).Seconds()
 	var pts []string
-	for _, s := range known {
+	for _, p := range known {
 		x := 0.0
-		if span > 0 {
-			x = chartW * s.at.Sub(first).Seconds() / span
+		if width > 0 {
+			x = chartW * p.At.Sub(first).Seconds() / width
 		}
 		y := float64(chartH - 1)
 		if peak > 0 {
-			y = chartH - 1 - (chartH-4)*float64(s.disk)/float64(peak)
+			y = chartH - 1 - (chartH-4)*float64(p.Disk)/float64(peak)
 		}
 		pts = append(pts, fmt.Sprintf("%.1f,%.1f", x, y))
 	}

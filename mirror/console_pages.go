@@ -174,10 +174,8 @@ func (reg *Registry) pageOverview(w http.ResponseWriter, r *http.Request, v view
 	p := reg.newPage(r, v, "Overview")
 	p.Nav = "overview"
 	o := overview{statusPage: reg.statusData(reg.subject(v))}
-	reg.book.mu.Lock()
-	samples := append([]sample(nil), reg.book.samples...)
-	reg.book.mu.Unlock()
-	o.Traffic, o.Disk = trafficChart(samples), diskChart(samples)
+	points := reg.chartPoints()
+	o.Traffic, o.Disk = trafficChart(points), diskChart(points)
 	if p.Admin {
 		if n, err := reg.reclaimable(); err != nil {
 			o.ReclaimErr = err.Error()
@@ -512,12 +510,7 @@ func (reg *Registry) pageGC(w http.ResponseWriter, r *http.Request, v viewer) {
 	if len(items) > 200 {
 		more, items = len(items)-200, items[:200]
 	}
-	reg.book.mu.Lock()
-	runs := append([]gcRun(nil), reg.book.gcRuns...)
-	reg.book.mu.Unlock()
-	for i, j := 0, len(runs)-1; i < j; i, j = i+1, j-1 {
-		runs[i], runs[j] = runs[j], runs[i]
-	}
+	runs := reg.gcRuns(maxGCRuns)
 	data := map[string]any{"Preview": preview, "Items": items, "More": more, "Runs": runs, "Grace": reg.gcGrace().String()}
 	if err != nil {
 		data["Err"] = err.Error()

@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -25,7 +26,9 @@ type StatusInfo struct {
 // traffic counters and the latest errors.
 type statusBook struct {
 	mu      sync.Mutex
-	samples []sample      // one a minute, the last maxSamples
+	samples []sample      // one a minute, the last maxSamples (the charts' fallback)
+	last    sample        // the previous Sample: a point is the difference
+	trimmed time.Time     // when the history was last trimmed
 	errors  []bookedError // newest last, at most maxErrors
 	audits  []auditEvent  // newest last, at most maxAudits
 	gcRuns  []gcRun       // newest last, at most maxGCRuns
@@ -52,17 +55,49 @@ type gcRun struct {
 	At      time.Time
 	Trigger string // "schedule", "after deletes", "console", "api"
 	User    string
+	Node    string // on a cluster, the node that collected
 	Report  cache.GCReport
 	Took    time.Duration
 	Err     string
 }
 
-// NoteGC records a collection that ran (scheduled ones are run by cmd).
+// gcRuns is the last n collections, newest first: the index's history
+// (every node's), else this process's memory.
+func (reg *Registry) gcRuns(n int) []gcRun {
+	var runs []gcRun
+	if hist, err := reg.store.History(historyGC, time.Now().Add(-gcKept)); err == nil && len(hist) > 0 {
+		for _, h := range hist {
+			var run gcRun
+			if json.Unmarshal(h.Val, &run) == nil {
+				runs = append(runs, run)
+			}
+		}
+	} else {
+		reg.book.mu.Lock()
+		runs = append(runs, reg.book.gcRuns...)
+		reg.book.mu.Unlock()
+	}
+	if len(runs) > n {
+		runs = runs[len(runs)-n:]
+	}
+	for i, j := 0, len(runs)-1; i < j; i, j = i+1, j-1 {
+		runs[i], runs[j] = runs[j], runs[i]
+	}
+	return runs
+}
+
+// NoteGC records a collection that ran (scheduled ones are run by cmd),
+// in the index's history and in memory.
 func (reg *Registry) NoteGC(trigger, user string, rep cache.GCReport, took time.Duration, err error) {
-	run := gcRun{At: time.Now(), Trigger: trigger, User: user, Report: rep, Took: took}
+	run := gcRun{At: time.Now(), Trigger: trigger, User: user, Report: rep, Took: took, Node: reg.store.NodeID()}
 	run.Report.Items = nil
 	if err != nil {
 		run.Err = err.Error()
+	}
+	if val, jerr := json.Marshal(run); jerr == nil {
+		if perr := reg.store.PutHistory(historyGC, run.At, val); perr != nil {
+			reg.log.Debug("recording a collection in the history", "err", perr)
+		}
 	}
 	b := &reg.book
 	b.mu.Lock()
@@ -104,35 +139,120 @@ func (b *statusBook) noteError(repo, s string) {
 	}
 }
 
-// sampleNow records the traffic counters (called every minute by cmd, and
-// on each page view so the page is current).
-func (reg *Registry) sampleNow() {
+// readSample reads the traffic counters and the disk use; ok is false
+// without metrics.
+func (reg *Registry) readSample() (sample, bool) {
 	m := reg.opts.Metrics
 	if m == nil {
-		return
+		return sample{}, false
 	}
 	s := sample{at: time.Now(), fromCache: testutil.ToFloat64(m.BytesServed.WithLabelValues("cache")),
 		fromUpstream: testutil.ToFloat64(m.UpstreamBytes), disk: -1}
 	if reg.opts.StatusInfo != nil {
 		s.disk = reg.opts.StatusInfo().StoreBytes
 	}
-	b := &reg.book
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if n := len(b.samples); n > 0 && s.at.Sub(b.samples[n-1].at) < 50*time.Second {
-		b.samples[n-1] = s
+	return s, true
+}
+
+// historyTraffic is the history kind of the one-a-minute traffic points.
+const (
+	historyTraffic = "traffic"
+	historyGC      = "gc"
+	trafficKept    = 25 * time.Hour
+	gcKept         = 30 * 24 * time.Hour
+)
+
+// point is one minute of the charts: blob bytes served from the cache and
+// downloaded from upstream in the minute before at, and the bytes the blob
+// store held at at (-1: unknown).
+type point struct {
+	At       time.Time `json:"-"`
+	Cache    float64   `json:"c"`
+	Upstream float64   `json:"u"`
+	Disk     int64     `json:"d"`
+}
+
+// Sample records a point of the charts; cmd calls it every minute. The
+// point goes to the index's history (so that the charts outlive a restart
+// and show every node of a cluster), and to memory, which the charts fall
+// back on when the index cannot be read.
+func (reg *Registry) Sample() {
+	s, ok := reg.readSample()
+	if !ok {
 		return
 	}
+	b := &reg.book
+	b.mu.Lock()
+	prev := b.last
+	b.last = s
 	b.samples = append(b.samples, s)
 	if len(b.samples) > maxSamples {
 		b.samples = b.samples[1:]
 	}
+	trim := time.Since(b.trimmed) > time.Hour
+	if trim {
+		b.trimmed = time.Now()
+	}
+	b.mu.Unlock()
+	if prev.at.IsZero() {
+		return // the baseline: a point needs two readings
+	}
+	pt := point{Cache: max(0, s.fromCache-prev.fromCache), Upstream: max(0, s.fromUpstream-prev.fromUpstream), Disk: s.disk}
+	val, _ := json.Marshal(pt)
+	if err := reg.store.PutHistory(historyTraffic, s.at, val); err != nil {
+		reg.log.Debug("recording the traffic history", "err", err) // memory still has it
+	}
+	if trim {
+		reg.store.TrimHistory(historyTraffic, time.Now().Add(-trafficKept))
+		reg.store.TrimHistory(historyGC, time.Now().Add(-gcKept))
+	}
 }
 
-// Sample records a point of the traffic history; call it every minute.
-func (reg *Registry) Sample() { reg.sampleNow() }
-
-type bar struct{ X, H, W float64 }
+// chartPoints is the last day's points, every node's summed by minute
+// (the disk use is the largest a node saw: on a cluster they share one
+// bucket); from memory when the index has none or cannot be read.
+func (reg *Registry) chartPoints() []point {
+	since := time.Now().Add(-24 * time.Hour)
+	hist, err := reg.store.History(historyTraffic, since)
+	if err == nil && len(hist) > 0 {
+		byMinute := map[int64]*point{}
+		var minutes []int64
+		for _, h := range hist {
+			var pt point
+			if json.Unmarshal(h.Val, &pt) != nil {
+				continue
+			}
+			m := h.At.Unix() / 60
+			agg := byMinute[m]
+			if agg == nil {
+				agg = &point{At: time.Unix(m*60, 0), Disk: -1}
+				byMinute[m] = agg
+				minutes = append(minutes, m)
+			}
+			agg.Cache += pt.Cache
+			agg.Upstream += pt.Upstream
+			agg.Disk = max(agg.Disk, pt.Disk)
+		}
+		sort.Slice(minutes, func(i, j int) bool { return minutes[i] < minutes[j] })
+		out := make([]point, 0, len(minutes))
+		for _, m := range minutes {
+			out = append(out, *byMinute[m])
+		}
+		return out
+	}
+	reg.book.mu.Lock()
+	samples := append([]sample(nil), reg.book.samples...)
+	reg.book.mu.Unlock()
+	var out []point
+	for i := 1; i < len(samples); i++ {
+		if samples[i].at.Before(since) {
+			continue
+		}
+		out = append(out, point{At: samples[i].at, Cache: max(0, samples[i].fromCache-samples[i-1].fromCache),
+			Upstream: max(0, samples[i].fromUpstream-samples[i-1].fromUpstream), Disk: samples[i].disk})
+	}
+	return out
+}
 
 type statusPage struct {
 	Now                      string
@@ -140,7 +260,6 @@ type statusPage struct {
 	Hits, Misses             int
 	FromCache, FromUp        string
 	Saved                    string
-	Bars                     []bar
 	StoreBytes, Quota        string
 	StoreBytesN              int64
 	UsedPct                  float64
@@ -199,7 +318,6 @@ func humanBytes(n float64) string {
 // status page showed): traffic, disk, upstreams, cluster, the images and
 // recent errors subject may see.
 func (reg *Registry) statusData(subject policy.Subject) statusPage {
-	reg.sampleNow()
 	p := statusPage{Now: time.Now().Format("2006-01-02 15:04:05")}
 	if m := reg.opts.Metrics; m != nil {
 		var hits, misses float64
@@ -217,7 +335,6 @@ func (reg *Registry) statusData(subject policy.Subject) statusPage {
 		p.FromCache, p.FromUp, p.Saved = humanBytes(fromCache), humanBytes(fromUp), humanBytes(fromCache)
 	}
 	reg.book.mu.Lock()
-	samples := append([]sample(nil), reg.book.samples...)
 	booked := append([]bookedError(nil), reg.book.errors...)
 	reg.book.mu.Unlock()
 	// A viewer sees the errors of repositories they may pull, and those of
@@ -227,20 +344,6 @@ func (reg *Registry) statusData(subject policy.Subject) statusPage {
 		if e := booked[i]; e.repo == "" || pol.Allowed(subject, e.repo, policy.Pull, reg.origin(e.repo).Mirrored()) {
 			p.Errors = append(p.Errors, shownError{At: e.at, Text: e.text})
 		}
-	}
-	var maxD float64
-	deltas := make([]float64, 0, len(samples))
-	for i := 1; i < len(samples); i++ {
-		d := samples[i].fromCache - samples[i-1].fromCache
-		deltas = append(deltas, d)
-		maxD = max(maxD, d)
-	}
-	for i, d := range deltas {
-		h := 0.0
-		if maxD > 0 {
-			h = 70 * d / maxD
-		}
-		p.Bars = append(p.Bars, bar{X: float64(i) * 10, H: h, W: 8})
 	}
 	if reg.opts.StatusInfo != nil {
 		info := reg.opts.StatusInfo()
