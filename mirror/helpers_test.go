@@ -24,7 +24,7 @@ type testRegistry struct {
 	pusher string
 }
 
-func newTestRegistry(t *testing.T, opts Options) *testRegistry {
+func newTestRegistry(t testing.TB, opts Options) *testRegistry {
 	t.Helper()
 	dir := t.TempDir()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -42,7 +42,7 @@ func newTestRegistry(t *testing.T, opts Options) *testRegistry {
 }
 
 // do sends a request and returns the response with its body read.
-func (r *testRegistry) do(t *testing.T, method, path string, body []byte, hdr map[string]string) (*http.Response, []byte) {
+func (r *testRegistry) do(t testing.TB, method, path string, body []byte, hdr map[string]string) (*http.Response, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, r.srv.URL+path, bytes.NewReader(body))
 	if err != nil {
@@ -66,7 +66,7 @@ func (r *testRegistry) do(t *testing.T, method, path string, body []byte, hdr ma
 	return resp, b
 }
 
-func (r *testRegistry) pushBlob(t *testing.T, repo string, b []byte) digest.Digest {
+func (r *testRegistry) pushBlob(t testing.TB, repo string, b []byte) digest.Digest {
 	t.Helper()
 	d := digest.FromBytes(b)
 	resp, body := r.do(t, "POST", "/v2/"+repo+"/blobs/uploads/?digest="+d.String(), b, nil)
@@ -78,7 +78,7 @@ func (r *testRegistry) pushBlob(t *testing.T, repo string, b []byte) digest.Dige
 
 // pushImage pushes a config and one layer, then an OCI manifest under ref,
 // and returns the manifest bytes.
-func (r *testRegistry) pushImage(t *testing.T, repo, ref string, extra map[string]any) []byte {
+func (r *testRegistry) pushImage(t testing.TB, repo, ref string, extra map[string]any) []byte {
 	t.Helper()
 	cfg := []byte(`{"os":"linux","n":"` + ref + `"}`)
 	layer := []byte("layer of " + repo + ":" + ref)
