@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -24,9 +25,10 @@ import (
 //go:embed console/*.html
 var consoleFiles embed.FS
 
-// consolePages are the console's templates, one set per page: the layout
-// with that page's "content".
-var consolePages = func() map[string]*template.Template {
+// consoleTemplates is the console's one template set ("page:<name>" for
+// each page, with the layout's "head" and "foot"), parsed on first use: a
+// server nobody browses keeps no templates in memory.
+var consoleTemplates = sync.OnceValue(func() *template.Template {
 	funcs := template.FuncMap{"bytes": func(n int64) string { return humanBytes(float64(n)) },
 		"ago": ago, "exact": exact, "sep": refSep, "iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 		"short": func(d string) string {
@@ -35,15 +37,8 @@ var consolePages = func() map[string]*template.Template {
 			}
 			return d
 		}}
-	root := template.Must(template.New("console").Funcs(funcs).ParseFS(consoleFiles, "console/*.html"))
-	pages := map[string]*template.Template{}
-	for _, name := range []string{"overview", "signin", "repositories", "repository", "confirm", "gc", "upstreams", "users", "audit", "error"} {
-		t := template.Must(root.Clone())
-		template.Must(t.New("content").Parse(`{{template "page:` + name + `" .}}`))
-		pages[name] = t
-	}
-	return pages
-}()
+	return template.Must(template.New("console").Funcs(funcs).ParseFS(consoleFiles, "console/*.html"))
+})
 
 // page is what every console page renders with.
 type page struct {
@@ -69,7 +64,7 @@ func (reg *Registry) newPage(r *http.Request, v viewer, title string) *page {
 func (reg *Registry) render(w http.ResponseWriter, status int, name string, p *page) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	if err := consolePages[name].ExecuteTemplate(w, "layout", p); err != nil {
+	if err := consoleTemplates().ExecuteTemplate(w, "page:"+name, p); err != nil {
 		reg.log.Warn("console page", "page", name, "err", err)
 	}
 }
