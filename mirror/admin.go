@@ -380,9 +380,17 @@ func (reg *Registry) CollectReleased() (rep cache.GCReport, ran bool, err error)
 
 // collect runs a collection with what deletes released, forgetting them
 // once a real one ran.
-func (reg *Registry) collect(dry bool) (cache.GCReport, error) {
+func (reg *Registry) collect(dry bool) (cache.GCReport, error) { return reg.collectWithout(dry, nil) }
+
+// collectWithout is collect; a dry run treats without (repository → tags
+// or digests) as deleted too (GCOptions.Without).
+func (reg *Registry) collectWithout(dry bool, without map[string][]string) (cache.GCReport, error) {
 	released, refs := reg.pendingReleases()
-	rep, err := reg.store.GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Duty: 0.5})
+	duty := 0.5 // a real collection leaves serving half the CPU; a dry run, read-only, answers a page
+	if dry {
+		duty = 1
+	}
+	rep, err := reg.store.GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Without: without, Duty: duty})
 	if err != nil || dry {
 		return rep, err
 	}

@@ -380,21 +380,15 @@ func sortedKV(m map[string]string) []kv {
 // wouldFree is what deleting refs of repo would free: a dry run without
 // them, less what is collectable anyway.
 func (reg *Registry) wouldFree(repo string, refs []string) (int64, error) {
-	base, err := reg.dryRun(nil)
+	base, err := reg.collect(true)
 	if err != nil {
 		return 0, err
 	}
-	without, err := reg.dryRun(map[string][]string{repo: refs})
+	without, err := reg.collectWithout(true, map[string][]string{repo: refs})
 	if err != nil {
 		return 0, err
 	}
 	return max(0, without.Bytes-base.Bytes), nil
-}
-
-// dryRun is collect(true) with optional pretend deletes.
-func (reg *Registry) dryRun(without map[string][]string) (cache.GCReport, error) {
-	released, refs := reg.pendingReleases()
-	return reg.store.GC(cache.GCOptions{DryRun: true, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Without: without})
 }
 
 // confirmPage asks before a delete or an eviction, saying what it frees.
