@@ -140,8 +140,8 @@ func TestOneCollectorPerCluster(t *testing.T) {
 // abandon stops renewing this node's lease without revoking it, as a
 // process killed with SIGKILL does.
 func (e *EtcdIndex) abandon() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.sessMu.Lock()
+	defer e.sessMu.Unlock()
 	if e.session != nil {
 		e.session.Orphan()
 		e.session = nil

@@ -22,6 +22,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // EtcdOptions names the etcd cluster that holds a Wharf cluster's index.
@@ -38,10 +40,13 @@ type EtcdOptions struct {
 	Timeout time.Duration
 	// MaxOps is the members' --max-txn-ops (128, etcd's default).
 	MaxOps int
+	// LeaseTTL is how long a node's locks and membership outlive it, or
+	// its losing etcd (10s; whole seconds, at least 2).
+	LeaseTTL time.Duration
 	Logger *slog.Logger
 }
 
-// ParseEtcdURL reads etcd://host:port[,host:port…][/prefix][?tls=true&ca=…&cert=…&key=…&max-txn-ops=N&timeout=5s].
+// ParseEtcdURL reads etcd://host:port[,host:port…][/prefix][?tls=true&ca=…&cert=…&key=…&max-txn-ops=N&timeout=5s&lease=10s].
 // The user name and password come from the environment (ETCD_USERNAME,
 // ETCD_PASSWORD), never from the URL.
 func ParseEtcdURL(raw string) (EtcdOptions, error) {
@@ -88,8 +93,12 @@ func ParseEtcdURL(raw string) (EtcdOptions, error) {
 			if o.Timeout, err = time.ParseDuration(v); err != nil || o.Timeout <= 0 {
 				return EtcdOptions{}, fmt.Errorf("%q: timeout=%q", raw, v)
 			}
+		case "lease":
+			if o.LeaseTTL, err = time.ParseDuration(v); err != nil || o.LeaseTTL < 2*time.Second {
+				return EtcdOptions{}, fmt.Errorf("%q: lease=%q: want a duration of at least 2s", raw, v)
+			}
 		default:
-			return EtcdOptions{}, fmt.Errorf("%q: unknown option %q (tls, ca, cert, key, max-txn-ops, timeout)", raw, k)
+			return EtcdOptions{}, fmt.Errorf("%q: unknown option %q (tls, ca, cert, key, max-txn-ops, timeout, lease)", raw, k)
 		}
 	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
@@ -113,6 +122,7 @@ type EtcdIndex struct {
 	cli       *clientv3.Client
 	prefix    string
 	timeout   time.Duration
+	ttl       int64 // the lease's, in seconds
 	maxOps    int
 	log       *slog.Logger
 	ctx       context.Context
@@ -122,11 +132,16 @@ type EtcdIndex struct {
 	closeOnce sync.Once
 	name      string
 
+	// sessMu guards session alone. It may be held across a request to
+	// etcd (the lease's grant); mu never is, and nothing that holds mu
+	// takes sessMu or calls a method that takes mu (outcome does).
+	sessMu  sync.Mutex
+	session *concurrency.Session // this node's lease: its locks and membership
+
 	mu        sync.Mutex
-	members   map[string]string    // live nodes: id → URL (from the watch)
-	compactTo int64                // the revision Compact saw last
-	session   *concurrency.Session // this node's lease: its locks and membership
-	healthy   bool                 // the last request reached a quorum
+	members   map[string]string // live nodes: id → URL (from the watch)
+	compactTo int64             // the revision Compact saw last
+	healthy   bool              // the last request reached a quorum
 	lastErr   string
 	events    int64 // changes seen on the watch
 	restart   int64 // watch restarts
@@ -148,6 +163,9 @@ func OpenEtcdIndex(o EtcdOptions) (*EtcdIndex, error) {
 	if o.MaxOps <= 0 {
 		o.MaxOps = 128
 	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = sessionTTL * time.Second
+	}
 	if o.Prefix == "" {
 		o.Prefix = "wharf/"
 	}
@@ -165,6 +183,13 @@ func OpenEtcdIndex(o EtcdOptions) (*EtcdIndex, error) {
 		// Requests fail over to another member themselves; the store
 		// retries conflicts, not outages.
 		MaxUnaryRetries: 2,
+		// gRPC's default reconnect backoff grows to 2 minutes: after an
+		// outage of half a minute a node would stay cut off for as long
+		// again. Members are retried at least every 2 s.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: o.Timeout,
+		})},
 	}
 	if o.TLS {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -192,7 +217,7 @@ func OpenEtcdIndex(o EtcdOptions) (*EtcdIndex, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrIndexUnavailable, o, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &EtcdIndex{cli: cli, prefix: o.Prefix, timeout: o.Timeout, maxOps: o.MaxOps, log: o.Logger, ctx: ctx, cancel: cancel, name: o.String()}
+	e := &EtcdIndex{cli: cli, prefix: o.Prefix, timeout: o.Timeout, ttl: int64(max(2, o.LeaseTTL/time.Second)), maxOps: o.MaxOps, log: o.Logger, ctx: ctx, cancel: cancel, name: o.String()}
 	rctx, rcancel := context.WithTimeout(ctx, o.Timeout)
 	resp, err := cli.Get(rctx, o.Prefix+membersPrefix, clientv3.WithPrefix())
 	rcancel()
@@ -222,11 +247,14 @@ func (e *EtcdIndex) MaxOps() int { return e.maxOps / 2 }
 func (e *EtcdIndex) Close() error {
 	var err error
 	e.closeOnce.Do(func() {
-		e.mu.Lock()
+		// The lease is revoked so that the locks go at once; with etcd out
+		// of reach that gives up after the TTL (and a grant in flight
+		// after the request timeout).
+		e.sessMu.Lock()
 		if e.session != nil {
 			e.session.Close()
 		}
-		e.mu.Unlock()
+		e.sessMu.Unlock()
 		e.cancel()
 		e.wg.Wait()
 		err = e.cli.Close()
@@ -314,17 +342,23 @@ func (e *EtcdIndex) Compact() (int64, error) {
 	return prev, e.outcome("compact", err)
 }
 
-// sessionTTL is how long a dead node's locks and membership outlive it.
+// sessionTTL is how long a dead node's locks and membership outlive it,
+// by default.
 const sessionTTL = 10 // seconds
 
 // leased returns this node's session, made on first use (again after
-// its lease was lost).
+// its lease was lost: etcd was out of reach for longer than its TTL).
+// Concurrent callers wait for one grant, bounded by the request timeout.
 func (e *EtcdIndex) leased() (*concurrency.Session, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.sessMu.Lock()
+	defer e.sessMu.Unlock()
+	if e.ctx.Err() != nil {
+		return nil, fmt.Errorf("%w (closed)", ErrIndexUnavailable)
+	}
 	if e.session != nil {
 		select {
 		case <-e.session.Done():
+			e.session.Orphan() // its keep-alive already ended; stop what is left
 			e.session = nil
 		default:
 			return e.session, nil
@@ -332,20 +366,20 @@ func (e *EtcdIndex) leased() (*concurrency.Session, error) {
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
 	defer cancel()
-	lease, err := e.cli.Grant(ctx, sessionTTL)
+	lease, err := e.cli.Grant(ctx, e.ttl)
 	if err != nil {
 		return nil, e.outcome("lease", err)
 	}
 	s, err := concurrency.NewSession(e.cli, concurrency.WithLease(lease.ID), concurrency.WithContext(e.ctx))
 	if err != nil {
-		return nil, fmt.Errorf("%w (lease: %v)", ErrIndexUnavailable, err)
+		return nil, e.outcome("lease", err)
 	}
 	e.session = s
 	return s, nil
 }
 
 // TryLock takes the cluster-wide lock name, held until release or until
-// this node's lease ends (it died, or lost etcd for sessionTTL).
+// this node's lease ends (it died, or lost etcd for its TTL).
 func (e *EtcdIndex) TryLock(name string) (func(), error) {
 	s, err := e.leased()
 	if err != nil {

@@ -436,3 +436,103 @@ func TestEtcdCompaction(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// within runs fn and fails the test when it has not returned after d (a
+// deadlock shows as this failure, not as a hung test).
+func within(t *testing.T, d time.Duration, what string, fn func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s did not return within %s", what, d)
+		return nil
+	}
+}
+
+// TestEtcdOutageLongerThanLease: with etcd gone for longer than the
+// nodes' leases, requests fail within their timeout (never hang), and once
+// etcd is back every node recovers by itself: the collector's lock,
+// membership, pushes and the change feed, and Close returns.
+func TestEtcdOutageLongerThanLease(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	blobs := t.TempDir()
+	short := func(o *EtcdOptions) { o.Timeout, o.LeaseTTL = 2*time.Second, 2*time.Second }
+	a := clusterNode(t, c, "longoutage", blobs, short)
+	b := clusterNode(t, c, "longoutage", blobs, short)
+	a.Join("http://127.0.0.1:1")
+	b.Join("http://127.0.0.1:2")
+	release, err := a.collectorLock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	pushImage(t, a, "team/app", "v1", []byte("before the outage"))
+
+	c.StopAll()
+	time.Sleep(5 * time.Second) // both leases (2 s) expire meanwhile
+	// Each of these used to hang for good once a lease was lost.
+	for i := range 3 {
+		err := within(t, 15*time.Second, "the collector's lock with etcd down", func() error {
+			_, err := b.collectorLock()
+			return err
+		})
+		if !errors.Is(err, ErrIndexUnavailable) {
+			t.Fatalf("lock %d with etcd down: %v", i, err)
+		}
+	}
+	layer := []byte("a push while etcd is down")
+	err = within(t, 15*time.Second, "a push with etcd down", func() error {
+		return a.PutBlob("team/app", digest.FromBytes(layer), int64(len(layer)), bytes.NewReader(layer))
+	})
+	if !errors.Is(err, ErrIndexUnavailable) {
+		t.Fatalf("push with etcd down: %v", err)
+	}
+	within(t, 5*time.Second, "Health with etcd down", func() error {
+		if h := a.idx.(*EtcdIndex).Health(); h.Healthy {
+			t.Errorf("healthy with etcd down")
+		}
+		return nil
+	})
+
+	for _, m := range c.Members {
+		m.Restart(t)
+	}
+	c.WaitHealthy(t, 30*time.Second)
+	back := time.Now()
+	for _, s := range []*Store{a, b} {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			err := within(t, 15*time.Second, "the collector's lock after the outage", func() error {
+				rel, err := s.collectorLock()
+				if err == nil {
+					rel()
+				}
+				return err
+			})
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the collector's lock after etcd came back: %v", err)
+			}
+		}
+	}
+	t.Logf("both nodes took the collector's lock %s after etcd was healthy", time.Since(back).Round(time.Millisecond))
+	d := pushImage(t, a, "team/app", "v1", []byte("after the outage"))
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		got, _ := b.ResolveTag("team/app", "v1")
+		m := b.Members()
+		if got == d && len(m) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the outage: B resolves %s (want %s), members %v", got, d, m)
+		}
+	}
+	if h := a.idx.(*EtcdIndex).Health(); !h.Healthy {
+		t.Errorf("not healthy after the outage: %s", h.LastError)
+	}
+	within(t, 15*time.Second, "Close after the outage", func() error { return b.idx.Close() })
+}
