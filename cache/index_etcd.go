@@ -43,7 +43,7 @@ type EtcdOptions struct {
 	// LeaseTTL is how long a node's locks and membership outlive it, or
 	// its losing etcd (10s; whole seconds, at least 2).
 	LeaseTTL time.Duration
-	Logger *slog.Logger
+	Logger   *slog.Logger
 }
 
 // ParseEtcdURL reads etcd://host:port[,host:port…][/prefix][?tls=true&ca=…&cert=…&key=…&max-txn-ops=N&timeout=5s&lease=10s].
