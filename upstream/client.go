@@ -57,7 +57,11 @@ type Options struct {
 	// second (32 MiB/s).
 	Segments                               int
 	SegmentSize, SegmentMemory, SplitBelow int64
-	Logger                                 *slog.Logger
+	// SplitAlways splits every large blob of a registry that serves
+	// ranges, whatever its connection's measured speed (for tests, whose
+	// timing a loaded machine or the race detector distorts).
+	SplitAlways bool
+	Logger      *slog.Logger
 }
 
 // Descriptor identifies upstream content.

@@ -205,6 +205,8 @@ type segmented struct {
 	waited  time.Duration // of the time since, spent waiting in the first response's Read
 	pos     int64
 	direct  io.ReadCloser // the reader's own stream of parts[next]
+	// measured is what the latest decision was made on.
+	measured linkMeasure
 
 	mu       sync.Mutex
 	location string // the CDN URL the registry redirected the first GET to; "" once it failed
@@ -272,6 +274,25 @@ func (s *segmented) readHead(p []byte) (int, error) {
 	return n, err
 }
 
+// linkMeasure is what decide measured of a blob's first connection: bytes
+// per second over the latest window and since the first read, and the
+// part of the window the reader spent waiting in Read (0–1).
+type linkMeasure struct{ Rate, Overall, Waited float64 }
+
+// slowLink is the split rule: the connection delivers less than
+// SplitBelow per second, lately and since its start, and the reader spent
+// at least 70 % of the window waiting for it (not hashing and writing: a
+// busy CPU or disk is not helped by more connections). With SplitAlways
+// every measure is slow: the structure of a split is then tested apart
+// from this machine's speed.
+func (c *Client) slowLink(m linkMeasure) bool {
+	if c.opts.SplitAlways {
+		return true
+	}
+	below := float64(c.opts.SplitBelow)
+	return m.Rate < below && m.Overall < below && m.Waited >= 0.7
+}
+
 // decide splits the rest of the blob into segments if its connection
 // delivers less than SplitBelow per second, lately and since its start, while the reader spends most of
 // its time waiting for it (not hashing and writing: a busy CPU or disk is
@@ -281,20 +302,25 @@ func (s *segmented) decide() {
 	o := s.c.opts
 	now := time.Now()
 	window := now.Sub(s.since)
-	if window < splitWindow { // bytes that waited in the socket came in a burst: look longer
+	if window < splitWindow && !o.SplitAlways { // bytes that waited in the socket came in a burst: look longer
 		s.probe = s.pos + splitProbe
 		return
 	}
-	rate := float64(s.pos-s.from) / window.Seconds()
-	// A fast blob that stalled for a moment is not slow: the whole
-	// download so far must be slow too.
-	overall := float64(s.pos) / now.Sub(s.began).Seconds()
+	m := linkMeasure{
+		Rate: float64(s.pos-s.from) / window.Seconds(),
+		// A fast blob that stalled for a moment is not slow: the whole
+		// download so far must be slow too.
+		Overall: float64(s.pos) / now.Sub(s.began).Seconds(),
+		Waited:  float64(s.waited) / float64(window),
+	}
+	s.measured = m
 	seg := o.SegmentSize
 	cut := (s.pos/seg + 1) * seg
-	if rate >= float64(o.SplitBelow) || overall >= float64(o.SplitBelow) || s.waited < window*7/10 || s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg {
+	if s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg || !s.c.slowLink(m) {
 		s.since, s.from, s.probe, s.waited = now, s.pos, s.pos+splitAgain, 0
 		return
 	}
+	rate := m.Rate
 	s.probe = -1
 	took := now.Sub(s.since).Seconds()
 	var parts []*segment

@@ -58,7 +58,7 @@ func TestSlowBlobInSegments(t *testing.T) {
 	const size = 10 << 20
 	layer := pushLayer(t, hub, "library/slow", size, 1)
 	hub.SetBandwidth(8 << 20)
-	c := newSegmentClient(t, hub, Options{})
+	c := newSegmentClient(t, hub, Options{SplitAlways: true})
 	before := hub.Count("bytes")
 	readBlob(t, c, "library/slow", layer)
 	if at := hub.Count("blob GETs at once"); at < 3 {
@@ -88,7 +88,7 @@ func TestSegmentsAfterExpiry(t *testing.T) {
 	hub.SetCDNTTL(150 * time.Millisecond)
 	layer := pushLayer(t, hub, "library/expiring", 10<<20, 6)
 	hub.SetBandwidth(8 << 20)
-	c := newSegmentClient(t, hub, Options{})
+	c := newSegmentClient(t, hub, Options{SplitAlways: true})
 	readBlob(t, c, "library/expiring", layer)
 	if hub.Count("GET cdn expired") == 0 || hub.Count("GET blob "+layer.String()) < 2 {
 		t.Fatalf("%d expired CDN GETs, %d registry GETs of the blob", hub.Count("GET cdn expired"), hub.Count("GET blob "+layer.String()))
@@ -136,7 +136,7 @@ func TestSegmentDropped(t *testing.T) {
 	layer := pushLayer(t, hub, "library/flaky", size, 4)
 	hub.SetBandwidth(8 << 20)
 	hub.DropAt(layer, 5<<20+12345) // inside a segment, not the first response
-	c := newSegmentClient(t, hub, Options{})
+	c := newSegmentClient(t, hub, Options{SplitAlways: true})
 	readBlob(t, c, "library/flaky", layer)
 	if hub.Count("GET range") < 4 {
 		t.Fatalf("%d ranged GETs", hub.Count("GET range"))
@@ -153,7 +153,7 @@ func TestSegmentMemoryBounded(t *testing.T) {
 	for i := range 3 {
 		layers = append(layers, pushLayer(t, hub, "library/many", 6<<20, uint64(10+i)))
 	}
-	c := newSegmentClient(t, hub, Options{SegmentMemory: 2 << 20})
+	c := newSegmentClient(t, hub, Options{SplitAlways: true, SegmentMemory: 2 << 20})
 	var peak int
 	stop := make(chan struct{})
 	watched := make(chan struct{})
@@ -195,7 +195,7 @@ func TestSegmentedCloseEarly(t *testing.T) {
 	hub := fakehub.Start(t)
 	layer := pushLayer(t, hub, "library/half", 12<<20, 5)
 	hub.SetBandwidth(8 << 20)
-	c := newSegmentClient(t, hub, Options{})
+	c := newSegmentClient(t, hub, Options{SplitAlways: true})
 	rc, _, err := c.Blob(context.Background(), "docker.io", "library/half", layer, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +226,7 @@ func TestSegmentedCloseEarly(t *testing.T) {
 func TestOldestBlobsSplit(t *testing.T) {
 	hub := fakehub.Start(t)
 	hub.SetBandwidth(8 << 20)
-	c := newSegmentClient(t, hub, Options{})
+	c := newSegmentClient(t, hub, Options{SplitAlways: true})
 	var readers []io.ReadCloser
 	var layers []digest.Digest
 	for i := range 6 {
@@ -262,8 +262,6 @@ func TestOldestBlobsSplit(t *testing.T) {
 			split++
 		}
 	}
-	// (On a loaded machine a reader may not wait on the network enough
-	// for each of the oldest to be split; one must be.)
 	if split == 0 {
 		t.Error("none of the oldest blobs was split")
 	}
@@ -299,6 +297,68 @@ func TestSlowReaderNotSplit(t *testing.T) {
 	}
 	if hub.Count("GET range") != 0 || hub.Count("GET blob") != 1 {
 		t.Fatalf("slow reader: %d GETs, %d ranged", hub.Count("GET blob"), hub.Count("GET range"))
+	}
+}
+
+// TestSplitRule: the rule decide applies to what it measured. A slow
+// connection the reader waits on is split; a fast one (lately or since
+// its start) or one whose reader is busy is not.
+func TestSplitRule(t *testing.T) {
+	c := newSegmentClient(t, fakehub.Start(t), Options{SplitBelow: 32 << 20})
+	for _, tc := range []struct {
+		m    linkMeasure
+		want bool
+	}{
+		{linkMeasure{Rate: 8 << 20, Overall: 8 << 20, Waited: 0.95}, true},
+		{linkMeasure{Rate: 8 << 20, Overall: 8 << 20, Waited: 0.7}, true},
+		{linkMeasure{Rate: 8 << 20, Overall: 8 << 20, Waited: 0.69}, false}, // the reader is busy
+		{linkMeasure{Rate: 64 << 20, Overall: 8 << 20, Waited: 0.95}, false},
+		{linkMeasure{Rate: 8 << 20, Overall: 40 << 20, Waited: 0.95}, false}, // fast until a moment ago
+		{linkMeasure{Rate: 32 << 20, Overall: 8 << 20, Waited: 0.95}, false},
+	} {
+		if got := c.slowLink(tc.m); got != tc.want {
+			t.Errorf("%+v: split %v, want %v", tc.m, got, tc.want)
+		}
+	}
+	always := newSegmentClient(t, fakehub.Start(t), Options{SplitAlways: true})
+	if !always.slowLink(linkMeasure{Rate: 1 << 30, Overall: 1 << 30}) {
+		t.Error("SplitAlways: a fast link was not split")
+	}
+}
+
+// TestSplitMeasure: what decide measures of a connection capped at
+// 1 MiB/s, read by a reader that does nothing else: at most the cap
+// (a slower machine only lowers it), and mostly waiting. (The figures
+// are bounded from the side a loaded machine cannot cross.)
+func TestSplitMeasure(t *testing.T) {
+	hub := fakehub.Start(t)
+	layer := pushLayer(t, hub, "library/measured", 4<<20, 40)
+	hub.SetBandwidth(1 << 20)
+	c := newSegmentClient(t, hub, Options{})
+	rc, _, err := c.Blob(context.Background(), "docker.io", "library/measured", layer, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	seg, ok := rc.(*slotReader).ReadCloser.(*segmented)
+	if !ok {
+		t.Fatalf("a 4 MiB blob from a registry that serves ranges is read through %T", rc.(*slotReader).ReadCloser)
+	}
+	buf := make([]byte, 32<<10)
+	for seg.probe >= 0 && seg.pos < splitProbe*3 {
+		if _, err := rc.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seg.probe >= 0 {
+		t.Fatalf("no decision after %d bytes", seg.pos)
+	}
+	m := seg.measured
+	if m.Rate <= 0 || m.Rate > 1.5*(1<<20) || m.Overall > 1.5*(1<<20) {
+		t.Errorf("measured %.0f B/s lately, %.0f overall on a 1 MiB/s link", m.Rate, m.Overall)
+	}
+	if m.Waited < 0.5 {
+		t.Errorf("a reader doing nothing else waited %.0f%% of the window", 100*m.Waited)
 	}
 }
 
