@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -131,7 +132,11 @@ func toAPIError(err error, kind routeKind) *apiError {
 	case errors.Is(err, upstream.ErrBusy):
 		return &apiError{code: codeUnavailable, message: "every upstream connection is busy; retry later", retryAfter: 5e9}
 	case errors.Is(err, upstream.ErrUnavailable):
-		return &apiError{code: codeUnavailable, message: "the upstream registry is unavailable; cached content is still served"}
+		return &apiError{code: codeUnavailable, message: "the upstream registry is unavailable; cached content is still served", retryAfter: 5e9}
+	case errors.Is(err, context.DeadlineExceeded):
+		// A remote (upstream, index, object store, peer) that did not
+		// answer within the request's time: not a fault of this server.
+		return &apiError{code: codeUnavailable, message: "a remote did not answer in time; retry", retryAfter: 5e9}
 	case errors.Is(err, upstream.ErrNotAllowed):
 		return &apiError{code: codeDenied, message: "that registry is not on this mirror's upstream allow-list"}
 	case errors.Is(err, cache.ErrFillAborted):

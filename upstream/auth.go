@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -24,13 +25,30 @@ import (
 // shortly before they expire; concurrent requests for one scope share one
 // fetch, which no single client's cancellation ends.
 type authorizer struct {
-	client  *http.Client
-	creds   func(host string) (user, secret string, err error)
-	timeout time.Duration // bounds one token fetch
+	client     *http.Client
+	creds      func(host string) (user, secret string, err error)
+	timeout    time.Duration // bounds one token fetch
+	probeEvery time.Duration // how often a token server that hangs is tried again
+	log        *slog.Logger
+	stop       <-chan struct{} // closed when the client closes: ends probes
 
-	mu    sync.Mutex
-	hosts map[string]*hostAuth
+	mu     sync.Mutex
+	hosts  map[string]*hostAuth
+	realms map[string]*realmHealth // by token server URL
 }
+
+// realmHealth is a token server's: one that does not answer within
+// tokenWait several times in a row is down; requests that need a new
+// token then fail at once (503) while a probe tries it in the background.
+type realmHealth struct {
+	hangs   int // fetches in a row that got no answer within tokenWait
+	down    bool
+	lastErr string
+}
+
+// tokenDownAfter is how many fetches in a row may hang before the token
+// server is down.
+const tokenDownAfter = 3
 
 // hostAuth is what one host's challenge asked for.
 type hostAuth struct {
@@ -47,15 +65,18 @@ type token struct {
 	value   string
 	expires time.Time
 	err     error
+	hung    bool // counted as a hang of its realm (under authorizer.mu)
 }
 
 // tokenEarly is how long before its expiry a token is fetched anew.
 const tokenEarly = 10 * time.Second
 
-// tokenStale: a request finding a fetch in flight for longer than this
-// starts its own instead of waiting (a hung token server must not hold a
-// repository's requests for the whole fetch timeout).
-const tokenStale = 5 * time.Second
+// tokenWait is how long a request waits for a token fetch: past it the
+// request fails with a TokenError (503), and the next request for the
+// scope starts a fresh fetch (a one-off hang must not hold a repository's
+// requests). The fetch itself goes on until the fetch timeout; a token it
+// brings late is kept.
+const tokenWait = 5 * time.Second
 
 // TokenError is a failure to obtain a bearer token from a registry's token
 // server. It concerns the request's scope, not the registry's health.
@@ -64,8 +85,12 @@ type TokenError struct{ Err error }
 func (e *TokenError) Error() string { return "fetching an upstream token: " + e.Err.Error() }
 func (e *TokenError) Unwrap() error { return e.Err }
 
-func newAuthorizer(client *http.Client, timeout time.Duration, creds func(string) (string, string, error)) *authorizer {
-	return &authorizer{client: client, creds: creds, timeout: timeout, hosts: map[string]*hostAuth{}}
+// errTokenHung: the token server took no less than tokenWait.
+var errTokenHung = errors.New("the token server did not answer in time")
+
+func newAuthorizer(client *http.Client, timeout, probeEvery time.Duration, log *slog.Logger, stop <-chan struct{}, creds func(string) (string, string, error)) *authorizer {
+	return &authorizer{client: client, creds: creds, timeout: timeout, probeEvery: probeEvery, log: log, stop: stop,
+		hosts: map[string]*hostAuth{}, realms: map[string]*realmHealth{}}
 }
 
 // Authorize sets the Authorization header the host's last challenge asked
@@ -104,40 +129,112 @@ func scopesOf(ctx context.Context, h *hostAuth) []string {
 func (a *authorizer) bearer(ctx context.Context, host string, h *hostAuth) (string, error) {
 	scopes := scopesOf(ctx, h)
 	key := strings.Join(scopes, " ")
-	for {
-		a.mu.Lock()
-		t := h.tokens[key]
-		if t != nil {
-			select {
-			case <-t.done:
-				if t.err != nil || time.Until(t.expires) < tokenEarly {
-					t = nil // never reuse a failure; refresh an expiring token
-				}
-			default: // in flight: share it, unless it seems hung
-				if time.Since(t.started) > tokenStale {
-					t = nil
-				}
-			}
-		}
-		if t == nil {
-			t = &token{done: make(chan struct{}), started: time.Now()}
-			h.tokens[key] = t
-			opts := h.opts
-			opts.Scopes = scopes
-			go a.fetch(context.WithoutCancel(ctx), h, key, t, opts)
-		}
-		a.mu.Unlock()
-		stale := time.NewTimer(time.Until(t.started.Add(tokenStale)) + time.Millisecond)
+	a.mu.Lock()
+	t := h.tokens[key]
+	if t != nil {
 		select {
 		case <-t.done:
-			stale.Stop()
-			return t.value, t.err
-		case <-ctx.Done():
-			stale.Stop()
-			return "", ctx.Err()
-		case <-stale.C: // it hangs: look again (and start a fresh fetch)
+			if t.err != nil || time.Until(t.expires) < tokenEarly {
+				t = nil // never reuse a failure; refresh an expiring token
+			}
+		default: // in flight: share it, unless it has hung already
+			if time.Since(t.started) >= tokenWait {
+				t = nil
+			}
 		}
 	}
+	if t == nil {
+		if rh := a.realms[h.opts.Realm]; rh != nil && rh.down {
+			err := fmt.Errorf("%w: %s is down (%s); probing it in the background", errTokenHung, h.opts.Realm, rh.lastErr)
+			a.mu.Unlock()
+			return "", &TokenError{Err: err}
+		}
+		t = &token{done: make(chan struct{}), started: time.Now()}
+		h.tokens[key] = t
+		opts := h.opts
+		opts.Scopes = scopes
+		go a.fetch(context.WithoutCancel(ctx), h, key, t, opts)
+	}
+	a.mu.Unlock()
+	wait := time.NewTimer(time.Until(t.started.Add(tokenWait)))
+	defer wait.Stop()
+	select {
+	case <-t.done:
+		return t.value, t.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case <-wait.C:
+		a.hung(h, t, fmt.Errorf("no answer within %s", tokenWait))
+		return "", &TokenError{Err: fmt.Errorf("%w (%s)", errTokenHung, tokenWait)}
+	}
+}
+
+// hung counts fetch t, which got no answer in time, against its realm;
+// the tokenDownAfter-th in a row marks the realm down and starts a probe.
+func (a *authorizer) hung(h *hostAuth, t *token, cause error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if t.hung {
+		return
+	}
+	t.hung = true
+	rh := a.realms[h.opts.Realm]
+	if rh == nil {
+		rh = &realmHealth{}
+		a.realms[h.opts.Realm] = rh
+	}
+	rh.lastErr = cause.Error()
+	if rh.hangs++; rh.hangs < tokenDownAfter || rh.down {
+		return
+	}
+	rh.down = true
+	a.log.Warn("upstream token server not answering; requests that need a new token fail at once until it does",
+		"realm", h.opts.Realm, "err", cause)
+	go a.probe(h, rh)
+}
+
+// answered notes that h's realm answered (success or a refusal).
+func (a *authorizer) answered(h *hostAuth) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if rh := a.realms[h.opts.Realm]; rh != nil && !rh.down {
+		rh.hangs = 0
+	}
+}
+
+// probe asks the token server of a realm that is down for an anonymous
+// token for nothing, one fetch at a time, every probeEvery, until it
+// answers.
+func (a *authorizer) probe(h *hostAuth, rh *realmHealth) {
+	t := time.NewTicker(a.probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), min(a.timeout, 2*tokenWait))
+		_, _, err := fetchToken(ctx, a.client, auth.TokenOptions{Realm: h.opts.Realm, Service: h.opts.Service})
+		cancel()
+		if err == nil || answeredStatus(err) {
+			a.mu.Lock()
+			rh.down, rh.hangs = false, 0
+			a.mu.Unlock()
+			a.log.Info("upstream token server answers again", "realm", h.opts.Realm)
+			return
+		}
+		a.mu.Lock()
+		rh.lastErr = err.Error()
+		a.mu.Unlock()
+	}
+}
+
+// answeredStatus reports whether err is the token server's own answer (a
+// status it chose), as opposed to a timeout or a broken connection.
+func answeredStatus(err error) bool {
+	var st remoteerrors.ErrUnexpectedStatus
+	return errors.As(err, &st)
 }
 
 // fetch gets one token. A failure is handed to the requests waiting for
@@ -150,6 +247,12 @@ func (a *authorizer) fetch(ctx context.Context, h *hostAuth, key string, t *toke
 		expiresIn = 60 // the token spec's default
 	}
 	t.value, t.expires = value, time.Now().Add(time.Duration(expiresIn)*time.Second)
+	switch {
+	case err == nil, answeredStatus(err):
+		a.answered(h)
+	case time.Since(t.started) >= tokenWait:
+		a.hung(h, t, err)
+	}
 	if err != nil {
 		t.err = &TokenError{Err: err}
 		a.mu.Lock()

@@ -160,7 +160,7 @@ func New(opts Options) (*Client, error) {
 		}
 		reg.host = docker.RegistryHost{
 			Client:       client,
-			Authorizer:   newAuthorizer(client, opts.ResponseTimeout, creds),
+			Authorizer:   newAuthorizer(client, opts.ResponseTimeout, opts.ProbeEvery, opts.Logger, c.ctx.Done(), creds),
 			Host:         u.Host,
 			Scheme:       u.Scheme,
 			Path:         strings.TrimSuffix(u.Path, "/") + "/v2",

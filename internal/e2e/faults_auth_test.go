@@ -281,3 +281,69 @@ func TestKill9DuringChunkedUpload(t *testing.T) {
 		t.Fatalf("the resumed upload reads back as %s: %v", got, err)
 	}
 }
+
+// TestUpstreamTokenServerHangs: Docker Hub's token server accepts
+// connections and never answers. Cold pulls get 503 with Retry-After
+// within 35 s (not a 500 after minutes); once a few fetches have hung the
+// token server is down and the next cold pulls fail at once, with one
+// probe at a time behind them; when it answers again, pulls work without
+// a restart.
+func TestUpstreamTokenServerHangs(t *testing.T) {
+	hub := fakehub.Start(t)
+	for i := range 8 {
+		hub.Push(fmt.Sprintf("library/hang%d", i), "1", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 1, LayerSize: 32 << 10, Seed: uint64(600 + i)})
+	}
+	w := startWharf(t, "", "--upstream", "docker.io="+hub.URL)
+	hub.FailToken(-1, 1<<30)
+	get := func(name string) (*http.Response, time.Duration) {
+		req, _ := http.NewRequest(http.MethodGet, w.url("/v2/"+name+"/manifests/1"), nil)
+		req.Header.Set("Accept", fakehub.MediaTypeDockerList+","+fakehub.MediaTypeDockerManifest)
+		start := time.Now()
+		resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp, time.Since(start)
+	}
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, took := get(fmt.Sprintf("library/hang%d", i))
+			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || took > 35*time.Second {
+				t.Errorf("cold pull %d with the token server hanging: %s (Retry-After %q) after %s", i, resp.Status, resp.Header.Get("Retry-After"), took)
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for i := 4; i < 8; i++ {
+		resp, took := get(fmt.Sprintf("library/hang%d", i))
+		if resp.StatusCode != http.StatusServiceUnavailable || took > 2*time.Second {
+			t.Fatalf("cold pull %d once the token server is known to hang: %s after %s", i, resp.Status, took)
+		}
+	}
+	before := hub.Count("token")
+	time.Sleep(6 * time.Second)
+	if probes := hub.Count("token") - before; probes > 2 {
+		t.Errorf("%d token requests in 6 s while it was down: want one probe at a time", probes)
+	}
+	hub.FailToken(0, 0)
+	back := time.Now()
+	for deadline := back.Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		if err := pullMirrored(&http.Client{Timeout: time.Minute}, w.url(""), "library/hang0"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("still failing %s after the token server came back: %v", time.Since(back), err)
+		}
+	}
+	t.Logf("pulls worked again %s after the token server answered", time.Since(back).Round(time.Millisecond))
+	if !strings.Contains(w.log.String(), "token server not answering") {
+		t.Errorf("nothing logged about the token server:\n%s", w.log)
+	}
+}
