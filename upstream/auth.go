@@ -156,6 +156,11 @@ func (a *authorizer) bearer(ctx context.Context, host string, h *hostAuth) (stri
 		go a.fetch(context.WithoutCancel(ctx), h, key, t, opts)
 	}
 	a.mu.Unlock()
+	select {
+	case <-t.done: // a token held (select below would choose at random)
+		return t.value, t.err
+	default:
+	}
 	wait := time.NewTimer(time.Until(t.started.Add(tokenWait)))
 	defer wait.Stop()
 	select {

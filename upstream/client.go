@@ -84,6 +84,7 @@ type registry struct {
 	Registry
 	url  *url.URL
 	host docker.RegistryHost
+	tr   *http.Transport // its connection pool
 
 	mu           sync.Mutex
 	down         bool
@@ -148,10 +149,10 @@ func New(opts Options) (*Client, error) {
 		if err != nil {
 			return nil, err
 		}
-		reg := &registry{Registry: r, url: u, remaining: -1}
 		// Only an endpoint the config names may be on a loopback, private or
 		// link-local address (no SSRF through a name that resolves there).
-		client := &http.Client{Transport: &recorder{reg: reg, opts: opts, next: c.transport(r.Endpoint != "")}}
+		reg := &registry{Registry: r, url: u, remaining: -1, tr: c.transport(r.Endpoint != "")}
+		client := &http.Client{Transport: &recorder{reg: reg, opts: opts, next: reg.tr}}
 		creds := func(host string) (string, string, error) {
 			if host == u.Host { // never another host's realm
 				return r.Username, r.Password, nil
@@ -358,7 +359,7 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 	if askRange && ranged && !eof && size >= 2*c.opts.SegmentSize {
 		rd = c.newSegmented(ctx, r, repo, d, size, rd, int64(len(first)), location)
 	}
-	return newSlotReader(rd, release), size, nil
+	return newSlotReader(rd, release, r.stalled), size, nil
 }
 
 // openAt opens blob d with containerd's reader, which stops at size, seeks
@@ -432,11 +433,23 @@ type slotReader struct {
 	stalled *time.Timer
 }
 
-func newSlotReader(rc io.ReadCloser, release func()) *slotReader {
+// newSlotReader calls stalled, too, when the transfer makes no progress
+// for stallRelease.
+func newSlotReader(rc io.ReadCloser, release, stalled func()) *slotReader {
 	s := &slotReader{ReadCloser: rc, release: release}
-	s.stalled = time.AfterFunc(stallRelease, func() { s.once.Do(s.release) })
+	s.stalled = time.AfterFunc(stallRelease, func() {
+		stalled()
+		s.once.Do(s.release)
+	})
 	return s
 }
+
+// stalled is called when a connection to r stops moving bytes or answers
+// no request in time: whatever froze it (a middlebox, a peer that lost
+// its state) may have frozen the idle connections in r's keep-alive pool
+// too, so they are closed rather than reused. A request on one would wait
+// the whole response timeout; new connections cost one handshake.
+func (r *registry) stalled() { r.tr.CloseIdleConnections() }
 
 func (s *slotReader) Read(p []byte) (int, error) {
 	n, err := s.ReadCloser.Read(p)
@@ -667,6 +680,10 @@ func (c *Client) observe(ctx context.Context, r *registry, cs *callStatus, err e
 	case code >= 300 && code < 500:
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, ErrStalled) {
+		r.stalled()
+	}
 	c.markFailed(r, err)
 	return fmt.Errorf("%s: %w: %v", r.Name, ErrUnavailable, err)
 }
@@ -765,7 +782,7 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body.Close()
 		resp.Body = io.NopCloser(errReader{errRangeIgnored})
 	}
-	resp.Body = newIdleBody(resp.Body, t.opts.BodyIdle)
+	resp.Body = newIdleBody(resp.Body, t.opts.BodyIdle, t.reg.stalled)
 	if cs, ok := req.Context().Value(callStatusKey{}).(*callStatus); ok { // the latest response decides
 		cs.noteResponse(resp, blob)
 	}
@@ -805,13 +822,14 @@ type idleBody struct {
 	stalled bool
 }
 
-func newIdleBody(rc io.ReadCloser, idle time.Duration) *idleBody {
+func newIdleBody(rc io.ReadCloser, idle time.Duration, stalled func()) *idleBody {
 	b := &idleBody{rc: rc, idle: idle}
 	b.timer = time.AfterFunc(idle, func() {
 		b.mu.Lock()
 		b.stalled = true
 		b.mu.Unlock()
-		rc.Close()
+		stalled() // first: the resume must not find a frozen idle connection
+		rc.Close() // a body closed before its end closes its connection
 	})
 	return b
 }

@@ -133,3 +133,54 @@ func TestResetsResume(t *testing.T) {
 	}
 	t.Logf("two RSTs: 5 clients verified the 30 MiB layer; upstream sent %.2fx its size", float64(proxy.Down.Load())/float64(size))
 }
+
+// TestFrozenConnectionPool: every upstream connection open at one moment
+// freezes, idle ones in the keep-alive pool included (a middlebox lost
+// their state). The layer that was downloading resumes on a fresh
+// connection and its 5 clients get it verified; another image's cold
+// pull a few seconds later goes out on a fresh connection too, instead of
+// waiting 30 s on a frozen pooled one.
+func TestFrozenConnectionPool(t *testing.T) {
+	hub := fakehub.Start(t)
+	big := hub.Push("library/frozen", "1", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 1, LayerSize: 24 << 20, Seed: 420})
+	hub.Push("library/warm", "1", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 8, LayerSize: 64 << 10, Seed: 421})
+	hub.Push("library/after", "1", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 2, LayerSize: 64 << 10, Seed: 422})
+	proxy := faultproxy.Start(t, hub.Host())
+	w := startWharf(t, "", "--upstream", "docker.io=http://"+proxy.Addr, "--upstream-segments", "0")
+	c := &http.Client{Timeout: 3 * time.Minute}
+	// Idle connections in the pool.
+	if err := pullMirrored(c, w.url(""), "library/warm"); err != nil {
+		t.Fatal(err)
+	}
+	layer := big.Layers[hostPlatform][0]
+	hub.SetBandwidth(2 << 20)
+	start := time.Now()
+	errs := make(chan error, 5)
+	for range 5 {
+		go func() { errs <- getVerified(c, w, "library/frozen", layer) }()
+	}
+	for deadline := time.Now().Add(20 * time.Second); proxy.Down.Load() < 2<<20; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the layer never started")
+		}
+	}
+	proxy.FreezeAll()
+	frozeAt := time.Now()
+	time.Sleep(6 * time.Second)
+	hub.SetBandwidth(0)
+	otherStart := time.Now()
+	if err := pullMirrored(c, w.url(""), "library/after"); err != nil {
+		t.Fatalf("another image's cold pull %s after the freeze: %v\n%s", otherStart.Sub(frozeAt), err, w.log)
+	}
+	otherTook := time.Since(otherStart)
+	if otherTook > 10*time.Second {
+		t.Errorf("another image's cold pull took %s after the freeze: it waited on a frozen pooled connection", otherTook)
+	}
+	for range 5 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a client of the frozen layer after %s: %v\n%s", time.Since(frozeAt), err, w.log)
+		}
+	}
+	t.Logf("pool frozen: another image pulled cold in %s; the frozen layer verified for 5 clients %s after the freeze (%s in all)",
+		otherTook.Round(time.Millisecond), time.Since(frozeAt).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}

@@ -52,6 +52,7 @@ type Proxy struct {
 
 	Up, Down atomic.Int64 // bytes forwarded client→target, target→client
 	Applied  atomic.Int64 // faults applied
+	freezes  atomic.Int64 // FreezeAll calls: a connection older than the latest is frozen
 	wg       sync.WaitGroup
 	closed   atomic.Bool
 }
@@ -79,6 +80,11 @@ func (p *Proxy) Add(r Rule) {
 	p.rules = append(p.rules, &r)
 	p.mu.Unlock()
 }
+
+// FreezeAll freezes every connection open now, idle or busy, in both
+// directions, as a middlebox that lost their state does: they stay open
+// and carry nothing more. Connections made afterwards work.
+func (p *Proxy) FreezeAll() { p.freezes.Add(1) }
 
 // Close stops the proxy and every connection through it.
 func (p *Proxy) Close() {
@@ -185,12 +191,17 @@ func (p *Proxy) serve(client net.Conn) {
 		server.Close()
 	}()
 	var a armed
+	gen := p.freezes.Load()
+	frozen := func() bool { return p.freezes.Load() != gen }
 	done := make(chan struct{}, 2)
 	go func() { // client → target: watch for rules
 		defer func() { done <- struct{}{} }()
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := client.Read(buf)
+			if n > 0 && frozen() {
+				n = 0 // swallowed
+			}
 			if n > 0 {
 				if r := p.match(buf[:n]); r != nil {
 					a.arm(r)
@@ -215,6 +226,9 @@ func (p *Proxy) serve(client net.Conn) {
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := server.Read(buf)
+			if n > 0 && frozen() {
+				n = 0
+			}
 			if n > 0 {
 				pass, fault := p.take(&a, int64(n))
 				if pass > 0 {
@@ -230,7 +244,7 @@ func (p *Proxy) serve(client net.Conn) {
 				}
 			}
 			if err != nil {
-				if tc, ok := client.(*net.TCPConn); ok {
+				if tc, ok := client.(*net.TCPConn); ok && !frozen() { // a frozen one hears no FIN
 					tc.CloseWrite()
 				}
 				return
