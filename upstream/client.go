@@ -828,7 +828,7 @@ func newIdleBody(rc io.ReadCloser, idle time.Duration, stalled func()) *idleBody
 		b.mu.Lock()
 		b.stalled = true
 		b.mu.Unlock()
-		stalled() // first: the resume must not find a frozen idle connection
+		stalled()  // first: the resume must not find a frozen idle connection
 		rc.Close() // a body closed before its end closes its connection
 	})
 	return b
