@@ -265,9 +265,24 @@ func (reg *Registry) pageSignin(w http.ResponseWriter, r *http.Request, v viewer
 	}
 }
 
-// safeNext keeps a redirect after sign-in on this site.
+// safeNext keeps a redirect after sign-in on this site: a path of its
+// own, nothing a browser could read as another host. Browsers drop TAB, CR
+// and LF anywhere in a URL and read a backslash as a slash, so
+// "/\t/evil.example" or "/\\evil.example" would be "//evil.example": any
+// control character or backslash is refused, and so is a path that
+// decodes to "//" (an encoded slash) or names a scheme or host.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
+	for _, c := range next {
+		if c < 0x20 || c == 0x7f || c == '\\' {
+			return "/"
+		}
+	}
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+		return "/"
+	}
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" ||
+		!strings.HasPrefix(u.Path, "/") || strings.HasPrefix(u.Path, "//") || strings.Contains(u.Path, "\\") {
 		return "/"
 	}
 	return next

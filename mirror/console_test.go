@@ -158,6 +158,33 @@ func TestConsoleSignIn(t *testing.T) {
 	}
 }
 
+// TestSafeNext: after sign-in, next= leads only to a path on this site,
+// whatever a browser would strip or rewrite in it; and the sign-in form
+// redirects accordingly.
+func TestSafeNext(t *testing.T) {
+	for _, bad := range []string{
+		"//evil.example/x", "/\t/evil.example", "/\n/evil.example", "/\r/evil.example", "\t//evil.example",
+		"/\\evil.example", "\\\\evil.example", "/%2F/evil.example", "/%2f%2fevil.example", "/%5Cevil.example",
+		"https://evil.example/", "javascript:alert(1)", "evil.example", " //evil.example", "/\x00/evil.example",
+		"/\x7f/evil.example", "",
+	} {
+		if got := safeNext(bad); got != "/" {
+			t.Errorf("next=%q → %q", bad, got)
+		}
+	}
+	for _, good := range []string{"/", "/repositories", "/repositories/team/app?tab=tags", "/gc#runs", "/repositories/a%20b"} {
+		if got := safeNext(good); got != good {
+			t.Errorf("next=%q → %q", good, got)
+		}
+	}
+	b := newBrowser(t, adminRegistry(t).srv)
+	_, page := b.get("/signin")
+	resp, _ := b.post("/signin", url.Values{"csrf": {b.csrf(page)}, "user": {"root"}, "password": {"root-pw"}, "next": {"/\t/evil.example"}})
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/" {
+		t.Fatalf("sign-in with next=/<TAB>/evil.example: %s, Location %q", resp.Status, loc)
+	}
+}
+
 // TestConsoleCSRF: every state-changing form needs its token, signed in
 // with the form or with Basic credentials; a form from another site is
 // refused even with the token; the admin API refuses cross-site writes.
