@@ -1,12 +1,14 @@
 package mirror
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -56,12 +58,14 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 	if r.ContentLength > cache.MaxManifestSize {
 		return cache.ErrManifestTooBig
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, cache.MaxManifestSize+1))
+	release, err := reg.reserveManifest(r)
 	if err != nil {
-		return apiErr(codeManifestInvalid, "reading manifest: %v", err)
+		return err
 	}
-	if r.ContentLength >= 0 && int64(len(body)) != r.ContentLength {
-		return apiErr(codeSizeInvalid, "manifest body is %d bytes, Content-Length said %d", len(body), r.ContentLength)
+	defer release()
+	body, err := readManifestBody(r)
+	if err != nil {
+		return err
 	}
 	m, err := reg.putLinkingFallthrough(r, q, want, tags, body)
 	if err != nil {
@@ -143,3 +147,54 @@ func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *r
 }
 
 var errDeleteDisabled = &apiError{code: codeUnsupported, message: "deletes are disabled (start with --allow-delete)"}
+
+// manifestMemory bounds the bytes of pushed manifests held at once: each
+// PUT reserves twice its Content-Length (the body, and what checking it
+// takes), or twice the largest manifest when it sends none, before it
+// reads a byte. Everyday manifests of a few KiB never wait; 60 clients
+// pushing 4 MiB manifests at once take turns instead of holding 60 of
+// them (and their parsing) in memory together.
+const manifestMemory = 32 << 20
+
+// manifestMemWait is how long a PUT waits for its share before 429.
+const manifestMemWait = 30 * time.Second
+
+func (reg *Registry) reserveManifest(r *http.Request) (func(), error) {
+	n := r.ContentLength
+	if n < 0 {
+		n = cache.MaxManifestSize
+	}
+	n = 2 * max(n, 1)
+	ctx, cancel := context.WithTimeout(r.Context(), manifestMemWait)
+	defer cancel()
+	if err := reg.manifestMem.Acquire(ctx, n); err != nil {
+		if r.Context().Err() != nil {
+			return nil, r.Context().Err()
+		}
+		return nil, &apiError{code: codeTooManyRequests, message: "too many large manifests being pushed at once; retry later", retryAfter: 1e9}
+	}
+	return func() { reg.manifestMem.Release(n) }, nil
+}
+
+// readManifestBody reads a pushed manifest: with a Content-Length into a
+// buffer of that size, else up to the largest manifest allowed.
+func readManifestBody(r *http.Request) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 {
+		body := make([]byte, n)
+		if got, err := io.ReadFull(r.Body, body); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return nil, apiErr(codeSizeInvalid, "manifest body is %d bytes, Content-Length said %d", got, n)
+			}
+			return nil, apiErr(codeManifestInvalid, "reading manifest: %v", err)
+		}
+		return body, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, cache.MaxManifestSize+1))
+	if err != nil {
+		return nil, apiErr(codeManifestInvalid, "reading manifest: %v", err)
+	}
+	if len(body) > cache.MaxManifestSize {
+		return nil, cache.ErrManifestTooBig
+	}
+	return body, nil
+}

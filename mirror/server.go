@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"context"
+	"golang.org/x/sync/semaphore"
 	"io"
 	"log/slog"
 	"net/http"
@@ -95,20 +96,21 @@ type Options struct {
 
 // Registry serves the OCI Distribution API. It is safe for concurrent use.
 type Registry struct {
-	store    *cache.Store
-	opts     Options
-	log      *slog.Logger
-	routes   map[routeKey]handlerFunc
-	pull     *puller                // the pull-through mirror; nil without Options.Upstream
-	access   atomic.Pointer[access] // users and rules; swapped by SetAccess
-	tokens   *tokens
-	sessions *sessions // the console's
-	signins  *signins
-	uploads  *uploadLimiter
-	draining atomic.Bool
-	book     statusBook
-	peers    *peers // the other nodes of a cluster
-	admin    adminState
+	store       *cache.Store
+	opts        Options
+	log         *slog.Logger
+	routes      map[routeKey]handlerFunc
+	pull        *puller                // the pull-through mirror; nil without Options.Upstream
+	access      atomic.Pointer[access] // users and rules; swapped by SetAccess
+	tokens      *tokens
+	sessions    *sessions // the console's
+	signins     *signins
+	uploads     *uploadLimiter
+	manifestMem *semaphore.Weighted // bytes of manifest bodies being read and checked
+	draining    atomic.Bool
+	book        statusBook
+	peers       *peers // the other nodes of a cluster
+	admin       adminState
 }
 
 // access is who may sign in and what they may do, replaced as a whole.
@@ -126,7 +128,8 @@ func New(store *cache.Store, opts Options) *Registry {
 		opts.ClientTimeout = time.Minute
 	}
 	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(opts.Secret), signins: newSignins(), peers: newPeers(),
-		uploads: &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}}}
+		uploads:     &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}},
+		manifestMem: semaphore.NewWeighted(manifestMemory)}
 	reg.sessions = newSessions(reg.tokens)
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {
