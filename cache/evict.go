@@ -105,6 +105,9 @@ type EvictReport struct {
 	Tags        []string // "repo:tag" evicted, least recently used first
 	Freed       int64    // net bytes the store shrank by (never negative)
 	Before, Now int64
+	// NotFreed is the Free asked for and not pursued: more than the whole
+	// store, so evicting could not have given it.
+	NotFreed int64
 }
 
 type lruEntry struct {
@@ -146,6 +149,13 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 		return rep, err
 	}
 	rep.Before, rep.Now = size, size
+	if o.Free > size {
+		// Something else filled the filesystem: even with everything this
+		// store holds gone it would stay short. Evicting would only send
+		// every client upstream while nothing new can be stored: what is
+		// cached is served read-only instead.
+		rep.NotFreed, o.Free = o.Free, 0
+	}
 	entries, err := s.mirroredTags()
 	if err != nil {
 		return rep, err

@@ -46,6 +46,7 @@ type puller struct {
 
 	manifests singleflight.Group // one upstream manifest fetch per repo and reference
 	misses    *misses            // what upstream said it has not, for MissTTL
+	checked   checkedTags        // revalidations the store could not record (disk full)
 
 	bg     context.Context // owned by no client; cancelled by close
 	cancel context.CancelFunc
@@ -137,6 +138,9 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 	} else if err != nil {
 		return nil, err
 	}
+	if at, ok := p.checked.get(t.Local, ref.tag, d); ok && at.After(checked) {
+		checked = at
+	}
 	if p.opts.Offline || time.Since(checked) < p.opts.TagTTL {
 		p.opts.Metrics.cache("manifest", "hit")
 		return p.store.GetManifest(t.Local, d.String())
@@ -153,7 +157,18 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 		p.opts.Metrics.cache("manifest", "hit")
 		return p.store.GetManifest(t.Local, d.String())
 	case err == nil:
-		return p.fetchManifest(ctx, t, ref, desc)
+		m, err := p.fetchManifest(ctx, t, ref, desc)
+		if err != nil && cannotWrite(err) {
+			// Read-only serving: the tag moved upstream, but its new
+			// manifest cannot be stored. The cached one is still an image
+			// upstream had; clients get it until there is room.
+			p.reg.logLimited("mirror: storage refuses writes: serving the cached tag, not the one upstream moved to",
+				"repo", t.Local, "tag", ref.tag, "cached", d, "upstream", desc.Digest, "err", err)
+			p.checked.set(t.Local, ref.tag, d, time.Now())
+			p.opts.Metrics.cache("manifest", "hit")
+			return p.store.GetManifest(t.Local, d.String())
+		}
+		return m, err
 	case errors.Is(err, upstream.ErrNotFound):
 		return nil, err
 	}
@@ -180,8 +195,18 @@ func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string, c
 		if err != nil {
 			p.misses.note(t.Registry, t.Local, tag, err)
 		} else if desc.Digest == cached {
-			if err := p.store.TouchTag(t.Local, t.Registry, tag, cached, time.Now()); err != nil {
-				return upstream.Descriptor{}, err
+			now := time.Now()
+			if err := p.store.TouchTag(t.Local, t.Registry, tag, cached, now); err != nil {
+				if !cannotWrite(err) {
+					return upstream.Descriptor{}, err
+				}
+				// Bookkeeping only: the tag is still right. Kept in memory
+				// so that the next requests within the TTL ask no one.
+				p.reg.logLimited("mirror: storage refuses writes: a revalidated tag's check time is kept in memory",
+					"repo", t.Local, "tag", tag, "err", err)
+				p.checked.set(t.Local, tag, cached, now)
+			} else {
+				p.checked.drop(t.Local, tag)
 			}
 		}
 		return desc, err
@@ -257,4 +282,49 @@ func (p *puller) fetchManifestFlight(t policy.Target, ref reference, desc upstre
 		p.prefetchPlatforms(t, m.MediaType, body)
 	}
 	return m, nil
+}
+
+// cannotWrite reports a write the store refused for want of room or of
+// its index: reads still work, so a read that only wanted to record
+// something goes on without it.
+func cannotWrite(err error) bool {
+	return errors.Is(err, cache.ErrStorageFull) || errors.Is(err, cache.ErrIndexUnavailable)
+}
+
+// checkedTags remembers, in memory, when mirrored tags were last
+// revalidated while the store could not record it: tag → (digest, time).
+type checkedTags struct {
+	mu sync.Mutex
+	m  map[string]checkedTag
+}
+
+type checkedTag struct {
+	d  digest.Digest
+	at time.Time
+}
+
+// checkedMax bounds the entries; past it the oldest knowledge is dropped
+// whole (those tags are revalidated once more).
+const checkedMax = 100000
+
+func (c *checkedTags) get(repo, tag string, d digest.Digest) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[repo+"\x00"+tag]
+	return e.at, ok && e.d == d
+}
+
+func (c *checkedTags) set(repo, tag string, d digest.Digest, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= checkedMax {
+		c.m = map[string]checkedTag{}
+	}
+	c.m[repo+"\x00"+tag] = checkedTag{d: d, at: at}
+}
+
+func (c *checkedTags) drop(repo, tag string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, repo+"\x00"+tag)
 }

@@ -107,6 +107,7 @@ type Registry struct {
 	signins     *signins
 	uploads     *uploadLimiter
 	manifestMem *semaphore.Weighted // bytes of manifest bodies being read and checked
+	logLimit    logLimiter          // one line per source and minute for floods
 	draining    atomic.Bool
 	book        statusBook
 	peers       *peers // the other nodes of a cluster
@@ -129,7 +130,7 @@ func New(store *cache.Store, opts Options) *Registry {
 	}
 	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(opts.Secret), signins: newSignins(), peers: newPeers(),
 		uploads:     &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}},
-		manifestMem: semaphore.NewWeighted(manifestMemory)}
+		manifestMem: semaphore.NewWeighted(manifestMemory), logLimit: logLimiter{every: time.Minute}}
 	reg.sessions = newSessions(reg.tokens)
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wharf-registry/wharf/cache"
@@ -156,6 +157,10 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 	}
 }
 
+// shortNotEvicting: the warning that the disk is short of more than the
+// store holds was given (once per episode).
+var shortNotEvicting atomic.Bool
+
 // evictOnce checks the quota and the retention and evicts what they ask.
 func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
 	if size, err := store.Size(); err == nil {
@@ -171,6 +176,14 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 	}
 	rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention, Free: deficit,
 		GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
+	if rep.NotFreed > 0 {
+		if !shortNotEvicting.Swap(true) {
+			log.Warn("the filesystem is short of more space than Wharf stores in all (something else filled it): nothing is evicted, cached images are served read-only until space is freed",
+				"short_of_space_bytes", rep.NotFreed, "store_bytes", rep.Before)
+		}
+	} else if deficit == 0 {
+		shortNotEvicting.Store(false)
+	}
 	if errors.Is(err, cache.ErrCollectorElsewhere) {
 		log.Debug("eviction: another node of the cluster is collecting; skipped")
 	} else if err != nil {

@@ -338,3 +338,53 @@ func isExited(w *wharfProc) (bool, error) {
 		return false, nil
 	}
 }
+
+// TestFullDiskServesMirrored: with the filesystem full, cached mirrored
+// images go on being served after their tag's TTL (the revalidation's
+// bookkeeping write is skipped, not fatal), a tag that moved upstream is
+// served as cached (the new manifest cannot be stored), and so is all of
+// it after a restart on the full filesystem. Pushed content too.
+func TestFullDiskServesMirrored(t *testing.T) {
+	fsDir := smallFS(t, 64)
+	data := filepath.Join(fsDir, "data")
+	hub := fakehub.Start(t)
+	for i := range 3 {
+		hub.Push(fmt.Sprintf("library/keep%d", i), "1", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 2, LayerSize: 256 << 10, Seed: uint64(700 + i)})
+	}
+	args := []string{"--upstream", "docker.io=" + hub.URL, "--tag-ttl", "1s"}
+	w := startWharf(t, data, args...)
+	c := &http.Client{Timeout: time.Minute}
+	for i := range 3 {
+		if err := pullMirrored(c, w.url(""), fmt.Sprintf("library/keep%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pushed := pushBytes(t, w, "team/app", []byte("pushed before the disk filled"))
+	fillUp(t, filepath.Join(fsDir, "filler"))
+	time.Sleep(6 * time.Second) // past the TTL, and a free-space check (every 5 s) has run
+	// keep2 moved upstream: its new manifest cannot be stored.
+	hub.Push("library/keep2", "1", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 2, LayerSize: 256 << 10, Seed: 799})
+	check := func(when string) {
+		t.Helper()
+		for round := range 2 {
+			for i := range 3 {
+				if err := pullMirrored(c, w.url(""), fmt.Sprintf("library/keep%d", i)); err != nil {
+					t.Fatalf("%s, round %d: cached mirrored image keep%d: %v\n%s", when, round, i, err, w.log)
+				}
+			}
+			time.Sleep(1100 * time.Millisecond) // past the TTL again
+		}
+		if got, err := blobDigest(c, w, "team/app", pushed); err != nil || got != pushed {
+			t.Fatalf("%s: pushed blob: %s %v", when, got, err)
+		}
+	}
+	check("disk full, tags past their TTL")
+	if err := w.stop(t); err != nil {
+		t.Fatalf("stop on a full filesystem: %v\n%s", err, w.log)
+	}
+	w = startWharf(t, data, args...)
+	check("restarted on the full filesystem")
+	if !strings.Contains(w.log.String(), "check time is kept in memory") {
+		t.Errorf("after the restart on a full filesystem no revalidation hit the read-only index:\n%s", w.log)
+	}
+}

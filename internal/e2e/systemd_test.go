@@ -125,4 +125,12 @@ func TestSystemdUnit(t *testing.T) {
 	if _, err := os.Stat("../../systemd/wharf.sysusers"); err != nil {
 		t.Fatal(err)
 	}
+	// A start refused on a full filesystem (an index log to replay) is
+	// retried until it succeeds: systemd's default start limit would give
+	// up after five tries.
+	for _, want := range []string{"Restart=on-failure", "StartLimitIntervalSec=0"} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want) + `$`).Match(raw) {
+			t.Errorf("the unit lacks %s", want)
+		}
+	}
 }
