@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,6 +34,8 @@ type S3Options struct {
 	// Owner, when set, is who claims the prefix: a cluster's id, which
 	// its nodes share (the default is an id kept in the data directory).
 	Owner string
+	// Logger says when the store stops and starts answering.
+	Logger *slog.Logger
 }
 
 // ParseS3URL reads s3://bucket[/prefix]?endpoint=host:port[&region=r][&insecure=true][&part-size=bytes].
@@ -84,6 +87,7 @@ type S3Blobs struct {
 	pingErr error
 
 	unconditional atomic.Bool // the store refused If-None-Match
+	health        *s3Health
 
 	usedMu sync.Mutex
 	used   map[digest.Digest]time.Time // last use of local copies since start (else their file's time)
@@ -152,6 +156,9 @@ const pingCache = 10 * time.Second
 
 // Ping reports whether the bucket answers (within 3 s).
 func (b *S3Blobs) Ping() error {
+	if err := b.health.ready(); err != nil {
+		return err
+	}
 	b.pingMu.Lock()
 	defer b.pingMu.Unlock()
 	if time.Since(b.pinged) < pingCache {
@@ -176,9 +183,13 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 	if o.PartSize == 0 {
 		o.PartSize = 16 << 20
 	}
+	health := &s3Health{log: o.Logger}
+	if health.log == nil {
+		health.log = slog.Default()
+	}
 	cl, err := minio.New(o.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(o.AccessKey, o.SecretKey, ""),
-		Secure: !o.Insecure, Region: o.Region,
-		MaxRetries: 3}) // not minio's 10: an unreachable store must answer 503 in seconds
+		Secure: !o.Insecure, Region: o.Region, Transport: newS3Transport(health),
+		MaxRetries: 2}) // not minio's 10: an unreachable store must answer 503 in seconds
 	if err != nil {
 		return nil, err
 	}
@@ -191,9 +202,15 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 	if !ok {
 		return nil, fmt.Errorf("object store %s: no bucket %q (create it first)", o.Endpoint, o.Bucket)
 	}
-	b := &S3Blobs{local: local, cl: cl, o: o}
+	b := &S3Blobs{local: local, cl: cl, o: o, health: health}
 	if err := b.claim(ctx); err != nil {
 		return nil, err
+	}
+	health.probe = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err := cl.BucketExists(ctx, o.Bucket)
+		return err
 	}
 	return b, nil
 }
@@ -253,6 +270,9 @@ func (b *S3Blobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
 	if !errors.Is(err, ErrBlobUnknown) {
 		return rc, n, err
 	}
+	if err := b.health.ready(); err != nil {
+		return nil, 0, err
+	}
 	obj, err := b.cl.GetObject(context.Background(), b.o.Bucket, b.key(d), minio.GetObjectOptions{})
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
@@ -276,6 +296,9 @@ func (b *S3Blobs) Stat(d digest.Digest) (int64, error) {
 	if n, err := b.local.Stat(d); !errors.Is(err, ErrBlobUnknown) {
 		return n, err
 	}
+	if err := b.health.ready(); err != nil {
+		return 0, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
 	defer cancel()
 	info, err := b.cl.StatObject(ctx, b.o.Bucket, b.key(d), minio.StatObjectOptions{})
@@ -298,6 +321,9 @@ func (b *S3Blobs) Ingests() ([]string, error)                 { return b.local.I
 func (b *S3Blobs) Commit(id string, d digest.Digest) error {
 	path, err := b.local.ingestPath(id)
 	if err != nil {
+		return err
+	}
+	if err := b.health.ready(); err != nil {
 		return err
 	}
 	ctx := context.Background()

@@ -85,6 +85,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
+	if s3 != nil {
+		s3.Logger = log
+	}
 	index, err := sharedIndex(c.String("index"), s3 != nil, log)
 	if err != nil {
 		return serveConfig{}, err

@@ -53,6 +53,7 @@ type Proxy struct {
 	Up, Down atomic.Int64 // bytes forwarded client→target, target→client
 	Applied  atomic.Int64 // faults applied
 	freezes  atomic.Int64 // FreezeAll calls: a connection older than the latest is frozen
+	hole     atomic.Bool  // BlackHole: new connections are frozen from the start
 	wg       sync.WaitGroup
 	closed   atomic.Bool
 }
@@ -85,6 +86,18 @@ func (p *Proxy) Add(r Rule) {
 // directions, as a middlebox that lost their state does: they stay open
 // and carry nothing more. Connections made afterwards work.
 func (p *Proxy) FreezeAll() { p.freezes.Add(1) }
+
+// BlackHole(true) freezes every connection, open or made later, as a
+// server that accepts connections and never answers does; BlackHole(false)
+// lets new connections through again (the frozen ones stay frozen).
+func (p *Proxy) BlackHole(on bool) {
+	if on {
+		p.hole.Store(true)
+		p.freezes.Add(1)
+	} else {
+		p.hole.Store(false)
+	}
+}
 
 // Close stops the proxy and every connection through it.
 func (p *Proxy) Close() {
@@ -192,6 +205,9 @@ func (p *Proxy) serve(client net.Conn) {
 	}()
 	var a armed
 	gen := p.freezes.Load()
+	if p.hole.Load() {
+		gen = -1 // frozen for good
+	}
 	frozen := func() bool { return p.freezes.Load() != gen }
 	done := make(chan struct{}, 2)
 	go func() { // client → target: watch for rules
