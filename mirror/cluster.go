@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -40,25 +41,61 @@ type peers struct {
 	client *http.Client
 	mu     sync.Mutex
 	relays map[string]*httputil.ReverseProxy // by node URL
+	down   map[string]time.Time              // node URL → until when it is not asked (it hung)
+}
+
+// peerDownFor is how long a node that did not answer in time is not asked
+// for what it owns: the others go upstream themselves meanwhile.
+const peerDownFor = 15 * time.Second
+
+// hung notes that the node at target did not answer in time.
+func (p *peers) hung(target string, err error) {
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down[target] = time.Now().Add(peerDownFor)
+}
+
+// skip reports whether the node at target is not to be asked now.
+func (p *peers) skip(target string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.down[target]
+	if ok && time.Now().After(until) {
+		delete(p.down, target)
+		return false
+	}
+	return ok
 }
 
 func newPeers() *peers {
 	tr := &http.Transport{
-		Proxy:                 nil, // nodes reach each other directly
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second, // a cold fill's first bytes; also ends a loop of two nodes each taking the other for the owner
+		Proxy:               nil, // nodes reach each other directly
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// A cold fill's first bytes (the owner's own upstream request);
+		// also ends a loop of two nodes each taking the other for the
+		// owner. A node that hangs past it is skipped for peerDownFor.
+		ResponseHeaderTimeout: 10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
-	return &peers{client: &http.Client{Transport: tr}, relays: map[string]*httputil.ReverseProxy{}}
+	return &peers{client: &http.Client{Transport: tr}, relays: map[string]*httputil.ReverseProxy{}, down: map[string]time.Time{}}
 }
 
 // clustered reports whether this registry is a node of a cluster.
 func (reg *Registry) clustered() bool { return reg.store.Shared() && reg.store.NodeID() != "" }
 
-// fromPeer reports a request another node sent.
+// fromPeer reports a request that says another node sent it: enough not
+// to relay it again, never enough to trust it (provenPeer).
 func fromPeer(r *http.Request) bool { return r.Header.Get(peerHeader) != "" }
+
+// provenPeer reports a request another node sent, with a valid node
+// token: it is served where it lands (the node owns the download).
+func provenPeer(r *http.Request) bool { return fromPeer(r) && callerOf(r).node != "" }
 
 // relayUpload sends a request for an upload session that another node
 // holds to that node; handled is false when the session is this node's.
@@ -150,7 +187,7 @@ func (p *puller) peerSource(t policy.Target, d digest.Digest, up cache.BlobSourc
 		mu.Unlock()
 		if !tried {
 			members := p.store.Members()
-			if owner, target := BlobOwner(members, d); owner != "" && owner != p.store.NodeID() {
+			if owner, target := BlobOwner(members, d); owner != "" && owner != p.store.NodeID() && !p.reg.peers.skip(target) {
 				rc, size, err := p.reg.peerBlob(ctx, target, t, d, offset)
 				if err == nil {
 					mu.Lock()
@@ -196,6 +233,7 @@ func (reg *Registry) peerBlob(ctx context.Context, target string, t policy.Targe
 	}
 	resp, err := reg.peers.client.Do(req)
 	if err != nil {
+		reg.peers.hung(target, err)
 		return nil, 0, err
 	}
 	switch {
@@ -232,7 +270,7 @@ func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (
 		return nil, false, nil
 	}
 	owner, target := ManifestOwner(p.store.Members(), t.Local, ref.String())
-	if owner == "" || owner == p.store.NodeID() {
+	if owner == "" || owner == p.store.NodeID() || p.reg.peers.skip(target) {
 		return nil, false, nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimSuffix(target, "/")+"/v2/"+t.Local+"/manifests/"+ref.String(), nil)
@@ -244,6 +282,7 @@ func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (
 	req.Header.Set("Authorization", "Bearer "+p.reg.tokens.issueNode(p.store.NodeID(), time.Now()))
 	resp, err := p.reg.peers.client.Do(req)
 	if err != nil {
+		p.reg.peers.hung(target, err)
 		p.reg.log.Warn("cluster: the node that owns a manifest did not answer; asking upstream", "owner", owner, "repo", t.Local, "ref", ref.String(), "err", err)
 		return nil, false, nil
 	}

@@ -102,7 +102,10 @@ func (reg *Registry) dispatch(x *exchange) error {
 			return err
 		}
 	}
-	if fromPeer(r) && reg.clustered() {
+	if reg.clustered() && provenPeer(r) {
+		// Served where it lands, never sent on to an owner: only for a
+		// node that proved it is one (a header alone would let any client
+		// make every node download a cold blob upstream itself).
 		r = r.WithContext(context.WithValue(r.Context(), peerKey{}, true))
 	}
 	h := reg.handler(rt.kind, r.Method, q.mirrored)
@@ -145,7 +148,7 @@ func (reg *Registry) finish(x *exchange) {
 	if err != nil && errors.Is(err, cache.ErrStorageFull) && reg.opts.OnStorageFull != nil {
 		reg.opts.OnStorageFull()
 	}
-	if x.kind == routeManifest && r.Method == http.MethodGet && status == http.StatusOK && x.repo != "" && !fromPeer(r) {
+	if x.kind == routeManifest && r.Method == http.MethodGet && status == http.StatusOK && x.repo != "" && !provenPeer(r) {
 		reg.store.NotePull(x.repo, x.ref) // an atomic add; flushed with the access times
 	}
 	if m := reg.opts.Metrics; m != nil {

@@ -33,7 +33,7 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 		return err
 	}
 	src := p.source(q.target, q.digest)
-	if fromPeer(r) {
+	if isPeer(r.Context()) {
 		src = p.upstreamSource(q.target, q.digest) // this node owns the download
 	}
 	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, src)

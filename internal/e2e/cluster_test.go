@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -295,6 +296,78 @@ func TestClusterColdPulls(t *testing.T) {
 		}
 		t.Errorf("revalidating an expired tag from 3 nodes: %d HEADs and %d GETs upstream, want 1 and 0\n%s", heads, gets, logs.String())
 	}
+
+	// Clients that send the peer header without a node token are clients:
+	// a cold blob asked of every node at once is still downloaded once for
+	// the cluster (believed, the header made each node fetch it itself).
+	spoof := hub.Push("library/spoof", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 3 << 20, Seed: 33})
+	spoofed := spoof.Layers["linux/amd64"][0]
+	errs = make(chan error, 3)
+	for _, w := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, w.url("/v2/library/spoof/blobs/"+spoofed.String()), nil)
+			req.Header.Set("X-Wharf-Peer", "not-a-node")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			if got, err := digest.FromReader(resp.Body); resp.StatusCode != http.StatusOK || err != nil || got != spoofed {
+				errs <- fmt.Errorf("spoofed peer GET on %s: %s %v", w.addr, resp.Status, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := hub.Count("GET blob " + spoofed.String()); n != 1 {
+		t.Errorf("a cold blob asked of 3 nodes with a spoofed peer header: %d GETs upstream, want 1", n)
+	}
+
+	// A frozen owner (SIGSTOP: it accepts connections, answers nothing)
+	// costs the first blob it owns a bounded wait, and is then skipped.
+	frozen := hub.Push("library/frozen", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 8, LayerSize: 64 << 10, Seed: 34})
+	members := c.members(t)
+	byOwner := map[string][]digest.Digest{}
+	for _, d := range frozen.Layers["linux/amd64"] {
+		id, _ := mirror.BlobOwner(members, d)
+		byOwner[id] = append(byOwner[id], d)
+	}
+	var stopped, asker *wharfProc
+	for _, w := range c.nodes {
+		id, _ := os.ReadFile(filepath.Join(w.data, "node-id"))
+		if owned := byOwner[strings.TrimSpace(string(id))]; len(owned) >= 2 && stopped == nil {
+			stopped = w
+		} else if asker == nil {
+			asker = w
+		}
+	}
+	if stopped == nil || asker == nil {
+		t.Fatalf("no node owns two of 8 layers: %v", byOwner)
+	}
+	stoppedID, _ := os.ReadFile(filepath.Join(stopped.data, "node-id"))
+	owned := byOwner[strings.TrimSpace(string(stoppedID))]
+	stopped.cmd.Process.Signal(syscall.SIGSTOP)
+	for i, d := range owned[:2] {
+		start := time.Now()
+		got, err := blobDigest(http.DefaultClient, asker, "library/frozen", d)
+		took := time.Since(start)
+		if err != nil || got != d {
+			stopped.cmd.Process.Signal(syscall.SIGCONT)
+			t.Fatalf("blob %d owned by a frozen node: %s %v", i, got, err)
+		}
+		if i == 0 && took > 15*time.Second || i == 1 && took > 3*time.Second {
+			stopped.cmd.Process.Signal(syscall.SIGCONT)
+			t.Fatalf("blob %d owned by a frozen node took %s", i, took)
+		}
+		t.Logf("blob %d owned by a frozen node: %s", i, took.Round(time.Millisecond))
+	}
+	stopped.cmd.Process.Signal(syscall.SIGCONT)
 
 	// The owner of a slow layer dies mid-download.
 	big := hub.Push("library/big", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 24 << 20, Seed: 32})
