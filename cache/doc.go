@@ -36,6 +36,8 @@
 //	    │                                    ref "": of the repository
 //	    ├── h/<kind>\x00<time>\x00<node>     the console's history: one traffic
 //	    │                                    point a minute (25 h), GC runs (30 d)
+//	    ├── x/<id>                           a credential revoked before its
+//	    │                                    expiry (console sign-out) → expiry
 //	    └── s/alive, s/provenance            write probe; origins recorded (v1)
 //
 // A link's value is the blob size, when it was made and the origin of the

@@ -45,12 +45,24 @@ type consoleSession struct {
 	Nonce string `json:"n"`
 }
 
-// sessions signs session cookies and remembers those signed out.
+// sessions signs session cookies and remembers those signed out: in
+// memory, and in the index (so that a sign-out outlives a restart and
+// reaches every node of a cluster).
 type sessions struct {
 	key     [32]byte
 	mu      sync.Mutex
 	revoked map[string]time.Time // nonce → expiry
+	// store records and looks up sign-outs in the index; nil: memory only.
+	store interface {
+		Revoke(id string, until time.Time) error
+		Revoked(id string) (bool, error)
+	}
+	log *slog.Logger
 }
+
+// revokedPrefix names console sessions among the index's revocations.
+const revokedPrefix = "console-session/"
+
 
 func newSessions(t *tokens) *sessions {
 	s := &sessions{revoked: map[string]time.Time{}}
@@ -84,21 +96,43 @@ func (s *sessions) check(cookie string, now time.Time) (consoleSession, bool) {
 		return sess, false
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	_, gone := s.revoked[sess.Nonce]
-	return sess, !gone
+	s.mu.Unlock()
+	if gone || sess.User == "" || s.store == nil {
+		return sess, !gone
+	}
+	// Signed out on another node, or before a restart? An index that
+	// cannot answer does not sign everyone out (the console is how an
+	// operator looks at an outage); a sign-out on this node is in memory.
+	revoked, err := s.store.Revoked(revokedPrefix + sess.Nonce)
+	if err != nil {
+		s.log.Warn("console: looking up sign-outs in the index", "err", err)
+		return sess, true
+	}
+	if revoked {
+		s.mu.Lock()
+		s.revoked[sess.Nonce] = time.Unix(sess.Exp, 0)
+		s.mu.Unlock()
+	}
+	return sess, !revoked
 }
 
-// revoke ends a session (sign-out) on this node; expired entries go.
+// revoke ends a session (sign-out), here at once and through the index
+// everywhere; expired entries go.
 func (s *sessions) revoke(sess consoleSession, now time.Time) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for n, exp := range s.revoked {
 		if now.After(exp) {
 			delete(s.revoked, n)
 		}
 	}
 	s.revoked[sess.Nonce] = time.Unix(sess.Exp, 0)
+	s.mu.Unlock()
+	if s.store != nil {
+		if err := s.store.Revoke(revokedPrefix+sess.Nonce, time.Unix(sess.Exp, 0)); err != nil {
+			s.log.Warn("console: recording a sign-out in the index (it holds on this node until a restart)", "user", sess.User, "err", err)
+		}
+	}
 }
 
 // viewer is who looks at a console page.

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
 )
 
 // browser is an HTTP client with a cookie jar that does not follow
@@ -573,5 +574,46 @@ func TestConsoleEvict(t *testing.T) {
 	_, page = pb.get("/repositories/team/app?action=delete&ref=v1")
 	if resp, _ := pb.post("/repositories/team/app", url.Values{"csrf": {pb.csrf(page)}, "action": {"delete"}, "ref": {"v1"}}); resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Fatalf("a delete without --allow-delete: %s", resp.Status)
+	}
+}
+
+// TestSignOutSurvivesRestart: a session signed out on one server is
+// refused by another over the same index with the same key (a restart,
+// or another node of a cluster), while a session not signed out is still
+// good there.
+func TestSignOutSurvivesRestart(t *testing.T) {
+	users, err := policy.ParseHtpasswd(strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	users.Set("root", "root-pw")
+	pol, err := policy.New(users.Len(), policy.Config{Rules: []policy.Rule{
+		{Repos: []string{"**"}, Who: []string{"root"}, Actions: []policy.Action{policy.Pull, policy.Push, policy.Delete, policy.Admin}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{Users: users, Policy: pol, Secret: "a key the nodes share", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	first := newTestRegistry(t, opts)
+	b := newBrowser(t, first.srv)
+	out := sessionOf(b.signIn("root", "root-pw"))
+	kept := sessionOf(newBrowser(t, first.srv).signIn("root", "root-pw"))
+	if out == nil || kept == nil {
+		t.Fatal("no session cookies")
+	}
+	_, page := b.get("/")
+	if resp, _ := b.post("/signout", url.Values{"csrf": {b.csrf(page)}}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-out: %s", resp.Status)
+	}
+	second := httptest.NewServer(New(first.store, opts))
+	defer second.Close()
+	for _, tc := range []struct {
+		ck   *http.Cookie
+		want int
+	}{{out, http.StatusSeeOther}, {kept, http.StatusOK}} {
+		req, _ := http.NewRequest("GET", second.URL+"/gc", nil)
+		req.AddCookie(tc.ck)
+		if resp, _ := newBrowser(t, second).send(req); resp.StatusCode != tc.want {
+			t.Errorf("after a restart, the session %s: %s, want %d", map[bool]string{true: "signed out", false: "kept"}[tc.ck == out], resp.Status, tc.want)
+		}
 	}
 }

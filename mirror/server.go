@@ -132,6 +132,10 @@ func New(store *cache.Store, opts Options) *Registry {
 		uploads:     &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}},
 		manifestMem: semaphore.NewWeighted(manifestMemory), logLimit: logLimiter{every: time.Minute}}
 	reg.sessions = newSessions(reg.tokens)
+	if store != nil {
+		reg.sessions.store = store
+	}
+	reg.sessions.log = opts.Logger
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {
 		reg.pull = newPuller(reg)
