@@ -63,7 +63,6 @@ type sessions struct {
 // revokedPrefix names console sessions among the index's revocations.
 const revokedPrefix = "console-session/"
 
-
 func newSessions(t *tokens) *sessions {
 	s := &sessions{revoked: map[string]time.Time{}}
 	s.key = sha256.Sum256(append([]byte("wharf console session\x00"), t.key[:]...)) // never valid as a bearer token
