@@ -185,6 +185,17 @@ func (reg *Registry) auditAs(r *http.Request, user, event string, attrs ...slog.
 		e.Attrs[a.Key] = a.Value.String()
 	}
 	reg.book.noteAudit(e)
+	if event == "login" && e.Attrs["ok"] == "false" {
+		// A guesser's flood: one line per client address and minute in
+		// the log (the audit page keeps every event).
+		ok, held := reg.logLimit.allow("login-failed\x00"+e.Attrs["reason"]+"\x00"+clientIP(r), time.Now())
+		if !ok {
+			return
+		}
+		if held > 0 {
+			attrs = append(attrs, slog.Int("repeated", held))
+		}
+	}
 	attrs = append([]slog.Attr{slog.String("event", event), slog.String("user", user), slog.String("client", r.RemoteAddr)}, attrs...)
 	reg.log.LogAttrs(r.Context(), slog.LevelInfo, "audit", attrs...)
 }

@@ -189,6 +189,18 @@ func (reg *Registry) finish(x *exchange) {
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
+	if status == http.StatusUnauthorized || status == http.StatusTooManyRequests {
+		// Refused sign-ins and throttled clients come in floods (a
+		// password guesser): one line per client address and minute,
+		// with the count of those held back.
+		ok, held := reg.logLimit.allow("request\x00"+strconv.Itoa(status)+"\x00"+clientIP(r), time.Now())
+		if !ok {
+			return
+		}
+		if held > 0 {
+			attrs = append(attrs, slog.Int("repeated", held))
+		}
+	}
 	reg.log.LogAttrs(r.Context(), level, "request", attrs...)
 }
 

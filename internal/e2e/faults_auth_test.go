@@ -216,6 +216,18 @@ func TestDeletedUserAndGuessers(t *testing.T) {
 	if !strings.Contains(w.log.String(), "throttled after failed sign-ins") {
 		t.Fatal("no audit record of throttled sign-ins")
 	}
+	// The log is not flooded: a line per kind of refusal and client
+	// address and minute, not one per guess.
+	lines := 0
+	for _, l := range strings.Split(w.log.String(), "\n") {
+		if strings.Contains(l, "event=login") && strings.Contains(l, "ok=false") || strings.Contains(l, "status=429") || strings.Contains(l, "status=401") {
+			lines++
+		}
+	}
+	if lines > 10 {
+		t.Errorf("%d log lines for %d refused sign-ins", lines, total)
+	}
+	t.Logf("%d log lines for %d refused sign-ins", lines, total)
 }
 
 // TestKill9DuringChunkedUpload: wharf is killed while a chunk streams in;
