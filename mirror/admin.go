@@ -40,8 +40,9 @@ type adminState struct {
 	released map[string][]digest.Digest // manifests deleted or untagged deliberately, not collected yet
 	refs     map[string][]digest.Digest // what deleted manifests referenced (their records are gone)
 
-	reclaimAt time.Time // when reclaim was computed (the console's overview)
-	reclaim   int64
+	reclaimAt  time.Time // when reclaim was computed (the console's overview)
+	reclaim    int64
+	reclaiming bool // a dry run for it is under way
 }
 
 // repoInfo is one repository in the API's listings.

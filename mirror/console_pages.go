@@ -183,15 +183,21 @@ func (reg *Registry) pageOverview(w http.ResponseWriter, r *http.Request, v view
 }
 
 // reclaimable is what a collection would free now (a dry run, at most
-// once every 30 s).
+// once every 30 s, and one at a time: page views meanwhile get the last
+// figure).
 func (reg *Registry) reclaimable() (int64, error) {
 	reg.admin.mu.Lock()
-	at, n := reg.admin.reclaimAt, reg.admin.reclaim
-	reg.admin.mu.Unlock()
-	if time.Since(at) < 30*time.Second {
+	at, n, busy := reg.admin.reclaimAt, reg.admin.reclaim, reg.admin.reclaiming
+	if time.Since(at) < 30*time.Second || busy && !at.IsZero() {
+		reg.admin.mu.Unlock()
 		return n, nil
 	}
+	reg.admin.reclaiming = true
+	reg.admin.mu.Unlock()
 	rep, err := reg.collect(true)
+	reg.admin.mu.Lock()
+	reg.admin.reclaiming = false
+	reg.admin.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
