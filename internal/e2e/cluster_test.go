@@ -180,6 +180,37 @@ func TestClusterPushPull(t *testing.T) {
 	if m := scrape(t, c.metrics[1]); !strings.Contains(m, "wharf_index_up 0\n") {
 		t.Errorf("wharf_index_up with etcd down:\n%s", m)
 	}
+
+	// The outage lasts 25 s, longer than the nodes' leases (10 s): once
+	// etcd is back, every node recovers by itself (it used to wedge for
+	// good), and a node still stops on SIGTERM.
+	time.Sleep(time.Until(start.Add(25 * time.Second)))
+	for _, m := range c.etcd.Members {
+		m.Restart(t)
+	}
+	c.etcd.WaitHealthy(t, 30*time.Second)
+	back := time.Now()
+	for i, w := range c.nodes {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+			_, err := pushRaw(w, fmt.Sprintf("e2e/after-outage-%d", i), "v1", []byte(fmt.Sprintf("pushed to node %d after the outage", i)))
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d after a 25 s etcd outage: %v\n%s", i, err, w.log)
+			}
+		}
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(w.url("/readyz"))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("node %d /readyz after the outage: %v %v", i, err, resp)
+		}
+		resp.Body.Close()
+	}
+	t.Logf("a 25 s etcd outage: every node pushes again %s after etcd was healthy", time.Since(back).Round(time.Millisecond))
+	stopStart := time.Now()
+	if err := c.nodes[2].stop(t); err != nil || time.Since(stopStart) > 30*time.Second {
+		t.Fatalf("SIGTERM after the outage: %v after %s", err, time.Since(stopStart))
+	}
 }
 
 func scrape(t *testing.T, addr string) string {

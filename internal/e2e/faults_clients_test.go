@@ -38,13 +38,19 @@ func dialFrom(ip, addr string, rcvbuf int) (net.Conn, error) {
 }
 
 // rssBytes is the resident set of process pid.
-func rssBytes(pid int) int64 {
+func rssBytes(pid int) int64 { return procStatusBytes(pid, "VmRSS:") }
+
+// peakRSS is the highest resident set process pid has had.
+func peakRSS(pid int) int64 { return procStatusBytes(pid, "VmHWM:") }
+
+// procStatusBytes reads a "… kB" field of /proc/<pid>/status.
+func procStatusBytes(pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb << 10
 		}
