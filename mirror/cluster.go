@@ -19,6 +19,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 // The nodes of a cluster (a store on a shared index) talk to each other
@@ -51,13 +52,20 @@ const peerDownFor = 15 * time.Second
 // hung notes that the node at target did not answer in time.
 func (p *peers) hung(target string, err error) {
 	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() {
-		return
+	if errors.As(err, &ne) && ne.Timeout() {
+		p.markDown(target)
 	}
+}
+
+func (p *peers) markDown(target string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.down[target] = time.Now().Add(peerDownFor)
 }
+
+// peerBodyIdle is how long a peer's body may deliver nothing before it is
+// given up (the fill resumes from the next source: upstream).
+const peerBodyIdle = 20 * time.Second
 
 // skip reports whether the node at target is not to be asked now.
 func (p *peers) skip(target string) bool {
@@ -236,6 +244,7 @@ func (reg *Registry) peerBlob(ctx context.Context, target string, t policy.Targe
 		reg.peers.hung(target, err)
 		return nil, 0, err
 	}
+	resp.Body = upstream.IdleBody(resp.Body, peerBodyIdle, func() { reg.peers.markDown(target) })
 	switch {
 	case resp.StatusCode == http.StatusOK && offset == 0:
 		return resp.Body, resp.ContentLength, nil

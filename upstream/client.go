@@ -782,7 +782,7 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body.Close()
 		resp.Body = io.NopCloser(errReader{errRangeIgnored})
 	}
-	resp.Body = newIdleBody(resp.Body, t.opts.BodyIdle, t.reg.stalled)
+	resp.Body = IdleBody(resp.Body, t.opts.BodyIdle, t.reg.stalled)
 	if cs, ok := req.Context().Value(callStatusKey{}).(*callStatus); ok { // the latest response decides
 		cs.noteResponse(resp, blob)
 	}
@@ -822,13 +822,22 @@ type idleBody struct {
 	stalled bool
 }
 
+// IdleBody wraps rc, a response body, so that it fails with ErrStalled
+// when it delivers nothing for idle; stalled (if not nil) is called then,
+// before rc is closed. For every remote's bodies (peers too).
+func IdleBody(rc io.ReadCloser, idle time.Duration, stalled func()) io.ReadCloser {
+	return newIdleBody(rc, idle, stalled)
+}
+
 func newIdleBody(rc io.ReadCloser, idle time.Duration, stalled func()) *idleBody {
 	b := &idleBody{rc: rc, idle: idle}
 	b.timer = time.AfterFunc(idle, func() {
 		b.mu.Lock()
 		b.stalled = true
 		b.mu.Unlock()
-		stalled()  // first: the resume must not find a frozen idle connection
+		if stalled != nil {
+			stalled() // first: the resume must not find a frozen idle connection
+		}
 		rc.Close() // a body closed before its end closes its connection
 	})
 	return b
