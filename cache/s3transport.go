@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/idle"
 )
 
 // The object store is a remote like any other: every request to it has a
@@ -114,7 +115,7 @@ func (t *s3RoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	resp.Body = newS3IdleBody(resp.Body, s3IdleTimeout, func() {
+	resp.Body = idle.Body(resp.Body, s3IdleTimeout, ErrBlobStoreUnavailable, func() {
 		t.next.CloseIdleConnections()
 		t.health.hung(fmt.Errorf("a response body sent nothing for %s", s3IdleTimeout))
 	})
@@ -137,40 +138,4 @@ type writeDeadlineConn struct {
 func (c *writeDeadlineConn) Write(p []byte) (int, error) {
 	c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
 	return c.Conn.Write(p)
-}
-
-// s3IdleBody aborts a response body that delivers nothing for idle.
-type s3IdleBody struct {
-	rc    io.ReadCloser
-	idle  time.Duration
-	timer *time.Timer
-	fired atomic.Bool
-}
-
-func newS3IdleBody(rc io.ReadCloser, idle time.Duration, stalled func()) *s3IdleBody {
-	b := &s3IdleBody{rc: rc, idle: idle}
-	b.timer = time.AfterFunc(idle, func() {
-		b.fired.Store(true)
-		stalled()
-		rc.Close()
-	})
-	return b
-}
-
-func (b *s3IdleBody) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err == io.EOF {
-		b.timer.Stop()
-	} else if n > 0 {
-		b.timer.Reset(b.idle)
-	}
-	if err != nil && err != io.EOF && b.fired.Load() {
-		err = fmt.Errorf("%w: the object store sent nothing for %s", ErrBlobStoreUnavailable, b.idle)
-	}
-	return n, err
-}
-
-func (b *s3IdleBody) Close() error {
-	b.timer.Stop()
-	return b.rc.Close()
 }

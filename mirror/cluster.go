@@ -18,8 +18,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/internal/idle"
 	"github.com/wharf-registry/wharf/policy"
-	"github.com/wharf-registry/wharf/upstream"
 )
 
 // The nodes of a cluster (a store on a shared index) talk to each other
@@ -66,6 +66,8 @@ func (p *peers) markDown(target string) {
 // peerBodyIdle is how long a peer's body may deliver nothing before it is
 // given up (the fill resumes from the next source: upstream).
 const peerBodyIdle = 20 * time.Second
+
+var errPeerStalled = errors.New("the node that owns the blob stopped sending it")
 
 // skip reports whether the node at target is not to be asked now.
 func (p *peers) skip(target string) bool {
@@ -244,7 +246,7 @@ func (reg *Registry) peerBlob(ctx context.Context, target string, t policy.Targe
 		reg.peers.hung(target, err)
 		return nil, 0, err
 	}
-	resp.Body = upstream.IdleBody(resp.Body, peerBodyIdle, func() { reg.peers.markDown(target) })
+	resp.Body = idle.Body(resp.Body, peerBodyIdle, errPeerStalled, func() { reg.peers.markDown(target) })
 	switch {
 	case resp.StatusCode == http.StatusOK && offset == 0:
 		return resp.Body, resp.ContentLength, nil

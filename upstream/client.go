@@ -26,6 +26,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/wharf-registry/wharf/internal/idle"
 )
 
 // Options configures a Client. Zero values take the defaults in brackets.
@@ -782,7 +784,7 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body.Close()
 		resp.Body = io.NopCloser(errReader{errRangeIgnored})
 	}
-	resp.Body = IdleBody(resp.Body, t.opts.BodyIdle, t.reg.stalled)
+	resp.Body = idle.Body(resp.Body, t.opts.BodyIdle, ErrStalled, t.reg.stalled)
 	if cs, ok := req.Context().Value(callStatusKey{}).(*callStatus); ok { // the latest response decides
 		cs.noteResponse(resp, blob)
 	}
@@ -809,58 +811,3 @@ func (t *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
-
-// idleBody aborts a response body that delivers nothing for idle: closing
-// it from a timer makes the blocked Read return, and the transport drops
-// the connection. Read then reports ErrStalled.
-type idleBody struct {
-	rc    io.ReadCloser
-	idle  time.Duration
-	timer *time.Timer
-
-	mu      sync.Mutex
-	stalled bool
-}
-
-// IdleBody wraps rc, a response body, so that it fails with ErrStalled
-// when it delivers nothing for idle; stalled (if not nil) is called then,
-// before rc is closed. For every remote's bodies (peers too).
-func IdleBody(rc io.ReadCloser, idle time.Duration, stalled func()) io.ReadCloser {
-	return newIdleBody(rc, idle, stalled)
-}
-
-func newIdleBody(rc io.ReadCloser, idle time.Duration, stalled func()) *idleBody {
-	b := &idleBody{rc: rc, idle: idle}
-	b.timer = time.AfterFunc(idle, func() {
-		b.mu.Lock()
-		b.stalled = true
-		b.mu.Unlock()
-		if stalled != nil {
-			stalled() // first: the resume must not find a frozen idle connection
-		}
-		rc.Close() // a body closed before its end closes its connection
-	})
-	return b
-}
-
-func (b *idleBody) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err == io.EOF {
-		b.timer.Stop()
-	} else if n > 0 {
-		b.timer.Reset(b.idle)
-	}
-	if err != nil && err != io.EOF {
-		b.mu.Lock()
-		if b.stalled {
-			err = fmt.Errorf("%w: nothing received for %s", ErrStalled, b.idle)
-		}
-		b.mu.Unlock()
-	}
-	return n, err
-}
-
-func (b *idleBody) Close() error {
-	b.timer.Stop()
-	return b.rc.Close()
-}
