@@ -61,8 +61,13 @@ func (h *s3Health) hung(cause error) {
 	h.down.Store(true)
 	h.log.Warn("object store not answering: requests that need it fail at once until it does", "err", cause)
 	go func() {
-		for {
-			time.Sleep(s3ProbeEvery)
+		// The first probe goes at once: a request that timed out because
+		// this process was paused (a VM migrated, SIGSTOP) finds the store
+		// answering within a round trip.
+		for first := true; ; first = false {
+			if !first {
+				time.Sleep(s3ProbeEvery)
+			}
 			if err := h.probe(); err == nil {
 				h.mu.Lock()
 				h.probing = false

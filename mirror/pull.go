@@ -187,6 +187,17 @@ func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string, c
 		return upstream.Descriptor{}, err
 	}
 	ch := p.manifests.DoChan("HEAD "+t.Local+":"+tag, func() (any, error) {
+		// A client that found the tag stale just before another flight
+		// renewed it starts this one after that flight ended: the tag is
+		// fresh now, and upstream is not asked twice.
+		if d, checked, err := p.store.TagInfo(t.Local, tag); err == nil && d == cached {
+			if at, ok := p.checked.get(t.Local, tag, d); ok && at.After(checked) {
+				checked = at
+			}
+			if time.Since(checked) < p.opts.TagTTL {
+				return upstream.Descriptor{Digest: cached}, nil
+			}
+		}
 		hctx, cancel := context.WithTimeout(p.bg, time.Minute)
 		defer cancel()
 		start := time.Now()

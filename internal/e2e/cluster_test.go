@@ -399,6 +399,23 @@ func TestClusterColdPulls(t *testing.T) {
 		t.Logf("blob %d owned by a frozen node: %s", i, took.Round(time.Millisecond))
 	}
 	stopped.cmd.Process.Signal(syscall.SIGCONT)
+	// Its lease may have run out while it was stopped: the section below
+	// computes owners over all three nodes, so wait until every node sees
+	// all three again.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		all := true
+		for _, m := range c.metrics {
+			if !strings.Contains(scrape(t, m), "wharf_cluster_members 3\n") {
+				all = false
+			}
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node stopped with SIGSTOP did not rejoin within 30 s")
+		}
+	}
 
 	// The owner of a slow layer dies mid-download.
 	big := hub.Push("library/big", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 24 << 20, Seed: 32})
