@@ -126,7 +126,7 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 		}
 		return p.fetchManifest(ctx, t, ref, upstream.Descriptor{Digest: ref.digest})
 	}
-	d, checked, err := p.store.TagInfo(t.Local, ref.tag)
+	d, checked, err := p.tagInfo(t.Local, ref.tag)
 	if errors.Is(err, cache.ErrManifestUnknown) {
 		if p.opts.Offline {
 			return nil, err
@@ -137,9 +137,6 @@ func (p *puller) lookup(ctx context.Context, t policy.Target, ref reference) (*c
 		return p.fetchManifest(ctx, t, ref, upstream.Descriptor{})
 	} else if err != nil {
 		return nil, err
-	}
-	if at, ok := p.checked.get(t.Local, ref.tag, d); ok && at.After(checked) {
-		checked = at
 	}
 	if p.opts.Offline || time.Since(checked) < p.opts.TagTTL {
 		p.opts.Metrics.cache("manifest", "hit")
@@ -190,13 +187,8 @@ func (p *puller) resolveOnce(ctx context.Context, t policy.Target, tag string, c
 		// A client that found the tag stale just before another flight
 		// renewed it starts this one after that flight ended: the tag is
 		// fresh now, and upstream is not asked twice.
-		if d, checked, err := p.store.TagInfo(t.Local, tag); err == nil && d == cached {
-			if at, ok := p.checked.get(t.Local, tag, d); ok && at.After(checked) {
-				checked = at
-			}
-			if time.Since(checked) < p.opts.TagTTL {
-				return upstream.Descriptor{Digest: cached}, nil
-			}
+		if d, checked, err := p.tagInfo(t.Local, tag); err == nil && d == cached && time.Since(checked) < p.opts.TagTTL {
+			return upstream.Descriptor{Digest: cached}, nil
 		}
 		hctx, cancel := context.WithTimeout(p.bg, time.Minute)
 		defer cancel()
@@ -293,6 +285,18 @@ func (p *puller) fetchManifestFlight(t policy.Target, ref reference, desc upstre
 		p.prefetchPlatforms(t, m.MediaType, body)
 	}
 	return m, nil
+}
+
+// tagInfo is the store's TagInfo, with a check time kept in memory when
+// the store could not record it (checkedTags) when that is later.
+func (p *puller) tagInfo(repo, tag string) (digest.Digest, time.Time, error) {
+	d, checked, err := p.store.TagInfo(repo, tag)
+	if err == nil {
+		if at, ok := p.checked.get(repo, tag, d); ok && at.After(checked) {
+			checked = at
+		}
+	}
+	return d, checked, err
 }
 
 // cannotWrite reports a write the store refused for want of room or of
