@@ -31,9 +31,8 @@ const (
 
 // s3Health is the object store's: down after a request hung.
 type s3Health struct {
-	down    atomic.Bool
+	down    atomic.Bool // set and cleared under mu; a probe runs while set
 	mu      sync.Mutex
-	probing bool
 	lastErr string
 	log     *slog.Logger
 	probe   func() error // one request to the store, bounded
@@ -54,10 +53,9 @@ func (h *s3Health) hung(cause error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastErr = cause.Error()
-	if h.probing || h.probe == nil {
+	if h.down.Load() || h.probe == nil {
 		return
 	}
-	h.probing = true
 	h.down.Store(true)
 	h.log.Warn("object store not answering: requests that need it fail at once until it does", "err", cause)
 	go func() {
@@ -70,7 +68,6 @@ func (h *s3Health) hung(cause error) {
 			}
 			if err := h.probe(); err == nil {
 				h.mu.Lock()
-				h.probing = false
 				h.down.Store(false)
 				h.mu.Unlock()
 				h.log.Info("object store answers again")
