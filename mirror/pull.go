@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/platforms"
@@ -309,6 +310,7 @@ func cannotWrite(err error) bool {
 // checkedTags remembers, in memory, when mirrored tags were last
 // revalidated while the store could not record it: tag → (digest, time).
 type checkedTags struct {
+	n  atomic.Int64 // entries: with none (a disk with room), get takes no lock
 	mu sync.Mutex
 	m  map[string]checkedTag
 }
@@ -323,6 +325,9 @@ type checkedTag struct {
 const checkedMax = 100000
 
 func (c *checkedTags) get(repo, tag string, d digest.Digest) (time.Time, bool) {
+	if c.n.Load() == 0 {
+		return time.Time{}, false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[repo+"\x00"+tag]
@@ -336,10 +341,12 @@ func (c *checkedTags) set(repo, tag string, d digest.Digest, at time.Time) {
 		c.m = map[string]checkedTag{}
 	}
 	c.m[repo+"\x00"+tag] = checkedTag{d: d, at: at}
+	c.n.Store(int64(len(c.m)))
 }
 
 func (c *checkedTags) drop(repo, tag string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, repo+"\x00"+tag)
+	c.n.Store(int64(len(c.m)))
 }
