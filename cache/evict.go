@@ -102,7 +102,7 @@ type EvictOptions struct {
 
 // EvictReport says what an eviction pass did.
 type EvictReport struct {
-	Tags        []string // "repo:tag" evicted, least recently used first
+	Tags        []string // "repo:tag" (or "repo@digest", a pull by digest) evicted, least recently used first
 	Freed       int64    // net bytes the store shrank by (never negative)
 	Before, Now int64
 	// NotFreed is the Free asked for and not pursued: more than the whole
@@ -178,6 +178,14 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 		gc := o.GC
 		gc.Released = map[string][]digest.Digest{}
 		for _, e := range batch {
+			if e.tag == e.digest.String() { // a pull by digest (pins.go)
+				if err := s.forgetUse(e.repo, e.tag); err != nil {
+					return err
+				}
+				rep.Tags = append(rep.Tags, e.repo+"@"+e.tag)
+				gc.Released[e.repo] = append(gc.Released[e.repo], e.digest)
+				continue
+			}
 			if err := s.DeleteManifest(e.repo, e.tag); err != nil && !errors.Is(err, ErrManifestUnknown) {
 				return err
 			}
@@ -209,7 +217,8 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 
 // mirroredTags lists the tags the mirror wrote, in repositories not pushed
 // to, by last use: the latest of their recorded access and their last check
-// upstream.
+// upstream; and the mirrored manifests pulled by digest, by their last use
+// (pins.go).
 func (s *Store) mirroredTags() ([]lruEntry, error) {
 	var out []lruEntry
 	err := s.idx.View(func(txn Txn) error {
@@ -241,7 +250,9 @@ func (s *Store) mirroredTags() ([]lruEntry, error) {
 			}
 			out = append(out, e)
 		}
-		return nil
+		pins, err := s.digestUses(txn, used)
+		out = append(out, pins...)
+		return err
 	})
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].used.Equal(out[j].used) {

@@ -84,6 +84,7 @@ type snapshot struct {
 	manifests map[string]map[digest.Digest]*Manifest       // repo → manifests
 	links     map[string]map[digest.Digest]time.Time       // repo → blob → linked at
 	referrers map[string]map[digest.Digest][]digest.Digest // repo → subject → referrers
+	used      map[string]map[digest.Digest]time.Time       // repo → manifest → last pulled by digest (pins.go)
 }
 
 func splitRepoKey(k []byte, prefix string) (repo, rest string) {
@@ -94,7 +95,8 @@ func splitRepoKey(k []byte, prefix string) (repo, rest string) {
 
 func (s *Store) snapshot(pace *pacer) (*snapshot, error) {
 	sn := &snapshot{tags: map[string][]digest.Digest{}, manifests: map[string]map[digest.Digest]*Manifest{},
-		links: map[string]map[digest.Digest]time.Time{}, referrers: map[string]map[digest.Digest][]digest.Digest{}}
+		links: map[string]map[digest.Digest]time.Time{}, referrers: map[string]map[digest.Digest][]digest.Digest{},
+		used: map[string]map[digest.Digest]time.Time{}}
 	err := s.idx.View(func(txn Txn) error {
 		scan := func(prefix string, fn func(k, v []byte) error) error {
 			return txn.Scan([]byte(prefix), nil, false, func(k, v []byte) error {
@@ -132,6 +134,9 @@ func (s *Store) snapshot(pace *pacer) (*snapshot, error) {
 			sn.links[repo][digest.Digest(d)] = linkTime(v)
 			return nil
 		}); err != nil {
+			return err
+		}
+		if err := sn.scanUses(txn, pace); err != nil {
 			return err
 		}
 		return scan("r/", func(k, v []byte) error {
@@ -181,13 +186,25 @@ func (sn *snapshot) reach(repo string, queue []digest.Digest) (map[digest.Digest
 }
 
 // kept marks, in one repository, the manifests reachable from its tags
-// (through index entries and referrers) or younger than the grace period
-// (freshM), and the blobs those manifests reference.
-func (sn *snapshot) kept(repo string, freshM func(digest.Digest, time.Time) bool) (map[digest.Digest]bool, map[digest.Digest]bool) {
+// (through index entries and referrers), from its pins (mirrored content
+// pulled by digest, pins.go) or younger than the grace period (freshM; a
+// platform manifest's age is that of its last pull by digest), and the
+// blobs those manifests reference.
+func (sn *snapshot) kept(repo string, mirrored bool, freshM func(digest.Digest, time.Time) bool) (map[digest.Digest]bool, map[digest.Digest]bool) {
 	var queue []digest.Digest
 	queue = append(queue, sn.tags[repo]...)
+	var childUse map[digest.Digest]time.Time
+	if mirrored {
+		var pinned []digest.Digest
+		pinned, childUse = sn.pins(repo)
+		queue = append(queue, pinned...)
+	}
 	for d, m := range sn.manifests[repo] {
-		if freshM(d, m.Pushed) {
+		at := m.Pushed
+		if u := childUse[d]; u.After(at) {
+			at = u
+		}
+		if freshM(d, at) {
 			queue = append(queue, d)
 		}
 	}
@@ -210,6 +227,10 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 		return GCReport{}, err
 	}
 	defer release()
+	// Uses by digest still in memory are roots too (pins.go).
+	if err := s.FlushAccess(); err != nil && !errors.Is(err, ErrStorageFull) {
+		return GCReport{}, err
+	}
 	return s.gc(o)
 }
 
@@ -242,7 +263,8 @@ func (s *Store) gc(o GCOptions) (GCReport, error) {
 	planned := map[string]bool{} // keys a dry run would have deleted
 	for repo := range repos {
 		fresh := freshFor(o.Grace)
-		if origin, _ := s.Origin(repo); o.MirroredGrace > 0 && origin.Mirrored() {
+		origin, _ := s.Origin(repo)
+		if o.MirroredGrace > 0 && origin.Mirrored() {
 			fresh = freshFor(o.MirroredGrace)
 		}
 		relM, relB := sn.released(repo, o.Released[repo])
@@ -256,7 +278,7 @@ func (s *Store) gc(o GCOptions) (GCReport, error) {
 		}
 		freshM := func(d digest.Digest, t time.Time) bool { return !relM[d] && fresh(t) }
 		freshL := func(d digest.Digest, t time.Time) bool { return !relB[d] && fresh(t) }
-		mans, blobs := sn.kept(repo, freshM)
+		mans, blobs := sn.kept(repo, origin.Mirrored(), freshM)
 		for d, m := range sn.manifests[repo] {
 			pace.step()
 			if mans[d] {
@@ -354,6 +376,9 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(d
 			}
 		}
 		dropped = true
+		if err := txn.Delete(accessKey(cacheKey(repo, d.String()))); err != nil {
+			return err
+		}
 		return txn.Delete(manifestKey(repo, d))
 	})
 	if err == nil && dropped {

@@ -1,0 +1,108 @@
+package cache
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Content in use is kept. A mirrored manifest pulled by digest (a
+// Kubernetes pod spec, a Helm chart, a FROM x@sha256: pin) is named by no
+// tag, yet it is as much in use as a tagged one. The puller's Touch of the
+// digest is flushed as an access record ("a/repo\x00sha256:…", the same
+// record a tag's use writes: no extra index write per request), and a
+// collection reads it back:
+//   - a manifest pulled by digest that no other manifest of its repository
+//     references (an image or an index pinned by digest) is pinned: a root
+//     of the collection exactly like a tag, until eviction takes its use
+//     (least recently used first, under the quota or past --retention);
+//   - a manifest that another one references (a platform manifest of an
+//     index, fetched by digest as every client does) is spared while its
+//     last use is within the grace, as if it were new: it stays while its
+//     index is kept, and when the index goes (a tag moved upstream, an
+//     eviction) it follows once unused for the grace, instead of being
+//     pinned forever by the pull that went through the index.
+
+// scanUses reads the digest uses of the index into sn.used.
+func (sn *snapshot) scanUses(txn Txn, pace *pacer) error {
+	prefix := accessKey("")
+	return txn.Scan(prefix, nil, false, func(k, v []byte) error {
+		pace.step()
+		repo, ref, ok := strings.Cut(string(k[len(prefix):]), "\x00")
+		if !ok || len(v) != 8 || !strings.Contains(ref, ":") {
+			return nil // a tag's use: the tag is the root
+		}
+		d, err := digest.Parse(ref)
+		if err != nil {
+			return nil
+		}
+		if sn.used[repo] == nil {
+			sn.used[repo] = map[digest.Digest]time.Time{}
+		}
+		sn.used[repo][d] = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		return nil
+	})
+}
+
+// pins returns the manifests of repo pinned by a pull by digest, and when
+// each manifest that another one references was last used by digest.
+func (sn *snapshot) pins(repo string) (pinned []digest.Digest, childUse map[digest.Digest]time.Time) {
+	used := sn.used[repo]
+	if len(used) == 0 {
+		return nil, nil
+	}
+	child := map[digest.Digest]bool{}
+	for _, m := range sn.manifests[repo] {
+		for _, r := range m.Refs {
+			if _, ok := sn.manifests[repo][r]; ok {
+				child[r] = true
+			}
+		}
+	}
+	childUse = map[digest.Digest]time.Time{}
+	for d, at := range used {
+		if _, ok := sn.manifests[repo][d]; !ok {
+			continue
+		}
+		if child[d] {
+			childUse[d] = at
+		} else {
+			pinned = append(pinned, d)
+		}
+	}
+	return pinned, childUse
+}
+
+// digestUses lists, for eviction, the mirrored manifests that were pulled
+// by digest, by their last use (lruEntry.tag is the digest). uses maps
+// repo\x00ref to its last use, as mirroredTags read it.
+func (s *Store) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, error) {
+	var out []lruEntry
+	for k, at := range uses {
+		repo, ref, _ := strings.Cut(k, "\x00")
+		d, err := digest.Parse(ref)
+		if err != nil {
+			continue
+		}
+		if o, _ := s.Origin(repo); !o.Mirrored() {
+			continue
+		}
+		if _, err := txn.Get(manifestKey(repo, d)); err != nil {
+			if errors.Is(err, errNotFound) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, lruEntry{repo: repo, tag: ref, digest: d, used: at})
+	}
+	return out, nil
+}
+
+// forgetUse drops the access record of ref of repo: eviction of a pull by
+// digest. A use after it records it again.
+func (s *Store) forgetUse(repo, ref string) error {
+	return s.release(func(txn Txn) error { return txn.Delete(accessKey(cacheKey(repo, ref))) })
+}
