@@ -3,13 +3,15 @@ package cache
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 )
 
 // Tags lists repo's tags in lexical order after last, at most n of them (n <
-// 0: all). more reports whether tags were left out. A repository without any
-// manifest gives ErrNameUnknown.
+// 0: all). more reports whether tags were left out. A repository that never
+// held anything gives ErrNameUnknown; one emptied by deletes lists no tags
+// (as CNCF Distribution does: cleanup scripts list before and after).
 func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool, err error) {
 	tags = []string{}
 	err = s.idx.View(func(txn Txn) error {
@@ -33,7 +35,7 @@ func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool,
 		}); err != nil {
 			return err
 		}
-		if !known {
+		if _, written := s.Origin(repo); !known && !written {
 			return ErrNameUnknown
 		}
 		return nil
@@ -85,4 +87,50 @@ func (s *Store) Referrers(repo string, d digest.Digest, artifactType string) ([]
 		})
 	})
 	return out, err
+}
+
+// ReferencedBlob reports whether a manifest repo holds references blob d
+// (as config, layer or any descriptor that is not a manifest), with the
+// size that descriptor gives. It reads the manifests of repo that name d.
+func (s *Store) ReferencedBlob(repo string, d digest.Digest) (size int64, ok bool, err error) {
+	var naming []digest.Digest
+	prefix := []byte("m/" + repo + "\x00")
+	err = s.idx.View(func(txn Txn) error {
+		return txn.Scan(prefix, nil, false, func(k, v []byte) error {
+			var m Manifest
+			if err := json.Unmarshal(v, &m); err != nil {
+				return nil
+			}
+			if !IsIndex(m.MediaType) && slices.Contains(m.Refs, d) {
+				naming = append(naming, digest.Digest(k[len(prefix):]))
+				if len(naming) == 4 {
+					return errStopScan
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	for _, md := range naming {
+		m, err := s.GetManifest(repo, md.String())
+		if err != nil {
+			continue
+		}
+		var doc manifestDoc
+		if json.Unmarshal(m.Body, &doc) != nil {
+			continue
+		}
+		descs := doc.Layers
+		if doc.Config != nil {
+			descs = append(descs, *doc.Config)
+		}
+		for _, desc := range descs {
+			if desc.Digest == d && desc.Size >= 0 {
+				return desc.Size, true, nil
+			}
+		}
+	}
+	return 0, false, nil
 }

@@ -1,7 +1,9 @@
 package cache
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"strings"
 	"time"
@@ -76,11 +78,13 @@ func (sn *snapshot) pins(repo string) (pinned []digest.Digest, childUse map[dige
 	return pinned, childUse
 }
 
-// digestUses lists, for eviction, the mirrored manifests that were pulled
+// digestUses lists, for eviction, the mirrored manifests pinned by a pull
 // by digest, by their last use (lruEntry.tag is the digest). uses maps
-// repo\x00ref to its last use, as mirroredTags read it.
+// repo\x00ref to its last use, as mirroredTags read it. Platform
+// manifests of an index are not pinned (pins above): their index is.
 func (s *Store) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, error) {
 	var out []lruEntry
+	children := map[string]map[digest.Digest]bool{} // by repo, read once each
 	for k, at := range uses {
 		repo, ref, _ := strings.Cut(k, "\x00")
 		d, err := digest.Parse(ref)
@@ -88,6 +92,14 @@ func (s *Store) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, erro
 			continue
 		}
 		if o, _ := s.Origin(repo); !o.Mirrored() {
+			continue
+		}
+		if children[repo] == nil {
+			if children[repo], err = childManifests(txn, repo); err != nil {
+				return nil, err
+			}
+		}
+		if children[repo][d] {
 			continue
 		}
 		if _, err := txn.Get(manifestKey(repo, d)); err != nil {
@@ -104,5 +116,70 @@ func (s *Store) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, erro
 // forgetUse drops the access record of ref of repo: eviction of a pull by
 // digest. A use after it records it again.
 func (s *Store) forgetUse(repo, ref string) error {
-	return s.release(func(txn Txn) error { return txn.Delete(accessKey(cacheKey(repo, ref))) })
+	key := cacheKey(repo, ref)
+	if v, ok := s.touches.Load(key); ok {
+		if t := v.(*touch); t.at.Load() == t.flushed.Load() {
+			s.touches.CompareAndDelete(key, v) // else used since: the flush records it again
+		}
+	}
+	return s.release(func(txn Txn) error { return txn.Delete(accessKey(key)) })
+}
+
+// ForgetUses drops the records of every pull by digest of repo (an
+// operator's eviction of the whole repository) and returns the digests
+// they named, for the collection to release.
+func (s *Store) ForgetUses(repo string) ([]digest.Digest, error) {
+	prefix := accessKey(cacheKey(repo, ""))
+	var keys [][]byte
+	var ds []digest.Digest
+	s.touches.Range(func(k, _ any) bool { // uses not flushed yet
+		if r, ref, _ := strings.Cut(k.(string), "\x00"); r == repo && strings.Contains(ref, ":") {
+			s.touches.Delete(k)
+		}
+		return true
+	})
+	if err := s.idx.View(func(txn Txn) error {
+		return txn.Scan(prefix, nil, true, func(k, _ []byte) error {
+			if d, err := digest.Parse(string(k[len(prefix):])); err == nil {
+				keys, ds = append(keys, append([]byte(nil), k...)), append(ds, d)
+			}
+			return nil
+		})
+	}); err != nil {
+		return nil, err
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), s.idx.MaxOps())
+		if err := s.release(func(txn Txn) error {
+			for _, k := range keys[:n] {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		keys = keys[n:]
+	}
+	return ds, nil
+}
+
+// childManifests lists what the indexes of repo reference.
+func childManifests(txn Txn, repo string) (map[digest.Digest]bool, error) {
+	out := map[digest.Digest]bool{}
+	err := txn.Scan([]byte("m/"+repo+"\x00"), nil, false, func(_, v []byte) error {
+		if !bytes.Contains(v, []byte("index")) && !bytes.Contains(v, []byte("manifest.list")) {
+			return nil // not an index: no need to decode it
+		}
+		var m Manifest
+		if err := json.Unmarshal(v, &m); err != nil || !IsIndex(m.MediaType) {
+			return nil
+		}
+		for _, r := range m.Refs {
+			out[r] = true
+		}
+		return nil
+	})
+	return out, err
 }

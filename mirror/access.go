@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -16,6 +17,11 @@ import (
 func (reg *Registry) authorize(r *http.Request, q *request) error {
 	if q.repo == "" { // /v2/ and the catalog decide for themselves
 		return nil
+	}
+	if q.action == policy.Delete {
+		if err := reg.checkMirroredDelete(q); err != nil {
+			return err
+		}
 	}
 	if q.action != policy.Pull {
 		if err := reg.checkPush(r, q); err != nil {
@@ -77,4 +83,25 @@ func (reg *Registry) checkPush(r *http.Request, q *request) error {
 	}
 	reg.audit(r, "denied", slog.String("repo", q.name), slog.String("action", string(q.action)), slog.String("reason", "mirrored name"))
 	return apiErr(codeDenied, "%s %s; %s, or add a rule that names %s to allow pushing it", q.name, why, way, q.name)
+}
+
+// checkMirroredDelete refuses a registry DELETE of content whose reads the
+// mirror serves (the next pull would only fetch it again), naming what
+// does remove it: eviction.
+func (reg *Registry) checkMirroredDelete(q *request) error {
+	if reg.pull == nil {
+		return nil
+	}
+	if o, ok := reg.store.Origin(q.name); ok && !o.Mirrored() && q.ns == "" {
+		return nil // pushed content under that very name
+	}
+	t := policy.Mirror(q.name, q.ns)
+	o, ok := reg.store.Origin(t.Local)
+	if !ok || !o.Mirrored() {
+		return nil
+	}
+	return &apiError{code: codeUnsupported, status: http.StatusMethodNotAllowed, message: fmt.Sprintf(
+		"%s is mirrored from %s: a registry DELETE does not remove mirrored content (the next pull would fetch it again); "+
+			"evict it instead: the console's repository page, or DELETE /api/v1/repositories/%s (needs delete or admin rights on it)",
+		q.name, o.Registry, t.Local)}
 }

@@ -441,7 +441,8 @@ func (reg *Registry) apiEvict(w http.ResponseWriter, r *http.Request, repo strin
 	return apiJSON(w, http.StatusAccepted, map[string]any{"evicted": repo, "tags": evicted})
 }
 
-// evict untags every tag of a mirrored repository and returns them.
+// evict untags every tag of a mirrored repository and forgets its pulls
+// by digest, and returns them (a digest as "@sha256:…").
 func (reg *Registry) evict(repo string) ([]string, error) {
 	if o, ok := reg.store.Origin(repo); !ok || !o.Mirrored() {
 		if !ok {
@@ -461,6 +462,23 @@ func (reg *Registry) evict(repo string) ([]string, error) {
 			return evicted, err
 		}
 		evicted = append(evicted, tag)
+	}
+	// What clients pulled by digest is kept like a tag (cache/pins.go):
+	// evicting the repository releases it too.
+	pinned, err := reg.store.ForgetUses(repo)
+	if err != nil {
+		return evicted, err
+	}
+	if len(pinned) > 0 {
+		reg.admin.mu.Lock()
+		if reg.admin.released == nil {
+			reg.admin.released, reg.admin.refs = map[string][]digest.Digest{}, map[string][]digest.Digest{}
+		}
+		reg.admin.released[repo] = append(reg.admin.released[repo], pinned...)
+		reg.admin.mu.Unlock()
+		for _, d := range pinned {
+			evicted = append(evicted, "@"+d.String())
+		}
 	}
 	return evicted, nil
 }

@@ -28,6 +28,8 @@ type Upstream interface {
 	Manifest(ctx context.Context, registry, repo string, desc upstream.Descriptor, maxSize int64) ([]byte, error)
 	Blob(ctx context.Context, registry, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	HasBlob(ctx context.Context, registry, repo string, d digest.Digest) error
+	Tags(ctx context.Context, registry, repo string) ([]string, error)
+	Referrers(ctx context.Context, registry, repo string, d digest.Digest) ([]upstream.Descriptor, error)
 }
 
 var _ Upstream = (*upstream.Client)(nil)
@@ -48,6 +50,7 @@ type puller struct {
 	manifests singleflight.Group // one upstream manifest fetch per repo and reference
 	misses    *misses            // what upstream said it has not, for MissTTL
 	checked   checkedTags        // revalidations the store could not record (disk full)
+	unstored  memListings        // upstream listings the store could not keep (listings.go)
 
 	bg     context.Context // owned by no client; cancelled by close
 	cancel context.CancelFunc

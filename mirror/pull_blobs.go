@@ -98,12 +98,26 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 // probeBlob answers HEAD of a mirrored blob. Push clients probe a new
 // repository's blobs with HEAD before uploading (pulls use GET; containerd
 // sends ?ns=): unless the request named its registry, such a HEAD is
-// answered from what is here and never goes upstream.
+// answered from what is here and never goes upstream. A blob a cached
+// manifest of the repository references is known all the same (a client
+// that fetched the manifest checks its layers, as copy tools and zot's zb
+// do): its size is the manifest's descriptor's.
 func (p *puller) probeBlob(w http.ResponseWriter, r *http.Request, q *request) error {
 	if q.target.Named {
 		return p.blob(w, r, q)
 	}
-	return p.reg.getBlob(w, r, q)
+	err := p.reg.getBlob(w, r, q)
+	if !errors.Is(err, cache.ErrBlobUnknown) {
+		return err
+	}
+	size, ok, lerr := p.store.ReferencedBlob(q.repo, q.digest)
+	if lerr != nil || !ok {
+		return err
+	}
+	setBlobHeaders(w.Header(), q.digest)
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
+	return nil
 }
 
 // source tells the store's download where blob d of t comes from: one GET

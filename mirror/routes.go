@@ -158,12 +158,13 @@ func (reg *Registry) routeTable() map[routeKey]handlerFunc {
 	}
 	if reg.pull != nil {
 		// Reads of mirrored repositories: manifests and blobs from the
-		// cache or upstream; tags and referrers are what the cache holds.
+		// cache or upstream; tags and referrers are upstream's listings
+		// (listings.go).
 		t[routeKey{routeManifest, "GET", true}] = reg.pull.manifest
 		t[routeKey{routeBlob, "GET", true}] = reg.pull.blob
 		t[routeKey{routeBlob, "HEAD", true}] = reg.pull.probeBlob
-		t[routeKey{routeTags, "GET", true}] = reg.tags
-		t[routeKey{routeReferrers, "GET", true}] = reg.referrers
+		t[routeKey{routeTags, "GET", true}] = reg.pull.tags
+		t[routeKey{routeReferrers, "GET", true}] = reg.pull.referrers
 	}
 	return t
 }

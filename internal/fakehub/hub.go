@@ -54,6 +54,9 @@ type Hub struct {
 	noRanges    bool          // blob GETs ignore Range and answer 200 with everything
 	credLeaks   int           // requests outside the token realm that carried Basic credentials
 	blobGets    int           // blob GETs being answered now
+	// listings (lists.go)
+	referrersAPI bool
+	referrers    []referrer
 }
 
 // New starts a hub on a free loopback port; Close stops it.
@@ -227,6 +230,10 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		repo, kind, ref = rest[:i], "manifest", rest[i+len("/manifests/"):]
 	} else if i := strings.LastIndex(rest, "/blobs/"); i > 0 {
 		repo, kind, ref = rest[:i], "blob", rest[i+len("/blobs/"):]
+	} else if name, ok := strings.CutSuffix(rest, "/tags/list"); ok {
+		repo, kind = name, "tags"
+	} else if i := strings.LastIndex(rest, "/referrers/"); i > 0 {
+		repo, kind, ref = rest[:i], "referrers", rest[i+len("/referrers/"):]
 	} else {
 		writeErr(w, http.StatusNotFound, "NAME_UNKNOWN", "no such endpoint")
 		return
@@ -245,6 +252,14 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.count("insufficient_scope")
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="fakehub",scope="repository:%s:pull",error="insufficient_scope"`, h.URL, repo))
 		writeErr(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+		return
+	}
+	switch kind {
+	case "tags":
+		h.serveTags(w, r, repo)
+		return
+	case "referrers":
+		h.serveReferrers(w, r, repo, ref)
 		return
 	}
 	h.count(r.Method + " " + kind)
