@@ -131,10 +131,28 @@ func (r *registry) apiURL(repo, path string) string {
 	return r.host.Scheme + "://" + r.host.Host + r.host.Path + "/" + repo + "/" + path
 }
 
+// withNS adds ?ns=<registry> to u when the registry is reached at another
+// host (a mirror of it, such as another Wharf), as containerd does for
+// every request: the mirror then knows which registry's repository is meant.
+func (r *registry) withNS(u string) string {
+	if r.url.Host == r.Name {
+		return u
+	}
+	p, err := url.Parse(u)
+	if err != nil || p.Query().Has("ns") {
+		return u
+	}
+	q := p.Query()
+	q.Set("ns", r.Name)
+	p.RawQuery = q.Encode()
+	return p.String()
+}
+
 // get fetches u (on r, for repo) with the registry's authorization and
 // returns its body (at most listBytes) and the URL its Link header names
 // as next ("" when none, or when it points at another host).
 func (c *Client) get(ctx context.Context, r *registry, repo, u, accept string) (body []byte, next string, err error) {
+	u = r.withNS(u)
 	err = c.do(ctx, r, func(ctx context.Context) error {
 		ctx = docker.WithScope(ctx, "repository:"+repo+":pull")
 		var responses []*http.Response
