@@ -312,3 +312,23 @@ func TestDigestPullSurvivesGC(t *testing.T) {
 		t.Fatalf("after eviction the pull fetched %d blobs, want at least this platform's %d", n, blobs)
 	}
 }
+
+// TestTagTTLZeroRevalidatesEveryPull: the CLI's --tag-ttl 0 (a TTL of
+// 1 ns here) asks upstream for the tag, and the tag list, on every read,
+// as registry:2's proxy does.
+func TestTagTTLZeroRevalidatesEveryPull(t *testing.T) {
+	e := newMirrorEnv(t, Options{TagTTL: time.Nanosecond, PrefetchParallel: -1})
+	e.hub.Push("library/fresh", "1", smallImage(7))
+	for range 3 {
+		if err := e.pull(t.Context(), "library/fresh", "1", ""); err != nil {
+			t.Fatal(err)
+		}
+		tagList(t, e, "/v2/library/fresh/tags/list")
+	}
+	if n := e.hub.Count("HEAD manifest"); n < 3 {
+		t.Fatalf("3 pulls with a TTL of 0 revalidated the tag %d times upstream", n)
+	}
+	if n := e.hub.Count("GET tags"); n != 3 {
+		t.Fatalf("3 tag lists with a TTL of 0 asked upstream %d times", n)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -242,5 +243,16 @@ func TestClusterOptions(t *testing.T) {
 	cfg = parseServe(t, "--index", "etcd://127.0.0.1:2379,127.0.0.2:2379/reg", "--blob-store", store, "--secret", "s3cret-s3cret-s3cret")
 	if cfg.index == nil || len(cfg.index.Endpoints) != 2 || cfg.index.Prefix != "reg/" {
 		t.Fatalf("index: %+v", cfg.index)
+	}
+}
+
+// TestTagTTLZero: --tag-ttl 0 is a TTL nothing stays fresh for, not the
+// mirror's default of 10 minutes.
+func TestTagTTLZero(t *testing.T) {
+	if got := tagTTL(0); got <= 0 || got > time.Microsecond {
+		t.Fatalf("tagTTL(0) = %s", got)
+	}
+	if got := tagTTL(time.Hour); got != time.Hour {
+		t.Fatalf("tagTTL(1h) = %s", got)
 	}
 }

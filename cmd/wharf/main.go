@@ -45,7 +45,7 @@ func newApp() *cli.App {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "htpasswd", Usage: "users file (bcrypt htpasswd); without users everything is allowed", EnvVars: []string{"WHARF_HTPASSWD"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "mirror", Value: true, Usage: "pull-through mirror for names that were not pushed here (false: private registry only)", EnvVars: []string{"WHARF_MIRROR"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "upstream", Value: cli.NewStringSlice("docker.io"), Usage: "registry that may be mirrored, as NAME or NAME=URL to override its endpoint (repeatable; the allow-list)", EnvVars: []string{"WHARF_UPSTREAM"}}),
-		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "tag-ttl", Value: 10 * 60e9, Usage: "serve a mirrored tag this long without asking upstream; then revalidate it with a HEAD", EnvVars: []string{"WHARF_TAG_TTL"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "tag-ttl", Value: 10 * 60e9, Usage: "serve a mirrored tag, and a mirrored repository's tag list and referrers, this long without asking upstream; then revalidate (0: every pull asks upstream, as registry:2's proxy)", EnvVars: []string{"WHARF_TAG_TTL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "miss-ttl", Value: 60e9, Usage: "remember upstream's \"no such name, tag or blob\" this long (0: never); a push into the repository forgets it", EnvVars: []string{"WHARF_MISS_TTL"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "offline", Usage: "serve only what is cached; never contact upstream", EnvVars: []string{"WHARF_OFFLINE"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "upstream-conns", Value: 32, Usage: "concurrent blob downloads from upstream, all registries together", EnvVars: []string{"WHARF_UPSTREAM_CONNS"}}),

@@ -118,7 +118,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log, S3: s3},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), GCGrace: c.Duration("gc-grace"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
 			Secret: secret, Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
-			TagTTL: c.Duration("tag-ttl"), MissTTL: missTTL(c.Duration("miss-ttl")), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
+			TagTTL: tagTTL(c.Duration("tag-ttl")), MissTTL: missTTL(c.Duration("miss-ttl")), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 			PrefetchPlatforms: c.StringSlice("prefetch-platform")},
 	}
 	for _, s := range c.StringSlice("trusted-proxy") {
@@ -593,6 +593,15 @@ func dirExists(p string) bool {
 
 // missTTL maps the flag (0: remember nothing) to mirror.Options.MissTTL
 // (0: the default, negative: nothing).
+// tagTTL maps --tag-ttl, where 0 revalidates every pull (registry:2's
+// proxy), to mirror.Options.TagTTL, where 0 is the default.
+func tagTTL(d time.Duration) time.Duration {
+	if d <= 0 {
+		return time.Nanosecond
+	}
+	return d
+}
+
 func missTTL(d time.Duration) time.Duration {
 	if d <= 0 {
 		return -1

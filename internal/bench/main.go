@@ -93,6 +93,9 @@ func run(tmp string) error {
 		if err := runMirror(tmp, bin); err != nil {
 			return err
 		}
+		if err := runListings(tmp, bin); err != nil {
+			return err
+		}
 	}
 	if *suite == "cold" || *suite == "all" {
 		if err := runCold(tmp, bin); err != nil {
