@@ -70,9 +70,9 @@ func (s *Store) Catalog(n int, last string) (repos []string, more bool, err erro
 	return repos, more, err
 }
 
-// Referrers lists the manifests of repo whose subject is d, keeping only
-// those of artifactType when it is set.
-func (s *Store) Referrers(repo string, d digest.Digest, artifactType string) ([]Descriptor, error) {
+// Referrers lists the manifests of repo whose subject is d (the mirror's
+// writeReferrers filters them by artifactType).
+func (s *Store) Referrers(repo string, d digest.Digest) ([]Descriptor, error) {
 	out := []Descriptor{}
 	err := s.idx.View(func(txn Txn) error {
 		return txn.Scan(referrerPrefix(repo, d), nil, false, func(_, v []byte) error {
@@ -80,9 +80,7 @@ func (s *Store) Referrers(repo string, d digest.Digest, artifactType string) ([]
 			if err := json.Unmarshal(v, &desc); err != nil {
 				return err
 			}
-			if artifactType == "" || desc.ArtifactType == artifactType {
-				out = append(out, desc)
-			}
+			out = append(out, desc)
 			return nil
 		})
 	})
@@ -103,7 +101,7 @@ func (s *Store) ReferencedBlob(repo string, d digest.Digest) (size int64, ok boo
 			}
 			if !IsIndex(m.MediaType) && slices.Contains(m.Refs, d) {
 				naming = append(naming, digest.Digest(k[len(prefix):]))
-				if len(naming) == 4 {
+				if len(naming) == 4 { // the first one that parses answers; a few in case one does not
 					return errStopScan
 				}
 			}

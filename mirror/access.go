@@ -92,12 +92,9 @@ func (reg *Registry) checkMirroredDelete(q *request) error {
 	if reg.pull == nil {
 		return nil
 	}
-	if o, ok := reg.store.Origin(q.name); ok && !o.Mirrored() && q.ns == "" {
-		return nil // pushed content under that very name
-	}
-	t := policy.Mirror(q.name, q.ns)
+	t, _, mirrored := reg.readTarget(q.name, q.ns)
 	o, ok := reg.store.Origin(t.Local)
-	if !ok || !o.Mirrored() {
+	if !mirrored || !ok { // pushed content, or nothing mirrored yet
 		return nil
 	}
 	return &apiError{code: codeUnsupported, status: http.StatusMethodNotAllowed, message: fmt.Sprintf(

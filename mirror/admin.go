@@ -350,14 +350,23 @@ func (reg *Registry) deleteReleasing(repo, ref string) error {
 	if err := reg.store.DeleteManifest(repo, ref); err != nil {
 		return err
 	}
+	reg.noteReleased(repo, append([]digest.Digest{d}, refs...), refs) // refs: child manifests of an index
+	return nil
+}
+
+// noteReleased records manifests (and blobs their deleted records
+// referenced) released deliberately, for the next collection.
+func (reg *Registry) noteReleased(repo string, manifests, blobs []digest.Digest) {
+	if len(manifests)+len(blobs) == 0 {
+		return // nothing: no collection is owed
+	}
 	reg.admin.mu.Lock()
+	defer reg.admin.mu.Unlock()
 	if reg.admin.released == nil {
 		reg.admin.released, reg.admin.refs = map[string][]digest.Digest{}, map[string][]digest.Digest{}
 	}
-	reg.admin.released[repo] = append(append(reg.admin.released[repo], d), refs...) // child manifests of an index
-	reg.admin.refs[repo] = append(reg.admin.refs[repo], refs...)
-	reg.admin.mu.Unlock()
-	return nil
+	reg.admin.released[repo] = append(reg.admin.released[repo], manifests...)
+	reg.admin.refs[repo] = append(reg.admin.refs[repo], blobs...)
 }
 
 // CollectReleased runs a collection when deliberate deletes (through the
@@ -469,16 +478,9 @@ func (reg *Registry) evict(repo string) ([]string, error) {
 	if err != nil {
 		return evicted, err
 	}
-	if len(pinned) > 0 {
-		reg.admin.mu.Lock()
-		if reg.admin.released == nil {
-			reg.admin.released, reg.admin.refs = map[string][]digest.Digest{}, map[string][]digest.Digest{}
-		}
-		reg.admin.released[repo] = append(reg.admin.released[repo], pinned...)
-		reg.admin.mu.Unlock()
-		for _, d := range pinned {
-			evicted = append(evicted, "@"+d.String())
-		}
+	reg.noteReleased(repo, pinned, nil)
+	for _, d := range pinned {
+		evicted = append(evicted, "@"+d.String())
 	}
 	return evicted, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/wharf-registry/wharf/cache"
@@ -33,8 +32,8 @@ func (p *puller) tags(w http.ResponseWriter, r *http.Request, q *request) error 
 		tags, err := p.up.Tags(ctx, t.Registry, t.Remote)
 		return cache.Listing{Tags: tags}, err
 	})
-	if err != nil {
-		if _, known := p.store.Origin(t.Local); known && !isMiss(err) {
+	if err != nil { // upstream's "no such name" is a Missing listing, not an error
+		if _, known := p.store.Origin(t.Local); known {
 			// Never listed and upstream cannot say: what the cache holds.
 			p.reg.logLimited("mirror: upstream cannot list tags: serving the cached ones", "repo", t.Local, "err", err)
 			return p.reg.tags(w, r, q)
@@ -44,11 +43,7 @@ func (p *puller) tags(w http.ResponseWriter, r *http.Request, q *request) error 
 	if l.Missing {
 		return cache.ErrNameUnknown
 	}
-	tags := l.Tags
-	if !sort.StringsAreSorted(tags) {
-		tags = append([]string(nil), tags...)
-		sort.Strings(tags)
-	}
+	tags := l.Tags // sorted (upstream.Client.Tags)
 	if last != "" {
 		tags = tags[sort.SearchStrings(tags, last):]
 		if len(tags) > 0 && tags[0] == last {
@@ -78,10 +73,7 @@ func (p *puller) referrers(w http.ResponseWriter, r *http.Request, q *request) e
 		refs, err := p.up.Referrers(ctx, t.Registry, t.Remote, d)
 		return cache.Listing{Referrers: refs}, err
 	})
-	if err != nil {
-		if isMiss(err) {
-			return writeReferrers(w, r, nil, "")
-		}
+	if err != nil { // a missing name is a Missing listing: no referrers
 		if _, known := p.store.Origin(t.Local); known {
 			p.reg.logLimited("mirror: upstream cannot list referrers: serving the cached ones", "repo", t.Local, "digest", d, "err", err)
 			return p.reg.referrers(w, r, q)
@@ -178,34 +170,6 @@ func writeReferrers(w http.ResponseWriter, r *http.Request, descs []cache.Descri
 	})
 }
 
-// memListings holds listings the index could not keep, bounded.
-type memListings struct {
-	mu sync.Mutex
-	m  map[string]cache.Listing
-}
-
-// memListingsMax bounds the listings kept in memory; past it they are
-// dropped whole (and asked upstream again).
-const memListingsMax = 1000
-
-func (ml *memListings) get(k string) (cache.Listing, bool) {
-	ml.mu.Lock()
-	defer ml.mu.Unlock()
-	l, ok := ml.m[k]
-	return l, ok
-}
-
-func (ml *memListings) set(k string, l cache.Listing) {
-	ml.mu.Lock()
-	defer ml.mu.Unlock()
-	if ml.m == nil || len(ml.m) >= memListingsMax {
-		ml.m = map[string]cache.Listing{}
-	}
-	ml.m[k] = l
-}
-
-func (ml *memListings) drop(k string) {
-	ml.mu.Lock()
-	defer ml.mu.Unlock()
-	delete(ml.m, k)
-}
+// memListingsMax bounds the listings kept in memory (a tag list over the
+// index's 1 MiB can be a few MiB): past it they are dropped whole.
+const memListingsMax = 256

@@ -332,3 +332,26 @@ func TestTagTTLZeroRevalidatesEveryPull(t *testing.T) {
 		t.Fatalf("3 tag lists with a TTL of 0 asked upstream %d times", n)
 	}
 }
+
+// TestLongTagListKeptInMemory: a tag list over the index's 1 MiB (9000
+// tags of 120 characters) is not stored but kept in memory: within the
+// TTL it costs upstream nothing more.
+func TestLongTagListKeptInMemory(t *testing.T) {
+	e := newMirrorEnv(t, Options{PrefetchParallel: -1})
+	img := e.hub.Push("library/long", "t", smallImage(8))
+	pad := strings.Repeat("x", 115)
+	for i := range 9000 {
+		e.hub.Retag("library/long", fmt.Sprintf("%s%05d", pad, i), img)
+	}
+	for i := range 2 {
+		if code, tags, _ := tagList(t, e, "/v2/library/long/tags/list"); code != 200 || len(tags) != 9001 {
+			t.Fatalf("list %d: %d, %d tags", i, code, len(tags))
+		}
+	}
+	if n := e.hub.Count("GET tags"); n != 91 {
+		t.Fatalf("two lists cost upstream %d GETs, want one listing of 91 pages", n)
+	}
+	if _, stored, err := e.store.Listing("docker.io/library/long", cache.TagsListing); stored || err != nil {
+		t.Fatalf("a listing over 1 MiB was stored in the index (%v)", err)
+	}
+}

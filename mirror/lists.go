@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"strconv"
 
-	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -45,17 +44,11 @@ func (reg *Registry) catalog(w http.ResponseWriter, r *http.Request, _ *request)
 }
 
 func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, q *request) error {
-	at := r.URL.Query().Get("artifactType")
-	descs, err := reg.store.Referrers(q.repo, q.digest, at)
+	descs, err := reg.store.Referrers(q.repo, q.digest)
 	if err != nil {
 		return err
 	}
-	if at != "" {
-		w.Header().Set("OCI-Filters-Applied", "artifactType")
-	}
-	return writeJSON(w, r, cache.MediaTypeOCIIndex, map[string]any{
-		"schemaVersion": 2, "mediaType": cache.MediaTypeOCIIndex, "manifests": descs,
-	})
+	return writeReferrers(w, r, descs, r.URL.Query().Get("artifactType"))
 }
 
 // visibleRepos pages through the catalog keeping what the caller may pull

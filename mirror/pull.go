@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,10 +48,10 @@ type puller struct {
 	// platforms are Options.PrefetchPlatforms, matched as containerd does.
 	platforms platforms.MatchComparer
 
-	manifests singleflight.Group // one upstream manifest fetch per repo and reference
-	misses    *misses            // what upstream said it has not, for MissTTL
-	checked   checkedTags        // revalidations the store could not record (disk full)
-	unstored  memListings        // upstream listings the store could not keep (listings.go)
+	manifests singleflight.Group  // one upstream manifest fetch per repo and reference
+	misses    *misses             // what upstream said it has not, for MissTTL
+	checked   checkedTags         // revalidations the store could not record (disk full)
+	unstored  memo[cache.Listing] // upstream listings the store could not keep (listings.go)
 
 	bg     context.Context // owned by no client; cancelled by close
 	cancel context.CancelFunc
@@ -69,6 +70,7 @@ func newPuller(reg *Registry) *puller {
 		o.MissTTL = time.Minute
 	}
 	p := &puller{reg: reg, store: reg.store, up: o.Upstream, opts: *o, platforms: platforms.Any(), misses: newMisses(o.MissTTL)}
+	p.unstored.limit = memListingsMax
 	var ps []ocispec.Platform
 	for _, s := range o.PrefetchPlatforms {
 		if pl, err := platforms.Parse(s); err == nil {
@@ -312,44 +314,61 @@ func cannotWrite(err error) bool {
 
 // checkedTags remembers, in memory, when mirrored tags were last
 // revalidated while the store could not record it: tag → (digest, time).
-type checkedTags struct {
-	n  atomic.Int64 // entries: with none (a disk with room), get takes no lock
-	mu sync.Mutex
-	m  map[string]checkedTag
-}
+type checkedTags struct{ memo[checkedTag] }
 
 type checkedTag struct {
 	d  digest.Digest
 	at time.Time
 }
 
-// checkedMax bounds the entries; past it the oldest knowledge is dropped
-// whole (those tags are revalidated once more).
-const checkedMax = 100000
-
 func (c *checkedTags) get(repo, tag string, d digest.Digest) (time.Time, bool) {
-	if c.n.Load() == 0 {
-		return time.Time{}, false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[repo+"\x00"+tag]
+	e, ok := c.memo.get(repo + "\x00" + tag)
 	return e.at, ok && e.d == d
 }
 
 func (c *checkedTags) set(repo, tag string, d digest.Digest, at time.Time) {
+	c.memo.set(repo+"\x00"+tag, checkedTag{d: d, at: at})
+}
+
+func (c *checkedTags) drop(repo, tag string) { c.memo.drop(repo + "\x00" + tag) }
+
+// memo holds, in memory, what the store could not record (a full disk,
+// an unreachable etcd, a value too big for it). Past memoMax entries the
+// oldest knowledge is dropped whole (and asked upstream again). With no
+// entries (a store that records everything) get takes no lock.
+type memo[V any] struct {
+	limit int // entries kept; 0: memoMax
+	n     atomic.Int64
+	mu    sync.Mutex
+	m     map[string]V
+}
+
+const memoMax = 100000
+
+func (c *memo[V]) get(k string) (V, bool) {
+	var zero V
+	if c.n.Load() == 0 {
+		return zero, false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= checkedMax {
-		c.m = map[string]checkedTag{}
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *memo[V]) set(k string, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if limit := cmp.Or(c.limit, memoMax); c.m == nil || len(c.m) >= limit {
+		c.m = map[string]V{}
 	}
-	c.m[repo+"\x00"+tag] = checkedTag{d: d, at: at}
+	c.m[k] = v
 	c.n.Store(int64(len(c.m)))
 }
 
-func (c *checkedTags) drop(repo, tag string) {
+func (c *memo[V]) drop(k string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.m, repo+"\x00"+tag)
+	delete(c.m, k)
 	c.n.Store(int64(len(c.m)))
 }

@@ -33,16 +33,23 @@ func (reg *Registry) resolve(r *http.Request, rt route) *request {
 	if rt.name == "" || q.action != policy.Pull || reg.pull == nil {
 		return q
 	}
-	if o, ok := reg.store.Origin(rt.name); ok && !o.Mirrored() && q.ns == "" {
-		return q
-	}
-	q.target = policy.Mirror(rt.name, q.ns)
-	if o, ok := reg.store.Origin(q.target.Local); ok && !o.Mirrored() {
-		q.repo = q.target.Local
-		return q
-	}
-	q.repo, q.mirrored = q.target.Local, true
+	q.target, q.repo, q.mirrored = reg.readTarget(rt.name, q.ns)
 	return q
+}
+
+// readTarget is where a read of name (with ?ns= ns) goes, by the rules of
+// resolve: the mirrored target it maps to (zero when the name holds
+// pushed content), the store repository, and whether that is a mirrored
+// copy.
+func (reg *Registry) readTarget(name, ns string) (t policy.Target, repo string, mirrored bool) {
+	if o, ok := reg.store.Origin(name); ok && !o.Mirrored() && ns == "" {
+		return policy.Target{}, name, false
+	}
+	t = policy.Mirror(name, ns)
+	if o, ok := reg.store.Origin(t.Local); ok && !o.Mirrored() {
+		return t, t.Local, false
+	}
+	return t, t.Local, true
 }
 
 // origin is the recorded origin of a repository for listings and access

@@ -53,6 +53,9 @@ func (c *Client) Tags(ctx context.Context, name, repo string) ([]string, error) 
 		}
 		tags = append(tags, list.Tags...)
 	}
+	if next != "" {
+		c.log.Warn("upstream tag list longer than the pages followed: the rest is left out", "registry", r.Name, "repo", repo, "tags", len(tags))
+	}
 	slices.Sort(tags)
 	return slices.Compact(tags), nil
 }

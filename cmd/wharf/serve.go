@@ -591,8 +591,6 @@ func dirExists(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// missTTL maps the flag (0: remember nothing) to mirror.Options.MissTTL
-// (0: the default, negative: nothing).
 // tagTTL maps --tag-ttl, where 0 revalidates every pull (registry:2's
 // proxy), to mirror.Options.TagTTL, where 0 is the default.
 func tagTTL(d time.Duration) time.Duration {
@@ -602,6 +600,8 @@ func tagTTL(d time.Duration) time.Duration {
 	return d
 }
 
+// missTTL maps the flag (0: remember nothing) to mirror.Options.MissTTL
+// (0: the default, negative: nothing).
 func missTTL(d time.Duration) time.Duration {
 	if d <= 0 {
 		return -1

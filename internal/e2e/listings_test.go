@@ -147,14 +147,17 @@ func TestReferrersAndChartsWithRealClients(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	orasIn := func(args ...string) string {
-		t.Helper()
-		out, err := runInDir(work, 2*time.Minute, env, or, args...)
-		if err != nil {
-			t.Fatalf("oras %s: %v\n%s", strings.Join(args, " "), err, out)
+	in := func(bin string) func(args ...string) string { // a client run in work, failing the test on error
+		return func(args ...string) string {
+			t.Helper()
+			out, err := runInDir(work, 2*time.Minute, env, bin, args...)
+			if err != nil {
+				t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out)
+			}
+			return out
 		}
-		return out
 	}
+	orasIn, helmIn := in(or), in(hm)
 	const sbom = "application/vnd.example.sbom.v1+json"
 	for _, up := range []string{core.addr, r2} {
 		orasIn("push", "--plain-http", up+"/team/app:v1", "app.txt")
@@ -172,14 +175,6 @@ func TestReferrersAndChartsWithRealClients(t *testing.T) {
 	}
 
 	// helm: charts on CNCF Distribution, pulled through the mirror.
-	helmIn := func(args ...string) string {
-		t.Helper()
-		out, err := runInDir(work, 2*time.Minute, env, hm, args...)
-		if err != nil {
-			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
 	helmIn("create", "mychart")
 	push := func(version string) {
 		helmIn("package", "mychart", "--version", version)

@@ -20,9 +20,6 @@ import (
 // SetReferrersAPI turns the referrers API on or off (off by default).
 func (h *Hub) SetReferrersAPI(on bool) { h.set(func() { h.referrersAPI = on }) }
 
-// DeleteTag removes repo:tag.
-func (h *Hub) DeleteTag(repo, tag string) { h.set(func() { delete(h.tags, repo+":"+tag) }) }
-
 // PushReferrer adds to repo an artifact of artifactType whose subject is
 // the manifest subject (a descriptor of it: digest, media type, size), and
 // returns the artifact manifest's digest.
