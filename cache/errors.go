@@ -5,25 +5,26 @@ import (
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
 // Error categories returned by the store. Callers test them with errors.Is;
 // the HTTP layer maps each to one OCI error code.
 var (
-	ErrBlobUnknown     = errors.New("blob unknown")
+	ErrBlobUnknown     = blobs.ErrBlobUnknown
 	ErrManifestUnknown = errors.New("manifest unknown")
 	ErrNameUnknown     = errors.New("repository unknown")
 	ErrUploadUnknown   = errors.New("upload unknown")
-	ErrDigestInvalid   = errors.New("digest invalid")
-	ErrDigestMismatch  = errors.New("digest does not match content")
-	ErrSizeInvalid     = errors.New("size does not match content")
+	ErrDigestInvalid   = blobs.ErrDigestInvalid
+	ErrDigestMismatch  = blobs.ErrDigestMismatch
+	ErrSizeInvalid     = blobs.ErrSizeInvalid
 	ErrManifestInvalid = errors.New("manifest invalid")
 	ErrManifestTooBig  = errors.New("manifest too large")
 	// ErrStorageFull: the filesystem holding the data directory is full.
-	ErrStorageFull = errors.New("storage full")
+	ErrStorageFull = blobs.ErrStorageFull
 	// ErrBlobStoreUnavailable: the object store holding the blobs did
 	// not answer (or failed); nothing was stored.
-	ErrBlobStoreUnavailable = errors.New("object store unavailable")
+	ErrBlobStoreUnavailable = blobs.ErrStoreUnavailable
 	// ErrInUse: another process holds the data directory.
 	ErrInUse = errors.New("data directory is in use by another process")
 	// ErrManifestBlobUnknown is wrapped by *MissingRefError.

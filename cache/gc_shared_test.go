@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/index/etcdindex"
 	"github.com/wharf-registry/wharf/internal/etcdtest"
 )
 
@@ -123,8 +124,8 @@ func TestOneCollectorPerCluster(t *testing.T) {
 	if _, err := a.collectorLock(); err != nil {
 		t.Fatal(err)
 	}
-	a.idx.(*EtcdIndex).abandon()
-	deadline := time.Now().Add(3 * sessionTTL * time.Second)
+	a.idx.(*etcdindex.Index).Abandon()
+	deadline := time.Now().Add(3 * 10 * time.Second)
 	for {
 		_, err := b.GC(later(2 * time.Hour))
 		if err == nil {
@@ -134,16 +135,5 @@ func TestOneCollectorPerCluster(t *testing.T) {
 			t.Fatalf("GC on B after A died: %v", err)
 		}
 		time.Sleep(500 * time.Millisecond)
-	}
-}
-
-// abandon stops renewing this node's lease without revoking it, as a
-// process killed with SIGKILL does.
-func (e *EtcdIndex) abandon() {
-	e.sessMu.Lock()
-	defer e.sessMu.Unlock()
-	if e.session != nil {
-		e.session.Orphan()
-		e.session = nil
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs/fileblobs"
 )
 
 // pushImage stores a config and the given layers, then a manifest under
@@ -201,7 +202,7 @@ func TestFsckRepair(t *testing.T) {
 	pushImage(t, s, "team/app", "v1", layer)
 	healthy := pushImage(t, s, "team/other", "v1", []byte("healthy"))
 	d := digest.FromBytes(layer)
-	path := s.Blobs().(*FileBlobs).Path(d)
+	path := s.Blobs().(*fileblobs.Files).Path(d)
 	b, _ := os.ReadFile(path)
 	b[0] ^= 0xff
 	os.WriteFile(path, b, 0o640)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
 func encodeSize(n int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(n)) }
@@ -193,7 +194,7 @@ func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int6
 		before, stored = s.awaitStored(d, peer)
 	}
 	if stored {
-		if err := s.blobs.(localCommitter).CommitLocal(id, d); err != nil {
+		if err := s.blobs.(blobs.LocalCommitter).CommitLocal(id, d); err != nil {
 			return err
 		}
 	} else {

@@ -3,51 +3,16 @@ package cache
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs"
+	"github.com/wharf-registry/wharf/cache/index"
 )
-
-// openShared opens a store on an index other than the data directory's
-// Badger (opts.Index, etcd). The data directory still holds the ingest
-// files, the local copies of blobs and the lock; the index's space is not
-// the data directory's concern.
-func openShared(opts Options, blobs Blobs, sp *space, lock *os.File) (*Store, error) {
-	id, err := nodeID(opts.Dir)
-	if err != nil {
-		opts.Index.Close()
-		lock.Close()
-		return nil, err
-	}
-	s := &Store{idx: opts.Index, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock, nodeID: id}
-	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
-	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
-	s.links, _ = lru.New[string, int64](4 * opts.ManifestCacheEntries)
-	fail := func(err error) (*Store, error) {
-		opts.Index.Close()
-		lock.Close()
-		return nil, err
-	}
-	if w, ok := opts.Index.(IndexWatcher); ok {
-		// Before the origins are read: nothing written after that read
-		// can be missed.
-		s.shared = true
-		w.Watch(s.changed, s.lostChanges)
-	}
-	if err := s.loadOrigins(); err != nil {
-		return fail(fmt.Errorf("cache: reading repository origins: %w", err))
-	}
-	if err := s.CleanIngests(time.Now()); err != nil {
-		return fail(err)
-	}
-	return s, nil
-}
 
 // changed keeps the in-memory caches true to a write that committed in
 // the shared index, on any node (this one included).
@@ -113,27 +78,15 @@ func clusterID(ix Index) (string, error) {
 
 // ErrCollectorElsewhere: another node of the cluster is collecting or
 // evicting; this one skips its turn.
-var ErrCollectorElsewhere = errors.New("another node of the cluster holds the collector's lock")
-
-// IndexLocker is a shared index that holds named locks for its nodes,
-// released when the holder dies.
-type IndexLocker interface {
-	TryLock(name string) (release func(), err error) // ErrCollectorElsewhere when held
-}
+var ErrCollectorElsewhere = index.ErrLockHeld
 
 // collectorLock serialises collections and evictions across a cluster's
 // nodes (a no-op on a single box).
 func (s *Store) collectorLock() (func(), error) {
-	if l, ok := s.idx.(IndexLocker); ok {
+	if l, ok := s.idx.(index.Locker); ok {
 		return l.TryLock("collector")
 	}
 	return func() {}, nil
-}
-
-// IndexMembers is a shared index that knows the cluster's live nodes.
-type IndexMembers interface {
-	Join(id, url string)
-	Members() map[string]string
 }
 
 // NodeID is this node's id in its cluster (kept in <data>/node-id); ""
@@ -143,22 +96,17 @@ func (s *Store) NodeID() string { return s.nodeID }
 // Join announces this node to the cluster at url (what the other nodes
 // dial), for as long as the store is open.
 func (s *Store) Join(url string) {
-	if m, ok := s.idx.(IndexMembers); ok {
+	if m, ok := s.idx.(index.Members); ok {
 		m.Join(s.nodeID, url)
 	}
 }
 
 // Members lists the cluster's live nodes, id → URL; nil on a single box.
 func (s *Store) Members() map[string]string {
-	if m, ok := s.idx.(IndexMembers); ok {
+	if m, ok := s.idx.(index.Members); ok {
 		return m.Members()
 	}
 	return nil
-}
-
-// localCommitter keeps a blob another node stores as a local copy only.
-type localCommitter interface {
-	CommitLocal(id string, d digest.Digest) error
 }
 
 // storedWait bounds how long a node that received a blob from the node
@@ -169,7 +117,7 @@ const storedWait = 10 * time.Minute
 // stored d (its record is live) and returns the record; false when peer
 // left the cluster first (or the wait ran out): then this node stores d.
 func (s *Store) awaitStored(d digest.Digest, peer string) ([]byte, bool) {
-	if _, ok := s.blobs.(localCommitter); !ok {
+	if _, ok := s.blobs.(blobs.LocalCommitter); !ok {
 		return nil, false
 	}
 	deadline := time.Now().Add(storedWait)
@@ -209,7 +157,7 @@ func (s *Store) Shared() bool { return s.shared }
 type ClusterHealth struct {
 	Node         string
 	Members      map[string]string // id → URL
-	Index        EtcdHealth
+	Index        index.Health
 	BlobStore    string // the bucket
 	BlobStoreErr string // "" while it answers
 }
@@ -221,11 +169,11 @@ func (s *Store) ClusterHealth() (h ClusterHealth, ok bool) {
 		return h, false
 	}
 	h.Node, h.Members = s.nodeID, s.Members()
-	if e, ok := s.idx.(*EtcdIndex); ok {
+	if e, ok := s.idx.(index.Healther); ok {
 		h.Index = e.Health()
 	}
-	if b, ok := s.blobs.(*S3Blobs); ok {
-		h.BlobStore = b.o.String()
+	if b, ok := s.blobs.(blobs.Remote); ok {
+		h.BlobStore = b.String()
 		if err := b.Ping(); err != nil {
 			h.BlobStoreErr = err.Error()
 		}
@@ -237,7 +185,7 @@ func (s *Store) ClusterHealth() (h ClusterHealth, ok bool) {
 // within max bytes (least recently used go first); with a single box's
 // files, nothing is a copy and nothing is freed.
 func (s *Store) TrimLocalCopies(max int64) (int64, error) {
-	if b, ok := s.blobs.(*S3Blobs); ok {
+	if b, ok := s.blobs.(blobs.LocalCopies); ok {
 		return b.TrimLocal(max)
 	}
 	return 0, nil
@@ -246,11 +194,8 @@ func (s *Store) TrimLocalCopies(max int64) (int64, error) {
 // LocalCopiesBytes is how many bytes the local copies of an object
 // store's blobs take (0 for a single box's files).
 func (s *Store) LocalCopiesBytes() (int64, error) {
-	b, ok := s.blobs.(*S3Blobs)
-	if !ok {
-		return 0, nil
+	if b, ok := s.blobs.(blobs.LocalCopies); ok {
+		return b.LocalBytes()
 	}
-	var n int64
-	err := b.local.Walk(func(i BlobInfo) error { n += i.Size; return nil })
-	return n, err
+	return 0, nil
 }

@@ -139,9 +139,9 @@ func (g *space) estimateLocked() int64 {
 	return g.avail - g.spent
 }
 
-// blobWrite lets n bytes of blob data through, or refuses them with
+// BlobWrite lets n bytes of blob data through, or refuses them with
 // ErrStorageFull when less than the floor would stay free.
-func (g *space) blobWrite(n int64) error {
+func (g *space) BlobWrite(n int64) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.readOnly {
@@ -241,26 +241,6 @@ func (g *space) giveReserveLocked(msg string) {
 		g.reserve = false
 		g.log.Warn(msg, "dir", g.dir, "free_bytes", g.avail, "reserve_bytes", reserveSize)
 		g.refreshLocked(time.Now())
-	}
-}
-
-// allocateLogs gives the index's write-ahead logs (*.mem: fixed-size files
-// Badger writes and replays through memory maps) every block they span.
-// Badger creates them sparse; a write to a hole on a full filesystem, or
-// on tmpfs even the read of one while replaying, is a SIGBUS. Allocated
-// once, neither needs the filesystem again. Errors are left to the next
-// call: a log that cannot be allocated now is no worse off than before.
-func allocateLogs(indexDir string) {
-	paths, _ := filepath.Glob(filepath.Join(indexDir, "*.mem"))
-	for _, p := range paths {
-		f, err := os.OpenFile(p, os.O_RDWR, 0)
-		if err != nil {
-			continue
-		}
-		if st, err := f.Stat(); err == nil && st.Size() > 0 && st.Sys().(*syscall.Stat_t).Blocks*512 < st.Size() {
-			syscall.Fallocate(int(f.Fd()), 1 /* FALLOC_FL_KEEP_SIZE */, 0, st.Size())
-		}
-		f.Close()
 	}
 }
 

@@ -12,9 +12,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs"
+	"github.com/wharf-registry/wharf/cache/index"
 )
 
 // Options configures a Store. Zero values take the defaults in parentheses.
@@ -28,22 +29,25 @@ type Options struct {
 	ManifestCacheBody int
 	// UploadTTL is how long an idle upload session is kept (24h).
 	UploadTTL time.Duration
-	// Logger receives Badger's warnings and the store's own (slog.Default).
+	// Logger receives the store's warnings (slog.Default).
 	Logger *slog.Logger
 	// NoSync skips every fsync, for bulk loading by tools and benchmarks:
-	// a crash may lose what was written. Never for serving.
+	// a crash may lose what was written. Never for serving. (The index and
+	// blob openers get it.)
 	NoSync bool
-	// Blobs, when set, holds the bytes instead of the files under Dir (a
-	// fault-injecting store in tests; an object store later). The index
-	// stays under Dir.
-	Blobs Blobs
-	// S3, when set, keeps committed blobs in that bucket, with the files
-	// under Dir as ingest space and a local copy (S3Blobs).
-	S3 *S3Options
-	// Index, when set, is the index instead of Badger under Dir: etcd,
-	// shared by a cluster's nodes (OpenEtcdIndex). The store closes it.
-	// Its nodes must share the blobs too (S3).
-	Index Index
+	// Index, when set, is a shared index (etcd, shared by a cluster's
+	// nodes), already open; the store closes it. Its nodes must share the
+	// blobs too (a remote store).
+	Index index.Index
+	// LocalIndex opens the index under the data directory (Badger) when
+	// Index is nil: readOnly when the filesystem is too full for it to
+	// write. One of the two is required.
+	LocalIndex func(dir string, readOnly bool) (index.Index, error)
+	// Blobs, when set, holds the bytes (a fault-injecting store in tests).
+	Blobs blobs.Blobs
+	// OpenBlobs opens the byte store when Blobs is nil (required then):
+	// files under the data directory, or a bucket with them in front.
+	OpenBlobs func(BlobsEnv) (blobs.Blobs, error)
 	// MinFree is the free space blob writes leave on the data directory's
 	// filesystem, for the index (DefaultMinFree of its size). See space.go.
 	MinFree int64
@@ -54,16 +58,15 @@ type Options struct {
 
 // Store is the content store. It is safe for concurrent use.
 type Store struct {
-	idx      Index
-	bdb      *badger.DB // the Badger index; nil with another Index
-	shared   bool       // the index is shared with other nodes (IndexWatcher)
-	nodeID   string     // this node's id in the cluster (shared index only)
-	blobs    Blobs
-	space    *space
-	opts     Options
-	log      *slog.Logger
-	lock     *os.File // flock on <data>/wharf.lock
-	indexDir string   // Badger's directory
+	idx    Index
+	disk   index.OnDisk // the index, when it is on the data directory's filesystem
+	shared bool         // the index is shared with other nodes (index.Watcher)
+	nodeID string       // this node's id in the cluster (shared index only)
+	blobs  Blobs
+	space  *space
+	opts   Options
+	log    *slog.Logger
+	lock   *os.File // flock on <data>/wharf.lock
 
 	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
 	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
@@ -127,81 +130,123 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkBlobStore(opts); err != nil {
-		return nil, err
-	}
 	if err := checkIndexStore(opts); err != nil {
 		return nil, err
-	}
-	blobs := opts.Blobs
-	if blobs == nil {
-		fb, err := NewFileBlobs(opts.Dir)
-		if err != nil {
-			return nil, err
-		}
-		fb.noSync = opts.NoSync
-		fb.space = sp
-		blobs = fb
-		if opts.S3 != nil {
-			s3o := *opts.S3
-			if opts.Index != nil {
-				if s3o.Owner, err = clusterID(opts.Index); err != nil {
-					return nil, err
-				}
-			}
-			if blobs, err = NewS3Blobs(fb, s3o); err != nil {
-				return nil, err
-			}
-		}
 	}
 	lock, err := lockDir(opts.Dir)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Index != nil {
-		return openShared(opts, blobs, sp, lock)
-	}
-	// On a nearly full filesystem the reserve goes before the index opens:
-	// opening writes (a new log file). With still no room for that, the
-	// index opens read-only: reads are served, writes refused.
-	readOnly := sp.check().Avail < indexFloor
-	bo := badgerOptions(filepath.Join(opts.Dir, "index"), opts.Logger).WithSyncWrites(!opts.NoSync).WithReadOnly(readOnly)
-	db, err := badger.Open(bo)
-	if err != nil && readOnly && truncateNeeded(err) {
-		// Writes from an unclean stop are still in the index's log, and
-		// only a writable open replays it: that needs room.
+	s := &Store{space: sp, opts: opts, log: opts.Logger, lock: lock}
+	if err := s.openIndex(); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("%w: the filesystem holding %s is full, and the index has writes from an unclean stop that only a writable start can replay: free at least %d MiB there and start again",
-			ErrStorageFull, opts.Dir, indexFloor>>20)
+		return nil, err
 	}
-	if err != nil {
+	fail := func(err error) (*Store, error) {
+		s.idx.Close()
 		lock.Close()
-		return nil, fmt.Errorf("cache: open index: %w", err)
+		return nil, err
 	}
-	if readOnly {
-		sp.setReadOnly()
-		opts.Logger.Warn("the filesystem is full: index opened read-only; serving reads, refusing writes until space is freed",
-			"dir", opts.Dir, "free_bytes", sp.check().Avail, "needed_bytes", indexFloor)
-	}
-	s := &Store{idx: badgerIndex{db}, bdb: db, blobs: blobs, space: sp, opts: opts, log: opts.Logger, lock: lock, indexDir: bo.Dir}
-	if !readOnly {
-		allocateLogs(s.indexDir)
+	if err := s.openBlobs(); err != nil {
+		return fail(err)
 	}
 	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
 	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
-	if err := s.loadOrigins(); err != nil {
-		db.Close()
-		lock.Close()
-		return nil, fmt.Errorf("cache: reading repository origins: %w", err)
+	if opts.Index != nil {
+		id, err := nodeID(opts.Dir)
+		if err != nil {
+			return fail(err)
+		}
+		s.nodeID = id
+		s.links, _ = lru.New[string, int64](4 * opts.ManifestCacheEntries)
+		if w, ok := opts.Index.(index.Watcher); ok {
+			// Before the origins are read: nothing written after that read
+			// can be missed.
+			s.shared = true
+			w.Watch(s.changed, s.lostChanges)
+		}
 	}
-	if !readOnly {
+	if err := s.loadOrigins(); err != nil {
+		return fail(fmt.Errorf("cache: reading repository origins: %w", err))
+	}
+	if !s.space.isReadOnly() {
 		if err := s.CleanIngests(time.Now()); err != nil {
-			db.Close()
-			lock.Close()
-			return nil, err
+			return fail(err)
 		}
 	}
 	return s, nil
+}
+
+// openIndex opens the shared index given, or the local one: on a nearly
+// full filesystem the reserve goes before it opens (opening writes a new
+// log file); with still no room for that, it opens read-only: reads are
+// served, writes refused.
+func (s *Store) openIndex() error {
+	opts := s.opts
+	if opts.Index != nil {
+		s.idx = opts.Index
+		return nil
+	}
+	if opts.LocalIndex == nil {
+		return errors.New("cache: no index (Options.Index or LocalIndex)")
+	}
+	readOnly := s.space.check().Avail < indexFloor
+	ix, err := opts.LocalIndex(filepath.Join(opts.Dir, "index"), readOnly)
+	if errors.Is(err, index.ErrReplayNeeded) {
+		return fmt.Errorf("%w: the filesystem holding %s is full, and the index has writes from an unclean stop that only a writable start can replay: free at least %d MiB there and start again",
+			ErrStorageFull, opts.Dir, indexFloor>>20)
+	}
+	if err != nil {
+		return err
+	}
+	s.idx = ix
+	s.disk, _ = ix.(index.OnDisk)
+	if readOnly {
+		s.space.setReadOnly()
+		opts.Logger.Warn("the filesystem is full: index opened read-only; serving reads, refusing writes until space is freed",
+			"dir", opts.Dir, "free_bytes", s.space.check().Avail, "needed_bytes", indexFloor)
+	} else if s.disk != nil {
+		s.disk.Allocate()
+	}
+	return nil
+}
+
+// BlobsEnv is what the store hands OpenBlobs.
+type BlobsEnv struct {
+	Dir    string     // the data directory
+	Room   blobs.Room // its free-space guard, for writes of blob bytes there
+	NoSync bool       // Options.NoSync
+	// ClusterID, on a shared index, is the cluster's id: the owner of a
+	// bucket's prefix that all its nodes share.
+	ClusterID string
+}
+
+// openBlobs opens the byte store and checks the data directory is the
+// store's kind.
+func (s *Store) openBlobs() error {
+	b := s.opts.Blobs
+	if b == nil {
+		if s.opts.OpenBlobs == nil {
+			return errors.New("cache: no blob store (Options.Blobs or OpenBlobs)")
+		}
+		env := BlobsEnv{Dir: s.opts.Dir, Room: s.space, NoSync: s.opts.NoSync}
+		if s.opts.Index != nil {
+			id, err := clusterID(s.idx)
+			if err != nil {
+				return err
+			}
+			env.ClusterID = id
+		}
+		var err error
+		if b, err = s.opts.OpenBlobs(env); err != nil {
+			return err
+		}
+	}
+	if err := checkBlobStore(s.opts, b); err != nil {
+		return err
+	}
+	s.blobs = b
+	return nil
 }
 
 // ReadOnly reports that the index was opened read-only (the filesystem was
@@ -215,27 +260,6 @@ func (s *Store) WritableAgain() bool {
 	return s.space.isReadOnly() && s.space.check().Avail >= indexFloor+reserveSize
 }
 
-// badgerOptions sizes Badger for an appliance: small memtables and caches
-// (the index holds small records; blob bytes never enter it) and synchronous
-// writes, so that an acknowledged push survives a crash of the machine.
-func badgerOptions(dir string, log *slog.Logger) badger.Options {
-	return badger.DefaultOptions(dir).
-		WithLogger(badgerLogger{log}).
-		WithSyncWrites(true).
-		WithMemTableSize(2 << 20). // see indexFloor
-		WithNumMemtables(2).
-		WithNumLevelZeroTables(2).
-		WithNumLevelZeroTablesStall(8).
-		WithBlockCacheSize(8 << 20).
-		WithIndexCacheSize(4 << 20).
-		WithValueLogFileSize(64 << 20).
-		WithValueThreshold(4 << 10).
-		WithNumCompactors(2).
-		// <data>/wharf.lock already keeps a second process out; Badger's own
-		// pid file would be one more write that a full disk refuses at start.
-		WithBypassLockGuard(true)
-}
-
 // Close closes the index and releases the data directory. In-flight calls
 // must have returned.
 //
@@ -246,7 +270,7 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 func (s *Store) Close() error {
 	s.FlushAccess()
 	s.FlushPulls()
-	if !s.space.isReadOnly() && s.bdb != nil {
+	if !s.space.isReadOnly() && s.disk != nil {
 		if ok, avail := s.space.roomToClose(); !ok {
 			s.log.Error("the filesystem is full: the index is left to its write-ahead log, which the next start replays",
 				"dir", s.space.dir, "free_bytes", avail, "needed_bytes", closeRoom)
@@ -293,8 +317,8 @@ func (s *Store) Ping(write bool) error {
 // seconds: it is how the store notices a filesystem filled by others.
 func (s *Store) Space() Space {
 	sp := s.space.check()
-	if !s.space.isReadOnly() && s.bdb != nil {
-		allocateLogs(s.indexDir)
+	if !s.space.isReadOnly() && s.disk != nil {
+		s.disk.Allocate()
 	}
 	return sp
 }
@@ -309,26 +333,18 @@ func (s *Store) HasRoom(n int64) bool { return s.space.room(n) }
 // Blobs exposes the byte store (for tests and operator commands).
 func (s *Store) Blobs() Blobs { return s.blobs }
 
-// RunValueLogGC runs one Badger value-log GC pass; nil when nothing was
-// rewritten. Call it from a loop owned by the process.
-//
-// On a shared index it compacts etcd's history instead (EtcdIndex.Compact).
+// RunValueLogGC reclaims the index's own space (index.Compacter): one
+// Badger value-log GC pass, or the compaction of etcd's history; nil when
+// nothing was rewritten. Call it from a loop owned by the process.
 func (s *Store) RunValueLogGC() error {
-	if s.bdb == nil {
-		if e, ok := s.idx.(*EtcdIndex); ok {
-			_, err := e.Compact()
-			return err
-		}
+	c, ok := s.idx.(index.Compacter)
+	if !ok {
 		return nil
 	}
-	if err := s.space.indexWrite(true); err != nil {
+	if err := s.indexWrite(true); err != nil {
 		return nil // it rewrites: not now
 	}
-	err := s.bdb.RunValueLogGC(0.5)
-	if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
-		return nil
-	}
-	return err
+	return c.Compact()
 }
 
 // Key builders. Repository names and tags never contain NUL.
@@ -361,7 +377,7 @@ func (s *Store) update(fn func(txn Txn) error) error {
 // indexWrite is space.indexWrite for an index on the data directory's
 // filesystem; a remote index takes its writes elsewhere.
 func (s *Store) indexWrite(release bool) error {
-	if s.bdb == nil {
+	if s.disk == nil {
 		return nil
 	}
 	return s.space.indexWrite(release)
@@ -496,21 +512,4 @@ func (s *Store) remember(key string, g uint64, add func()) {
 		add()
 	}
 	s.cacheMu.Unlock()
-}
-
-type badgerLogger struct{ l *slog.Logger }
-
-func (b badgerLogger) Errorf(f string, a ...any) {
-	b.l.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
-}
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
-}
-func (b badgerLogger) Infof(string, ...any)  {}
-func (b badgerLogger) Debugf(string, ...any) {}
-
-// truncateNeeded reports Badger's refusal to open a log with writes not yet
-// replayed read-only; some of its wrappings lose the error's identity.
-func truncateNeeded(err error) bool {
-	return errors.Is(err, badger.ErrTruncateNeeded) || strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error())
 }

@@ -13,6 +13,10 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs"
+	"github.com/wharf-registry/wharf/cache/blobs/fileblobs"
+	"github.com/wharf-registry/wharf/cache/index"
+	"github.com/wharf-registry/wharf/cache/index/badgerindex"
 )
 
 func openStore(t *testing.T, dir string, opts ...func(*Options)) *Store {
@@ -21,11 +25,27 @@ func openStore(t *testing.T, dir string, opts ...func(*Options)) *Store {
 	for _, f := range opts {
 		f(&o)
 	}
-	s, err := Open(o)
+	s, err := testOpen(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// testOpen is Open with the single box's backends for what o leaves unset
+// (stores.Local, which this package's tests cannot import).
+func testOpen(o Options) (*Store, error) {
+	if o.Index == nil && o.LocalIndex == nil {
+		o.LocalIndex = func(dir string, readOnly bool) (index.Index, error) {
+			return badgerindex.Open(dir, badgerindex.Options{Logger: o.Logger, NoSync: o.NoSync, ReadOnly: readOnly})
+		}
+	}
+	if o.Blobs == nil && o.OpenBlobs == nil {
+		o.OpenBlobs = func(env BlobsEnv) (blobs.Blobs, error) {
+			return fileblobs.New(env.Dir, fileblobs.Options{NoSync: env.NoSync, Room: env.Room})
+		}
+	}
+	return Open(o)
 }
 
 func readBlob(t *testing.T, s *Store, repo string, d digest.Digest) []byte {
@@ -209,11 +229,11 @@ func TestExpireUploads(t *testing.T) {
 func TestDataDirLocked(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
-	if _, err := Open(Options{Dir: dir}); !errors.Is(err, ErrInUse) {
+	if _, err := testOpen(Options{Dir: dir}); !errors.Is(err, ErrInUse) {
 		t.Fatalf("second open: %v, want ErrInUse", err)
 	}
 	s.Close()
-	s2, err := Open(Options{Dir: dir})
+	s2, err := testOpen(Options{Dir: dir})
 	if err != nil {
 		t.Fatalf("open after close: %v", err)
 	}

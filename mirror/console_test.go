@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/stores"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -479,7 +480,7 @@ func TestConsoleCharts(t *testing.T) {
 	// index; a new registry over the same store draws them.
 	dir := t.TempDir()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := cache.Open(cache.Options{Dir: dir, Logger: quiet})
+	st, err := stores.Open(cache.Options{Dir: dir, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +494,7 @@ func TestConsoleCharts(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	st, err = cache.Open(cache.Options{Dir: dir, Logger: quiet})
+	st, err = stores.Open(cache.Options{Dir: dir, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

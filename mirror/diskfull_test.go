@@ -10,49 +10,23 @@ import (
 	"testing"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/blobs/blobstest"
+	"github.com/wharf-registry/wharf/cache/blobs/fileblobs"
+	"github.com/wharf-registry/wharf/cache/stores"
 )
-
-// fullDisk is the file blob store with a switch that makes every write
-// fail as a full filesystem does.
-type fullDisk struct {
-	*cache.FileBlobs
-	full atomic.Bool
-}
-
-func (f *fullDisk) Append(id string) (cache.Appender, error) {
-	a, err := f.FileBlobs.Append(id)
-	if err != nil {
-		return nil, err
-	}
-	return fullAppender{a, f}, nil
-}
-
-type fullAppender struct {
-	cache.Appender
-	d *fullDisk
-}
-
-func (a fullAppender) Write(p []byte) (int, error) {
-	if a.d.full.Load() {
-		return 0, fmt.Errorf("%w: write: no space left on device (injected)", cache.ErrStorageFull)
-	}
-	return a.Appender.Write(p)
-}
-
-var _ cache.Blobs = (*fullDisk)(nil)
 
 // TestDiskFull: with the disk full a push gets 507 in the OCI envelope, the
 // storage-full hook runs, nothing partial is left, reads go on; once there
 // is room again pushes work.
 func TestDiskFull(t *testing.T) {
 	dir := t.TempDir()
-	fb, err := cache.NewFileBlobs(dir)
+	fb, err := fileblobs.New(dir, fileblobs.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	disk := &fullDisk{FileBlobs: fb}
+	disk := &blobstest.FullDisk{Blobs: fb}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := cache.Open(cache.Options{Dir: dir, Blobs: disk, Logger: quiet})
+	st, err := stores.Open(cache.Options{Dir: dir, Blobs: disk, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +36,7 @@ func TestDiskFull(t *testing.T) {
 	r := &testRegistry{srv: srv, store: st, dir: dir}
 	r.pushImage(t, "team/app", "v1", nil)
 
-	disk.full.Store(true)
+	disk.Full.Store(true)
 	for _, path := range []string{"/v2/team/app/blobs/uploads/?digest=sha256:" + fmt.Sprintf("%064x", 1), "/v2/team/app/blobs/uploads/"} {
 		resp, body := r.do(t, "POST", path, []byte("a layer that does not fit"), nil)
 		if path == "/v2/team/app/blobs/uploads/" && resp.StatusCode == http.StatusAccepted {
@@ -82,6 +56,6 @@ func TestDiskFull(t *testing.T) {
 	if resp, _ := r.do(t, "GET", "/v2/team/app/manifests/v1", nil, nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("read on a full disk: %s", resp.Status)
 	}
-	disk.full.Store(false)
+	disk.Full.Store(false)
 	r.pushImage(t, "team/app", "v2", nil)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/stores"
 )
 
 // syncLog is a log buffer safe for the server's goroutines.
@@ -34,7 +35,7 @@ func TestEveryExitCountedOnce(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	logs := &syncLog{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	st, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	st, err := stores.Open(cache.Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

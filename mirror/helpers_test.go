@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/stores"
 )
 
 // testRegistry is the registry API over a real store in a temp dir, served
@@ -29,7 +30,7 @@ func newTestRegistry(t testing.TB, opts Options) *testRegistry {
 	dir := t.TempDir()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts.Logger = quiet
-	st, err := cache.Open(cache.Options{Dir: dir, Logger: quiet})
+	st, err := stores.Open(cache.Options{Dir: dir, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

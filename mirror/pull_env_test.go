@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/stores"
 	"github.com/wharf-registry/wharf/internal/fakehub"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -42,7 +43,7 @@ func newMirrorEnv(t testing.TB, opts Options) *mirrorEnv {
 	}
 	t.Cleanup(up.Close)
 	dir := t.TempDir()
-	st, err := cache.Open(cache.Options{Dir: dir, Logger: quiet})
+	st, err := stores.Open(cache.Options{Dir: dir, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

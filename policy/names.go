@@ -3,7 +3,7 @@ package policy
 import (
 	"strings"
 
-	"github.com/wharf-registry/wharf/upstream"
+	"github.com/wharf-registry/wharf/upstream/regname"
 )
 
 // Target is where a mirrored repository comes from and where its copy is
@@ -33,14 +33,14 @@ func Mirror(name, ns string) Target {
 	var t Target
 	switch {
 	case ns != "":
-		t.Registry, t.Remote, t.Named = upstream.NormalizeName(ns), name, true
+		t.Registry, t.Remote, t.Named = regname.Normalize(ns), name, true
 	case HasRegistryPrefix(name):
 		host, rest, _ := strings.Cut(name, "/")
-		t.Registry, t.Remote, t.Named = upstream.NormalizeName(host), rest, true
+		t.Registry, t.Remote, t.Named = regname.Normalize(host), rest, true
 	default:
-		t.Registry, t.Remote = upstream.DockerHub, name
+		t.Registry, t.Remote = regname.DockerHub, name
 	}
-	if t.Registry == upstream.DockerHub && !strings.Contains(t.Remote, "/") {
+	if t.Registry == regname.DockerHub && !strings.Contains(t.Remote, "/") {
 		t.Remote = "library/" + t.Remote
 	}
 	t.Local = t.Registry + "/" + t.Remote

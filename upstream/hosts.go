@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/wharf-registry/wharf/upstream/regname"
 )
 
 // DockerHub is the name Docker Hub content is known by.
-const DockerHub = "docker.io"
+const DockerHub = regname.DockerHub
 
 // Registry is one upstream registry: the name clients use for it, where to
 // connect, and optional credentials (sent only to its auth realm).
@@ -19,13 +21,7 @@ type Registry struct {
 }
 
 // NormalizeName maps Docker Hub's aliases to "docker.io".
-func NormalizeName(name string) string {
-	switch strings.ToLower(name) {
-	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "docker.io":
-		return DockerHub
-	}
-	return strings.ToLower(name)
-}
+func NormalizeName(name string) string { return regname.Normalize(name) }
 
 func (r Registry) endpoint() (*url.URL, error) {
 	ep := r.Endpoint

@@ -226,13 +226,13 @@ func TestClusterOptions(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "wharf.yaml")
 	os.WriteFile(file, []byte("blob-store: "+store+"\nblob-store-access-key: from-file\nblob-store-secret-key: file-secret\nlocal-cache-size: 3G\n"), 0o600)
 	cfg := parseServe(t, "--config", file)
-	if cfg.cache.S3 == nil || cfg.cache.S3.AccessKey != "from-file" || cfg.cache.S3.SecretKey != "file-secret" || cfg.localCacheSize != 3<<30 {
-		t.Fatalf("keys from the config file: %+v %d", cfg.cache.S3, cfg.localCacheSize)
+	if cfg.blobStore == nil || cfg.blobStore.AccessKey != "from-file" || cfg.blobStore.SecretKey != "file-secret" || cfg.localCacheSize != 3<<30 {
+		t.Fatalf("keys from the config file: %+v %d", cfg.blobStore, cfg.localCacheSize)
 	}
 	t.Setenv("AWS_ACCESS_KEY_ID", "from-env")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
-	if cfg := parseServe(t, "--config", file); cfg.cache.S3.AccessKey != "from-env" {
-		t.Fatalf("the environment over the file: %+v", cfg.cache.S3)
+	if cfg := parseServe(t, "--config", file); cfg.blobStore.AccessKey != "from-env" {
+		t.Fatalf("the environment over the file: %+v", cfg.blobStore)
 	}
 	if _, err := tryServe("--index", "etcd://127.0.0.1:2379"); err == nil || !strings.Contains(err.Error(), "--blob-store") {
 		t.Fatalf("--index without a bucket: %v", err)

@@ -13,6 +13,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/index/etcdindex"
+	"github.com/wharf-registry/wharf/cache/stores"
 )
 
 // Operator commands open the data directory themselves; Badger's lock makes
@@ -42,7 +44,9 @@ func openForMaintenance(c *cli.Context) (*cache.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts.S3 = s3
+	if s3 != nil {
+		opts.OpenBlobs = stores.S3(*s3)
+	}
 	if raw := c.String("index"); raw != "" {
 		eo, err := sharedIndex(raw, s3 != nil, opts.Logger)
 		if err != nil {
@@ -54,13 +58,13 @@ func openForMaintenance(c *cli.Context) (*cache.Store, error) {
 			}
 			c.Context = context.WithValue(c.Context, scratchKey{}, opts.Dir)
 		}
-		ix, err := cache.OpenEtcdIndex(*eo)
+		ix, err := etcdindex.Open(*eo)
 		if err != nil {
 			return nil, err
 		}
 		opts.Index = ix
 	}
-	st, err := cache.Open(opts)
+	st, err := stores.Open(opts)
 	if errors.Is(err, cache.ErrInUse) {
 		return nil, fmt.Errorf("%s is in use, probably by a running wharf serve: stop it first", dir)
 	}

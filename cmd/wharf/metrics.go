@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"github.com/wharf-registry/wharf/cache"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wharf-registry/wharf/upstream"
+
+	"github.com/wharf-registry/wharf/cache"
 )
 
 // opsMetrics are the instruments cmd's loops update.

@@ -25,6 +25,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/blobs/s3blobs"
+	"github.com/wharf-registry/wharf/cache/index/etcdindex"
+	"github.com/wharf-registry/wharf/cache/stores"
 	"github.com/wharf-registry/wharf/mirror"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
@@ -44,7 +47,8 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
-	index           *cache.EtcdOptions // the cluster's index; nil: Badger under the data directory
+	index           *etcdindex.Options // the cluster's index; nil: Badger under the data directory
+	blobStore       *s3blobs.Options   // the bucket holding the blobs; nil: files under the data directory
 	advertise       string             // the URL other nodes reach this one at ("": derived)
 	gcGrace         time.Duration
 	maxSize         int64
@@ -105,6 +109,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		registry2Auth:   r2.htpasswdAuth,
 		metricsAddr:     c.String("metrics-addr"),
 		index:           index,
+		blobStore:       s3,
 		advertise:       c.String("advertise-url"),
 		debugAddr:       c.String("debug-addr"),
 		log:             log,
@@ -115,7 +120,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		retention:       c.Duration("retention"),
 		evictInterval:   c.Duration("evict-interval"),
 		idleTimeout:     c.Duration("idle-timeout"),
-		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log, S3: s3},
+		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror: mirror.Options{AllowDelete: c.Bool("allow-delete"), GCGrace: c.Duration("gc-grace"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
 			Secret: secret, Policy: access.policy, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 			TagTTL: tagTTL(c.Duration("tag-ttl")), MissTTL: missTTL(c.Duration("miss-ttl")), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
@@ -382,14 +387,17 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 	defer stop()
 	log := cfg.log
 	if cfg.index != nil {
-		ix, err := cache.OpenEtcdIndex(*cfg.index)
+		ix, err := etcdindex.Open(*cfg.index)
 		if err != nil {
 			return err
 		}
 		cfg.cache.Index = ix
 		log.Info("index in etcd, shared with the cluster's other nodes", "index", ix.String())
 	}
-	store, err := cache.Open(cfg.cache)
+	if cfg.blobStore != nil {
+		cfg.cache.OpenBlobs = stores.S3(*cfg.blobStore)
+	}
+	store, err := stores.Open(cfg.cache)
 	if err != nil {
 		if cfg.cache.Index != nil {
 			cfg.cache.Index.Close()
@@ -669,11 +677,11 @@ func advertiseURL(cfg serveConfig, addr net.Addr) string {
 // sharedIndex reads --index: nil for Badger under --data, or the etcd
 // cluster a cluster's nodes share, which only makes sense with blobs they
 // share too.
-func sharedIndex(raw string, sharedBlobs bool, log *slog.Logger) (*cache.EtcdOptions, error) {
+func sharedIndex(raw string, sharedBlobs bool, log *slog.Logger) (*etcdindex.Options, error) {
 	if raw == "" {
 		return nil, nil
 	}
-	o, err := cache.ParseEtcdURL(raw)
+	o, err := etcdindex.ParseURL(raw)
 	if err != nil {
 		return nil, fmt.Errorf("--index: %w", err)
 	}
@@ -686,12 +694,12 @@ func sharedIndex(raw string, sharedBlobs bool, log *slog.Logger) (*cache.EtcdOpt
 
 // blobStore reads --blob-store: nil for the files under --data, or the S3
 // bucket with the usual AWS credential variables.
-func blobStore(c *cli.Context) (*cache.S3Options, error) {
+func blobStore(c *cli.Context) (*s3blobs.Options, error) {
 	raw := c.String("blob-store")
 	if raw == "" {
 		return nil, nil
 	}
-	o, err := cache.ParseS3URL(raw)
+	o, err := s3blobs.ParseURL(raw)
 	if err != nil {
 		return nil, fmt.Errorf("--blob-store: %w", err)
 	}

@@ -92,7 +92,7 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 	released, stop7 := ticker(releasedInterval)
 	defer stop7()
 	var trim <-chan time.Time
-	if cfg.cache.S3 != nil {
+	if cfg.blobStore != nil {
 		var stop8 func()
 		trim, stop8 = ticker(localTrimInterval)
 		defer stop8()
@@ -167,7 +167,7 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 		ops.storeBytes.Set(float64(size))
 	}
 	deficit := store.SpaceDeficit()
-	if cfg.cache.S3 != nil && deficit > 0 { // the local copies go first: the bucket keeps them
+	if cfg.blobStore != nil && deficit > 0 { // the local copies go first: the bucket keeps them
 		trimLocal(store, cfg, log, deficit)
 		deficit = store.SpaceDeficit()
 	}

@@ -3,9 +3,14 @@
 // may do what, where names go) and cache (content, index, blob downloads) ←
 // upstream bytes handed in by mirror; cache and upstream never import
 // mirror, cache imports neither upstream nor policy, upstream imports
-// neither cache nor policy; only cache touches Badger and only upstream
-// containerd's remotes; and no code outside policy derives a repository's
-// origin from the shape of its name.
+// neither cache nor policy, and policy never upstream's root (only its
+// dependency-free name leaf). The store is over two interfaces it declares
+// (cache/index, cache/blobs): cache never imports a concrete backend, a
+// backend imports only its interface package, and only cmd and
+// cache/stores put them together. Only the Badger backend touches Badger,
+// only the etcd backend etcd's client, only the S3 backend minio, and only
+// upstream containerd's remotes; and no code outside policy derives a
+// repository's origin from the shape of its name.
 package archtest
 
 import (
@@ -39,21 +44,40 @@ func TestImportGraph(t *testing.T) {
 		seen++
 		pkg := strings.TrimPrefix(p.ImportPath, module)
 		for _, dep := range p.Deps {
+			d := strings.TrimPrefix(dep, module)
 			switch {
-			case (pkg == "cache" || pkg == "upstream" || pkg == "policy") && dep == module+"mirror":
-				t.Errorf("%s imports mirror: data must flow one way", pkg)
-			case pkg == "cache" && (dep == module+"upstream" || dep == module+"policy"):
-				t.Errorf("cache imports %s: the store knows nothing of registries' protocols or rules", dep)
-			case pkg == "upstream" && (dep == module+"cache" || dep == module+"policy"):
-				t.Errorf("upstream imports %s", dep)
+			case (under(pkg, "cache") || pkg == "upstream" || pkg == "policy") && under(d, "mirror"):
+				t.Errorf("%s imports %s: data must flow one way", pkg, d)
+			case pkg == "cache" && (under(d, "upstream") || d == "policy"):
+				t.Errorf("cache imports %s: the store knows nothing of registries' protocols or rules", d)
+			case pkg == "cache" && (isBackend(d) || d == "cache/stores"):
+				t.Errorf("cache imports the backend %s: it knows only the interfaces it declares", d)
+			case pkg == "cache" && (strings.HasPrefix(dep, "github.com/dgraph-io/badger") || strings.HasPrefix(dep, "go.etcd.io/") || strings.HasPrefix(dep, "github.com/minio/") || strings.HasPrefix(dep, "google.golang.org/grpc")):
+				t.Errorf("cache links %s: a backend's library belongs to the backend", dep)
+			case pkg == "upstream" && (d == "cache" || d == "policy"):
+				t.Errorf("upstream imports %s", d)
+			case pkg == "policy" && d == "upstream":
+				t.Errorf("policy imports upstream's root: names come from upstream/regname")
+			case pkg == "policy" && strings.HasPrefix(dep, "google.golang.org/grpc"):
+				t.Errorf("policy links %s", dep)
 			}
 		}
 		for _, imp := range p.Imports {
-			if strings.HasPrefix(imp, "github.com/dgraph-io/badger") && pkg != "cache" {
-				t.Errorf("%s imports Badger; only cache may", pkg)
+			d := strings.TrimPrefix(imp, module)
+			if isBackend(pkg) && strings.HasPrefix(imp, module) && d != iface(pkg) && d != "internal/idle" {
+				t.Errorf("backend %s imports %s: a backend imports only its interface package (%s)", pkg, d, iface(pkg))
 			}
-			if strings.HasPrefix(imp, "go.etcd.io/etcd/") && pkg != "cache" && pkg != "internal/etcdtest" {
-				t.Errorf("%s imports etcd's client; only cache (and the tests' etcd helper) may", pkg)
+			if isBackend(d) && pkg != "cache/stores" && !under(pkg, "cmd") && !under(pkg, "internal") {
+				t.Errorf("%s imports the backend %s: cmd (through cache/stores) chooses backends", pkg, d)
+			}
+			if strings.HasPrefix(imp, "github.com/dgraph-io/badger") && pkg != "cache/index/badgerindex" {
+				t.Errorf("%s imports Badger; only cache/index/badgerindex may", pkg)
+			}
+			if strings.HasPrefix(imp, "go.etcd.io/etcd/") && pkg != "cache/index/etcdindex" && pkg != "internal/etcdtest" {
+				t.Errorf("%s imports etcd's client; only cache/index/etcdindex (and the tests' etcd helper) may", pkg)
+			}
+			if strings.HasPrefix(imp, "github.com/minio/") && pkg != "cache/blobs/s3blobs" && !under(pkg, "internal") {
+				t.Errorf("%s imports minio; only cache/blobs/s3blobs (and test helpers) may", pkg)
 			}
 			if strings.HasPrefix(imp, "github.com/containerd/containerd/v2/core/remotes") && pkg != "upstream" {
 				t.Errorf("%s imports containerd's remotes; only upstream may", pkg)
@@ -64,6 +88,23 @@ func TestImportGraph(t *testing.T) {
 		t.Fatalf("go list saw %d packages", seen)
 	}
 }
+
+// under reports whether pkg is dir or inside it.
+func under(pkg, dir string) bool { return pkg == dir || strings.HasPrefix(pkg, dir+"/") }
+
+// isBackend reports whether pkg implements one of the store's interfaces
+// (the conformance suites are not backends).
+func isBackend(pkg string) bool {
+	for _, i := range []string{"cache/index/", "cache/blobs/"} {
+		if rest, ok := strings.CutPrefix(pkg, i); ok && !strings.Contains(rest, "/") && !strings.HasSuffix(rest, "test") {
+			return true
+		}
+	}
+	return false
+}
+
+// iface is the interface package a backend implements.
+func iface(pkg string) string { return pkg[:strings.LastIndex(pkg, "/")] }
 
 // TestNoOriginFromNameShape: whether a repository is pushed or mirrored is
 // read from the origin the store recorded; the name-shape predicate maps a

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/cache/stores"
 )
 
 var (
@@ -75,7 +76,7 @@ func runStore(tmp, bin string) error {
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	fmt.Printf("  GC pass over the index (wharf gc --dry-run, with open and close): %s — %s\n", time.Since(t1).Round(time.Millisecond), lines[len(lines)-1])
 
-	st, err := cache.Open(cache.Options{Dir: data, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	st, err := stores.Open(cache.Options{Dir: data, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return err
 	}
@@ -95,7 +96,7 @@ func runStore(tmp, bin string) error {
 // seedStore writes blobs and tagged manifests (each referencing
 // blobs/tags blobs) through the store's API without fsync.
 func seedStore(dir string, blobs, tags int) error {
-	st, err := cache.Open(cache.Options{Dir: dir, NoSync: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	st, err := stores.Open(cache.Options{Dir: dir, NoSync: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return err
 	}

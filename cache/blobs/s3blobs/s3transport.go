@@ -1,4 +1,4 @@
-package cache
+package s3blobs
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wharf-registry/wharf/cache/blobs"
 	"github.com/wharf-registry/wharf/internal/idle"
 )
 
@@ -20,7 +21,7 @@ import (
 // accepts connections and then says nothing fails a request in bounded
 // time instead of holding it. A request that hit one of those deadlines
 // marks the store down: requests that need it then fail at once with
-// ErrBlobStoreUnavailable (503) while a probe asks it every probeEvery
+// blobs.ErrStoreUnavailable (503) while a probe asks it every probeEvery
 // until it answers.
 const (
 	s3DialTimeout   = 5 * time.Second
@@ -45,7 +46,7 @@ func (h *s3Health) ready() error {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return fmt.Errorf("%w: it did not answer in time (%s); probing it every %s", ErrBlobStoreUnavailable, h.lastErr, s3ProbeEvery)
+	return fmt.Errorf("%w: it did not answer in time (%s); probing it every %s", blobs.ErrStoreUnavailable, h.lastErr, s3ProbeEvery)
 }
 
 // hung marks the store down and starts the probe (once).
@@ -117,7 +118,7 @@ func (t *s3RoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	resp.Body = idle.Body(resp.Body, s3IdleTimeout, ErrBlobStoreUnavailable, func() {
+	resp.Body = idle.Body(resp.Body, s3IdleTimeout, blobs.ErrStoreUnavailable, func() {
 		t.next.CloseIdleConnections()
 		t.health.hung(fmt.Errorf("a response body sent nothing for %s", s3IdleTimeout))
 	})

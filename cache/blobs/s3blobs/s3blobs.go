@@ -1,4 +1,8 @@
-package cache
+// Package s3blobs keeps committed blobs in an S3-compatible bucket, with
+// local files in front (ingest space and local copies). It implements
+// blobs.Blobs and the capabilities a cluster uses: LocalCommitter,
+// LocalCopies and Remote.
+package s3blobs
 
 import (
 	"context"
@@ -20,10 +24,11 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
-// S3Options names the S3-compatible bucket that holds committed blobs.
-type S3Options struct {
+// Options names the S3-compatible bucket that holds committed blobs.
+type Options struct {
 	Endpoint             string // host:port
 	Bucket               string
 	Prefix               string // key prefix: "" or ending in "/"
@@ -38,49 +43,61 @@ type S3Options struct {
 	Logger *slog.Logger
 }
 
-// ParseS3URL reads s3://bucket[/prefix]?endpoint=host:port[&region=r][&insecure=true][&part-size=bytes].
+// ParseURL reads s3://bucket[/prefix]?endpoint=host:port[&region=r][&insecure=true][&part-size=bytes].
 // Credentials are not part of it.
-func ParseS3URL(raw string) (S3Options, error) {
+func ParseURL(raw string) (Options, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return S3Options{}, err
+		return Options{}, err
 	}
 	if u.Scheme != "s3" || u.Host == "" {
-		return S3Options{}, fmt.Errorf("%q: want s3://bucket[/prefix]?endpoint=host:port", raw)
+		return Options{}, fmt.Errorf("%q: want s3://bucket[/prefix]?endpoint=host:port", raw)
 	}
 	q := u.Query()
-	o := S3Options{Bucket: u.Host, Prefix: strings.Trim(u.Path, "/"), Endpoint: q.Get("endpoint"), Region: q.Get("region")}
+	o := Options{Bucket: u.Host, Prefix: strings.Trim(u.Path, "/"), Endpoint: q.Get("endpoint"), Region: q.Get("region")}
 	if o.Prefix != "" {
 		o.Prefix += "/"
 	}
 	if o.Endpoint == "" {
-		return S3Options{}, fmt.Errorf("%q: no endpoint=host:port", raw)
+		return Options{}, fmt.Errorf("%q: no endpoint=host:port", raw)
 	}
 	if v := q.Get("insecure"); v != "" {
 		if o.Insecure, err = strconv.ParseBool(v); err != nil {
-			return S3Options{}, fmt.Errorf("%q: insecure=%q", raw, v)
+			return Options{}, fmt.Errorf("%q: insecure=%q", raw, v)
 		}
 	}
 	if v := q.Get("part-size"); v != "" {
 		if o.PartSize, err = strconv.ParseUint(v, 10, 64); err != nil || o.PartSize < 5<<20 {
-			return S3Options{}, fmt.Errorf("%q: part-size=%q: want bytes, at least 5 MiB", raw, v)
+			return Options{}, fmt.Errorf("%q: part-size=%q: want bytes, at least 5 MiB", raw, v)
 		}
 	}
 	return o, nil
 }
 
-var _ Blobs = (*S3Blobs)(nil)
+var (
+	_ blobs.Blobs          = (*Store)(nil)
+	_ blobs.LocalCommitter = (*Store)(nil)
+	_ blobs.LocalCopies    = (*Store)(nil)
+	_ blobs.Remote         = (*Store)(nil)
+)
 
-// S3Blobs keeps committed blobs in an S3-compatible bucket, written once
+// Local is the files in front of the bucket (fileblobs.Files).
+type Local interface {
+	blobs.Blobs
+	Root() string                         // the directory they are under
+	IngestPath(id string) (string, error) // where ingest file id lives
+}
+
+// Store keeps committed blobs in an S3-compatible bucket, written once
 // under their digest after the Store verified them and never overwritten,
 // with a local FileBlobs in front: ingest files live there, and so does a
 // copy of every blob this node wrote or read (safe to wipe: a missing
 // local copy is fetched again, and checked against its digest, on the
 // next Open).
-type S3Blobs struct {
-	local *FileBlobs
+type Store struct {
+	local Local
 	cl    *minio.Client
-	o     S3Options
+	o     Options
 
 	pingMu  sync.Mutex
 	pinged  time.Time // last Ping's answer, kept pingCache
@@ -94,7 +111,7 @@ type S3Blobs struct {
 }
 
 // use notes that the local copy of d was just read or written.
-func (b *S3Blobs) use(d digest.Digest) {
+func (b *Store) use(d digest.Digest) {
 	b.usedMu.Lock()
 	if b.used == nil {
 		b.used = map[digest.Digest]time.Time{}
@@ -108,7 +125,7 @@ func (b *S3Blobs) use(d digest.Digest) {
 // also in the bucket (it is written there first, or by the node it came
 // from), so this loses nothing: a blob read again is fetched and checked
 // again. A reader that has the file open keeps reading it.
-func (b *S3Blobs) TrimLocal(max int64) (int64, error) {
+func (b *Store) TrimLocal(max int64) (int64, error) {
 	type copyInfo struct {
 		d    digest.Digest
 		size int64
@@ -116,7 +133,7 @@ func (b *S3Blobs) TrimLocal(max int64) (int64, error) {
 	}
 	var copies []copyInfo
 	var total int64
-	err := b.local.Walk(func(i BlobInfo) error {
+	err := b.local.Walk(func(i blobs.BlobInfo) error {
 		if i.Digest != "" {
 			copies = append(copies, copyInfo{i.Digest, i.Size, i.ModTime})
 			total += i.Size
@@ -155,7 +172,7 @@ func (b *S3Blobs) TrimLocal(max int64) (int64, error) {
 const pingCache = 10 * time.Second
 
 // Ping reports whether the bucket answers (within 3 s).
-func (b *S3Blobs) Ping() error {
+func (b *Store) Ping() error {
 	if err := b.health.ready(); err != nil {
 		return err
 	}
@@ -168,7 +185,7 @@ func (b *S3Blobs) Ping() error {
 	defer cancel()
 	_, err := b.cl.BucketExists(ctx, b.o.Bucket)
 	if err != nil {
-		err = fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		err = fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	b.pinged, b.pingErr = time.Now(), err
 	return err
@@ -177,9 +194,9 @@ func (b *S3Blobs) Ping() error {
 // s3Timeout bounds one metadata request to the object store.
 const s3Timeout = 30 * time.Second
 
-// NewS3Blobs connects to the bucket of o (which must exist) with local in
+// New connects to the bucket of o (which must exist) with local in
 // front.
-func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
+func New(local Local, o Options) (*Store, error) {
 	if o.PartSize == 0 {
 		o.PartSize = 16 << 20
 	}
@@ -197,12 +214,12 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 	defer cancel()
 	ok, err := cl.BucketExists(ctx, o.Bucket)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrBlobStoreUnavailable, o.Endpoint, err)
+		return nil, fmt.Errorf("%w: %s: %w", blobs.ErrStoreUnavailable, o.Endpoint, err)
 	}
 	if !ok {
 		return nil, fmt.Errorf("object store %s: no bucket %q (create it first)", o.Endpoint, o.Bucket)
 	}
-	b := &S3Blobs{local: local, cl: cl, o: o, health: health}
+	b := &Store{local: local, cl: cl, o: o, health: health}
 	if err := b.claim(ctx); err != nil {
 		return nil, err
 	}
@@ -219,8 +236,8 @@ func NewS3Blobs(local *FileBlobs, o S3Options) (*S3Blobs, error) {
 // is shared, another node's GC would collect what it does not know, so
 // two directories never share a prefix. The claim is an object holding
 // an id kept in the directory.
-func (b *S3Blobs) claim(ctx context.Context) error {
-	idFile := filepath.Join(b.local.root, "blob-store-owner")
+func (b *Store) claim(ctx context.Context) error {
+	idFile := filepath.Join(b.local.Root(), "blob-store-owner")
 	id, err := os.ReadFile(idFile)
 	if b.o.Owner != "" {
 		id, err = []byte(b.o.Owner), nil
@@ -235,7 +252,7 @@ func (b *S3Blobs) claim(ctx context.Context) error {
 	key := b.o.Prefix + "owner"
 	obj, err := b.cl.GetObject(ctx, b.o.Bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	held, err := io.ReadAll(io.LimitReader(obj, 256))
 	obj.Close()
@@ -245,13 +262,13 @@ func (b *S3Blobs) claim(ctx context.Context) error {
 	case err == nil:
 		return fmt.Errorf("object store: s3://%s/%s belongs to another data directory or cluster (%s holds %q): give each its own prefix; nodes share a bucket's prefix only when they share the index", b.o.Bucket, b.o.Prefix, key, held)
 	case !notFound(err):
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	_, err = b.cl.PutObject(ctx, b.o.Bucket, key, strings.NewReader(string(id)), int64(len(id)), minio.PutObjectOptions{ContentType: "text/plain"})
 	return err
 }
 
-func (b *S3Blobs) key(d digest.Digest) string {
+func (b *Store) key(d digest.Digest) string {
 	return b.o.Prefix + "blobs/" + string(d.Algorithm()) + "/" + d.Encoded()
 }
 
@@ -264,10 +281,10 @@ func notFound(err error) bool {
 // streamed from the bucket as it arrives (and kept as the local copy once
 // verified): the last bytes are held back until the whole object hashed
 // to d, so a damaged object is an error, never content (see s3Stream).
-func (b *S3Blobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
+func (b *Store) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
 	b.use(d)
 	rc, n, err := b.local.Open(d)
-	if !errors.Is(err, ErrBlobUnknown) {
+	if !errors.Is(err, blobs.ErrBlobUnknown) {
 		return rc, n, err
 	}
 	if err := b.health.ready(); err != nil {
@@ -275,15 +292,15 @@ func (b *S3Blobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
 	}
 	obj, err := b.cl.GetObject(context.Background(), b.o.Bucket, b.key(d), minio.GetObjectOptions{})
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return nil, 0, fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	info, err := obj.Stat()
 	if err != nil {
 		obj.Close()
 		if notFound(err) {
-			return nil, 0, ErrBlobUnknown
+			return nil, 0, blobs.ErrBlobUnknown
 		}
-		return nil, 0, fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return nil, 0, fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	st, err := b.openStream(d, obj, info.Size)
 	if err != nil {
@@ -292,8 +309,8 @@ func (b *S3Blobs) Open(d digest.Digest) (io.ReadSeekCloser, int64, error) {
 	return st, info.Size, nil
 }
 
-func (b *S3Blobs) Stat(d digest.Digest) (int64, error) {
-	if n, err := b.local.Stat(d); !errors.Is(err, ErrBlobUnknown) {
+func (b *Store) Stat(d digest.Digest) (int64, error) {
+	if n, err := b.local.Stat(d); !errors.Is(err, blobs.ErrBlobUnknown) {
 		return n, err
 	}
 	if err := b.health.ready(); err != nil {
@@ -303,23 +320,26 @@ func (b *S3Blobs) Stat(d digest.Digest) (int64, error) {
 	defer cancel()
 	info, err := b.cl.StatObject(ctx, b.o.Bucket, b.key(d), minio.StatObjectOptions{})
 	if notFound(err) {
-		return 0, ErrBlobUnknown
+		return 0, blobs.ErrBlobUnknown
 	} else if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return 0, fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	return info.Size, nil
 }
 
-func (b *S3Blobs) Append(id string) (Appender, error)         { return b.local.Append(id) }
-func (b *S3Blobs) ReadIngest(id string) (ReadAtCloser, error) { return b.local.ReadIngest(id) }
-func (b *S3Blobs) Discard(id string) error                    { return b.local.Discard(id) }
-func (b *S3Blobs) Ingests() ([]string, error)                 { return b.local.Ingests() }
+func (b *Store) Append(id string) (blobs.Appender, error)         { return b.local.Append(id) }
+func (b *Store) ReadIngest(id string) (blobs.ReadAtCloser, error) { return b.local.ReadIngest(id) }
+func (b *Store) Discard(id string) error                          { return b.local.Discard(id) }
+func (b *Store) Ingests() ([]string, error)                       { return b.local.Ingests() }
 
 // Commit uploads ingest file id as d (multipart above PartSize) unless
 // the bucket already has d, then keeps it as the local copy. The bucket
 // is written first: what the index will point at is durable there.
-func (b *S3Blobs) Commit(id string, d digest.Digest) error {
-	path, err := b.local.ingestPath(id)
+func (b *Store) Commit(id string, d digest.Digest) error {
+	if err := blobs.ValidDigest(d); err != nil {
+		return err
+	}
+	path, err := b.local.IngestPath(id)
 	if err != nil {
 		return err
 	}
@@ -337,7 +357,7 @@ func (b *S3Blobs) Commit(id string, d digest.Digest) error {
 			return err
 		}
 	default:
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	b.use(d)
 	return b.local.Commit(id, d)
@@ -349,7 +369,7 @@ func (b *S3Blobs) Commit(id string, d digest.Digest) error {
 // 412 means the bytes are there). A store that does not implement
 // conditional writes gets plain ones from then on (the same bytes would
 // be written twice).
-func (b *S3Blobs) putOnce(ctx context.Context, d digest.Digest, path string) error {
+func (b *Store) putOnce(ctx context.Context, d digest.Digest, path string) error {
 	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: b.o.PartSize}
 	conditional := !b.unconditional.Load()
 	if conditional {
@@ -363,45 +383,51 @@ func (b *S3Blobs) putOnce(ctx context.Context, d digest.Digest, path string) err
 		b.unconditional.Store(true)
 		return b.putOnce(ctx, d, path)
 	}
-	return fmt.Errorf("%w: writing %s: %w", ErrBlobStoreUnavailable, d, err)
+	return fmt.Errorf("%w: writing %s: %w", blobs.ErrStoreUnavailable, d, err)
 }
 
 // CommitLocal keeps ingest file id as the local copy of d, which another
 // node writes to the bucket.
-func (b *S3Blobs) CommitLocal(id string, d digest.Digest) error {
+func (b *Store) CommitLocal(id string, d digest.Digest) error {
+	if err := blobs.ValidDigest(d); err != nil {
+		return err
+	}
 	b.use(d)
 	return b.local.Commit(id, d)
 }
 
 // Delete removes d from the bucket and the local copy.
-func (b *S3Blobs) Delete(d digest.Digest) error {
+func (b *Store) Delete(d digest.Digest) error {
+	if err := blobs.ValidDigest(d); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
 	defer cancel()
 	if err := b.cl.RemoveObject(ctx, b.o.Bucket, b.key(d), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	return b.local.Delete(d)
 }
 
 // DropLocal removes only this node's copy of d (another node is deleting
 // d from the bucket).
-func (b *S3Blobs) DropLocal(d digest.Digest) error {
-	if err := b.local.Delete(d); err != nil && !errors.Is(err, ErrBlobUnknown) && !errors.Is(err, os.ErrNotExist) {
+func (b *Store) DropLocal(d digest.Digest) error {
+	if err := b.local.Delete(d); err != nil && !errors.Is(err, blobs.ErrBlobUnknown) && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
 }
 
 // Walk lists the bucket's blobs (the local copies are only a cache).
-func (b *S3Blobs) Walk(fn func(BlobInfo) error) error {
+func (b *Store) Walk(fn func(blobs.BlobInfo) error) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	prefix := b.o.Prefix + "blobs/"
 	for obj := range b.cl.ListObjects(ctx, b.o.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
 		if obj.Err != nil {
-			return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, obj.Err)
+			return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, obj.Err)
 		}
-		info := BlobInfo{Name: "s3://" + b.o.Bucket + "/" + obj.Key, Size: obj.Size, ModTime: obj.LastModified}
+		info := blobs.BlobInfo{Name: "s3://" + b.o.Bucket + "/" + obj.Key, Size: obj.Size, ModTime: obj.LastModified}
 		if alg, hex, ok := strings.Cut(strings.TrimPrefix(obj.Key, prefix), "/"); ok {
 			if d := digest.NewDigestFromEncoded(digest.Algorithm(alg), hex); d.Validate() == nil {
 				info.Digest = d
@@ -416,15 +442,18 @@ func (b *S3Blobs) Walk(fn func(BlobInfo) error) error {
 
 // Quarantine moves d in the bucket under quarantine/ and drops the local
 // copy.
-func (b *S3Blobs) Quarantine(d digest.Digest) error {
+func (b *Store) Quarantine(d digest.Digest) error {
+	if err := blobs.ValidDigest(d); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s3Timeout)
 	defer cancel()
 	dst := minio.CopyDestOptions{Bucket: b.o.Bucket, Object: b.o.Prefix + "quarantine/" + string(d.Algorithm()) + "-" + d.Encoded() + "-" + strconv.FormatInt(time.Now().Unix(), 10)}
 	if _, err := b.cl.CopyObject(ctx, dst, minio.CopySrcOptions{Bucket: b.o.Bucket, Object: b.key(d)}); err != nil && !notFound(err) {
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	if err := b.cl.RemoveObject(ctx, b.o.Bucket, b.key(d), minio.RemoveObjectOptions{}); err != nil && !notFound(err) {
-		return fmt.Errorf("%w: %w", ErrBlobStoreUnavailable, err)
+		return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	if err := b.local.Delete(d); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -432,55 +461,16 @@ func (b *S3Blobs) Quarantine(d digest.Digest) error {
 	return nil
 }
 
-// blobStoreMarker, in a data directory whose blobs are in a bucket, names
-// the bucket: a command opening the directory without it would take the
-// local copies for all there is (fsck would report every other blob
-// missing, gc would free nothing in the bucket).
-const blobStoreMarker = "blob-store"
-
-func (o S3Options) String() string {
+func (o Options) String() string {
 	return "s3://" + o.Bucket + "/" + o.Prefix + "?endpoint=" + o.Endpoint
 }
 
-// checkBlobStore writes the marker when opts.S3 is set and refuses to open
-// a marked directory without it.
-// indexStoreMarker, in the data directory of a cluster node, names the
-// shared index its content is recorded in: the directory alone (its
-// local copies, its uploads) means nothing without it.
-const indexStoreMarker = "index-store"
+// String names the bucket and prefix (blobs.Remote).
+func (b *Store) String() string { return b.o.String() }
 
-// checkIndexStore keeps a data directory with one kind of index: a
-// cluster node's is never opened on a Badger index of its own (which
-// would look empty), and a single box's Badger index is never left behind
-// unread by a start with a shared one.
-func checkIndexStore(opts Options) error {
-	marker := filepath.Join(opts.Dir, indexStoreMarker)
-	if opts.Index != nil {
-		if ents, err := os.ReadDir(filepath.Join(opts.Dir, "index")); err == nil && len(ents) > 0 {
-			return fmt.Errorf("%s holds a single box's index (%s): a cluster node starts on a data directory of its own",
-				opts.Dir, filepath.Join(opts.Dir, "index"))
-		}
-		name := "a shared index"
-		if s, ok := opts.Index.(fmt.Stringer); ok {
-			name = s.String()
-		}
-		return os.WriteFile(marker, []byte(name+"\n"), 0o640)
-	}
-	if b, err := os.ReadFile(marker); err == nil {
-		return fmt.Errorf("%s is a cluster node's: its index is in %s; start it with --index",
-			opts.Dir, strings.TrimSpace(string(b)))
-	}
-	return nil
-}
-
-func checkBlobStore(opts Options) error {
-	marker := filepath.Join(opts.Dir, blobStoreMarker)
-	if opts.S3 != nil {
-		return os.WriteFile(marker, []byte(opts.S3.String()+"\n"), 0o640)
-	}
-	if b, err := os.ReadFile(marker); err == nil && opts.Blobs == nil {
-		return fmt.Errorf("%s keeps its blobs in %s: give --blob-store with that bucket (operator commands on such a directory need the running server for now)",
-			opts.Dir, strings.TrimSpace(string(b)))
-	}
-	return nil
+// LocalBytes is how many bytes the local copies take.
+func (b *Store) LocalBytes() (int64, error) {
+	var n int64
+	err := b.local.Walk(func(i blobs.BlobInfo) error { n += i.Size; return nil })
+	return n, err
 }

@@ -1,10 +1,11 @@
-package cache
+package s3blobs
 
 import (
 	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,10 +16,13 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/wharf-registry/wharf/cache/blobs"
+	"github.com/wharf-registry/wharf/cache/blobs/blobstest"
+	"github.com/wharf-registry/wharf/cache/blobs/fileblobs"
 	"github.com/wharf-registry/wharf/internal/s3test"
 )
 
-func commitBytes(t *testing.T, b Blobs, data []byte) digest.Digest {
+func commitBytes(t *testing.T, b blobs.Blobs, data []byte) digest.Digest {
 	t.Helper()
 	id := "test-" + digest.FromBytes(data).Encoded()[:12]
 	app, err := b.Append(id)
@@ -36,7 +40,7 @@ func commitBytes(t *testing.T, b Blobs, data []byte) digest.Digest {
 	return d
 }
 
-func readS3Blob(t *testing.T, b Blobs, d digest.Digest) ([]byte, error) {
+func readS3Blob(t *testing.T, b blobs.Blobs, d digest.Digest) ([]byte, error) {
 	t.Helper()
 	rc, _, err := b.Open(d)
 	if err != nil {
@@ -46,21 +50,21 @@ func readS3Blob(t *testing.T, b Blobs, d digest.Digest) ([]byte, error) {
 	return io.ReadAll(rc)
 }
 
-func startS3(t *testing.T) (S3Options, *minio.Client) {
+func startS3(t *testing.T) (Options, *minio.Client) {
 	srv := s3test.Start(t)
-	return S3Options{Endpoint: srv.Addr, Bucket: srv.Bucket, Prefix: "node/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey,
+	return Options{Endpoint: srv.Addr, Bucket: srv.Bucket, Prefix: "node/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey,
 		Insecure: true, PartSize: 5 << 20}, srv.Client
 }
 
 // newS3Blobs puts a new local directory in front of the bucket of o.
-func newS3Blobs(t *testing.T, o S3Options) (string, *FileBlobs, *S3Blobs) {
+func newS3Blobs(t *testing.T, o Options) (string, *fileblobs.Files, *Store) {
 	t.Helper()
 	dir := t.TempDir()
-	fb, err := NewFileBlobs(dir)
+	fb, err := fileblobs.New(dir, fileblobs.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := NewS3Blobs(fb, o)
+	b, err := New(fb, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +76,7 @@ func newS3Blobs(t *testing.T, o S3Options) (string, *FileBlobs, *S3Blobs) {
 // local copies wiped, Open fetches and verifies it again; a damaged object
 // is an error, never content; an object already there is not overwritten;
 // Walk lists the bucket; Delete and Quarantine act on it.
-func TestS3Blobs(t *testing.T) {
+func TestBlobs(t *testing.T) {
 	o, cl := startS3(t)
 	ctx := context.Background()
 	dir, fb, b := newS3Blobs(t, o)
@@ -126,7 +130,7 @@ func TestS3Blobs(t *testing.T) {
 	}
 
 	seen := map[digest.Digest]int64{}
-	if err := b.Walk(func(i BlobInfo) error { seen[i.Digest] = i.Size; return nil }); err != nil {
+	if err := b.Walk(func(i blobs.BlobInfo) error { seen[i.Digest] = i.Size; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if len(seen) != 2 || seen[db] != int64(len(big)) {
@@ -139,7 +143,7 @@ func TestS3Blobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range []digest.Digest{ds, db} {
-		if _, err := b.Stat(d); err != ErrBlobUnknown {
+		if _, err := b.Stat(d); err != blobs.ErrBlobUnknown {
 			t.Fatalf("%s after quarantine/delete: %v", d, err)
 		}
 	}
@@ -154,84 +158,25 @@ func TestS3Blobs(t *testing.T) {
 	}
 }
 
-// TestStoreOnS3: the Store with S3 set keeps what it commits in the
-// bucket; a second data directory cannot take the same prefix (the index
-// is per node until etcd), only a prefix of its own; a missing bucket and
-// a marked directory opened without its bucket are refused.
-func TestStoreOnS3(t *testing.T) {
-	o, _ := startS3(t)
-	s, err := Open(Options{Dir: t.TempDir(), S3: &o})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	defer func() {
-		if !closed {
-			s.Close()
-		}
-	}()
-	if _, ok := s.blobs.(*S3Blobs); !ok {
-		t.Fatalf("store blobs are %T", s.blobs)
-	}
-	data := make([]byte, 3<<20)
-	rand.Read(data)
-	d := commitBytes(t, s.blobs, data)
-	other, err := NewFileBlobs(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Another directory may not take the same prefix (its GC would
-	// collect this one's blobs) ...
-	if _, err := NewS3Blobs(other, o); err == nil || !strings.Contains(err.Error(), "another data directory") {
-		t.Fatalf("a second directory on the same prefix: %v", err)
-	}
-	// ... it takes its own, and this one's bytes are not there.
-	o2 := o
-	o2.Prefix = "node2/"
-	b2, err := NewS3Blobs(other, o2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := readS3Blob(t, b2, d); err != ErrBlobUnknown {
-		t.Fatalf("second node's prefix: %v", err)
-	}
-	// The same directory opens again.
-	if _, err := NewS3Blobs(s.blobs.(*S3Blobs).local, o); err != nil {
-		t.Fatalf("reopening the owner: %v", err)
-	}
-	// The directory remembers its bucket: opened without it, it refuses.
-	dir := s.opts.Dir
-	s.Close()
-	closed = true
-	if _, err := Open(Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "s3://wharf/node/") {
-		t.Fatalf("S3-backed directory opened without the bucket: %v", err)
-	}
-	bad := o
-	bad.Bucket = "no-such-bucket"
-	if _, err := Open(Options{Dir: t.TempDir(), S3: &bad}); err == nil || !strings.Contains(err.Error(), "no bucket") {
-		t.Fatalf("missing bucket: %v", err)
-	}
-}
-
-func TestParseS3URL(t *testing.T) {
-	o, err := ParseS3URL("s3://images/wharf/node1?endpoint=127.0.0.1:7070&insecure=true&region=eu-1&part-size=8388608")
+func TestParseURL(t *testing.T) {
+	o, err := ParseURL("s3://images/wharf/node1?endpoint=127.0.0.1:7070&insecure=true&region=eu-1&part-size=8388608")
 	if err != nil || o.Bucket != "images" || o.Prefix != "wharf/node1/" || o.Endpoint != "127.0.0.1:7070" || !o.Insecure || o.Region != "eu-1" || o.PartSize != 8<<20 {
 		t.Fatalf("%+v %v", o, err)
 	}
 	for _, bad := range []string{"http://b?endpoint=x:1", "s3://b", "s3://b?endpoint=x:1&insecure=maybe", "s3://b?endpoint=x:1&part-size=1024", "s3:///?endpoint=x:1"} {
-		if _, err := ParseS3URL(bad); err == nil {
+		if _, err := ParseURL(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
 	}
 }
 
 // TestS3Unreachable: with the object store gone, blobs with a local copy
-// are still served; anything else is ErrBlobStoreUnavailable (never
+// are still served; anything else is blobs.ErrStoreUnavailable (never
 // "unknown", which would make a client give up on content that exists),
 // and a commit fails saying so, within seconds.
-func TestS3Unreachable(t *testing.T) {
+func TestUnreachable(t *testing.T) {
 	srv := s3test.Start(t)
-	o := S3Options{Endpoint: srv.Addr, Bucket: srv.Bucket, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true}
+	o := Options{Endpoint: srv.Addr, Bucket: srv.Bucket, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true}
 	_, fb, b := newS3Blobs(t, o)
 	local := commitBytes(t, b, []byte("kept locally"))
 	remote := commitBytes(t, b, []byte("only in the bucket"))
@@ -243,10 +188,10 @@ func TestS3Unreachable(t *testing.T) {
 		t.Fatalf("local copy with the store down: %q %v", got, err)
 	}
 	start := time.Now()
-	if _, err := b.Stat(remote); !errors.Is(err, ErrBlobStoreUnavailable) {
+	if _, err := b.Stat(remote); !errors.Is(err, blobs.ErrStoreUnavailable) {
 		t.Fatalf("stat with the store down: %v", err)
 	}
-	if _, _, err := b.Open(remote); !errors.Is(err, ErrBlobStoreUnavailable) {
+	if _, _, err := b.Open(remote); !errors.Is(err, blobs.ErrStoreUnavailable) {
 		t.Fatalf("open with the store down: %v", err)
 	}
 	app, err := b.Append("down")
@@ -255,7 +200,7 @@ func TestS3Unreachable(t *testing.T) {
 	}
 	app.Write([]byte("new"))
 	app.Close()
-	if err := b.Commit("down", digest.FromString("new")); !errors.Is(err, ErrBlobStoreUnavailable) {
+	if err := b.Commit("down", digest.FromString("new")); !errors.Is(err, blobs.ErrStoreUnavailable) {
 		t.Fatalf("commit with the store down: %v", err)
 	}
 	if took := time.Since(start); took > 45*time.Second {
@@ -266,7 +211,7 @@ func TestS3Unreachable(t *testing.T) {
 // TestS3LocalCopiesTrimmed: the local copies are kept within a size, the
 // least recently used going first; a trimmed blob read again comes back
 // from the bucket, whole and verified.
-func TestS3LocalCopiesTrimmed(t *testing.T) {
+func TestLocalCopiesTrimmed(t *testing.T) {
 	o, _ := startS3(t)
 	_, fb, b := newS3Blobs(t, o)
 	var ds []digest.Digest
@@ -311,7 +256,7 @@ func TestS3LocalCopiesTrimmed(t *testing.T) {
 // damaged object gives its reader an error before the last bytes, never a
 // complete body, and leaves no local copy; a seek into the middle
 // completes and verifies the download first.
-func TestS3Stream(t *testing.T) {
+func TestStream(t *testing.T) {
 	o, cl := startS3(t)
 	_, fb, b := newS3Blobs(t, o)
 	data := make([]byte, 4<<20)
@@ -352,7 +297,7 @@ func TestS3Stream(t *testing.T) {
 	}
 	got, err := io.ReadAll(rc)
 	rc.Close()
-	if !errors.Is(err, ErrDigestMismatch) || len(got) > len(data)-streamHold || !bytes.Equal(got, data[:len(got)]) {
+	if !errors.Is(err, blobs.ErrDigestMismatch) || len(got) > len(data)-streamHold || !bytes.Equal(got, data[:len(got)]) {
 		t.Fatalf("damaged object: %d of %d bytes handed out, err %v", len(got), len(data), err)
 	}
 	if _, err := fb.Stat(d); err == nil {
@@ -362,7 +307,7 @@ func TestS3Stream(t *testing.T) {
 
 // TestS3WrittenOnce: a commit that found no object but meets one written
 // meanwhile (another node storing the same blob) leaves that object alone.
-func TestS3WrittenOnce(t *testing.T) {
+func TestWrittenOnce(t *testing.T) {
 	o, cl := startS3(t)
 	_, fb, b := newS3Blobs(t, o)
 	data := []byte("the bytes this node stores")
@@ -377,7 +322,7 @@ func TestS3WrittenOnce(t *testing.T) {
 	}
 	app.Write(data)
 	app.Close()
-	path, _ := fb.ingestPath("race")
+	path, _ := fb.IngestPath("race")
 	if err := b.putOnce(context.Background(), d, path); err != nil {
 		t.Fatalf("a conditional write over an existing object: %v", err)
 	}
@@ -393,4 +338,16 @@ func TestS3WrittenOnce(t *testing.T) {
 	if b.unconditional.Load() {
 		t.Error("versitygw's conditional writes were taken for unimplemented")
 	}
+}
+
+func TestConformance(t *testing.T) {
+	o, _ := startS3(t)
+	n := 0
+	blobstest.Run(t, func(t *testing.T) blobs.Blobs {
+		n++
+		o := o
+		o.Prefix = fmt.Sprintf("conformance%d/", n)
+		_, _, b := newS3Blobs(t, o)
+		return b
+	})
 }

@@ -2,32 +2,32 @@ package cache
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs/fileblobs"
+	"github.com/wharf-registry/wharf/cache/index"
+	"github.com/wharf-registry/wharf/cache/index/etcdindex"
 	"github.com/wharf-registry/wharf/internal/etcdtest"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-func openEtcd(t *testing.T, c *etcdtest.Cluster, prefix string, mod ...func(*EtcdOptions)) *EtcdIndex {
+func openEtcd(t *testing.T, c *etcdtest.Cluster, prefix string, mod ...func(*etcdindex.Options)) *etcdindex.Index {
 	t.Helper()
-	o, err := ParseEtcdURL(c.URL(prefix))
+	o, err := etcdindex.ParseURL(c.URL(prefix))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range mod {
 		m(&o)
 	}
-	ix, err := OpenEtcdIndex(o)
+	ix, err := etcdindex.Open(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,140 +37,18 @@ func openEtcd(t *testing.T, c *etcdtest.Cluster, prefix string, mod ...func(*Etc
 // clusterNode opens a store on its own data directory with the index in
 // etcd under prefix and the blobs in the shared directory blobs (what an
 // object store is to real nodes).
-func clusterNode(t *testing.T, c *etcdtest.Cluster, prefix, blobs string, mod ...func(*EtcdOptions)) *Store {
+func clusterNode(t *testing.T, c *etcdtest.Cluster, prefix, blobs string, mod ...func(*etcdindex.Options)) *Store {
 	t.Helper()
-	fb, err := NewFileBlobs(blobs)
+	fb, err := fileblobs.New(blobs, fileblobs.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(Options{Dir: t.TempDir(), Index: openEtcd(t, c, prefix, mod...), Blobs: fb})
+	s, err := testOpen(Options{Dir: t.TempDir(), Index: openEtcd(t, c, prefix, mod...), Blobs: fb})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-func TestParseEtcdURL(t *testing.T) {
-	o, err := ParseEtcdURL("etcd://10.0.0.1:2379,10.0.0.2:2379/reg1?max-txn-ops=512&timeout=2s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(o.Endpoints, []string{"10.0.0.1:2379", "10.0.0.2:2379"}) || o.Prefix != "reg1/" || o.MaxOps != 512 || o.Timeout != 2*time.Second || o.TLS {
-		t.Errorf("parsed %+v", o)
-	}
-	if o, err := ParseEtcdURL("etcd://h:2379?ca=/etc/ca.pem"); err != nil || o.Prefix != "wharf/" || !o.TLS || o.CAFile != "/etc/ca.pem" {
-		t.Errorf("parsed %+v, %v", o, err)
-	}
-	for _, bad := range []string{"http://h:2379", "etcd:///x", "etcd://h:2379?cert=c", "etcd://h:2379?max-txn-ops=2", "etcd://h:2379?colour=red"} {
-		if _, err := ParseEtcdURL(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
-// TestEtcdIndexTransactions: the etcd index keeps Badger's contract —
-// reads see the transaction's own writes, scans are ordered and paged,
-// and of two transactions that read and write one key, one conflicts.
-func TestEtcdIndexTransactions(t *testing.T) {
-	c := etcdtest.Start(t, 1)
-	ix := openEtcd(t, c, "txn")
-	defer ix.Close()
-	// More keys than one scan page.
-	const n = scanPage*2 + 7
-	for i := 0; i < n; i += ix.MaxOps() {
-		if err := ix.Update(func(txn Txn) error {
-			for j := i; j < min(n, i+ix.MaxOps()); j++ {
-				if err := txn.Set(fmt.Appendf(nil, "k/%05d", j), fmt.Appendf(nil, "v%d", j)); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var got []string
-	if err := ix.View(func(txn Txn) error {
-		return txn.Scan([]byte("k/"), []byte("k/00010"), false, func(k, v []byte) error {
-			got = append(got, string(k)+"="+string(v))
-			return nil
-		})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != n-10 || got[0] != "k/00010=v10" || got[len(got)-1] != fmt.Sprintf("k/%05d=v%d", n-1, n-1) || !sort.StringsAreSorted(got) {
-		t.Fatalf("scan from k/00010: %d keys, first %q", len(got), got[0])
-	}
-	err := ix.Update(func(txn Txn) error {
-		txn.Set([]byte("x"), []byte("1"))
-		if v, err := txn.Get([]byte("x")); err != nil || string(v) != "1" {
-			t.Errorf("own write: %q %v", v, err)
-		}
-		txn.Delete([]byte("x"))
-		if _, err := txn.Get([]byte("x")); !errors.Is(err, errNotFound) {
-			t.Errorf("own delete: %v", err)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A write between another transaction's read and its commit.
-	err = ix.Update(func(txn Txn) error {
-		if _, err := txn.Get([]byte("k/00001")); err != nil {
-			return err
-		}
-		if err := ix.Update(func(t2 Txn) error { return t2.Set([]byte("k/00001"), []byte("other")) }); err != nil {
-			return err
-		}
-		return txn.Set([]byte("k/00001"), []byte("mine"))
-	})
-	if !errors.Is(err, errConflict) {
-		t.Fatalf("lost update not detected: %v", err)
-	}
-	// A key read as absent that another transaction creates.
-	err = ix.Update(func(txn Txn) error {
-		if _, err := txn.Get([]byte("new")); !errors.Is(err, errNotFound) {
-			return err
-		}
-		ix.Update(func(t2 Txn) error { return t2.Set([]byte("new"), []byte("other")) })
-		return txn.Set([]byte("new"), []byte("mine"))
-	})
-	if !errors.Is(err, errConflict) {
-		t.Fatalf("create race not detected: %v", err)
-	}
-	// More reads than one transaction may compare one by one: checked by
-	// range, still conflicting on a change in a range read, and on a
-	// deleted blob record.
-	err = ix.Update(func(txn Txn) error {
-		for i := range ix.maxOps + 10 {
-			if _, err := txn.Get(fmt.Appendf(nil, "k/%05d", i)); err != nil {
-				return err
-			}
-		}
-		ix.Update(func(t2 Txn) error { return t2.Set([]byte("k/00100"), []byte("changed")) })
-		return txn.Set([]byte("y"), []byte("1"))
-	})
-	if !errors.Is(err, errConflict) {
-		t.Fatalf("range check missed a change: %v", err)
-	}
-	if err := ix.Update(func(txn Txn) error { return txn.Set([]byte("b/sha256:x"), []byte("rec")) }); err != nil {
-		t.Fatal(err)
-	}
-	err = ix.Update(func(txn Txn) error {
-		for i := range ix.maxOps + 10 {
-			txn.Get(fmt.Appendf(nil, "k/%05d", i))
-		}
-		if _, err := txn.Get([]byte("b/sha256:x")); err != nil {
-			return err
-		}
-		ix.Update(func(t2 Txn) error { return t2.Delete([]byte("b/sha256:x")) })
-		return txn.Set([]byte("l/r\x00sha256:x"), []byte("link"))
-	})
-	if !errors.Is(err, errConflict) {
-		t.Fatalf("a link to a blob record deleted meanwhile committed: %v", err)
-	}
 }
 
 // TestStoreOnEtcd: two nodes on one etcd index: a push on A is pullable
@@ -322,14 +200,14 @@ func TestSameTagRacesOnTwoNodes(t *testing.T) {
 
 // TestEtcdOutage: with one member of three stopped nothing changes; with
 // all stopped, a node serves what it has cached (tags, manifests, blobs by
-// digest) and refuses writes with ErrIndexUnavailable within its timeout;
+// digest) and refuses writes with index.ErrUnavailable within its timeout;
 // once etcd is back, writes go on and the change feed catches up.
 func TestEtcdOutage(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	blobs := t.TempDir()
 	// The default timeout: a lost leader's election (1.5–3 s with
 	// etcdtest's settings) fits in it, so one member down changes nothing.
-	short := func(o *EtcdOptions) { o.Timeout = 5 * time.Second }
+	short := func(o *etcdindex.Options) { o.Timeout = 5 * time.Second }
 	a := clusterNode(t, c, "outage", blobs, short)
 	b := clusterNode(t, c, "outage", blobs, short)
 	d := pushImage(t, a, "team/app", "v1", []byte("cached layer"))
@@ -360,7 +238,7 @@ func TestEtcdOutage(t *testing.T) {
 	start := time.Now()
 	layer := []byte("a push while etcd is down")
 	err := b.PutBlob("team/app", digest.FromBytes(layer), int64(len(layer)), bytes.NewReader(layer))
-	if !errors.Is(err, ErrIndexUnavailable) {
+	if !errors.Is(err, index.ErrUnavailable) {
 		t.Fatalf("push with etcd down: %v", err)
 	}
 	if took := time.Since(start); took > 10*time.Second {
@@ -394,46 +272,12 @@ func TestEtcdOverTLS(t *testing.T) {
 	if got, err := b.ResolveTag("team/app", "v1"); err != nil || got != d {
 		t.Fatalf("over TLS: %s %v", got, err)
 	}
-	o, err := ParseEtcdURL(strings.Split(c.URL("tls"), "?")[0] + "?ca=" + files.CA + "&timeout=2s")
+	o, err := etcdindex.ParseURL(strings.Split(c.URL("tls"), "?")[0] + "?ca=" + files.CA + "&timeout=2s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenEtcdIndex(o); !errors.Is(err, ErrIndexUnavailable) {
+	if _, err := etcdindex.Open(o); !errors.Is(err, index.ErrUnavailable) {
 		t.Fatalf("without a client certificate: %v", err)
-	}
-}
-
-// TestEtcdCompaction: each Compact discards the history up to what the
-// previous call saw, and another node's change feed goes on across it.
-func TestEtcdCompaction(t *testing.T) {
-	c := etcdtest.Start(t, 1)
-	blobs := t.TempDir()
-	a, b := clusterNode(t, c, "compact", blobs), clusterNode(t, c, "compact", blobs)
-	ix := a.idx.(*EtcdIndex)
-	if rev, err := ix.Compact(); err != nil || rev != 0 {
-		t.Fatalf("first compaction: %d %v", rev, err)
-	}
-	pushImage(t, a, "team/app", "v1", []byte("before"))
-	rev, err := ix.Compact()
-	if err != nil || rev == 0 {
-		t.Fatalf("second compaction: %d %v", rev, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := ix.cli.Get(ctx, "wharf", clientv3.WithRev(rev-1)); err == nil || !strings.Contains(err.Error(), "compacted") {
-		t.Fatalf("history before revision %d still readable: %v", rev, err)
-	}
-	b.ResolveTag("team/app", "v1")
-	d := pushImage(t, a, "team/app", "v1", []byte("after"))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if got, _ := b.ResolveTag("team/app", "v1"); got == d {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("B's cache stopped following after a compaction")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -459,7 +303,7 @@ func within(t *testing.T, d time.Duration, what string, fn func() error) error {
 func TestEtcdOutageLongerThanLease(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	blobs := t.TempDir()
-	short := func(o *EtcdOptions) { o.Timeout, o.LeaseTTL = 2*time.Second, 2*time.Second }
+	short := func(o *etcdindex.Options) { o.Timeout, o.LeaseTTL = 2*time.Second, 2*time.Second }
 	a := clusterNode(t, c, "longoutage", blobs, short)
 	b := clusterNode(t, c, "longoutage", blobs, short)
 	a.Join("http://127.0.0.1:1")
@@ -479,7 +323,7 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 			_, err := b.collectorLock()
 			return err
 		})
-		if !errors.Is(err, ErrIndexUnavailable) {
+		if !errors.Is(err, index.ErrUnavailable) {
 			t.Fatalf("lock %d with etcd down: %v", i, err)
 		}
 	}
@@ -487,11 +331,11 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 	err = within(t, 15*time.Second, "a push with etcd down", func() error {
 		return a.PutBlob("team/app", digest.FromBytes(layer), int64(len(layer)), bytes.NewReader(layer))
 	})
-	if !errors.Is(err, ErrIndexUnavailable) {
+	if !errors.Is(err, index.ErrUnavailable) {
 		t.Fatalf("push with etcd down: %v", err)
 	}
 	within(t, 5*time.Second, "Health with etcd down", func() error {
-		if h := a.idx.(*EtcdIndex).Health(); h.Healthy {
+		if h := a.idx.(*etcdindex.Index).Health(); h.Healthy {
 			t.Errorf("healthy with etcd down")
 		}
 		return nil
@@ -531,7 +375,7 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 			t.Fatalf("after the outage: B resolves %s (want %s), members %v", got, d, m)
 		}
 	}
-	if h := a.idx.(*EtcdIndex).Health(); !h.Healthy {
+	if h := a.idx.(*etcdindex.Index).Health(); !h.Healthy {
 		t.Errorf("not healthy after the outage: %s", h.LastError)
 	}
 	within(t, 15*time.Second, "Close after the outage", func() error { return b.idx.Close() })

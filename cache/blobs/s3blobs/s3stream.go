@@ -1,4 +1,4 @@
-package cache
+package s3blobs
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/minio/minio-go/v7"
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
 // streamHold is how many of the last bytes a stream from the bucket keeps
@@ -23,12 +24,12 @@ const streamHold = 256 << 10
 // end (for the size); any other seek first completes and verifies the
 // download and continues on the local copy.
 type s3Stream struct {
-	b         *S3Blobs
+	b         *Store
 	d         digest.Digest
 	size      int64
 	obj       *minio.Object
 	id        string
-	app       Appender
+	app       blobs.Appender
 	h         hash.Hash
 	chunk     []byte
 	held      []byte // received, not yet handed out
@@ -39,9 +40,9 @@ type s3Stream struct {
 	local     io.ReadSeekCloser
 }
 
-// openStream starts reading d from the bucket. Errors: ErrBlobUnknown,
-// ErrBlobStoreUnavailable.
-func (b *S3Blobs) openStream(d digest.Digest, obj *minio.Object, size int64) (*s3Stream, error) {
+// openStream starts reading d from the bucket. Errors: blobs.ErrBlobUnknown,
+// blobs.ErrStoreUnavailable.
+func (b *Store) openStream(d digest.Digest, obj *minio.Object, size int64) (*s3Stream, error) {
 	id := "s3-" + uuid.NewString()
 	app, err := b.local.Append(id)
 	if err != nil {
@@ -92,15 +93,15 @@ func (s *s3Stream) receive() {
 	case errors.Is(err, io.EOF):
 		s.finish()
 	case err != nil:
-		s.fail(fmt.Errorf("%w: reading %s: %w", ErrBlobStoreUnavailable, s.d, err))
+		s.fail(fmt.Errorf("%w: reading %s: %w", blobs.ErrStoreUnavailable, s.d, err))
 	case s.received > s.size:
-		s.fail(fmt.Errorf("%w: object %s in the bucket is longer than its %d bytes", ErrSizeInvalid, s.b.key(s.d), s.size))
+		s.fail(fmt.Errorf("%w: object %s in the bucket is longer than its %d bytes", blobs.ErrSizeInvalid, s.b.key(s.d), s.size))
 	}
 }
 
 func (s *s3Stream) finish() {
 	if got := digest.NewDigest(s.d.Algorithm(), s.h); s.received != s.size || got != s.d {
-		s.fail(fmt.Errorf("%w: object %s in the bucket (%d bytes) hashes to %s", ErrDigestMismatch, s.b.key(s.d), s.received, got))
+		s.fail(fmt.Errorf("%w: object %s in the bucket (%d bytes) hashes to %s", blobs.ErrDigestMismatch, s.b.key(s.d), s.received, got))
 		return
 	}
 	err := s.app.Close()
