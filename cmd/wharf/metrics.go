@@ -12,9 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/wharf-registry/wharf/upstream"
-
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 // opsMetrics are the instruments cmd's loops update.

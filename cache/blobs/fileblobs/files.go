@@ -97,7 +97,7 @@ func (f *Files) Stat(d digest.Digest) (int64, error) {
 
 type fileAppender struct {
 	*os.File
-	size  int64
+	size int64
 	room blobs.Room
 }
 
