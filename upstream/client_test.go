@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	containerdlog "github.com/containerd/log"
+
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
@@ -379,5 +381,26 @@ func TestBlobWithoutLength(t *testing.T) {
 		if hub.Count("GET blob") != 1 || hub.Count("HEAD blob") != heads {
 			t.Fatalf("ranges %v: chunked blob: %d GETs, %d HEADs; want 1 and %d", ranges, hub.Count("GET blob"), hub.Count("HEAD blob"), heads)
 		}
+	}
+}
+
+// TestContainerdLogger: containerd's logging is quieted per client (its
+// context logger), not process-wide; its warnings reach slog, its info
+// lines do not.
+func TestContainerdLogger(t *testing.T) {
+	before := containerdlog.GetLevel()
+	var buf bytes.Buffer
+	c, err := New(Options{Registries: []Registry{{Name: "example.test"}}, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if containerdlog.GetLevel() != before {
+		t.Fatalf("New changed containerd's global log level from %v to %v", before, containerdlog.GetLevel())
+	}
+	c.clog.Info("retrying with another scheme")
+	c.clog.WithField("host", "h").Warn("a warning")
+	if got := buf.String(); strings.Contains(got, "retrying") || !strings.Contains(got, "containerd: a warning") || !strings.Contains(got, "host=h") {
+		t.Fatalf("slog got %q", got)
 	}
 }

@@ -1,15 +1,11 @@
 package upstream
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -67,108 +63,6 @@ func rangeFrom(ctx context.Context, existing string) (string, bool) {
 		return fmt.Sprintf("bytes=%d-", start), true
 	}
 	return fmt.Sprintf("bytes=%d-%d", start, end), true
-}
-
-// segBudget hands out segment buffers, at most n of them at a time, to
-// the oldest blob that wants one. The buffers are mapped from the kernel
-// and unmapped as soon as no blob wants them: a slow pull's 16 MiB must
-// not stay in the process after it (the Go heap would keep it resident).
-type segBudget struct {
-	size int
-
-	mu     sync.Mutex
-	n      int          // buffers that may still be handed out
-	wait   []*segmented // blobs waiting for a buffer, oldest first
-	active []uint64     // seq of the large blobs being read, oldest first
-	seq    uint64       // the latest blob's
-}
-
-// splitAhead is how many older large blobs may still be downloading for a
-// blob to be split: clients read an image's layers in order, a few at a
-// time (dockerd 3), so the oldest downloads are the ones they wait for
-// next; the younger ones would only multiply upstream requests.
-const splitAhead = 3
-
-// begin numbers a large blob being read, in the order they began.
-func (b *segBudget) begin() uint64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.seq++
-	b.active = append(b.active, b.seq) // seqs only grow: active stays sorted
-	return b.seq
-}
-
-func (b *segBudget) ended(seq uint64) {
-	b.mu.Lock()
-	b.active = slices.DeleteFunc(b.active, func(a uint64) bool { return a == seq })
-	b.mu.Unlock()
-}
-
-// older is how many large blobs that started before seq are still read.
-func (b *segBudget) older(seq uint64) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	i, _ := slices.BinarySearch(b.active, seq)
-	return i
-}
-
-func newSegBudget(size int, n int) *segBudget {
-	return &segBudget{size: size, n: n}
-}
-
-// alloc maps a buffer (nil when the kernel refuses: no segment then).
-func (b *segBudget) alloc() []byte {
-	buf, err := syscall.Mmap(-1, 0, b.size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-	if err != nil {
-		return nil
-	}
-	return buf
-}
-
-// take returns a buffer for s, or nil; then s is queued and offered the
-// next buffer put back (grant).
-func (b *segBudget) take(s *segmented) []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.n > 0 {
-		if buf := b.alloc(); buf != nil {
-			b.n--
-			return buf
-		}
-		return nil
-	}
-	if !slices.Contains(b.wait, s) {
-		i, _ := slices.BinarySearchFunc(b.wait, s.seq, func(w *segmented, seq uint64) int { return cmp.Compare(w.seq, seq) })
-		b.wait = slices.Insert(b.wait, i, s)
-	}
-	return nil
-}
-
-// put gives buf back: to the oldest waiting blob that still wants it, or
-// to the pool. Never call it holding a segmented's lock.
-func (b *segBudget) put(buf []byte) {
-	for {
-		b.mu.Lock()
-		if len(b.wait) == 0 {
-			b.n++
-			b.mu.Unlock()
-			syscall.Munmap(buf)
-			return
-		}
-		w := b.wait[0]
-		b.wait = b.wait[1:]
-		b.mu.Unlock()
-		if w.grant(buf) {
-			return
-		}
-	}
-}
-
-// forget drops s from the queue.
-func (b *segBudget) forget(s *segmented) {
-	b.mu.Lock()
-	b.wait = slices.DeleteFunc(b.wait, func(w *segmented) bool { return w == s })
-	b.mu.Unlock()
 }
 
 // segment is one part of a split blob, bytes [start, end).
@@ -390,47 +284,6 @@ func (s *segmented) startLocked(g *segment, buf []byte) {
 	go s.fetch(g)
 }
 
-func (s *segmented) fetch(g *segment) {
-	rc, err := s.open(g.start, g.end-1)
-	filled := 0
-	for err == nil && filled < len(g.buf) {
-		var n int
-		n, err = rc.Read(g.buf[filled:])
-		filled += n
-		if n > 0 {
-			s.mu.Lock()
-			g.filled = filled
-			s.notifyLocked()
-			s.mu.Unlock()
-		}
-	}
-	if rc != nil {
-		rc.Close()
-	}
-	if filled == len(g.buf) {
-		err = nil
-	} else if err == nil || err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	s.c.sem.Release(1)
-	s.mu.Lock()
-	g.running = false
-	s.running--
-	var free []byte
-	if s.closed {
-		free = s.releaseLocked(g)
-	}
-	s.notifyLocked()
-	s.mu.Unlock()
-	if err != nil && s.ctx.Err() == nil {
-		s.c.log.Debug("upstream blob segment failed: the reader fetches it itself", "digest", s.d, "at", g.start+int64(filled), "err", err)
-	}
-	if free != nil {
-		s.c.segments.put(free)
-	}
-	s.schedule()
-}
-
 // releaseLocked takes g's buffer back once no helper writes it.
 func (s *segmented) releaseLocked(g *segment) []byte {
 	if g.running || g.buf == nil {
@@ -551,80 +404,4 @@ func (s *segmented) Close() error {
 		return s.head.Close()
 	}
 	return nil
-}
-
-// open opens bytes [start, end] of the blob: straight from the CDN URL the
-// registry redirected the first GET to (one request instead of two, and
-// the registry sees one GET per blob), or, without one or once it failed
-// (a signed URL expires), through the registry.
-func (s *segmented) open(start, end int64) (io.ReadCloser, error) {
-	s.mu.Lock()
-	loc := s.location
-	s.mu.Unlock()
-	if loc != "" {
-		rc, err := s.c.openLocation(s.ctx, s.r, loc, start, end)
-		if err == nil {
-			return rc, nil
-		}
-		if s.ctx.Err() != nil {
-			return nil, err
-		}
-		s.c.log.Debug("blob segment from the redirect location failed: asking the registry", "digest", s.d, "err", err)
-		s.mu.Lock()
-		s.location = ""
-		s.mu.Unlock()
-	}
-	return s.c.openRange(s.ctx, s.r, s.repo, s.d, start, end)
-}
-
-// openLocation GETs bytes [start, end] from loc, a URL the registry
-// redirected a GET of the same blob to, on the registry's HTTP client
-// (its dialer rules apply) without credentials (those were for the
-// registry). It must answer 206 from start.
-func (c *Client) openLocation(ctx context.Context, r *registry, loc string, start, end int64) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, loc, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end))
-	resp, err := r.host.Client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	from, to, _, ok := contentRange(resp.Header.Get("Content-Range"))
-	if resp.StatusCode != http.StatusPartialContent || !ok || from != start || to != end {
-		resp.Body.Close()
-		return nil, fmt.Errorf("redirect location answered %s (%q) for bytes %d-%d", resp.Status, resp.Header.Get("Content-Range"), start, end)
-	}
-	return resp.Body, nil
-}
-
-// openRange opens bytes [start, end] of blob d with one bounded ranged
-// GET; the response must be a 206 for exactly that start.
-func (c *Client) openRange(ctx context.Context, r *registry, repo string, d digest.Digest, start, end int64) (io.ReadCloser, error) {
-	var rc io.ReadCloser
-	err := c.do(ctx, r, func(ctx context.Context) error {
-		ctx = withRange(ctx, end)
-		f, err := c.resolver.Fetcher(ctx, r.Name+"/"+repo+"@"+d.String())
-		if err != nil {
-			return err
-		}
-		rs, first, eof, err := openAt(ctx, f, d, end+1, start) // containerd's reader stops at end
-		if err != nil {
-			return err
-		}
-		if got := callFrom(ctx).rangeStart(); got != start {
-			rs.Close()
-			return fmt.Errorf("%w: asked for bytes from %d, got from %d", errRangeIgnored, start, got)
-		}
-		rc = &primed{first: first, eof: eof, rc: rs}
-		return nil
-	})
-	return rc, err
-}
-
-// emptyBlob reports whether d is the digest of no bytes: a Range request
-// for it cannot be satisfied.
-func emptyBlob(d digest.Digest) bool {
-	return d.Validate() == nil && d.Algorithm().FromBytes(nil) == d
 }
