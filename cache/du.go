@@ -17,7 +17,7 @@ type RepoUsage struct {
 
 // Usage returns per-repository usage, sorted by bytes (largest first), and
 // the bytes the blob store holds (shared content once).
-func (s *Store) Usage() ([]RepoUsage, int64, error) {
+func (s *Maintenance) Usage() ([]RepoUsage, int64, error) {
 	byRepo := map[string]*RepoUsage{}
 	get := func(r string) *RepoUsage {
 		if byRepo[r] == nil {
@@ -60,7 +60,7 @@ func (s *Store) Usage() ([]RepoUsage, int64, error) {
 	})
 	out := make([]RepoUsage, 0, len(byRepo))
 	for _, u := range byRepo {
-		u.Origin, _ = s.Origin(u.Repo)
+		u.Origin, _ = s.st().Origin(u.Repo)
 		out = append(out, *u)
 	}
 	sort.Slice(out, func(i, j int) bool {

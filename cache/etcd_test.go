@@ -59,7 +59,7 @@ func TestStoreOnEtcd(t *testing.T) {
 	blobs := t.TempDir()
 	a := clusterNode(t, c, "two", blobs)
 	b := clusterNode(t, c, "two", blobs)
-	if !a.Shared() || !b.Shared() {
+	if !a.Cluster().Shared() || !b.Cluster().Shared() {
 		t.Fatal("stores on etcd do not say they share their index")
 	}
 	d1 := pushImage(t, a, "team/app", "v1", []byte("layer one"))
@@ -127,7 +127,7 @@ func TestSameTagRacesOnTwoNodes(t *testing.T) {
 	layer := []byte("race layer")
 	cfg := []byte(`{"os":"linux"}`)
 	for _, l := range [][]byte{layer, cfg} {
-		if err := nodes[0].PutBlob("team/race", digest.FromBytes(l), int64(len(l)), bytes.NewReader(l)); err != nil {
+		if err := nodes[0].Uploads().PutBlob("team/race", digest.FromBytes(l), int64(len(l)), bytes.NewReader(l)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -237,7 +237,7 @@ func TestEtcdOutage(t *testing.T) {
 	}
 	start := time.Now()
 	layer := []byte("a push while etcd is down")
-	err := b.PutBlob("team/app", digest.FromBytes(layer), int64(len(layer)), bytes.NewReader(layer))
+	err := b.Uploads().PutBlob("team/app", digest.FromBytes(layer), int64(len(layer)), bytes.NewReader(layer))
 	if !errors.Is(err, index.ErrUnavailable) {
 		t.Fatalf("push with etcd down: %v", err)
 	}
@@ -306,9 +306,9 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 	short := func(o *etcdindex.Options) { o.Timeout, o.LeaseTTL = 2*time.Second, 2*time.Second }
 	a := clusterNode(t, c, "longoutage", blobs, short)
 	b := clusterNode(t, c, "longoutage", blobs, short)
-	a.Join("http://127.0.0.1:1")
-	b.Join("http://127.0.0.1:2")
-	release, err := a.collectorLock()
+	a.Cluster().Join("http://127.0.0.1:1")
+	b.Cluster().Join("http://127.0.0.1:2")
+	release, err := a.Maintenance().collectorLock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +320,7 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 	// Each of these used to hang for good once a lease was lost.
 	for i := range 3 {
 		err := within(t, 15*time.Second, "the collector's lock with etcd down", func() error {
-			_, err := b.collectorLock()
+			_, err := b.Maintenance().collectorLock()
 			return err
 		})
 		if !errors.Is(err, index.ErrUnavailable) {
@@ -329,7 +329,7 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 	}
 	layer := []byte("a push while etcd is down")
 	err = within(t, 15*time.Second, "a push with etcd down", func() error {
-		return a.PutBlob("team/app", digest.FromBytes(layer), int64(len(layer)), bytes.NewReader(layer))
+		return a.Uploads().PutBlob("team/app", digest.FromBytes(layer), int64(len(layer)), bytes.NewReader(layer))
 	})
 	if !errors.Is(err, index.ErrUnavailable) {
 		t.Fatalf("push with etcd down: %v", err)
@@ -349,7 +349,7 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 	for _, s := range []*Store{a, b} {
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 			err := within(t, 15*time.Second, "the collector's lock after the outage", func() error {
-				rel, err := s.collectorLock()
+				rel, err := s.Maintenance().collectorLock()
 				if err == nil {
 					rel()
 				}
@@ -367,7 +367,7 @@ func TestEtcdOutageLongerThanLease(t *testing.T) {
 	d := pushImage(t, a, "team/app", "v1", []byte("after the outage"))
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		got, _ := b.ResolveTag("team/app", "v1")
-		m := b.Members()
+		m := b.Cluster().Members()
 		if got == d && len(m) == 2 {
 			break
 		}

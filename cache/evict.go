@@ -37,7 +37,7 @@ func accessKey(key string) []byte { return []byte("a/" + key) }
 
 // FlushAccess writes the access times recorded since the last flush, in one
 // batch. Keys unused since the previous flush are dropped from memory.
-func (s *Store) FlushAccess() error {
+func (s *Maintenance) FlushAccess() error {
 	type entry struct {
 		key string
 		t   *touch
@@ -73,7 +73,7 @@ func (s *Store) FlushAccess() error {
 }
 
 // Size is the number of bytes the blob store holds, by its records.
-func (s *Store) Size() (int64, error) {
+func (s *Maintenance) Size() (int64, error) {
 	var total int64
 	err := s.idx.View(func(txn Txn) error {
 		return txn.Scan([]byte("b/"), nil, false, func(_, v []byte) error {
@@ -122,7 +122,7 @@ type lruEntry struct {
 // retention. Only tags the mirror wrote are candidates (their recorded
 // origin, whatever the repository's name); pushed content is never evicted.
 // A blob being read stays readable to its reader.
-func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
+func (s *Maintenance) Evict(o EvictOptions) (EvictReport, error) {
 	var rep EvictReport
 	release, err := s.collectorLock()
 	if err != nil {
@@ -186,7 +186,7 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 				gc.Released[e.repo] = append(gc.Released[e.repo], e.digest)
 				continue
 			}
-			if err := s.DeleteManifest(e.repo, e.tag); err != nil && !errors.Is(err, ErrManifestUnknown) {
+			if err := s.st().DeleteManifest(e.repo, e.tag); err != nil && !errors.Is(err, ErrManifestUnknown) {
 				return err
 			}
 			rep.Tags = append(rep.Tags, e.repo+":"+e.tag)
@@ -219,13 +219,13 @@ func (s *Store) Evict(o EvictOptions) (EvictReport, error) {
 // to, by last use: the latest of their recorded access and their last check
 // upstream; and the mirrored manifests pulled by digest, by their last use
 // (pins.go).
-func (s *Store) mirroredTags() ([]lruEntry, error) {
+func (s *Maintenance) mirroredTags() ([]lruEntry, error) {
 	var out []lruEntry
 	err := s.idx.View(func(txn Txn) error {
 		var tags []lruEntry
 		if err := txn.Scan([]byte("t/"), nil, false, func(k, v []byte) error {
 			repo, tag := splitRepoKey(k, "t/")
-			if o, _ := s.Origin(repo); !o.Mirrored() {
+			if o, _ := s.st().Origin(repo); !o.Mirrored() {
 				return nil
 			}
 			if te := decodeTag(v); te.mirrored() {

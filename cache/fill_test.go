@@ -97,7 +97,7 @@ func TestFillCorruptNeverCompletes(t *testing.T) {
 	if _, err := s.StatBlob("mirror/repo", d); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("corrupt blob was linked: %v", err)
 	}
-	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+	if ids, _ := s.Maintenance().Blobs().Ingests(); len(ids) != 0 {
 		t.Fatalf("ingest left: %v", ids)
 	}
 }

@@ -27,7 +27,7 @@ func (r *FsckReport) Clean() bool { return len(r.Problems) == 0 }
 // moved to <data>/quarantine/ and every index entry that needs them is
 // removed (records, links, manifests and the tags and referrers of those
 // manifests); orphan files are removed. Run it with the server stopped.
-func (s *Store) Fsck(repair bool) (FsckReport, error) {
+func (s *Maintenance) Fsck(repair bool) (FsckReport, error) {
 	var rep FsckReport
 	records := map[digest.Digest]int64{}
 	if err := s.idx.View(func(txn Txn) error {
@@ -108,7 +108,7 @@ func (s *Store) Fsck(repair bool) (FsckReport, error) {
 }
 
 // danglingLinks lists links and manifests whose content is unrecorded or bad.
-func (s *Store) danglingLinks(records map[digest.Digest]int64, bad map[digest.Digest]bool) ([]string, error) {
+func (s *Maintenance) danglingLinks(records map[digest.Digest]int64, bad map[digest.Digest]bool) ([]string, error) {
 	var out []string
 	err := s.idx.View(func(txn Txn) error {
 		for _, p := range []string{"l/", "m/"} {
@@ -133,7 +133,7 @@ func (s *Store) danglingLinks(records map[digest.Digest]int64, bad map[digest.Di
 // unindex removes every index entry that needs content that is bad or not
 // recorded: records and links of it, manifests made of it or referencing
 // it, and the tags and referrer entries of those manifests.
-func (s *Store) unindex(records map[digest.Digest]int64, bad map[digest.Digest]bool) (int, error) {
+func (s *Maintenance) unindex(records map[digest.Digest]int64, bad map[digest.Digest]bool) (int, error) {
 	gone := func(d digest.Digest) bool { _, ok := records[d]; return !ok || bad[d] }
 	var keys [][]byte
 	dropped := map[string]bool{} // "repo\x00digest" of manifests removed

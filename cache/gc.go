@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -78,139 +76,6 @@ func (r *GCReport) add(format string, args ...any) {
 	r.Items = append(r.Items, fmt.Sprintf(format, args...))
 }
 
-// snapshot is the part of the index a collection marks from.
-type snapshot struct {
-	tags      map[string][]digest.Digest                   // repo → tagged manifests
-	manifests map[string]map[digest.Digest]*Manifest       // repo → manifests
-	links     map[string]map[digest.Digest]time.Time       // repo → blob → linked at
-	referrers map[string]map[digest.Digest][]digest.Digest // repo → subject → referrers
-	used      map[string]map[digest.Digest]time.Time       // repo → manifest → last pulled by digest (pins.go)
-}
-
-func splitRepoKey(k []byte, prefix string) (repo, rest string) {
-	s := string(k[len(prefix):])
-	repo, rest, _ = strings.Cut(s, "\x00")
-	return repo, rest
-}
-
-func (s *Store) snapshot(pace *pacer) (*snapshot, error) {
-	sn := &snapshot{tags: map[string][]digest.Digest{}, manifests: map[string]map[digest.Digest]*Manifest{},
-		links: map[string]map[digest.Digest]time.Time{}, referrers: map[string]map[digest.Digest][]digest.Digest{},
-		used: map[string]map[digest.Digest]time.Time{}}
-	err := s.idx.View(func(txn Txn) error {
-		scan := func(prefix string, fn func(k, v []byte) error) error {
-			return txn.Scan([]byte(prefix), nil, false, func(k, v []byte) error {
-				pace.step()
-				return fn(k, v)
-			})
-		}
-		if err := scan("t/", func(k, v []byte) error {
-			repo, _ := splitRepoKey(k, "t/")
-			sn.tags[repo] = append(sn.tags[repo], decodeTag(v).digest)
-			return nil
-		}); err != nil {
-			return err
-		}
-		if err := scan("m/", func(k, v []byte) error {
-			repo, d := splitRepoKey(k, "m/")
-			var m Manifest
-			if err := json.Unmarshal(v, &m); err != nil {
-				return err
-			}
-			m.Digest = digest.Digest(d)
-			if sn.manifests[repo] == nil {
-				sn.manifests[repo] = map[digest.Digest]*Manifest{}
-			}
-			sn.manifests[repo][m.Digest] = &m
-			return nil
-		}); err != nil {
-			return err
-		}
-		if err := scan("l/", func(k, v []byte) error {
-			repo, d := splitRepoKey(k, "l/")
-			if sn.links[repo] == nil {
-				sn.links[repo] = map[digest.Digest]time.Time{}
-			}
-			sn.links[repo][digest.Digest(d)] = linkTime(v)
-			return nil
-		}); err != nil {
-			return err
-		}
-		if err := sn.scanUses(txn, pace); err != nil {
-			return err
-		}
-		return scan("r/", func(k, v []byte) error {
-			repo, rest := splitRepoKey(k, "r/")
-			subject, d, _ := strings.Cut(rest, "\x00")
-			if sn.referrers[repo] == nil {
-				sn.referrers[repo] = map[digest.Digest][]digest.Digest{}
-			}
-			sn.referrers[repo][digest.Digest(subject)] = append(sn.referrers[repo][digest.Digest(subject)], digest.Digest(d))
-			return nil
-		})
-	})
-	return sn, err
-}
-
-// released is what the released manifests of repo reach: manifests and
-// blobs (through index entries and referrers).
-func (sn *snapshot) released(repo string, roots []digest.Digest) (map[digest.Digest]bool, map[digest.Digest]bool) {
-	if len(roots) == 0 {
-		return nil, nil
-	}
-	return sn.reach(repo, roots)
-}
-
-// reach walks repo's manifests from roots, through index entries and
-// referrers, and returns the manifests and blobs it reaches.
-func (sn *snapshot) reach(repo string, queue []digest.Digest) (map[digest.Digest]bool, map[digest.Digest]bool) {
-	mans, blobs := map[digest.Digest]bool{}, map[digest.Digest]bool{}
-	for len(queue) > 0 {
-		d := queue[0]
-		queue = queue[1:]
-		m, ok := sn.manifests[repo][d]
-		if !ok || mans[d] {
-			continue
-		}
-		mans[d] = true
-		for _, ref := range m.Refs {
-			if _, isManifest := sn.manifests[repo][ref]; isManifest {
-				queue = append(queue, ref)
-			} else {
-				blobs[ref] = true
-			}
-		}
-		queue = append(queue, sn.referrers[repo][d]...)
-	}
-	return mans, blobs
-}
-
-// kept marks, in one repository, the manifests reachable from its tags
-// (through index entries and referrers), from its pins (mirrored content
-// pulled by digest, pins.go) or younger than the grace period (freshM; a
-// platform manifest's age is that of its last pull by digest), and the
-// blobs those manifests reference.
-func (sn *snapshot) kept(repo string, mirrored bool, freshM func(digest.Digest, time.Time) bool) (map[digest.Digest]bool, map[digest.Digest]bool) {
-	var queue []digest.Digest
-	queue = append(queue, sn.tags[repo]...)
-	var childUse map[digest.Digest]time.Time
-	if mirrored {
-		var pinned []digest.Digest
-		pinned, childUse = sn.pins(repo)
-		queue = append(queue, pinned...)
-	}
-	for d, m := range sn.manifests[repo] {
-		at := m.Pushed
-		if u := childUse[d]; u.After(at) {
-			at = u
-		}
-		if freshM(d, at) {
-			queue = append(queue, d)
-		}
-	}
-	return sn.reach(repo, queue)
-}
-
 // GC removes, while the store serves, untagged manifests nothing reachable
 // refers to, blob links no kept manifest references, then blobs that no
 // repository links any more, and blob files the index never recorded.
@@ -221,7 +86,7 @@ func (sn *snapshot) kept(repo string, mirrored bool, freshM func(digest.Digest, 
 //
 // On a shared index one node of the cluster collects at a time: GC
 // returns ErrCollectorElsewhere when another holds the collector's lock.
-func (s *Store) GC(o GCOptions) (GCReport, error) {
+func (s *Maintenance) GC(o GCOptions) (GCReport, error) {
 	release, err := s.collectorLock()
 	if err != nil {
 		return GCReport{}, err
@@ -234,7 +99,7 @@ func (s *Store) GC(o GCOptions) (GCReport, error) {
 	return s.gc(o)
 }
 
-func (s *Store) gc(o GCOptions) (GCReport, error) {
+func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 	if o.Grace <= 0 {
 		o.Grace = time.Hour
 	}
@@ -263,7 +128,7 @@ func (s *Store) gc(o GCOptions) (GCReport, error) {
 	planned := map[string]bool{} // keys a dry run would have deleted
 	for repo := range repos {
 		fresh := freshFor(o.Grace)
-		origin, _ := s.Origin(repo)
+		origin, _ := s.st().Origin(repo)
 		if o.MirroredGrace > 0 && origin.Mirrored() {
 			fresh = freshFor(o.MirroredGrace)
 		}
@@ -317,7 +182,7 @@ func (s *Store) gc(o GCOptions) (GCReport, error) {
 // pretendDeleted removes from the snapshot the tags that deleting refs
 // (repository → tags or digests) would remove, and returns released with
 // the manifests they named added.
-func (s *Store) pretendDeleted(sn *snapshot, refs map[string][]string, released map[string][]digest.Digest) map[string][]digest.Digest {
+func (s *Maintenance) pretendDeleted(sn *snapshot, refs map[string][]string, released map[string][]digest.Digest) map[string][]digest.Digest {
 	out := map[string][]digest.Digest{}
 	for repo, ds := range released {
 		out[repo] = append([]digest.Digest(nil), ds...)
@@ -327,7 +192,7 @@ func (s *Store) pretendDeleted(sn *snapshot, refs map[string][]string, released 
 			d, err := digest.Parse(ref)
 			all := err == nil // a digest: every tag naming it goes with it
 			if !all {
-				if d, err = s.ResolveTag(repo, ref); err != nil {
+				if d, err = s.st().ResolveTag(repo, ref); err != nil {
 					continue
 				}
 			}
@@ -347,7 +212,7 @@ func (s *Store) pretendDeleted(sn *snapshot, refs map[string][]string, released 
 
 // dropManifest removes an unreachable manifest link unless, in the
 // meantime, it was pushed again or a tag came to point at it.
-func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
+func (s *Maintenance) dropManifest(repo string, d, subject digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
 	dropped := false
 	err := s.release(func(txn Txn) error {
 		dropped = false
@@ -388,8 +253,8 @@ func (s *Store) dropManifest(repo string, d, subject digest.Digest, fresh func(d
 }
 
 // dropLink removes a blob link unless it was refreshed meanwhile.
-func (s *Store) dropLink(repo string, d digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
-	defer s.forgetLink(repo, d)
+func (s *Maintenance) dropLink(repo string, d digest.Digest, fresh func(digest.Digest, time.Time) bool) error {
+	defer s.st().forgetLink(repo, d)
 	return s.release(func(txn Txn) error {
 		v, err := txn.Get(linkKey(repo, d))
 		if errors.Is(err, errNotFound) || (err == nil && fresh(d, linkTime(v))) {
@@ -398,214 +263,5 @@ func (s *Store) dropLink(repo string, d digest.Digest, fresh func(digest.Digest,
 			return err
 		}
 		return txn.Delete(linkKey(repo, d))
-	})
-}
-
-// sweepBlobs removes the records, then the files, of blobs no repository
-// links. The referenced set is computed from a snapshot without any lock;
-// every link made meanwhile is noted (noteLinked, under the content lock of
-// its digest). Then, under all content locks — a pause for commits as long
-// as one small transaction, never for reads or uploads — the records of the
-// candidates that nothing linked since are deleted. Each file is removed
-// under its digest's lock only if its record is still gone.
-func (s *Store) sweepBlobs(rep *GCReport, o GCOptions, planned map[string]bool) error {
-	if s.shared {
-		return s.sweepShared(rep, o, planned)
-	}
-	s.track.begin()
-	defer s.track.end()
-	var doomed []digest.Digest
-	sizes := map[digest.Digest]int64{}
-	err := s.idx.View(func(txn Txn) error {
-		used, err := usedDigests(txn, o, planned)
-		if err != nil {
-			return err
-		}
-		return txn.Scan([]byte("b/"), nil, false, func(k, v []byte) error {
-			if d := digest.Digest(k[2:]); !used[d] {
-				doomed, sizes[d] = append(doomed, d), decodeSize(v)
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		return err
-	}
-	if !o.DryRun && len(doomed) > 0 {
-		var kept []digest.Digest
-		for len(doomed) > 0 {
-			n := min(len(doomed), s.idx.MaxOps())
-			batch, err := s.dropBlobRecords(doomed[:n])
-			if err != nil {
-				return err
-			}
-			kept, doomed = append(kept, batch...), doomed[n:]
-		}
-		doomed = kept
-	}
-	for _, d := range doomed {
-		rep.Blobs++
-		rep.Bytes += sizes[d]
-		rep.add("blob %s (%d bytes, no repository links it)", d, sizes[d])
-		if o.DryRun {
-			continue
-		}
-		if err := s.removeUnrecorded(d); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// usedDigests is every digest a link or manifest record names (less, in a
-// dry run, those the run would have removed).
-func usedDigests(txn Txn, o GCOptions, planned map[string]bool) (map[digest.Digest]bool, error) {
-	used := map[digest.Digest]bool{}
-	for _, p := range []string{"l/", "m/"} {
-		if err := txn.Scan([]byte(p), nil, true, func(k, _ []byte) error {
-			if o.DryRun && planned[string(k)] {
-				return nil
-			}
-			_, d := splitRepoKey(k, p)
-			used[digest.Digest(d)] = true
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-	}
-	return used, nil
-}
-
-// dropBlobRecords deletes, under all content locks, the records of the
-// given blobs that nothing linked since the sweep began, and returns those.
-func (s *Store) dropBlobRecords(doomed []digest.Digest) ([]digest.Digest, error) {
-	for i := range s.contentLocks {
-		s.contentLocks[i].Lock()
-	}
-	doomed = s.track.without(doomed)
-	err := s.release(func(txn Txn) error {
-		for _, d := range doomed {
-			if err := txn.Delete(blobKey(d)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	for i := range s.contentLocks {
-		s.contentLocks[i].Unlock()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if s.afterSweepRecords != nil {
-		s.afterSweepRecords(doomed)
-	}
-	return doomed, nil
-}
-
-// linkTracker notes the digests that got a new link while a collection
-// computes what nothing links.
-type linkTracker struct {
-	mu     sync.Mutex
-	active int
-	seen   map[digest.Digest]bool
-}
-
-func (t *linkTracker) begin() {
-	t.mu.Lock()
-	if t.active == 0 {
-		t.seen = map[digest.Digest]bool{}
-	}
-	t.active++
-	t.mu.Unlock()
-}
-
-func (t *linkTracker) end() {
-	t.mu.Lock()
-	if t.active--; t.active == 0 {
-		t.seen = nil
-	}
-	t.mu.Unlock()
-}
-
-// without drops from ds the digests linked since begin.
-func (t *linkTracker) without(ds []digest.Digest) []digest.Digest {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := ds[:0]
-	for _, d := range ds {
-		if !t.seen[d] {
-			out = append(out, d)
-		}
-	}
-	return out
-}
-
-// noteLinked records that d got a new link. Call it under d's content
-// lock, after the transaction that made the link committed.
-func (s *Store) noteLinked(d digest.Digest) {
-	s.track.mu.Lock()
-	if s.track.active > 0 {
-		s.track.seen[d] = true
-	}
-	s.track.mu.Unlock()
-}
-
-// removeUnrecorded deletes blob file d under its lock if the index has no
-// record of it.
-func (s *Store) removeUnrecorded(d digest.Digest) error {
-	mu := s.contentLock(d)
-	mu.Lock()
-	defer mu.Unlock()
-	if s.shared {
-		// Claim the deletion with a tombstone where there is no record:
-		// a push of d on another node then waits or retries.
-		tomb := sharedRecord(0, stateDeleting)
-		claimed := false
-		if err := s.retry(func(txn Txn) error {
-			ok, err := exists(txn, blobKey(d))
-			if claimed = err == nil && !ok; !claimed {
-				return err
-			}
-			return txn.Set(blobKey(d), tomb)
-		}); err != nil || !claimed {
-			return err
-		}
-		return s.finishDeleting(d, tomb)
-	}
-	var recorded bool
-	if err := s.idx.View(func(txn Txn) (err error) {
-		recorded, err = exists(txn, blobKey(d))
-		return err
-	}); err != nil || recorded {
-		return err
-	}
-	return s.blobs.Delete(d)
-}
-
-// sweepOrphans removes blob files older than the grace period that the
-// index never recorded (a crash between rename and index commit).
-func (s *Store) sweepOrphans(rep *GCReport, o GCOptions) error {
-	recorded := map[digest.Digest]bool{}
-	if err := s.idx.View(func(txn Txn) error {
-		return txn.Scan([]byte("b/"), nil, true, func(k, _ []byte) error {
-			recorded[digest.Digest(k[2:])] = true
-			return nil
-		})
-	}); err != nil {
-		return err
-	}
-	return s.blobs.Walk(func(b BlobInfo) error {
-		d := b.Digest
-		if d == "" || recorded[d] || o.Now.Sub(b.ModTime) < o.Grace {
-			return nil
-		}
-		rep.Orphans++
-		rep.Bytes += b.Size
-		rep.add("orphan file %s (%d bytes, never indexed)", d, b.Size)
-		if o.DryRun {
-			return nil
-		}
-		return s.removeUnrecorded(d)
 	})
 }

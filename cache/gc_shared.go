@@ -89,7 +89,7 @@ func (s *Store) blobBefore(d digest.Digest) ([]byte, error) {
 			return v, nil
 		}
 		if time.Since(recordStamp(v)) > staleDeleting {
-			if err := s.finishDeleting(d, v); err != nil {
+			if err := s.Maintenance().finishDeleting(d, v); err != nil {
 				return nil, err
 			}
 			continue
@@ -155,7 +155,7 @@ func (s *Store) touchBlob(txn Txn, d digest.Digest) (int64, error) {
 // blobs that are unchanged since the mark become tombstones, their objects
 // are deleted, the tombstones are marked gone; old gone tombstones are
 // dropped and deletions whose collector died are finished.
-func (s *Store) sweepShared(rep *GCReport, o GCOptions, planned map[string]bool) error {
+func (s *Maintenance) sweepShared(rep *GCReport, o GCOptions, planned map[string]bool) error {
 	marked := map[digest.Digest][]byte{}
 	var stale, old []digest.Digest
 	err := s.idx.View(func(txn Txn) error {
@@ -267,7 +267,7 @@ func (s *Store) sweepShared(rep *GCReport, o GCOptions, planned map[string]bool)
 
 // finishDeleting deletes the object of d, whose record was the deleting
 // tombstone tomb, and marks the tombstone gone (if it is still tomb).
-func (s *Store) finishDeleting(d digest.Digest, tomb []byte) error {
+func (s *Maintenance) finishDeleting(d digest.Digest, tomb []byte) error {
 	if err := s.blobs.Delete(d); err != nil && !errors.Is(err, ErrBlobUnknown) {
 		return err
 	}
@@ -283,7 +283,7 @@ func (s *Store) finishDeleting(d digest.Digest, tomb []byte) error {
 
 // dropLocalCopy lets go of this node's local copy of d once a collector
 // (on any node) began deleting it.
-func (s *Store) dropLocalCopy(d digest.Digest) {
+func (s *Cluster) dropLocalCopy(d digest.Digest) {
 	if l, ok := s.blobs.(interface{ DropLocal(digest.Digest) error }); ok {
 		if err := l.DropLocal(d); err != nil {
 			s.log.Warn("dropping the local copy of a collected blob", "digest", d, "err", err)

@@ -24,7 +24,7 @@ func TestSharedGCRaces(t *testing.T) {
 	a, b := clusterNode(t, c, "gc", blobs), clusterNode(t, c, "gc", blobs)
 	relinked, repushed, freed := []byte("linked again after the mark"), []byte("pushed again while deleted"), []byte("collected")
 	for _, l := range [][]byte{relinked, repushed, freed} {
-		if err := a.PutBlob("team/old", digest.FromBytes(l), -1, bytes.NewReader(l)); err != nil {
+		if err := a.Uploads().PutBlob("team/old", digest.FromBytes(l), -1, bytes.NewReader(l)); err != nil {
 			t.Fatal(err)
 		}
 		if err := a.DeleteBlob("team/old", digest.FromBytes(l)); err != nil {
@@ -43,13 +43,13 @@ func TestSharedGCRaces(t *testing.T) {
 				wg.Add(1)
 				go func() { // waits for A to finish deleting
 					defer wg.Done()
-					pushErr = b.PutBlob("team/new", d, -1, bytes.NewReader(repushed))
+					pushErr = b.Uploads().PutBlob("team/new", d, -1, bytes.NewReader(repushed))
 				}()
 				time.Sleep(200 * time.Millisecond)
 			}
 		}
 	}
-	rep, err := a.GC(later(2 * time.Hour))
+	rep, err := a.Maintenance().GC(later(2 * time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,14 +70,14 @@ func TestSharedGCRaces(t *testing.T) {
 	if _, err := b.StatBlob("team/old", digest.FromBytes(freed)); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("freed blob still linked: %v", err)
 	}
-	if _, err := a.Blobs().Stat(digest.FromBytes(freed)); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := a.Maintenance().Blobs().Stat(digest.FromBytes(freed)); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("freed blob still stored: %v", err)
 	}
-	if size, err := b.Size(); err != nil || size != int64(len(relinked)+len(repushed))+sizeOfImageRest(t, b) {
+	if size, err := b.Maintenance().Size(); err != nil || size != int64(len(relinked)+len(repushed))+sizeOfImageRest(t, b) {
 		t.Fatalf("store size after GC: %d %v", size, err)
 	}
 	for _, s := range []*Store{a, b} {
-		if rep, err := s.Fsck(false); err != nil || !rep.Clean() {
+		if rep, err := s.Maintenance().Fsck(false); err != nil || !rep.Clean() {
 			t.Fatalf("fsck: %v %v", rep.Problems, err)
 		}
 	}
@@ -106,28 +106,28 @@ func TestOneCollectorPerCluster(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	blobs := t.TempDir()
 	a, b := clusterNode(t, c, "leader", blobs), clusterNode(t, c, "leader", blobs)
-	release, err := a.collectorLock()
+	release, err := a.Maintenance().collectorLock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.GC(later(2 * time.Hour)); !errors.Is(err, ErrCollectorElsewhere) {
+	if _, err := b.Maintenance().GC(later(2 * time.Hour)); !errors.Is(err, ErrCollectorElsewhere) {
 		t.Fatalf("GC on B while A collects: %v", err)
 	}
-	if _, err := b.Evict(EvictOptions{MaxBytes: 1, GC: later(0)}); !errors.Is(err, ErrCollectorElsewhere) {
+	if _, err := b.Maintenance().Evict(EvictOptions{MaxBytes: 1, GC: later(0)}); !errors.Is(err, ErrCollectorElsewhere) {
 		t.Fatalf("eviction on B while A collects: %v", err)
 	}
 	release()
-	if _, err := b.GC(later(2 * time.Hour)); err != nil {
+	if _, err := b.Maintenance().GC(later(2 * time.Hour)); err != nil {
 		t.Fatalf("GC on B after A released: %v", err)
 	}
 	// A takes it and dies: its lease runs out.
-	if _, err := a.collectorLock(); err != nil {
+	if _, err := a.Maintenance().collectorLock(); err != nil {
 		t.Fatal(err)
 	}
 	a.idx.(*etcdindex.Index).Abandon()
 	deadline := time.Now().Add(3 * 10 * time.Second)
 	for {
-		_, err := b.GC(later(2 * time.Hour))
+		_, err := b.Maintenance().GC(later(2 * time.Hour))
 		if err == nil {
 			break
 		}

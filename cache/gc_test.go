@@ -23,7 +23,7 @@ func pushImage(t testing.TB, s *Store, repo, tag string, layers ...[]byte) diges
 	cfg := []byte(`{"os":"linux","repo":"` + repo + `"}`)
 	var descs []map[string]any
 	for _, l := range append([][]byte{cfg}, layers...) {
-		if err := s.PutBlob(repo, digest.FromBytes(l), int64(len(l)), bytes.NewReader(l)); err != nil {
+		if err := s.Uploads().PutBlob(repo, digest.FromBytes(l), int64(len(l)), bytes.NewReader(l)); err != nil {
 			t.Fatal(err)
 		}
 		descs = append(descs, map[string]any{"mediaType": "application/octet-stream", "digest": digest.FromBytes(l), "size": len(l)})
@@ -56,19 +56,19 @@ func TestGCRemovesUnreferenced(t *testing.T) {
 		t.Fatal(err)
 	}
 	loose := []byte("uploaded, never referenced")
-	s.PutBlob("team/app", digest.FromBytes(loose), -1, bytes.NewReader(loose))
+	s.Uploads().PutBlob("team/app", digest.FromBytes(loose), -1, bytes.NewReader(loose))
 
-	if rep, err := s.GC(GCOptions{Grace: time.Hour}); err != nil || rep.Manifests+rep.Links+rep.Blobs != 0 {
+	if rep, err := s.Maintenance().GC(GCOptions{Grace: time.Hour}); err != nil || rep.Manifests+rep.Links+rep.Blobs != 0 {
 		t.Fatalf("within the grace period GC removed %+v (%v)", rep, err)
 	}
-	dry, err := s.GC(GCOptions{DryRun: true, Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)})
+	dry, err := s.Maintenance().GC(GCOptions{DryRun: true, Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)})
 	if err != nil || dry.Manifests != 2 || dry.Blobs == 0 {
 		t.Fatalf("dry run: %+v %v", dry, err)
 	}
 	if _, err := s.GetManifest("team/app", untagged.String()); err != nil {
 		t.Fatal("a dry run removed something")
 	}
-	rep, err := s.GC(later(2 * time.Hour))
+	rep, err := s.Maintenance().GC(later(2 * time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +86,11 @@ func TestGCRemovesUnreferenced(t *testing.T) {
 		}
 	}
 	for _, l := range [][]byte{loose, []byte("untagged layer"), []byte("old layer")} {
-		if _, err := s.Blobs().Stat(digest.FromBytes(l)); !errors.Is(err, ErrBlobUnknown) {
+		if _, err := s.Maintenance().Blobs().Stat(digest.FromBytes(l)); !errors.Is(err, ErrBlobUnknown) {
 			t.Fatalf("unreferenced blob %q kept: %v", l, err)
 		}
 	}
-	if fr, err := s.Fsck(false); err != nil || !fr.Clean() {
+	if fr, err := s.Maintenance().Fsck(false); err != nil || !fr.Clean() {
 		t.Fatalf("fsck after GC: %v %v", fr.Problems, err)
 	}
 }
@@ -102,7 +102,7 @@ func TestGCReaderKeepsReading(t *testing.T) {
 	defer s.Close()
 	content := bytes.Repeat([]byte("x"), 1<<20)
 	d := digest.FromBytes(content)
-	s.PutBlob("r", d, -1, bytes.NewReader(content))
+	s.Uploads().PutBlob("r", d, -1, bytes.NewReader(content))
 	rc, _, err := s.OpenBlob("r", d)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func TestGCReaderKeepsReading(t *testing.T) {
 	head := make([]byte, 1000)
 	io.ReadFull(rc, head)
 	s.DeleteBlob("r", d)
-	if rep, err := s.GC(later(2 * time.Hour)); err != nil || rep.Blobs != 1 {
+	if rep, err := s.Maintenance().GC(later(2 * time.Hour)); err != nil || rep.Blobs != 1 {
 		t.Fatalf("GC: %+v %v", rep, err)
 	}
 	rest, err := io.ReadAll(rc)
@@ -141,7 +141,7 @@ func TestGCRacingPushes(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := s.GC(GCOptions{Grace: grace}); err != nil {
+			if _, err := s.Maintenance().GC(GCOptions{Grace: grace}); err != nil {
 				t.Error(err)
 				return
 			}
@@ -187,7 +187,7 @@ func TestGCRacingPushes(t *testing.T) {
 	for j := 0; j < 10; j++ {
 		check(900+j, fmt.Sprintf("t%d", j))
 	}
-	if rep, err := s.Fsck(false); err != nil || !rep.Clean() {
+	if rep, err := s.Maintenance().Fsck(false); err != nil || !rep.Clean() {
 		t.Fatalf("fsck after the race: %v %v", rep.Problems, err)
 	}
 }
@@ -202,15 +202,15 @@ func TestFsckRepair(t *testing.T) {
 	pushImage(t, s, "team/app", "v1", layer)
 	healthy := pushImage(t, s, "team/other", "v1", []byte("healthy"))
 	d := digest.FromBytes(layer)
-	path := s.Blobs().(*fileblobs.Files).Path(d)
+	path := s.Maintenance().Blobs().(*fileblobs.Files).Path(d)
 	b, _ := os.ReadFile(path)
 	b[0] ^= 0xff
 	os.WriteFile(path, b, 0o640)
-	rep, err := s.Fsck(false)
+	rep, err := s.Maintenance().Fsck(false)
 	if err != nil || rep.Clean() {
 		t.Fatalf("fsck missed a flipped byte: %v", err)
 	}
-	rep, err = s.Fsck(true)
+	rep, err = s.Maintenance().Fsck(true)
 	if err != nil || rep.Repaired == 0 {
 		t.Fatalf("repair: %+v %v", rep, err)
 	}
@@ -226,7 +226,7 @@ func TestFsckRepair(t *testing.T) {
 	if m, err := s.GetManifest("team/other", "v1"); err != nil || m.Digest != healthy {
 		t.Fatalf("healthy image damaged by the repair: %v", err)
 	}
-	if rep, err := s.Fsck(false); err != nil || !rep.Clean() {
+	if rep, err := s.Maintenance().Fsck(false); err != nil || !rep.Clean() {
 		t.Fatalf("fsck after repair: %v %v", rep.Problems, err)
 	}
 }
@@ -237,7 +237,7 @@ func TestUsage(t *testing.T) {
 	shared := bytes.Repeat([]byte("s"), 1000)
 	pushImage(t, s, "a", "v1", shared)
 	pushImage(t, s, "b", "v1", shared, bytes.Repeat([]byte("b"), 500))
-	usage, total, err := s.Usage()
+	usage, total, err := s.Maintenance().Usage()
 	if err != nil || len(usage) != 2 || usage[0].Repo != "b" || usage[0].Tags != 1 || usage[0].Blobs != 3 {
 		t.Fatalf("usage %+v %v", usage, err)
 	}
@@ -254,7 +254,7 @@ func TestGCRecommitDuringSweep(t *testing.T) {
 	defer s.Close()
 	layer := []byte("collected, then pushed again")
 	d := digest.FromBytes(layer)
-	s.PutBlob("team/app", d, -1, bytes.NewReader(layer))
+	s.Uploads().PutBlob("team/app", d, -1, bytes.NewReader(layer))
 	s.DeleteBlob("team/app", d)
 	pushed := false
 	s.afterSweepRecords = func(doomed []digest.Digest) {
@@ -265,7 +265,7 @@ func TestGCRecommitDuringSweep(t *testing.T) {
 			}
 		}
 	}
-	if _, err := s.GC(later(2 * time.Hour)); err != nil {
+	if _, err := s.Maintenance().GC(later(2 * time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if !pushed {
@@ -274,7 +274,7 @@ func TestGCRecommitDuringSweep(t *testing.T) {
 	if got := readBlob(t, s, "team/app", d); !bytes.Equal(got, layer) {
 		t.Fatal("pushed content lost to the collector")
 	}
-	if rep, err := s.Fsck(false); err != nil || !rep.Clean() {
+	if rep, err := s.Maintenance().Fsck(false); err != nil || !rep.Clean() {
 		t.Fatalf("fsck: %v %v", rep.Problems, err)
 	}
 }
@@ -288,18 +288,18 @@ func TestGCLargeSweep(t *testing.T) {
 	n := 4 * s.idx.MaxOps()
 	for i := range n {
 		b := []byte(fmt.Sprintf("loose blob %d", i))
-		if err := s.PutBlob("team/app", digest.FromBytes(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+		if err := s.Uploads().PutBlob("team/app", digest.FromBytes(b), int64(len(b)), bytes.NewReader(b)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rep, err := s.GC(later(2 * time.Hour))
+	rep, err := s.Maintenance().GC(later(2 * time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.Blobs != n || rep.Links != n {
 		t.Fatalf("GC freed %d blobs and %d links, want %d of each", rep.Blobs, rep.Links, n)
 	}
-	if size, err := s.Size(); err != nil || size != 0 {
+	if size, err := s.Maintenance().Size(); err != nil || size != 0 {
 		t.Fatalf("store holds %d bytes after the sweep (%v)", size, err)
 	}
 }

@@ -24,12 +24,12 @@ func historyKey(kind string, at time.Time, node string) []byte {
 }
 
 // PutHistory records val under kind at time at, for this node.
-func (s *Store) PutHistory(kind string, at time.Time, val []byte) error {
+func (s *Records) PutHistory(kind string, at time.Time, val []byte) error {
 	return s.update(func(txn Txn) error { return txn.Set(historyKey(kind, at, s.nodeID), val) })
 }
 
 // History returns kind's entries since since, oldest first.
-func (s *Store) History(kind string, since time.Time) ([]HistoryEntry, error) {
+func (s *Records) History(kind string, since time.Time) ([]HistoryEntry, error) {
 	var out []HistoryEntry
 	prefix := historyPrefix(kind)
 	from := historyKey(kind, since, "")
@@ -48,7 +48,7 @@ func (s *Store) History(kind string, since time.Time) ([]HistoryEntry, error) {
 }
 
 // TrimHistory removes kind's entries older than before.
-func (s *Store) TrimHistory(kind string, before time.Time) error {
+func (s *Records) TrimHistory(kind string, before time.Time) error {
 	prefix := historyPrefix(kind)
 	end := historyKey(kind, before, "")
 	var old [][]byte

@@ -113,7 +113,7 @@ func (s *Store) forgetLink(repo string, d digest.Digest) {
 // MountBlob links blob d, linked in from, into to as well (a push to to)
 // and returns its size. Errors: ErrBlobUnknown when from does not hold d.
 func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
-	mu := s.contentLock(d)
+	mu := s.contentLocks.of(d)
 	mu.Lock()
 	defer mu.Unlock()
 	var size int64
@@ -139,7 +139,7 @@ func (s *Store) MountBlob(from, to string, d digest.Digest) (int64, error) {
 // repo may hold d — for a mirror, because upstream said so. Errors:
 // ErrBlobUnknown when d is not stored.
 func (s *Store) LinkExisting(repo string, d digest.Digest, o Origin) (int64, error) {
-	mu := s.contentLock(d)
+	mu := s.contentLocks.of(d)
 	mu.Lock()
 	defer mu.Unlock()
 	defer s.noteLinked(d)
@@ -184,14 +184,14 @@ func (s *Store) linkBlob(repo string, d digest.Digest, size int64, session []byt
 // given), serialised with the collector on d. peer names the cluster node
 // the bytes came from, which stores them itself ("": none).
 func (s *Store) commitBlob(id string, repos []string, d digest.Digest, size int64, session []byte, o Origin, peer string) error {
-	mu := s.contentLock(d)
+	mu := s.contentLocks.of(d)
 	mu.Lock()
 	defer mu.Unlock()
 	defer s.noteLinked(d)
 	var before []byte
 	stored := false // by peer: this node keeps a local copy only
 	if peer != "" && s.shared {
-		before, stored = s.awaitStored(d, peer)
+		before, stored = s.Cluster().awaitStored(d, peer)
 	}
 	if stored {
 		if err := s.blobs.(blobs.LocalCommitter).CommitLocal(id, d); err != nil {

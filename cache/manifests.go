@@ -88,7 +88,7 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 			return nil, err
 		}
 	}
-	mu := s.contentLock(d)
+	mu := s.contentLocks.of(d)
 	mu.Lock()
 	defer mu.Unlock()
 	before, err := s.blobBefore(d)

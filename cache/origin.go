@@ -97,7 +97,7 @@ func (s *Store) recordOrigin(txn Txn, repo string, o Origin) (func(), error) {
 	if v, err := txn.Get(originKey(repo)); err == nil {
 		if stored, ok := decodeOrigin(string(v)); ok {
 			if next = stored.merge(o); next == stored {
-				return func() { s.setOrigin(repo, stored) }, nil
+				return func() { s.origins.set(repo, stored) }, nil
 			}
 		}
 	} else if !errors.Is(err, errNotFound) {
@@ -106,17 +106,17 @@ func (s *Store) recordOrigin(txn Txn, repo string, o Origin) (func(), error) {
 	if err := txn.Set(originKey(repo), []byte(next.encode())); err != nil {
 		return nil, err
 	}
-	return func() { s.setOrigin(repo, next) }, nil
+	return func() { s.origins.set(repo, next) }, nil
 }
 
-// setOrigin publishes a committed origin record in memory.
-func (s *Store) setOrigin(repo string, o Origin) {
-	s.origins.mu.Lock()
-	if c, ok := s.origins.m[repo]; ok {
+// set publishes a committed origin record in memory.
+func (g *origins) set(repo string, o Origin) {
+	g.mu.Lock()
+	if c, ok := g.m[repo]; ok {
 		o = c.merge(o)
 	}
-	s.origins.m[repo] = o
-	s.origins.mu.Unlock()
+	g.m[repo] = o
+	g.mu.Unlock()
 }
 
 // updateWithOrigin runs fn in a read-write transaction that also records

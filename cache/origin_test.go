@@ -109,7 +109,7 @@ func TestEvictNeverPushed(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	defer s.Close()
 	pushImage(t, s, "quay.io/org/app", "v1", bytes.Repeat([]byte("p"), 64<<10))
-	rep, err := s.Evict(EvictOptions{MaxBytes: 1024, GC: GCOptions{Grace: time.Hour}})
+	rep, err := s.Maintenance().Evict(EvictOptions{MaxBytes: 1024, GC: GCOptions{Grace: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,15 +132,15 @@ func TestEvictBurstFreesSpace(t *testing.T) {
 	for i, name := range []string{"a", "b", "c"} {
 		mirrorImage(t, s, "docker.io/library/"+name, "docker.io", "1", bytes.Repeat([]byte{byte('a' + i)}, mib))
 		s.Touch("docker.io/library/"+name, "1")
-		s.FlushAccess()
+		s.Maintenance().FlushAccess()
 		time.Sleep(5 * time.Millisecond) // distinct use times
 	}
-	before, _ := s.Size()
-	rep, err := s.Evict(EvictOptions{MaxBytes: 2 * mib, GC: GCOptions{Grace: time.Hour}})
+	before, _ := s.Maintenance().Size()
+	rep, err := s.Maintenance().Evict(EvictOptions{MaxBytes: 2 * mib, GC: GCOptions{Grace: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, _ := s.Size()
+	after, _ := s.Maintenance().Size()
 	if rep.Freed <= 0 || after >= before || float64(after) > 0.85*2*mib {
 		t.Fatalf("eviction freed %d bytes (%d → %d), tags %v", rep.Freed, before, after, rep.Tags)
 	}
@@ -166,7 +166,7 @@ func TestOriginConcurrentFirstWrites(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			b := []byte("pushed " + repo)
-			if err := s.PutBlob(repo, digest.FromBytes(b), -1, bytes.NewReader(b)); err != nil {
+			if err := s.Uploads().PutBlob(repo, digest.FromBytes(b), -1, bytes.NewReader(b)); err != nil {
 				t.Error(err)
 			}
 		}()

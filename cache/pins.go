@@ -82,7 +82,7 @@ func (sn *snapshot) pins(repo string) (pinned []digest.Digest, childUse map[dige
 // by digest, by their last use (lruEntry.tag is the digest). uses maps
 // repo\x00ref to its last use, as mirroredTags read it. Platform
 // manifests of an index are not pinned (pins above): their index is.
-func (s *Store) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, error) {
+func (s *Maintenance) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, error) {
 	var out []lruEntry
 	children := map[string]map[digest.Digest]bool{} // by repo, read once each
 	for k, at := range uses {
@@ -91,7 +91,7 @@ func (s *Store) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, erro
 		if err != nil {
 			continue
 		}
-		if o, _ := s.Origin(repo); !o.Mirrored() {
+		if o, _ := s.st().Origin(repo); !o.Mirrored() {
 			continue
 		}
 		if children[repo] == nil {
@@ -115,7 +115,7 @@ func (s *Store) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry, erro
 
 // forgetUse drops the access record of ref of repo: eviction of a pull by
 // digest. A use after it records it again.
-func (s *Store) forgetUse(repo, ref string) error {
+func (s *Maintenance) forgetUse(repo, ref string) error {
 	key := cacheKey(repo, ref)
 	if v, ok := s.touches.Load(key); ok {
 		if t := v.(*touch); t.at.Load() == t.flushed.Load() {
@@ -128,7 +128,7 @@ func (s *Store) forgetUse(repo, ref string) error {
 // ForgetUses drops the records of every pull by digest of repo (an
 // operator's eviction of the whole repository) and returns the digests
 // they named, for the collection to release.
-func (s *Store) ForgetUses(repo string) ([]digest.Digest, error) {
+func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
 	prefix := accessKey(cacheKey(repo, ""))
 	var keys [][]byte
 	var ds []digest.Digest

@@ -48,7 +48,7 @@ func TestGCKeepsDigestPulls(t *testing.T) {
 	s.Touch(repo, child.String()) // fetched through the index, as clients do
 
 	for i := 1; i <= 3; i++ { // GC does not need a flush first: it flushes
-		rep, err := s.GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(time.Duration(i) * 5 * time.Hour)})
+		rep, err := s.Maintenance().GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(time.Duration(i) * 5 * time.Hour)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,9 +71,9 @@ func TestGCKeepsDigestPulls(t *testing.T) {
 	// Eviction by retention: the image was used long ago, the index now.
 	time.Sleep(5 * time.Millisecond)
 	s.Touch(repo, idx.String())
-	s.FlushAccess()
+	s.Maintenance().FlushAccess()
 	cut := time.Now()
-	rep, err := s.Evict(EvictOptions{Retention: time.Millisecond, GC: GCOptions{Grace: time.Hour, Now: cut.Add(2 * time.Millisecond)}})
+	rep, err := s.Maintenance().Evict(EvictOptions{Retention: time.Millisecond, GC: GCOptions{Grace: time.Hour, Now: cut.Add(2 * time.Millisecond)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestGCKeepsDigestPulls(t *testing.T) {
 	if _, err := s.GetManifest(repo, child.String()); err == nil {
 		t.Fatalf("the platform manifest of an evicted index stayed (evicted %v)", rep.Tags)
 	}
-	if n, _ := s.Size(); n != 0 {
+	if n, _ := s.Maintenance().Size(); n != 0 {
 		t.Fatalf("%d bytes left after every pin was evicted", n)
 	}
 }
@@ -111,17 +111,17 @@ func TestGCPlatformManifestFollowsMovedTag(t *testing.T) {
 	}
 	s.Touch(repo, "latest")
 	s.Touch(repo, child.String())
-	if rep, err := s.GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(3 * time.Hour)}); err != nil || rep.Manifests != 0 {
+	if rep, err := s.Maintenance().GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(3 * time.Hour)}); err != nil || rep.Manifests != 0 {
 		t.Fatalf("collected %v (%v) while the tag names the index", rep.Items, err)
 	}
 	// The tag moves upstream to a new image.
 	mirrorImage(t, s, repo, "docker.io", "latest", []byte("new layer"))
-	if rep, err := s.GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(30 * time.Minute)}); err != nil {
+	if rep, err := s.Maintenance().GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(30 * time.Minute)}); err != nil {
 		t.Fatal(err)
 	} else if _, err := s.GetManifest(repo, child.String()); err != nil {
 		t.Fatalf("the platform manifest used 0 s ago went within the grace: %v (%v)", err, rep.Items)
 	}
-	rep, err := s.GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(3 * time.Hour)})
+	rep, err := s.Maintenance().GC(GCOptions{Grace: time.Hour, Now: time.Now().Add(3 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}

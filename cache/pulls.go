@@ -25,7 +25,7 @@ func pullKey(repo, ref string) []byte { return []byte("p/" + cacheKey(repo, ref)
 // NotePull counts one pull of ref (a tag or a digest) of repo, and of the
 // repository. Like Touch it is an in-memory update (an atomic add on a
 // known key); FlushPulls adds the counts to the index.
-func (s *Store) NotePull(repo, ref string) {
+func (s *Records) NotePull(repo, ref string) {
 	now := time.Now().UnixNano()
 	for _, key := range []string{cacheKey(repo, ref), cacheKey(repo, "")} {
 		v, ok := s.pulls.Load(key)
@@ -71,7 +71,7 @@ func (p PullStat) add(n, at int64) PullStat {
 // transactions of at most half the index's MaxOps keys (each is read and
 // written). Counts a failed write could not add stay for the next flush;
 // keys idle since the previous flush are dropped from memory.
-func (s *Store) FlushPulls() error {
+func (s *Records) FlushPulls() error {
 	type entry struct {
 		key   string
 		n, at int64
@@ -127,7 +127,7 @@ func (s *Store) FlushPulls() error {
 
 // Pulls returns the pull counts of repo's tags and digests, counted so far
 // (flushed or not); the key "" is the repository's total.
-func (s *Store) Pulls(repo string) (map[string]PullStat, error) {
+func (s *Records) Pulls(repo string) (map[string]PullStat, error) {
 	out := map[string]PullStat{}
 	prefix := pullKey(repo, "")
 	err := s.idx.View(func(txn Txn) error {
@@ -148,7 +148,7 @@ func (s *Store) Pulls(repo string) (map[string]PullStat, error) {
 }
 
 // RepoPulls returns every repository's total pull count.
-func (s *Store) RepoPulls() (map[string]PullStat, error) {
+func (s *Records) RepoPulls() (map[string]PullStat, error) {
 	out := map[string]PullStat{}
 	err := s.idx.View(func(txn Txn) error {
 		return txn.Scan([]byte("p/"), nil, false, func(k, v []byte) error {

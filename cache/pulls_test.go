@@ -13,13 +13,13 @@ func TestPullCounts(t *testing.T) {
 	s := openStore(t, dir)
 	before := time.Now()
 	for range 3 {
-		s.NotePull("team/app", "v1")
+		s.Records().NotePull("team/app", "v1")
 	}
-	s.NotePull("team/app", "v2")
-	s.NotePull("team/other", "latest")
+	s.Records().NotePull("team/app", "v2")
+	s.Records().NotePull("team/other", "latest")
 	check := func(s *Store, v1, total int64) {
 		t.Helper()
-		p, err := s.Pulls("team/app")
+		p, err := s.Records().Pulls("team/app")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -29,23 +29,23 @@ func TestPullCounts(t *testing.T) {
 		if p["v1"].Last.Before(before) || p[""].Last.Before(p["v2"].Last) {
 			t.Fatalf("last pulls %+v", p)
 		}
-		all, err := s.RepoPulls()
+		all, err := s.Records().RepoPulls()
 		if err != nil || all["team/app"].Count != total || all["team/other"].Count != 1 || len(all) != 2 {
 			t.Fatalf("repository pulls %+v %v", all, err)
 		}
 	}
 	check(s, 3, 4)
-	if err := s.FlushPulls(); err != nil {
+	if err := s.Records().FlushPulls(); err != nil {
 		t.Fatal(err)
 	}
 	check(s, 3, 4)
-	s.NotePull("team/app", "v1")
+	s.Records().NotePull("team/app", "v1")
 	check(s, 4, 5) // pending on top of flushed
-	if err := s.FlushPulls(); err != nil {
+	if err := s.Records().FlushPulls(); err != nil {
 		t.Fatal(err)
 	}
 	check(s, 4, 5)
-	s.NotePull("team/app", "v1")
+	s.Records().NotePull("team/app", "v1")
 	s.Close() // flushes
 	s = openStore(t, dir)
 	defer s.Close()
@@ -61,11 +61,11 @@ func TestGCWithout(t *testing.T) {
 	shared, own := []byte("shared layer"), []byte("layer only v1 has, 33 bytes long")
 	d1 := pushImage(t, s, "team/app", "v1", shared, own)
 	pushImage(t, s, "team/app", "v2", shared, []byte("v2's own layer"))
-	base, err := s.GC(GCOptions{DryRun: true})
+	base, err := s.Maintenance().GC(GCOptions{DryRun: true})
 	if err != nil || base.Bytes != 0 {
 		t.Fatalf("nothing is collectable yet: %+v %v", base, err)
 	}
-	rep, err := s.GC(GCOptions{DryRun: true, Without: map[string][]string{"team/app": {"v1"}}})
+	rep, err := s.Maintenance().GC(GCOptions{DryRun: true, Without: map[string][]string{"team/app": {"v1"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,10 +81,10 @@ func TestGCWithout(t *testing.T) {
 	if _, err := s.PutManifest("team/app", d1, []string{"again"}, m.MediaType, m.Body); err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := s.GC(GCOptions{DryRun: true, Without: map[string][]string{"team/app": {"v1"}}}); err != nil || rep.Bytes != 0 {
+	if rep, err := s.Maintenance().GC(GCOptions{DryRun: true, Without: map[string][]string{"team/app": {"v1"}}}); err != nil || rep.Bytes != 0 {
 		t.Fatalf("another tag names v1's manifest, yet deleting v1 frees %+v %v", rep, err)
 	}
-	if rep, err := s.GC(GCOptions{DryRun: true, Without: map[string][]string{"team/app": {d1.String()}}}); err != nil || rep.Bytes != int64(len(own))+m.Size {
+	if rep, err := s.Maintenance().GC(GCOptions{DryRun: true, Without: map[string][]string{"team/app": {d1.String()}}}); err != nil || rep.Bytes != int64(len(own))+m.Size {
 		t.Fatalf("deleting the manifest by digest (both tags) frees %+v %v", rep, err)
 	}
 }

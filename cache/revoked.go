@@ -14,7 +14,7 @@ import (
 func revokedKey(id string) []byte { return []byte("x/" + id) }
 
 // Revoke records that credential id is void until until.
-func (s *Store) Revoke(id string, until time.Time) error {
+func (s *Records) Revoke(id string, until time.Time) error {
 	now := time.Now()
 	var expired [][]byte
 	err := s.idx.View(func(txn Txn) error {
@@ -39,7 +39,7 @@ func (s *Store) Revoke(id string, until time.Time) error {
 }
 
 // Revoked reports whether credential id was revoked and is not expired.
-func (s *Store) Revoked(id string) (bool, error) {
+func (s *Records) Revoked(id string) (bool, error) {
 	var v []byte
 	err := s.idx.View(func(txn Txn) error {
 		var err error

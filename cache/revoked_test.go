@@ -13,23 +13,23 @@ import (
 func TestRevocations(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
-	if err := s.Revoke("a", time.Now().Add(time.Hour)); err != nil {
+	if err := s.Records().Revoke("a", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Revoke("old", time.Now().Add(-time.Hour)); err != nil {
+	if err := s.Records().Revoke("old", time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	for id, want := range map[string]bool{"a": true, "old": false, "never": false} {
-		if got, err := s.Revoked(id); err != nil || got != want {
+		if got, err := s.Records().Revoked(id); err != nil || got != want {
 			t.Errorf("Revoked(%q) = %v, %v; want %v", id, got, err, want)
 		}
 	}
-	if err := s.Revoke("b", time.Now().Add(time.Hour)); err != nil {
+	if err := s.Records().Revoke("b", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 	s = openStore(t, dir)
-	if got, _ := s.Revoked("a"); !got {
+	if got, _ := s.Records().Revoked("a"); !got {
 		t.Error("a revocation did not survive a reopen")
 	}
 	var keys int
@@ -43,10 +43,10 @@ func TestRevocations(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	blobs := t.TempDir()
 	n1, n2 := clusterNode(t, c, "revoked", blobs), clusterNode(t, c, "revoked", blobs)
-	if err := n1.Revoke("session", time.Now().Add(time.Hour)); err != nil {
+	if err := n1.Records().Revoke("session", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := n2.Revoked("session"); err != nil || !got {
+	if got, err := n2.Records().Revoked("session"); err != nil || !got {
 		t.Fatalf("another node: %v %v", got, err)
 	}
 }

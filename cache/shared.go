@@ -16,7 +16,7 @@ import (
 
 // changed keeps the in-memory caches true to a write that committed in
 // the shared index, on any node (this one included).
-func (s *Store) changed(key, val []byte, deleted bool) {
+func (s *Cluster) changed(key, val []byte, deleted bool) {
 	if len(key) < 2 {
 		return
 	}
@@ -36,14 +36,14 @@ func (s *Store) changed(key, val []byte, deleted bool) {
 		}
 	case "o/":
 		if o, ok := decodeOrigin(string(val)); ok && !deleted {
-			s.setOrigin(string(rest), o)
+			s.origins.set(string(rest), o)
 		}
 	}
 }
 
 // lostChanges drops every cache after the index's change feed broke off
 // (changes may have been missed) and reads the origins again.
-func (s *Store) lostChanges() {
+func (s *Cluster) lostChanges() {
 	s.cacheMu.Lock()
 	s.gen++
 	s.tags.Purge()
@@ -52,7 +52,7 @@ func (s *Store) lostChanges() {
 		s.links.Purge()
 	}
 	s.cacheMu.Unlock()
-	if err := s.loadOrigins(); err != nil {
+	if err := s.st().loadOrigins(); err != nil {
 		s.log.Warn("index: reading repository origins again after the change feed broke off", "err", err)
 	}
 }
@@ -82,7 +82,7 @@ var ErrCollectorElsewhere = index.ErrLockHeld
 
 // collectorLock serialises collections and evictions across a cluster's
 // nodes (a no-op on a single box).
-func (s *Store) collectorLock() (func(), error) {
+func (s *Maintenance) collectorLock() (func(), error) {
 	if l, ok := s.idx.(index.Locker); ok {
 		return l.TryLock("collector")
 	}
@@ -91,18 +91,18 @@ func (s *Store) collectorLock() (func(), error) {
 
 // NodeID is this node's id in its cluster (kept in <data>/node-id); ""
 // on a single box.
-func (s *Store) NodeID() string { return s.nodeID }
+func (s *Cluster) NodeID() string { return s.nodeID }
 
 // Join announces this node to the cluster at url (what the other nodes
 // dial), for as long as the store is open.
-func (s *Store) Join(url string) {
+func (s *Cluster) Join(url string) {
 	if m, ok := s.idx.(index.Members); ok {
 		m.Join(s.nodeID, url)
 	}
 }
 
 // Members lists the cluster's live nodes, id → URL; nil on a single box.
-func (s *Store) Members() map[string]string {
+func (s *Cluster) Members() map[string]string {
 	if m, ok := s.idx.(index.Members); ok {
 		return m.Members()
 	}
@@ -116,7 +116,7 @@ const storedWait = 10 * time.Minute
 // awaitStored waits until peer, which sent this node the bytes of d, has
 // stored d (its record is live) and returns the record; false when peer
 // left the cluster first (or the wait ran out): then this node stores d.
-func (s *Store) awaitStored(d digest.Digest, peer string) ([]byte, bool) {
+func (s *Cluster) awaitStored(d digest.Digest, peer string) ([]byte, bool) {
 	if _, ok := s.blobs.(blobs.LocalCommitter); !ok {
 		return nil, false
 	}
@@ -150,7 +150,7 @@ func nodeID(dir string) (string, error) {
 }
 
 // Shared reports whether the index is shared with other nodes.
-func (s *Store) Shared() bool { return s.shared }
+func (s *Cluster) Shared() bool { return s.shared }
 
 // ClusterHealth is what the status page and the metrics show of a
 // cluster: this node, the live members, the index and the object store.
@@ -164,7 +164,7 @@ type ClusterHealth struct {
 
 // ClusterHealth reports the cluster as this node sees it; ok is false on
 // a single box.
-func (s *Store) ClusterHealth() (h ClusterHealth, ok bool) {
+func (s *Cluster) ClusterHealth() (h ClusterHealth, ok bool) {
 	if !s.shared {
 		return h, false
 	}
@@ -184,7 +184,7 @@ func (s *Store) ClusterHealth() (h ClusterHealth, ok bool) {
 // TrimLocalCopies keeps the local copies of blobs held in an object store
 // within max bytes (least recently used go first); with a single box's
 // files, nothing is a copy and nothing is freed.
-func (s *Store) TrimLocalCopies(max int64) (int64, error) {
+func (s *Maintenance) TrimLocalCopies(max int64) (int64, error) {
 	if b, ok := s.blobs.(blobs.LocalCopies); ok {
 		return b.TrimLocal(max)
 	}
@@ -193,7 +193,7 @@ func (s *Store) TrimLocalCopies(max int64) (int64, error) {
 
 // LocalCopiesBytes is how many bytes the local copies of an object
 // store's blobs take (0 for a single box's files).
-func (s *Store) LocalCopiesBytes() (int64, error) {
+func (s *Maintenance) LocalCopiesBytes() (int64, error) {
 	if b, ok := s.blobs.(blobs.LocalCopies); ok {
 		return b.LocalBytes()
 	}

@@ -69,11 +69,11 @@ func TestSpaceFloorRefusesBlobWrites(t *testing.T) {
 	defer s.Close()
 
 	small := bytes.Repeat([]byte("s"), 1*mib)
-	if err := s.PutBlob("r", digest.FromBytes(small), -1, bytes.NewReader(small)); err != nil {
+	if err := s.Uploads().PutBlob("r", digest.FromBytes(small), -1, bytes.NewReader(small)); err != nil {
 		t.Fatalf("a blob that fits: %v", err)
 	}
 	big := bytes.Repeat([]byte("b"), 12*mib)
-	err := s.PutBlob("r", digest.FromBytes(big), -1, bytes.NewReader(big))
+	err := s.Uploads().PutBlob("r", digest.FromBytes(big), -1, bytes.NewReader(big))
 	if !errors.Is(err, ErrStorageFull) {
 		t.Fatalf("a blob over the floor: %v, want ErrStorageFull", err)
 	}
@@ -81,31 +81,31 @@ func TestSpaceFloorRefusesBlobWrites(t *testing.T) {
 		t.Fatalf("refused blob left %v", left)
 	}
 
-	id, err := s.NewUpload("r")
+	id, err := s.Uploads().NewUpload("r")
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := big[:2*mib]
-	if off, err := s.AppendUpload("r", id, 0, bytes.NewReader(first)); err != nil || off != int64(len(first)) {
+	if off, err := s.Uploads().AppendUpload("r", id, 0, bytes.NewReader(first)); err != nil || off != int64(len(first)) {
 		t.Fatalf("first chunk: %d %v", off, err)
 	}
-	off, err := s.AppendUpload("r", id, int64(len(first)), bytes.NewReader(big[len(first):]))
+	off, err := s.Uploads().AppendUpload("r", id, int64(len(first)), bytes.NewReader(big[len(first):]))
 	if !errors.Is(err, ErrStorageFull) || off != int64(len(first)) {
 		t.Fatalf("chunk over the floor: offset %d, %v; want %d and ErrStorageFull", off, err, len(first))
 	}
 	if st, err := os.Stat(filepath.Join(dir, "ingest", id)); err != nil || st.Size() != int64(len(first)) {
 		t.Fatalf("session file after a refused chunk: %v %v, want %d bytes", st.Size(), err, len(first))
 	}
-	if got, _ := s.UploadStatus("r", id); got != int64(len(first)) {
+	if got, _ := s.Uploads().UploadStatus("r", id); got != int64(len(first)) {
 		t.Fatalf("session offset after a refused chunk: %d", got)
 	}
 
 	ffs.avail.Store(200 * mib) // an operator freed space
-	s.Space()
-	if off, err := s.AppendUpload("r", id, int64(len(first)), bytes.NewReader(big[len(first):])); err != nil || off != int64(len(big)) {
+	s.Maintenance().Space()
+	if off, err := s.Uploads().AppendUpload("r", id, int64(len(first)), bytes.NewReader(big[len(first):])); err != nil || off != int64(len(big)) {
 		t.Fatalf("retried chunk: %d %v", off, err)
 	}
-	if _, err := s.FinishUpload("r", id, digest.FromBytes(big), nil); err != nil {
+	if _, err := s.Uploads().FinishUpload("r", id, digest.FromBytes(big), nil); err != nil {
 		t.Fatalf("finishing: %v", err)
 	}
 	if got := readBlob(t, s, "r", digest.FromBytes(big)); !bytes.Equal(got, big) {
@@ -122,11 +122,11 @@ func TestSpaceIndexFloor(t *testing.T) {
 	defer s.Close()
 	pushImage(t, s, "app", "v1", []byte("layer"))
 	ffs.avail.Store(8 * mib) // less the index's allocated log (4 MiB): below the floor
-	s.Space()
+	s.Maintenance().Space()
 	if err := s.Ping(true); !errors.Is(err, ErrStorageFull) {
 		t.Fatalf("index write below its floor: %v", err)
 	}
-	if _, err := s.NewUpload("app"); !errors.Is(err, ErrStorageFull) {
+	if _, err := s.Uploads().NewUpload("app"); !errors.Is(err, ErrStorageFull) {
 		t.Fatalf("new upload below the index floor: %v", err)
 	}
 	if err := s.DeleteManifest("app", "v1"); err != nil {
@@ -149,14 +149,14 @@ func TestSpaceReserve(t *testing.T) {
 		t.Fatalf("no reserve after opening with room: %v", err)
 	}
 	ffs.avail.Store(10 * mib) // another process filled the disk
-	if sp := s.Space(); sp.Reserve || !sp.Low() {
+	if sp := s.Maintenance().Space(); sp.Reserve || !sp.Low() {
 		t.Fatalf("space report with 10 MiB free: %+v", sp)
 	}
 	if _, err := os.Stat(reserve); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("reserve kept with the floor eaten: %v", err)
 	}
 	ffs.avail.Store(300 * mib)
-	if sp := s.Space(); !sp.Reserve {
+	if sp := s.Maintenance().Space(); !sp.Reserve {
 		t.Fatalf("reserve not made again: %+v", sp)
 	}
 	s.Close()
@@ -175,11 +175,11 @@ func TestUploadCrashLeftover(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
 	content := bytes.Repeat([]byte("0123456789abcdef"), 100000)
-	id, err := s.NewUpload("r")
+	id, err := s.Uploads().NewUpload("r")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AppendUpload("r", id, 0, bytes.NewReader(content[:500000])); err != nil {
+	if _, err := s.Uploads().AppendUpload("r", id, 0, bytes.NewReader(content[:500000])); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -192,13 +192,13 @@ func TestUploadCrashLeftover(t *testing.T) {
 	f.Close()
 	s = openStore(t, dir)
 	defer s.Close()
-	if off, _ := s.UploadStatus("r", id); off != 500000 {
+	if off, _ := s.Uploads().UploadStatus("r", id); off != 500000 {
 		t.Fatalf("offset after the crash: %d", off)
 	}
-	if off, err := s.AppendUpload("r", id, 500000, bytes.NewReader(content[500000:])); err != nil || off != int64(len(content)) {
+	if off, err := s.Uploads().AppendUpload("r", id, 500000, bytes.NewReader(content[500000:])); err != nil || off != int64(len(content)) {
 		t.Fatalf("resumed chunk: %d %v", off, err)
 	}
-	if _, err := s.FinishUpload("r", id, digest.FromBytes(content), nil); err != nil {
+	if _, err := s.Uploads().FinishUpload("r", id, digest.FromBytes(content), nil); err != nil {
 		t.Fatalf("finishing after the crash: %v", err)
 	}
 }
@@ -246,7 +246,7 @@ func TestEvictFreesDeficit(t *testing.T) {
 		mirrorImage(t, s, "docker.io/library/"+name, "docker.io", "1", bytes.Repeat([]byte{byte('a' + i)}, mib))
 	}
 	pushImage(t, s, "mine", "1", bytes.Repeat([]byte("p"), mib))
-	rep, err := s.Evict(EvictOptions{Free: mib + mib/2, GC: later(0)})
+	rep, err := s.Maintenance().Evict(EvictOptions{Free: mib + mib/2, GC: later(0)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestIndexLogsAllocated(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
 	defer s.Close()
-	s.Space()
+	s.Maintenance().Space()
 	logs, _ := filepath.Glob(filepath.Join(dir, "index", "*.mem"))
 	if len(logs) == 0 {
 		t.Fatal("no write-ahead log in the index directory")

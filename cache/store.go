@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -58,30 +57,13 @@ type Options struct {
 
 // Store is the content store. It is safe for concurrent use.
 type Store struct {
-	idx    Index
-	disk   index.OnDisk // the index, when it is on the data directory's filesystem
-	shared bool         // the index is shared with other nodes (index.Watcher)
-	nodeID string       // this node's id in the cluster (shared index only)
+	kv            // the index, its in-memory caches and write rules
+	shared bool   // the index is shared with other nodes (index.Watcher)
+	nodeID string // this node's id in the cluster (shared index only)
 	blobs  Blobs
-	space  *space
 	opts   Options
 	log    *slog.Logger
 	lock   *os.File // flock on <data>/wharf.lock
-
-	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
-	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
-	// links (shared index only) caches blob links, repo\x00digest → size:
-	// a blob GET needs no index round trip, and serves on while the index
-	// is unreachable. The index's change feed removes changed entries.
-	links *lru.Cache[string, int64]
-	// cacheMu and gen keep a reader from putting a value it read before a
-	// write back into the LRU after that write invalidated it.
-	// gen counts purges of every cache, gens the invalidations by stripe
-	// of keys: a write to one key does not keep other reads from caching
-	// (on a shared index, writes of every node arrive here).
-	cacheMu sync.Mutex
-	gen     uint64
-	gens    [cacheStripes]uint64
 
 	// uploadLocks serialise the requests of one upload session; sessions
 	// never wait for each other (a slow client's chunk holds only its own).
@@ -89,7 +71,7 @@ type Store struct {
 	// contentLocks serialise, per digest, everything that gives content a
 	// new link (commit, mount, manifest put) with the collector's deletion
 	// of that content.
-	contentLocks [256]sync.Mutex
+	contentLocks contentLocks
 
 	origins origins     // repo → where its content came from (o/ records)
 	track   linkTracker // links made while a collection runs
@@ -137,7 +119,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{space: sp, opts: opts, log: opts.Logger, lock: lock}
+	s := &Store{kv: kv{space: sp}, opts: opts, log: opts.Logger, lock: lock}
 	if err := s.openIndex(); err != nil {
 		lock.Close()
 		return nil, err
@@ -163,14 +145,14 @@ func Open(opts Options) (*Store, error) {
 			// Before the origins are read: nothing written after that read
 			// can be missed.
 			s.shared = true
-			w.Watch(s.changed, s.lostChanges)
+			w.Watch(s.Cluster().changed, s.Cluster().lostChanges)
 		}
 	}
 	if err := s.loadOrigins(); err != nil {
 		return fail(fmt.Errorf("cache: reading repository origins: %w", err))
 	}
 	if !s.space.isReadOnly() {
-		if err := s.CleanIngests(time.Now()); err != nil {
+		if err := s.Uploads().CleanIngests(time.Now()); err != nil {
 			return fail(err)
 		}
 	}
@@ -256,7 +238,7 @@ func (s *Store) ReadOnly() bool { return s.space.isReadOnly() }
 
 // WritableAgain reports, for a read-only store, that the filesystem now has
 // room for a writable index: close the store and open it again.
-func (s *Store) WritableAgain() bool {
+func (s *Maintenance) WritableAgain() bool {
 	return s.space.isReadOnly() && s.space.check().Avail >= indexFloor+reserveSize
 }
 
@@ -268,8 +250,8 @@ func (s *Store) WritableAgain() bool {
 // write-ahead log, which the next start replays (as after a crash). The
 // data directory then stays locked until the process exits.
 func (s *Store) Close() error {
-	s.FlushAccess()
-	s.FlushPulls()
+	s.Maintenance().FlushAccess()
+	s.Records().FlushPulls()
 	if !s.space.isReadOnly() && s.disk != nil {
 		if ok, avail := s.space.roomToClose(); !ok {
 			s.log.Error("the filesystem is full: the index is left to its write-ahead log, which the next start replays",
@@ -315,7 +297,7 @@ func (s *Store) Ping(write bool) error {
 // Space reads the data directory's free space now, and gives back or
 // makes again the index's reserve (see space.go). Call it every few
 // seconds: it is how the store notices a filesystem filled by others.
-func (s *Store) Space() Space {
+func (s *Maintenance) Space() Space {
 	sp := s.space.check()
 	if !s.space.isReadOnly() && s.disk != nil {
 		s.disk.Allocate()
@@ -325,18 +307,18 @@ func (s *Store) Space() Space {
 
 // SpaceDeficit is how many bytes must be freed for blob writes to have
 // room again (0 when they have).
-func (s *Store) SpaceDeficit() int64 { return s.space.deficit() }
+func (s *Maintenance) SpaceDeficit() int64 { return s.space.deficit() }
 
 // HasRoom reports whether n more bytes of blob data fit now.
 func (s *Store) HasRoom(n int64) bool { return s.space.room(n) }
 
 // Blobs exposes the byte store (for tests and operator commands).
-func (s *Store) Blobs() Blobs { return s.blobs }
+func (s *Maintenance) Blobs() Blobs { return s.blobs }
 
 // RunValueLogGC reclaims the index's own space (index.Compacter): one
 // Badger value-log GC pass, or the compaction of etcd's history; nil when
 // nothing was rewritten. Call it from a loop owned by the process.
-func (s *Store) RunValueLogGC() error {
+func (s *Maintenance) RunValueLogGC() error {
 	c, ok := s.idx.(index.Compacter)
 	if !ok {
 		return nil
@@ -364,71 +346,6 @@ func referrerKey(repo string, subject, d digest.Digest) []byte {
 }
 
 func cacheKey(repo, ref string) string { return repo + "\x00" + ref }
-
-// update runs fn in a read-write transaction, retrying on conflicts. It is
-// refused with ErrStorageFull when the index has no room (see space.go).
-func (s *Store) update(fn func(txn Txn) error) error {
-	if err := s.indexWrite(false); err != nil {
-		return err
-	}
-	return s.retry(fn)
-}
-
-// indexWrite is space.indexWrite for an index on the data directory's
-// filesystem; a remote index takes its writes elsewhere.
-func (s *Store) indexWrite(release bool) error {
-	if s.disk == nil {
-		return nil
-	}
-	return s.space.indexWrite(release)
-}
-
-// release is update for deletions: they free space, so they go on when
-// other writes are refused.
-func (s *Store) release(fn func(txn Txn) error) error {
-	if err := s.indexWrite(true); err != nil {
-		return err
-	}
-	return s.retry(fn)
-}
-
-func (s *Store) retry(fn func(txn Txn) error) error {
-	for i := 0; ; i++ {
-		err := s.idx.Update(fn)
-		if !errors.Is(err, errConflict) || i == 20 {
-			return err
-		}
-	}
-}
-
-// keyValue is one write of setAll.
-type keyValue struct{ key, val []byte }
-
-// setAll writes kvs in transactions of at most MaxOps writes each, in
-// order: not atomic as a whole.
-func (s *Store) setAll(kvs []keyValue) error {
-	if err := s.indexWrite(false); err != nil {
-		return err
-	}
-	for len(kvs) > 0 {
-		n := min(len(kvs), s.idx.MaxOps())
-		if err := s.retry(func(txn Txn) error {
-			for _, kv := range kvs[:n] {
-				if err := txn.Set(kv.key, kv.val); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		kvs = kvs[n:]
-	}
-	return nil
-}
-
-// uploadLock locks session id; call the returned function to unlock.
-func (s *Store) uploadLock(id string) (unlock func()) { return s.uploadLocks.lock(id) }
 
 // sessionLocks are mutexes by key, made on first use and dropped when
 // nobody holds or waits for them.
@@ -465,51 +382,14 @@ func (k *sessionLocks) lock(key string) func() {
 	}
 }
 
-// contentLock is the lock of digest d's stripe.
-func (s *Store) contentLock(d digest.Digest) *sync.Mutex {
+// contentLocks serialise, per digest, everything that gives content a
+// new link (commit, mount, manifest put) with the collector's deletion of
+// that content: one of 256 stripes.
+type contentLocks [256]sync.Mutex
+
+// of is the lock of digest d's stripe.
+func (c *contentLocks) of(d digest.Digest) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(d))
-	return &s.contentLocks[h.Sum32()%uint32(len(s.contentLocks))]
-}
-
-// invalidate drops cached entries after a write to the index committed.
-func (s *Store) invalidate(repo string, refs ...string) {
-	s.cacheMu.Lock()
-	for _, r := range refs {
-		key := cacheKey(repo, r)
-		s.gens[stripe(key)]++
-		if strings.Contains(r, ":") {
-			s.manifests.Remove(key)
-		} else {
-			s.tags.Remove(key)
-		}
-	}
-	s.cacheMu.Unlock()
-}
-
-const cacheStripes = 64
-
-// stripe is the slot of key in Store.gens.
-func stripe(key string) int {
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	return int(h.Sum32() % cacheStripes)
-}
-
-// generation is the cache generation of key: it changes whenever an entry
-// of key's stripe, or every entry, is invalidated.
-func (s *Store) generation(key string) uint64 {
-	s.cacheMu.Lock()
-	defer s.cacheMu.Unlock()
-	return s.gen + s.gens[stripe(key)]
-}
-
-// remember caches a value of key read at generation g unless a write that
-// could have changed it came since.
-func (s *Store) remember(key string, g uint64, add func()) {
-	s.cacheMu.Lock()
-	if s.gen+s.gens[stripe(key)] == g {
-		add()
-	}
-	s.cacheMu.Unlock()
+	return &c[h.Sum32()%uint32(len(c))]
 }

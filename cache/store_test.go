@@ -71,31 +71,31 @@ func TestUploadSurvivesRestart(t *testing.T) {
 			dir := t.TempDir()
 			content := bytes.Repeat([]byte("0123456789"), 50000)
 			s := openStore(t, dir)
-			id, err := s.NewUpload("r")
+			id, err := s.Uploads().NewUpload("r")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if off, err := s.AppendUpload("r", id, 0, bytes.NewReader(content[:123456])); err != nil || off != 123456 {
+			if off, err := s.Uploads().AppendUpload("r", id, 0, bytes.NewReader(content[:123456])); err != nil || off != 123456 {
 				t.Fatalf("append: %d %v", off, err)
 			}
 			s.Close()
 			s = openStore(t, dir)
 			defer s.Close()
-			if off, err := s.UploadStatus("r", id); err != nil || off != 123456 {
+			if off, err := s.Uploads().UploadStatus("r", id); err != nil || off != 123456 {
 				t.Fatalf("status after restart: %d %v", off, err)
 			}
 			var rng *RangeError
-			if _, err := s.AppendUpload("r", id, 5, strings.NewReader("x")); !errors.As(err, &rng) || rng.Offset != 123456 {
+			if _, err := s.Uploads().AppendUpload("r", id, 5, strings.NewReader("x")); !errors.As(err, &rng) || rng.Offset != 123456 {
 				t.Fatalf("out-of-order chunk: %v", err)
 			}
 			d := alg.FromBytes(content)
-			if size, err := s.FinishUpload("r", id, d, bytes.NewReader(content[123456:])); err != nil || size != int64(len(content)) {
+			if size, err := s.Uploads().FinishUpload("r", id, d, bytes.NewReader(content[123456:])); err != nil || size != int64(len(content)) {
 				t.Fatalf("finish: %d %v", size, err)
 			}
 			if got := readBlob(t, s, "r", d); !bytes.Equal(got, content) {
 				t.Fatal("blob content differs")
 			}
-			if _, err := s.UploadStatus("r", id); !errors.Is(err, ErrUploadUnknown) {
+			if _, err := s.Uploads().UploadStatus("r", id); !errors.Is(err, ErrUploadUnknown) {
 				t.Fatalf("finished session still known: %v", err)
 			}
 		})
@@ -107,14 +107,14 @@ func TestUploadSurvivesRestart(t *testing.T) {
 func TestCleanIngests(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)
-	live, _ := s.NewUpload("r")
-	s.AppendUpload("r", live, 0, strings.NewReader("live"))
+	live, _ := s.Uploads().NewUpload("r")
+	s.Uploads().AppendUpload("r", live, 0, strings.NewReader("live"))
 	s.Close()
 	os.WriteFile(filepath.Join(dir, "ingest", "tmp-leftover"), []byte("partial"), 0o600)
 	os.WriteFile(filepath.Join(dir, "ingest", "up-nosession"), []byte("partial"), 0o600)
 
 	s = openStore(t, dir)
-	ids, _ := s.Blobs().Ingests()
+	ids, _ := s.Maintenance().Blobs().Ingests()
 	if len(ids) != 1 || ids[0] != live {
 		t.Fatalf("after start-up cleanup ingest holds %v, want only %s", ids, live)
 	}
@@ -122,10 +122,10 @@ func TestCleanIngests(t *testing.T) {
 
 	s = openStore(t, dir, func(o *Options) { o.UploadTTL = time.Nanosecond })
 	defer s.Close()
-	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+	if ids, _ := s.Maintenance().Blobs().Ingests(); len(ids) != 0 {
 		t.Fatalf("expired session kept: %v", ids)
 	}
-	if _, err := s.UploadStatus("r", live); !errors.Is(err, ErrUploadUnknown) {
+	if _, err := s.Uploads().UploadStatus("r", live); !errors.Is(err, ErrUploadUnknown) {
 		t.Fatalf("expired session still known: %v", err)
 	}
 }
@@ -135,16 +135,16 @@ func TestPutBlobRejects(t *testing.T) {
 	defer s.Close()
 	content := []byte("content")
 	d := digest.FromBytes(content)
-	if err := s.PutBlob("r", d, 3, bytes.NewReader(content)); !errors.Is(err, ErrSizeInvalid) {
+	if err := s.Uploads().PutBlob("r", d, 3, bytes.NewReader(content)); !errors.Is(err, ErrSizeInvalid) {
 		t.Fatalf("size mismatch: %v", err)
 	}
-	if err := s.PutBlob("r", digest.FromString("other"), -1, bytes.NewReader(content)); !errors.Is(err, ErrDigestMismatch) {
+	if err := s.Uploads().PutBlob("r", digest.FromString("other"), -1, bytes.NewReader(content)); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("digest mismatch: %v", err)
 	}
-	if _, err := s.Blobs().Stat(d); !errors.Is(err, ErrBlobUnknown) {
+	if _, err := s.Maintenance().Blobs().Stat(d); !errors.Is(err, ErrBlobUnknown) {
 		t.Fatalf("rejected blob was committed: %v", err)
 	}
-	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+	if ids, _ := s.Maintenance().Blobs().Ingests(); len(ids) != 0 {
 		t.Fatalf("rejected blob left ingest files %v", ids)
 	}
 }
@@ -162,7 +162,7 @@ func TestConcurrentSameBlob(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- s.PutBlob("r"+string(rune('a'+i)), d, int64(len(content)), bytes.NewReader(content))
+			errs <- s.Uploads().PutBlob("r"+string(rune('a'+i)), d, int64(len(content)), bytes.NewReader(content))
 		}()
 	}
 	wg.Wait()
@@ -185,7 +185,7 @@ func TestTagPushKeepsSha512(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	defer s.Close()
 	cfg := []byte("{}")
-	if err := s.PutBlob("r", digest.SHA512.FromBytes(cfg), -1, bytes.NewReader(cfg)); err != nil {
+	if err := s.Uploads().PutBlob("r", digest.SHA512.FromBytes(cfg), -1, bytes.NewReader(cfg)); err != nil {
 		t.Fatal(err)
 	}
 	body := []byte(`{"schemaVersion":2,"mediaType":"` + MediaTypeOCIManifest + `","config":{"mediaType":"application/json","digest":"` +
@@ -206,22 +206,22 @@ func TestTagPushKeepsSha512(t *testing.T) {
 func TestExpireUploads(t *testing.T) {
 	s := openStore(t, t.TempDir(), func(o *Options) { o.UploadTTL = time.Hour })
 	defer s.Close()
-	old, _ := s.NewUpload("r")
-	s.AppendUpload("r", old, 0, strings.NewReader("stale"))
-	fresh, _ := s.NewUpload("r")
-	n, err := s.ExpireUploads(time.Now().Add(30 * time.Minute))
+	old, _ := s.Uploads().NewUpload("r")
+	s.Uploads().AppendUpload("r", old, 0, strings.NewReader("stale"))
+	fresh, _ := s.Uploads().NewUpload("r")
+	n, err := s.Uploads().ExpireUploads(time.Now().Add(30 * time.Minute))
 	if err != nil || n != 0 {
 		t.Fatalf("nothing is idle for an hour yet: %d %v", n, err)
 	}
-	s.AppendUpload("r", fresh, 0, strings.NewReader("active"))
-	n, err = s.ExpireUploads(time.Now().Add(61 * time.Minute))
+	s.Uploads().AppendUpload("r", fresh, 0, strings.NewReader("active"))
+	n, err = s.Uploads().ExpireUploads(time.Now().Add(61 * time.Minute))
 	if err != nil || n != 2 {
 		t.Fatalf("expired %d sessions (%v), want 2", n, err)
 	}
-	if _, err := s.UploadStatus("r", old); !errors.Is(err, ErrUploadUnknown) {
+	if _, err := s.Uploads().UploadStatus("r", old); !errors.Is(err, ErrUploadUnknown) {
 		t.Fatalf("expired session still known: %v", err)
 	}
-	if ids, _ := s.Blobs().Ingests(); len(ids) != 0 {
+	if ids, _ := s.Maintenance().Blobs().Ingests(); len(ids) != 0 {
 		t.Fatalf("expired session files kept: %v", ids)
 	}
 }

@@ -29,7 +29,7 @@ type uploadRecord struct {
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // NewUpload opens an upload session for repo and returns its id.
-func (s *Store) NewUpload(repo string) (string, error) {
+func (s *Uploads) NewUpload(repo string) (string, error) {
 	id := "up-" + uuid.NewString()
 	if s.nodeID != "" {
 		// Its bytes stay on this node: the id says which it is.
@@ -59,7 +59,7 @@ func UploadNode(id string) string {
 	return node
 }
 
-func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
+func (s *Uploads) loadUpload(repo, id string) (*uploadRecord, error) {
 	if !strings.HasPrefix(id, "up-") {
 		return nil, ErrUploadUnknown
 	}
@@ -71,7 +71,7 @@ func (s *Store) loadUpload(repo, id string) (*uploadRecord, error) {
 }
 
 // readUpload reads session id's record (errNotFound if none).
-func (s *Store) readUpload(id string) (*uploadRecord, error) {
+func (s *Uploads) readUpload(id string) (*uploadRecord, error) {
 	var rec uploadRecord
 	err := s.idx.View(func(txn Txn) error {
 		v, err := txn.Get(uploadKey(id))
@@ -83,7 +83,7 @@ func (s *Store) readUpload(id string) (*uploadRecord, error) {
 	return &rec, err
 }
 
-func (s *Store) saveUpload(id string, rec *uploadRecord) error {
+func (s *Uploads) saveUpload(id string, rec *uploadRecord) error {
 	rec.Updated = time.Now().UTC()
 	v, err := json.Marshal(rec)
 	if err != nil {
@@ -94,7 +94,7 @@ func (s *Store) saveUpload(id string, rec *uploadRecord) error {
 
 // UploadStatus returns how many bytes session id of repo holds.
 // Errors: ErrUploadUnknown.
-func (s *Store) UploadStatus(repo, id string) (int64, error) {
+func (s *Uploads) UploadStatus(repo, id string) (int64, error) {
 	rec, err := s.loadUpload(repo, id)
 	if err != nil {
 		return 0, err
@@ -107,8 +107,8 @@ func (s *Store) UploadStatus(repo, id string) (int64, error) {
 // ends); a different start gives *RangeError. A chunk is stored whole or
 // not at all: when r fails or the disk is full, the session stays where it
 // was. Errors: ErrUploadUnknown, *RangeError, ErrStorageFull.
-func (s *Store) AppendUpload(repo, id string, start int64, r io.Reader) (int64, error) {
-	defer s.uploadLock(id)()
+func (s *Uploads) AppendUpload(repo, id string, start int64, r io.Reader) (int64, error) {
+	defer s.uploadLocks.lock(id)()
 	rec, err := s.loadUpload(repo, id)
 	if err != nil {
 		return 0, err
@@ -131,7 +131,7 @@ func (s *Store) AppendUpload(repo, id string, start int64, r io.Reader) (int64, 
 // and hash state). The file is first cut back to the recorded offset: a
 // crash in the middle of an earlier chunk leaves bytes no record counts.
 // On failure the file is cut back again and rec is unchanged.
-func (s *Store) appendLocked(id string, rec *uploadRecord, r io.Reader) error {
+func (s *Uploads) appendLocked(id string, rec *uploadRecord, r io.Reader) error {
 	app, err := s.blobs.Append(id)
 	if err != nil {
 		return err
@@ -176,7 +176,7 @@ func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // truncateIngest cuts session id's file back to size (best effort: the
 // next append does it too).
-func (s *Store) truncateIngest(id string, size int64) {
+func (s *Uploads) truncateIngest(id string, size int64) {
 	if app, err := s.blobs.Append(id); err == nil {
 		app.Truncate(size)
 		app.Close()
@@ -210,8 +210,8 @@ func copyHashed(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
 // FinishUpload appends r (may be nil) to session id, verifies the whole
 // upload against d and links the blob into repo. On a mismatch the session
 // is cancelled. Errors: ErrUploadUnknown, ErrDigestMismatch.
-func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int64, error) {
-	defer s.uploadLock(id)()
+func (s *Uploads) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int64, error) {
+	defer s.uploadLocks.lock(id)()
 	rec, err := s.loadUpload(repo, id)
 	if err != nil {
 		return 0, err
@@ -229,10 +229,10 @@ func (s *Store) FinishUpload(repo, id string, d digest.Digest, r io.Reader) (int
 		s.cancelLocked(id)
 		return 0, fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, sum, d)
 	}
-	return rec.Offset, s.commitBlob(id, []string{repo}, d, rec.Offset, uploadKey(id), Pushed, "")
+	return rec.Offset, s.st().commitBlob(id, []string{repo}, d, rec.Offset, uploadKey(id), Pushed, "")
 }
 
-func (s *Store) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm) (digest.Digest, error) {
+func (s *Uploads) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm) (digest.Digest, error) {
 	if alg == digest.SHA256 && rec.State != nil {
 		h := sha256.New()
 		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(rec.State); err == nil {
@@ -248,15 +248,15 @@ func (s *Store) uploadDigest(id string, rec *uploadRecord, alg digest.Algorithm)
 }
 
 // CancelUpload drops session id of repo. Errors: ErrUploadUnknown.
-func (s *Store) CancelUpload(repo, id string) error {
-	defer s.uploadLock(id)()
+func (s *Uploads) CancelUpload(repo, id string) error {
+	defer s.uploadLocks.lock(id)()
 	if _, err := s.loadUpload(repo, id); err != nil {
 		return err
 	}
 	return s.cancelLocked(id)
 }
 
-func (s *Store) cancelLocked(id string) error {
+func (s *Uploads) cancelLocked(id string) error {
 	if err := s.release(func(txn Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
 		return err
 	}
@@ -266,7 +266,7 @@ func (s *Store) cancelLocked(id string) error {
 // PutBlob stores r, which must hash to d (and be size bytes long when size
 // is not negative), as a blob of repo in one step. Nothing is kept on
 // failure. Errors: ErrDigestMismatch, ErrSizeInvalid.
-func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) error {
+func (s *Uploads) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) error {
 	id := "tmp-" + uuid.NewString()
 	app, err := s.blobs.Append(id)
 	if err != nil {
@@ -291,7 +291,7 @@ func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) e
 	case digest.NewDigest(d.Algorithm(), h) != d:
 		return ErrDigestMismatch
 	}
-	err = s.commitBlob(id, []string{repo}, d, n, nil, Pushed, "")
+	err = s.st().commitBlob(id, []string{repo}, d, n, nil, Pushed, "")
 	committed = err == nil // on failure the deferred Discard removes what is left
 	return err
 }
@@ -299,7 +299,7 @@ func (s *Store) PutBlob(repo string, d digest.Digest, size int64, r io.Reader) e
 // CleanIngests removes upload sessions idle for longer than the upload TTL
 // and every ingest file no live session owns. Open calls it before the
 // store is used; it must not run while one-shot writes are in progress.
-func (s *Store) CleanIngests(now time.Time) error {
+func (s *Uploads) CleanIngests(now time.Time) error {
 	live := map[string]bool{}
 	var expired [][]byte
 	err := s.idx.View(func(txn Txn) error {
@@ -343,18 +343,18 @@ func (s *Store) CleanIngests(now time.Time) error {
 // mayExpire reports whether this process may expire session id: on a
 // cluster, only the node holding it does (its requests are serialised
 // there), or any node once that one left the cluster.
-func (s *Store) mayExpire(id string) bool {
+func (s *Uploads) mayExpire(id string) bool {
 	node := UploadNode(id)
 	if !s.shared || node == "" || node == s.nodeID {
 		return true
 	}
-	_, alive := s.Members()[node]
+	_, alive := (*Cluster)(s).Members()[node]
 	return !alive
 }
 
 // ExpireUploads drops upload sessions idle for longer than the upload TTL,
 // with their files, while the store is in use; it returns how many.
-func (s *Store) ExpireUploads(now time.Time) (int, error) {
+func (s *Uploads) ExpireUploads(now time.Time) (int, error) {
 	var ids []string
 	err := s.idx.View(func(txn Txn) error {
 		return txn.Scan([]byte("u/"), nil, false, func(k, v []byte) error {
@@ -370,7 +370,7 @@ func (s *Store) ExpireUploads(now time.Time) (int, error) {
 	}
 	n := 0
 	for _, id := range ids {
-		unlock := s.uploadLock(id)
+		unlock := s.uploadLocks.lock(id)
 		rec, err := s.readUpload(id)
 		// Re-checked under the session's lock: a request may have used it.
 		if err == nil && now.Sub(rec.Updated) > s.opts.UploadTTL {

@@ -189,11 +189,11 @@ func (reg *Registry) apiRepositories(w http.ResponseWriter, r *http.Request) err
 	if err != nil {
 		return err
 	}
-	usage, _, err := reg.store.Usage()
+	usage, _, err := reg.store.Maintenance().Usage()
 	if err != nil {
 		return err
 	}
-	pulls, err := reg.store.RepoPulls()
+	pulls, err := reg.store.Records().RepoPulls()
 	if err != nil {
 		return err
 	}
@@ -217,7 +217,7 @@ func (reg *Registry) apiUsage(w http.ResponseWriter, r *http.Request) error {
 	if !reg.policy().RegistryAdmin(c.Subject) {
 		return reg.apiDenied(r, c, "see the registry's usage")
 	}
-	usage, total, err := reg.store.Usage()
+	usage, total, err := reg.store.Maintenance().Usage()
 	if err != nil {
 		return err
 	}
@@ -400,7 +400,7 @@ func (reg *Registry) collectWithout(dry bool, without map[string][]string) (cach
 	if dry {
 		duty = 1
 	}
-	rep, err := reg.store.GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Without: without, Duty: duty})
+	rep, err := reg.store.Maintenance().GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Without: without, Duty: duty})
 	if err != nil || dry {
 		return rep, err
 	}
@@ -474,7 +474,7 @@ func (reg *Registry) evict(repo string) ([]string, error) {
 	}
 	// What clients pulled by digest is kept like a tag (cache/pins.go):
 	// evicting the repository releases it too.
-	pinned, err := reg.store.ForgetUses(repo)
+	pinned, err := reg.store.Maintenance().ForgetUses(repo)
 	if err != nil {
 		return evicted, err
 	}

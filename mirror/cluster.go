@@ -97,7 +97,9 @@ func newPeers() *peers {
 }
 
 // clustered reports whether this registry is a node of a cluster.
-func (reg *Registry) clustered() bool { return reg.store.Shared() && reg.store.NodeID() != "" }
+func (reg *Registry) clustered() bool {
+	return reg.store.Cluster().Shared() && reg.store.Cluster().NodeID() != ""
+}
 
 // fromPeer reports a request that says another node sent it: enough not
 // to relay it again, never enough to trust it (provenPeer).
@@ -111,10 +113,10 @@ func provenPeer(r *http.Request) bool { return fromPeer(r) && callerOf(r).node !
 // holds to that node; handled is false when the session is this node's.
 func (reg *Registry) relayUpload(w http.ResponseWriter, r *http.Request, rt route) (handled bool, err error) {
 	node := cache.UploadNode(rt.upload)
-	if !reg.clustered() || node == "" || node == reg.store.NodeID() || fromPeer(r) {
+	if !reg.clustered() || node == "" || node == reg.store.Cluster().NodeID() || fromPeer(r) {
 		return false, nil
 	}
-	target, ok := reg.store.Members()[node]
+	target, ok := reg.store.Cluster().Members()[node]
 	if !ok {
 		return true, apiErr(codeBlobUploadUnknown, "the node that holds this upload session (%s) left the cluster: start the upload again", node)
 	}
@@ -138,7 +140,7 @@ func (reg *Registry) relay(target string) (*httputil.ReverseProxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster member URL %q: %w", target, err)
 	}
-	self := reg.store.NodeID()
+	self := reg.store.Cluster().NodeID()
 	rp := &httputil.ReverseProxy{
 		Transport: reg.peers.client.Transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -196,8 +198,8 @@ func (p *puller) peerSource(t policy.Target, d digest.Digest, up cache.BlobSourc
 		tried := upstreamUsed
 		mu.Unlock()
 		if !tried {
-			members := p.store.Members()
-			if owner, target := BlobOwner(members, d); owner != "" && owner != p.store.NodeID() && !p.reg.peers.skip(target) {
+			members := p.store.Cluster().Members()
+			if owner, target := BlobOwner(members, d); owner != "" && owner != p.store.Cluster().NodeID() && !p.reg.peers.skip(target) {
 				rc, size, err := p.reg.peerBlob(ctx, target, t, d, offset)
 				if err == nil {
 					mu.Lock()
@@ -236,8 +238,8 @@ func (reg *Registry) peerBlob(ctx context.Context, target string, t policy.Targe
 	if err != nil {
 		return nil, 0, err
 	}
-	req.Header.Set(peerHeader, reg.store.NodeID())
-	req.Header.Set("Authorization", "Bearer "+reg.tokens.issueNode(reg.store.NodeID(), time.Now()))
+	req.Header.Set(peerHeader, reg.store.Cluster().NodeID())
+	req.Header.Set("Authorization", "Bearer "+reg.tokens.issueNode(reg.store.Cluster().NodeID(), time.Now()))
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
@@ -280,17 +282,17 @@ func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (
 	if !p.reg.clustered() || isPeer(ctx) {
 		return nil, false, nil
 	}
-	owner, target := ManifestOwner(p.store.Members(), t.Local, ref.String())
-	if owner == "" || owner == p.store.NodeID() || p.reg.peers.skip(target) {
+	owner, target := ManifestOwner(p.store.Cluster().Members(), t.Local, ref.String())
+	if owner == "" || owner == p.store.Cluster().NodeID() || p.reg.peers.skip(target) {
 		return nil, false, nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimSuffix(target, "/")+"/v2/"+t.Local+"/manifests/"+ref.String(), nil)
 	if err != nil {
 		return nil, false, nil
 	}
-	req.Header.Set(peerHeader, p.store.NodeID())
+	req.Header.Set(peerHeader, p.store.Cluster().NodeID())
 	req.Header.Set("Accept", manifestAccept)
-	req.Header.Set("Authorization", "Bearer "+p.reg.tokens.issueNode(p.store.NodeID(), time.Now()))
+	req.Header.Set("Authorization", "Bearer "+p.reg.tokens.issueNode(p.store.Cluster().NodeID(), time.Now()))
 	resp, err := p.reg.peers.client.Do(req)
 	if err != nil {
 		p.reg.peers.hung(target, err)

@@ -225,12 +225,12 @@ func (reg *Registry) pageRepositories(w http.ResponseWriter, r *http.Request, v 
 	p.Nav = "repositories"
 	q := r.URL.Query()
 	search, origin := strings.TrimSpace(q.Get("q")), q.Get("origin")
-	usage, _, err := reg.store.Usage()
+	usage, _, err := reg.store.Maintenance().Usage()
 	if err != nil {
 		reg.consoleError(w, r, v, http.StatusServiceUnavailable, "The index could not be read: "+err.Error())
 		return
 	}
-	pulls, _ := reg.store.RepoPulls()
+	pulls, _ := reg.store.Records().RepoPulls()
 	subject := reg.subject(v)
 	rows := []repoRow{}
 	for _, u := range usage {
@@ -315,7 +315,7 @@ func (reg *Registry) repoTags(repo string, detailed int) ([]tagRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	pulls, _ := reg.store.Pulls(repo)
+	pulls, _ := reg.store.Records().Pulls(repo)
 	rows := []tagRow{}
 	for i, tag := range names {
 		m, err := reg.store.GetManifest(repo, tag)

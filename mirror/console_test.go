@@ -402,9 +402,9 @@ func TestConsoleRepositories(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("delete: %s", resp.Status)
 	}
-	before, _ := reg.store.Size()
+	before, _ := reg.store.Maintenance().Size()
 	rep, ran, err := reg.reg().CollectReleased()
-	after, _ := reg.store.Size()
+	after, _ := reg.store.Maintenance().Size()
 	if err != nil || !ran || rep.Bytes != want || before-after != want {
 		t.Fatalf("collected %+v (ran %v, %v), store %d → %d, want %d freed", rep, ran, err, before, after, want)
 	}
@@ -507,10 +507,10 @@ func TestConsoleCharts(t *testing.T) {
 	if runs := reg.gcRuns(20); len(runs) != 1 || runs[0].Report.Bytes != 4242 || runs[0].User != "root" || runs[0].Trigger != "api" {
 		t.Fatalf("GC runs after a restart: %+v", runs)
 	}
-	if err := st.TrimHistory(historyTraffic, time.Now().Add(time.Minute)); err != nil {
+	if err := st.Records().TrimHistory(historyTraffic, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if h, err := st.History(historyTraffic, time.Time{}); err != nil || len(h) != 0 {
+	if h, err := st.Records().History(historyTraffic, time.Time{}); err != nil || len(h) != 0 {
 		t.Fatalf("history after trimming: %d entries, %v", len(h), err)
 	}
 }

@@ -31,11 +31,11 @@ func TestEvictionLRU(t *testing.T) {
 	if err := e.pull(ctx, "library/a", "1", ""); err != nil { // a is used again: b is now the oldest
 		t.Fatal(err)
 	}
-	size, err := e.store.Size()
+	size, err := e.store.Maintenance().Size()
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := e.store.Evict(cache.EvictOptions{
+	rep, err := e.store.Maintenance().Evict(cache.EvictOptions{
 		MaxBytes: int64(float64(size) / 0.96), // just above the high-water mark
 		GC:       cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)},
 	})
@@ -74,7 +74,7 @@ func TestRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFillsDone(t, e)
-	rep, err := e.store.Evict(cache.EvictOptions{Retention: time.Hour,
+	rep, err := e.store.Maintenance().Evict(cache.EvictOptions{Retention: time.Hour,
 		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}})
 	if err != nil || len(rep.Tags) != 1 || rep.Freed <= 0 {
 		t.Fatalf("retention: %+v %v", rep, err)

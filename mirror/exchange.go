@@ -149,7 +149,7 @@ func (reg *Registry) finish(x *exchange) {
 		reg.opts.OnStorageFull()
 	}
 	if x.kind == routeManifest && r.Method == http.MethodGet && status == http.StatusOK && x.repo != "" && !provenPeer(r) {
-		reg.store.NotePull(x.repo, x.ref) // an atomic add; flushed with the access times
+		reg.store.Records().NotePull(x.repo, x.ref) // an atomic add; flushed with the access times
 	}
 	if m := reg.opts.Metrics; m != nil {
 		m.Requests.WithLabelValues(x.label, r.Method, strconv.Itoa(status)).Inc()

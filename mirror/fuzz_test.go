@@ -122,7 +122,7 @@ func FuzzRange(f *testing.F) {
 	reg := newTestRegistry(&testing.T{}, Options{})
 	content := []byte(strings.Repeat("0123456789", 10))
 	d := digest.FromBytes(content)
-	if err := reg.store.PutBlob("fuzz/range", d, -1, bytes.NewReader(content)); err != nil {
+	if err := reg.store.Uploads().PutBlob("fuzz/range", d, -1, bytes.NewReader(content)); err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { reg.srv.Close(); reg.store.Close() })

@@ -291,7 +291,7 @@ func TestDigestPullSurvivesGC(t *testing.T) {
 	pullByDigest()
 	blobs := 1 + len(img.Layers[platform])
 	for i := 1; i <= 4; i++ {
-		if _, err := e.store.GC(cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(time.Duration(i) * 3 * time.Hour)}); err != nil {
+		if _, err := e.store.Maintenance().GC(cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(time.Duration(i) * 3 * time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 	}

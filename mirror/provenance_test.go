@@ -132,7 +132,7 @@ func TestDeletedPushedNameStaysPrivate(t *testing.T) {
 	if resp, body := e.do(t, "DELETE", "/v2/team/app/manifests/"+d, nil, nil); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("delete: %s %s", resp.Status, body)
 	}
-	if _, err := e.store.GC(cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}); err != nil {
+	if _, err := e.store.Maintenance().GC(cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	e.hub.ResetCounts()

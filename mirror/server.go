@@ -133,7 +133,7 @@ func New(store *cache.Store, opts Options) *Registry {
 		manifestMem: semaphore.NewWeighted(manifestMemory), logLimit: logLimiter{every: time.Minute}}
 	reg.sessions = newSessions(reg.tokens)
 	if store != nil {
-		reg.sessions.store = store
+		reg.sessions.store = store.Records()
 	}
 	reg.sessions.log = opts.Logger
 	reg.SetAccess(opts.Users, opts.Policy)

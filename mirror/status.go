@@ -65,7 +65,7 @@ type gcRun struct {
 // (every node's), else this process's memory.
 func (reg *Registry) gcRuns(n int) []gcRun {
 	var runs []gcRun
-	if hist, err := reg.store.History(historyGC, time.Now().Add(-gcKept)); err == nil && len(hist) > 0 {
+	if hist, err := reg.store.Records().History(historyGC, time.Now().Add(-gcKept)); err == nil && len(hist) > 0 {
 		for _, h := range hist {
 			var run gcRun
 			if json.Unmarshal(h.Val, &run) == nil {
@@ -89,13 +89,13 @@ func (reg *Registry) gcRuns(n int) []gcRun {
 // NoteGC records a collection that ran (scheduled ones are run by cmd),
 // in the index's history and in memory.
 func (reg *Registry) NoteGC(trigger, user string, rep cache.GCReport, took time.Duration, err error) {
-	run := gcRun{At: time.Now(), Trigger: trigger, User: user, Report: rep, Took: took, Node: reg.store.NodeID()}
+	run := gcRun{At: time.Now(), Trigger: trigger, User: user, Report: rep, Took: took, Node: reg.store.Cluster().NodeID()}
 	run.Report.Items = nil
 	if err != nil {
 		run.Err = err.Error()
 	}
 	if val, jerr := json.Marshal(run); jerr == nil {
-		if perr := reg.store.PutHistory(historyGC, run.At, val); perr != nil {
+		if perr := reg.store.Records().PutHistory(historyGC, run.At, val); perr != nil {
 			reg.log.Debug("recording a collection in the history", "err", perr)
 		}
 	}
@@ -199,12 +199,12 @@ func (reg *Registry) Sample() {
 	}
 	pt := point{Cache: max(0, s.fromCache-prev.fromCache), Upstream: max(0, s.fromUpstream-prev.fromUpstream), Disk: s.disk}
 	val, _ := json.Marshal(pt)
-	if err := reg.store.PutHistory(historyTraffic, s.at, val); err != nil {
+	if err := reg.store.Records().PutHistory(historyTraffic, s.at, val); err != nil {
 		reg.log.Debug("recording the traffic history", "err", err) // memory still has it
 	}
 	if trim {
-		reg.store.TrimHistory(historyTraffic, time.Now().Add(-trafficKept))
-		reg.store.TrimHistory(historyGC, time.Now().Add(-gcKept))
+		reg.store.Records().TrimHistory(historyTraffic, time.Now().Add(-trafficKept))
+		reg.store.Records().TrimHistory(historyGC, time.Now().Add(-gcKept))
 	}
 }
 
@@ -213,7 +213,7 @@ func (reg *Registry) Sample() {
 // bucket); from memory when the index has none or cannot be read.
 func (reg *Registry) chartPoints() []point {
 	since := time.Now().Add(-24 * time.Hour)
-	hist, err := reg.store.History(historyTraffic, since)
+	hist, err := reg.store.Records().History(historyTraffic, since)
 	if err == nil && len(hist) > 0 {
 		byMinute := map[int64]*point{}
 		var minutes []int64

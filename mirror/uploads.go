@@ -39,12 +39,12 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		if err != nil {
 			return err
 		}
-		if err := reg.store.PutBlob(q.repo, d, r.ContentLength, r.Body); err != nil {
+		if err := reg.store.Uploads().PutBlob(q.repo, d, r.ContentLength, r.Body); err != nil {
 			return err
 		}
 		return blobCreated(w, q.repo, d)
 	}
-	id, err := reg.store.NewUpload(q.repo)
+	id, err := reg.store.Uploads().NewUpload(q.repo)
 	if err != nil {
 		return err
 	}
@@ -52,7 +52,7 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 }
 
 func (reg *Registry) uploadStatus(w http.ResponseWriter, r *http.Request, q *request) error {
-	off, err := reg.store.UploadStatus(q.repo, q.upload)
+	off, err := reg.store.Uploads().UploadStatus(q.repo, q.upload)
 	if err != nil {
 		return err
 	}
@@ -64,7 +64,7 @@ func (reg *Registry) patchUpload(w http.ResponseWriter, r *http.Request, q *requ
 	if err != nil {
 		return err
 	}
-	off, err := reg.store.AppendUpload(q.repo, q.upload, start, r.Body)
+	off, err := reg.store.Uploads().AppendUpload(q.repo, q.upload, start, r.Body)
 	var rng *cache.RangeError
 	if errors.As(err, &rng) {
 		setUploadHeaders(w, q.repo, q.upload, rng.Offset)
@@ -86,7 +86,7 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *req
 	if start, err := chunkStart(r); err != nil {
 		return err
 	} else if start >= 0 {
-		off, err := reg.store.AppendUpload(q.repo, q.upload, start, r.Body)
+		off, err := reg.store.Uploads().AppendUpload(q.repo, q.upload, start, r.Body)
 		if err != nil {
 			var rng *cache.RangeError
 			if errors.As(err, &rng) {
@@ -96,14 +96,14 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *req
 		}
 		body = nil
 	}
-	if _, err := reg.store.FinishUpload(q.repo, q.upload, d, body); err != nil {
+	if _, err := reg.store.Uploads().FinishUpload(q.repo, q.upload, d, body); err != nil {
 		return err
 	}
 	return blobCreated(w, q.repo, d)
 }
 
 func (reg *Registry) cancelUpload(w http.ResponseWriter, r *http.Request, q *request) error {
-	if err := reg.store.CancelUpload(q.repo, q.upload); err != nil {
+	if err := reg.store.Uploads().CancelUpload(q.repo, q.upload); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -345,7 +345,7 @@ func (imp *importer) blob(repo string, d digest.Digest, rep *importReport) error
 	if err != nil {
 		return err
 	}
-	err = imp.st.PutBlob(repo, d, fi.Size(), &countingSource{r: f, n: &imp.copied})
+	err = imp.st.Uploads().PutBlob(repo, d, fi.Size(), &countingSource{r: f, n: &imp.copied})
 	imp.done[d] = true
 	switch {
 	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrSizeInvalid):

@@ -98,7 +98,7 @@ var gcCommand = &cli.Command{
 			return err
 		}
 		defer closeMaintenance(c, st)
-		rep, err := st.GC(cache.GCOptions{DryRun: c.Bool("dry-run"), Grace: c.Duration("grace")})
+		rep, err := st.Maintenance().GC(cache.GCOptions{DryRun: c.Bool("dry-run"), Grace: c.Duration("grace")})
 		if err != nil {
 			return err
 		}
@@ -125,7 +125,7 @@ var fsckCommand = &cli.Command{
 			return err
 		}
 		defer closeMaintenance(c, st)
-		rep, err := st.Fsck(c.Bool("repair"))
+		rep, err := st.Maintenance().Fsck(c.Bool("repair"))
 		if err != nil {
 			return err
 		}
@@ -158,7 +158,7 @@ var duCommand = &cli.Command{
 			return err
 		}
 		defer closeMaintenance(c, st)
-		usage, total, err := st.Usage()
+		usage, total, err := st.Maintenance().Usage()
 		if err != nil {
 			return err
 		}

@@ -133,7 +133,7 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
-	h, ok := c.store.ClusterHealth()
+	h, ok := c.store.Cluster().ClusterHealth()
 	if !ok {
 		return
 	}

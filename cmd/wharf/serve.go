@@ -124,11 +124,11 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 	promReg := prometheus.NewRegistry()
 	ops := newOpsMetrics(promReg)
 	ops.quotaBytes.Set(float64(cfg.maxSize))
-	if size, err := store.Size(); err == nil {
+	if size, err := store.Maintenance().Size(); err == nil {
 		ops.storeBytes.Set(float64(size))
 	}
 	cfg.mirror.Metrics = mirror.NewMetrics(promReg)
-	if store.Shared() {
+	if store.Cluster().Shared() {
 		promReg.MustRegister(newClusterCollector(store))
 	}
 	up, err := startUpstream(&cfg, promReg)
@@ -259,8 +259,8 @@ func startUpstream(cfg *serveConfig, promReg *prometheus.Registry) (*upstream.Cl
 func statusInfo(cfg serveConfig, store *cache.Store, up *upstream.Client) func() mirror.StatusInfo {
 	return func() mirror.StatusInfo {
 		info := mirror.StatusInfo{QuotaBytes: cfg.maxSize}
-		info.StoreBytes, _ = store.Size()
-		if h, ok := store.ClusterHealth(); ok {
+		info.StoreBytes, _ = store.Maintenance().Size()
+		if h, ok := store.Cluster().ClusterHealth(); ok {
 			info.Cluster = &h
 		}
 		if up != nil {
@@ -315,10 +315,10 @@ func announce(cfg serveConfig, store *cache.Store, addr net.Addr) error {
 		return fmt.Errorf("index not writable: %w", err)
 	}
 	log.Info("wharf listening", "addr", addr.String(), "data", cfg.cache.Dir, "tls", cfg.tlsCert != "")
-	if store.Shared() {
+	if store.Cluster().Shared() {
 		url := advertiseURL(cfg, addr)
-		store.Join(url)
-		log.Info("joined the cluster", "node", store.NodeID(), "url", url)
+		store.Cluster().Join(url)
+		log.Info("joined the cluster", "node", store.Cluster().NodeID(), "url", url)
 	}
 	return nil
 }

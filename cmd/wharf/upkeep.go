@@ -102,18 +102,18 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 		case <-ctx.Done():
 			return nil
 		case <-flush:
-			if err := store.FlushAccess(); err != nil {
+			if err := store.Maintenance().FlushAccess(); err != nil {
 				log.Warn("recording access times", "err", err)
 			}
-			if err := store.FlushPulls(); err != nil {
+			if err := store.Records().FlushPulls(); err != nil {
 				log.Warn("recording pull counts", "err", err)
 			}
 			reg.Sample() // the console's charts
 		case <-spaceCheck:
-			if store.WritableAgain() {
+			if store.Maintenance().WritableAgain() {
 				return errReopen
 			}
-			if sp := store.Space(); sp.Low() {
+			if sp := store.Maintenance().Space(); sp.Low() {
 				room.kick()
 			}
 		case <-room.kicks:
@@ -144,13 +144,13 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 					"freed_bytes", rep.Bytes, "took", time.Since(start))
 			}
 		case <-expire:
-			if n, err := store.ExpireUploads(time.Now()); err != nil {
+			if n, err := store.Uploads().ExpireUploads(time.Now()); err != nil {
 				log.Warn("expiring upload sessions", "err", err)
 			} else if n > 0 {
 				log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
 			}
 		case <-vlog:
-			if err := store.RunValueLogGC(); err != nil {
+			if err := store.Maintenance().RunValueLogGC(); err != nil {
 				log.Warn("index value-log GC", "err", err)
 			}
 		}
@@ -163,18 +163,18 @@ var shortNotEvicting atomic.Bool
 
 // evictOnce checks the quota and the retention and evicts what they ask.
 func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
-	if size, err := store.Size(); err == nil {
+	if size, err := store.Maintenance().Size(); err == nil {
 		ops.storeBytes.Set(float64(size))
 	}
-	deficit := store.SpaceDeficit()
+	deficit := store.Maintenance().SpaceDeficit()
 	if cfg.blobStore != nil && deficit > 0 { // the local copies go first: the bucket keeps them
 		trimLocal(store, cfg, log, deficit)
-		deficit = store.SpaceDeficit()
+		deficit = store.Maintenance().SpaceDeficit()
 	}
 	if cfg.maxSize == 0 && cfg.retention == 0 && deficit == 0 || store.ReadOnly() {
 		return
 	}
-	rep, err := store.Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention, Free: deficit,
+	rep, err := store.Maintenance().Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention, Free: deficit,
 		GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
 	if rep.NotFreed > 0 {
 		if !shortNotEvicting.Swap(true) {
@@ -204,14 +204,14 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 func trimLocal(store *cache.Store, cfg serveConfig, log *slog.Logger, deficit int64) {
 	limit := cfg.localCacheSize
 	if deficit > 0 {
-		if local, err := store.LocalCopiesBytes(); err == nil && (limit == 0 || local-deficit < limit) {
+		if local, err := store.Maintenance().LocalCopiesBytes(); err == nil && (limit == 0 || local-deficit < limit) {
 			limit = max(0, local-deficit)
 		}
 	}
 	if limit == 0 && deficit == 0 {
 		return
 	}
-	if freed, err := store.TrimLocalCopies(limit); err != nil {
+	if freed, err := store.Maintenance().TrimLocalCopies(limit); err != nil {
 		log.Warn("trimming the local copies of the bucket's blobs", "err", err)
 	} else if freed > 0 {
 		log.Info("trimmed the local copies of the bucket's blobs", "freed_bytes", freed, "limit", limit, "short_of_space_bytes", deficit)
@@ -224,7 +224,7 @@ const localTrimInterval = 5 * time.Minute
 // collect runs one scheduled garbage collection.
 func collect(store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
 	start := time.Now()
-	rep, err := store.GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
+	rep, err := store.Maintenance().GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
 	if errors.Is(err, cache.ErrCollectorElsewhere) {
 		log.Info("garbage collection: another node of the cluster is collecting; skipped")
 		return

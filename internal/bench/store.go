@@ -81,9 +81,9 @@ func runStore(tmp, bin string) error {
 		return err
 	}
 	defer st.Close()
-	size, _ := st.Size()
+	size, _ := st.Maintenance().Size()
 	t2 := time.Now()
-	rep, err := st.Evict(cache.EvictOptions{MaxBytes: int64(float64(size) / 0.96),
+	rep, err := st.Maintenance().Evict(cache.EvictOptions{MaxBytes: int64(float64(size) / 0.96),
 		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour), MirroredGrace: time.Minute}})
 	if err != nil {
 		return err
@@ -114,7 +114,7 @@ func seedStore(dir string, blobs, tags int) error {
 			b := []byte(fmt.Sprintf("blob %d-%d", i, j))
 			d := digest.FromBytes(b)
 			if !mirrored {
-				if err := st.PutBlob(repo, d, int64(len(b)), bytes.NewReader(b)); err != nil {
+				if err := st.Uploads().PutBlob(repo, d, int64(len(b)), bytes.NewReader(b)); err != nil {
 					return err
 				}
 			} else if err := mirrorBlob(fills, repo, d, b); err != nil {

@@ -1,0 +1,139 @@
+package cache
+
+import (
+	"errors"
+	"hash/fnv"
+	"strings"
+	"sync"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/wharf-registry/wharf/cache/index"
+)
+
+// kv is the index as the store writes it: transactions retried on
+// conflicts, the free-space rules of an index on the data directory, and
+// the in-memory caches of tags, manifests and links that writes keep true.
+type kv struct {
+	idx   Index
+	disk  index.OnDisk // the index, when it is on the data directory's filesystem
+	space *space
+
+	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
+	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
+	// links (shared index only) caches blob links, repo\x00digest → size:
+	// a blob GET needs no index round trip, and serves on while the index
+	// is unreachable. The index's change feed removes changed entries.
+	links *lru.Cache[string, int64]
+	// cacheMu and gen keep a reader from putting a value it read before a
+	// write back into the LRU after that write invalidated it.
+	// gen counts purges of every cache, gens the invalidations by stripe
+	// of keys: a write to one key does not keep other reads from caching
+	// (on a shared index, writes of every node arrive here).
+	cacheMu sync.Mutex
+	gen     uint64
+	gens    [cacheStripes]uint64
+}
+
+// update runs fn in a read-write transaction, retrying on conflicts. It is
+// refused with ErrStorageFull when the index has no room (see space.go).
+func (s *kv) update(fn func(txn Txn) error) error {
+	if err := s.indexWrite(false); err != nil {
+		return err
+	}
+	return s.retry(fn)
+}
+
+// indexWrite is space.indexWrite for an index on the data directory's
+// filesystem; a remote index takes its writes elsewhere.
+func (s *kv) indexWrite(release bool) error {
+	if s.disk == nil {
+		return nil
+	}
+	return s.space.indexWrite(release)
+}
+
+// release is update for deletions: they free space, so they go on when
+// other writes are refused.
+func (s *kv) release(fn func(txn Txn) error) error {
+	if err := s.indexWrite(true); err != nil {
+		return err
+	}
+	return s.retry(fn)
+}
+
+func (s *kv) retry(fn func(txn Txn) error) error {
+	for i := 0; ; i++ {
+		err := s.idx.Update(fn)
+		if !errors.Is(err, errConflict) || i == 20 {
+			return err
+		}
+	}
+}
+
+// keyValue is one write of setAll.
+type keyValue struct{ key, val []byte }
+
+// setAll writes kvs in transactions of at most MaxOps writes each, in
+// order: not atomic as a whole.
+func (s *kv) setAll(kvs []keyValue) error {
+	if err := s.indexWrite(false); err != nil {
+		return err
+	}
+	for len(kvs) > 0 {
+		n := min(len(kvs), s.idx.MaxOps())
+		if err := s.retry(func(txn Txn) error {
+			for _, kv := range kvs[:n] {
+				if err := txn.Set(kv.key, kv.val); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		kvs = kvs[n:]
+	}
+	return nil
+}
+
+// invalidate drops cached entries after a write to the index committed.
+func (s *kv) invalidate(repo string, refs ...string) {
+	s.cacheMu.Lock()
+	for _, r := range refs {
+		key := cacheKey(repo, r)
+		s.gens[stripe(key)]++
+		if strings.Contains(r, ":") {
+			s.manifests.Remove(key)
+		} else {
+			s.tags.Remove(key)
+		}
+	}
+	s.cacheMu.Unlock()
+}
+
+const cacheStripes = 64
+
+// stripe is the slot of key in Store.gens.
+func stripe(key string) int {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return int(h.Sum32() % cacheStripes)
+}
+
+// generation is the cache generation of key: it changes whenever an entry
+// of key's stripe, or every entry, is invalidated.
+func (s *kv) generation(key string) uint64 {
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	return s.gen + s.gens[stripe(key)]
+}
+
+// remember caches a value of key read at generation g unless a write that
+// could have changed it came since.
+func (s *kv) remember(key string, g uint64, add func()) {
+	s.cacheMu.Lock()
+	if s.gen+s.gens[stripe(key)] == g {
+		add()
+	}
+	s.cacheMu.Unlock()
+}
