@@ -36,6 +36,10 @@
 //	    │                                    ref "": of the repository
 //	    ├── h/<kind>\x00<time>\x00<node>     the console's history: one traffic
 //	    │                                    point a minute (25 h), GC runs (30 d)
+//	    ├── d/<repo>\x00<digest>             a manifest released by a deliberate
+//	    │                                    delete {refs}: no grace (released.go)
+//	    ├── g/<repo>\x00tags, …\x00referrers/<d>  upstream's tag list, referrers
+//	    │                                    (listings.go)
 //	    ├── x/<id>                           a credential revoked before its
 //	    │                                    expiry (console sign-out) → expiry
 //	    └── s/alive, s/provenance            write probe; origins recorded (v1)

@@ -23,8 +23,9 @@ type GCOptions struct {
 	// origin is an upstream registry: nothing is pushed there.
 	MirroredGrace time.Duration
 	// Released names manifests (repository → digests) that were untagged
-	// or deleted deliberately (eviction, an operator's delete): they, their
-	// child manifests and the links only they use get no grace.
+	// or deleted deliberately besides those the store recorded (every
+	// delete through it records what it released, released.go): they,
+	// their child manifests and the links only they use get no grace.
 	Released map[string][]digest.Digest
 	// ReleasedBlobs names blobs (repository → digests) that manifests
 	// deleted deliberately referenced (their records are gone, so Released
@@ -115,6 +116,8 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	o.Released = mergeReleased(o.Released, sn.deletes.manifests)
+	o.ReleasedBlobs = mergeReleased(o.ReleasedBlobs, sn.deletes.blobs)
 	if o.DryRun && len(o.Without) > 0 {
 		o.Released = s.pretendDeleted(sn, o.Without, o.Released)
 	}
@@ -176,7 +179,28 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 	if err := s.sweepBlobs(&rep, o, planned); err != nil {
 		return rep, err
 	}
-	return rep, s.sweepOrphans(&rep, o)
+	if err := s.sweepOrphans(&rep, o); err != nil {
+		return rep, err
+	}
+	if o.DryRun {
+		return rep, nil
+	}
+	return rep, s.forgetReleased(sn.deletes.records)
+}
+
+// mergeReleased is a and b together (repository → digests), in a new map.
+func mergeReleased(a, b map[string][]digest.Digest) map[string][]digest.Digest {
+	if len(b) == 0 {
+		return a
+	}
+	out := make(map[string][]digest.Digest, len(a)+len(b))
+	for repo, ds := range a {
+		out[repo] = append(out[repo], ds...)
+	}
+	for repo, ds := range b {
+		out[repo] = append(out[repo], ds...)
+	}
+	return out
 }
 
 // pretendDeleted removes from the snapshot the tags that deleting refs

@@ -15,6 +15,7 @@ type snapshot struct {
 	links     map[string]map[digest.Digest]time.Time       // repo → blob → linked at
 	referrers map[string]map[digest.Digest][]digest.Digest // repo → subject → referrers
 	used      map[string]map[digest.Digest]time.Time       // repo → manifest → last pulled by digest (pins.go)
+	deletes   releasedSet                                  // what deliberate deletes released (released.go)
 }
 
 func splitRepoKey(k []byte, prefix string) (repo, rest string) {
@@ -67,6 +68,10 @@ func (s *Maintenance) snapshot(pace *pacer) (*snapshot, error) {
 			return err
 		}
 		if err := sn.scanUses(txn, pace); err != nil {
+			return err
+		}
+		var err error
+		if sn.deletes, err = scanReleased(txn); err != nil {
 			return err
 		}
 		return scan("r/", func(k, v []byte) error {

@@ -344,13 +344,26 @@ func (s *Store) manifestRecord(repo string, d digest.Digest) (*Manifest, error) 
 // DeleteManifest removes ref from repo. A tag is untagged; a digest loses
 // its manifest link, every tag pointing at it and its referrer entry. The
 // bytes stay until garbage collection. Errors: ErrManifestUnknown.
-func (s *Store) DeleteManifest(repo, ref string) error {
+func (s *Store) DeleteManifest(repo, ref string) error { return s.deleteManifest(repo, ref, false) }
+
+// DeleteReleasing is DeleteManifest for a deliberate delete (an operator,
+// a client's DELETE): it records in the same transaction what it released
+// (released.go), which the next collection frees without the grace.
+func (s *Store) DeleteReleasing(repo, ref string) error { return s.deleteManifest(repo, ref, true) }
+
+func (s *Store) deleteManifest(repo, ref string, record bool) error {
 	if !strings.Contains(ref, ":") {
 		err := s.release(func(txn Txn) error {
-			if ok, err := exists(txn, tagKey(repo, ref)); err != nil {
-				return err
-			} else if !ok {
+			v, err := txn.Get(tagKey(repo, ref))
+			if errors.Is(err, errNotFound) {
 				return ErrManifestUnknown
+			} else if err != nil {
+				return err
+			}
+			if record {
+				if err := putReleased(txn, repo, decodeTag(v).digest, nil); err != nil {
+					return err
+				}
 			}
 			return txn.Delete(tagKey(repo, ref))
 		})
@@ -392,6 +405,11 @@ func (s *Store) DeleteManifest(repo, ref string) error {
 				return err
 			}
 			dropped = append(dropped, string(k[len(tagPrefix(repo)):]))
+		}
+		if record {
+			if err := putReleased(txn, repo, d, m.Refs); err != nil {
+				return err
+			}
 		}
 		return txn.Delete(manifestKey(repo, d))
 	})

@@ -127,7 +127,8 @@ func (s *Maintenance) forgetUse(repo, ref string) error {
 
 // ForgetUses drops the records of every pull by digest of repo (an
 // operator's eviction of the whole repository) and returns the digests
-// they named, for the collection to release.
+// they named, recorded as released (released.go) in the same
+// transactions.
 func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
 	prefix := accessKey(cacheKey(repo, ""))
 	var keys [][]byte
@@ -149,10 +150,14 @@ func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
 		return nil, err
 	}
 	for len(keys) > 0 {
-		n := min(len(keys), s.idx.MaxOps())
+		n := min(len(keys), s.idx.MaxOps()/2)
+		batch := ds[len(ds)-len(keys):][:n]
 		if err := s.release(func(txn Txn) error {
-			for _, k := range keys[:n] {
+			for i, k := range keys[:n] {
 				if err := txn.Delete(k); err != nil {
+					return err
+				}
+				if err := putReleased(txn, repo, batch[i], nil); err != nil {
 					return err
 				}
 			}

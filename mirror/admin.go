@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -36,9 +37,7 @@ const apiPrefix = "/api/v1/"
 
 // adminState is what the admin API remembers between calls.
 type adminState struct {
-	mu       sync.Mutex
-	released map[string][]digest.Digest // manifests deleted or untagged deliberately, not collected yet
-	refs     map[string][]digest.Digest // what deleted manifests referenced (their records are gone)
+	mu sync.Mutex
 
 	reclaimAt  time.Time // when reclaim was computed (the console's overview)
 	reclaim    int64
@@ -332,104 +331,33 @@ func (reg *Registry) mayWrite(r *http.Request, c caller, repo string) error {
 	return nil
 }
 
-// deleteReleasing deletes ref (a tag or a digest) of repo and remembers
-// what it released for the next collection: the manifest a tag named, or
-// what a deleted manifest referenced; they and what only they used get
-// no grace.
+// deleteReleasing deletes ref (a tag or a digest) of repo; the store
+// records, in the delete's transaction, what it released (the manifest a
+// tag named, what a deleted manifest referenced) for the next collection,
+// which gives it no grace (cache/released.go).
 func (reg *Registry) deleteReleasing(repo, ref string) error {
-	var d digest.Digest
-	var refs []digest.Digest
-	if parsed, err := digest.Parse(ref); err == nil {
-		d = parsed
-		if m, err := reg.store.GetManifest(repo, ref); err == nil {
-			refs = m.Refs
-		}
-	} else if d, err = reg.store.ResolveTag(repo, ref); err != nil {
-		return err
-	}
-	if err := reg.store.DeleteManifest(repo, ref); err != nil {
-		return err
-	}
-	reg.noteReleased(repo, append([]digest.Digest{d}, refs...), refs) // refs: child manifests of an index
-	return nil
+	return reg.store.DeleteReleasing(repo, ref)
 }
 
-// noteReleased records manifests (and blobs their deleted records
-// referenced) released deliberately, for the next collection.
-func (reg *Registry) noteReleased(repo string, manifests, blobs []digest.Digest) {
-	if len(manifests)+len(blobs) == 0 {
-		return // nothing: no collection is owed
-	}
-	reg.admin.mu.Lock()
-	defer reg.admin.mu.Unlock()
-	if reg.admin.released == nil {
-		reg.admin.released, reg.admin.refs = map[string][]digest.Digest{}, map[string][]digest.Digest{}
-	}
-	reg.admin.released[repo] = append(reg.admin.released[repo], manifests...)
-	reg.admin.refs[repo] = append(reg.admin.refs[repo], blobs...)
+// collect runs a collection through the maintenance scheduler (a dry run:
+// what one would free now).
+func (reg *Registry) collect(ctx context.Context, dry bool) (cache.GCReport, error) {
+	return reg.collectWithout(ctx, dry, nil)
 }
-
-// CollectReleased runs a collection when deliberate deletes (through the
-// admin API or the registry's DELETE) released content since the last
-// one, so that their space comes back within the caller's period instead
-// of after the grace; ran is false when there was nothing to do.
-func (reg *Registry) CollectReleased() (rep cache.GCReport, ran bool, err error) {
-	reg.admin.mu.Lock()
-	pending := len(reg.admin.released) > 0
-	reg.admin.mu.Unlock()
-	if !pending {
-		return rep, false, nil
-	}
-	start := time.Now()
-	rep, err = reg.collect(false)
-	if !errors.Is(err, cache.ErrCollectorElsewhere) {
-		reg.NoteGC("after deletes", "", rep, time.Since(start), err)
-	}
-	return rep, true, err
-}
-
-// collect runs a collection with what deletes released, forgetting them
-// once a real one ran.
-func (reg *Registry) collect(dry bool) (cache.GCReport, error) { return reg.collectWithout(dry, nil) }
 
 // collectWithout is collect; a dry run treats without (repository → tags
 // or digests) as deleted too (GCOptions.Without).
-func (reg *Registry) collectWithout(dry bool, without map[string][]string) (cache.GCReport, error) {
-	released, refs := reg.pendingReleases()
+func (reg *Registry) collectWithout(ctx context.Context, dry bool, without map[string][]string) (cache.GCReport, error) {
 	duty := 0.5 // a real collection leaves serving half the CPU; a dry run, read-only, answers a page
 	if dry {
 		duty = 1
 	}
-	rep, err := reg.store.Maintenance().GC(cache.GCOptions{DryRun: dry, Grace: reg.opts.GCGrace, Released: released, ReleasedBlobs: refs, Without: without, Duty: duty})
-	if err != nil || dry {
-		return rep, err
+	o := cache.GCOptions{DryRun: dry, Without: without, Duty: duty}
+	if reg.opts.Collector != nil {
+		return reg.opts.Collector.CollectNow(ctx, o)
 	}
-	reg.admin.mu.Lock()
-	for _, m := range []struct{ done, pending map[string][]digest.Digest }{{released, reg.admin.released}, {refs, reg.admin.refs}} {
-		for repo, ds := range m.done { // collected: forget them (deletes since stay)
-			m.pending[repo] = m.pending[repo][len(ds):]
-			if len(m.pending[repo]) == 0 {
-				delete(m.pending, repo)
-			}
-		}
-	}
-	reg.admin.mu.Unlock()
-	return rep, nil
-}
-
-// pendingReleases copies what deliberate deletes released and no
-// collection freed yet: manifests, and blobs deleted manifests referenced.
-func (reg *Registry) pendingReleases() (released, refs map[string][]digest.Digest) {
-	reg.admin.mu.Lock()
-	defer reg.admin.mu.Unlock()
-	released, refs = map[string][]digest.Digest{}, map[string][]digest.Digest{}
-	for repo, ds := range reg.admin.released {
-		released[repo] = append([]digest.Digest(nil), ds...)
-	}
-	for repo, ds := range reg.admin.refs {
-		refs[repo] = append([]digest.Digest(nil), ds...)
-	}
-	return released, refs
+	o.Grace = reg.opts.GCGrace
+	return reg.store.Maintenance().GC(o)
 }
 
 // apiEvict untags every tag of a mirrored repository: the next collection
@@ -478,7 +406,6 @@ func (reg *Registry) evict(repo string) ([]string, error) {
 	if err != nil {
 		return evicted, err
 	}
-	reg.noteReleased(repo, pinned, nil)
 	for _, d := range pinned {
 		evicted = append(evicted, "@"+d.String())
 	}
@@ -547,7 +474,7 @@ func (reg *Registry) apiGC(w http.ResponseWriter, r *http.Request) error {
 	}
 	dry := r.URL.Query().Get("dry_run") == "true" || r.URL.Query().Get("dry_run") == "1"
 	start := time.Now()
-	rep, err := reg.collect(dry)
+	rep, err := reg.collect(r.Context(), dry)
 	if !dry {
 		reg.NoteGC("api", c.User, rep, time.Since(start), err)
 		reg.forgetReclaimable()

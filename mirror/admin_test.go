@@ -173,11 +173,11 @@ func TestAdminAPIEvict(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted || !strings.Contains(string(body), `"3.20"`) {
 		t.Fatalf("evict: %s %s", resp.Status, body)
 	}
-	rep, ran, err := e.reg.CollectReleased()
+	rep, ran, err := collectReleased(e.reg)
 	if err != nil || !ran || rep.Blobs < len(img.Layers[platform])+1 {
 		t.Fatalf("collection after the eviction: ran %v, %+v, %v", ran, rep, err)
 	}
-	if _, ran, _ := e.reg.CollectReleased(); ran {
+	if _, ran, _ := collectReleased(e.reg); ran {
 		t.Error("a second collection ran with nothing released")
 	}
 	e.hub.ResetCounts()
@@ -219,7 +219,7 @@ func TestAdminAPIDeletesNeedRights(t *testing.T) {
 	if resp, _ := open.do(t, "DELETE", "/v2/team/app/manifests/"+digest.FromBytes(body).String(), nil, nil); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("registry DELETE: %s", resp.Status)
 	}
-	rep, ran, err := open.reg().CollectReleased()
+	rep, ran, err := collectReleased(open.reg())
 	if err != nil || !ran || rep.Blobs != 3 {
 		t.Fatalf("after a registry DELETE: ran %v, %+v, %v", ran, rep, err)
 	}

@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -194,10 +195,19 @@ func (reg *Registry) reclaimable() (int64, error) {
 	}
 	reg.admin.reclaiming = true
 	reg.admin.mu.Unlock()
-	rep, err := reg.collect(true)
+	// The scheduler runs it between its jobs: a page does not wait long
+	// behind a collection or an eviction, it shows the last figure.
+	ctx, cancel := context.WithTimeout(context.Background(), reclaimWait)
+	defer cancel()
+	rep, err := reg.collect(ctx, true)
 	reg.admin.mu.Lock()
 	reg.admin.reclaiming = false
 	reg.admin.mu.Unlock()
+	if errors.Is(err, context.DeadlineExceeded) && !at.IsZero() {
+		return n, nil
+	} else if errors.Is(err, context.DeadlineExceeded) {
+		return 0, errors.New("maintenance is busy; reload in a minute")
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -206,6 +216,10 @@ func (reg *Registry) reclaimable() (int64, error) {
 	reg.admin.mu.Unlock()
 	return rep.Bytes, nil
 }
+
+// reclaimWait bounds how long the overview waits for the scheduler's dry
+// run.
+const reclaimWait = 3 * time.Second
 
 // forgetReclaimable makes the next overview compute it again.
 func (reg *Registry) forgetReclaimable() {
@@ -386,11 +400,11 @@ func sortedKV(m map[string]string) []kv {
 // wouldFree is what deleting refs of repo would free: a dry run without
 // them, less what is collectable anyway.
 func (reg *Registry) wouldFree(repo string, refs []string) (int64, error) {
-	base, err := reg.collect(true)
+	base, err := reg.collect(context.Background(), true)
 	if err != nil {
 		return 0, err
 	}
-	without, err := reg.collectWithout(true, map[string][]string{repo: refs})
+	without, err := reg.collectWithout(context.Background(), true, map[string][]string{repo: refs})
 	if err != nil {
 		return 0, err
 	}
@@ -485,7 +499,7 @@ func (reg *Registry) pageGC(w http.ResponseWriter, r *http.Request, v viewer) {
 	}
 	if r.Method == http.MethodPost {
 		start := time.Now()
-		rep, err := reg.collect(false)
+		rep, err := reg.collect(r.Context(), false)
 		reg.NoteGC("console", v.User, rep, time.Since(start), err)
 		reg.auditAs(r, v.User, "gc", slog.Bool("dry_run", false), slog.Int64("freed_bytes", rep.Bytes), slog.Int("blobs", rep.Blobs), slog.String("via", "console"))
 		reg.forgetReclaimable()
@@ -499,7 +513,7 @@ func (reg *Registry) pageGC(w http.ResponseWriter, r *http.Request, v viewer) {
 	p := reg.newPage(r, v, "Garbage collection")
 	p.Nav = "gc"
 	p.Flash = r.URL.Query().Get("done")
-	preview, err := reg.collect(true)
+	preview, err := reg.collect(context.Background(), true)
 	items := preview.Items
 	more := 0
 	if len(items) > 200 {

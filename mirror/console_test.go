@@ -403,7 +403,7 @@ func TestConsoleRepositories(t *testing.T) {
 		t.Fatalf("delete: %s", resp.Status)
 	}
 	before, _ := reg.store.Maintenance().Size()
-	rep, ran, err := reg.reg().CollectReleased()
+	rep, ran, err := collectReleased(reg.reg())
 	after, _ := reg.store.Maintenance().Size()
 	if err != nil || !ran || rep.Bytes != want || before-after != want {
 		t.Fatalf("collected %+v (ran %v, %v), store %d → %d, want %d freed", rep, ran, err, before, after, want)
@@ -546,7 +546,7 @@ func TestConsoleEvict(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther || !strings.Contains(resp.Header.Get("Location"), "Evicted") {
 		t.Fatalf("evict: %s %q", resp.Status, resp.Header.Get("Location"))
 	}
-	if rep, ran, err := e.reg.CollectReleased(); err != nil || !ran || rep.Bytes < want {
+	if rep, ran, err := collectReleased(e.reg); err != nil || !ran || rep.Bytes < want {
 		t.Fatalf("collected %+v (%v %v), want at least the image's %d bytes", rep, ran, err, want)
 	}
 	e.hub.ResetCounts()

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -109,4 +110,17 @@ func ociError(t *testing.T, body []byte) string {
 		t.Fatalf("not an OCI error envelope: %q (%v)", body, err)
 	}
 	return e.Errors[0].Code
+}
+
+// collectReleased is what the server's maintenance scheduler does every
+// few seconds (cmd/wharf's upkeep): a collection when deletes released
+// content (recorded by the store), with the registry's grace, noted in the
+// console's history.
+func collectReleased(reg *Registry) (cache.GCReport, bool, error) {
+	start := time.Now()
+	rep, ran, err := reg.store.Maintenance().CollectReleased(cache.GCOptions{Grace: reg.opts.GCGrace, Duty: 0.5})
+	if ran {
+		reg.NoteGC("after deletes", "", rep, time.Since(start), err)
+	}
+	return rep, ran, err
 }

@@ -2,7 +2,6 @@ package mirror
 
 import (
 	"context"
-	"golang.org/x/sync/semaphore"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
@@ -65,8 +66,12 @@ type Options struct {
 	MakeRoom func(ctx context.Context) error
 
 	// GCGrace is the grace of the admin API's collections (1h; what its
-	// deletes released gets none).
+	// deletes released gets none) when there is no Collector.
 	GCGrace time.Duration
+	// Collector runs the admin API's and the console's collections: the
+	// process's one maintenance scheduler, between its other jobs. nil:
+	// the registry runs them itself (tests, tools).
+	Collector Collector
 
 	// ClientTimeout cuts off a client whose response write, or whose
 	// upload body's read, makes no progress for this long (60s).
@@ -210,4 +215,10 @@ func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ *request) er
 // setLocation sets a Location header relative to the registry root.
 func setLocation(w http.ResponseWriter, parts ...string) {
 	w.Header().Set("Location", "/v2/"+strings.Join(parts, "/"))
+}
+
+// Collector is the maintenance scheduler, as the operator plane asks it
+// for a collection now (o's grace is the scheduler's).
+type Collector interface {
+	CollectNow(ctx context.Context, o cache.GCOptions) (cache.GCReport, error)
 }

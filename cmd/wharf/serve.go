@@ -139,7 +139,8 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		defer up.Close()
 	}
 	cfg.mirror.StatusInfo = statusInfo(cfg, store, up)
-	room := newRoomMaker()
+	room, sched := newRoomMaker(), newScheduler()
+	cfg.mirror.Collector = sched
 	cfg.mirror.OnStorageFull = room.kick
 	cfg.mirror.MakeRoom = room.wait
 	reg := mirror.New(store, cfg.mirror)
@@ -203,8 +204,7 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	g.Go(func() error { return upkeep(gctx, store, reg, cfg, log, room, ops) })
-	g.Go(func() error { return every(gctx, time.Minute, reg.Sample) })
+	g.Go(func() error { return upkeep(gctx, store, reg, cfg, log, room, sched, ops) })
 	err = g.Wait()
 	if !errors.Is(err, errReopen) {
 		log.Info("wharf stopped")

@@ -60,16 +60,52 @@ func (m *roomMaker) take() []chan struct{} {
 	return w
 }
 
+// scheduler is how the operator plane asks the maintenance loop (upkeep)
+// for a collection now: CollectNow enqueues it and waits, so that it runs
+// between the loop's other jobs, never beside them (mirror.Collector).
+type scheduler struct{ jobs chan collectJob }
+
+type collectJob struct {
+	o    cache.GCOptions
+	done chan collectResult
+}
+
+type collectResult struct {
+	rep cache.GCReport
+	err error
+}
+
+func newScheduler() *scheduler { return &scheduler{jobs: make(chan collectJob)} }
+
+// CollectNow runs a collection with o (the grace is --gc-grace) as the
+// loop's next job and returns its report; ctx bounds the wait.
+func (s *scheduler) CollectNow(ctx context.Context, o cache.GCOptions) (cache.GCReport, error) {
+	j := collectJob{o: o, done: make(chan collectResult, 1)}
+	select {
+	case s.jobs <- j:
+	case <-ctx.Done():
+		return cache.GCReport{}, ctx.Err()
+	}
+	select {
+	case r := <-j.done:
+		return r.rep, r.err
+	case <-ctx.Done():
+		return cache.GCReport{}, ctx.Err()
+	}
+}
+
 // releasedInterval is how soon space deliberately deleted comes back.
 const releasedInterval = 10 * time.Second
 
-// upkeep is the store's maintenance, one job at a time so that no two of
-// them compete for the content locks or the index: access times and pull
-// counts flushed, and the console's charts sampled, every minute; the
+// upkeep is the process's one maintenance scheduler, running one job at a
+// time so that no two of them compete for the content locks or the index:
+// access times and pull counts flushed, and the console's charts sampled,
+// every minute; collections the admin API and the console ask for
+// (scheduler.CollectNow) and what deletes released, within seconds; the
 // quota, retention and free space checked every --evict-interval, and at once when a write found the disk full; garbage
 // collection every --gc-interval; idle upload sessions expired; Badger's
 // value log compacted. A job that is due while another runs waits for it.
-func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, room *roomMaker, ops *opsMetrics) error {
+func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, room *roomMaker, sched *scheduler, ops *opsMetrics) error {
 	ticker := func(d time.Duration) (<-chan time.Time, func()) {
 		if d <= 0 {
 			return nil, func() {}
@@ -128,11 +164,20 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg s
 			collect(store, reg, cfg, log, ops)
 		case <-trim:
 			trimLocal(store, cfg, log, 0)
+		case j := <-sched.jobs:
+			o := j.o
+			o.Grace = cfg.gcGrace
+			rep, err := store.Maintenance().GC(o)
+			j.done <- collectResult{rep, err}
 		case <-released:
-			// What deliberate deletes released comes back within
-			// seconds, not after the grace and the next scheduled GC.
+			// What deliberate deletes released (recorded by the store in
+			// the index) comes back within seconds, not after the grace
+			// and the next scheduled GC.
 			start := time.Now()
-			rep, ran, err := reg.CollectReleased()
+			rep, ran, err := store.Maintenance().CollectReleased(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.5})
+			if ran && !errors.Is(err, cache.ErrCollectorElsewhere) {
+				reg.NoteGC("after deletes", "", rep, time.Since(start), err)
+			}
 			switch {
 			case errors.Is(err, cache.ErrCollectorElsewhere):
 			case err != nil:
