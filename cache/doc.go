@@ -1,10 +1,22 @@
-// Package cache is Wharf's content store: blob files on disk addressed by
-// digest (behind the small Blobs interface), a Badger index of what those
-// blobs mean (tags, manifests, repository links, referrers, upload sessions,
-// and where each repository's content came from), the downloads of missing
-// blobs (Fills: one per digest, resumed, verified, committed), garbage
-// collection, eviction and fsck. Hot tag and manifest lookups are answered
-// from in-memory LRUs, repository origins from an in-memory map.
+// Package cache is Wharf's content store: blobs addressed by digest (the
+// Blobs interface of package cache/blobs), an index of what those blobs
+// mean (the Index interface of package cache/index: tags, manifests,
+// repository links, referrers, upload sessions, and where each
+// repository's content came from), the downloads of missing blobs (Fills:
+// one per digest, resumed, verified, committed), garbage collection,
+// eviction and fsck. It imports no backend: cmd chooses them (through
+// cache/stores) — Badger (badgerindex) or etcd (etcdindex), files
+// (fileblobs) or a bucket (s3blobs) — and the store asks each for the
+// small capabilities it may have (index.Watcher, index.Locker, blobs.Remote,
+// …) once, when it opens. Hot tag and manifest lookups are answered from
+// in-memory CLOCK caches (clock.go: reads take a shared lock only), uses
+// and pulls from one map (uses.go), repository origins from an in-memory
+// map.
+//
+// The Store is the data path's type; views of the same store serve other
+// callers (views.go): Uploads (push sessions), Maintenance (collection,
+// eviction, fsck, usage, the index's compaction), Records (the operator
+// plane's pull counts, history and revoked sessions) and Cluster.
 //
 // Everything Wharf keeps lives under one data directory:
 //
@@ -55,10 +67,10 @@
 // <data>/wharf.lock is flock'ed by the process that has the store open, and
 // fsck --repair moves bad blobs to <data>/quarantine/.
 //
-// A cluster's nodes (Options.Index: EtcdIndex) keep the same keys in etcd
+// A cluster's nodes (Options.Index: etcdindex) keep the same keys in etcd
 // under a prefix ("wharf/"), besides members/<node> (on each node's lease:
 // the URL it is reached at), locks/ (the collector's) and s/cluster-id (who
-// claims the bucket's prefix); their blobs are in the bucket (S3Blobs) and
+// claims the bucket's prefix); their blobs are in the bucket (s3blobs) and
 // their data directories hold ingest files, local copies, node-id and the
 // index-store marker. There a blob record also carries a link stamp and a
 // tombstone state, the collector's compare-and-set protocol (gc_shared.go),

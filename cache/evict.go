@@ -5,7 +5,6 @@ import (
 	"errors"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -13,25 +12,11 @@ import (
 
 // Touch records that mirrored tag (or digest) ref of repo was used. It is
 // an in-memory update; FlushAccess writes the batch to the index. A key
-// already known is one atomic store: a hot tag's GETs (tens of thousands a
-// second) do not queue on a mutex.
+// already known is one atomic store under a shared lock: a hot tag's GETs
+// (tens of thousands a second) neither allocate nor queue.
 func (s *Store) Touch(repo, ref string) {
-	now := time.Now().UnixNano()
-	key := cacheKey(repo, ref)
-	if v, ok := s.touches.Load(key); ok {
-		v.(*touch).at.Store(now)
-		return
-	}
-	t := &touch{}
-	t.at.Store(now)
-	if v, loaded := s.touches.LoadOrStore(key, t); loaded {
-		v.(*touch).at.Store(now)
-	}
+	s.uses.get(refKey{repo, ref}).at.Store(time.Now().UnixNano())
 }
-
-// touch is a key's last use (unix nanoseconds) and the value last written
-// to the index.
-type touch struct{ at, flushed atomic.Int64 }
 
 func accessKey(key string) []byte { return []byte("a/" + key) }
 
@@ -40,18 +25,16 @@ func accessKey(key string) []byte { return []byte("a/" + key) }
 func (s *Maintenance) FlushAccess() error {
 	type entry struct {
 		key string
-		t   *touch
+		t   *use
 		at  int64
 	}
 	var batch []entry
-	s.touches.Range(func(k, v any) bool {
-		t := v.(*touch)
-		if at := t.at.Load(); at != t.flushed.Load() {
-			batch = append(batch, entry{k.(string), t, at})
+	s.uses.each(func(k refKey, u *use) {
+		if at := u.at.Load(); at != u.flushed.Load() {
+			batch = append(batch, entry{k.String(), u, at})
 		} else {
-			s.touches.CompareAndDelete(k, v) // idle: a later Touch adds it again
+			s.uses.dropIdle(k, u)
 		}
-		return true
 	})
 	if len(batch) == 0 {
 		return nil
@@ -245,7 +228,7 @@ func (s *Maintenance) mirroredTags() ([]lruEntry, error) {
 			return err
 		}
 		for _, e := range tags {
-			if at := used[cacheKey(e.repo, e.tag)]; at.After(e.used) {
+			if at := used[refKey{e.repo, e.tag}.String()]; at.After(e.used) {
 				e.used = at
 			}
 			out = append(out, e)

@@ -2,11 +2,9 @@ package cache
 
 import (
 	"errors"
-	"hash/fnv"
 	"strings"
 	"sync"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/wharf-registry/wharf/cache/index"
 )
 
@@ -18,12 +16,12 @@ type kv struct {
 	disk  index.OnDisk // the index, when it is on the data directory's filesystem
 	space *space
 
-	tags      *lru.Cache[string, tagEntry]  // repo\x00tag → digest, checked
-	manifests *lru.Cache[string, *Manifest] // repo\x00digest → manifest
-	// links (shared index only) caches blob links, repo\x00digest → size:
+	tags      *clock[refKey, tagEntry]  // (repo, tag) → digest, checked
+	manifests *clock[refKey, *Manifest] // (repo, digest) → manifest
+	// links (shared index only) caches blob links, (repo, digest) → size:
 	// a blob GET needs no index round trip, and serves on while the index
 	// is unreachable. The index's change feed removes changed entries.
-	links *lru.Cache[string, int64]
+	links *clock[refKey, int64]
 	// cacheMu and gen keep a reader from putting a value it read before a
 	// write back into the LRU after that write invalidated it.
 	// gen counts purges of every cache, gens the invalidations by stripe
@@ -100,7 +98,7 @@ func (s *kv) setAll(kvs []keyValue) error {
 func (s *kv) invalidate(repo string, refs ...string) {
 	s.cacheMu.Lock()
 	for _, r := range refs {
-		key := cacheKey(repo, r)
+		key := refKey{repo, r}
 		s.gens[stripe(key)]++
 		if strings.Contains(r, ":") {
 			s.manifests.Remove(key)
@@ -113,16 +111,21 @@ func (s *kv) invalidate(repo string, refs ...string) {
 
 const cacheStripes = 64
 
-// stripe is the slot of key in Store.gens.
-func stripe(key string) int {
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	return int(h.Sum32() % cacheStripes)
+// stripe is the slot of key in Store.gens (FNV-1a of repo, NUL, ref).
+func stripe(key refKey) int {
+	h := uint32(2166136261)
+	for _, s := range [2]string{key.repo, key.ref} {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint32(s[i])) * 16777619
+		}
+		h *= 16777619 // the NUL between them
+	}
+	return int(h % cacheStripes)
 }
 
 // generation is the cache generation of key: it changes whenever an entry
 // of key's stripe, or every entry, is invalidated.
-func (s *kv) generation(key string) uint64 {
+func (s *kv) generation(key refKey) uint64 {
 	s.cacheMu.Lock()
 	defer s.cacheMu.Unlock()
 	return s.gen + s.gens[stripe(key)]
@@ -130,7 +133,7 @@ func (s *kv) generation(key string) uint64 {
 
 // remember caches a value of key read at generation g unless a write that
 // could have changed it came since.
-func (s *kv) remember(key string, g uint64, add func()) {
+func (s *kv) remember(key refKey, g uint64, add func()) {
 	s.cacheMu.Lock()
 	if s.gen+s.gens[stripe(key)] == g {
 		add()

@@ -40,7 +40,7 @@ func (s *Store) StatBlob(repo string, d digest.Digest) (int64, error) {
 	if s.links == nil { // a single box: Badger answers as fast as a cache would
 		return s.readLink(repo, d)
 	}
-	key := cacheKey(repo, d.String())
+	key := refKey{repo, d.String()}
 	if size, ok := s.links.Get(key); ok {
 		return size, nil
 	}
@@ -103,7 +103,7 @@ func (s *Store) forgetLink(repo string, d digest.Digest) {
 	if s.links == nil {
 		return
 	}
-	key := cacheKey(repo, d.String())
+	key := refKey{repo, d.String()}
 	s.cacheMu.Lock()
 	s.gens[stripe(key)]++
 	s.links.Remove(key)

@@ -28,6 +28,30 @@ type Manifest struct {
 	// Body is the exact bytes pushed; set on manifests returned by
 	// GetManifest and PutManifest.
 	Body []byte `json:"-"`
+
+	header *ManifestHeader // made with Body, for the ones the store caches
+}
+
+// ManifestHeader is a manifest's HTTP response header values, made once
+// per cached manifest so that a warm GET builds none. They are shared:
+// never modify them (each slice's capacity is its length, so an append
+// copies).
+type ManifestHeader struct {
+	ContentType, ContentLength, Digest, ETag []string
+}
+
+// Header returns m's response header values.
+func (m *Manifest) Header() *ManifestHeader {
+	if m.header != nil {
+		return m.header
+	}
+	return newManifestHeader(m)
+}
+
+func newManifestHeader(m *Manifest) *ManifestHeader {
+	one := func(v string) []string { return []string{v}[:1:1] }
+	return &ManifestHeader{ContentType: one(m.MediaType), ContentLength: one(strconv.Itoa(len(m.Body))),
+		Digest: one(m.Digest.String()), ETag: one(`"` + m.Digest.String() + `"`)}
 }
 
 // PutManifest stores body as a manifest of repo and points each of tags at
@@ -219,7 +243,7 @@ func (s *Store) ResolveTag(repo, tag string) (digest.Digest, error) {
 // upstream was last asked about it (zero for pushed tags). Errors:
 // ErrManifestUnknown.
 func (s *Store) TagInfo(repo, tag string) (digest.Digest, time.Time, error) {
-	key := cacheKey(repo, tag)
+	key := refKey{repo, tag}
 	if e, ok := s.tags.Get(key); ok {
 		return e.digest, e.checked, nil
 	}
@@ -294,7 +318,7 @@ func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
 			return nil, err
 		}
 	}
-	key := cacheKey(repo, d.String())
+	key := refKey{repo, d.String()}
 	if m, ok := s.manifests.Get(key); ok {
 		return m, nil
 	}
@@ -318,6 +342,7 @@ func (s *Store) GetManifest(repo, ref string) (*Manifest, error) {
 		return nil, err
 	}
 	if len(m.Body) <= s.opts.ManifestCacheBody {
+		m.header = newManifestHeader(m)
 		s.remember(key, g, func() { s.manifests.Add(key, m) })
 	}
 	return m, nil

@@ -116,13 +116,11 @@ func (s *Maintenance) digestUses(txn Txn, uses map[string]time.Time) ([]lruEntry
 // forgetUse drops the access record of ref of repo: eviction of a pull by
 // digest. A use after it records it again.
 func (s *Maintenance) forgetUse(repo, ref string) error {
-	key := cacheKey(repo, ref)
-	if v, ok := s.touches.Load(key); ok {
-		if t := v.(*touch); t.at.Load() == t.flushed.Load() {
-			s.touches.CompareAndDelete(key, v) // else used since: the flush records it again
-		}
+	k := refKey{repo, ref}
+	if u := s.uses.load(k); u != nil {
+		s.uses.dropIdle(k, u) // used since: the flush records it again
 	}
-	return s.release(func(txn Txn) error { return txn.Delete(accessKey(key)) })
+	return s.release(func(txn Txn) error { return txn.Delete(accessKey(k.String())) })
 }
 
 // ForgetUses drops the records of every pull by digest of repo (an
@@ -130,14 +128,14 @@ func (s *Maintenance) forgetUse(repo, ref string) error {
 // they named, recorded as released (released.go) in the same
 // transactions.
 func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
-	prefix := accessKey(cacheKey(repo, ""))
+	prefix := accessKey(refKey{repo, ""}.String())
 	var keys [][]byte
 	var ds []digest.Digest
-	s.touches.Range(func(k, _ any) bool { // uses not flushed yet
-		if r, ref, _ := strings.Cut(k.(string), "\x00"); r == repo && strings.Contains(ref, ":") {
-			s.touches.Delete(k)
+	s.uses.each(func(k refKey, u *use) { // uses not flushed yet are forgotten
+		if k.repo == repo && strings.Contains(k.ref, ":") {
+			u.at.Store(u.flushed.Load())
+			s.uses.dropIdle(k, u)
 		}
-		return true
 	})
 	if err := s.idx.View(func(txn Txn) error {
 		return txn.Scan(prefix, nil, true, func(k, _ []byte) error {

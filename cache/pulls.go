@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -14,27 +13,19 @@ type PullStat struct {
 	Last  time.Time // zero: never
 }
 
-// pullCount is what NotePull gathered since the last flush: pulls not yet
-// added to the index, and the latest one (unix nanoseconds).
-type pullCount struct{ n, at atomic.Int64 }
-
 // pullKey is the index key of a pull count: p/<repo>\x00<ref>, where the
 // empty ref is the repository's total.
-func pullKey(repo, ref string) []byte { return []byte("p/" + cacheKey(repo, ref)) }
+func pullKey(repo, ref string) []byte { return []byte("p/" + refKey{repo, ref}.String()) }
 
 // NotePull counts one pull of ref (a tag or a digest) of repo, and of the
 // repository. Like Touch it is an in-memory update (an atomic add on a
-// known key); FlushPulls adds the counts to the index.
+// known key, the entry Touch uses too); FlushPulls adds the counts to the
+// index.
 func (s *Records) NotePull(repo, ref string) {
 	now := time.Now().UnixNano()
-	for _, key := range []string{cacheKey(repo, ref), cacheKey(repo, "")} {
-		v, ok := s.pulls.Load(key)
-		if !ok {
-			v, _ = s.pulls.LoadOrStore(key, &pullCount{})
-		}
-		c := v.(*pullCount)
-		c.n.Add(1)
-		c.at.Store(now)
+	for _, u := range [2]*use{s.uses.get(refKey{repo, ref}), s.uses.get(refKey{repo, ""})} {
+		u.n.Add(1)
+		u.pulledAt.Store(now)
 	}
 }
 
@@ -73,29 +64,27 @@ func (p PullStat) add(n, at int64) PullStat {
 // keys idle since the previous flush are dropped from memory.
 func (s *Records) FlushPulls() error {
 	type entry struct {
+		k     refKey
 		key   string
 		n, at int64
 	}
 	var batch []entry
-	s.pulls.Range(func(k, v any) bool {
-		c := v.(*pullCount)
-		if n := c.n.Swap(0); n > 0 {
-			batch = append(batch, entry{k.(string), n, c.at.Load()})
+	s.uses.each(func(k refKey, u *use) {
+		if n := u.n.Swap(0); n > 0 {
+			batch = append(batch, entry{k, k.String(), n, u.pulledAt.Load()})
 		} else {
-			s.pulls.CompareAndDelete(k, v) // idle: a later pull adds it again
+			s.uses.dropIdle(k, u)
 		}
-		return true
 	})
 	if len(batch) == 0 {
 		return nil
 	}
 	giveBack := func(es []entry) {
 		for _, e := range es {
-			v, _ := s.pulls.LoadOrStore(e.key, &pullCount{})
-			c := v.(*pullCount)
-			c.n.Add(e.n)
-			if c.at.Load() < e.at {
-				c.at.Store(e.at)
+			u := s.uses.get(e.k)
+			u.n.Add(e.n)
+			if u.pulledAt.Load() < e.at {
+				u.pulledAt.Store(e.at)
 			}
 		}
 	}
@@ -136,13 +125,10 @@ func (s *Records) Pulls(repo string) (map[string]PullStat, error) {
 			return nil
 		})
 	})
-	s.pulls.Range(func(k, v any) bool {
-		key := k.(string)
-		if ref, ok := strings.CutPrefix(key, repo+"\x00"); ok {
-			c := v.(*pullCount)
-			out[ref] = out[ref].add(c.n.Load(), c.at.Load())
+	s.uses.each(func(k refKey, u *use) {
+		if n := u.n.Load(); k.repo == repo && n > 0 {
+			out[k.ref] = out[k.ref].add(n, u.pulledAt.Load())
 		}
-		return true
 	})
 	return out, err
 }
@@ -158,12 +144,10 @@ func (s *Records) RepoPulls() (map[string]PullStat, error) {
 			return nil
 		})
 	})
-	s.pulls.Range(func(k, v any) bool {
-		if repo, ok := strings.CutSuffix(k.(string), "\x00"); ok {
-			c := v.(*pullCount)
-			out[repo] = out[repo].add(c.n.Load(), c.at.Load())
+	s.uses.each(func(k refKey, u *use) {
+		if n := u.n.Load(); k.ref == "" && n > 0 {
+			out[k.repo] = out[k.repo].add(n, u.pulledAt.Load())
 		}
-		return true
 	})
 	return out, err
 }

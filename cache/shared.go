@@ -27,8 +27,9 @@ func (s *Cluster) changed(key, val []byte, deleted bool) {
 		s.invalidate(string(repo), string(ref))
 	case "l/":
 		s.cacheMu.Lock()
-		s.gens[stripe(string(rest))]++
-		s.links.Remove(string(rest))
+		k := refKey{string(repo), string(ref)}
+		s.gens[stripe(k)]++
+		s.links.Remove(k)
 		s.cacheMu.Unlock()
 	case "b/":
 		if !deleted && recordState(val) == stateDeleting {

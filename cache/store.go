@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"github.com/wharf-registry/wharf/cache/blobs"
 	"github.com/wharf-registry/wharf/cache/index"
@@ -76,8 +75,7 @@ type Store struct {
 	origins origins     // repo → where its content came from (o/ records)
 	track   linkTracker // links made while a collection runs
 
-	touches sync.Map // repo\x00ref → *touch: last use, for FlushAccess
-	pulls   sync.Map // repo\x00ref (ref "": the repository) → *pullCount, for FlushPulls
+	uses uses // last uses and pulls since the last flush (uses.go)
 
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.
@@ -132,15 +130,15 @@ func Open(opts Options) (*Store, error) {
 	if err := s.openBlobs(); err != nil {
 		return fail(err)
 	}
-	s.tags, _ = lru.New[string, tagEntry](opts.ManifestCacheEntries)
-	s.manifests, _ = lru.New[string, *Manifest](opts.ManifestCacheEntries)
+	s.tags = newClock[refKey, tagEntry](opts.ManifestCacheEntries)
+	s.manifests = newClock[refKey, *Manifest](opts.ManifestCacheEntries)
 	if opts.Index != nil {
 		id, err := nodeID(opts.Dir)
 		if err != nil {
 			return fail(err)
 		}
 		s.nodeID = id
-		s.links, _ = lru.New[string, int64](4 * opts.ManifestCacheEntries)
+		s.links = newClock[refKey, int64](4 * opts.ManifestCacheEntries)
 		if w, ok := opts.Index.(index.Watcher); ok {
 			// Before the origins are read: nothing written after that read
 			// can be missed.
@@ -344,8 +342,6 @@ func referrerPrefix(repo string, subject digest.Digest) []byte {
 func referrerKey(repo string, subject, d digest.Digest) []byte {
 	return append(referrerPrefix(repo, subject), d.String()...)
 }
-
-func cacheKey(repo, ref string) string { return repo + "\x00" + ref }
 
 // sessionLocks are mutexes by key, made on first use and dropped when
 // nobody holds or waits for them.

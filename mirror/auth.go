@@ -91,8 +91,12 @@ func (reg *Registry) signIn(r *http.Request, user, pass string) (ok bool, retry 
 // an anonymous pull. They only matter when the request needs more than
 // anonymous rights.
 func (reg *Registry) authenticate(r *http.Request) *http.Request {
+	h := r.Header.Get("Authorization")
+	if h == "" && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		return r // anonymous: callerOf finds no caller, which is the anonymous one
+	}
 	lc := &lazyCaller{}
-	switch h := r.Header.Get("Authorization"); {
+	switch {
 	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0: // a client certificate from --tls-client-ca
 		cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
 		lc.resolve = func() caller { return caller{Subject: policy.Subject{User: cn}} }

@@ -15,6 +15,15 @@
 // hold-back and commit live in cache). status.go is the status page;
 // limits.go the upload limits; metrics.go the Prometheus instruments.
 //
-// mirror uses *cache.Store directly and declares the small Upstream
-// interface it needs from the upstream package.
+// mirror uses *cache.Store directly and declares the small interfaces it
+// needs from others: Upstream (the upstream package's client) and
+// Collector (the process's maintenance scheduler, in cmd, which runs the
+// collections the admin API and the console ask for).
+//
+// A warm manifest GET by tag allocates once (its exchange): the caller is
+// attached to the request only when it sent credentials, the resolved
+// request lives in the exchange, ?ns= is parsed only when there is a
+// query, name targets are remembered (target.go), the manifest's response
+// header values are the cached manifest's own, and the request metrics'
+// children are bound once per label set (metrics.go).
 package mirror

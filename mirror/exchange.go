@@ -28,13 +28,16 @@ type exchange struct {
 	ref   string // a manifest request's tag or digest
 	err   error
 	gone  bool // the client went away before an answer: logged as 499
+	sw    statusWriter
+	q     request // the resolved request (resolve fills it)
 }
 
 // ServeHTTP authenticates, routes, resolves and authorizes the request
 // once, calls the one handler the route table names, and writes errors.
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = reg.fromProxy(r)
-	x := &exchange{w: &statusWriter{ResponseWriter: w}, r: r, start: time.Now(), label: "unknown"}
+	x := &exchange{sw: statusWriter{ResponseWriter: w}, r: r, start: time.Now(), label: "unknown"}
+	x.w = &x.sw
 	defer func() {
 		if p := recover(); p != nil {
 			if p == http.ErrAbortHandler {
@@ -95,7 +98,8 @@ func (reg *Registry) dispatch(x *exchange) error {
 	if rt.kind == routeManifest {
 		x.ref = rt.ref.String()
 	}
-	q := reg.resolve(r, rt)
+	q := &x.q
+	reg.resolve(r, rt, q)
 	x.repo = q.repo
 	if rt.kind == routeUpload {
 		if handled, err := reg.relayUpload(w, r, rt); handled {
@@ -152,8 +156,7 @@ func (reg *Registry) finish(x *exchange) {
 		reg.store.Records().NotePull(x.repo, x.ref) // an atomic add; flushed with the access times
 	}
 	if m := reg.opts.Metrics; m != nil {
-		m.Requests.WithLabelValues(x.label, r.Method, strconv.Itoa(status)).Inc()
-		m.Duration.WithLabelValues(x.label).Observe(took.Seconds())
+		m.request(x.label, r.Method, status, took.Seconds())
 	}
 	level := slog.LevelDebug
 	switch {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -28,11 +27,13 @@ func (reg *Registry) getManifest(w http.ResponseWriter, r *http.Request, q *requ
 func writeManifest(w http.ResponseWriter, r *http.Request, m *cache.Manifest) error {
 	// Canonical keys assigned directly: Set would canonicalize each one
 	// again on every warm GET.
-	h := w.Header()
-	h["Content-Type"] = []string{m.MediaType}
-	h["Content-Length"] = []string{strconv.Itoa(len(m.Body))}
-	h["Docker-Content-Digest"] = []string{m.Digest.String()}
-	h["Etag"] = []string{`"` + m.Digest.String() + `"`}
+	// The values are the cached manifest's, made once (shared, never
+	// modified).
+	h, mh := w.Header(), m.Header()
+	h["Content-Type"] = mh.ContentType
+	h["Content-Length"] = mh.ContentLength
+	h["Docker-Content-Digest"] = mh.Digest
+	h["Etag"] = mh.ETag
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusOK)
 		return nil

@@ -1,6 +1,9 @@
 package mirror
 
 import (
+	"strconv"
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -19,6 +22,51 @@ type Metrics struct {
 	DigestFailures   prometheus.Counter
 	MissesRemembered prometheus.Counter
 	Relayed          *prometheus.CounterVec // kind (upload, blob): requests a cluster node sent to another
+
+	bound boundRequests // the request instruments' children, bound once per label set
+}
+
+// requestLabels is one label set of the request instruments.
+type requestLabels struct {
+	route, method string
+	status        int
+}
+
+// requestChildren are the request instruments of one label set.
+type requestChildren struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
+}
+
+// boundRequests keeps the request instruments' children by label set, so
+// that a request costs a map read, not three label hashes and the
+// formatting of its status.
+type boundRequests struct {
+	mu sync.RWMutex
+	m  map[requestLabels]requestChildren
+}
+
+// request records one request of route, method and status that took d
+// seconds.
+func (m *Metrics) request(route, method string, status int, seconds float64) {
+	k := requestLabels{route, method, status}
+	b := &m.bound
+	b.mu.RLock()
+	c, ok := b.m[k]
+	b.mu.RUnlock()
+	if !ok {
+		c = requestChildren{m.Requests.WithLabelValues(route, method, strconv.Itoa(status)), m.Duration.WithLabelValues(route)}
+		b.mu.Lock()
+		if b.m == nil {
+			b.m = map[requestLabels]requestChildren{}
+		}
+		if len(b.m) < 4096 { // methods and statuses are the client's to choose
+			b.m[k] = c
+		}
+		b.mu.Unlock()
+	}
+	c.count.Inc()
+	c.duration.Observe(seconds)
 }
 
 // NewMetrics registers the instruments on r.

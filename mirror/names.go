@@ -21,12 +21,16 @@ func validName(name string) bool {
 	if len(name) == 0 || len(name) > maxNameLength {
 		return false
 	}
-	for _, c := range strings.Split(name, "/") {
+	for {
+		c, rest, more := strings.Cut(name, "/")
 		if !validComponent(c) {
 			return false
 		}
+		if !more {
+			return true
+		}
+		name = rest
 	}
-	return true
 }
 
 func isLowerAlnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }

@@ -116,6 +116,7 @@ type Registry struct {
 	draining    atomic.Bool
 	book        statusBook
 	peers       *peers // the other nodes of a cluster
+	targets     targets
 	admin       adminState
 }
 

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"net/http"
+	"sync"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/policy"
@@ -28,13 +29,17 @@ type request struct {
 //     Hub) — unless content was pushed into that copy's name, which is
 //     then served as pushed and never fetched;
 //   - otherwise the name itself.
-func (reg *Registry) resolve(r *http.Request, rt route) *request {
-	q := &request{route: rt, action: actionOf(rt, r.Method), ns: r.URL.Query().Get("ns"), repo: rt.name}
+//
+// It fills q (the exchange's own: no allocation per request).
+func (reg *Registry) resolve(r *http.Request, rt route, q *request) {
+	*q = request{route: rt, action: actionOf(rt, r.Method), repo: rt.name}
+	if r.URL.RawQuery != "" { // parsed only when there is a query
+		q.ns = r.URL.Query().Get("ns")
+	}
 	if rt.name == "" || q.action != policy.Pull || reg.pull == nil {
-		return q
+		return
 	}
 	q.target, q.repo, q.mirrored = reg.readTarget(rt.name, q.ns)
-	return q
 }
 
 // readTarget is where a read of name (with ?ns= ns) goes, by the rules of
@@ -45,7 +50,7 @@ func (reg *Registry) readTarget(name, ns string) (t policy.Target, repo string, 
 	if o, ok := reg.store.Origin(name); ok && !o.Mirrored() && ns == "" {
 		return policy.Target{}, name, false
 	}
-	t = policy.Mirror(name, ns)
+	t = reg.targets.mirror(name, ns)
 	if o, ok := reg.store.Origin(t.Local); ok && !o.Mirrored() {
 		return t, t.Local, false
 	}
@@ -71,3 +76,31 @@ func actionOf(rt route, method string) policy.Action {
 }
 
 func isWrite(method string) bool { return method != http.MethodGet && method != http.MethodHead }
+
+// targets remembers policy.Mirror's answer by (name, ns): a pure function
+// of them whose result a warm GET would otherwise build (a string
+// concatenation) on every request. Bounded: emptied when full.
+type targets struct {
+	mu sync.RWMutex
+	m  map[[2]string]policy.Target
+}
+
+const maxTargets = 10000
+
+func (c *targets) mirror(name, ns string) policy.Target {
+	k := [2]string{name, ns}
+	c.mu.RLock()
+	t, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return t
+	}
+	t = policy.Mirror(name, ns)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxTargets {
+		c.m = make(map[[2]string]policy.Target)
+	}
+	c.m[k] = t
+	c.mu.Unlock()
+	return t
+}
