@@ -450,7 +450,7 @@ func (reg *Registry) apiEvents(w http.ResponseWriter, r *http.Request) error {
 	for _, e := range reg.book.errors {
 		errs = append(errs, e.text)
 	}
-	audits := append([]auditEvent{}, reg.book.audits...)
+	audits := append([]AuditEvent{}, reg.book.audits...)
 	reg.book.mu.Unlock()
 	return apiJSON(w, http.StatusOK, map[string]any{"errors": errs, "audit": audits})
 }

@@ -181,14 +181,14 @@ func (reg *Registry) auditAs(r *http.Request, user, event string, attrs ...slog.
 	if user == "" {
 		user = "anonymous"
 	}
-	e := auditEvent{Time: time.Now().UTC().Format(time.RFC3339), User: user, Event: event, Client: r.RemoteAddr}
+	e := AuditEvent{Time: time.Now().UTC().Format(time.RFC3339), User: user, Event: event, Client: r.RemoteAddr}
 	for _, a := range attrs {
 		if e.Attrs == nil {
 			e.Attrs = map[string]string{}
 		}
 		e.Attrs[a.Key] = a.Value.String()
 	}
-	reg.book.noteAudit(e)
+	reg.events.Audit(e)
 	if event == "login" && e.Attrs["ok"] == "false" {
 		// A guesser's flood: one line per client address and minute in
 		// the log (the audit page keeps every event).

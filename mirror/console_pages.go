@@ -576,7 +576,7 @@ func (reg *Registry) pageAudit(w http.ResponseWriter, r *http.Request, v viewer)
 		return
 	}
 	reg.book.mu.Lock()
-	audits := append([]auditEvent(nil), reg.book.audits...)
+	audits := append([]AuditEvent(nil), reg.book.audits...)
 	booked := append([]bookedError(nil), reg.book.errors...)
 	reg.book.mu.Unlock()
 	filter := strings.TrimSpace(r.URL.Query().Get("q"))

@@ -153,7 +153,7 @@ func (reg *Registry) finish(x *exchange) {
 		reg.opts.OnStorageFull()
 	}
 	if x.kind == routeManifest && r.Method == http.MethodGet && status == http.StatusOK && x.repo != "" && !provenPeer(r) {
-		reg.store.Records().NotePull(x.repo, x.ref) // an atomic add; flushed with the access times
+		reg.events.Pulled(x.repo, x.ref)
 	}
 	if m := reg.opts.Metrics; m != nil {
 		m.request(x.label, r.Method, status, took.Seconds())
@@ -166,7 +166,7 @@ func (reg *Registry) finish(x *exchange) {
 		if err != nil {
 			msg += ": " + err.Error()
 		}
-		reg.book.noteError(x.repo, msg)
+		reg.events.Refused(x.repo, msg)
 	case status >= 400 && !x.gone && strings.HasPrefix(r.URL.Path, "/v2/") && status != http.StatusUnauthorized && !(status == http.StatusNotFound && r.Method == http.MethodHead):
 		// A registry request refused: a client's mistake worth seeing
 		// (not the 401 that asks for credentials, nor a push's probe).
@@ -175,7 +175,7 @@ func (reg *Registry) finish(x *exchange) {
 		if err != nil {
 			msg += ": " + err.Error()
 		}
-		reg.book.noteError(x.repo, msg)
+		reg.events.Refused(x.repo, msg)
 	case status >= 400 || isWrite(r.Method):
 		level = slog.LevelInfo
 	}

@@ -51,6 +51,10 @@ type Options struct {
 	// allowed, and pushes over mirrored names refused).
 	Policy *policy.Policy
 
+	// Events, when set, is told what the data plane did (pushes, deletes,
+	// pulls, refusals) besides the registry's own book.
+	Events Events
+
 	// Metrics records Prometheus metrics; nil records none.
 	Metrics *Metrics
 
@@ -115,6 +119,7 @@ type Registry struct {
 	logLimit    logLimiter          // one line per source and minute for floods
 	draining    atomic.Bool
 	book        statusBook
+	events      Events // the book, and Options.Events
 	peers       *peers // the other nodes of a cluster
 	targets     targets
 	admin       adminState
@@ -142,6 +147,13 @@ func New(store *cache.Store, opts Options) *Registry {
 		reg.sessions.store = store.Records()
 	}
 	reg.sessions.log = opts.Logger
+	reg.events = book{status: &reg.book}
+	if store != nil {
+		reg.events = book{status: &reg.book, records: store.Records()}
+	}
+	if opts.Events != nil {
+		reg.events = fanout{reg.events, opts.Events}
+	}
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {
 		reg.pull = newPuller(reg)

@@ -30,17 +30,8 @@ type statusBook struct {
 	last    sample        // the previous Sample: a point is the difference
 	trimmed time.Time     // when the history was last trimmed
 	errors  []bookedError // newest last, at most maxErrors
-	audits  []auditEvent  // newest last, at most maxAudits
+	audits  []AuditEvent  // newest last, at most maxAudits
 	gcRuns  []gcRun       // newest last, at most maxGCRuns
-}
-
-// auditEvent is one audit record kept for the admin API.
-type auditEvent struct {
-	Time   string            `json:"time"`
-	User   string            `json:"user"`
-	Event  string            `json:"event"`
-	Client string            `json:"client"`
-	Attrs  map[string]string `json:"attrs,omitempty"`
 }
 
 const (
@@ -108,7 +99,7 @@ func (reg *Registry) NoteGC(trigger, user string, rep cache.GCReport, took time.
 	b.mu.Unlock()
 }
 
-func (b *statusBook) noteAudit(e auditEvent) {
+func (b *statusBook) noteAudit(e AuditEvent) {
 	b.mu.Lock()
 	b.audits = append(b.audits, e)
 	if len(b.audits) > maxAudits {
