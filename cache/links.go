@@ -99,7 +99,7 @@ func (s *Store) DeleteBlob(repo string, d digest.Digest) error {
 
 // forgetLink drops a link this node deleted from the links cache at once
 // (the change feed would, a moment later).
-func (s *Store) forgetLink(repo string, d digest.Digest) {
+func (s *kv) forgetLink(repo string, d digest.Digest) {
 	if s.links == nil {
 		return
 	}

@@ -158,7 +158,7 @@ func (s *Store) loadOrigins() error {
 		return err
 	}
 	if !migrated {
-		if err := s.migrateOrigins(); err != nil {
+		if err := s.Maintenance().migrateOrigins(); err != nil {
 			return err
 		}
 	}
@@ -185,7 +185,7 @@ func (s *Store) loadOrigins() error {
 	return nil
 }
 
-func (s *Store) migrateOrigins() error {
+func (s *Maintenance) migrateOrigins() error {
 	type facts struct{ checkedTag, pushedTag, any bool }
 	repos := map[string]*facts{}
 	err := s.idx.View(func(txn Txn) error {
