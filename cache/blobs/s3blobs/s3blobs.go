@@ -90,7 +90,7 @@ type Local interface {
 
 // Store keeps committed blobs in an S3-compatible bucket, written once
 // under their digest after the Store verified them and never overwritten,
-// with a local FileBlobs in front: ingest files live there, and so does a
+// with local files (fileblobs) in front: ingest files live there, and so does a
 // copy of every blob this node wrote or read (safe to wipe: a missing
 // local copy is fetched again, and checked against its digest, on the
 // next Open).

@@ -76,7 +76,7 @@ func newS3Blobs(t *testing.T, o Options) (string, *fileblobs.Files, *Store) {
 // local copies wiped, Open fetches and verifies it again; a damaged object
 // is an error, never content; an object already there is not overwritten;
 // Walk lists the bucket; Delete and Quarantine act on it.
-func TestBlobs(t *testing.T) {
+func TestS3Blobs(t *testing.T) {
 	o, cl := startS3(t)
 	ctx := context.Background()
 	dir, fb, b := newS3Blobs(t, o)
@@ -158,7 +158,7 @@ func TestBlobs(t *testing.T) {
 	}
 }
 
-func TestParseURL(t *testing.T) {
+func TestParseS3URL(t *testing.T) {
 	o, err := ParseURL("s3://images/wharf/node1?endpoint=127.0.0.1:7070&insecure=true&region=eu-1&part-size=8388608")
 	if err != nil || o.Bucket != "images" || o.Prefix != "wharf/node1/" || o.Endpoint != "127.0.0.1:7070" || !o.Insecure || o.Region != "eu-1" || o.PartSize != 8<<20 {
 		t.Fatalf("%+v %v", o, err)
@@ -174,7 +174,7 @@ func TestParseURL(t *testing.T) {
 // are still served; anything else is blobs.ErrStoreUnavailable (never
 // "unknown", which would make a client give up on content that exists),
 // and a commit fails saying so, within seconds.
-func TestUnreachable(t *testing.T) {
+func TestS3Unreachable(t *testing.T) {
 	srv := s3test.Start(t)
 	o := Options{Endpoint: srv.Addr, Bucket: srv.Bucket, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Insecure: true}
 	_, fb, b := newS3Blobs(t, o)
@@ -211,7 +211,7 @@ func TestUnreachable(t *testing.T) {
 // TestS3LocalCopiesTrimmed: the local copies are kept within a size, the
 // least recently used going first; a trimmed blob read again comes back
 // from the bucket, whole and verified.
-func TestLocalCopiesTrimmed(t *testing.T) {
+func TestS3LocalCopiesTrimmed(t *testing.T) {
 	o, _ := startS3(t)
 	_, fb, b := newS3Blobs(t, o)
 	var ds []digest.Digest
@@ -256,7 +256,7 @@ func TestLocalCopiesTrimmed(t *testing.T) {
 // damaged object gives its reader an error before the last bytes, never a
 // complete body, and leaves no local copy; a seek into the middle
 // completes and verifies the download first.
-func TestStream(t *testing.T) {
+func TestS3Stream(t *testing.T) {
 	o, cl := startS3(t)
 	_, fb, b := newS3Blobs(t, o)
 	data := make([]byte, 4<<20)
@@ -307,7 +307,7 @@ func TestStream(t *testing.T) {
 
 // TestS3WrittenOnce: a commit that found no object but meets one written
 // meanwhile (another node storing the same blob) leaves that object alone.
-func TestWrittenOnce(t *testing.T) {
+func TestS3WrittenOnce(t *testing.T) {
 	o, cl := startS3(t)
 	_, fb, b := newS3Blobs(t, o)
 	data := []byte("the bytes this node stores")

@@ -32,7 +32,7 @@ func openEtcd(t *testing.T, c *etcdtest.Cluster, prefix string, mod ...func(*Opt
 	return ix
 }
 
-func TestParseURL(t *testing.T) {
+func TestParseEtcdURL(t *testing.T) {
 	o, err := ParseURL("etcd://10.0.0.1:2379,10.0.0.2:2379/reg1?max-txn-ops=512&timeout=2s")
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func TestParseURL(t *testing.T) {
 // TestEtcdIndexTransactions: the etcd index keeps Badger's contract —
 // reads see the transaction's own writes, scans are ordered and paged,
 // and of two transactions that read and write one key, one conflicts.
-func TestTransactions(t *testing.T) {
+func TestEtcdIndexTransactions(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	ix := openEtcd(t, c, "txn")
 	defer ix.Close()
@@ -154,9 +154,9 @@ func TestTransactions(t *testing.T) {
 	}
 }
 
-// TestCompaction: each compaction discards the history up to what the
+// TestEtcdCompaction: each compaction discards the history up to what the
 // previous call saw, and another node's change feed goes on across it.
-func TestCompaction(t *testing.T) {
+func TestEtcdCompaction(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	a, b := openEtcd(t, c, "compact"), openEtcd(t, c, "compact")
 	defer a.Close()
