@@ -116,10 +116,20 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	o.Released = mergeReleased(o.Released, sn.deletes.manifests)
-	o.ReleasedBlobs = mergeReleased(o.ReleasedBlobs, sn.deletes.blobs)
 	if o.DryRun && len(o.Without) > 0 {
 		o.Released = s.pretendDeleted(sn, o.Without, o.Released)
+	}
+	// What the options name is released now; what the store recorded,
+	// when its delete ran.
+	for repo, ds := range o.Released {
+		for _, d := range ds {
+			note(sn.deletes.manifests, repo, d, o.Now)
+		}
+	}
+	for repo, ds := range o.ReleasedBlobs {
+		for _, d := range ds {
+			note(sn.deletes.blobs, repo, d, o.Now)
+		}
 	}
 	repos := map[string]bool{}
 	for r := range sn.manifests {
@@ -135,17 +145,21 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 		if o.MirroredGrace > 0 && origin.Mirrored() {
 			fresh = freshFor(o.MirroredGrace)
 		}
-		relM, relB := sn.released(repo, o.Released[repo])
-		if extra := o.ReleasedBlobs[repo]; len(extra) > 0 {
-			if relB == nil {
-				relB = map[digest.Digest]bool{}
+		relM, relB := sn.releasedAt(repo, sn.deletes.manifests[repo], sn.deletes.blobs[repo])
+		// Released content has no grace, unless it was pushed or linked
+		// again after its release.
+		freshM := func(d digest.Digest, t time.Time) bool {
+			if at, ok := relM[d]; ok && !t.After(at) {
+				return false
 			}
-			for _, d := range extra {
-				relB[d] = true
-			}
+			return fresh(t)
 		}
-		freshM := func(d digest.Digest, t time.Time) bool { return !relM[d] && fresh(t) }
-		freshL := func(d digest.Digest, t time.Time) bool { return !relB[d] && fresh(t) }
+		freshL := func(d digest.Digest, t time.Time) bool {
+			if at, ok := relB[d]; ok && !t.After(at) {
+				return false
+			}
+			return fresh(t)
+		}
 		mans, blobs := sn.kept(repo, origin.Mirrored(), freshM)
 		for d, m := range sn.manifests[repo] {
 			pace.step()
@@ -186,21 +200,6 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 		return rep, nil
 	}
 	return rep, s.forgetReleased(sn.deletes.records)
-}
-
-// mergeReleased is a and b together (repository → digests), in a new map.
-func mergeReleased(a, b map[string][]digest.Digest) map[string][]digest.Digest {
-	if len(b) == 0 {
-		return a
-	}
-	out := make(map[string][]digest.Digest, len(a)+len(b))
-	for repo, ds := range a {
-		out[repo] = append(out[repo], ds...)
-	}
-	for repo, ds := range b {
-		out[repo] = append(out[repo], ds...)
-	}
-	return out
 }
 
 // pretendDeleted removes from the snapshot the tags that deleting refs

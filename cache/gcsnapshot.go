@@ -87,13 +87,34 @@ func (s *Maintenance) snapshot(pace *pacer) (*snapshot, error) {
 	return sn, err
 }
 
-// released is what the released manifests of repo reach: manifests and
-// blobs (through index entries and referrers).
-func (sn *snapshot) released(repo string, roots []digest.Digest) (map[digest.Digest]bool, map[digest.Digest]bool) {
-	if len(roots) == 0 {
+// releasedAt is what the released manifests of repo (roots, with the time
+// of their release) reach, manifests and blobs (through index entries and
+// referrers), each with the latest release that reaches it; blobs adds the
+// references of deleted manifests.
+func (sn *snapshot) releasedAt(repo string, roots, blobs map[digest.Digest]time.Time) (map[digest.Digest]time.Time, map[digest.Digest]time.Time) {
+	if len(roots)+len(blobs) == 0 {
 		return nil, nil
 	}
-	return sn.reach(repo, roots)
+	relM, relB := map[digest.Digest]time.Time{}, map[digest.Digest]time.Time{}
+	later := func(m map[digest.Digest]time.Time, d digest.Digest, at time.Time) {
+		if at.After(m[d]) {
+			m[d] = at
+		}
+	}
+	for root, at := range roots {
+		mans, bs := sn.reach(repo, []digest.Digest{root})
+		later(relM, root, at)
+		for d := range mans {
+			later(relM, d, at)
+		}
+		for d := range bs {
+			later(relB, d, at)
+		}
+	}
+	for d, at := range blobs {
+		later(relB, d, at)
+	}
+	return relM, relB
 }
 
 // reach walks repo's manifests from roots, through index entries and

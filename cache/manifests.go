@@ -377,6 +377,17 @@ func (s *Store) DeleteManifest(repo, ref string) error { return s.deleteManifest
 func (s *Store) DeleteReleasing(repo, ref string) error { return s.deleteManifest(repo, ref, true) }
 
 func (s *Store) deleteManifest(repo, ref string, record bool) error {
+	// What a delete releases loses its grace from the time its manifest
+	// was pushed (released.go); a mirrored manifest's layers are linked
+	// after it, as clients fetch them, and nobody pushes there: all of it
+	// is released now.
+	var releaseAt func(pushed time.Time) time.Time
+	if o, _ := s.Origin(repo); o.Mirrored() {
+		now := time.Now()
+		releaseAt = func(time.Time) time.Time { return now }
+	} else {
+		releaseAt = func(pushed time.Time) time.Time { return pushed }
+	}
 	if !strings.Contains(ref, ":") {
 		err := s.release(func(txn Txn) error {
 			v, err := txn.Get(tagKey(repo, ref))
@@ -386,7 +397,12 @@ func (s *Store) deleteManifest(repo, ref string, record bool) error {
 				return err
 			}
 			if record {
-				if err := putReleased(txn, repo, decodeTag(v).digest, nil); err != nil {
+				d := decodeTag(v).digest
+				var m Manifest
+				if mv, err := txn.Get(manifestKey(repo, d)); err == nil {
+					json.Unmarshal(mv, &m)
+				}
+				if err := putReleased(txn, repo, d, nil, releaseAt(m.Pushed)); err != nil {
 					return err
 				}
 			}
@@ -432,7 +448,7 @@ func (s *Store) deleteManifest(repo, ref string, record bool) error {
 			dropped = append(dropped, string(k[len(tagPrefix(repo)):]))
 		}
 		if record {
-			if err := putReleased(txn, repo, d, m.Refs); err != nil {
+			if err := putReleased(txn, repo, d, m.Refs, releaseAt(m.Pushed)); err != nil {
 				return err
 			}
 		}

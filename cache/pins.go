@@ -155,7 +155,7 @@ func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
 				if err := txn.Delete(k); err != nil {
 					return err
 				}
-				if err := putReleased(txn, repo, batch[i], nil); err != nil {
+				if err := putReleased(txn, repo, batch[i], nil, time.Now()); err != nil {
 					return err
 				}
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -27,28 +28,48 @@ func releasedKey(repo string, d digest.Digest) []byte {
 // there); empty for an untagged manifest.
 type releasedRecord struct {
 	Refs []digest.Digest `json:"r,omitempty"`
+	// At is when the released manifest was pushed (linked into the
+	// repository); the release takes the grace from it and from what was
+	// linked no later. Content linked or pushed after it has its grace as
+	// usual: a push racing the delete keeps what it linked, whether before
+	// or after the delete.
+	At time.Time `json:"at"`
 }
 
-// putReleased writes the record of d in txn.
-func putReleased(txn Txn, repo string, d digest.Digest, refs []digest.Digest) error {
-	v, err := json.Marshal(releasedRecord{Refs: refs})
+// putReleased writes the record of d, pushed at pushed, in txn.
+func putReleased(txn Txn, repo string, d digest.Digest, refs []digest.Digest, pushed time.Time) error {
+	if pushed.IsZero() {
+		pushed = time.Now()
+	}
+	v, err := json.Marshal(releasedRecord{Refs: refs, At: pushed})
 	if err != nil {
 		return err
 	}
 	return txn.Set(releasedKey(repo, d), v)
 }
 
-// releasedSet is the d/ records a collection read: what they release, and
-// the records themselves (key → value), to remove once collected.
+// releasedSet is the d/ records a collection read: what they release and
+// when, and the records themselves (key → value), to remove once
+// collected.
 type releasedSet struct {
-	manifests map[string][]digest.Digest // repo → released manifests (and their children)
-	blobs     map[string][]digest.Digest // repo → what deleted manifests referenced
+	manifests map[string]map[digest.Digest]time.Time // repo → released manifests (and their children)
+	blobs     map[string]map[digest.Digest]time.Time // repo → what deleted manifests referenced
 	records   map[string][]byte
+}
+
+// note adds d of repo, released at at, to m (the latest release wins).
+func note(m map[string]map[digest.Digest]time.Time, repo string, d digest.Digest, at time.Time) {
+	if m[repo] == nil {
+		m[repo] = map[digest.Digest]time.Time{}
+	}
+	if at.After(m[repo][d]) {
+		m[repo][d] = at
+	}
 }
 
 // scanReleased reads every d/ record.
 func scanReleased(txn Txn) (releasedSet, error) {
-	rs := releasedSet{manifests: map[string][]digest.Digest{}, blobs: map[string][]digest.Digest{}, records: map[string][]byte{}}
+	rs := releasedSet{manifests: map[string]map[digest.Digest]time.Time{}, blobs: map[string]map[digest.Digest]time.Time{}, records: map[string][]byte{}}
 	err := txn.Scan([]byte("d/"), nil, false, func(k, v []byte) error {
 		repo, d := splitRepoKey(k, "d/")
 		var rec releasedRecord
@@ -58,8 +79,11 @@ func scanReleased(txn Txn) (releasedSet, error) {
 		rs.records[string(k)] = append([]byte(nil), v...)
 		// A deleted index's children are released manifests too; an
 		// image's references are blobs (the collection tells them apart).
-		rs.manifests[repo] = append(append(rs.manifests[repo], digest.Digest(d)), rec.Refs...)
-		rs.blobs[repo] = append(rs.blobs[repo], rec.Refs...)
+		note(rs.manifests, repo, digest.Digest(d), rec.At)
+		for _, r := range rec.Refs {
+			note(rs.manifests, repo, r, rec.At)
+			note(rs.blobs, repo, r, rec.At)
+		}
 		return nil
 	})
 	return rs, err

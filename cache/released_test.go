@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -55,5 +56,43 @@ func TestReleasedSurvivesRestart(t *testing.T) {
 	}
 	if got := readBlob(t, s, "team/app", digest.FromString("layer of v2")); string(got) != "layer of v2" {
 		t.Fatalf("the kept layer: %q", got)
+	}
+}
+
+// TestReleasedThenLinkedAgain: a blob a deleted manifest referenced but a
+// push linked again after that manifest was pushed — before or after the
+// delete — keeps its grace (the push's manifest PUT needs it), while what
+// stayed released goes at once.
+func TestReleasedThenLinkedAgain(t *testing.T) {
+	for _, relinkFirst := range []bool{true, false} {
+		s := openStore(t, t.TempDir())
+		d1 := pushImage(t, s, "team/app", "v1", []byte("shared layer"), []byte("only v1's layer"))
+		shared := digest.FromString("shared layer")
+		relink := func() {
+			time.Sleep(2 * time.Millisecond) // strictly after v1's push (and the delete)
+			if err := s.Uploads().PutBlob("team/app", shared, int64(len("shared layer")), strings.NewReader("shared layer")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if relinkFirst {
+			relink()
+		}
+		if err := s.DeleteReleasing("team/app", d1.String()); err != nil {
+			t.Fatal(err)
+		}
+		if !relinkFirst {
+			relink()
+		}
+		rep, ran, err := s.Maintenance().CollectReleased(GCOptions{Grace: time.Hour})
+		if err != nil || !ran {
+			t.Fatalf("collection: %v %v", ran, err)
+		}
+		if _, err := s.StatBlob("team/app", shared); err != nil {
+			t.Fatalf("relinked before the delete %v: a blob linked again after v1's push was collected: %v (%+v)", relinkFirst, err, rep)
+		}
+		if _, err := s.StatBlob("team/app", digest.FromString("only v1's layer")); err == nil {
+			t.Fatalf("relinked before the delete %v: the released layer nothing linked again is still there: %+v", relinkFirst, rep)
+		}
+		s.Close()
 	}
 }
