@@ -42,7 +42,3 @@ func scanFirst(txn Txn, prefix []byte) (bool, error) {
 	})
 	return found, err
 }
-
-func indexErr(op string, err error) error {
-	return index.Err(op, err)
-}

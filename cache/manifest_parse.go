@@ -7,6 +7,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
 // Manifest media types Wharf accepts on push: OCI's, and Docker's schema 2.
@@ -159,13 +160,6 @@ func nonDistributable(mediaType string) bool {
 	return strings.Contains(mediaType, ".nondistributable.") || strings.Contains(mediaType, ".foreign.")
 }
 
-// ValidateDigest accepts well-formed sha256 and sha512 digests only.
-func ValidateDigest(d digest.Digest) error {
-	if err := d.Validate(); err != nil {
-		return ErrDigestInvalid
-	}
-	if a := d.Algorithm(); a != digest.SHA256 && a != digest.SHA512 {
-		return ErrDigestInvalid
-	}
-	return nil
-}
+// ValidateDigest accepts well-formed sha256 and sha512 digests only (the
+// rule the blob backends name their files and objects by).
+func ValidateDigest(d digest.Digest) error { return blobs.ValidDigest(d) }

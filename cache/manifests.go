@@ -381,12 +381,13 @@ func (s *Store) deleteManifest(repo, ref string, record bool) error {
 	// was pushed (released.go); a mirrored manifest's layers are linked
 	// after it, as clients fetch them, and nobody pushes there: all of it
 	// is released now.
-	var releaseAt func(pushed time.Time) time.Time
-	if o, _ := s.Origin(repo); o.Mirrored() {
-		now := time.Now()
-		releaseAt = func(time.Time) time.Time { return now }
-	} else {
-		releaseAt = func(pushed time.Time) time.Time { return pushed }
+	origin, _ := s.Origin(repo)
+	now := time.Now()
+	releaseAt := func(pushed time.Time) time.Time {
+		if origin.Mirrored() {
+			return now
+		}
+		return pushed
 	}
 	if !strings.Contains(ref, ":") {
 		err := s.release(func(txn Txn) error {

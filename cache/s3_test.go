@@ -7,6 +7,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/wharf-registry/wharf/cache/blobs"
+	"github.com/wharf-registry/wharf/cache/blobs/blobstest"
 	"github.com/wharf-registry/wharf/cache/blobs/fileblobs"
 	"github.com/wharf-registry/wharf/cache/blobs/s3blobs"
 	"github.com/wharf-registry/wharf/internal/s3test"
@@ -14,20 +15,7 @@ import (
 
 func commitBytes(t *testing.T, b Blobs, data []byte) digest.Digest {
 	t.Helper()
-	id := "test-" + digest.FromBytes(data).Encoded()[:12]
-	app, err := b.Append(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := app.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	app.Close()
-	d := digest.FromBytes(data)
-	if err := b.Commit(id, d); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return blobstest.Commit(t, b, "test-"+digest.FromBytes(data).Encoded()[:12], data)
 }
 
 func startS3(t *testing.T) s3blobs.Options {

@@ -24,30 +24,7 @@ import (
 
 func commitBytes(t *testing.T, b blobs.Blobs, data []byte) digest.Digest {
 	t.Helper()
-	id := "test-" + digest.FromBytes(data).Encoded()[:12]
-	app, err := b.Append(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := app.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	app.Close()
-	d := digest.FromBytes(data)
-	if err := b.Commit(id, d); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
-func readS3Blob(t *testing.T, b blobs.Blobs, d digest.Digest) ([]byte, error) {
-	t.Helper()
-	rc, _, err := b.Open(d)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
+	return blobstest.Commit(t, b, "test-"+digest.FromBytes(data).Encoded()[:12], data)
 }
 
 func startS3(t *testing.T) (Options, *minio.Client) {
@@ -100,7 +77,7 @@ func TestS3Blobs(t *testing.T) {
 	// Wipe the local copies: Open fetches, verifies and keeps them again.
 	os.RemoveAll(filepath.Join(dir, "blobs"))
 	os.MkdirAll(filepath.Join(dir, "blobs"), 0o750)
-	if got, err := readS3Blob(t, b, db); err != nil || !bytes.Equal(got, big) {
+	if got, err := blobstest.Read(t, b, db); err != nil || !bytes.Equal(got, big) {
 		t.Fatalf("big blob after the local copy was wiped: %d bytes, %v", len(got), err)
 	}
 	if _, err := fb.Stat(db); err != nil {
@@ -114,7 +91,7 @@ func TestS3Blobs(t *testing.T) {
 	if _, err := cl.PutObject(ctx, "wharf", b.key(ds), bytes.NewReader([]byte("a smell blob")), 12, minio.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := readS3Blob(t, b, ds); err == nil {
+	if got, err := blobstest.Read(t, b, ds); err == nil {
 		t.Fatalf("damaged object read as %q", got)
 	}
 	if _, err := fb.Stat(ds); err == nil {
@@ -184,7 +161,7 @@ func TestS3Unreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Stop()
-	if got, err := readS3Blob(t, b, local); err != nil || string(got) != "kept locally" {
+	if got, err := blobstest.Read(t, b, local); err != nil || string(got) != "kept locally" {
 		t.Fatalf("local copy with the store down: %q %v", got, err)
 	}
 	start := time.Now()

@@ -55,14 +55,6 @@ func Open(dir string, o Options) (*Index, error) {
 	return &Index{db: db, dir: dir}, nil
 }
 
-// Opener is Open as the store's Options.Index wants it.
-func Opener(dir string, o Options) func(readOnly bool) (index.Index, error) {
-	return func(readOnly bool) (index.Index, error) {
-		o.ReadOnly = readOnly
-		return Open(dir, o)
-	}
-}
-
 // badgerOptions sizes Badger for an appliance: small memtables and caches
 // (the index holds small records; blob bytes never enter it) and synchronous
 // writes, so that an acknowledged push survives a crash of the machine.
