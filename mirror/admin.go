@@ -300,9 +300,9 @@ func indexPlatforms(body []byte) []string {
 	return out
 }
 
-// apiDelete untags (ref a tag) or deletes a manifest (ref a digest) and
-// remembers what it released, so that the next collection frees it
-// without waiting for the grace period.
+// apiDelete untags (ref a tag) or deletes a manifest (ref a digest); the
+// store records what it released, which the next collection frees without
+// waiting for the grace period (cache/released.go).
 func (reg *Registry) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref string) error {
 	c, err := reg.apiCaller(r)
 	if err != nil {
@@ -311,7 +311,7 @@ func (reg *Registry) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref
 	if err := reg.mayWrite(r, c, repo); err != nil {
 		return err
 	}
-	if err := reg.deleteReleasing(repo, ref); err != nil {
+	if err := reg.store.DeleteReleasing(repo, ref); err != nil {
 		return err
 	}
 	reg.audit(r, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "api"))
@@ -329,14 +329,6 @@ func (reg *Registry) mayWrite(r *http.Request, c caller, repo string) error {
 		return reg.apiDenied(r, c, "delete in "+repo)
 	}
 	return nil
-}
-
-// deleteReleasing deletes ref (a tag or a digest) of repo; the store
-// records, in the delete's transaction, what it released (the manifest a
-// tag named, what a deleted manifest referenced) for the next collection,
-// which gives it no grace (cache/released.go).
-func (reg *Registry) deleteReleasing(repo, ref string) error {
-	return reg.store.DeleteReleasing(repo, ref)
 }
 
 // collect runs a collection through the maintenance scheduler (a dry run:
@@ -393,7 +385,7 @@ func (reg *Registry) evict(repo string) ([]string, error) {
 	}
 	evicted := []string{}
 	for _, tag := range tags {
-		if err := reg.deleteReleasing(repo, tag); errors.Is(err, cache.ErrManifestUnknown) {
+		if err := reg.store.DeleteReleasing(repo, tag); errors.Is(err, cache.ErrManifestUnknown) {
 			continue // untagged meanwhile
 		} else if err != nil {
 			return evicted, err

@@ -459,7 +459,7 @@ func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v 
 			reg.consoleError(w, r, v, http.StatusBadRequest, "Not a tag or a digest.")
 			return
 		}
-		if err := reg.deleteReleasing(repo, ref); err != nil {
+		if err := reg.store.DeleteReleasing(repo, ref); err != nil {
 			reg.consoleError(w, r, v, statusOf(err), "The delete failed: "+err.Error())
 			return
 		}

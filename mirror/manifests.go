@@ -139,7 +139,7 @@ func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *r
 	if !reg.opts.AllowDelete {
 		return errDeleteDisabled
 	}
-	if err := reg.deleteReleasing(q.repo, q.ref.String()); err != nil {
+	if err := reg.store.DeleteReleasing(q.repo, q.ref.String()); err != nil {
 		return err
 	}
 	reg.audit(r, "delete", slog.String("repo", q.repo), slog.String("reference", q.ref.String()))
