@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -34,7 +35,7 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	}
 	c := callerOf(r)
 	if c.throttled > 0 {
-		return throttledError(c.throttled)
+		return oci.Throttled(c.throttled)
 	}
 	if pol.Allowed(c.Subject, q.repo, q.action, q.mirrored) {
 		return nil
@@ -46,7 +47,7 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	if c.User == "" {
 		return reg.unauthorized(r, q.repo, q.action)
 	}
-	return apiErr(codeDenied, "%s may not %s %s", c.User, q.action, q.repo)
+	return oci.Errorf(oci.CodeDenied, "%s may not %s %s", c.User, q.action, q.repo)
 }
 
 // checkPush refuses, with the mirror on, writes that would overwrite or
@@ -82,7 +83,7 @@ func (reg *Registry) checkPush(r *http.Request, q *request) error {
 		return nil
 	}
 	reg.audit(r, "denied", slog.String("repo", q.name), slog.String("action", string(q.action)), slog.String("reason", "mirrored name"))
-	return apiErr(codeDenied, "%s %s; %s, or add a rule that names %s to allow pushing it", q.name, why, way, q.name)
+	return oci.Errorf(oci.CodeDenied, "%s %s; %s, or add a rule that names %s to allow pushing it", q.name, why, way, q.name)
 }
 
 // checkMirroredDelete refuses a registry DELETE of content whose reads the
@@ -97,7 +98,7 @@ func (reg *Registry) checkMirroredDelete(q *request) error {
 	if !mirrored || !ok { // pushed content, or nothing mirrored yet
 		return nil
 	}
-	return &apiError{code: codeUnsupported, status: http.StatusMethodNotAllowed, message: fmt.Sprintf(
+	return &oci.Error{Code: oci.CodeUnsupported, Status: http.StatusMethodNotAllowed, Message: fmt.Sprintf(
 		"%s is mirrored from %s: a registry DELETE does not remove mirrored content (the next pull would fetch it again); "+
 			"evict it instead: the console's repository page, or DELETE /api/v1/repositories/%s (needs delete or admin rights on it)",
 		q.name, o.Registry, t.Local)}

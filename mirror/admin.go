@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -78,7 +79,7 @@ func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
 		// A browser's form from another site, sending credentials it
 		// keeps for this one: never a script's call.
 		reg.audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path), slog.String("reason", "cross-site request"))
-		return apiErr(codeDenied, "cross-site requests may not change anything")
+		return oci.Errorf(oci.CodeDenied, "cross-site requests may not change anything")
 	}
 	switch {
 	case rest == "repositories" && r.Method == http.MethodGet:
@@ -106,12 +107,12 @@ func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
 		case strings.HasPrefix(what, "manifests/") && r.Method == http.MethodDelete:
 			ref := strings.TrimPrefix(what, "manifests/")
 			if _, err := digest.Parse(ref); err != nil {
-				return apiErr(codeDigestInvalid, "not a digest: %q", ref)
+				return oci.Errorf(oci.CodeDigestInvalid, "not a digest: %q", ref)
 			}
 			return reg.apiDelete(w, r, name, ref)
 		}
 	}
-	return &apiError{code: codeUnsupported, status: http.StatusNotFound, message: r.Method + " " + r.URL.Path + " is no admin API endpoint"}
+	return &oci.Error{Code: oci.CodeUnsupported, Status: http.StatusNotFound, Message: r.Method + " " + r.URL.Path + " is no admin API endpoint"}
 }
 
 // splitAPIRepo splits "<name>/tags", "<name>/tags/<tag>",
@@ -129,21 +130,21 @@ func splitAPIRepo(s string) (name, what string, ok bool) {
 	switch {
 	case last == "tags" && dir != "":
 		name, what = dir, "tags"
-	case kind == "tags" && parent != "" && validTag(last):
+	case kind == "tags" && parent != "" && oci.ValidTag(last):
 		name, what = parent, "tags/"+last
 	case kind == "manifests" && parent != "" && strings.Contains(last, ":"):
 		name, what = parent, "manifests/"+last
 	default:
 		name = s // the repository itself
 	}
-	return name, what, validName(name)
+	return name, what, oci.ValidName(name)
 }
 
 // apiCaller is who asks, refusing a throttled sign-in.
 func (reg *Registry) apiCaller(r *http.Request) (caller, error) {
 	c := callerOf(r)
 	if c.throttled > 0 {
-		return c, throttledError(c.throttled)
+		return c, oci.Throttled(c.throttled)
 	}
 	return c, nil
 }
@@ -153,9 +154,9 @@ func (reg *Registry) apiCaller(r *http.Request) (caller, error) {
 func (reg *Registry) apiDenied(r *http.Request, c caller, what string) error {
 	reg.audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path))
 	if c.User == "" {
-		return &apiError{code: codeUnauthorized, message: "sign in (Basic credentials) to " + what, challenge: `Basic realm="Wharf admin API"`}
+		return &oci.Error{Code: oci.CodeUnauthorized, Message: "sign in (Basic credentials) to " + what, Challenge: `Basic realm="Wharf admin API"`}
 	}
-	return apiErr(codeDenied, "%s may not %s", c.User, what)
+	return oci.Errorf(oci.CodeDenied, "%s may not %s", c.User, what)
 }
 
 func (reg *Registry) mayPull(s policy.Subject, repo string) bool {
@@ -240,7 +241,7 @@ func (reg *Registry) apiTags(w http.ResponseWriter, r *http.Request, repo string
 		if c.User == "" && !reg.policy().Open() {
 			return reg.apiDenied(r, c, "list "+repo)
 		}
-		return apiErr(codeNameUnknown, "repository name not known to registry") // never say a private name exists
+		return oci.Errorf(oci.CodeNameUnknown, "repository name not known to registry") // never say a private name exists
 	}
 	rows, err := reg.repoTags(repo, -1)
 	if err != nil {
@@ -375,9 +376,9 @@ func (reg *Registry) apiEvict(w http.ResponseWriter, r *http.Request, repo strin
 func (reg *Registry) evict(repo string) ([]string, error) {
 	if o, ok := reg.store.Origin(repo); !ok || !o.Mirrored() {
 		if !ok {
-			return nil, apiErr(codeNameUnknown, "repository name not known to registry")
+			return nil, oci.Errorf(oci.CodeNameUnknown, "repository name not known to registry")
 		}
-		return nil, apiErr(codeDenied, "%s holds pushed images: delete them tag by tag; eviction is for mirrored ones", repo)
+		return nil, oci.Errorf(oci.CodeDenied, "%s holds pushed images: delete them tag by tag; eviction is for mirrored ones", repo)
 	}
 	tags, _, err := reg.store.Tags(repo, -1, "")
 	if err != nil {

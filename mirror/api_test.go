@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 func TestBaseAndHeaders(t *testing.T) {
@@ -353,13 +354,13 @@ func TestParseRouteTyped(t *testing.T) {
 		}
 	}
 	for path, code := range map[string]string{
-		"/v2/A/manifests/v1":       codeNameInvalid,
-		"/v2/a/manifests/-bad":     codeTagInvalid,
-		"/v2/a/manifests/sha256:1": codeDigestInvalid,
-		"/v2/a/blobs/latest":       codeDigestInvalid,
-		"/v2/a/nothing":            codeUnsupported,
+		"/v2/A/manifests/v1":       oci.CodeNameInvalid,
+		"/v2/a/manifests/-bad":     oci.CodeTagInvalid,
+		"/v2/a/manifests/sha256:1": oci.CodeDigestInvalid,
+		"/v2/a/blobs/latest":       oci.CodeDigestInvalid,
+		"/v2/a/nothing":            oci.CodeUnsupported,
 	} {
-		if _, err := parseRoute(path); err == nil || toAPIError(err, routeBase).code != code {
+		if _, err := parseRoute(path); err == nil || toAPIError(err, routeBase).Code != code {
 			t.Errorf("parseRoute(%q) = %v, want %s", path, err, code)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -136,11 +137,6 @@ func (reg *Registry) authenticate(r *http.Request) *http.Request {
 	return r.WithContext(context.WithValue(r.Context(), subjectKey{}, lc))
 }
 
-// throttledError is the 429 for a sign-in refused after failures.
-func throttledError(retry time.Duration) error {
-	return &apiError{code: codeTooManyRequests, message: "too many failed sign-ins; retry later", retryAfter: retry}
-}
-
 // authRequired reports that users exist: /v2/ then challenges anonymous
 // callers, which is what makes `docker login` send its credentials.
 func (reg *Registry) authRequired() bool {
@@ -167,7 +163,7 @@ func (reg *Registry) unauthorized(r *http.Request, repo string, a policy.Action)
 		scope = "repository:" + repo + ":pull,push"
 		detail = append(detail, accessRecord{Type: "repository", Name: repo, Action: string(a)})
 	}
-	return &apiError{code: codeUnauthorized, message: "authentication required", detail: detail, challenge: reg.challenge(r, scope)}
+	return &oci.Error{Code: oci.CodeUnauthorized, Message: "authentication required", Detail: detail, Challenge: reg.challenge(r, scope)}
 }
 
 // audit writes one structured audit record: pushes, deletes, logins and

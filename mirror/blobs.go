@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, q *request) error {
@@ -37,7 +38,7 @@ func (reg *Registry) getBlob(w http.ResponseWriter, r *http.Request, q *request)
 		kept, ok := dropEmptySuffixes(rh)
 		if !ok {
 			h.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-			return &apiError{code: codeBlobUnknown, status: http.StatusRequestedRangeNotSatisfiable, message: "range not satisfiable: " + rh}
+			return &oci.Error{Code: oci.CodeBlobUnknown, Status: http.StatusRequestedRangeNotSatisfiable, Message: "range not satisfiable: " + rh}
 		}
 		r.Header.Set("Range", kept)
 	}

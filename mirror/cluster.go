@@ -19,6 +19,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/idle"
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -118,7 +119,7 @@ func (reg *Registry) relayUpload(w http.ResponseWriter, r *http.Request, rt rout
 	}
 	target, ok := reg.store.Cluster().Members()[node]
 	if !ok {
-		return true, apiErr(codeBlobUploadUnknown, "the node that holds this upload session (%s) left the cluster: start the upload again", node)
+		return true, oci.Errorf(oci.CodeBlobUploadUnknown, "the node that holds this upload session (%s) left the cluster: start the upload again", node)
 	}
 	rp, err := reg.relay(target)
 	if err != nil {
@@ -151,7 +152,7 @@ func (reg *Registry) relay(target string) (*httputil.ReverseProxy, error) {
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			reg.log.Warn("cluster: relaying to the node that holds the upload", "node", target, "err", err)
-			writeError(w, apiErr(codeUnavailable, "the node that holds this upload session did not answer; retry"), routeUpload)
+			writeError(w, oci.Errorf(oci.CodeUnavailable, "the node that holds this upload session did not answer; retry"), routeUpload)
 		},
 	}
 	reg.peers.relays[target] = rp

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -282,7 +283,7 @@ type kv struct{ Key, Value string }
 
 func (reg *Registry) pageRepository(w http.ResponseWriter, r *http.Request, v viewer, repo string) {
 	subject := reg.subject(v)
-	if !validName(repo) || !reg.mayPull(subject, repo) {
+	if !oci.ValidName(repo) || !reg.mayPull(subject, repo) {
 		if v.User == "" && !reg.policy().Open() {
 			http.Redirect(w, r, "/signin?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 			return
@@ -416,7 +417,7 @@ func (reg *Registry) confirmPage(w http.ResponseWriter, r *http.Request, v viewe
 	var refs []string
 	switch action {
 	case "delete":
-		if _, err := digest.Parse(ref); err != nil && !validTag(ref) {
+		if _, err := digest.Parse(ref); err != nil && !oci.ValidTag(ref) {
 			reg.consoleError(w, r, v, http.StatusBadRequest, "Not a tag or a digest.")
 			return
 		}
@@ -455,7 +456,7 @@ func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v 
 	switch r.PostFormValue("action") {
 	case "delete":
 		ref := r.PostFormValue("ref")
-		if _, err := digest.Parse(ref); err != nil && !validTag(ref) {
+		if _, err := digest.Parse(ref); err != nil && !oci.ValidTag(ref) {
 			reg.consoleError(w, r, v, http.StatusBadRequest, "Not a tag or a digest.")
 			return
 		}
@@ -482,16 +483,7 @@ func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v 
 }
 
 // statusOf is the HTTP status err has in the OCI error format.
-func statusOf(err error) int {
-	ae := toAPIError(err, routeManifest)
-	if ae.status != 0 {
-		return ae.status
-	}
-	if st, ok := codeStatus[ae.code]; ok {
-		return st
-	}
-	return http.StatusInternalServerError
-}
+func statusOf(err error) int { return toAPIError(err, routeManifest).StatusCode() }
 
 func (reg *Registry) pageGC(w http.ResponseWriter, r *http.Request, v viewer) {
 	if !reg.needAdmin(w, r, v) {

@@ -13,6 +13,7 @@ import (
 	"github.com/wharf-registry/wharf/cache/blobs/blobstest"
 	"github.com/wharf-registry/wharf/cache/blobs/fileblobs"
 	"github.com/wharf-registry/wharf/cache/stores"
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 // TestDiskFull: with the disk full a push gets 507 in the OCI envelope, the
@@ -43,7 +44,7 @@ func TestDiskFull(t *testing.T) {
 			loc := resp.Header.Get("Location")
 			resp, body = r.do(t, "PATCH", loc, []byte("a chunk that does not fit"), nil)
 		}
-		if resp.StatusCode != http.StatusInsufficientStorage || ociError(t, body) != codeUnknown {
+		if resp.StatusCode != http.StatusInsufficientStorage || ociError(t, body) != oci.CodeUnknown {
 			t.Fatalf("write on a full disk (%s): %s %s", path, resp.Status, body)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 // exchange is the bookkeeping of one request: every exit of ServeHTTP goes
@@ -47,7 +48,7 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			reg.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
 			x.err = fmt.Errorf("panic: %v", p)
 			if x.w.status == 0 {
-				writeError(x.w, apiErr(codeUnknown, "internal error"), x.kind)
+				writeError(x.w, oci.Errorf(oci.CodeUnknown, "internal error"), x.kind)
 			}
 		}
 		reg.finish(x)
@@ -114,7 +115,7 @@ func (reg *Registry) dispatch(x *exchange) error {
 	}
 	h := reg.handler(rt.kind, r.Method, q.mirrored)
 	if h == nil {
-		return apiErr(codeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)
+		return oci.Errorf(oci.CodeUnsupported, "%s not supported on %s", r.Method, r.URL.Path)
 	}
 	if err := reg.authorize(r, q); err != nil {
 		return err

@@ -10,50 +10,15 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 // The distribution reference grammar, as regexps: the oracle of the
-// hand-written validName and validTag.
+// hand-written checks.
 var (
 	nameRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
 	tagRE  = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 )
-
-// TestNamesAgreeWithGrammar runs the hand-written checks against the
-// regexps over every short string of a small alphabet.
-func TestNamesAgreeWithGrammar(t *testing.T) {
-	alphabet := []byte("a0._-/A")
-	var walk func(prefix []byte)
-	n := 0
-	walk = func(prefix []byte) {
-		s := string(prefix)
-		n++
-		if got, want := validName(s), nameRE.MatchString(s); got != want {
-			t.Fatalf("name %q: hand-written %v, grammar %v", s, got, want)
-		}
-		if got, want := validTag(s), tagRE.MatchString(s); got != want {
-			t.Fatalf("tag %q: hand-written %v, grammar %v", s, got, want)
-		}
-		if len(prefix) == 6 {
-			return
-		}
-		for _, c := range alphabet {
-			walk(append(prefix, c))
-		}
-	}
-	walk(nil)
-	for _, s := range []string{strings.Repeat("a", 255), strings.Repeat("a", 256), strings.Repeat("t", 128), strings.Repeat("t", 129), "a__b", "a___b", "a--b", "a._b"} {
-		if got, want := validName(s), len(s) <= maxNameLength && nameRE.MatchString(s); got != want {
-			t.Fatalf("name of %d bytes %.12q: hand-written %v, grammar %v", len(s), s, got, want)
-		}
-		if got, want := validTag(s), tagRE.MatchString(s); got != want {
-			t.Fatalf("tag of %d bytes: hand-written %v, grammar %v", len(s), got, want)
-		}
-	}
-	if n < 100000 {
-		t.Fatalf("only %d strings checked", n)
-	}
-}
 
 func FuzzNameAndReference(f *testing.F) {
 	for _, s := range [][2]string{{"library/alpine", "latest"}, {"a/b", "sha256:" + strings.Repeat("a", 64)}, {"Bad", "-x"}, {"a..b", "sha512:zz"}} {
@@ -61,10 +26,10 @@ func FuzzNameAndReference(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, name, ref string) {
 		// The hand-written checks agree with the grammar's regexps.
-		if got, want := checkName(name) == nil, len(name) <= maxNameLength && nameRE.MatchString(name); got != want {
+		if got, want := oci.CheckName(name) == nil, len(name) <= oci.MaxNameLength && nameRE.MatchString(name); got != want {
 			t.Fatalf("name %q: accepted %v, grammar says %v", name, got, want)
 		}
-		if got, want := checkTag(ref) == nil, tagRE.MatchString(ref); got != want {
+		if got, want := oci.CheckTag(ref) == nil, tagRE.MatchString(ref); got != want {
 			t.Fatalf("tag %q: accepted %v, grammar says %v", ref, got, want)
 		}
 		if r, err := parseReference(ref); err == nil {

@@ -4,6 +4,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 // uploadLimiter bounds upload requests running at once, overall and per
@@ -39,9 +41,9 @@ func (l *uploadLimiter) acquire(r *http.Request) (*uploadSlot, error) {
 	defer l.mu.Unlock()
 	switch {
 	case l.total > 0 && l.running >= l.total:
-		return nil, &apiError{code: codeTooManyRequests, message: "too many uploads in progress; retry later", retryAfter: 1e9}
+		return nil, &oci.Error{Code: oci.CodeTooManyRequests, Message: "too many uploads in progress; retry later", RetryAfter: 1e9}
 	case l.perClient > 0 && l.byClient[host] >= l.perClient:
-		return nil, &apiError{code: codeTooManyRequests, message: "too many uploads in progress from " + host + "; retry later", retryAfter: 1e9}
+		return nil, &oci.Error{Code: oci.CodeTooManyRequests, Message: "too many uploads in progress from " + host + "; retry later", RetryAfter: 1e9}
 	}
 	l.addLocked(host, 1)
 	return &uploadSlot{l: l, host: host}, nil

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -88,7 +89,7 @@ func pageParams(r *http.Request, def int) (int, string, error) {
 	if s := q.Get("n"); s != "" {
 		v, err := strconv.Atoi(s)
 		if err != nil || v < 0 {
-			return 0, "", &apiError{code: codeUnsupported, status: http.StatusBadRequest, message: fmt.Sprintf("invalid n %q", s)}
+			return 0, "", &oci.Error{Code: oci.CodeUnsupported, Status: http.StatusBadRequest, Message: fmt.Sprintf("invalid n %q", s)}
 		}
 		n = v
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -49,7 +50,7 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 		want = q.ref.digest
 		tags = r.URL.Query()["tag"]
 		for _, t := range tags {
-			if err := checkTag(t); err != nil {
+			if err := oci.CheckTag(t); err != nil {
 				return err
 			}
 		}
@@ -147,7 +148,7 @@ func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *r
 	return nil
 }
 
-var errDeleteDisabled = &apiError{code: codeUnsupported, message: "deletes are disabled (start with --allow-delete)"}
+var errDeleteDisabled = &oci.Error{Code: oci.CodeUnsupported, Message: "deletes are disabled (start with --allow-delete)"}
 
 // manifestMemory bounds the bytes of pushed manifests held at once: each
 // PUT reserves twice its Content-Length (the body, and what checking it
@@ -172,7 +173,7 @@ func (reg *Registry) reserveManifest(r *http.Request) (func(), error) {
 		if r.Context().Err() != nil {
 			return nil, r.Context().Err()
 		}
-		return nil, &apiError{code: codeTooManyRequests, message: "too many large manifests being pushed at once; retry later", retryAfter: 1e9}
+		return nil, &oci.Error{Code: oci.CodeTooManyRequests, Message: "too many large manifests being pushed at once; retry later", RetryAfter: 1e9}
 	}
 	return func() { reg.manifestMem.Release(n) }, nil
 }
@@ -184,15 +185,15 @@ func readManifestBody(r *http.Request) ([]byte, error) {
 		body := make([]byte, n)
 		if got, err := io.ReadFull(r.Body, body); err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-				return nil, apiErr(codeSizeInvalid, "manifest body is %d bytes, Content-Length said %d", got, n)
+				return nil, oci.Errorf(oci.CodeSizeInvalid, "manifest body is %d bytes, Content-Length said %d", got, n)
 			}
-			return nil, apiErr(codeManifestInvalid, "reading manifest: %v", err)
+			return nil, oci.Errorf(oci.CodeManifestInvalid, "reading manifest: %v", err)
 		}
 		return body, nil
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, cache.MaxManifestSize+1))
 	if err != nil {
-		return nil, apiErr(codeManifestInvalid, "reading manifest: %v", err)
+		return nil, oci.Errorf(oci.CodeManifestInvalid, "reading manifest: %v", err)
 	}
 	if len(body) > cache.MaxManifestSize {
 		return nil, cache.ErrManifestTooBig

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 type routeKind int
@@ -54,13 +55,13 @@ type route struct {
 func parseRoute(path string) (route, error) {
 	raw, ok := splitRoute(path)
 	if !ok {
-		return route{}, &apiError{code: codeUnsupported, status: http.StatusNotFound, message: "no such endpoint " + path}
+		return route{}, &oci.Error{Code: oci.CodeUnsupported, Status: http.StatusNotFound, Message: "no such endpoint " + path}
 	}
 	rt := route{kind: raw.kind, name: raw.name}
 	if rt.kind == routeBase || rt.kind == routeCatalog {
 		return rt, nil
 	}
-	if err := checkName(rt.name); err != nil {
+	if err := oci.CheckName(rt.name); err != nil {
 		return route{}, err
 	}
 	var err error

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -208,7 +209,7 @@ func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ *request) er
 	// the realm, anonymously (mirror pulls) or with a password (login).
 	c := callerOf(r)
 	if c.throttled > 0 {
-		return throttledError(c.throttled)
+		return oci.Throttled(c.throttled)
 	}
 	if reg.authRequired() && c.User == "" && (!c.token || c.badCredentials) {
 		if c.badCredentials {

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 // tokenTTL is how long a token from Wharf's realm is valid.
@@ -96,7 +98,7 @@ func (reg *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
 		reg.auditAs(r, user, "login", slog.Bool("ok", true), slog.String("as", user))
 		gen = reg.access.Load().users.Generation(user)
 	} else if retry > 0 {
-		writeError(w, throttledError(retry), routeBase)
+		writeError(w, oci.Throttled(retry), routeBase)
 		return
 	} else {
 		user, bad = "", true

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -26,7 +27,7 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		// Without a valid source repository the mount falls back to an
 		// ordinary upload session, as the spec allows.
 		// A mount needs pull rights on the source.
-		if from := qs.Get("from"); validName(from) && reg.policy().Allowed(callerOf(r).Subject, from, policy.Pull, reg.origin(from).Mirrored()) {
+		if from := qs.Get("from"); oci.ValidName(from) && reg.policy().Allowed(callerOf(r).Subject, from, policy.Pull, reg.origin(from).Mirrored()) {
 			_, err := reg.store.MountBlob(from, q.repo, d)
 			if err == nil {
 				return blobCreated(w, q.repo, d)
@@ -122,11 +123,11 @@ func chunkStart(r *http.Request) (int64, error) {
 	start, err1 := strconv.ParseInt(a, 10, 64)
 	end, err2 := strconv.ParseInt(b, 10, 64)
 	if !ok || err1 != nil || err2 != nil || start < 0 || end < start-1 {
-		return 0, &apiError{code: codeBlobUploadInvalid, status: http.StatusRequestedRangeNotSatisfiable,
-			message: fmt.Sprintf("invalid Content-Range %q", r.Header.Get("Content-Range"))}
+		return 0, &oci.Error{Code: oci.CodeBlobUploadInvalid, Status: http.StatusRequestedRangeNotSatisfiable,
+			Message: fmt.Sprintf("invalid Content-Range %q", r.Header.Get("Content-Range"))}
 	}
 	if r.ContentLength >= 0 && r.ContentLength != end-start+1 {
-		return 0, apiErr(codeSizeInvalid, "Content-Range %q announces %d bytes, Content-Length %d", cr, end-start+1, r.ContentLength)
+		return 0, oci.Errorf(oci.CodeSizeInvalid, "Content-Range %q announces %d bytes, Content-Length %d", cr, end-start+1, r.ContentLength)
 	}
 	return start, nil
 }
