@@ -6,12 +6,13 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
-// authorize decides, once per request, whether the caller may do q.action
+// authorize decides, once per request, whether the auth.Caller may do q.action
 // on q.repo: nil, 401 UNAUTHORIZED (anonymous: sign in) or 403 DENIED,
 // with an audit record for a refusal. anonymous-mirror-pull applies only
 // when q.repo is a mirrored copy by its recorded origin.
@@ -33,19 +34,19 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	if pol.Allowed(policy.Subject{}, q.repo, q.action, q.mirrored) {
 		return nil // anonymous callers may: who asks does not matter (no bcrypt)
 	}
-	c := callerOf(r)
-	if c.throttled > 0 {
-		return oci.Throttled(c.throttled)
+	c := auth.CallerOf(r)
+	if c.Throttled > 0 {
+		return oci.Throttled(c.Throttled)
 	}
 	if pol.Allowed(c.Subject, q.repo, q.action, q.mirrored) {
 		return nil
 	}
-	if c.node != "" && q.action == policy.Pull && reg.clustered() {
+	if c.Node != "" && q.action == policy.Pull && reg.clustered() {
 		return nil // a node of this cluster filling its copy
 	}
-	reg.audit(r, "denied", slog.String("repo", q.repo), slog.String("action", string(q.action)))
+	reg.gate.Audit(r, "denied", slog.String("repo", q.repo), slog.String("action", string(q.action)))
 	if c.User == "" {
-		return reg.unauthorized(r, q.repo, q.action)
+		return reg.gate.Unauthorized(r, q.repo, q.action)
 	}
 	return oci.Errorf(oci.CodeDenied, "%s may not %s %s", c.User, q.action, q.repo)
 }
@@ -54,7 +55,7 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 // shadow mirrored content: ?ns= requests, names that name another registry
 // or Docker Hub's library/ namespace (the path dockerd's own mirror requests
 // use), and names whose mirrored copy holds content (by its recorded
-// origin) — unless a rule explicitly grants the caller that action on that
+// origin) — unless a rule explicitly grants the auth.Caller that action on that
 // name. Single-component names (registry:2's "centos", "my-ubuntu") are
 // private names: pushing one shadows nothing, since a mirror pull of
 // Docker Hub's image always says library/<name>, and reads of the name fall
@@ -79,10 +80,10 @@ func (reg *Registry) checkPush(r *http.Request, q *request) error {
 			why, way = "is a Docker Hub name whose mirrored copy holds content "+o.String(), "push under a name Docker Hub does not serve here"
 		}
 	}
-	if why == "" || (q.ns == "" && reg.policy().Explicit(callerOf(r).Subject, q.name, q.action)) {
+	if why == "" || (q.ns == "" && reg.policy().Explicit(auth.CallerOf(r).Subject, q.name, q.action)) {
 		return nil
 	}
-	reg.audit(r, "denied", slog.String("repo", q.name), slog.String("action", string(q.action)), slog.String("reason", "mirrored name"))
+	reg.gate.Audit(r, "denied", slog.String("repo", q.name), slog.String("action", string(q.action)), slog.String("reason", "mirrored name"))
 	return oci.Errorf(oci.CodeDenied, "%s %s; %s, or add a rule that names %s to allow pushing it", q.name, why, way, q.name)
 }
 

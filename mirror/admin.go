@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -24,7 +25,7 @@ import (
 // delete or admin on it; usage, GC and upstreams need admin on "**"),
 // audited, and safe while serving. Errors are the OCI error format.
 //
-//	GET    /api/v1/repositories                     repositories the caller may pull
+//	GET    /api/v1/repositories                     repositories the auth.Caller may pull
 //	GET    /api/v1/repositories/<name>/tags         a repository's tags
 //	DELETE /api/v1/repositories/<name>/tags/<tag>   untag
 //	DELETE /api/v1/repositories/<name>/manifests/<digest>  delete a manifest (and its tags)
@@ -75,10 +76,10 @@ type tagInfo struct {
 // serveAPI answers /api/v1/ requests.
 func (reg *Registry) serveAPI(w http.ResponseWriter, r *http.Request) error {
 	rest := strings.TrimPrefix(r.URL.Path, apiPrefix)
-	if isWrite(r.Method) && crossSite(r) {
+	if isWrite(r.Method) && auth.CrossSite(r) {
 		// A browser's form from another site, sending credentials it
 		// keeps for this one: never a script's call.
-		reg.audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path), slog.String("reason", "cross-site request"))
+		reg.gate.Audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path), slog.String("reason", "cross-site request"))
 		return oci.Errorf(oci.CodeDenied, "cross-site requests may not change anything")
 	}
 	switch {
@@ -141,18 +142,18 @@ func splitAPIRepo(s string) (name, what string, ok bool) {
 }
 
 // apiCaller is who asks, refusing a throttled sign-in.
-func (reg *Registry) apiCaller(r *http.Request) (caller, error) {
-	c := callerOf(r)
-	if c.throttled > 0 {
-		return c, oci.Throttled(c.throttled)
+func (reg *Registry) apiCaller(r *http.Request) (auth.Caller, error) {
+	c := auth.CallerOf(r)
+	if c.Throttled > 0 {
+		return c, oci.Throttled(c.Throttled)
 	}
 	return c, nil
 }
 
-// apiDenied is the refusal of a call: 401 (Basic) for an anonymous caller,
+// apiDenied is the refusal of a call: 401 (Basic) for an anonymous auth.Caller,
 // 403 for a signed-in one.
-func (reg *Registry) apiDenied(r *http.Request, c caller, what string) error {
-	reg.audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path))
+func (reg *Registry) apiDenied(r *http.Request, c auth.Caller, what string) error {
+	reg.gate.Audit(r, "denied", slog.String("api", r.Method+" "+r.URL.Path))
 	if c.User == "" {
 		return &oci.Error{Code: oci.CodeUnauthorized, Message: "sign in (Basic credentials) to " + what, Challenge: `Basic realm="Wharf admin API"`}
 	}
@@ -315,14 +316,14 @@ func (reg *Registry) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref
 	if err := reg.store.DeleteReleasing(repo, ref); err != nil {
 		return err
 	}
-	reg.audit(r, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "api"))
+	reg.gate.Audit(r, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "api"))
 	return apiJSON(w, http.StatusAccepted, map[string]string{"deleted": repo + refSep(ref) + ref})
 }
 
-// mayWrite decides an API delete or eviction in repo: the caller needs
+// mayWrite decides an API delete or eviction in repo: the auth.Caller needs
 // delete or admin there, and with no users configured (everyone may do
 // everything) the server must have been started with --allow-delete.
-func (reg *Registry) mayWrite(r *http.Request, c caller, repo string) error {
+func (reg *Registry) mayWrite(r *http.Request, c auth.Caller, repo string) error {
 	if reg.policy().Open() && !reg.opts.AllowDelete {
 		return errDeleteDisabled
 	}
@@ -367,7 +368,7 @@ func (reg *Registry) apiEvict(w http.ResponseWriter, r *http.Request, repo strin
 	if err != nil {
 		return err
 	}
-	reg.audit(r, "evict", slog.String("repo", repo), slog.Int("tags", len(evicted)), slog.String("via", "api"))
+	reg.gate.Audit(r, "evict", slog.String("repo", repo), slog.Int("tags", len(evicted)), slog.String("via", "api"))
 	return apiJSON(w, http.StatusAccepted, map[string]any{"evicted": repo, "tags": evicted})
 }
 
@@ -443,7 +444,7 @@ func (reg *Registry) apiEvents(w http.ResponseWriter, r *http.Request) error {
 	for _, e := range reg.book.errors {
 		errs = append(errs, e.text)
 	}
-	audits := append([]AuditEvent{}, reg.book.audits...)
+	audits := append([]auth.AuditEvent{}, reg.book.audits...)
 	reg.book.mu.Unlock()
 	return apiJSON(w, http.StatusOK, map[string]any{"errors": errs, "audit": audits})
 }
@@ -475,7 +476,7 @@ func (reg *Registry) apiGC(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	reg.audit(r, "gc", slog.Bool("dry_run", dry), slog.Int64("freed_bytes", rep.Bytes), slog.Int("blobs", rep.Blobs))
+	reg.gate.Audit(r, "gc", slog.Bool("dry_run", dry), slog.Int64("freed_bytes", rep.Bytes), slog.Int("blobs", rep.Blobs))
 	items := rep.Items
 	if items == nil {
 		items = []string{}

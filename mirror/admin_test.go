@@ -81,7 +81,7 @@ func TestAdminAPIAuthorization(t *testing.T) {
 			t.Errorf("%s %s: not an OCI error: %s", c.method, c.path, body)
 		}
 	}
-	// Listings show only what the caller may pull.
+	// Listings show only what the auth.Caller may pull.
 	_, body := reg.do(t, "GET", "/api/v1/repositories", nil, as("reader"))
 	var list struct{ Repositories []repoInfo }
 	json.Unmarshal(body, &list)

@@ -81,8 +81,7 @@ func TestAccessControl(t *testing.T) {
 	users, pol := testPolicy(t)
 	var logs bytes.Buffer
 	var mu sync.Mutex
-	reg := newTestRegistry(t, Options{Users: users, Policy: pol})
-	reg.reg().log = slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, nil))
+	reg := newTestRegistry(t, Options{Users: users, Policy: pol, Logger: slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, nil))})
 	alice, bob := basic("alice", "alice-pw"), basic("bob", "bob-pw")
 
 	resp, body := reg.do(t, "GET", "/v2/", nil, nil)

@@ -118,7 +118,7 @@ func (reg *Registry) deleteBlob(w http.ResponseWriter, r *http.Request, q *reque
 	if err := reg.store.DeleteBlob(q.repo, q.digest); err != nil {
 		return err
 	}
-	reg.audit(r, "delete", slog.String("repo", q.repo), slog.String("digest", q.digest.String()))
+	reg.gate.Audit(r, "delete", slog.String("repo", q.repo), slog.String("digest", q.digest.String()))
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

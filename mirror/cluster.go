@@ -19,6 +19,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/idle"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -108,7 +109,7 @@ func fromPeer(r *http.Request) bool { return r.Header.Get(peerHeader) != "" }
 
 // provenPeer reports a request another node sent, with a valid node
 // token: it is served where it lands (the node owns the download).
-func provenPeer(r *http.Request) bool { return fromPeer(r) && callerOf(r).node != "" }
+func provenPeer(r *http.Request) bool { return fromPeer(r) && auth.CallerOf(r).Node != "" }
 
 // relayUpload sends a request for an upload session that another node
 // holds to that node; handled is false when the session is this node's.
@@ -240,7 +241,7 @@ func (reg *Registry) peerBlob(ctx context.Context, target string, t policy.Targe
 		return nil, 0, err
 	}
 	req.Header.Set(peerHeader, reg.store.Cluster().NodeID())
-	req.Header.Set("Authorization", "Bearer "+reg.tokens.issueNode(reg.store.Cluster().NodeID(), time.Now()))
+	req.Header.Set("Authorization", "Bearer "+reg.gate.NodeToken(reg.store.Cluster().NodeID()))
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
@@ -293,7 +294,7 @@ func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (
 	}
 	req.Header.Set(peerHeader, p.store.Cluster().NodeID())
 	req.Header.Set("Accept", manifestAccept)
-	req.Header.Set("Authorization", "Bearer "+p.reg.tokens.issueNode(p.store.Cluster().NodeID(), time.Now()))
+	req.Header.Set("Authorization", "Bearer "+p.reg.gate.NodeToken(p.store.Cluster().NodeID()))
 	resp, err := p.reg.peers.client.Do(req)
 	if err != nil {
 		p.reg.peers.hung(target, err)

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -56,11 +57,11 @@ type page struct {
 	Data    any
 }
 
-func (reg *Registry) subject(v viewer) policy.Subject { return policy.Subject{User: v.User} }
+func (reg *Registry) subject(v auth.Viewer) policy.Subject { return policy.Subject{User: v.User} }
 
-func (reg *Registry) newPage(r *http.Request, v viewer, title string) *page {
-	return &page{Title: title, User: v.User, Basic: v.Basic, CSRF: v.csrf, Admin: reg.policy().RegistryAdmin(reg.subject(v)),
-		NoUsers: !reg.authRequired(), Path: r.URL.RequestURI()}
+func (reg *Registry) newPage(r *http.Request, v auth.Viewer, title string) *page {
+	return &page{Title: title, User: v.User, Basic: v.Basic, CSRF: v.CSRF(), Admin: reg.policy().RegistryAdmin(reg.subject(v)),
+		NoUsers: !reg.gate.Required(), Path: r.URL.RequestURI()}
 }
 
 func (reg *Registry) render(w http.ResponseWriter, status int, name string, p *page) {
@@ -71,7 +72,7 @@ func (reg *Registry) render(w http.ResponseWriter, status int, name string, p *p
 	}
 }
 
-func (reg *Registry) consoleError(w http.ResponseWriter, r *http.Request, v viewer, status int, msg string) {
+func (reg *Registry) consoleError(w http.ResponseWriter, r *http.Request, v auth.Viewer, status int, msg string) {
 	p := reg.newPage(r, v, http.StatusText(status))
 	p.Data = msg
 	reg.render(w, status, "error", p)
@@ -167,7 +168,7 @@ type overview struct {
 	Repositories  int
 }
 
-func (reg *Registry) pageOverview(w http.ResponseWriter, r *http.Request, v viewer) {
+func (reg *Registry) pageOverview(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
 	p := reg.newPage(r, v, "Overview")
 	p.Nav = "overview"
 	o := overview{statusPage: reg.statusData(reg.subject(v))}
@@ -235,7 +236,7 @@ type repoRow struct {
 	LastPulled time.Time
 }
 
-func (reg *Registry) pageRepositories(w http.ResponseWriter, r *http.Request, v viewer) {
+func (reg *Registry) pageRepositories(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
 	p := reg.newPage(r, v, "Repositories")
 	p.Nav = "repositories"
 	q := r.URL.Query()
@@ -281,7 +282,7 @@ type tagRow struct {
 
 type kv struct{ Key, Value string }
 
-func (reg *Registry) pageRepository(w http.ResponseWriter, r *http.Request, v viewer, repo string) {
+func (reg *Registry) pageRepository(w http.ResponseWriter, r *http.Request, v auth.Viewer, repo string) {
 	subject := reg.subject(v)
 	if !oci.ValidName(repo) || !reg.mayPull(subject, repo) {
 		if v.User == "" && !reg.policy().Open() {
@@ -315,7 +316,7 @@ func (reg *Registry) pageRepository(w http.ResponseWriter, r *http.Request, v vi
 	p := reg.newPage(r, v, repo)
 	p.Nav = "repositories"
 	p.Flash = r.URL.Query().Get("done")
-	host := strings.TrimPrefix(strings.TrimPrefix(reg.externalBase(r), "https://"), "http://")
+	host := strings.TrimPrefix(strings.TrimPrefix(reg.gate.ExternalBase(r), "https://"), "http://")
 	deletes := reg.mayDelete(subject, repo) && (!reg.policy().Open() || reg.opts.AllowDelete)
 	p.Data = map[string]any{"Repo": repo, "Host": host, "Tags": tags, "Mirrored": o.Mirrored(), "Registry": o.Registry,
 		"CanDelete": deletes, "Columns": columns(r, key, order, "tag", "Tag", "size", "Size", "pushed", "Stored", "pulls", "Pulls", "pulled", "Last pulled")}
@@ -413,7 +414,7 @@ func (reg *Registry) wouldFree(repo string, refs []string) (int64, error) {
 }
 
 // confirmPage asks before a delete or an eviction, saying what it frees.
-func (reg *Registry) confirmPage(w http.ResponseWriter, r *http.Request, v viewer, repo, action, ref string) {
+func (reg *Registry) confirmPage(w http.ResponseWriter, r *http.Request, v auth.Viewer, repo, action, ref string) {
 	var refs []string
 	switch action {
 	case "delete":
@@ -442,13 +443,13 @@ func (reg *Registry) confirmPage(w http.ResponseWriter, r *http.Request, v viewe
 
 // repositoryAction deletes a tag or manifest, or evicts a mirrored image,
 // from a confirmed form.
-func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v viewer, repo string) {
+func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v auth.Viewer, repo string) {
 	if reg.policy().Open() && !reg.opts.AllowDelete {
 		reg.consoleError(w, r, v, http.StatusMethodNotAllowed, "Deleting is disabled on this server: with no users configured, start it with --allow-delete.")
 		return
 	}
 	if !reg.mayDelete(reg.subject(v), repo) {
-		reg.audit(r, "denied", slog.String("console", "delete in "+repo))
+		reg.gate.Audit(r, "denied", slog.String("console", "delete in "+repo))
 		reg.consoleError(w, r, v, http.StatusForbidden, "You may not delete in "+repo+".")
 		return
 	}
@@ -464,7 +465,7 @@ func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v 
 			reg.consoleError(w, r, v, statusOf(err), "The delete failed: "+err.Error())
 			return
 		}
-		reg.auditAs(r, v.User, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "console"))
+		reg.gate.AuditAs(r, v.User, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "console"))
 		done = "Deleted " + repo + refSep(ref) + ref + ". Its space comes back within seconds."
 	case "evict":
 		tags, err := reg.evict(repo)
@@ -472,7 +473,7 @@ func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v 
 			reg.consoleError(w, r, v, statusOf(err), "The eviction failed: "+err.Error())
 			return
 		}
-		reg.auditAs(r, v.User, "evict", slog.String("repo", repo), slog.Int("tags", len(tags)), slog.String("via", "console"))
+		reg.gate.AuditAs(r, v.User, "evict", slog.String("repo", repo), slog.Int("tags", len(tags)), slog.String("via", "console"))
 		done = fmt.Sprintf("Evicted %s (%d tags). The next pull fetches it again.", repo, len(tags))
 	default:
 		reg.consoleError(w, r, v, http.StatusBadRequest, "Unknown action.")
@@ -485,7 +486,7 @@ func (reg *Registry) repositoryAction(w http.ResponseWriter, r *http.Request, v 
 // statusOf is the HTTP status err has in the OCI error format.
 func statusOf(err error) int { return toAPIError(err, routeManifest).StatusCode() }
 
-func (reg *Registry) pageGC(w http.ResponseWriter, r *http.Request, v viewer) {
+func (reg *Registry) pageGC(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
 	if !reg.needAdmin(w, r, v) {
 		return
 	}
@@ -493,7 +494,7 @@ func (reg *Registry) pageGC(w http.ResponseWriter, r *http.Request, v viewer) {
 		start := time.Now()
 		rep, err := reg.collect(r.Context(), false)
 		reg.NoteGC("console", v.User, rep, time.Since(start), err)
-		reg.auditAs(r, v.User, "gc", slog.Bool("dry_run", false), slog.Int64("freed_bytes", rep.Bytes), slog.Int("blobs", rep.Blobs), slog.String("via", "console"))
+		reg.gate.AuditAs(r, v.User, "gc", slog.Bool("dry_run", false), slog.Int64("freed_bytes", rep.Bytes), slog.Int("blobs", rep.Blobs), slog.String("via", "console"))
 		reg.forgetReclaimable()
 		msg := fmt.Sprintf("Collected: %s freed (%d blobs, %d manifests, %d links).", humanBytes(float64(rep.Bytes)), rep.Blobs, rep.Manifests, rep.Links)
 		if err != nil {
@@ -527,7 +528,7 @@ func (reg *Registry) gcGrace() time.Duration {
 	return time.Hour
 }
 
-func (reg *Registry) pageUpstreams(w http.ResponseWriter, r *http.Request, v viewer) {
+func (reg *Registry) pageUpstreams(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
 	p := reg.newPage(r, v, "Upstreams")
 	p.Nav = "upstreams"
 	p.Data = reg.statusData(reg.subject(v)).Upstreams
@@ -540,13 +541,13 @@ type userRow struct {
 	Admin  bool
 }
 
-func (reg *Registry) pageUsers(w http.ResponseWriter, r *http.Request, v viewer) {
+func (reg *Registry) pageUsers(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
 	if !reg.needAdmin(w, r, v) {
 		return
 	}
 	pol := reg.policy()
 	var rows []userRow
-	if named, ok := reg.access.Load().users.(interface{ Names() []string }); ok {
+	if named, ok := reg.gate.Users().(interface{ Names() []string }); ok {
 		for _, u := range named.Names() {
 			rows = append(rows, userRow{Name: u, Groups: pol.GroupsOf(u), Admin: pol.RegistryAdmin(policy.Subject{User: u})})
 		}
@@ -563,12 +564,12 @@ type auditRow struct {
 	Attrs               []kv
 }
 
-func (reg *Registry) pageAudit(w http.ResponseWriter, r *http.Request, v viewer) {
+func (reg *Registry) pageAudit(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
 	if !reg.needAdmin(w, r, v) {
 		return
 	}
 	reg.book.mu.Lock()
-	audits := append([]AuditEvent(nil), reg.book.audits...)
+	audits := append([]auth.AuditEvent(nil), reg.book.audits...)
 	booked := append([]bookedError(nil), reg.book.errors...)
 	reg.book.mu.Unlock()
 	filter := strings.TrimSpace(r.URL.Query().Get("q"))

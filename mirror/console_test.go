@@ -20,6 +20,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cache/stores"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -94,7 +95,7 @@ func (b *browser) signIn(user, pass string) *http.Response {
 
 func sessionOf(resp *http.Response) *http.Cookie {
 	for _, c := range resp.Cookies() {
-		if c.Name == sessionCookie {
+		if c.Name == auth.SessionCookie {
 			return c
 		}
 	}
@@ -139,7 +140,7 @@ func TestConsoleSignIn(t *testing.T) {
 	// A password change ends the sessions signed in with the old one.
 	b = newBrowser(t, reg.srv)
 	b.signIn("root", "root-pw")
-	users := reg.reg().access.Load().users.(interface{ Set(string, string) error })
+	users := reg.reg().gate.Users().(interface{ Set(string, string) error })
 	users.Set("root", "new-pw")
 	if resp, _ := b.get("/gc"); resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("a session from before the password change: %s", resp.Status)

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/auth"
 )
 
 // Events is what the data plane tells the operator plane. The data plane
@@ -11,21 +12,12 @@ import (
 // receives the same (registry:2-style notifications will be one).
 type Events interface {
 	// Audit is one audited act: a push, a delete, a refusal, a sign-in.
-	Audit(e AuditEvent)
+	Audit(e auth.AuditEvent)
 	// Pulled is a manifest GET of ref (a tag or a digest) answered 200.
 	Pulled(repo, ref string)
 	// Refused is a request that failed, or was refused, in a way worth an
 	// operator's look: msg is "<status> <method> <path>[: <error>]".
 	Refused(repo, msg string)
-}
-
-// AuditEvent is one audit record, as the admin API lists it.
-type AuditEvent struct {
-	Time   string            `json:"time"`
-	User   string            `json:"user"`
-	Event  string            `json:"event"` // push, delete, denied, login, gc, evict
-	Client string            `json:"client"`
-	Attrs  map[string]string `json:"attrs,omitempty"`
 }
 
 // book is the operator plane's side of Events: the status book's audit
@@ -35,7 +27,7 @@ type book struct {
 	records *cache.Records // nil without a store (tests of the handler alone)
 }
 
-func (b book) Audit(e AuditEvent)       { b.status.noteAudit(e) }
+func (b book) Audit(e auth.AuditEvent)  { b.status.noteAudit(e) }
 func (b book) Refused(repo, msg string) { b.status.noteError(repo, msg) }
 
 func (b book) Pulled(repo, ref string) {
@@ -47,7 +39,7 @@ func (b book) Pulled(repo, ref string) {
 // fanout reports to the book and to the caller's listener.
 type fanout [2]Events
 
-func (f fanout) Audit(e AuditEvent) {
+func (f fanout) Audit(e auth.AuditEvent) {
 	f[0].Audit(e)
 	f[1].Audit(e)
 }

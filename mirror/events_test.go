@@ -7,17 +7,18 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wharf-registry/wharf/mirror/auth"
 )
 
 // recorder is a listener of Events that keeps what it was told.
 type recorder struct {
 	mu      sync.Mutex
-	audits  []AuditEvent
+	audits  []auth.AuditEvent
 	pulls   []string
 	refused []string
 }
 
-func (r *recorder) Audit(e AuditEvent) {
+func (r *recorder) Audit(e auth.AuditEvent) {
 	r.mu.Lock()
 	r.audits = append(r.audits, e)
 	r.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
@@ -36,7 +37,7 @@ type exchange struct {
 // ServeHTTP authenticates, routes, resolves and authorizes the request
 // once, calls the one handler the route table names, and writes errors.
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	r = reg.fromProxy(r)
+	r = reg.gate.FromProxy(r)
 	x := &exchange{sw: statusWriter{ResponseWriter: w}, r: r, start: time.Now(), label: "unknown"}
 	x.w = &x.sw
 	defer func() {
@@ -53,7 +54,7 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		reg.finish(x)
 	}()
-	x.r = reg.authenticate(r)
+	x.r = reg.gate.Authenticate(r)
 	if x.err = reg.dispatch(x); x.err != nil && x.w.status == 0 {
 		if x.r.Context().Err() != nil && errors.Is(x.err, context.Canceled) {
 			// The client hung up and the handler gave up on that: nobody
@@ -75,10 +76,9 @@ func (reg *Registry) dispatch(x *exchange) error {
 		x.label = "health"
 		return reg.health(w, r)
 	case "/token":
-		if reg.authRequired() {
+		if reg.gate.Required() {
 			x.label = "token"
-			reg.serveToken(w, r)
-			return nil
+			return reg.gate.ServeToken(w, r)
 		}
 	}
 	if strings.HasPrefix(r.URL.Path, apiPrefix) {
@@ -197,7 +197,7 @@ func (reg *Registry) finish(x *exchange) {
 		// Refused sign-ins and throttled clients come in floods (a
 		// password guesser): one line per client address and minute,
 		// with the count of those held back.
-		ok, held := reg.logLimit.allow("request\x00"+strconv.Itoa(status)+"\x00"+clientIP(r), time.Now())
+		ok, held := reg.logLimit.Allow("request\x00"+strconv.Itoa(status)+"\x00"+auth.ClientIP(r), time.Now())
 		if !ok {
 			return
 		}

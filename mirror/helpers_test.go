@@ -30,7 +30,9 @@ func newTestRegistry(t testing.TB, opts Options) *testRegistry {
 	t.Helper()
 	dir := t.TempDir()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	opts.Logger = quiet
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
 	st, err := stores.Open(cache.Options{Dir: dir, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)

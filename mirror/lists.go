@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -52,10 +53,10 @@ func (reg *Registry) referrers(w http.ResponseWriter, r *http.Request, q *reques
 	return writeReferrers(w, r, descs, r.URL.Query().Get("artifactType"))
 }
 
-// visibleRepos pages through the catalog keeping what the caller may pull
+// visibleRepos pages through the catalog keeping what the auth.Caller may pull
 // (anonymous-mirror-pull applies to repositories recorded as mirrored).
 func (reg *Registry) visibleRepos(r *http.Request, n int, last string) ([]string, bool, error) {
-	return reg.visibleReposOf(callerOf(r).Subject, n, last)
+	return reg.visibleReposOf(auth.CallerOf(r).Subject, n, last)
 }
 
 // visibleReposOf is visibleRepos for subject s.

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -73,7 +74,7 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 	if err != nil {
 		return err
 	}
-	reg.audit(r, "push", slog.String("repo", q.repo), slog.String("digest", m.Digest.String()), slog.Any("tags", tags))
+	reg.gate.Audit(r, "push", slog.String("repo", q.repo), slog.String("digest", m.Digest.String()), slog.Any("tags", tags))
 	reg.pushed(q)
 	h := w.Header()
 	setLocation(w, q.repo, "manifests", m.Digest.String())
@@ -106,7 +107,7 @@ func (reg *Registry) pushed(q *request) {
 // through to a mirrored copy until it is pushed (registry:2's "centos" is
 // Docker Hub's library/centos until then) answered the client's blob
 // probes from that copy, so the client skipped uploading those blobs: they
-// are linked from the copy, if the caller may pull it, as a mount would.
+// are linked from the copy, if the auth.Caller may pull it, as a mount would.
 func (reg *Registry) putLinkingFallthrough(r *http.Request, q *request, want digest.Digest, tags []string, body []byte) (*cache.Manifest, error) {
 	mediaType := r.Header.Get("Content-Type")
 	m, err := reg.store.PutManifest(q.repo, want, tags, mediaType, body)
@@ -119,7 +120,7 @@ func (reg *Registry) putLinkingFallthrough(r *http.Request, q *request, want dig
 		return m, err
 	}
 	if o, ok := reg.store.Origin(t.Local); !ok || !o.Mirrored() ||
-		!reg.policy().Allowed(callerOf(r).Subject, t.Local, policy.Pull, true) {
+		!reg.policy().Allowed(auth.CallerOf(r).Subject, t.Local, policy.Pull, true) {
 		return m, err
 	}
 	for range maxLinkedRefs {
@@ -143,7 +144,7 @@ func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *r
 	if err := reg.store.DeleteReleasing(q.repo, q.ref.String()); err != nil {
 		return err
 	}
-	reg.audit(r, "delete", slog.String("repo", q.repo), slog.String("reference", q.ref.String()))
+	reg.gate.Audit(r, "delete", slog.String("repo", q.repo), slog.String("reference", q.ref.String()))
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // Metrics are the registry's Prometheus instruments. Create them with
-// NewMetrics on a registry the caller owns; a nil *Metrics records nothing.
+// NewMetrics on a registry the auth.Caller owns; a nil *Metrics records nothing.
 type Metrics struct {
 	Requests         *prometheus.CounterVec   // route, method, status
 	Duration         *prometheus.HistogramVec // route

@@ -85,7 +85,7 @@ func TestTrustedProxy(t *testing.T) {
 	if got := realm(other, fwd); !strings.HasPrefix(got, `Bearer realm="http://127.0.0.1:`) {
 		t.Fatalf("realm with forged headers from an untrusted peer: %s", got)
 	}
-	if r := other.reg().fromProxy(&http.Request{RemoteAddr: "127.0.0.1:1", Header: http.Header{"X-Forwarded-For": {"203.0.113.9"}}}); r.RemoteAddr != "127.0.0.1:1" {
+	if r := other.reg().gate.FromProxy(&http.Request{RemoteAddr: "127.0.0.1:1", Header: http.Header{"X-Forwarded-For": {"203.0.113.9"}}}); r.RemoteAddr != "127.0.0.1:1" {
 		t.Fatalf("client address from an untrusted peer's X-Forwarded-For: %s", r.RemoteAddr)
 	}
 

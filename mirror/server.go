@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/internal/loglimit"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -47,7 +49,7 @@ type Options struct {
 	// FillTimeout bounds one blob download from upstream (1h).
 	FillTimeout time.Duration
 	// Users authenticates Basic credentials; nil or empty: nobody signs in.
-	Users Authenticator
+	Users auth.Authenticator
 	// Policy decides who may do what; nil: policy.New(0, {}) (everything
 	// allowed, and pushes over mirrored names refused).
 	Policy *policy.Policy
@@ -64,7 +66,7 @@ type Options struct {
 	StatusInfo func() StatusInfo
 
 	// OnStorageFull is called (without blocking) when a write failed for a
-	// full filesystem: the caller can run eviction at once.
+	// full filesystem: the auth.Caller can run eviction at once.
 	OnStorageFull func()
 	// MakeRoom, when set, frees space (evicts mirrored images) and waits for
 	// it, up to ctx: a mirror download that would not fit asks it first.
@@ -110,26 +112,17 @@ type Registry struct {
 	opts        Options
 	log         *slog.Logger
 	routes      map[routeKey]handlerFunc
-	pull        *puller                // the pull-through mirror; nil without Options.Upstream
-	access      atomic.Pointer[access] // users and rules; swapped by SetAccess
-	tokens      *tokens
-	sessions    *sessions // the console's
-	signins     *signins
+	pull        *puller    // the pull-through mirror; nil without Options.Upstream
+	gate        *auth.Gate // callers, users and rules (swapped by SetAccess), tokens, sessions
 	uploads     *uploadLimiter
 	manifestMem *semaphore.Weighted // bytes of manifest bodies being read and checked
-	logLimit    logLimiter          // one line per source and minute for floods
+	logLimit    loglimit.Limiter    // one line per source and minute for floods
 	draining    atomic.Bool
 	book        statusBook
 	events      Events // the book, and Options.Events
 	peers       *peers // the other nodes of a cluster
 	targets     targets
 	admin       adminState
-}
-
-// access is who may sign in and what they may do, replaced as a whole.
-type access struct {
-	users  Authenticator // nil: nobody signs in
-	policy *policy.Policy
 }
 
 // New returns the registry API over store. Close it before the store.
@@ -140,21 +133,20 @@ func New(store *cache.Store, opts Options) *Registry {
 	if opts.ClientTimeout <= 0 {
 		opts.ClientTimeout = time.Minute
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, tokens: newTokens(opts.Secret), signins: newSignins(), peers: newPeers(),
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, peers: newPeers(),
 		uploads:     &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}},
-		manifestMem: semaphore.NewWeighted(manifestMemory), logLimit: logLimiter{every: time.Minute}}
-	reg.sessions = newSessions(reg.tokens)
-	if store != nil {
-		reg.sessions.store = store.Records()
-	}
-	reg.sessions.log = opts.Logger
+		manifestMem: semaphore.NewWeighted(manifestMemory), logLimit: loglimit.Limiter{Every: time.Minute}}
 	reg.events = book{status: &reg.book}
+	var revocations auth.Revocations
 	if store != nil {
 		reg.events = book{status: &reg.book, records: store.Records()}
+		revocations = store.Records()
 	}
 	if opts.Events != nil {
 		reg.events = fanout{reg.events, opts.Events}
 	}
+	reg.gate = auth.New(auth.Options{Secret: opts.Secret, TrustedProxies: opts.TrustedProxies, PublicURL: opts.PublicURL,
+		Revocations: revocations, Audit: reg.events, Logger: opts.Logger})
 	reg.SetAccess(opts.Users, opts.Policy)
 	if opts.Upstream != nil {
 		reg.pull = newPuller(reg)
@@ -165,14 +157,11 @@ func New(store *cache.Store, opts Options) *Registry {
 
 // SetAccess replaces users and rules for the requests that start from now
 // on (SIGHUP reload). A nil policy allows everything (no users).
-func (reg *Registry) SetAccess(users Authenticator, pol *policy.Policy) {
-	if pol == nil {
-		pol, _ = policy.New(0, policy.Config{})
-	}
-	reg.access.Store(&access{users: users, policy: pol})
+func (reg *Registry) SetAccess(users auth.Authenticator, pol *policy.Policy) {
+	reg.gate.SetAccess(users, pol)
 }
 
-func (reg *Registry) policy() *policy.Policy { return reg.access.Load().policy }
+func (reg *Registry) policy() *policy.Policy { return reg.gate.Policy() }
 
 // Drain makes /readyz answer 503 (load balancers stop sending) while
 // requests in flight finish.
@@ -207,17 +196,17 @@ func (reg *Registry) health(w http.ResponseWriter, r *http.Request) error {
 func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ *request) error {
 	// With users, /v2/ challenges callers without a token: clients then ask
 	// the realm, anonymously (mirror pulls) or with a password (login).
-	c := callerOf(r)
-	if c.throttled > 0 {
-		return oci.Throttled(c.throttled)
+	c := auth.CallerOf(r)
+	if c.Throttled > 0 {
+		return oci.Throttled(c.Throttled)
 	}
-	if reg.authRequired() && c.User == "" && (!c.token || c.badCredentials) {
-		if c.badCredentials {
-			reg.audit(r, "login", slog.Bool("ok", false))
+	if reg.gate.Required() && c.User == "" && (!c.Token || c.BadCredentials) {
+		if c.BadCredentials {
+			reg.gate.Audit(r, "login", slog.Bool("ok", false))
 		}
-		return reg.unauthorized(r, "", "")
+		return reg.gate.Unauthorized(r, "", "")
 	} else if c.User != "" {
-		reg.audit(r, "login", slog.Bool("ok", true))
+		reg.gate.Audit(r, "login", slog.Bool("ok", true))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", "2")

@@ -76,7 +76,7 @@ func TestSignInThrottle(t *testing.T) {
 	users := &countingUsers{Users: plain}
 	reg := newTestRegistry(t, Options{Users: users, Policy: pol})
 	stopped := time.Now()
-	reg.reg().signins.now = func() time.Time { return stopped } // no backoff runs out during the test
+	reg.reg().gate.SetClock(func() time.Time { return stopped }) // no backoff runs out during the test
 	statuses := map[int]int{}
 	for i := 0; i < 100; i++ {
 		st, _ := tokenFor(t, reg, basic("alice", "guess-"+string(rune('a'+i%26))+string(rune('a'+i/26))))

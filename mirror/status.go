@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
@@ -26,12 +27,12 @@ type StatusInfo struct {
 // traffic counters and the latest errors.
 type statusBook struct {
 	mu      sync.Mutex
-	samples []sample      // one a minute, the last maxSamples (the charts' fallback)
-	last    sample        // the previous Sample: a point is the difference
-	trimmed time.Time     // when the history was last trimmed
-	errors  []bookedError // newest last, at most maxErrors
-	audits  []AuditEvent  // newest last, at most maxAudits
-	gcRuns  []gcRun       // newest last, at most maxGCRuns
+	samples []sample          // one a minute, the last maxSamples (the charts' fallback)
+	last    sample            // the previous Sample: a point is the difference
+	trimmed time.Time         // when the history was last trimmed
+	errors  []bookedError     // newest last, at most maxErrors
+	audits  []auth.AuditEvent // newest last, at most maxAudits
+	gcRuns  []gcRun           // newest last, at most maxGCRuns
 }
 
 const (
@@ -99,7 +100,7 @@ func (reg *Registry) NoteGC(trigger, user string, rep cache.GCReport, took time.
 	b.mu.Unlock()
 }
 
-func (b *statusBook) noteAudit(e AuditEvent) {
+func (b *statusBook) noteAudit(e auth.AuditEvent) {
 	b.mu.Lock()
 	b.audits = append(b.audits, e)
 	if len(b.audits) > maxAudits {

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -27,7 +28,7 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		// Without a valid source repository the mount falls back to an
 		// ordinary upload session, as the spec allows.
 		// A mount needs pull rights on the source.
-		if from := qs.Get("from"); oci.ValidName(from) && reg.policy().Allowed(callerOf(r).Subject, from, policy.Pull, reg.origin(from).Mirrored()) {
+		if from := qs.Get("from"); oci.ValidName(from) && reg.policy().Allowed(auth.CallerOf(r).Subject, from, policy.Pull, reg.origin(from).Mirrored()) {
 			_, err := reg.store.MountBlob(from, q.repo, d)
 			if err == nil {
 				return blobCreated(w, q.repo, d)

@@ -24,6 +24,7 @@ import (
 	"github.com/wharf-registry/wharf/cache/index/etcdindex"
 	"github.com/wharf-registry/wharf/cache/stores"
 	"github.com/wharf-registry/wharf/mirror"
+	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -336,7 +337,7 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cfg serveConfig, reg
 		if a, err := readAccess(cfg.configFile, cfg.htpasswd, cfg.registry2Auth); err != nil {
 			cfg.log.Error("reload: keeping the current users and rules", "err", err)
 		} else {
-			var users mirror.Authenticator
+			var users auth.Authenticator
 			n := 0
 			if a.users != nil {
 				users, n = a.users, a.users.Len()

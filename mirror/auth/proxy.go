@@ -1,4 +1,4 @@
-package mirror
+package auth
 
 import (
 	"context"
@@ -21,12 +21,12 @@ type forwarded struct {
 
 type forwardedKey struct{}
 
-// fromProxy returns r as the client sent it to a trusted proxy: RemoteAddr
+// FromProxy returns r as the client sent it to a trusted proxy: RemoteAddr
 // is the client's address (the nearest untrusted one in X-Forwarded-For),
 // and the external scheme and host are kept for externalBase. Requests
 // from other peers are returned unchanged.
-func (reg *Registry) fromProxy(r *http.Request) *http.Request {
-	if len(reg.opts.TrustedProxies) == 0 || !reg.trusted(peerAddr(r.RemoteAddr)) {
+func (g *Gate) FromProxy(r *http.Request) *http.Request {
+	if len(g.opts.TrustedProxies) == 0 || !g.trusted(peerAddr(r.RemoteAddr)) {
 		return r
 	}
 	f := forwarded{proto: strings.ToLower(firstValue(r.Header.Get("X-Forwarded-Proto"))), host: firstValue(r.Header.Get("X-Forwarded-Host"))}
@@ -37,7 +37,7 @@ func (reg *Registry) fromProxy(r *http.Request) *http.Request {
 		f.host = ""
 	}
 	r = r.WithContext(context.WithValue(r.Context(), forwardedKey{}, f))
-	if client, ok := reg.forwardedClient(r.Header.Values("X-Forwarded-For")); ok {
+	if client, ok := g.forwardedClient(r.Header.Values("X-Forwarded-For")); ok {
 		r.RemoteAddr = net.JoinHostPort(client.String(), "0")
 	}
 	return r
@@ -45,7 +45,7 @@ func (reg *Registry) fromProxy(r *http.Request) *http.Request {
 
 // forwardedClient walks X-Forwarded-For from the right (the entry the
 // nearest proxy added) past trusted proxies to the first other address.
-func (reg *Registry) forwardedClient(values []string) (netip.Addr, bool) {
+func (g *Gate) forwardedClient(values []string) (netip.Addr, bool) {
 	var hops []string
 	for _, v := range values {
 		hops = append(hops, strings.Split(v, ",")...)
@@ -57,15 +57,15 @@ func (reg *Registry) forwardedClient(values []string) (netip.Addr, bool) {
 			break // garbage: stop at what can be trusted so far
 		}
 		last = a.Unmap()
-		if !reg.trusted(last) {
+		if !g.trusted(last) {
 			return last, true
 		}
 	}
 	return last, last.IsValid()
 }
 
-func (reg *Registry) trusted(a netip.Addr) bool {
-	for _, p := range reg.opts.TrustedProxies {
+func (g *Gate) trusted(a netip.Addr) bool {
+	for _, p := range g.opts.TrustedProxies {
 		if p.Contains(a) {
 			return true
 		}
@@ -73,12 +73,12 @@ func (reg *Registry) trusted(a netip.Addr) bool {
 	return false
 }
 
-// externalBase is the scheme and host clients use to reach this registry:
+// ExternalBase is the scheme and host clients use to reach this registry:
 // Options.PublicURL, else what a trusted proxy said, else the connection's
 // own.
-func (reg *Registry) externalBase(r *http.Request) string {
-	if reg.opts.PublicURL != "" {
-		return strings.TrimSuffix(reg.opts.PublicURL, "/")
+func (g *Gate) ExternalBase(r *http.Request) string {
+	if g.opts.PublicURL != "" {
+		return strings.TrimSuffix(g.opts.PublicURL, "/")
 	}
 	scheme, host := "http", r.Host
 	if r.TLS != nil {
@@ -120,4 +120,10 @@ func validHost(h string) bool {
 		}
 	}
 	return true
+}
+
+// OverTLS reports that the client reached this server over TLS (directly,
+// or through a trusted proxy that said so).
+func (g *Gate) OverTLS(r *http.Request) bool {
+	return strings.HasPrefix(g.ExternalBase(r), "https://")
 }

@@ -1,4 +1,4 @@
-package mirror
+package auth
 
 import (
 	"crypto/hmac"

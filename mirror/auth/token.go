@@ -1,4 +1,4 @@
-package mirror
+package auth
 
 import (
 	"crypto/hmac"
@@ -78,13 +78,13 @@ func (t *tokens) check(tok string, now time.Time) (c tokenClaims, ok bool) {
 	return c, true
 }
 
-// serveToken is the token realm (GET with optional Basic credentials, or an
+// ServeToken is the token realm (GET with optional Basic credentials, or an
 // OAuth2 password grant POST). Anonymous callers get an anonymous token.
 // Credentials that do not verify get an anonymous token marked bad: dockerd
 // sends its Docker Hub login here too and must still pull mirrored content
 // anonymously, while /v2/ refuses a bad token, which is what makes
 // `docker login` with a wrong password fail.
-func (reg *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
+func (g *Gate) ServeToken(w http.ResponseWriter, r *http.Request) error {
 	user, pass, withCreds := r.BasicAuth()
 	if r.Method == http.MethodPost {
 		r.ParseForm()
@@ -94,31 +94,35 @@ func (reg *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
 	bad, gen := false, ""
 	if !withCreds {
 		user = ""
-	} else if ok, retry := reg.signIn(r, user, pass); ok {
-		reg.auditAs(r, user, "login", slog.Bool("ok", true), slog.String("as", user))
-		gen = reg.access.Load().users.Generation(user)
+	} else if ok, retry := g.SignIn(r, user, pass); ok {
+		g.AuditAs(r, user, "login", slog.Bool("ok", true), slog.String("as", user))
+		gen = g.Generation(user)
 	} else if retry > 0 {
-		writeError(w, oci.Throttled(retry), routeBase)
-		return
+		return oci.Throttled(retry)
 	} else {
 		user, bad = "", true
 	}
 	now := time.Now()
-	tok := reg.tokens.issue(user, gen, bad, now)
+	tok := g.tokens.issue(user, gen, bad, now)
 	body, _ := json.Marshal(map[string]any{"token": tok, "access_token": tok,
 		"expires_in": int(tokenTTL / time.Second), "issued_at": now.UTC().Format(time.RFC3339)})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.Write(body)
+	_, err := w.Write(body)
+	return err
 }
 
-// challenge is the WWW-Authenticate value pointing clients at the realm.
+// Challenge is the WWW-Authenticate value pointing clients at the realm.
 // The realm is an absolute URL: it is built from the address clients use
 // (behind a proxy, the proxy's; see externalBase).
-func (reg *Registry) challenge(r *http.Request, scope string) string {
-	v := fmt.Sprintf(`Bearer realm="%s/token",service="wharf"`, reg.externalBase(r))
+func (g *Gate) Challenge(r *http.Request, scope string) string {
+	v := fmt.Sprintf(`Bearer realm="%s/token",service="wharf"`, g.ExternalBase(r))
 	if scope != "" {
 		v += fmt.Sprintf(`,scope="%s"`, scope)
 	}
 	return v
 }
+
+// NodeToken is the token this node shows another node of its cluster: it
+// may pull there.
+func (g *Gate) NodeToken(node string) string { return g.tokens.issueNode(node, time.Now()) }

@@ -1,0 +1,161 @@
+// Package auth is who calls, for every plane of Wharf's HTTP face: the OCI
+// API (/v2/), the token realm (/token), the admin API (/api/v1/) and the
+// console. A Gate establishes a request's Caller once (Basic credentials,
+// a bearer token from Wharf's realm, a client certificate, a cluster
+// node's token), throttles failed sign-ins, signs tokens and console
+// session cookies, believes trusted proxies' forwarded headers, and writes
+// the audit records. What a caller may do is the policy's answer; the
+// Gate holds the users and rules in force (SetAccess swaps them whole).
+package auth
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wharf-registry/wharf/internal/loglimit"
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// Authenticator verifies user credentials; *policy.Users provides it.
+type Authenticator interface {
+	Len() int
+	Verify(user, password string) bool
+	// Generation changes whenever user's credential does (and is empty for
+	// an unknown user): tokens carry it, so a deleted user's or an old
+	// password's tokens stop working at once.
+	Generation(user string) string
+}
+
+// Caller is who sent a request, as authenticated.
+type Caller struct {
+	policy.Subject
+	BadCredentials bool          // sent credentials that did not verify (treated as anonymous)
+	Token          bool          // holds a valid token from Wharf's realm
+	Throttled      time.Duration // its sign-in was refused after too many failures: retry after this
+	Node           string        // another node of the cluster (a node token): it may pull
+}
+
+// Options configures a Gate.
+type Options struct {
+	// Secret, when set, derives the key tokens and session cookies are
+	// signed with, so that nodes sharing it accept each other's; "": a
+	// random key.
+	Secret string
+	// TrustedProxies are the peers whose X-Forwarded-For, -Proto and -Host
+	// headers are believed.
+	TrustedProxies []netip.Prefix
+	// PublicURL, when set, is the scheme and host clients reach the
+	// registry at: the token realm is built from it.
+	PublicURL string
+	// Revocations records console sign-outs in the index (so that they
+	// outlive a restart and reach every node); nil: memory only.
+	Revocations Revocations
+	// Audit receives every audit record; nil: the log only.
+	Audit  Auditor
+	Logger *slog.Logger
+}
+
+// Revocations is where sign-outs are kept (the store's records).
+type Revocations interface {
+	Revoke(id string, until time.Time) error
+	Revoked(id string) (bool, error)
+}
+
+// Gate authenticates requests. It is safe for concurrent use.
+type Gate struct {
+	opts     Options
+	log      *slog.Logger
+	access   atomic.Pointer[access]
+	tokens   *tokens
+	sessions *sessions
+	signins  *signins
+	logLimit loglimit.Limiter // one line per source and minute for floods
+}
+
+// access is who may sign in and what they may do, replaced as a whole.
+type access struct {
+	users  Authenticator // nil: nobody signs in
+	policy *policy.Policy
+}
+
+// New returns a Gate with no users and a policy that allows everything
+// until SetAccess.
+func New(o Options) *Gate {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	g := &Gate{opts: o, log: o.Logger, tokens: newTokens(o.Secret), signins: newSignins(), logLimit: loglimit.Limiter{Every: time.Minute}}
+	g.sessions = newSessions(g.tokens)
+	g.sessions.store, g.sessions.log = o.Revocations, o.Logger
+	g.SetAccess(nil, nil)
+	return g
+}
+
+// SetAccess replaces users and rules for the requests that start from now
+// on (SIGHUP reload). A nil policy allows everything (no users).
+func (g *Gate) SetAccess(users Authenticator, pol *policy.Policy) {
+	if pol == nil {
+		pol, _ = policy.New(0, policy.Config{})
+	}
+	g.access.Store(&access{users: users, policy: pol})
+}
+
+// Policy is the rules in force.
+func (g *Gate) Policy() *policy.Policy { return g.access.Load().policy }
+
+// Users is who may sign in (nil: nobody).
+func (g *Gate) Users() Authenticator { return g.access.Load().users }
+
+// Generation is user's credential generation ("" for an unknown user).
+func (g *Gate) Generation(user string) string {
+	if users := g.Users(); users != nil {
+		return users.Generation(user)
+	}
+	return ""
+}
+
+// Required reports that users exist: /v2/ then challenges anonymous
+// callers, which is what makes `docker login` send its credentials.
+func (g *Gate) Required() bool {
+	u := g.Users()
+	return u != nil && u.Len() > 0
+}
+
+// SetClock replaces the sign-in throttle's clock (tests).
+func (g *Gate) SetClock(now func() time.Time) { g.signins.now = now }
+
+// ClientIP is the request's client address without its port.
+func ClientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// callerKey is the request context's key of its lazily resolved caller.
+type callerKey struct{}
+
+// lazyCaller resolves a request's caller on first use: Basic credentials
+// cost a bcrypt check, which a request that anonymous callers may make
+// never pays.
+type lazyCaller struct {
+	once    sync.Once
+	c       Caller
+	resolve func() Caller
+}
+
+// CallerOf is who sent r (anonymous unless Authenticate found credentials).
+func CallerOf(r *http.Request) Caller {
+	lc, _ := r.Context().Value(callerKey{}).(*lazyCaller)
+	if lc == nil {
+		return Caller{}
+	}
+	lc.once.Do(func() { lc.c = lc.resolve() })
+	return lc.c
+}

@@ -1,0 +1,126 @@
+package auth
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/wharf-registry/wharf/mirror/oci"
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// Authenticate attaches r's caller, resolved on first use: a client
+// certificate, a bearer token from Wharf's realm, or Basic credentials.
+// Credentials that do not verify leave the caller anonymous: dockerd
+// forwards its Docker Hub login to mirrors, and that must not break an
+// anonymous pull. They only matter when the request needs more than
+// anonymous rights. A request without credentials is returned as is.
+func (g *Gate) Authenticate(r *http.Request) *http.Request {
+	h := r.Header.Get("Authorization")
+	if h == "" && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		return r // anonymous: CallerOf finds no caller, which is the anonymous one
+	}
+	lc := &lazyCaller{}
+	switch {
+	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0: // a client certificate from --tls-client-ca
+		cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
+		lc.resolve = func() Caller { return Caller{Subject: policy.Subject{User: cn}} }
+	case strings.HasPrefix(h, "Bearer "):
+		lc.resolve = func() Caller {
+			claims, valid := g.tokens.check(strings.TrimPrefix(h, "Bearer "), time.Now())
+			if valid && claims.User != "" {
+				users := g.Users()
+				valid = users != nil && users.Generation(claims.User) == claims.Gen
+			}
+			var c Caller
+			if valid {
+				c.User, c.Node = claims.User, claims.Node
+			}
+			c.BadCredentials, c.Token = !valid || claims.Bad, valid
+			return c
+		}
+	default:
+		user, pass, ok := r.BasicAuth()
+		lc.resolve = func() Caller {
+			var c Caller
+			if !ok || g.Users() == nil {
+				return c
+			}
+			good, retry := g.SignIn(r, user, pass)
+			switch {
+			case good:
+				c.User = user
+			case retry > 0:
+				c.BadCredentials, c.Throttled = true, retry
+			default:
+				c.BadCredentials = true
+			}
+			return c
+		}
+	}
+	return r.WithContext(context.WithValue(r.Context(), callerKey{}, lc))
+}
+
+// SignIn checks user's password for a request, throttled per client
+// address and user name (see signins): ok, or how long to wait before
+// trying again (0: the password was wrong). Failures are audited.
+func (g *Gate) SignIn(r *http.Request, user, pass string) (ok bool, retry time.Duration) {
+	users := g.Users()
+	if users == nil {
+		return false, 0
+	}
+	ip, now, gen := ClientIP(r), g.signins.now(), users.Generation(user)
+	if g.signins.knownBad(user, gen, pass, now) {
+		return false, 0 // the same failure again: no new guess
+	}
+	if w := g.signins.wait(ip, user, now); w > 0 {
+		g.AuditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "throttled after failed sign-ins"), slog.Duration("retry_after", w))
+		return false, w
+	}
+	if users.Verify(user, pass) {
+		g.signins.succeeded(ip, user)
+		return true, 0
+	}
+	g.signins.rememberBad(user, gen, pass, now)
+	backoff := g.signins.failed(ip, user, now)
+	g.AuditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "wrong user or password"), slog.Duration("backoff", backoff))
+	return false, 0
+}
+
+// accessRecord is the detail of an UNAUTHORIZED error, as registry:2 sends
+// it. A detail matters: docker treats a 401 whose message is the code's
+// default and that has no detail as a transient failure and retries it for
+// a minute; with it, `docker push` fails at once with a clear message.
+type accessRecord struct {
+	Type   string `json:"Type"`
+	Class  string `json:"Class,omitempty"`
+	Name   string `json:"Name"`
+	Action string `json:"Action"`
+}
+
+// Unauthorized is the 401 with the challenge for this request; repo and
+// action name what was asked (both empty for /v2/).
+func (g *Gate) Unauthorized(r *http.Request, repo string, a policy.Action) *oci.Error {
+	scope, detail := "", []accessRecord{}
+	if repo != "" {
+		scope = "repository:" + repo + ":pull,push"
+		detail = append(detail, accessRecord{Type: "repository", Name: repo, Action: string(a)})
+	}
+	return &oci.Error{Code: oci.CodeUnauthorized, Message: "authentication required", Detail: detail, Challenge: g.Challenge(r, scope)}
+}
+
+// CrossSite reports a request a browser marked as coming from another
+// site (a form elsewhere posting here with the user's Basic credentials).
+func CrossSite(r *http.Request) bool {
+	if s := r.Header.Get("Sec-Fetch-Site"); s == "cross-site" || s == "same-site" {
+		return true
+	}
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
+		u, err := url.Parse(o)
+		return err != nil || u.Host != r.Host
+	}
+	return false
+}
