@@ -3,15 +3,14 @@ package mirror
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/wharf-registry/wharf/mirror/admin"
 	"github.com/wharf-registry/wharf/policy"
-	"github.com/wharf-registry/wharf/upstream"
 )
 
 func adminRegistry(t *testing.T) *testRegistry {
@@ -81,9 +80,9 @@ func TestAdminAPIAuthorization(t *testing.T) {
 			t.Errorf("%s %s: not an OCI error: %s", c.method, c.path, body)
 		}
 	}
-	// Listings show only what the auth.Caller may pull.
+	// Listings show only what the caller may pull.
 	_, body := reg.do(t, "GET", "/api/v1/repositories", nil, as("reader"))
-	var list struct{ Repositories []repoInfo }
+	var list struct{ Repositories []admin.RepoInfo }
 	json.Unmarshal(body, &list)
 	if len(list.Repositories) != 1 || list.Repositories[0].Name != "team/app" || list.Repositories[0].Origin != "pushed" || list.Repositories[0].Tags != 1 {
 		t.Fatalf("reader's repositories: %s", body)
@@ -108,7 +107,7 @@ func TestAdminAPIDeleteFrees(t *testing.T) {
 	json.Unmarshal(body, &m)
 	_, tags := reg.do(t, "GET", "/api/v1/repositories/team/app/tags", nil, as("alice"))
 	var tl struct {
-		Tags []tagInfo
+		Tags []admin.TagInfo
 	}
 	json.Unmarshal(tags, &tl)
 	if len(tl.Tags) != 2 || tl.Tags[1].Tag != "v1" || tl.Tags[1].Digest != digest.FromBytes(body).String() || tl.Tags[1].Bytes <= int64(len(body)) {
@@ -157,8 +156,8 @@ func TestAdminAPIDeleteFrees(t *testing.T) {
 // it without the grace, and the next pull goes upstream once; a pushed
 // repository is not evicted; the audit events and upstreams are listed.
 func TestAdminAPIEvict(t *testing.T) {
-	e := newMirrorEnv(t, Options{AllowDelete: true, StatusInfo: func() StatusInfo {
-		return StatusInfo{Upstreams: []upstream.Status{{Name: "docker.io", Endpoint: "https://registry-1.docker.io", Up: true, RateLimitRemaining: 87}}}
+	e := newMirrorEnv(t, Options{AllowDelete: true, StatusInfo: func() admin.StatusInfo {
+		return admin.StatusInfo{Upstreams: []admin.UpstreamStatus{{Name: "docker.io", Endpoint: "https://registry-1.docker.io", Up: true, RateLimitRemaining: 87}}}
 	}})
 	img := e.hub.Push("library/alpine", "3.20", smallImage(41))
 	ctx := context.Background()
@@ -222,24 +221,5 @@ func TestAdminAPIDeletesNeedRights(t *testing.T) {
 	rep, ran, err := collectReleased(open.reg())
 	if err != nil || !ran || rep.Blobs != 3 {
 		t.Fatalf("after a registry DELETE: ran %v, %+v, %v", ran, rep, err)
-	}
-}
-
-func TestSplitAPIRepo(t *testing.T) {
-	for in, want := range map[string][3]string{
-		"team/app":                      {"team/app", "", "true"},
-		"team/tagsx":                    {"team/tagsx", "", "true"},
-		"team/app/tags":                 {"team/app", "tags", "true"},
-		"team/app/tags/v1":              {"team/app", "tags/v1", "true"},
-		"docker.io/library/alpine":      {"docker.io/library/alpine", "", "true"},
-		"team/app/manifests/sha256:abc": {"team/app", "manifests/sha256:abc", "true"},
-		"team/manifests":                {"team/manifests", "", "true"},
-		"Team/App/tags":                 {"Team/App", "tags", "false"},
-		"tags":                          {"tags", "", "true"},
-	} {
-		name, what, ok := splitAPIRepo(in)
-		if name != want[0] || what != want[1] || fmt.Sprint(ok) != want[2] {
-			t.Errorf("splitAPIRepo(%q) = %q %q %v, want %v", in, name, what, ok, want)
-		}
 	}
 }

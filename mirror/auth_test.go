@@ -196,7 +196,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func (r *testRegistry) reg() *Registry { return r.srv.Config.Handler.(*Registry) }
+func (r *testRegistry) reg() *Server { return r.srv.Config.Handler.(*Server) }
 
 // TestNoPoisoningMirroredNames: a user with push rights on team/* cannot
 // push library/alpine (or alpine, or a registry-prefixed name) and the next
@@ -272,8 +272,8 @@ func TestSSRF(t *testing.T) {
 func TestStatusErrorsFollowPullRights(t *testing.T) {
 	users, pol := testPolicy(t)
 	reg := newTestRegistry(t, Options{Users: users, Policy: pol})
-	reg.reg().book.noteError("team/secret-app", "GET /v2/team/secret-app/manifests/v1 500: disk trouble")
-	reg.reg().book.noteError("", "GET /v2/_catalog 500: index trouble")
+	reg.reg().svc.Refused("team/secret-app", "GET /v2/team/secret-app/manifests/v1 500: disk trouble")
+	reg.reg().svc.Refused("", "GET /v2/_catalog 500: index trouble")
 	for _, c := range []struct {
 		name       string
 		hdr        map[string]string

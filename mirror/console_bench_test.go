@@ -31,7 +31,7 @@ func BenchmarkConsolePages(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			for b.Loop() {
 				if c.fresh {
-					r.forgetReclaimable()
+					r.svc.ForgetReclaimable()
 				}
 				w := httptest.NewRecorder()
 				r.ServeHTTP(w, httptest.NewRequest("GET", c.path, nil))

@@ -20,7 +20,7 @@
 // Collector (the process's maintenance scheduler, in cmd, which runs the
 // collections the admin API and the console ask for).
 //
-// A warm manifest GET by tag allocates once (its exchange): the auth.Caller is
+// A warm manifest GET by tag allocates once (its exchange): the caller is
 // attached to the request only when it sent credentials, the resolved
 // request lives in the exchange, ?ns= is parsed only when there is a
 // query, name targets are remembered (target.go), the manifest's response

@@ -11,6 +11,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/mirror/registry"
 )
 
 // TestEvictionLRU: past the high-water mark the least recently used
@@ -86,7 +87,7 @@ func TestRetention(t *testing.T) {
 // so every fetch is the client's).
 func TestMetricsColdAndWarm(t *testing.T) {
 	preg := prometheus.NewRegistry()
-	m := NewMetrics(preg)
+	m := registry.NewMetrics(preg)
 	e := newMirrorEnv(t, Options{Metrics: m, PrefetchParallel: -1})
 	e.hub.Push("library/metrics", "1", fakehub.ImageSpec{Platforms: []string{platform, "linux/s390x"}, Layers: 3, LayerSize: 100 << 10, Seed: 60})
 	ctx := context.Background()

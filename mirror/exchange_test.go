@@ -17,6 +17,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cache/stores"
+	"github.com/wharf-registry/wharf/mirror/registry"
 )
 
 // syncLog is a log buffer safe for the server's goroutines.
@@ -32,7 +33,7 @@ func (l *syncLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(
 // and refused uploads are logged and counted like every request, once.
 func TestEveryExitCountedOnce(t *testing.T) {
 	users, pol := testPolicy(t)
-	m := NewMetrics(prometheus.NewRegistry())
+	m := registry.NewMetrics(prometheus.NewRegistry())
 	logs := &syncLog{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st, err := stores.Open(cache.Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -61,9 +62,7 @@ func TestEveryExitCountedOnce(t *testing.T) {
 	}()
 	pw.Write([]byte("x"))
 	for i := 0; ; i++ { // the first upload holds the slot
-		reg.uploads.mu.Lock()
-		n := reg.uploads.running
-		reg.uploads.mu.Unlock()
+		n, _ := reg.reg.Uploads("")
 		if n == 1 {
 			break
 		}
@@ -104,10 +103,9 @@ func TestEveryExitCountedOnce(t *testing.T) {
 // pull waits for the upstream is logged and counted as 499 at INFO, and is
 // not a recent error on the status page.
 func TestClientGoneIsNotAServerError(t *testing.T) {
-	m := NewMetrics(prometheus.NewRegistry())
-	e := newMirrorEnv(t, Options{Metrics: m})
+	m := registry.NewMetrics(prometheus.NewRegistry())
 	logs := &syncLog{}
-	e.reg.log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e := newMirrorEnv(t, Options{Metrics: m, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	e.hub.Push("library/slow", "1", smallImage(51))
 	e.hub.SetLatency(time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -132,9 +130,7 @@ func TestClientGoneIsNotAServerError(t *testing.T) {
 	if l := logs.String(); strings.Contains(l, "level=ERROR") {
 		t.Fatalf("log for a client that hung up:\n%s", l)
 	}
-	e.reg.book.mu.Lock()
-	defer e.reg.book.mu.Unlock()
-	if len(e.reg.book.errors) != 0 {
-		t.Fatalf("recent errors after a client hung up: %v", e.reg.book.errors)
+	if errs := e.reg.svc.RecentErrors(); len(errs) != 0 {
+		t.Fatalf("recent errors after a client hung up: %v", errs)
 	}
 }

@@ -118,9 +118,9 @@ func ociError(t *testing.T, body []byte) string {
 // few seconds (cmd/wharf's upkeep): a collection when deletes released
 // content (recorded by the store), with the registry's grace, noted in the
 // console's history.
-func collectReleased(reg *Registry) (cache.GCReport, bool, error) {
+func collectReleased(reg *Server) (cache.GCReport, bool, error) {
 	start := time.Now()
-	rep, ran, err := reg.store.Maintenance().CollectReleased(cache.GCOptions{Grace: reg.opts.GCGrace, Duty: 0.5})
+	rep, ran, err := reg.store.Maintenance().CollectReleased(cache.GCOptions{Grace: reg.gcGrace, Duty: 0.5})
 	if ran {
 		reg.NoteGC("after deletes", "", rep, time.Since(start), err)
 	}

@@ -18,7 +18,7 @@ import (
 // TestExplicitPushUnderRegistryName: an image pushed, by an explicit rule,
 // under a registry-named path is private by its recorded origin: its pusher
 // reads it by tag and by digest from Wharf (never from that registry), and
-// an anonymous auth.Caller cannot read it at all, although anonymous-mirror-pull
+// an anonymous caller cannot read it at all, although anonymous-mirror-pull
 // is on.
 func TestExplicitPushUnderRegistryName(t *testing.T) {
 	users, err := policy.ParseHtpasswd(strings.NewReader(""))

@@ -53,9 +53,7 @@ func TestTrustedProxy(t *testing.T) {
 		}()
 		pw.Write([]byte("x"))
 		for i := 0; ; i++ {
-			trusting.reg().uploads.mu.Lock()
-			n := trusting.reg().uploads.byClient[client]
-			trusting.reg().uploads.mu.Unlock()
+			_, n := trusting.reg().reg.Uploads(client)
 			if n == 1 {
 				break
 			}

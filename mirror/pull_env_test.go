@@ -27,7 +27,7 @@ import (
 type mirrorEnv struct {
 	*testRegistry
 	hub, ghcr *fakehub.Hub
-	reg       *Registry
+	reg       *Server
 }
 
 func newMirrorEnv(t testing.TB, opts Options) *mirrorEnv {
@@ -47,7 +47,10 @@ func newMirrorEnv(t testing.TB, opts Options) *mirrorEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Upstream, opts.Logger = up, quiet
+	opts.Upstream = up
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
 	reg := New(st, opts)
 	srv := httptest.NewServer(reg)
 	t.Cleanup(func() {
@@ -207,11 +210,11 @@ func waitFillsDone(t *testing.T, e *mirrorEnv) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if n := e.reg.pull.fills.InFlight(); n == 0 {
+		if n := len(e.reg.reg.Fills()); n == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d downloads still in flight", e.reg.pull.fills.InFlight())
+			t.Fatalf("%d downloads still in flight", len(e.reg.reg.Fills()))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

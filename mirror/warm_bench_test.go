@@ -6,13 +6,14 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wharf-registry/wharf/mirror/registry"
 )
 
 // BenchmarkWarmManifest is one warm GET of a mirrored manifest by tag,
 // through the whole handler (routing, access, lookup, headers), with
 // metrics on, as production runs it.
 func BenchmarkWarmManifest(b *testing.B) {
-	e := newMirrorEnv(b, Options{Metrics: NewMetrics(prometheus.NewRegistry())})
+	e := newMirrorEnv(b, Options{Metrics: registry.NewMetrics(prometheus.NewRegistry())})
 	e.hub.Push("library/app", "v1", smallImage(20))
 	req := httptest.NewRequest("GET", "/v2/library/app/manifests/v1", nil)
 	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json")
@@ -50,7 +51,7 @@ func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func BenchmarkWarmManifestHandler(b *testing.B) {
 	for _, c := range []struct{ name, repo string }{{"mirrored", "library/app"}, {"pushed", "team/app"}} {
 		b.Run(c.name, func(b *testing.B) {
-			e := newMirrorEnv(b, Options{Metrics: NewMetrics(prometheus.NewRegistry())})
+			e := newMirrorEnv(b, Options{Metrics: registry.NewMetrics(prometheus.NewRegistry())})
 			if c.repo == "library/app" {
 				e.hub.Push("library/app", "v1", smallImage(20))
 			} else {

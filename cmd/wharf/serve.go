@@ -24,7 +24,9 @@ import (
 	"github.com/wharf-registry/wharf/cache/index/etcdindex"
 	"github.com/wharf-registry/wharf/cache/stores"
 	"github.com/wharf-registry/wharf/mirror"
+	"github.com/wharf-registry/wharf/mirror/admin"
 	"github.com/wharf-registry/wharf/mirror/auth"
+	"github.com/wharf-registry/wharf/mirror/registry"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -128,7 +130,7 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 	if size, err := store.Maintenance().Size(); err == nil {
 		ops.storeBytes.Set(float64(size))
 	}
-	cfg.mirror.Metrics = mirror.NewMetrics(promReg)
+	cfg.mirror.Metrics = registry.NewMetrics(promReg)
 	if store.Cluster().Shared() {
 		promReg.MustRegister(newClusterCollector(store))
 	}
@@ -257,15 +259,17 @@ func startUpstream(cfg *serveConfig, promReg *prometheus.Registry) (*upstream.Cl
 
 // statusInfo is what the status page shows of the store, the cluster and
 // the upstreams (up may be nil).
-func statusInfo(cfg serveConfig, store *cache.Store, up *upstream.Client) func() mirror.StatusInfo {
-	return func() mirror.StatusInfo {
-		info := mirror.StatusInfo{QuotaBytes: cfg.maxSize}
+func statusInfo(cfg serveConfig, store *cache.Store, up *upstream.Client) func() admin.StatusInfo {
+	return func() admin.StatusInfo {
+		info := admin.StatusInfo{QuotaBytes: cfg.maxSize}
 		info.StoreBytes, _ = store.Maintenance().Size()
 		if h, ok := store.Cluster().ClusterHealth(); ok {
 			info.Cluster = &h
 		}
 		if up != nil {
-			info.Upstreams = up.Status()
+			for _, u := range up.Status() {
+				info.Upstreams = append(info.Upstreams, admin.UpstreamStatus(u))
+			}
 		}
 		return info
 	}
@@ -326,7 +330,7 @@ func announce(cfg serveConfig, store *cache.Store, addr net.Addr) error {
 
 // reloadOnHUP reads users and rules again on each signal of hup until
 // ctx ends.
-func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cfg serveConfig, reg *mirror.Registry) error {
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cfg serveConfig, reg *mirror.Server) error {
 	for {
 		select {
 		case <-ctx.Done():

@@ -62,7 +62,7 @@ func (m *roomMaker) take() []chan struct{} {
 
 // scheduler is how the operator plane asks the maintenance loop (upkeep)
 // for a collection now: CollectNow enqueues it and waits, so that it runs
-// between the loop's other jobs, never beside them (mirror.Collector).
+// between the loop's other jobs, never beside them (admin.Collector).
 type scheduler struct{ jobs chan collectJob }
 
 type collectJob struct {
@@ -105,7 +105,7 @@ const releasedInterval = 10 * time.Second
 // quota, retention and free space checked every --evict-interval, and at once when a write found the disk full; garbage
 // collection every --gc-interval; idle upload sessions expired; Badger's
 // value log compacted. A job that is due while another runs waits for it.
-func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, room *roomMaker, sched *scheduler, ops *opsMetrics) error {
+func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg serveConfig, log *slog.Logger, room *roomMaker, sched *scheduler, ops *opsMetrics) error {
 	ticker := func(d time.Duration) (<-chan time.Time, func()) {
 		if d <= 0 {
 			return nil, func() {}
@@ -267,7 +267,7 @@ func trimLocal(store *cache.Store, cfg serveConfig, log *slog.Logger, deficit in
 const localTrimInterval = 5 * time.Minute
 
 // collect runs one scheduled garbage collection.
-func collect(store *cache.Store, reg *mirror.Registry, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
+func collect(store *cache.Store, reg *mirror.Server, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
 	start := time.Now()
 	rep, err := store.Maintenance().GC(cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25})
 	if errors.Is(err, cache.ErrCollectorElsewhere) {

@@ -159,3 +159,31 @@ func CallerOf(r *http.Request) Caller {
 	lc.once.Do(func() { lc.c = lc.resolve() })
 	return lc.c
 }
+
+// Visible pages through a listing of repositories (the store's catalog:
+// up to n names after last, and whether more follow) keeping the first n
+// that s may pull; mirrored tells a repository's recorded origin (the
+// anonymous-mirror-pull rule applies to mirrored ones).
+func (g *Gate) Visible(s policy.Subject, n int, last string, list func(n int, last string) ([]string, bool, error), mirrored func(repo string) bool) ([]string, bool, error) {
+	pol := g.Policy()
+	out := []string{}
+	for {
+		page, more, err := list(max(n, 100), last)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, repo := range page {
+			if !pol.Allowed(s, repo, policy.Pull, mirrored(repo)) {
+				continue
+			}
+			if len(out) == n {
+				return out, true, nil
+			}
+			out = append(out, repo)
+		}
+		if !more || len(page) == 0 {
+			return out, false, nil
+		}
+		last = page[len(page)-1]
+	}
+}

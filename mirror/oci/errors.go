@@ -114,3 +114,8 @@ func Write(w http.ResponseWriter, e *Error) {
 	w.WriteHeader(e.StatusCode())
 	w.Write(body)
 }
+
+// ErrDeleteDisabled answers a delete on a server that allows none: with no
+// users configured, deletes need --allow-delete (registry:2's
+// storage.delete.enabled).
+var ErrDeleteDisabled = &Error{Code: CodeUnsupported, Message: "deletes are disabled (start with --allow-delete)"}

@@ -1,0 +1,234 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// blob serves a mirrored blob: from the cache, or streamed from the
+// store's download in flight, which this request starts if none is.
+func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error {
+	// A lock-free look first: a warm hit never touches the download
+	// coordinator (Fills.Get looks again under its lock).
+	if _, err := p.store.StatBlob(q.repo, q.digest); err == nil || p.opts.Offline {
+		p.opts.Metrics.cache("blob", "hit")
+		return p.reg.getBlob(w, r, q)
+	}
+	if err := p.allowed(q); err != nil {
+		return err
+	}
+	if err := p.misses.get(q.target.Registry, q.target.Local, q.digest.String()); err != nil {
+		p.opts.Metrics.rememberedMiss()
+		return err
+	}
+	src := p.source(q.target, q.digest)
+	if isPeer(r.Context()) {
+		src = p.upstreamSource(q.target, q.digest) // this node owns the download
+	}
+	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, src)
+	if err != nil {
+		return err
+	}
+	if rd == nil { // held, or committed meanwhile
+		p.opts.Metrics.cache("blob", "hit")
+		return p.reg.getBlob(w, r, q)
+	}
+	defer rd.Close()
+	if shared {
+		p.opts.Metrics.coalesced()
+	}
+	p.opts.Metrics.cache("blob", "miss")
+	size, err := rd.Size(r.Context())
+	if err != nil {
+		return err
+	}
+	if r.Header.Get("Range") != "" {
+		// A range is answered once the whole blob is verified and stored:
+		// the hold-back protects only a whole body's end, and any range can
+		// be a complete response.
+		if err := rd.Wait(r.Context()); err != nil {
+			return err
+		}
+		return p.reg.getBlob(w, r, q)
+	}
+	streaming := func() {
+		h := w.Header()
+		setBlobHeaders(h, q.digest)
+		h.Del("Cache-Control") // immutable only once stored: these bytes are still arriving
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+		w.WriteHeader(http.StatusOK)
+	}
+	if r.Method == http.MethodHead {
+		streaming()
+		return nil
+	}
+	// The status waits for the first bytes: a download that fails before
+	// any (a small blob is held back whole until verified) is answered
+	// with its error, not with a 200 and a cut connection.
+	var first [4 << 10]byte
+	n, err := io.ReadAtLeast(rd, first[:], 1)
+	if err != nil && !(errors.Is(err, io.EOF) && size == 0) {
+		return err
+	}
+	streaming()
+	sent, err := p.reg.copyToClient(w, r, io.MultiReader(bytes.NewReader(first[:n]), rd))
+	if m := p.opts.Metrics; m != nil {
+		m.BytesServed.WithLabelValues("upstream").Add(float64(sent))
+	}
+	if err != nil {
+		// Headers promised the whole body: cut the connection so the client
+		// sees a failed transfer, never a complete but wrong one.
+		p.reg.log.Warn("mirrored blob transfer aborted", "repo", q.repo, "digest", q.digest, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// probeBlob answers HEAD of a mirrored blob. Push clients probe a new
+// repository's blobs with HEAD before uploading (pulls use GET; containerd
+// sends ?ns=): unless the request named its registry, such a HEAD is
+// answered from what is here and never goes upstream. A blob a cached
+// manifest of the repository references is known all the same (a client
+// that fetched the manifest checks its layers, as copy tools and zot's zb
+// do): its size is the manifest's descriptor's.
+func (p *puller) probeBlob(w http.ResponseWriter, r *http.Request, q *request) error {
+	if q.target.Named {
+		return p.blob(w, r, q)
+	}
+	err := p.reg.getBlob(w, r, q)
+	if !errors.Is(err, cache.ErrBlobUnknown) {
+		return err
+	}
+	size, ok, lerr := p.store.ReferencedBlob(q.repo, q.digest)
+	if lerr != nil || !ok {
+		return err
+	}
+	setBlobHeaders(w.Header(), q.digest)
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// source tells the store's download where blob d of t comes from: one GET
+// (with Range when resumed at an offset after a failure), and a HEAD confirming that t has
+// it when the bytes are already here for another repository.
+//
+// In a cluster, a node that does not own d's download fills from the node
+// that does (see cluster.go).
+func (p *puller) source(t policy.Target, d digest.Digest) cache.BlobSource {
+	up := p.upstreamSource(t, d)
+	if p.reg.clustered() {
+		return p.peerSource(t, d, up)
+	}
+	return up
+}
+
+// upstreamSource downloads blob d of t from its upstream registry.
+func (p *puller) upstreamSource(t policy.Target, d digest.Digest) cache.BlobSource {
+	return cache.BlobSource{
+		Open: func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+			start := time.Now()
+			rc, size, err := p.up.Blob(ctx, t.Registry, t.Remote, d, offset)
+			p.opts.Metrics.upstream(t.Registry, "blob", err, time.Since(start).Seconds())
+			if err != nil {
+				p.misses.note(t.Registry, t.Local, d.String(), err)
+				return nil, 0, err
+			}
+			return countingReader{rc, p.opts.Metrics}, size, nil
+		},
+		Confirm: func(ctx context.Context) error {
+			return p.up.HasBlob(ctx, t.Registry, t.Remote, d)
+		},
+	}
+}
+
+// countingReader counts upstream bytes for the metrics.
+type countingReader struct {
+	io.ReadCloser
+	m *Metrics
+}
+
+func (c countingReader) Read(b []byte) (int, error) {
+	n, err := c.ReadCloser.Read(b)
+	if c.m != nil && n > 0 {
+		c.m.UpstreamBytes.Add(float64(n))
+	}
+	return n, err
+}
+
+// fillDone logs and counts the end of a download.
+func (p *puller) fillDone(d digest.Digest, repos []string, written int64, took time.Duration, err error) {
+	switch {
+	case errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeInvalid):
+		p.opts.Metrics.digestFailed()
+		p.reg.log.Error("upstream sent a corrupt blob: discarded, nothing cached", "repos", repos, "digest", d, "err", err)
+	case err != nil:
+		p.reg.log.Warn("blob download from upstream failed", "repos", repos, "digest", d, "err", err)
+	default:
+		p.reg.log.Debug("blob cached from upstream", "repos", repos, "digest", d, "bytes", written, "took", took)
+	}
+}
+
+// prefetch downloads a manifest's blobs ahead of the client, a few at a
+// time; the upstream client's semaphore bounds connections overall.
+func (p *puller) prefetch(t policy.Target, blobs []digest.Digest) {
+	if p.opts.PrefetchParallel < 0 {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		var g errgroup.Group
+		g.SetLimit(p.opts.PrefetchParallel)
+		for _, d := range blobs {
+			g.Go(func() error {
+				if _, err := p.store.StatBlob(t.Local, d); err == nil {
+					return nil
+				}
+				rd, shared, err := p.fills.Get(p.bg, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d))
+				if err != nil || rd == nil {
+					return nil
+				}
+				if !shared {
+					p.opts.Metrics.prefetched()
+				}
+				rd.Wait(p.bg)
+				rd.Close()
+				return nil
+			})
+		}
+		g.Wait()
+	}()
+}
+
+// prefetchPlatforms fetches the manifests (and so the blobs) of an index's
+// entries for the configured platforms.
+func (p *puller) prefetchPlatforms(t policy.Target, mediaType string, index []byte) {
+	info, err := cache.ParseManifest(mediaType, index)
+	if err != nil {
+		return
+	}
+	for _, m := range info.Manifests {
+		if m.Platform == nil || !p.platforms.Match(*m.Platform) {
+			continue
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if _, err := p.lookup(p.bg, t, reference{digest: m.Digest}); err != nil {
+				p.reg.log.Warn("platform prefetch failed", "repo", t.Local, "digest", m.Digest, "err", err)
+			}
+		}()
+	}
+}
