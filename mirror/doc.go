@@ -1,29 +1,24 @@
-// Package mirror is Wharf's HTTP face. One request takes one path
-// (exchange.go): authenticate (auth.go, token.go), parse the route once
-// into typed values (routes.go: a reference is a tag or a digest), resolve
-// the name and ?ns= into the store repository that answers, from the
-// origins the store recorded (target.go), authorize once (access.go), call
-// the one handler the route table names, and finish through one
-// bookkeeping exit (access log, metrics, errors — errors.go is the one
-// error mapping).
+// Package mirror is Wharf's HTTP face: New puts its planes together over
+// one store and one gate, and serves them all through the data plane's
+// exchange (one access log, one set of metrics, one error map).
 //
-// Handlers by resource: manifests.go, blobs.go, uploads.go, lists.go (tags,
-// catalog, referrers). The pull-through mirror is pull.go (manifests:
-// cache, revalidation, fetch) and pull_blobs.go (blobs: it hands the
-// store's download coordinator, cache.Fills, a source that opens the
-// upstream stream at an offset; the download, resume, verification,
-// hold-back and commit live in cache). status.go is the status page;
-// limits.go the upload limits; metrics.go the Prometheus instruments.
+//	mirror/oci       the wire format: error codes and envelope, name and tag grammar
+//	mirror/auth      who calls, for every plane: one Caller per request (Basic,
+//	                 bearer token, client certificate, node token), sign-in
+//	                 throttling, tokens and the realm, console sessions, trusted
+//	                 proxies, the audit records
+//	mirror/registry  the OCI data plane (/v2/, /token, the health checks): the
+//	                 exchange, routes, resolve-then-authorize-once, handlers, the
+//	                 pull-through mirror, the cluster's relays; it declares Events
+//	                 (what happened) and Planes (what else it serves)
+//	mirror/admin     the operator plane's services (inventory, deletes, evictions,
+//	                 collections through the maintenance scheduler, the book of
+//	                 what happened, status figures) and the JSON API (/api/v1/);
+//	                 it implements the data plane's Events
+//	mirror/console   the web pages at /, over admin's services only
 //
-// mirror uses *cache.Store directly and declares the small interfaces it
-// needs from others: Upstream (the upstream package's client) and
-// Collector (the process's maintenance scheduler, in cmd, which runs the
-// collections the admin API and the console ask for).
-//
-// A warm manifest GET by tag allocates once (its exchange): the caller is
-// attached to the request only when it sent credentials, the resolved
-// request lives in the exchange, ?ns= is parsed only when there is a
-// query, name targets are remembered (target.go), the manifest's response
-// header values are the cached manifest's own, and the request metrics'
-// children are bound once per label set (metrics.go).
+// The data plane never imports the operator plane and the operator plane
+// never the data plane (internal/archtest holds the arrows): the mux hands
+// the operator plane what it shows (downloads in flight, traffic counters,
+// the error map) as functions.
 package mirror

@@ -10,7 +10,11 @@
 // cache/stores put them together. Only the Badger backend touches Badger,
 // only the etcd backend etcd's client, only the S3 backend minio, and only
 // upstream containerd's remotes; and no code outside policy derives a
-// repository's origin from the shape of its name.
+// repository's origin from the shape of its name. The HTTP face (mirror)
+// is a mux over planes with fixed arrows: the OCI data plane
+// (mirror/registry) never imports the operator plane (mirror/admin,
+// mirror/console), which never imports the data plane or upstream; they
+// share only the gate (mirror/auth) and the wire format (mirror/oci).
 package archtest
 
 import (
@@ -19,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -62,8 +67,20 @@ func TestImportGraph(t *testing.T) {
 				t.Errorf("policy links %s", dep)
 			}
 		}
+		for _, dep := range p.Deps {
+			d := strings.TrimPrefix(dep, module)
+			if pkg == "mirror/registry" && (d == "mirror" || under(d, "mirror/admin") || under(d, "mirror/console")) {
+				t.Errorf("the data plane (mirror/registry) imports %s: it reports through its Events, never to the operator plane", d)
+			}
+			if (pkg == "mirror/admin" || pkg == "mirror/console") && (d == "mirror" || under(d, "mirror/registry") || d == "upstream") {
+				t.Errorf("the operator plane (%s) imports %s: it is handed what it shows, never the data plane", pkg, d)
+			}
+		}
 		for _, imp := range p.Imports {
 			d := strings.TrimPrefix(imp, module)
+			if allowed, ok := mirrorPlanes[pkg]; ok && strings.HasPrefix(imp, module) && !allowed[d] {
+				t.Errorf("%s imports %s: the arrows of the HTTP face allow only %v", pkg, d, keys(allowed))
+			}
 			if isBackend(pkg) && strings.HasPrefix(imp, module) && d != iface(pkg) && d != "internal/idle" {
 				t.Errorf("backend %s imports %s: a backend imports only its interface package (%s)", pkg, d, iface(pkg))
 			}
@@ -87,6 +104,27 @@ func TestImportGraph(t *testing.T) {
 	if seen < 3 {
 		t.Fatalf("go list saw %d packages", seen)
 	}
+}
+
+// mirrorPlanes are the HTTP face's packages and the only packages of
+// this module each may import: the mux (mirror) puts them together; the
+// data plane and the operator plane share only the gate (auth) and the
+// wire format (oci).
+var mirrorPlanes = map[string]map[string]bool{
+	"mirror/oci":      {},
+	"mirror/auth":     {"mirror/oci": true, "policy": true, "internal/loglimit": true},
+	"mirror/admin":    {"mirror/auth": true, "mirror/oci": true, "cache": true, "policy": true},
+	"mirror/console":  {"mirror/admin": true, "mirror/auth": true, "mirror/oci": true, "policy": true},
+	"mirror/registry": {"mirror/auth": true, "mirror/oci": true, "cache": true, "policy": true, "upstream": true, "internal/loglimit": true, "internal/idle": true},
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // under reports whether pkg is dir or inside it.
