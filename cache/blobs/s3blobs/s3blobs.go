@@ -10,10 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,66 +25,12 @@ import (
 	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
-// Options names the S3-compatible bucket that holds committed blobs.
-type Options struct {
-	Endpoint             string // host:port
-	Bucket               string
-	Prefix               string // key prefix: "" or ending in "/"
-	Region               string
-	AccessKey, SecretKey string
-	Insecure             bool   // plain HTTP (a server on the same host or LAN)
-	PartSize             uint64 // uploads above this are multipart, in parts of it (16 MiB)
-	// Owner, when set, is who claims the prefix: a cluster's id, which
-	// its nodes share (the default is an id kept in the data directory).
-	Owner string
-	// Logger says when the store stops and starts answering.
-	Logger *slog.Logger
-}
-
-// ParseURL reads s3://bucket[/prefix]?endpoint=host:port[&region=r][&insecure=true][&part-size=bytes].
-// Credentials are not part of it.
-func ParseURL(raw string) (Options, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return Options{}, err
-	}
-	if u.Scheme != "s3" || u.Host == "" {
-		return Options{}, fmt.Errorf("%q: want s3://bucket[/prefix]?endpoint=host:port", raw)
-	}
-	q := u.Query()
-	o := Options{Bucket: u.Host, Prefix: strings.Trim(u.Path, "/"), Endpoint: q.Get("endpoint"), Region: q.Get("region")}
-	if o.Prefix != "" {
-		o.Prefix += "/"
-	}
-	if o.Endpoint == "" {
-		return Options{}, fmt.Errorf("%q: no endpoint=host:port", raw)
-	}
-	if v := q.Get("insecure"); v != "" {
-		if o.Insecure, err = strconv.ParseBool(v); err != nil {
-			return Options{}, fmt.Errorf("%q: insecure=%q", raw, v)
-		}
-	}
-	if v := q.Get("part-size"); v != "" {
-		if o.PartSize, err = strconv.ParseUint(v, 10, 64); err != nil || o.PartSize < 5<<20 {
-			return Options{}, fmt.Errorf("%q: part-size=%q: want bytes, at least 5 MiB", raw, v)
-		}
-	}
-	return o, nil
-}
-
 var (
 	_ blobs.Blobs          = (*Store)(nil)
 	_ blobs.LocalCommitter = (*Store)(nil)
 	_ blobs.LocalCopies    = (*Store)(nil)
 	_ blobs.Remote         = (*Store)(nil)
 )
-
-// Local is the files in front of the bucket (fileblobs.Files).
-type Local interface {
-	blobs.Blobs
-	Root() string                         // the directory they are under
-	IngestPath(id string) (string, error) // where ingest file id lives
-}
 
 // Store keeps committed blobs in an S3-compatible bucket, written once
 // under their digest after the Store verified them and never overwritten,
@@ -108,63 +52,6 @@ type Store struct {
 
 	usedMu sync.Mutex
 	used   map[digest.Digest]time.Time // last use of local copies since start (else their file's time)
-}
-
-// use notes that the local copy of d was just read or written.
-func (b *Store) use(d digest.Digest) {
-	b.usedMu.Lock()
-	if b.used == nil {
-		b.used = map[digest.Digest]time.Time{}
-	}
-	b.used[d] = time.Now()
-	b.usedMu.Unlock()
-}
-
-// TrimLocal deletes the least recently used local copies until they hold
-// at most max bytes, and returns the bytes freed. Every local copy is
-// also in the bucket (it is written there first, or by the node it came
-// from), so this loses nothing: a blob read again is fetched and checked
-// again. A reader that has the file open keeps reading it.
-func (b *Store) TrimLocal(max int64) (int64, error) {
-	type copyInfo struct {
-		d    digest.Digest
-		size int64
-		used time.Time
-	}
-	var copies []copyInfo
-	var total int64
-	err := b.local.Walk(func(i blobs.BlobInfo) error {
-		if i.Digest != "" {
-			copies = append(copies, copyInfo{i.Digest, i.Size, i.ModTime})
-			total += i.Size
-		}
-		return nil
-	})
-	if err != nil || total <= max {
-		return 0, err
-	}
-	b.usedMu.Lock()
-	for i, c := range copies {
-		if t, ok := b.used[c.d]; ok && t.After(c.used) {
-			copies[i].used = t
-		}
-	}
-	b.usedMu.Unlock()
-	sort.Slice(copies, func(i, j int) bool { return copies[i].used.Before(copies[j].used) })
-	var freed int64
-	for _, c := range copies {
-		if total-freed <= max {
-			break
-		}
-		if err := b.local.Delete(c.d); err != nil {
-			return freed, err
-		}
-		b.usedMu.Lock()
-		delete(b.used, c.d)
-		b.usedMu.Unlock()
-		freed += c.size
-	}
-	return freed, nil
 }
 
 // pingCache is how long a Ping's answer stands: the status page and the
@@ -386,16 +273,6 @@ func (b *Store) putOnce(ctx context.Context, d digest.Digest, path string) error
 	return fmt.Errorf("%w: writing %s: %w", blobs.ErrStoreUnavailable, d, err)
 }
 
-// CommitLocal keeps ingest file id as the local copy of d, which another
-// node writes to the bucket.
-func (b *Store) CommitLocal(id string, d digest.Digest) error {
-	if err := blobs.ValidDigest(d); err != nil {
-		return err
-	}
-	b.use(d)
-	return b.local.Commit(id, d)
-}
-
 // Delete removes d from the bucket and the local copy.
 func (b *Store) Delete(d digest.Digest) error {
 	if err := blobs.ValidDigest(d); err != nil {
@@ -407,15 +284,6 @@ func (b *Store) Delete(d digest.Digest) error {
 		return fmt.Errorf("%w: %w", blobs.ErrStoreUnavailable, err)
 	}
 	return b.local.Delete(d)
-}
-
-// DropLocal removes only this node's copy of d (another node is deleting
-// d from the bucket).
-func (b *Store) DropLocal(d digest.Digest) error {
-	if err := b.local.Delete(d); err != nil && !errors.Is(err, blobs.ErrBlobUnknown) && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
 }
 
 // Walk lists the bucket's blobs (the local copies are only a cache).
@@ -461,16 +329,5 @@ func (b *Store) Quarantine(d digest.Digest) error {
 	return nil
 }
 
-func (o Options) String() string {
-	return "s3://" + o.Bucket + "/" + o.Prefix + "?endpoint=" + o.Endpoint
-}
-
 // String names the bucket and prefix (blobs.Remote).
 func (b *Store) String() string { return b.o.String() }
-
-// LocalBytes is how many bytes the local copies take.
-func (b *Store) LocalBytes() (int64, error) {
-	var n int64
-	err := b.local.Walk(func(i blobs.BlobInfo) error { n += i.Size; return nil })
-	return n, err
-}
