@@ -12,6 +12,7 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/mirror/admin"
 	"github.com/wharf-registry/wharf/mirror/auth"
+	"github.com/wharf-registry/wharf/mirror/cluster"
 	"github.com/wharf-registry/wharf/mirror/console"
 	"github.com/wharf-registry/wharf/mirror/registry"
 	"github.com/wharf-registry/wharf/policy"
@@ -88,7 +89,7 @@ func New(store *cache.Store, opts Options) *Server {
 	ao := admin.Options{AllowDelete: opts.AllowDelete, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,
 		Fills: func() []cache.ActiveFill { return s.reg.Fills() }, Logger: opts.Logger,
 		BlobOwner: func(members map[string]string, d digest.Digest) string {
-			id, _ := registry.BlobOwner(members, d)
+			id, _ := cluster.BlobOwner(members, d)
 			return id
 		}}
 	if m := opts.Metrics; m != nil {
@@ -107,6 +108,7 @@ func New(store *cache.Store, opts Options) *Server {
 		FillTimeout: opts.FillTimeout, Metrics: opts.Metrics, OnStorageFull: opts.OnStorageFull, MakeRoom: opts.MakeRoom,
 		ClientTimeout: opts.ClientTimeout, MaxUploads: opts.MaxUploads, MaxUploadsPerClient: opts.MaxUploadsPerClient,
 		PrefetchPlatforms: opts.PrefetchPlatforms, Events: book,
+		Cluster: cluster.New(store, gate, cluster.Options{Relayed: opts.Metrics.NoteRelayed, Logger: opts.Logger}),
 		Planes: []registry.Plane{
 			{Label: "api", Match: func(p string) bool { return strings.HasPrefix(p, admin.APIPrefix) }, Serve: s.svc.ServeAPI},
 			{Label: "console", Match: console.IsPath, Serve: func(w http.ResponseWriter, r *http.Request) error {

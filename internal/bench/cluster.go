@@ -25,7 +25,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
-	"github.com/wharf-registry/wharf/mirror/registry"
+	"github.com/wharf-registry/wharf/mirror/cluster"
 )
 
 // runCluster measures three Wharf nodes on one etcd index (Debian's etcd,
@@ -152,9 +152,9 @@ func runCluster(tmp, bin string) error {
 
 	// 2. Warm manifest and blob: owner against the others.
 	repo := "docker.io/bench/cluster"
-	mOwner := which(mustOwner(registry.ManifestOwner(members, repo, "1")))
+	mOwner := which(mustOwner(cluster.ManifestOwner(members, repo, "1")))
 	layer := img.Layers["linux/"+runtime.GOARCH][0]
-	bOwner := which(mustOwner(registry.BlobOwner(members, layer)))
+	bOwner := which(mustOwner(cluster.BlobOwner(members, layer)))
 	for i := range nodes { // every node warm: its caches and local copies
 		if err := pullImage(ctx, c, url(i), "bench/cluster", "1"); err != nil {
 			return err

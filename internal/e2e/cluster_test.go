@@ -23,7 +23,7 @@ import (
 	"github.com/wharf-registry/wharf/internal/etcdtest"
 	"github.com/wharf-registry/wharf/internal/fakehub"
 	"github.com/wharf-registry/wharf/internal/s3test"
-	"github.com/wharf-registry/wharf/mirror/registry"
+	wcluster "github.com/wharf-registry/wharf/mirror/cluster"
 )
 
 // cluster is n Wharf nodes on one etcd index and one bucket, sharing a
@@ -366,7 +366,7 @@ func TestClusterColdPulls(t *testing.T) {
 	members := c.members(t)
 	byOwner := map[string][]digest.Digest{}
 	for _, d := range frozen.Layers["linux/amd64"] {
-		id, _ := registry.BlobOwner(members, d)
+		id, _ := wcluster.BlobOwner(members, d)
 		byOwner[id] = append(byOwner[id], d)
 	}
 	var stopped, asker *wharfProc
@@ -421,7 +421,7 @@ func TestClusterColdPulls(t *testing.T) {
 	big := hub.Push("library/big", "v1", fakehub.ImageSpec{Platforms: []string{"linux/amd64"}, Layers: 1, LayerSize: 24 << 20, Seed: 32})
 	hub.SetBandwidth(4 << 20)
 	layer := big.Layers["linux/amd64"][0]
-	ownerID, _ := registry.BlobOwner(c.members(t), layer)
+	ownerID, _ := wcluster.BlobOwner(c.members(t), layer)
 	var owner *wharfProc
 	var others []*wharfProc
 	for _, w := range c.nodes {

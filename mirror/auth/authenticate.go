@@ -12,6 +12,10 @@ import (
 	"github.com/wharf-registry/wharf/policy"
 )
 
+// Admit is the gate every request passes first: r as its client sent it
+// (FromProxy) with its caller attached (Authenticate).
+func (g *Gate) Admit(r *http.Request) *http.Request { return g.Authenticate(g.FromProxy(r)) }
+
 // Authenticate attaches r's caller, resolved on first use: a client
 // certificate, a bearer token from Wharf's realm, or Basic credentials.
 // Credentials that do not verify leave the caller anonymous: dockerd

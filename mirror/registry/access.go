@@ -41,7 +41,7 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	if pol.Allowed(c.Subject, q.repo, q.action, q.mirrored) {
 		return nil
 	}
-	if c.Node != "" && q.action == policy.Pull && reg.clustered() {
+	if c.Node != "" && q.action == policy.Pull && reg.node != nil {
 		return nil // a node of this cluster filling its copy
 	}
 	reg.gate.Audit(r, "denied", slog.String("repo", q.repo), slog.String("action", string(q.action)))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/mirror/auth"
+	"github.com/wharf-registry/wharf/mirror/cluster"
 	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
@@ -37,7 +38,7 @@ type exchange struct {
 // ServeHTTP authenticates, routes, resolves and authorizes the request
 // once, calls the one handler the route table names, and writes errors.
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	r = reg.gate.FromProxy(r)
+	r = reg.gate.Admit(r) // who calls, from where (behind a trusted proxy)
 	x := &exchange{sw: statusWriter{ResponseWriter: w}, r: r, start: time.Now(), label: "unknown"}
 	x.w = &x.sw
 	defer func() {
@@ -54,7 +55,6 @@ func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		reg.finish(x)
 	}()
-	x.r = reg.gate.Authenticate(r)
 	if x.err = reg.dispatch(x); x.err != nil && x.w.status == 0 {
 		if x.r.Context().Err() != nil && errors.Is(x.err, context.Canceled) {
 			// The client hung up and the handler gave up on that: nobody
@@ -99,16 +99,15 @@ func (reg *Registry) dispatch(x *exchange) error {
 	q := &x.q
 	reg.resolve(r, rt, q)
 	x.repo = q.repo
-	if rt.kind == routeUpload {
-		if handled, err := reg.relayUpload(w, r, rt); handled {
-			return err
+	if reg.node != nil {
+		if rt.kind == routeUpload {
+			if handled, err := reg.node.RelayUpload(w, r, rt.upload); handled {
+				return err
+			}
 		}
-	}
-	if reg.clustered() && provenPeer(r) {
-		// Served where it lands, never sent on to an owner: only for a
-		// node that proved it is one (a header alone would let any client
-		// make every node download a cold blob upstream itself).
-		r = r.WithContext(context.WithValue(r.Context(), peerKey{}, true))
+		if cluster.Proven(r) {
+			r = cluster.ServedHere(r) // another node filling its copy: never sent on to an owner
+		}
 	}
 	h := reg.handler(rt.kind, r.Method, q.mirrored)
 	if h == nil {
@@ -150,7 +149,7 @@ func (reg *Registry) finish(x *exchange) {
 	if err != nil && errors.Is(err, cache.ErrStorageFull) && reg.opts.OnStorageFull != nil {
 		reg.opts.OnStorageFull()
 	}
-	if x.kind == routeManifest && r.Method == http.MethodGet && status == http.StatusOK && x.repo != "" && !provenPeer(r) {
+	if x.kind == routeManifest && r.Method == http.MethodGet && status == http.StatusOK && x.repo != "" && (reg.node == nil || !cluster.Proven(r)) {
 		reg.events.Pulled(x.repo, x.ref)
 	}
 	if m := reg.opts.Metrics; m != nil {

@@ -109,7 +109,8 @@ func (m *Metrics) cache(kind, result string) {
 	}
 }
 
-func (m *Metrics) relayed(kind string) {
+// NoteRelayed counts a request sent to another node of the cluster.
+func (m *Metrics) NoteRelayed(kind string) {
 	if m != nil {
 		m.Relayed.WithLabelValues(kind).Inc()
 	}

@@ -372,3 +372,13 @@ func (c *memo[V]) drop(k string) {
 	delete(c.m, k)
 	c.n.Store(int64(len(c.m)))
 }
+
+// viaOwner is the cluster's answer for manifest ref of t (its owner's):
+// ok is false on a single box, when this node owns ref, or when the owner
+// failed — then this node asks upstream itself.
+func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (*cache.Manifest, bool, error) {
+	if p.reg.node == nil {
+		return nil, false, nil
+	}
+	return p.reg.node.ViaOwner(ctx, t.Local, ref.String())
+}

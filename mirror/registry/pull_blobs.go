@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wharf-registry/wharf/cache"
+	"github.com/wharf-registry/wharf/mirror/cluster"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -33,7 +34,7 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 		return err
 	}
 	src := p.source(q.target, q.digest)
-	if isPeer(r.Context()) {
+	if cluster.IsServedHere(r.Context()) {
 		src = p.upstreamSource(q.target, q.digest) // this node owns the download
 	}
 	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, src)
@@ -125,11 +126,11 @@ func (p *puller) probeBlob(w http.ResponseWriter, r *http.Request, q *request) e
 // it when the bytes are already here for another repository.
 //
 // In a cluster, a node that does not own d's download fills from the node
-// that does (see cluster.go).
+// that does (package cluster).
 func (p *puller) source(t policy.Target, d digest.Digest) cache.BlobSource {
 	up := p.upstreamSource(t, d)
-	if p.reg.clustered() {
-		return p.peerSource(t, d, up)
+	if p.reg.node != nil {
+		return p.reg.node.BlobSource(t.Local, d, up)
 	}
 	return up
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/loglimit"
 	"github.com/wharf-registry/wharf/mirror/auth"
+	"github.com/wharf-registry/wharf/mirror/cluster"
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -59,6 +60,10 @@ type Options struct {
 	// Metrics records Prometheus metrics; nil records none.
 	Metrics *Metrics
 
+	// Cluster is this node's side of a cluster (relays, fills from the
+	// owner), built once at start; nil on a single box.
+	Cluster *cluster.Node
+
 	// OnStorageFull is called (without blocking) when a write failed for a
 	// full filesystem: the caller can run eviction at once.
 	OnStorageFull func()
@@ -93,8 +98,8 @@ type Registry struct {
 	manifestMem *semaphore.Weighted // bytes of manifest bodies being read and checked
 	logLimit    loglimit.Limiter    // one line per source and minute for floods
 	draining    atomic.Bool
-	events      Events // Options.Events, or nobody
-	peers       *peers // the other nodes of a cluster
+	events      Events        // Options.Events, or nobody
+	node        *cluster.Node // this node's side of a cluster; nil on a single box
 	targets     targets
 }
 
@@ -116,7 +121,7 @@ func New(store *cache.Store, gate *auth.Gate, opts Options) *Registry {
 	if opts.ClientTimeout <= 0 {
 		opts.ClientTimeout = time.Minute
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, gate: gate, peers: newPeers(), events: opts.Events,
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, gate: gate, node: opts.Cluster, events: opts.Events,
 		uploads:     &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}},
 		manifestMem: semaphore.NewWeighted(manifestMemory), logLimit: loglimit.Limiter{Every: time.Minute}}
 	if reg.events == nil {

@@ -1,4 +1,11 @@
-package registry
+// Package cluster is what a node of a cluster (stores on a shared index
+// and object store) adds to the data plane, built once at start and only
+// then: relaying upload requests to the node that holds the session, and
+// filling cold mirrored blobs and manifests from the node that owns their
+// download (rendezvous hashing over the live members) before going
+// upstream. On a single box there is no Node, and the data plane asks
+// nothing.
+package cluster
 
 import (
 	"context"
@@ -6,6 +13,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -21,7 +29,6 @@ import (
 	"github.com/wharf-registry/wharf/internal/idle"
 	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
-	"github.com/wharf-registry/wharf/policy"
 )
 
 // The nodes of a cluster (a store on a shared index) talk to each other
@@ -33,11 +40,44 @@ import (
 //     the others fill from the owner, verify as always and keep a local
 //     copy, and fall back to upstream if the owner fails.
 //
-// Requests between nodes carry peerHeader and are served where they land,
+// Requests between nodes carry PeerHeader and are served where they land,
 // never relayed again (two nodes with different views of the membership
 // cannot bounce a request between them). A node authenticates to another
 // with a node token signed with the shared token key.
-const peerHeader = "X-Wharf-Peer"
+const PeerHeader = "X-Wharf-Peer"
+
+// Options configures a Node.
+type Options struct {
+	// Relayed counts a request sent to another node (kind: upload, blob,
+	// manifest); nil: not counted.
+	Relayed func(kind string)
+	Logger  *slog.Logger
+}
+
+// Node is this node's side of the cluster. It is safe for concurrent use.
+type Node struct {
+	store *cache.Store
+	gate  *auth.Gate
+	opts  Options
+	log   *slog.Logger
+	peers *peers
+	self  string // this node's id
+}
+
+// New returns the cluster side of a node whose store is shared, or nil
+// when the store is not (a single box).
+func New(store *cache.Store, gate *auth.Gate, o Options) *Node {
+	if !store.Cluster().Shared() || store.Cluster().NodeID() == "" {
+		return nil
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Relayed == nil {
+		o.Relayed = func(string) {}
+	}
+	return &Node{store: store, gate: gate, opts: o, log: o.Logger, peers: newPeers(), self: store.Cluster().NodeID()}
+}
 
 // peers holds what a node needs to reach the others.
 type peers struct {
@@ -98,65 +138,71 @@ func newPeers() *peers {
 	return &peers{client: &http.Client{Transport: tr}, relays: map[string]*httputil.ReverseProxy{}, down: map[string]time.Time{}}
 }
 
-// clustered reports whether this registry is a node of a cluster.
-func (reg *Registry) clustered() bool {
-	return reg.store.Cluster().Shared() && reg.store.Cluster().NodeID() != ""
+// fromPeer reports a request that says another node sent it: enough not
+// to relay it again, never enough to trust it (Proven).
+func fromPeer(r *http.Request) bool { return r.Header.Get(PeerHeader) != "" }
+
+// Proven reports a request another node sent, with a valid node token:
+// it is served where it lands (this node owns the download), and it is no
+// client's pull.
+func Proven(r *http.Request) bool { return fromPeer(r) && auth.CallerOf(r).Node != "" }
+
+// ServedHere marks the context of a request another node proved it sent:
+// it is answered here, never sent on to an owner (a header alone would
+// let any client make every node download a cold blob upstream itself).
+func ServedHere(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), peerKey{}, true))
 }
 
-// fromPeer reports a request that says another node sent it: enough not
-// to relay it again, never enough to trust it (provenPeer).
-func fromPeer(r *http.Request) bool { return r.Header.Get(peerHeader) != "" }
+// IsServedHere reports a context ServedHere marked.
+func IsServedHere(ctx context.Context) bool { return ctx.Value(peerKey{}) != nil }
 
-// provenPeer reports a request another node sent, with a valid node
-// token: it is served where it lands (the node owns the download).
-func provenPeer(r *http.Request) bool { return fromPeer(r) && auth.CallerOf(r).Node != "" }
-
-// relayUpload sends a request for an upload session that another node
+// RelayUpload sends a request for upload session id that another node
 // holds to that node; handled is false when the session is this node's.
-func (reg *Registry) relayUpload(w http.ResponseWriter, r *http.Request, rt route) (handled bool, err error) {
-	node := cache.UploadNode(rt.upload)
-	if !reg.clustered() || node == "" || node == reg.store.Cluster().NodeID() || fromPeer(r) {
+func (n *Node) RelayUpload(w http.ResponseWriter, r *http.Request, id string) (handled bool, err error) {
+	node := cache.UploadNode(id)
+	if node == "" || node == n.self || fromPeer(r) {
 		return false, nil
 	}
-	target, ok := reg.store.Cluster().Members()[node]
+	target, ok := n.store.Cluster().Members()[node]
 	if !ok {
 		return true, oci.Errorf(oci.CodeBlobUploadUnknown, "the node that holds this upload session (%s) left the cluster: start the upload again", node)
 	}
-	rp, err := reg.relay(target)
+	rp, err := n.relay(target)
 	if err != nil {
 		return true, err
 	}
-	reg.opts.Metrics.relayed("upload")
+	n.opts.Relayed("upload")
 	rp.ServeHTTP(w, r)
 	return true, nil
 }
 
 // relay is the reverse proxy to the node at target.
-func (reg *Registry) relay(target string) (*httputil.ReverseProxy, error) {
-	reg.peers.mu.Lock()
-	defer reg.peers.mu.Unlock()
-	if rp := reg.peers.relays[target]; rp != nil {
+func (n *Node) relay(target string) (*httputil.ReverseProxy, error) {
+	n.peers.mu.Lock()
+	defer n.peers.mu.Unlock()
+	if rp := n.peers.relays[target]; rp != nil {
 		return rp, nil
 	}
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, fmt.Errorf("cluster member URL %q: %w", target, err)
 	}
-	self := reg.store.Cluster().NodeID()
+	self := n.self
 	rp := &httputil.ReverseProxy{
-		Transport: reg.peers.client.Transport,
+		Transport: n.peers.client.Transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
 			pr.Out.Host = pr.In.Host
-			pr.Out.Header.Set(peerHeader, self)
+			pr.Out.Header.Set(PeerHeader, self)
 		},
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			reg.log.Warn("cluster: relaying to the node that holds the upload", "node", target, "err", err)
-			writeError(w, oci.Errorf(oci.CodeUnavailable, "the node that holds this upload session did not answer; retry"), routeUpload)
+			n.log.Warn("cluster: relaying to the node that holds the upload", "node", target, "err", err)
+			oci.Write(w, oci.Errorf(oci.CodeUnavailable, "the node that holds this upload session did not answer; retry"))
 		},
 	}
-	reg.peers.relays[target] = rp
+	n.peers.relays[target] = rp
 	return rp, nil
 }
 
@@ -188,10 +234,11 @@ func Owner(members map[string]string, key string) (id, url string) {
 	return id, url
 }
 
-// peerSource is where a node that does not own d fills it from: the
-// owner, then upstream if the owner fails (it died, or left). Peer says
-// whether every byte came from the owner.
-func (p *puller) peerSource(t policy.Target, d digest.Digest, up cache.BlobSource) cache.BlobSource {
+// BlobSource is where this node fills blob d of local mirrored repository
+// repo from: the node that owns d's download, then up (upstream) if the
+// owner fails (it died, or left). Peer says whether every byte came from
+// the owner.
+func (n *Node) BlobSource(repo string, d digest.Digest, up cache.BlobSource) cache.BlobSource {
 	var mu sync.Mutex
 	from, upstreamUsed := "", false
 	src := up
@@ -200,9 +247,9 @@ func (p *puller) peerSource(t policy.Target, d digest.Digest, up cache.BlobSourc
 		tried := upstreamUsed
 		mu.Unlock()
 		if !tried {
-			members := p.store.Cluster().Members()
-			if owner, target := BlobOwner(members, d); owner != "" && owner != p.store.Cluster().NodeID() && !p.reg.peers.skip(target) {
-				rc, size, err := p.reg.peerBlob(ctx, target, t, d, offset)
+			members := n.store.Cluster().Members()
+			if owner, target := BlobOwner(members, d); owner != "" && owner != n.self && !n.peers.skip(target) {
+				rc, size, err := n.peerBlob(ctx, target, repo, d, offset)
 				if err == nil {
 					mu.Lock()
 					if offset == 0 || from == owner {
@@ -211,10 +258,10 @@ func (p *puller) peerSource(t policy.Target, d digest.Digest, up cache.BlobSourc
 						upstreamUsed = true // bytes from two owners: this node stores the blob
 					}
 					mu.Unlock()
-					p.opts.Metrics.relayed("blob")
+					n.opts.Relayed("blob")
 					return rc, size, nil
 				}
-				p.reg.log.Warn("cluster: the node that owns a blob's download failed; downloading from upstream", "owner", owner, "digest", d, "err", err)
+				n.log.Warn("cluster: the node that owns a blob's download failed; downloading from upstream", "owner", owner, "digest", d, "err", err)
 			}
 		}
 		mu.Lock()
@@ -233,24 +280,24 @@ func (p *puller) peerSource(t policy.Target, d digest.Digest, up cache.BlobSourc
 	return src
 }
 
-// peerBlob GETs blob d of t from the node at target, from offset on, and
-// returns its body and the blob's whole size.
-func (reg *Registry) peerBlob(ctx context.Context, target string, t policy.Target, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(target, "/")+"/v2/"+t.Local+"/blobs/"+d.String(), nil)
+// peerBlob GETs blob d of repo from the node at target, from offset on,
+// and returns its body and the blob's whole size.
+func (n *Node) peerBlob(ctx context.Context, target, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(target, "/")+"/v2/"+repo+"/blobs/"+d.String(), nil)
 	if err != nil {
 		return nil, 0, err
 	}
-	req.Header.Set(peerHeader, reg.store.Cluster().NodeID())
-	req.Header.Set("Authorization", "Bearer "+reg.gate.NodeToken(reg.store.Cluster().NodeID()))
+	req.Header.Set(PeerHeader, n.self)
+	req.Header.Set("Authorization", "Bearer "+n.gate.NodeToken(n.self))
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
-	resp, err := reg.peers.client.Do(req)
+	resp, err := n.peers.client.Do(req)
 	if err != nil {
-		reg.peers.hung(target, err)
+		n.peers.hung(target, err)
 		return nil, 0, err
 	}
-	resp.Body = idle.Body(resp.Body, peerBodyIdle, errPeerStalled, func() { reg.peers.markDown(target) })
+	resp.Body = idle.Body(resp.Body, peerBodyIdle, errPeerStalled, func() { n.peers.markDown(target) })
 	switch {
 	case resp.StatusCode == http.StatusOK && offset == 0:
 		return resp.Body, resp.ContentLength, nil
@@ -269,44 +316,43 @@ func (reg *Registry) peerBlob(ctx context.Context, target string, t policy.Targe
 // peerKey marks the context of a request another node sent.
 type peerKey struct{}
 
-func isPeer(ctx context.Context) bool { return ctx.Value(peerKey{}) != nil }
-
 // manifestAccept is every manifest type Wharf serves.
 const manifestAccept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, " +
 	"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 
-// viaOwner asks the node that owns manifest ref of t for it, so that one
-// node per cluster asks upstream (a cold fetch, or a tag's revalidation
-// after its TTL); that node stores it in the shared index, where this one
-// reads it. ok is false when this node owns ref or the owner failed: then
-// this node asks upstream itself.
-func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (m *cache.Manifest, ok bool, err error) {
-	if !p.reg.clustered() || isPeer(ctx) {
+// ViaOwner asks the node that owns manifest ref (a tag or a digest) of
+// local mirrored repository repo for it, so that one node per cluster asks
+// upstream (a cold fetch, or a tag's revalidation after its TTL); that
+// node stores it in the shared index, where this one reads it. ok is false
+// when this node owns ref, the owner failed, or ctx is a request another
+// node sent: then this node asks upstream itself.
+func (n *Node) ViaOwner(ctx context.Context, repo, ref string) (m *cache.Manifest, ok bool, err error) {
+	if IsServedHere(ctx) {
 		return nil, false, nil
 	}
-	owner, target := ManifestOwner(p.store.Cluster().Members(), t.Local, ref.String())
-	if owner == "" || owner == p.store.Cluster().NodeID() || p.reg.peers.skip(target) {
+	owner, target := ManifestOwner(n.store.Cluster().Members(), repo, ref)
+	if owner == "" || owner == n.self || n.peers.skip(target) {
 		return nil, false, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimSuffix(target, "/")+"/v2/"+t.Local+"/manifests/"+ref.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimSuffix(target, "/")+"/v2/"+repo+"/manifests/"+ref, nil)
 	if err != nil {
 		return nil, false, nil
 	}
-	req.Header.Set(peerHeader, p.store.Cluster().NodeID())
+	req.Header.Set(PeerHeader, n.self)
 	req.Header.Set("Accept", manifestAccept)
-	req.Header.Set("Authorization", "Bearer "+p.reg.gate.NodeToken(p.store.Cluster().NodeID()))
-	resp, err := p.reg.peers.client.Do(req)
+	req.Header.Set("Authorization", "Bearer "+n.gate.NodeToken(n.self))
+	resp, err := n.peers.client.Do(req)
 	if err != nil {
-		p.reg.peers.hung(target, err)
-		p.reg.log.Warn("cluster: the node that owns a manifest did not answer; asking upstream", "owner", owner, "repo", t.Local, "ref", ref.String(), "err", err)
+		n.peers.hung(target, err)
+		n.log.Warn("cluster: the node that owns a manifest did not answer; asking upstream", "owner", owner, "repo", repo, "ref", ref, "err", err)
 		return nil, false, nil
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	p.opts.Metrics.relayed("manifest")
+	n.opts.Relayed("manifest")
 	switch d := digest.Digest(resp.Header.Get("Docker-Content-Digest")); {
 	case resp.StatusCode == http.StatusOK && d.Validate() == nil:
-		m, err := p.store.GetManifest(t.Local, d.String())
+		m, err := n.store.GetManifest(repo, d.String())
 		if err != nil {
 			return nil, false, nil
 		}
@@ -314,6 +360,6 @@ func (p *puller) viaOwner(ctx context.Context, t policy.Target, ref reference) (
 	case resp.StatusCode == http.StatusNotFound:
 		return nil, true, cache.ErrManifestUnknown
 	}
-	p.reg.log.Warn("cluster: the node that owns a manifest failed; asking upstream", "owner", owner, "repo", t.Local, "ref", ref.String(), "status", resp.Status)
+	n.log.Warn("cluster: the node that owns a manifest failed; asking upstream", "owner", owner, "repo", repo, "ref", ref, "status", resp.Status)
 	return nil, false, nil
 }
