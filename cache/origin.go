@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Origin is where a repository's content came from: pushed here, or
@@ -68,18 +69,20 @@ func originKey(repo string) []byte { return []byte("o/" + repo) }
 var provenanceMarker = []byte("s/provenance")
 
 // origins is the in-memory copy of the o/ records; every repository's
-// origin is answered from it without touching the index.
+// origin is answered from it without touching the index. The map is
+// immutable once published: a read is one atomic load and no lock; a
+// change (a repository's first write, rare) publishes a copy.
 type origins struct {
-	mu sync.RWMutex
-	m  map[string]Origin
+	mu sync.Mutex // serializes the writers
+	p  atomic.Pointer[map[string]Origin]
 }
 
 // Origin returns the recorded origin of repo; ok is false for a repository
-// that was never written. Safe for concurrent use; no index read.
+// that was never written. Safe for concurrent use; no index read, no lock.
 func (s *Store) Origin(repo string) (o Origin, ok bool) {
-	s.origins.mu.RLock()
-	o, ok = s.origins.m[repo]
-	s.origins.mu.RUnlock()
+	if m := s.origins.p.Load(); m != nil {
+		o, ok = (*m)[repo]
+	}
 	return o, ok
 }
 
@@ -112,11 +115,22 @@ func (s *Store) recordOrigin(txn Txn, repo string, o Origin) (func(), error) {
 // set publishes a committed origin record in memory.
 func (g *origins) set(repo string, o Origin) {
 	g.mu.Lock()
-	if c, ok := g.m[repo]; ok {
-		o = c.merge(o)
+	defer g.mu.Unlock()
+	var cur map[string]Origin
+	if p := g.p.Load(); p != nil {
+		cur = *p
 	}
-	g.m[repo] = o
-	g.mu.Unlock()
+	if c, ok := cur[repo]; ok {
+		if o = c.merge(o); o == c {
+			return // nothing changes: no copy
+		}
+	}
+	next := make(map[string]Origin, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	next[repo] = o
+	g.p.Store(&next)
 }
 
 // updateWithOrigin runs fn in a read-write transaction that also records
@@ -145,9 +159,6 @@ func (s *Store) updateWithOrigin(repo string, o Origin, fn func(txn Txn) error) 
 // its local name, which is how mirrored copies were named); everything else
 // was pushed.
 func (s *Store) loadOrigins() error {
-	if s.origins.m == nil {
-		s.origins.m = map[string]Origin{}
-	}
 	migrated := false
 	err := s.idx.View(func(txn Txn) error {
 		ok, err := exists(txn, provenanceMarker)
@@ -174,13 +185,15 @@ func (s *Store) loadOrigins() error {
 		return err
 	}
 	s.origins.mu.Lock()
-	for repo, o := range s.origins.m { // published meanwhile (a watch)
-		if c, ok := m[repo]; ok {
-			o = c.merge(o)
+	if p := s.origins.p.Load(); p != nil {
+		for repo, o := range *p { // published meanwhile (a watch)
+			if c, ok := m[repo]; ok {
+				o = c.merge(o)
+			}
+			m[repo] = o
 		}
-		m[repo] = o
 	}
-	s.origins.m = m
+	s.origins.p.Store(&m)
 	s.origins.mu.Unlock()
 	return nil
 }
