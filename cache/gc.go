@@ -107,17 +107,42 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	freshFor := func(grace time.Duration) func(time.Time) bool {
-		return func(t time.Time) bool { return !t.IsZero() && o.Now.Sub(t) < grace }
-	}
 	var rep GCReport
 	pace := newPacer(o.Duty)
+	writes := s.writes.Load() // before the snapshot: a write meanwhile makes it stale
 	sn, err := s.snapshot(pace)
 	if err != nil {
 		return rep, err
 	}
+	kept := sn.clone() // the index as read, for previews (gcpreview.go)
 	if o.DryRun && len(o.Without) > 0 {
 		o.Released = s.pretendDeleted(sn, o.Without, o.Released)
+	}
+	planned, err := s.mark(&rep, sn, o, pace, !o.DryRun)
+	if err != nil {
+		return rep, err
+	}
+	if err := s.sweepBlobs(&rep, o, planned); err != nil {
+		return rep, err
+	}
+	var orphans GCReport
+	if err := s.sweepOrphans(&orphans, o); err != nil {
+		return rep, err
+	}
+	rep.Orphans, rep.Bytes, rep.Items = orphans.Orphans, rep.Bytes+orphans.Bytes, append(rep.Items, orphans.Items...)
+	s.last.Store(&lastCollection{sn: kept, writes: writes, at: o.Now, grace: o.Grace, mirroredGrace: o.MirroredGrace, orphans: orphans})
+	if o.DryRun {
+		return rep, nil
+	}
+	return rep, s.forgetReleased(sn.deletes.records)
+}
+
+// mark decides, from snapshot sn, which manifests and links of every
+// repository go (drop: and removes them, each re-checked in its own
+// transaction), counts them in rep, and returns their keys.
+func (s *Maintenance) mark(rep *GCReport, sn *snapshot, o GCOptions, pace *pacer, drop bool) (map[string]bool, error) {
+	freshFor := func(grace time.Duration) func(time.Time) bool {
+		return func(t time.Time) bool { return !t.IsZero() && o.Now.Sub(t) < grace }
 	}
 	// What the options name is released now; what the store recorded,
 	// when its delete ran.
@@ -169,9 +194,9 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 			rep.Manifests++
 			rep.add("manifest %s@%s (untagged)", repo, d)
 			planned[string(manifestKey(repo, d))] = true
-			if !o.DryRun {
+			if drop {
 				if err := s.dropManifest(repo, d, m.Subject, freshM); err != nil {
-					return rep, err
+					return planned, err
 				}
 			}
 		}
@@ -183,23 +208,14 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 			rep.Links++
 			rep.add("link %s@%s (no kept manifest references it)", repo, d)
 			planned[string(linkKey(repo, d))] = true
-			if !o.DryRun {
+			if drop {
 				if err := s.dropLink(repo, d, freshL); err != nil {
-					return rep, err
+					return planned, err
 				}
 			}
 		}
 	}
-	if err := s.sweepBlobs(&rep, o, planned); err != nil {
-		return rep, err
-	}
-	if err := s.sweepOrphans(&rep, o); err != nil {
-		return rep, err
-	}
-	if o.DryRun {
-		return rep, nil
-	}
-	return rep, s.forgetReleased(sn.deletes.records)
+	return planned, nil
 }
 
 // pretendDeleted removes from the snapshot the tags that deleting refs

@@ -16,6 +16,7 @@ type snapshot struct {
 	referrers map[string]map[digest.Digest][]digest.Digest // repo → subject → referrers
 	used      map[string]map[digest.Digest]time.Time       // repo → manifest → last pulled by digest (pins.go)
 	deletes   releasedSet                                  // what deliberate deletes released (released.go)
+	blobs     map[digest.Digest]int64                      // live blob records → size (for previews)
 }
 
 func splitRepoKey(k []byte, prefix string) (repo, rest string) {
@@ -27,7 +28,7 @@ func splitRepoKey(k []byte, prefix string) (repo, rest string) {
 func (s *Maintenance) snapshot(pace *pacer) (*snapshot, error) {
 	sn := &snapshot{tags: map[string][]digest.Digest{}, manifests: map[string]map[digest.Digest]*Manifest{},
 		links: map[string]map[digest.Digest]time.Time{}, referrers: map[string]map[digest.Digest][]digest.Digest{},
-		used: map[string]map[digest.Digest]time.Time{}}
+		used: map[string]map[digest.Digest]time.Time{}, blobs: map[digest.Digest]int64{}}
 	err := s.idx.View(func(txn Txn) error {
 		scan := func(prefix string, fn func(k, v []byte) error) error {
 			return txn.Scan([]byte(prefix), nil, false, func(k, v []byte) error {
@@ -63,6 +64,14 @@ func (s *Maintenance) snapshot(pace *pacer) (*snapshot, error) {
 				sn.links[repo] = map[digest.Digest]time.Time{}
 			}
 			sn.links[repo][digest.Digest(d)] = linkTime(v)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := scan("b/", func(k, v []byte) error {
+			if liveRecord(v) {
+				sn.blobs[digest.Digest(k[2:])] = decodeSize(v)
+			}
 			return nil
 		}); err != nil {
 			return err

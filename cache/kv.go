@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/wharf-registry/wharf/cache/index"
 )
@@ -30,6 +31,10 @@ type kv struct {
 	cacheMu sync.Mutex
 	gen     uint64
 	gens    [cacheStripes]uint64
+	// writes counts the index writes that committed (on a shared index,
+	// every node's, from the change feed): a collection's snapshot taken
+	// at the same count is still the index's state (gcpreview.go).
+	writes atomic.Uint64
 }
 
 // update runs fn in a read-write transaction, retrying on conflicts. It is
@@ -62,6 +67,9 @@ func (s *kv) release(fn func(txn Txn) error) error {
 func (s *kv) retry(fn func(txn Txn) error) error {
 	for i := 0; ; i++ {
 		err := s.idx.Update(fn)
+		if err == nil {
+			s.writes.Add(1)
+		}
 		if !errors.Is(err, errConflict) || i == 20 {
 			return err
 		}

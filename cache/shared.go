@@ -20,6 +20,7 @@ func (s *Cluster) changed(key, val []byte, deleted bool) {
 	if len(key) < 2 {
 		return
 	}
+	s.writes.Add(1)
 	p, rest := string(key[:2]), key[2:]
 	repo, ref, _ := bytes.Cut(rest, []byte{0})
 	switch p {
@@ -45,6 +46,7 @@ func (s *Cluster) changed(key, val []byte, deleted bool) {
 // lostChanges drops every cache after the index's change feed broke off
 // (changes may have been missed) and reads the origins again.
 func (s *Cluster) lostChanges() {
+	s.writes.Add(1)
 	s.cacheMu.Lock()
 	s.gen++
 	s.tags.Purge()

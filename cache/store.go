@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,8 +73,9 @@ type Store struct {
 	// of that content.
 	contentLocks contentLocks
 
-	origins origins     // repo → where its content came from (o/ records)
-	track   linkTracker // links made while a collection runs
+	origins origins                        // repo → where its content came from (o/ records)
+	track   linkTracker                    // links made while a collection runs
+	last    atomic.Pointer[lastCollection] // the last collection's snapshot, for previews
 
 	uses uses // last uses and pulls since the last flush (uses.go)
 

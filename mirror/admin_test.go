@@ -15,6 +15,16 @@ import (
 
 func adminRegistry(t *testing.T) *testRegistry {
 	t.Helper()
+	users, pol := adminAccess(t)
+	reg := newTestRegistry(t, Options{Users: users, Policy: pol})
+	reg.pusher = as("root")["Authorization"]
+	return reg
+}
+
+// adminAccess is root (admin everywhere), alice (pull, push and delete
+// in team/*) and reader (pulls team/*).
+func adminAccess(t *testing.T) (*policy.Users, *policy.Policy) {
+	t.Helper()
 	users, err := policy.ParseHtpasswd(strings.NewReader(""))
 	if err != nil {
 		t.Fatal(err)
@@ -30,9 +40,7 @@ func adminRegistry(t *testing.T) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := newTestRegistry(t, Options{Users: users, Policy: pol})
-	reg.pusher = as("root")["Authorization"]
-	return reg
+	return users, pol
 }
 
 func as(user string) map[string]string { return basic(user, user+"-pw") }

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -577,5 +578,49 @@ func TestSignOutSurvivesRestart(t *testing.T) {
 		if resp, _ := newBrowser(t, second).send(req); resp.StatusCode != tc.want {
 			t.Errorf("after a restart, the session %s: %s, want %d", map[bool]string{true: "signed out", false: "kept"}[tc.ck == out], resp.Status, tc.want)
 		}
+	}
+}
+
+// countingCollector is the maintenance scheduler for a test: it runs the
+// collections asked for and counts them.
+type countingCollector struct {
+	store *cache.Store
+	n     atomic.Int64
+}
+
+func (c *countingCollector) CollectNow(ctx context.Context, o cache.GCOptions) (cache.GCReport, error) {
+	c.n.Add(1)
+	o.Grace = time.Hour
+	return c.store.Maintenance().GC(o)
+}
+
+// TestPreviewsFromTheLastCollection: the GC page, the overview and a
+// delete's confirmation ask the scheduler for one dry run, then answer
+// from its snapshot until the index changes.
+func TestPreviewsFromTheLastCollection(t *testing.T) {
+	users, pol := adminAccess(t)
+	col := &countingCollector{}
+	reg := newTestRegistry(t, Options{Users: users, Policy: pol, Collector: col})
+	col.store = reg.store
+	reg.pusher = as("root")["Authorization"]
+	reg.pushImage(t, "team/app", "v1", nil)
+	reg.pushImage(t, "team/app", "v2", nil)
+	b := newBrowser(t, reg.srv)
+	b.signIn("root", "root-pw")
+	for _, page := range []string{"/gc", "/", "/repositories/team/app?action=delete&ref=v1", "/gc", "/", "/repositories/team/app?action=delete&ref=v2"} {
+		if resp, body := b.get(page); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s %.200s", page, resp.Status, body)
+		}
+	}
+	if n := col.n.Load(); n != 1 {
+		t.Fatalf("%d dry runs for six page views of an unchanged index, want 1", n)
+	}
+	reg.pushImage(t, "team/app", "v3", nil)
+	reg.reg().svc.ForgetReclaimable()
+	if resp, _ := b.get("/gc"); resp.StatusCode != http.StatusOK {
+		t.Fatal(resp.Status)
+	}
+	if n := col.n.Load(); n != 2 {
+		t.Fatalf("%d dry runs after a push and a page view, want 2", n)
 	}
 }

@@ -87,13 +87,25 @@ func (svc *Service) Collect(ctx context.Context, dry bool) (cache.GCReport, erro
 }
 
 // CollectWithout is Collect; a dry run treats without (repository → tags
-// or digests) as deleted too (GCOptions.Without).
+// or digests) as deleted too (GCOptions.Without). A dry run is answered
+// from the last collection's snapshot while the index has not changed
+// since (cache.Maintenance.Preview); only a stale one costs a dry run, by
+// the scheduler, which keeps its snapshot for the next questions.
 func (svc *Service) CollectWithout(ctx context.Context, dry bool, without map[string][]string) (cache.GCReport, error) {
 	duty := 0.5 // a real collection leaves serving half the CPU; a dry run, read-only, answers a page
 	if dry {
 		duty = 1
 	}
 	o := cache.GCOptions{DryRun: dry, Without: without, Duty: duty}
+	if dry {
+		po := o
+		if svc.opts.Collector == nil {
+			po.Grace = svc.opts.GCGrace
+		}
+		if rep, _, ok := svc.store.Maintenance().Preview(po); ok {
+			return rep, nil
+		}
+	}
 	if svc.opts.Collector != nil {
 		return svc.opts.Collector.CollectNow(ctx, o)
 	}
