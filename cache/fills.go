@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -35,10 +36,7 @@ type FillsOptions struct {
 	Timeout time.Duration
 	// Resumes bounds reconnections of one download (5).
 	Resumes int
-	// Done, when set, is called once per download as it ends: written is
-	// how many bytes arrived, err nil when the blob was committed.
-	Done func(d digest.Digest, repos []string, written int64, took time.Duration, err error)
-	// Logger receives resume notices (slog.Default).
+	// Logger receives resume notices and each download's end (slog.Default).
 	Logger *slog.Logger
 	// MakeRoom, when set, is asked to free space (evict) and waits for it,
 	// when a download would not fit above the free-space floor.
@@ -51,8 +49,9 @@ type FillsOptions struct {
 // read, hashed as it arrives, committed only when the digest matched, and
 // streamed to every waiting client as it grows. Safe for concurrent use.
 type Fills struct {
-	s    *Store
-	opts FillsOptions
+	s         *Store
+	opts      FillsOptions
+	discarded atomic.Int64 // downloads whose bytes did not match (Discarded)
 
 	mu sync.Mutex // guards m, each fill's repos, and the hand-over from fill to store
 	m  map[digest.Digest]*fill
@@ -124,6 +123,11 @@ func (fs *Fills) Close() {
 func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest, src BlobSource) (rd *FillReader, shared bool, err error) {
 	if err := ValidateDigest(d); err != nil {
 		return nil, false, err
+	}
+	// A lock-free look first: a warm hit never takes the coordinator's
+	// lock (the loop looks again under it).
+	if _, err := fs.s.StatBlob(repo, d); err == nil {
+		return nil, false, nil
 	}
 	held := true // may the blob already be stored for another repository?
 	for attempt := 0; attempt < 4; attempt++ {
@@ -225,10 +229,26 @@ func (fs *Fills) run(f *fill, src BlobSource) {
 		}
 	}
 	f.retire()
-	if fs.opts.Done != nil {
-		fs.opts.Done(f.d, append(repos, late...), f.bytesWritten(), time.Since(start), err)
+	fs.done(f.d, append(repos, late...), f.bytesWritten(), time.Since(start), err)
+}
+
+// done logs the end of a download and counts the discarded ones: no
+// callback into the caller on the download's path.
+func (fs *Fills) done(d digest.Digest, repos []string, written int64, took time.Duration, err error) {
+	switch {
+	case errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrSizeInvalid):
+		fs.discarded.Add(1)
+		fs.opts.Logger.Error("a downloaded blob did not match its digest: discarded, nothing cached", "repos", repos, "digest", d, "err", err)
+	case err != nil:
+		fs.opts.Logger.Warn("blob download failed", "repos", repos, "digest", d, "err", err)
+	default:
+		fs.opts.Logger.Debug("blob downloaded", "repos", repos, "digest", d, "bytes", written, "took", took)
 	}
 }
+
+// Discarded is how many downloads were discarded for bytes that did not
+// match their digest or size (a lying or corrupting source).
+func (fs *Fills) Discarded() int64 { return fs.discarded.Load() }
 
 // fillBatch is the least a download hands to its fill at once (but the last
 // piece): fewer, larger writes mean fewer wake-ups and socket writes for

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -110,8 +109,8 @@ func New(store *cache.Store, opts Options) *Server {
 		PrefetchPlatforms: opts.PrefetchPlatforms, Events: book,
 		Cluster: cluster.New(store, gate, cluster.Options{Relayed: opts.Metrics.NoteRelayed, Logger: opts.Logger}),
 		Planes: []registry.Plane{
-			{Label: "api", Match: func(p string) bool { return strings.HasPrefix(p, admin.APIPrefix) }, Serve: s.svc.ServeAPI},
-			{Label: "console", Match: console.IsPath, Serve: func(w http.ResponseWriter, r *http.Request) error {
+			{Label: "api", Prefixes: []string{admin.APIPrefix}, Serve: s.svc.ServeAPI},
+			{Label: "console", Paths: console.Paths, Prefixes: console.Prefixes, Serve: func(w http.ResponseWriter, r *http.Request) error {
 				s.console.ServeHTTP(w, r)
 				return nil
 			}},

@@ -12,9 +12,12 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/mirror/registry"
 )
 
 // TestCorruptUpstreamBlob: the pull fails, nothing is cached; once the hub
@@ -22,7 +25,8 @@ import (
 // fetched in segments (the corrupt byte is in one of them).
 func TestCorruptUpstreamBlob(t *testing.T) {
 	for _, size := range []int{1 << 20, 6 << 20} {
-		e := newMirrorEnv(t, Options{PrefetchParallel: 1})
+		m := registry.NewMetrics(prometheus.NewRegistry())
+		e := newMirrorEnv(t, Options{PrefetchParallel: 1, Metrics: m})
 		img := e.hub.Push("library/redis", "7", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: size, Seed: 4})
 		layer := img.Layers[platform][0]
 		e.hub.Corrupt(layer, true)
@@ -37,6 +41,11 @@ func TestCorruptUpstreamBlob(t *testing.T) {
 		waitFillsDone(t, e)
 		if _, err := e.store.StatBlob("docker.io/library/redis", layer); !errors.Is(err, cache.ErrBlobUnknown) {
 			t.Fatalf("%d bytes: corrupt layer was cached: %v", size, err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(m.DigestFailures) < 1; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d bytes: the discarded download was not counted", size)
+			}
 		}
 		if size > 4<<20 && e.hub.Count("GET range") == 0 {
 			t.Fatalf("%d bytes at 4 MiB/s: not fetched in segments", size)

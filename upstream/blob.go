@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes"
@@ -83,7 +84,9 @@ func (c *Client) Blob(ctx context.Context, name, repo string, d digest.Digest, o
 	if askRange && ranged && !eof && size >= 2*c.opts.SegmentSize {
 		rd = c.newSegmented(ctx, r, repo, d, size, rd, int64(len(first)), location)
 	}
-	return newSlotReader(rd, release, r.stalled), size, nil
+	s := newSlotReader(rd, release, r.stalled)
+	s.received = &c.received
+	return s, size, nil
 }
 
 // openAt opens blob d with containerd's reader, which stops at size, seeks
@@ -152,9 +155,10 @@ const stallRelease = 5 * time.Second
 
 type slotReader struct {
 	io.ReadCloser
-	once    sync.Once
-	release func()
-	stalled *time.Timer
+	once     sync.Once
+	release  func()
+	stalled  *time.Timer
+	received *atomic.Int64 // the client's count of blob bytes; nil: none
 }
 
 // newSlotReader calls stalled, too, when the transfer makes no progress
@@ -179,6 +183,9 @@ func (s *slotReader) Read(p []byte) (int, error) {
 	n, err := s.ReadCloser.Read(p)
 	if n > 0 {
 		s.stalled.Reset(stallRelease)
+		if s.received != nil {
+			s.received.Add(int64(n))
+		}
 	}
 	return n, err
 }

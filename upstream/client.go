@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes"
@@ -70,6 +71,7 @@ type Client struct {
 	sem      *semaphore.Weighted
 	segments *segBudget
 	clog     *containerdlog.Entry // containerd's logger for this client's requests
+	received atomic.Int64         // blob bytes handed to callers (BytesReceived)
 	ctx      context.Context      // cancelled by Close: stops probes
 	cancel   context.CancelFunc
 }
@@ -172,6 +174,11 @@ func (c *Client) Close() { c.cancel() }
 // Allowed reports whether registry name may be contacted.
 func (c *Client) Allowed(name string) bool { return c.regs[NormalizeName(name)] != nil }
 
+// BytesReceived is the blob bytes received from upstream registries and
+// handed to callers so far (a counter, read by the metrics when scraped:
+// no call per read).
+func (c *Client) BytesReceived() int64 { return c.received.Load() }
+
 // Resolve turns a tag or digest of repo into a descriptor with a HEAD
 // request (Docker Hub does not count HEADs against its pull limit).
 func (c *Client) Resolve(ctx context.Context, name, repo, ref string) (Descriptor, error) {
@@ -266,9 +273,11 @@ func headBlob(ctx context.Context, f remotes.Fetcher, d digest.Digest) (int64, e
 
 // ready fails fast for a registry that is not allowed, down or rate limited.
 func (c *Client) ready(name string) (*registry, error) {
-	r := c.regs[NormalizeName(name)]
+	r := c.regs[name] // names from policy's targets are normalised already
 	if r == nil {
-		return nil, fmt.Errorf("%s: %w", name, ErrNotAllowed)
+		if r = c.regs[NormalizeName(name)]; r == nil {
+			return nil, fmt.Errorf("%s: %w", name, ErrNotAllowed)
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

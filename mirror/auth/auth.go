@@ -71,6 +71,7 @@ type Gate struct {
 	opts     Options
 	log      *slog.Logger
 	access   atomic.Pointer[access]
+	rules    atomic.Pointer[policy.Policy] // access's policy, for planes that hold it (Rules)
 	tokens   *tokens
 	sessions *sessions
 	signins  *signins
@@ -103,7 +104,14 @@ func (g *Gate) SetAccess(users Authenticator, pol *policy.Policy) {
 		pol, _ = policy.New(0, policy.Config{})
 	}
 	g.access.Store(&access{users: users, policy: pol})
+	g.rules.Store(pol)
 }
+
+// Rules is where the rules in force are published: a plane that decides
+// every request (the data plane) loads them from it, with no call. A
+// reload swaps users and rules one after the other: a request between the
+// two sees new users with the old rules.
+func (g *Gate) Rules() *atomic.Pointer[policy.Policy] { return &g.rules }
 
 // Policy is the rules in force.
 func (g *Gate) Policy() *policy.Policy { return g.access.Load().policy }

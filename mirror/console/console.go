@@ -15,21 +15,12 @@ import (
 	"github.com/wharf-registry/wharf/mirror/auth"
 )
 
-// consolePaths are the console's pages (besides "/").
-var consolePaths = []string{"/signin", "/signout", "/repositories", "/gc", "/upstreams", "/users", "/audit"}
-
-// IsPath reports whether path is one of the console's pages.
-func IsPath(path string) bool {
-	if path == "/" || strings.HasPrefix(path, "/repositories/") {
-		return true
-	}
-	for _, p := range consolePaths {
-		if path == p {
-			return true
-		}
-	}
-	return false
-}
+// Paths are the console's pages, and Prefixes the trees of pages under
+// one (a repository's page).
+var (
+	Paths    = []string{"/", "/signin", "/signout", "/repositories", "/gc", "/upstreams", "/users", "/audit"}
+	Prefixes = []string{"/repositories/"}
+)
 
 // ServeHTTP answers a console page.
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -94,7 +94,7 @@ func (reg *Registry) checkMirroredDelete(q *request) error {
 	if reg.pull == nil {
 		return nil
 	}
-	t, _, mirrored := reg.readTarget(q.name, q.ns)
+	t, _, mirrored, _ := reg.readTarget(q.name, q.ns)
 	o, ok := reg.store.Origin(t.Local)
 	if !mirrored || !ok { // pushed content, or nothing mirrored yet
 		return nil

@@ -81,8 +81,8 @@ func (reg *Registry) dispatch(x *exchange) error {
 			return reg.gate.ServeToken(w, r)
 		}
 	}
-	for _, p := range reg.opts.Planes {
-		if p.Match(r.URL.Path) {
+	for i := range reg.opts.Planes {
+		if p := &reg.opts.Planes[i]; p.serves(r.URL.Path) {
 			x.label = p.Label
 			return p.Serve(w, r)
 		}

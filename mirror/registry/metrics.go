@@ -3,6 +3,7 @@ package registry
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -15,16 +16,34 @@ type Metrics struct {
 	Duration         *prometheus.HistogramVec // route
 	Cache            *prometheus.CounterVec   // kind (manifest, blob), result (hit, miss)
 	BytesServed      *prometheus.CounterVec   // source (cache, upstream)
-	UpstreamBytes    prometheus.Counter
+	UpstreamBytes    prometheus.CounterFunc   // the upstream client's count, read when scraped
 	Upstream         *prometheus.CounterVec   // registry, op, result
 	UpstreamLatency  *prometheus.HistogramVec // registry, op
 	Coalesced        prometheus.Counter
 	Prefetches       prometheus.Counter
-	DigestFailures   prometheus.Counter
+	DigestFailures   prometheus.CounterFunc // the downloads' count, read when scraped
 	MissesRemembered prometheus.Counter
 	Relayed          *prometheus.CounterVec // kind (upload, blob): requests a cluster node sent to another
 
 	bound boundRequests // the request instruments' children, bound once per label set
+	// received and discarded read the upstream's count of blob bytes and
+	// the downloads' count of discarded blobs (no call per event).
+	received, discarded atomic.Pointer[func() int64]
+}
+
+// countDiscarded makes DigestFailures read discarded.
+func (m *Metrics) countDiscarded(discarded func() int64) {
+	if m != nil {
+		m.discarded.Store(&discarded)
+	}
+}
+
+// countUpstream makes UpstreamBytes read received (the upstream client's
+// own counter: nothing is counted per read on the download's path).
+func (m *Metrics) countUpstream(received func() int64) {
+	if m != nil {
+		m.received.Store(&received)
+	}
 }
 
 // requestLabels is one label set of the request instruments.
@@ -81,8 +100,6 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Help: "Mirrored manifest and blob requests answered from the cache (hit) or upstream (miss)."}, []string{"kind", "result"}),
 		BytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_blob_bytes_served_total",
 			Help: "Blob bytes sent to clients, from the cache or streamed from an upstream download."}, []string{"source"}),
-		UpstreamBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_upstream_bytes_total",
-			Help: "Blob bytes downloaded from upstream registries."}),
 		Upstream: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_upstream_requests_total",
 			Help: "Upstream operations by registry, operation and result."}, []string{"registry", "op", "result"}),
 		UpstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "wharf_upstream_request_duration_seconds",
@@ -91,13 +108,25 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 			Help: "Requests that joined an upstream fetch already in flight instead of starting one."}),
 		Prefetches: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_prefetches_total",
 			Help: "Blob downloads started ahead of any client."}),
-		DigestFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_digest_failures_total",
-			Help: "Upstream downloads discarded because their bytes did not match the digest."}),
 		MissesRemembered: prometheus.NewCounter(prometheus.CounterOpts{Name: "wharf_upstream_misses_remembered_total",
 			Help: "Requests answered 404 from a remembered upstream miss (--miss-ttl) without asking upstream."}),
 		Relayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wharf_cluster_relayed_total",
 			Help: "Requests this node sent to another node of its cluster: upload requests for sessions another node holds, and cold blob downloads from the node that owns them."}, []string{"kind"}),
 	}
+	m.DigestFailures = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wharf_digest_failures_total",
+		Help: "Upstream downloads discarded because their bytes did not match the digest."}, func() float64 {
+		if f := m.discarded.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	m.UpstreamBytes = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wharf_upstream_bytes_total",
+		Help: "Blob bytes downloaded from upstream registries."}, func() float64 {
+		if f := m.received.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
 	r.MustRegister(m.Requests, m.Duration, m.Cache, m.BytesServed, m.UpstreamBytes, m.Upstream, m.UpstreamLatency,
 		m.Coalesced, m.Prefetches, m.DigestFailures, m.MissesRemembered, m.Relayed)
 	return m
@@ -131,12 +160,6 @@ func (m *Metrics) prefetched() {
 func (m *Metrics) rememberedMiss() {
 	if m != nil {
 		m.MissesRemembered.Inc()
-	}
-}
-
-func (m *Metrics) digestFailed() {
-	if m != nil {
-		m.DigestFailures.Inc()
 	}
 }
 

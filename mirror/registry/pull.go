@@ -31,6 +31,9 @@ type Upstream interface {
 	HasBlob(ctx context.Context, registry, repo string, d digest.Digest) error
 	Tags(ctx context.Context, registry, repo string) ([]string, error)
 	Referrers(ctx context.Context, registry, repo string, d digest.Digest) ([]upstream.Descriptor, error)
+	// BytesReceived counts the blob bytes received so far (the metrics
+	// read it).
+	BytesReceived() int64
 }
 
 var _ Upstream = (*upstream.Client)(nil)
@@ -80,7 +83,8 @@ func newPuller(reg *Registry) *puller {
 		}
 	}
 	p.platforms = platforms.Any(ps...)
-	p.fills = reg.store.NewFills(cache.FillsOptions{Timeout: o.FillTimeout, Logger: reg.log, Done: p.fillDone, MakeRoom: o.MakeRoom})
+	p.fills = reg.store.NewFills(cache.FillsOptions{Timeout: o.FillTimeout, Logger: reg.log, MakeRoom: o.MakeRoom})
+	o.Metrics.countDiscarded(p.fills.Discarded)
 	p.bg, p.cancel = context.WithCancel(context.Background())
 	return p
 }
@@ -93,7 +97,7 @@ func (p *puller) close() {
 
 // allowed refuses registries that are not configured upstreams.
 func (p *puller) allowed(q *request) error {
-	if !p.up.Allowed(q.target.Registry) {
+	if !q.allowed {
 		return fmt.Errorf("%s: %w", q.target.Registry, upstream.ErrNotAllowed)
 	}
 	return nil

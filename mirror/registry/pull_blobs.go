@@ -20,28 +20,31 @@ import (
 // blob serves a mirrored blob: from the cache, or streamed from the
 // store's download in flight, which this request starts if none is.
 func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error {
-	// A lock-free look first: a warm hit never touches the download
-	// coordinator (Fills.Get looks again under its lock).
-	if _, err := p.store.StatBlob(q.repo, q.digest); err == nil || p.opts.Offline {
+	if p.opts.Offline {
 		p.opts.Metrics.cache("blob", "hit")
 		return p.reg.getBlob(w, r, q)
 	}
-	if err := p.allowed(q); err != nil {
+	if err := p.refused(q); err != nil {
+		// Upstream would not be asked: what is here is still served.
+		if _, serr := p.store.StatBlob(q.repo, q.digest); serr == nil {
+			p.opts.Metrics.cache("blob", "hit")
+			return p.reg.getBlob(w, r, q)
+		}
+		if isMiss(err) {
+			p.opts.Metrics.rememberedMiss()
+		}
 		return err
 	}
-	if err := p.misses.get(q.target.Registry, q.target.Local, q.digest.String()); err != nil {
-		p.opts.Metrics.rememberedMiss()
-		return err
-	}
+	// Fills.Get answers a warm hit with no reader, without its lock.
 	src := p.source(q.target, q.digest)
-	if cluster.IsServedHere(r.Context()) {
+	if p.reg.node != nil && cluster.IsServedHere(r.Context()) {
 		src = p.upstreamSource(q.target, q.digest) // this node owns the download
 	}
-	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.MirroredFrom(q.target.Registry), q.digest, src)
+	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.Origin{Registry: q.target.Registry}, q.digest, src)
 	if err != nil {
 		return err
 	}
-	if rd == nil { // held, or committed meanwhile
+	if rd == nil { // here, held for another repository, or committed meanwhile
 		p.opts.Metrics.cache("blob", "hit")
 		return p.reg.getBlob(w, r, q)
 	}
@@ -121,6 +124,16 @@ func (p *puller) probeBlob(w http.ResponseWriter, r *http.Request, q *request) e
 	return nil
 }
 
+// refused is why upstream is not asked for q's blob now: its registry is
+// not on the allow-list, or upstream said it has no such blob within
+// MissTTL.
+func (p *puller) refused(q *request) error {
+	if err := p.allowed(q); err != nil {
+		return err
+	}
+	return p.misses.get(q.target.Registry, q.target.Local, q.digest.String())
+}
+
 // source tells the store's download where blob d of t comes from: one GET
 // (with Range when resumed at an offset after a failure), and a HEAD confirming that t has
 // it when the bytes are already here for another repository.
@@ -146,38 +159,11 @@ func (p *puller) upstreamSource(t policy.Target, d digest.Digest) cache.BlobSour
 				p.misses.note(t.Registry, t.Local, d.String(), err)
 				return nil, 0, err
 			}
-			return countingReader{rc, p.opts.Metrics}, size, nil
+			return rc, size, nil
 		},
 		Confirm: func(ctx context.Context) error {
 			return p.up.HasBlob(ctx, t.Registry, t.Remote, d)
 		},
-	}
-}
-
-// countingReader counts upstream bytes for the metrics.
-type countingReader struct {
-	io.ReadCloser
-	m *Metrics
-}
-
-func (c countingReader) Read(b []byte) (int, error) {
-	n, err := c.ReadCloser.Read(b)
-	if c.m != nil && n > 0 {
-		c.m.UpstreamBytes.Add(float64(n))
-	}
-	return n, err
-}
-
-// fillDone logs and counts the end of a download.
-func (p *puller) fillDone(d digest.Digest, repos []string, written int64, took time.Duration, err error) {
-	switch {
-	case errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeInvalid):
-		p.opts.Metrics.digestFailed()
-		p.reg.log.Error("upstream sent a corrupt blob: discarded, nothing cached", "repos", repos, "digest", d, "err", err)
-	case err != nil:
-		p.reg.log.Warn("blob download from upstream failed", "repos", repos, "digest", d, "err", err)
-	default:
-		p.reg.log.Debug("blob cached from upstream", "repos", repos, "digest", d, "bytes", written, "took", took)
 	}
 }
 

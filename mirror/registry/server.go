@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -92,8 +93,9 @@ type Registry struct {
 	opts        Options
 	log         *slog.Logger
 	routes      map[routeKey]handlerFunc
-	pull        *puller    // the pull-through mirror; nil without Options.Upstream
-	gate        *auth.Gate // who calls, and the users and rules in force
+	pull        *puller                        // the pull-through mirror; nil without Options.Upstream
+	gate        *auth.Gate                     // who calls, and the users and rules in force
+	rules       *atomic.Pointer[policy.Policy] // the gate's rules, loaded per request
 	uploads     *uploadLimiter
 	manifestMem *semaphore.Weighted // bytes of manifest bodies being read and checked
 	logLimit    loglimit.Limiter    // one line per source and minute for floods
@@ -105,11 +107,24 @@ type Registry struct {
 
 // Plane is another plane served through the registry's exchange: its
 // requests are authenticated by the same gate, logged, counted and their
-// errors written in the OCI format like the registry's own.
+// errors written in the OCI format like the registry's own. Its paths are
+// data, matched here: a request for the registry pays no call into
+// another plane to learn it is not theirs.
 type Plane struct {
-	Label string                 // the metrics' route label ("api", "console")
-	Match func(path string) bool // the paths it serves
-	Serve func(w http.ResponseWriter, r *http.Request) error
+	Label    string   // the metrics' route label ("api", "console")
+	Paths    []string // the paths it serves
+	Prefixes []string // and the trees under these
+	Serve    func(w http.ResponseWriter, r *http.Request) error
+}
+
+// serves reports whether path is p's.
+func (p *Plane) serves(path string) bool {
+	for _, pre := range p.Prefixes {
+		if strings.HasPrefix(path, pre) {
+			return true
+		}
+	}
+	return slices.Contains(p.Paths, path)
 }
 
 // New returns the registry API over store, whose callers gate
@@ -121,7 +136,7 @@ func New(store *cache.Store, gate *auth.Gate, opts Options) *Registry {
 	if opts.ClientTimeout <= 0 {
 		opts.ClientTimeout = time.Minute
 	}
-	reg := &Registry{store: store, opts: opts, log: opts.Logger, gate: gate, node: opts.Cluster, events: opts.Events,
+	reg := &Registry{store: store, opts: opts, log: opts.Logger, gate: gate, rules: gate.Rules(), node: opts.Cluster, events: opts.Events,
 		uploads:     &uploadLimiter{total: opts.MaxUploads, perClient: opts.MaxUploadsPerClient, byClient: map[string]int{}},
 		manifestMem: semaphore.NewWeighted(manifestMemory), logLimit: loglimit.Limiter{Every: time.Minute}}
 	if reg.events == nil {
@@ -129,12 +144,14 @@ func New(store *cache.Store, gate *auth.Gate, opts Options) *Registry {
 	}
 	if opts.Upstream != nil {
 		reg.pull = newPuller(reg)
+		reg.targets.allowed = opts.Upstream.Allowed
+		opts.Metrics.countUpstream(opts.Upstream.BytesReceived)
 	}
 	reg.routes = reg.routeTable()
 	return reg
 }
 
-func (reg *Registry) policy() *policy.Policy { return reg.gate.Policy() }
+func (reg *Registry) policy() *policy.Policy { return reg.rules.Load() }
 
 // Fills is the blob downloads in flight (nil without the pull-through
 // mirror).

@@ -17,6 +17,7 @@ type request struct {
 	repo     string // the store repository read or written
 	mirrored bool   // repo is a mirrored copy: reads may go upstream
 	target   policy.Target
+	allowed  bool // target's registry is on the upstream allow-list
 }
 
 // resolve decides, once per request, which repository of the store answers
@@ -39,22 +40,22 @@ func (reg *Registry) resolve(r *http.Request, rt route, q *request) {
 	if rt.name == "" || q.action != policy.Pull || reg.pull == nil {
 		return
 	}
-	q.target, q.repo, q.mirrored = reg.readTarget(rt.name, q.ns)
+	q.target, q.repo, q.mirrored, q.allowed = reg.readTarget(rt.name, q.ns)
 }
 
 // readTarget is where a read of name (with ?ns= ns) goes, by the rules of
 // resolve: the mirrored target it maps to (zero when the name holds
-// pushed content), the store repository, and whether that is a mirrored
-// copy.
-func (reg *Registry) readTarget(name, ns string) (t policy.Target, repo string, mirrored bool) {
+// pushed content), the store repository, whether that is a mirrored copy,
+// and whether the target's registry is on the upstream allow-list.
+func (reg *Registry) readTarget(name, ns string) (t policy.Target, repo string, mirrored, allowed bool) {
 	if o, ok := reg.store.Origin(name); ok && !o.Mirrored() && ns == "" {
-		return policy.Target{}, name, false
+		return policy.Target{}, name, false, false
 	}
-	t = reg.targets.mirror(name, ns)
+	t, allowed = reg.targets.mirror(name, ns)
 	if o, ok := reg.store.Origin(t.Local); ok && !o.Mirrored() {
-		return t, t.Local, false
+		return t, t.Local, false, allowed
 	}
-	return t, t.Local, true
+	return t, t.Local, true, allowed
 }
 
 // origin is the recorded origin of a repository for listings and access
@@ -77,30 +78,38 @@ func actionOf(rt route, method string) policy.Action {
 
 func isWrite(method string) bool { return method != http.MethodGet && method != http.MethodHead }
 
-// targets remembers policy.Mirror's answer by (name, ns): a pure function
-// of them whose result a warm GET would otherwise build (a string
-// concatenation) on every request. Bounded: emptied when full.
+// targets remembers policy.Mirror's answer by (name, ns), and whether
+// the upstream allow-list has its registry: pure functions of them whose
+// results a warm GET would otherwise build (a string concatenation, a
+// name normalisation) on every request. Bounded: emptied when full.
 type targets struct {
-	mu sync.RWMutex
-	m  map[[2]string]policy.Target
+	mu      sync.RWMutex
+	m       map[[2]string]target
+	allowed func(registry string) bool // the upstream's allow-list (fixed at start)
+}
+
+type target struct {
+	policy.Target
+	allowed bool
 }
 
 const maxTargets = 10000
 
-func (c *targets) mirror(name, ns string) policy.Target {
+func (c *targets) mirror(name, ns string) (policy.Target, bool) {
 	k := [2]string{name, ns}
 	c.mu.RLock()
 	t, ok := c.m[k]
 	c.mu.RUnlock()
 	if ok {
-		return t
+		return t.Target, t.allowed
 	}
-	t = policy.Mirror(name, ns)
+	t.Target = policy.Mirror(name, ns)
+	t.allowed = c.allowed != nil && c.allowed(t.Registry)
 	c.mu.Lock()
 	if c.m == nil || len(c.m) >= maxTargets {
-		c.m = make(map[[2]string]policy.Target)
+		c.m = make(map[[2]string]target)
 	}
 	c.m[k] = t
 	c.mu.Unlock()
-	return t
+	return t.Target, t.allowed
 }
