@@ -13,6 +13,10 @@
 // and pulls from one map (uses.go), repository origins from an in-memory
 // map.
 //
+// A collection keeps its snapshot of the index: previews (what one would
+// free now, what deleting these tags would free) are computed from it in
+// memory while no index write has committed since (gcpreview.go).
+//
 // The Store is the data path's type; views of the same store serve other
 // callers (views.go): Uploads (push sessions), Maintenance (collection,
 // eviction, fsck, usage, the index's compaction), Records (the operator

@@ -9,8 +9,10 @@ import (
 
 // BenchmarkConsolePages renders the console's pages over 500 repositories
 // of 4 tags each (2000 images): the overview with its reclaimable figure
-// computed afresh (a dry-run GC), the repository list, one repository's
-// page and a delete's confirmation (two dry runs).
+// computed afresh (a preview from the last collection's snapshot: the
+// first view's dry run took it), the repository list, one repository's
+// page and a delete's confirmation (two previews: with and without the
+// tag).
 func BenchmarkConsolePages(b *testing.B) {
 	reg := newTestRegistry(b, Options{AllowDelete: true})
 	for i := range 500 {
