@@ -10,8 +10,8 @@
 // small capabilities it may have (index.Watcher, index.Locker, blobs.Remote,
 // …) once, when it opens. Hot tag and manifest lookups are answered from
 // in-memory CLOCK caches (clock.go: reads take a shared lock only), uses
-// and pulls from one map (uses.go), repository origins from an in-memory
-// map.
+// and pulls from one map flushed into one record per reference (uses.go),
+// repository origins from an immutable in-memory map.
 //
 // A collection keeps its snapshot of the index: previews (what one would
 // free now, what deleting these tags would free) are computed from it in
@@ -47,9 +47,9 @@
 //	    ├── r/<repo>\x00<subject>\x00<digest> referrer descriptor (JSON)
 //	    ├── u/<id>                           upload session {repo, updated,
 //	    │                                    offset, sha256 state}
-//	    ├── a/<repo>\x00<ref>                last use of a mirrored tag (LRU)
-//	    ├── p/<repo>\x00<ref>                pulls of a tag or digest {count, last};
-//	    │                                    ref "": of the repository
+//	    ├── a/<repo>\x00<ref>                a tag's or digest's use {last use (LRU,
+//	    │                                    pins), pulls: count, last}; ref "": the
+//	    │                                    repository's pulls (uses.go)
 //	    ├── h/<kind>\x00<time>\x00<node>     the console's history: one traffic
 //	    │                                    point a minute (25 h), GC runs (30 d)
 //	    ├── d/<repo>\x00<digest>             a manifest released by a deliberate
@@ -58,7 +58,8 @@
 //	    │                                    (listings.go)
 //	    ├── x/<id>                           a credential revoked before its
 //	    │                                    expiry (console sign-out) → expiry
-//	    └── s/alive, s/provenance            write probe; origins recorded (v1)
+//	    └── s/alive, s/provenance,           write probe; origins recorded (v1);
+//	        s/pulls-merged                   pull counts moved into a/ (they were p/)
 //
 // A link's value is the blob size, when it was made and the origin of the
 // content; a tag's is the digest and, for mirrored tags, when upstream was

@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"encoding/binary"
 	"errors"
 	"sort"
 	"strings"
@@ -18,42 +17,10 @@ func (s *Store) Touch(repo, ref string) {
 	s.uses.get(refKey{repo, ref}).at.Store(time.Now().UnixNano())
 }
 
-func accessKey(key string) []byte { return []byte("a/" + key) }
-
-// FlushAccess writes the access times recorded since the last flush, in one
-// batch. Keys unused since the previous flush are dropped from memory.
-func (s *Maintenance) FlushAccess() error {
-	type entry struct {
-		key string
-		t   *use
-		at  int64
-	}
-	var batch []entry
-	s.uses.each(func(k refKey, u *use) {
-		if at := u.at.Load(); at != u.flushed.Load() {
-			batch = append(batch, entry{k.String(), u, at})
-		} else {
-			s.uses.dropIdle(k, u)
-		}
-	})
-	if len(batch) == 0 {
-		return nil
-	}
-	if err := s.indexWrite(false); err != nil {
-		return err // kept: the next flush writes them
-	}
-	kvs := make([]keyValue, 0, len(batch))
-	for _, e := range batch {
-		kvs = append(kvs, keyValue{accessKey(e.key), binary.BigEndian.AppendUint64(nil, uint64(e.at))})
-	}
-	if err := s.setAll(kvs); err != nil {
-		return err
-	}
-	for _, e := range batch {
-		e.t.flushed.Store(e.at)
-	}
-	return nil
-}
+// FlushAccess writes the uses and pulls recorded since the last flush:
+// one record per reference (uses.go). Entries with nothing new are
+// dropped from memory.
+func (s *Maintenance) FlushAccess() error { return s.st().flushUses() }
 
 // Size is the number of bytes the blob store holds, by its records.
 func (s *Maintenance) Size() (int64, error) {
@@ -219,9 +186,9 @@ func (s *Maintenance) mirroredTags() ([]lruEntry, error) {
 			return err
 		}
 		used := map[string]time.Time{} // repo\x00ref → last use
-		if err := txn.Scan(accessKey(""), nil, false, func(k, v []byte) error {
-			if len(v) == 8 {
-				used[string(k[len(accessKey("")):])] = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		if err := txn.Scan([]byte("a/"), nil, false, func(k, v []byte) error {
+			if at, ok := decodeUse(v).lastUse(); ok {
+				used[string(k[2:])] = at
 			}
 			return nil
 		}); err != nil {

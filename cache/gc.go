@@ -280,7 +280,7 @@ func (s *Maintenance) dropManifest(repo string, d, subject digest.Digest, fresh 
 			}
 		}
 		dropped = true
-		if err := txn.Delete(accessKey(refKey{repo, d.String()}.String())); err != nil {
+		if err := forgetUse(txn, useKey(repo, d.String())); err != nil {
 			return err
 		}
 		return txn.Delete(manifestKey(repo, d))

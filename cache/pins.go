@@ -2,7 +2,6 @@ package cache
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -30,12 +29,12 @@ import (
 
 // scanUses reads the digest uses of the index into sn.used.
 func (sn *snapshot) scanUses(txn Txn, pace *pacer) error {
-	prefix := accessKey("")
-	return txn.Scan(prefix, nil, false, func(k, v []byte) error {
+	return txn.Scan([]byte("a/"), nil, false, func(k, v []byte) error {
 		pace.step()
-		repo, ref, ok := strings.Cut(string(k[len(prefix):]), "\x00")
-		if !ok || len(v) != 8 || !strings.Contains(ref, ":") {
-			return nil // a tag's use: the tag is the root
+		repo, ref, ok := strings.Cut(string(k[2:]), "\x00")
+		at, used := decodeUse(v).lastUse()
+		if !ok || !used || !strings.Contains(ref, ":") {
+			return nil // a tag's use (the tag is the root), or pulls alone
 		}
 		d, err := digest.Parse(ref)
 		if err != nil {
@@ -44,7 +43,7 @@ func (sn *snapshot) scanUses(txn Txn, pace *pacer) error {
 		if sn.used[repo] == nil {
 			sn.used[repo] = map[digest.Digest]time.Time{}
 		}
-		sn.used[repo][d] = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		sn.used[repo][d] = at
 		return nil
 	})
 }
@@ -120,7 +119,7 @@ func (s *Maintenance) forgetUse(repo, ref string) error {
 	if u := s.uses.load(k); u != nil {
 		s.uses.dropIdle(k, u) // used since: the flush records it again
 	}
-	return s.release(func(txn Txn) error { return txn.Delete(accessKey(k.String())) })
+	return s.release(func(txn Txn) error { return forgetUse(txn, useKey(repo, ref)) })
 }
 
 // ForgetUses drops the records of every pull by digest of repo (an
@@ -128,7 +127,7 @@ func (s *Maintenance) forgetUse(repo, ref string) error {
 // they named, recorded as released (released.go) in the same
 // transactions.
 func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
-	prefix := accessKey(refKey{repo, ""}.String())
+	prefix := useKey(repo, "")
 	var keys [][]byte
 	var ds []digest.Digest
 	s.uses.each(func(k refKey, u *use) { // uses not flushed yet are forgotten
@@ -138,7 +137,10 @@ func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
 		}
 	})
 	if err := s.idx.View(func(txn Txn) error {
-		return txn.Scan(prefix, nil, true, func(k, _ []byte) error {
+		return txn.Scan(prefix, nil, false, func(k, v []byte) error {
+			if _, used := decodeUse(v).lastUse(); !used {
+				return nil // pulls alone: nothing pinned
+			}
 			if d, err := digest.Parse(string(k[len(prefix):])); err == nil {
 				keys, ds = append(keys, append([]byte(nil), k...)), append(ds, d)
 			}
@@ -152,7 +154,7 @@ func (s *Maintenance) ForgetUses(repo string) ([]digest.Digest, error) {
 		batch := ds[len(ds)-len(keys):][:n]
 		if err := s.release(func(txn Txn) error {
 			for i, k := range keys[:n] {
-				if err := txn.Delete(k); err != nil {
+				if err := forgetUse(txn, k); err != nil { // its pulls stay
 					return err
 				}
 				if err := putReleased(txn, repo, batch[i], nil, time.Now()); err != nil {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"encoding/binary"
 	"testing"
 	"time"
 )
@@ -35,13 +36,13 @@ func TestPullCounts(t *testing.T) {
 		}
 	}
 	check(s, 3, 4)
-	if err := s.Records().FlushPulls(); err != nil {
+	if err := s.Maintenance().FlushAccess(); err != nil {
 		t.Fatal(err)
 	}
 	check(s, 3, 4)
 	s.Records().NotePull("team/app", "v1")
 	check(s, 4, 5) // pending on top of flushed
-	if err := s.Records().FlushPulls(); err != nil {
+	if err := s.Maintenance().FlushAccess(); err != nil {
 		t.Fatal(err)
 	}
 	check(s, 4, 5)
@@ -86,5 +87,89 @@ func TestGCWithout(t *testing.T) {
 	}
 	if rep, err := s.Maintenance().GC(GCOptions{DryRun: true, Without: map[string][]string{"team/app": {d1.String()}}}); err != nil || rep.Bytes != int64(len(own))+m.Size {
 		t.Fatalf("deleting the manifest by digest (both tags) frees %+v %v", rep, err)
+	}
+}
+
+// TestPullsMergedIntoUses: a data directory from before the use records
+// kept pulls (p/ keys beside 8-byte a/ records) is moved over once at
+// open: the counts, the last uses and the pins are what they were, the
+// p/ keys are gone, and a use and a pull of one digest are one record.
+// An evicted pin keeps its pulls.
+func TestPullsMergedIntoUses(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	d := pushImage(t, s, "docker.io/library/app", "", []byte("layer"))
+	used := time.Now().Add(-time.Minute).Truncate(time.Second)
+	pulled := time.Now().Add(-2 * time.Minute).Truncate(time.Second)
+	at := func(t time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano())) }
+	old := map[string][]byte{
+		"a/docker.io/library/app\x00" + d.String(): at(used),
+		"a/docker.io/library/app\x00v1":            at(used),
+		"p/docker.io/library/app\x00" + d.String(): encodePullStat(PullStat{Count: 7, Last: pulled}),
+		"p/docker.io/library/app\x00":              encodePullStat(PullStat{Count: 9, Last: pulled}),
+		"p/team/gone\x00v3":                        encodePullStat(PullStat{Count: 2}),
+	}
+	if err := s.idx.Update(func(txn Txn) error {
+		if err := txn.Delete(pullsMerged); err != nil {
+			return err
+		}
+		for k, v := range old {
+			if err := txn.Set([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openStore(t, dir)
+	defer s.Close()
+	p, err := s.Records().Pulls("docker.io/library/app")
+	if err != nil || p[d.String()].Count != 7 || !p[d.String()].Last.Equal(pulled) || p[""].Count != 9 {
+		t.Fatalf("pulls after the move: %+v %v", p, err)
+	}
+	if g, _ := s.Records().Pulls("team/gone"); g["v3"].Count != 2 || !g["v3"].Last.IsZero() {
+		t.Fatalf("a count without a time: %+v", g)
+	}
+	var left int
+	s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("p/"), nil, true, func(k, _ []byte) error { left++; return nil })
+	})
+	if left != 0 {
+		t.Fatalf("%d p/ keys left", left)
+	}
+	sn, err := s.Maintenance().snapshot(nil)
+	if err != nil || !sn.used["docker.io/library/app"][d].Equal(used) {
+		t.Fatalf("the pin's last use after the move: %v %v", sn.used, err)
+	}
+	// One record per reference: a new use and pull of the digest.
+	s.Touch("docker.io/library/app", d.String())
+	s.Records().NotePull("docker.io/library/app", d.String())
+	if err := s.Maintenance().FlushAccess(); err != nil {
+		t.Fatal(err)
+	}
+	var records int
+	s.idx.View(func(txn Txn) error {
+		return txn.Scan(useKey("docker.io/library/app", d.String()), nil, false, func(k, v []byte) error {
+			records++
+			if u := decodeUse(v); u.pulls.Count != 8 || u.at == 0 {
+				t.Errorf("merged record %+v", u)
+			}
+			return nil
+		})
+	})
+	if records != 1 {
+		t.Fatalf("%d records for one digest", records)
+	}
+	// Evicting the pin forgets the use, not the pulls.
+	if _, err := s.Maintenance().ForgetUses("docker.io/library/app"); err != nil {
+		t.Fatal(err)
+	}
+	if sn, _ := s.Maintenance().snapshot(nil); len(sn.used["docker.io/library/app"]) != 0 {
+		t.Fatalf("pins after ForgetUses: %v", sn.used)
+	}
+	if p, _ := s.Records().Pulls("docker.io/library/app"); p[d.String()].Count != 8 {
+		t.Fatalf("pulls after ForgetUses: %+v", p)
 	}
 }

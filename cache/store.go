@@ -152,6 +152,9 @@ func Open(opts Options) (*Store, error) {
 		return fail(fmt.Errorf("cache: reading repository origins: %w", err))
 	}
 	if !s.space.isReadOnly() {
+		if err := s.mergePulls(); err != nil {
+			return fail(fmt.Errorf("cache: moving pull counts into the use records: %w", err))
+		}
 		if err := s.Uploads().CleanIngests(time.Now()); err != nil {
 			return fail(err)
 		}
@@ -251,7 +254,6 @@ func (s *Maintenance) WritableAgain() bool {
 // data directory then stays locked until the process exits.
 func (s *Store) Close() error {
 	s.Maintenance().FlushAccess()
-	s.Records().FlushPulls()
 	if !s.space.isReadOnly() && s.disk != nil {
 		if ok, avail := s.space.roomToClose(); !ok {
 			s.log.Error("the filesystem is full: the index is left to its write-ahead log, which the next start replays",

@@ -1,8 +1,11 @@
 package cache
 
 import (
+	"encoding/binary"
+	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // refKey names a reference (a tag or a digest, "" for the repository as a
@@ -25,8 +28,8 @@ type use struct {
 // idle reports an entry with nothing left to flush.
 func (u *use) idle() bool { return u.at.Load() == u.flushed.Load() && u.n.Load() == 0 }
 
-// uses is the one map of uses, flushed by FlushAccess (a/ keys) and
-// FlushPulls (p/ keys).
+// uses is the one map of uses, flushed by FlushAccess into one record per
+// reference (a/ keys, useRecord).
 type uses struct {
 	mu sync.RWMutex
 	m  map[refKey]*use
@@ -81,4 +84,186 @@ func (u *uses) dropIdle(k refKey, e *use) {
 		delete(u.m, k)
 	}
 	u.mu.Unlock()
+}
+
+// useKey is the index key of a reference's use record: a/<repo>\x00<ref>.
+func useKey(repo, ref string) []byte { return []byte("a/" + repo + "\x00" + ref) }
+
+// useRecord is one reference's use, as the index keeps it (a/ keys): its
+// last use (unix nanoseconds; 0: none, or a pin an eviction forgot while
+// its pulls are kept) and its pulls. Records from before pulls were kept
+// here hold the last use alone (8 bytes).
+type useRecord struct {
+	at    int64
+	pulls PullStat
+}
+
+func decodeUse(v []byte) useRecord {
+	var u useRecord
+	if len(v) >= 8 {
+		u.at = int64(binary.BigEndian.Uint64(v))
+	}
+	if len(v) == 24 {
+		u.pulls = decodePullStat(v[8:])
+	}
+	return u
+}
+
+func (u useRecord) encode() []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(u.at)), encodePullStat(u.pulls)...)
+}
+
+// lastUse is the record's last use (ok false: none).
+func (u useRecord) lastUse() (time.Time, bool) {
+	if u.at == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, u.at), true
+}
+
+// forgetUse clears the last use of the record at key (a pin an eviction
+// releases), keeping its pulls; a record with no pulls goes.
+func forgetUse(txn Txn, key []byte) error {
+	v, err := txn.Get(key)
+	if errors.Is(err, errNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	u := decodeUse(v)
+	if u.pulls.Count == 0 {
+		return txn.Delete(key)
+	}
+	u.at = 0
+	return txn.Set(key, u.encode())
+}
+
+// flushUses writes the uses and pulls learnt since the last flush: one
+// record per reference, read, merged and written in transactions of at
+// most half MaxOps references. What a failed write did not record stays
+// in memory for the next flush.
+func (s *Store) flushUses() error {
+	type entry struct {
+		k          refKey
+		u          *use
+		at, before int64 // the last use now, and what the index had
+		n, pulled  int64
+	}
+	var batch []entry
+	s.uses.each(func(k refKey, u *use) {
+		at, before := u.at.Load(), u.flushed.Load()
+		n := u.n.Swap(0)
+		if at == before && n == 0 {
+			s.uses.dropIdle(k, u)
+			return
+		}
+		batch = append(batch, entry{k, u, at, before, n, u.pulledAt.Load()})
+	})
+	if len(batch) == 0 {
+		return nil
+	}
+	giveBack := func(es []entry) {
+		for _, e := range es {
+			e.u.n.Add(e.n)
+		}
+	}
+	if err := s.indexWrite(false); err != nil {
+		giveBack(batch)
+		return err // kept: the next flush writes them
+	}
+	step := max(1, s.idx.MaxOps()/2)
+	for i := 0; i < len(batch); i += step {
+		chunk := batch[i:min(len(batch), i+step)]
+		err := s.retry(func(txn Txn) error {
+			for _, e := range chunk {
+				key := useKey(e.k.repo, e.k.ref)
+				var rec useRecord
+				if v, err := txn.Get(key); err == nil {
+					rec = decodeUse(v)
+				} else if !errors.Is(err, errNotFound) {
+					return err
+				}
+				if e.at != e.before {
+					rec.at = e.at
+				}
+				rec.pulls = rec.pulls.add(e.n, e.pulled)
+				if err := txn.Set(key, rec.encode()); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			giveBack(batch[i:])
+			return err
+		}
+		for _, e := range chunk {
+			e.u.flushed.Store(e.at)
+		}
+	}
+	return nil
+}
+
+// pullsMerged marks a data directory whose pull counts were moved into
+// the use records (they were p/<repo>\x00<ref> keys).
+var pullsMerged = []byte("s/pulls-merged")
+
+// mergePulls moves the pull counts of a data directory from before the
+// use records kept them into those records, once.
+func (s *Store) mergePulls() error {
+	done := false
+	if err := s.idx.View(func(txn Txn) error {
+		ok, err := exists(txn, pullsMerged)
+		done = ok
+		return err
+	}); err != nil || done {
+		return err
+	}
+	var keys [][]byte
+	if err := s.idx.View(func(txn Txn) error {
+		return txn.Scan([]byte("p/"), nil, true, func(k, _ []byte) error {
+			keys = append(keys, append([]byte(nil), k...))
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
+	step := max(1, s.idx.MaxOps()/3)
+	for len(keys) > 0 {
+		n := min(len(keys), step)
+		if err := s.retry(func(txn Txn) error {
+			for _, k := range keys[:n] {
+				v, err := txn.Get(k)
+				if errors.Is(err, errNotFound) {
+					continue // another node moved it
+				} else if err != nil {
+					return err
+				}
+				key := append([]byte("a/"), k[2:]...)
+				var rec useRecord
+				if old, err := txn.Get(key); err == nil {
+					rec = decodeUse(old)
+				} else if !errors.Is(err, errNotFound) {
+					return err
+				}
+				p := decodePullStat(v)
+				var last int64
+				if !p.Last.IsZero() {
+					last = p.Last.UnixNano()
+				}
+				rec.pulls = rec.pulls.add(p.Count, last)
+				if err := txn.Set(key, rec.encode()); err != nil {
+					return err
+				}
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		keys = keys[n:]
+	}
+	return s.retry(func(txn Txn) error { return txn.Set(pullsMerged, []byte("1")) })
 }

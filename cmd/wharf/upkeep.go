@@ -139,10 +139,7 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 			return nil
 		case <-flush:
 			if err := store.Maintenance().FlushAccess(); err != nil {
-				log.Warn("recording access times", "err", err)
-			}
-			if err := store.Records().FlushPulls(); err != nil {
-				log.Warn("recording pull counts", "err", err)
+				log.Warn("recording uses and pull counts", "err", err)
 			}
 			reg.Sample() // the console's charts
 		case <-spaceCheck:
