@@ -152,7 +152,7 @@ func Open(opts Options) (*Store, error) {
 		return fail(fmt.Errorf("cache: reading repository origins: %w", err))
 	}
 	if !s.space.isReadOnly() {
-		if err := s.mergePulls(); err != nil {
+		if err := s.Maintenance().mergePulls(); err != nil {
 			return fail(fmt.Errorf("cache: moving pull counts into the use records: %w", err))
 		}
 		if err := s.Uploads().CleanIngests(time.Now()); err != nil {

@@ -142,7 +142,7 @@ func forgetUse(txn Txn, key []byte) error {
 // record per reference, read, merged and written in transactions of at
 // most half MaxOps references. What a failed write did not record stays
 // in memory for the next flush.
-func (s *Store) flushUses() error {
+func (s *Maintenance) flushUses() error {
 	type entry struct {
 		k          refKey
 		u          *use
@@ -210,7 +210,7 @@ var pullsMerged = []byte("s/pulls-merged")
 
 // mergePulls moves the pull counts of a data directory from before the
 // use records kept them into those records, once.
-func (s *Store) mergePulls() error {
+func (s *Maintenance) mergePulls() error {
 	done := false
 	if err := s.idx.View(func(txn Txn) error {
 		ok, err := exists(txn, pullsMerged)
