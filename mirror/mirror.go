@@ -23,6 +23,7 @@ import (
 type Options struct {
 	// The data plane (registry.Options).
 	AllowDelete         bool
+	ReadOnly            bool // pulls only: writes get 405, collections are refused
 	Sendfile            bool
 	Logger              *slog.Logger // the access log, audit records and errors (slog.Default)
 	Upstream            registry.Upstream
@@ -85,7 +86,7 @@ func New(store *cache.Store, opts Options) *Server {
 		Revocations: store.Records(), Audit: book, Logger: opts.Logger})
 	gate.SetAccess(opts.Users, opts.Policy)
 	s := &Server{gate: gate, store: store, gcGrace: opts.GCGrace}
-	ao := admin.Options{AllowDelete: opts.AllowDelete, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,
+	ao := admin.Options{AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,
 		Fills: func() []cache.ActiveFill { return s.reg.Fills() }, Logger: opts.Logger,
 		BlobOwner: func(members map[string]string, d digest.Digest) string {
 			id, _ := cluster.BlobOwner(members, d)
@@ -102,7 +103,7 @@ func New(store *cache.Store, opts Options) *Server {
 	book.svc = s.svc
 	s.console = console.New(s.svc, gate, console.Options{StatusOf: registry.StatusOf, Logger: opts.Logger})
 	s.reg = registry.New(store, gate, registry.Options{
-		AllowDelete: opts.AllowDelete, Sendfile: opts.Sendfile, Logger: opts.Logger, Upstream: opts.Upstream,
+		AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Sendfile: opts.Sendfile, Logger: opts.Logger, Upstream: opts.Upstream,
 		TagTTL: opts.TagTTL, MissTTL: opts.MissTTL, Offline: opts.Offline, PrefetchParallel: opts.PrefetchParallel,
 		FillTimeout: opts.FillTimeout, Metrics: opts.Metrics, OnStorageFull: opts.OnStorageFull, MakeRoom: opts.MakeRoom,
 		ClientTimeout: opts.ClientTimeout, MaxUploads: opts.MaxUploads, MaxUploadsPerClient: opts.MaxUploadsPerClient,

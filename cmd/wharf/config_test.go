@@ -145,6 +145,21 @@ func TestAccessConfig(t *testing.T) {
 	if !cfg.mirror.Policy.Allowed(policy.Subject{User: "alice"}, "team/app", policy.Push, false) {
 		t.Fatal("rule from the config file not in effect")
 	}
+	if d := describePolicy(cfg.mirror.Policy); !strings.Contains(d, "1 rules from --config decide") {
+		t.Fatalf("the start's policy line with rules: %s", d)
+	}
+	// --htpasswd alone is registry:2's htpasswd: a signed-in user may do
+	// everything, anonymous callers only pull mirrored content.
+	cfg = parseServe(t, "--htpasswd", hp)
+	pol := cfg.mirror.Policy
+	if !pol.Allowed(policy.Subject{User: "alice"}, "centos", policy.Push, false) || !pol.Allowed(policy.Subject{User: "alice"}, "centos", policy.Delete, false) ||
+		pol.Allowed(policy.Subject{}, "centos", policy.Push, false) || pol.Allowed(policy.Subject{}, "centos", policy.Pull, false) ||
+		!pol.Allowed(policy.Subject{}, "docker.io/library/alpine", policy.Pull, true) {
+		t.Fatal("--htpasswd alone: alice should push and delete anything, anonymous callers pull mirrored content only")
+	}
+	if d := describePolicy(pol); !strings.Contains(d, "signed-in users may pull, push, delete everything") || !strings.Contains(d, "anonymous callers may pull mirrored content") {
+		t.Fatalf("the start's policy line: %s", d)
+	}
 	os.WriteFile(hp, []byte("alice:$apr1$x$y\n"), 0o600)
 	if _, err := tryServe("--htpasswd", hp); err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Fatalf("MD5 htpasswd: %v", err)

@@ -47,6 +47,17 @@ func TestRegistry2Environment(t *testing.T) {
 		cfg.mirror.Policy.Allowed(policy.Subject{}, "centos", policy.Push, false) {
 		t.Fatal("REGISTRY_AUTH=htpasswd: alice should push anything, anonymous nothing")
 	}
+	if cfg.readOnly || cfg.mirror.ReadOnly {
+		t.Fatal("read-only without asking")
+	}
+	t.Setenv("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED", "true")
+	if cfg = parseServe(t); !cfg.readOnly || !cfg.mirror.ReadOnly {
+		t.Fatal("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED=true: not read-only")
+	}
+	os.Unsetenv("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED")
+	if cfg = parseServe(t, "--read-only"); !cfg.readOnly || !cfg.mirror.ReadOnly {
+		t.Fatal("--read-only: not read-only")
+	}
 	if cfg = parseServe(t, "--addr", "127.0.0.1:7000"); cfg.addr != "127.0.0.1:7000" {
 		t.Fatalf("--addr against REGISTRY_HTTP_ADDR: %s", cfg.addr)
 	}
@@ -109,10 +120,13 @@ proxy:
 		t.Fatalf("config.yml: %+v", r2)
 	}
 	warned := strings.Join(r2.warnings, "\n")
-	for _, k := range []string{"log.fields.service", "storage.cache.blobdescriptor", "http.headers.x-content-type-options", "health.storagedriver.enabled", "version"} {
+	for _, k := range []string{"log.fields.service", "storage.cache.blobdescriptor", "http.headers.x-content-type-options", "health.storagedriver.enabled"} {
 		if !strings.Contains(warned, k) {
 			t.Errorf("no warning for %s:\n%s", k, warned)
 		}
+	}
+	if strings.Contains(warned, "version") { // in every config.yml: nothing to say
+		t.Errorf("a warning for version:\n%s", warned)
 	}
 	cfg := parseServe(t, "--registry-config", file)
 	if cfg.addr != "127.0.0.1:5999" || cfg.upstream == nil || cfg.upstream.Registries[0].Username != "hubuser" {

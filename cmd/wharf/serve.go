@@ -27,6 +27,7 @@ import (
 	"github.com/wharf-registry/wharf/mirror/admin"
 	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/registry"
+	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
@@ -309,9 +310,11 @@ func announce(cfg serveConfig, store *cache.Store, addr net.Addr) error {
 	if cfg.mirror.Policy.Open() {
 		log.Warn("NO USERS CONFIGURED: anyone who can reach this port may pull, push and (with --allow-delete) delete; add users with `wharf user add --htpasswd FILE NAME` and start with --htpasswd FILE")
 	} else {
-		log.Info("access control on", "users", cfg.mirror.Users.Len())
+		log.Info("access control on", "users", cfg.mirror.Users.Len(), "policy", describePolicy(cfg.mirror.Policy))
 	}
-	if !cfg.mirror.AllowDelete {
+	if cfg.readOnly {
+		log.Warn("read-only (--read-only): pulls only; pushes, manifest writes and deletes are refused with 405, garbage collection and eviction pause")
+	} else if !cfg.mirror.AllowDelete {
 		log.Info("deletes are disabled; start with --allow-delete to enable them")
 	}
 	if err := store.Ping(true); errors.Is(err, cache.ErrStorageFull) {
@@ -410,4 +413,25 @@ func blobStore(c *cli.Context) (*s3blobs.Options, error) {
 		o.Region = os.Getenv("AWS_REGION")
 	}
 	return &o, nil
+}
+
+// describePolicy is the effective policy in one line, for the start log.
+func describePolicy(p *policy.Policy) string {
+	anon := "anonymous callers may pull mirrored content"
+	if !p.AnonymousMirrorPull() {
+		anon = "anonymous callers may pull nothing"
+	}
+	rules := p.Rules()
+	if len(rules) == 1 && len(rules[0].Repos) == 1 && rules[0].Repos[0] == "**" && len(rules[0].Who) == 1 && rules[0].Who[0] == "users" {
+		return "registry:2's htpasswd: signed-in users may " + joinActions(rules[0].Actions) + " everything; " + anon + " (rules in --config replace this)"
+	}
+	return fmt.Sprintf("%d rules from --config decide; %s", len(rules), anon)
+}
+
+func joinActions(as []policy.Action) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = string(a)
+	}
+	return strings.Join(s, ", ")
 }

@@ -38,6 +38,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
+	readOnly        bool // --read-only: no writes, no collections, no eviction
 	index           *etcdindex.Options // the cluster's index; nil: Badger under the data directory
 	blobStore       *s3blobs.Options   // the bucket holding the blobs; nil: files under the data directory
 	advertise       string             // the URL other nodes reach this one at ("": derived)
@@ -107,6 +108,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		shutdownTimeout: c.Duration("shutdown-timeout"),
 		headerTimeout:   c.Duration("header-timeout"),
 		gcInterval:      c.Duration("gc-interval"),
+		readOnly:        c.Bool("read-only"),
 		gcGrace:         c.Duration("gc-grace"),
 		retention:       c.Duration("retention"),
 		evictInterval:   c.Duration("evict-interval"),
@@ -135,7 +137,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 
 // mirrorOptions reads the registry's own settings.
 func mirrorOptions(c *cli.Context, secret string, p *policy.Policy, log *slog.Logger) mirror.Options {
-	return mirror.Options{AllowDelete: c.Bool("allow-delete"), GCGrace: c.Duration("gc-grace"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
+	return mirror.Options{AllowDelete: c.Bool("allow-delete"), ReadOnly: c.Bool("read-only"), GCGrace: c.Duration("gc-grace"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
 		Secret: secret, Policy: p, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 		TagTTL: tagTTL(c.Duration("tag-ttl")), MissTTL: missTTL(c.Duration("miss-ttl")), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 		PrefetchPlatforms: c.StringSlice("prefetch-platform")}
@@ -210,9 +212,11 @@ type access struct {
 }
 
 // readAccess loads users (htpasswd) and the rules of the config file.
-// readAccess reads the users and rules. registry2Auth (registry:2's
-// REGISTRY_AUTH=htpasswd) means what it means there when no rules are
-// given: any signed-in user may pull, push and delete anything.
+// readAccess reads the users and rules. Users without rules (--htpasswd
+// alone, or registry:2's REGISTRY_AUTH=htpasswd, registry2Auth) mean what
+// registry:2's htpasswd means: any signed-in user may pull, push and
+// delete anything (anonymous callers may pull mirrored content); rules,
+// when given, decide.
 func readAccess(configFile, htpasswd string, registry2Auth bool) (access, error) {
 	var a access
 	var err error
@@ -240,7 +244,7 @@ func readAccess(configFile, htpasswd string, registry2Auth bool) (access, error)
 	if a.users != nil {
 		n = a.users.Len()
 	}
-	if registry2Auth && len(doc.Rules) == 0 {
+	if (registry2Auth || a.users != nil) && len(doc.Rules) == 0 {
 		doc.Rules = []policy.Rule{{Repos: []string{"**"}, Who: []string{"users"}, Actions: []policy.Action{policy.Pull, policy.Push, policy.Delete}}}
 	}
 	a.policy, err = policy.New(n, doc.Config)

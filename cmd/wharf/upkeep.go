@@ -10,6 +10,7 @@ import (
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/mirror"
+	"github.com/wharf-registry/wharf/mirror/oci"
 )
 
 // valueLogGCInterval is how often Badger's value log is compacted.
@@ -127,6 +128,9 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 	defer stop6()
 	released, stop7 := ticker(releasedInterval)
 	defer stop7()
+	if cfg.readOnly { // nothing is removed: no collection, no eviction
+		gc, check, released = nil, nil, nil
+	}
 	var trim <-chan time.Time
 	if cfg.blobStore != nil {
 		var stop8 func()
@@ -151,7 +155,9 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 			}
 		case <-room.kicks:
 			waiters := room.take()
-			evictOnce(store, cfg, log, ops)
+			if !cfg.readOnly {
+				evictOnce(store, cfg, log, ops)
+			}
 			for _, w := range waiters {
 				close(w)
 			}
@@ -164,6 +170,10 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 		case j := <-sched.jobs:
 			o := j.o
 			o.Grace = cfg.gcGrace
+			if cfg.readOnly && !o.DryRun {
+				j.done <- collectResult{err: oci.ErrReadOnly}
+				continue
+			}
 			rep, err := store.Maintenance().GC(o)
 			j.done <- collectResult{rep, err}
 		case <-released:

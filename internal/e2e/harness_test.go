@@ -101,12 +101,21 @@ func freeAddr(t *testing.T) string {
 // waits until /v2/ answers. The process is killed, by its PID, at cleanup.
 func startWharf(t *testing.T, data string, args ...string) *wharfProc {
 	t.Helper()
+	return startWharfWithEnv(t, data, nil, args...)
+}
+
+// startWharfWithEnv is startWharf with extra environment variables.
+func startWharfWithEnv(t *testing.T, data string, env []string, args ...string) *wharfProc {
+	t.Helper()
 	if data == "" {
 		data = t.TempDir()
 	}
 	addr := freeAddr(t)
 	w := &wharfProc{addr: addr, data: data, log: &syncBuffer{}, done: make(chan error, 1)}
 	w.cmd = exec.Command(wharfBin, append([]string{"serve", "--addr", addr, "--data", data}, args...)...)
+	if env != nil {
+		w.cmd.Env = append(os.Environ(), env...)
+	}
 	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,8 @@ type Options struct {
 	// AllowDelete enables deletes when no users are configured (everyone
 	// may do everything), as with registry:2's storage.delete.
 	AllowDelete bool
+	// ReadOnly refuses deletes, evictions and collections (405).
+	ReadOnly bool
 	// Collector runs the collections asked for here: the process's one
 	// maintenance scheduler. nil: the service runs them itself with
 	// GCGrace (tests, tools).

@@ -247,6 +247,9 @@ func (svc *Service) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref 
 // delete or admin there, and with no users configured (everyone may do
 // everything) the server must have been started with --allow-delete.
 func (svc *Service) mayWrite(r *http.Request, c auth.Caller, repo string) error {
+	if svc.opts.ReadOnly {
+		return oci.ErrReadOnly
+	}
 	if svc.DeletesDisabled() {
 		return oci.ErrDeleteDisabled
 	}

@@ -97,6 +97,9 @@ func (svc *Service) CollectWithout(ctx context.Context, dry bool, without map[st
 		duty = 1
 	}
 	o := cache.GCOptions{DryRun: dry, Without: without, Duty: duty}
+	if !dry && svc.opts.ReadOnly {
+		return cache.GCReport{}, oci.ErrReadOnly
+	}
 	if dry {
 		po := o
 		if svc.opts.Collector == nil {
@@ -363,10 +366,16 @@ func (svc *Service) Tags(repo string) ([]string, error) {
 // waiting for the grace period (cache/released.go).
 func (svc *Service) Delete(repo, ref string) error { return svc.store.DeleteReleasing(repo, ref) }
 
+// ReadOnly reports a read-only registry (--read-only): nothing is
+// deleted, evicted or collected.
+func (svc *Service) ReadOnly() bool { return svc.opts.ReadOnly }
+
 // DeletesDisabled reports a server on which nobody may delete: no users
 // are configured (everyone may do everything) and it was not started
 // with --allow-delete.
-func (svc *Service) DeletesDisabled() bool { return svc.gate.Policy().Open() && !svc.opts.AllowDelete }
+func (svc *Service) DeletesDisabled() bool {
+	return svc.opts.ReadOnly || svc.gate.Policy().Open() && !svc.opts.AllowDelete
+}
 
 // RecentErrors is the book's recent errors, newest first, with the
 // repository each concerns ("" for none).

@@ -68,14 +68,15 @@ type Revocations interface {
 
 // Gate authenticates requests. It is safe for concurrent use.
 type Gate struct {
-	opts     Options
-	log      *slog.Logger
-	access   atomic.Pointer[access]
-	rules    atomic.Pointer[policy.Policy] // access's policy, for planes that hold it (Rules)
-	tokens   *tokens
-	sessions *sessions
-	signins  *signins
-	logLimit loglimit.Limiter // one line per source and minute for floods
+	opts      Options
+	log       *slog.Logger
+	access    atomic.Pointer[access]
+	rules     atomic.Pointer[policy.Policy] // access's policy, for planes that hold it (Rules)
+	tokens    *tokens
+	sessions  *sessions
+	signins   *signins
+	logLimit  loglimit.Limiter // one line per source and minute for floods
+	untrusted untrustedPeers   // peers warned about for forwarded headers they may not send
 }
 
 // access is who may sign in and what they may do, replaced as a whole.

@@ -3,6 +3,7 @@ package auth
 import (
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -272,5 +273,34 @@ func TestCrossSite(t *testing.T) {
 		if got := CrossSite(r); got != c.want {
 			t.Errorf("%v: %v, want %v", c.h, got, c.want)
 		}
+	}
+}
+
+// TestUntrustedForwardedHeadersWarned: X-Forwarded-* headers from a peer
+// that is not a trusted proxy are ignored, with one warning per peer that
+// names the flag.
+func TestUntrustedForwardedHeadersWarned(t *testing.T) {
+	var logs strings.Builder
+	g := New(Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	send := func(peer string, hdr ...string) *http.Request {
+		r := httptest.NewRequest("GET", "/v2/", nil)
+		r.RemoteAddr = peer
+		for i := 0; i+1 < len(hdr); i += 2 {
+			r.Header.Set(hdr[i], hdr[i+1])
+		}
+		return g.FromProxy(r)
+	}
+	got := send("127.0.0.5:1000", "X-Forwarded-Proto", "https", "X-Forwarded-For", "198.51.100.7")
+	if g.ExternalBase(got) != "http://example.com" || ClientIP(got) != "127.0.0.5" {
+		t.Fatalf("untrusted headers were believed: %s %s", g.ExternalBase(got), ClientIP(got))
+	}
+	send("127.0.0.5:1001", "X-Forwarded-Proto", "https")
+	send("127.0.0.6:1000") // no forwarded headers: nothing to say
+	if n := strings.Count(logs.String(), "--trusted-proxy"); n != 1 || !strings.Contains(logs.String(), "peer=127.0.0.5") {
+		t.Fatalf("%d warnings:\n%s", n, logs.String())
+	}
+	send("127.0.0.7:1000", "X-Forwarded-Host", "registry.example")
+	if n := strings.Count(logs.String(), "--trusted-proxy"); n != 2 {
+		t.Fatalf("%d warnings after a second peer:\n%s", n, logs.String())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 )
 
 // Behind a reverse proxy (nginx doing TLS and Basic auth, haproxy), the
@@ -27,6 +28,7 @@ type forwardedKey struct{}
 // from other peers are returned unchanged.
 func (g *Gate) FromProxy(r *http.Request) *http.Request {
 	if len(g.opts.TrustedProxies) == 0 || !g.trusted(peerAddr(r.RemoteAddr)) {
+		g.untrusted.note(g, r)
 		return r
 	}
 	f := forwarded{proto: strings.ToLower(firstValue(r.Header.Get("X-Forwarded-Proto"))), host: firstValue(r.Header.Get("X-Forwarded-Host"))}
@@ -126,4 +128,41 @@ func validHost(h string) bool {
 // or through a trusted proxy that said so).
 func (g *Gate) OverTLS(r *http.Request) bool {
 	return strings.HasPrefix(g.ExternalBase(r), "https://")
+}
+
+// untrustedPeers remembers the peers that sent X-Forwarded-* headers
+// without being trusted proxies: each is warned about once (a bounded
+// set).
+type untrustedPeers struct {
+	mu   sync.Mutex
+	seen map[netip.Addr]bool
+}
+
+const maxUntrustedPeers = 1000
+
+// note warns, once per peer, about a request whose X-Forwarded-* headers
+// are ignored because its peer is not in --trusted-proxy: behind a TLS
+// proxy that is what makes the token realm's URL say http:// and
+// `docker login` fail.
+func (u *untrustedPeers) note(g *Gate, r *http.Request) {
+	h := r.Header
+	if len(h) == 0 || h.Get("X-Forwarded-For") == "" && h.Get("X-Forwarded-Proto") == "" && h.Get("X-Forwarded-Host") == "" {
+		return
+	}
+	peer := peerAddr(r.RemoteAddr)
+	u.mu.Lock()
+	seen := u.seen[peer]
+	if !seen && len(u.seen) < maxUntrustedPeers {
+		if u.seen == nil {
+			u.seen = map[netip.Addr]bool{}
+		}
+		u.seen[peer] = true
+	}
+	u.mu.Unlock()
+	if !seen {
+		g.log.Warn("a request carries X-Forwarded-* headers from a peer that is not a trusted proxy: they are ignored "+
+			"(client address, scheme and host are the connection's); if it is your reverse proxy, start with --trusted-proxy "+
+			"naming it, or set --public-url to the URL clients use", "peer", peer.String(),
+			"x_forwarded_proto", h.Get("X-Forwarded-Proto"), "x_forwarded_host", h.Get("X-Forwarded-Host"))
+	}
 }

@@ -285,6 +285,10 @@ func (c *Console) confirmPage(w http.ResponseWriter, r *http.Request, v auth.Vie
 // repositoryAction deletes a tag or manifest, or evicts a mirrored image,
 // from a confirmed form.
 func (c *Console) repositoryAction(w http.ResponseWriter, r *http.Request, v auth.Viewer, repo string) {
+	if c.svc.ReadOnly() {
+		c.consoleError(w, r, v, http.StatusMethodNotAllowed, "This registry is read-only (--read-only): nothing can be deleted or evicted.")
+		return
+	}
 	if c.svc.DeletesDisabled() {
 		c.consoleError(w, r, v, http.StatusMethodNotAllowed, "Deleting is disabled on this server: with no users configured, start it with --allow-delete.")
 		return

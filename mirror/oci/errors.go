@@ -115,6 +115,10 @@ func Write(w http.ResponseWriter, e *Error) {
 	w.Write(body)
 }
 
+// ErrReadOnly answers every write to a read-only registry (--read-only,
+// registry:2's storage.maintenance.readonly).
+var ErrReadOnly = &Error{Code: CodeUnsupported, Message: "this registry is read-only: it serves pulls only (--read-only)"}
+
 // ErrDeleteDisabled answers a delete on a server that allows none: with no
 // users configured, deletes need --allow-delete (registry:2's
 // storage.delete.enabled).

@@ -20,6 +20,9 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	if q.repo == "" { // /v2/ and the catalog decide for themselves
 		return nil
 	}
+	if q.action != policy.Pull && reg.opts.ReadOnly {
+		return oci.ErrReadOnly
+	}
 	if q.action == policy.Delete {
 		if err := reg.checkMirroredDelete(q); err != nil {
 			return err

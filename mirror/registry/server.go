@@ -25,6 +25,10 @@ type Options struct {
 	// AllowDelete enables manifest, tag and blob deletes; without it they
 	// get 405 UNSUPPORTED, as with registry:2.
 	AllowDelete bool
+	// ReadOnly serves pulls only: uploads, manifest PUTs and deletes get
+	// 405 UNSUPPORTED saying so (registry:2's maintenance read-only mode).
+	// Mirror fills go on.
+	ReadOnly bool
 	// Sendfile serves blobs with sendfile(2) instead of buffered reads and
 	// writes. Zero-copy is not always faster: on virtualised loopback the
 	// buffered copy measured ~30% ahead (internal/bench), as for nginx.

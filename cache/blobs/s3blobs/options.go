@@ -25,7 +25,9 @@ type Options struct {
 }
 
 // ParseURL reads s3://bucket[/prefix]?endpoint=host:port[&region=r][&insecure=true][&part-size=bytes].
-// Credentials are not part of it.
+// The endpoint may also be a URL, as registry:2's regionendpoint and most
+// S3 tools write it: http://host:port is plain HTTP (insecure), https://
+// is TLS. Credentials are not part of it.
 func ParseURL(raw string) (Options, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -42,10 +44,22 @@ func ParseURL(raw string) (Options, error) {
 	if o.Endpoint == "" {
 		return Options{}, fmt.Errorf("%q: no endpoint=host:port", raw)
 	}
+	if scheme, hostPort, ok := strings.Cut(o.Endpoint, "://"); ok {
+		hostPort = strings.TrimSuffix(hostPort, "/")
+		if (scheme != "http" && scheme != "https") || hostPort == "" || strings.ContainsAny(hostPort, "/?#") {
+			return Options{}, fmt.Errorf("%q: endpoint=%q: want host:port, http://host:port or https://host:port", raw, o.Endpoint)
+		}
+		o.Endpoint, o.Insecure = hostPort, scheme == "http"
+	}
 	if v := q.Get("insecure"); v != "" {
-		if o.Insecure, err = strconv.ParseBool(v); err != nil {
+		insecure, err := strconv.ParseBool(v)
+		if err != nil {
 			return Options{}, fmt.Errorf("%q: insecure=%q", raw, v)
 		}
+		if strings.Contains(q.Get("endpoint"), "://") && insecure != o.Insecure {
+			return Options{}, fmt.Errorf("%q: insecure=%s contradicts the endpoint's scheme", raw, v)
+		}
+		o.Insecure = insecure
 	}
 	if v := q.Get("part-size"); v != "" {
 		if o.PartSize, err = strconv.ParseUint(v, 10, 64); err != nil || o.PartSize < 5<<20 {

@@ -140,7 +140,16 @@ func TestParseS3URL(t *testing.T) {
 	if err != nil || o.Bucket != "images" || o.Prefix != "wharf/node1/" || o.Endpoint != "127.0.0.1:7070" || !o.Insecure || o.Region != "eu-1" || o.PartSize != 8<<20 {
 		t.Fatalf("%+v %v", o, err)
 	}
-	for _, bad := range []string{"http://b?endpoint=x:1", "s3://b", "s3://b?endpoint=x:1&insecure=maybe", "s3://b?endpoint=x:1&part-size=1024", "s3:///?endpoint=x:1"} {
+	// The endpoint as a URL (registry:2's regionendpoint): its scheme says
+	// whether it is TLS.
+	for raw, insecure := range map[string]bool{"s3://b?endpoint=http://127.0.0.1:7070": true, "s3://b?endpoint=https://s3.example:443/": false,
+		"s3://b?endpoint=http://127.0.0.1:7070&insecure=true": true} {
+		if o, err := ParseURL(raw); err != nil || o.Endpoint == "" || strings.Contains(o.Endpoint, "/") || o.Insecure != insecure {
+			t.Errorf("%s: %+v %v", raw, o, err)
+		}
+	}
+	for _, bad := range []string{"http://b?endpoint=x:1", "s3://b", "s3://b?endpoint=x:1&insecure=maybe", "s3://b?endpoint=x:1&part-size=1024", "s3:///?endpoint=x:1",
+		"s3://b?endpoint=ftp://x:1", "s3://b?endpoint=http://x:1/path", "s3://b?endpoint=https://x:1&insecure=true"} {
 		if _, err := ParseURL(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}

@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestHtpasswdAloneIsRegistry2: `--htpasswd` without rules means what
+// registry:2's htpasswd means: a signed-in user pushes and pulls any name
+// with real dockerd (the seeds' `docker push HOST/centos`), an anonymous
+// push is refused at once, and the start says so in one line.
+func TestHtpasswdAloneIsRegistry2(t *testing.T) {
+	requireTool(t, "dockerd")
+	htpasswd, _ := makeUsers(t, map[string]string{"testuser": "testpassword"}, "")
+	w := startWharf(t, "", "--mirror=false", "--htpasswd", htpasswd)
+	d := startDockerdWith(t, map[string]any{"insecure-registries": []string{w.addr}})
+	dockerLogin(t, d, w.addr, "testuser", "testpassword")
+	ref := w.addr + "/centos:latest"
+	d.buildImage(t, ref, "scratch", "c.bin")
+	d.roundTrip(t, ref)
+	d.docker(t, "logout", w.addr)
+	if out, err := runErr(time.Minute, d.env(), "docker", "push", ref); err == nil || !strings.Contains(strings.ToLower(out), "authentication required") {
+		t.Fatalf("anonymous push: %v\n%s", err, out)
+	}
+	if !strings.Contains(w.log.String(), "registry:2's htpasswd: signed-in users may pull, push, delete everything") {
+		t.Fatalf("the start does not say the effective policy:\n%s", w.log)
+	}
+}
+
+// TestReadOnlyMode: registry:2's read-only variable and Wharf's flag: what
+// was pushed before pulls with real dockerd; a push is refused with 405
+// saying the registry is read-only; collections do not run.
+func TestReadOnlyMode(t *testing.T) {
+	requireTool(t, "dockerd")
+	data := t.TempDir()
+	w := startWharf(t, data, "--mirror=false")
+	d := startDockerdWith(t, map[string]any{"insecure-registries": []string{"127.0.0.0/8"}}) // every wharf of this test
+	ref := w.addr + "/team/app:v1"
+	d.buildImage(t, ref, "scratch", "a.bin")
+	d.docker(t, "push", ref)
+	if err := w.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	for name, start := range map[string]func() *wharfProc{
+		"REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED": func() *wharfProc {
+			return startWharfWithEnv(t, data, []string{"REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED=true"}, "--mirror=false", "--gc-interval", "1s")
+		},
+		"--read-only": func() *wharfProc { return startWharf(t, data, "--mirror=false", "--read-only", "--gc-interval", "1s") },
+	} {
+		ro := start()
+		roRef := ro.addr + "/team/app:v1"
+		d.docker(t, "pull", roRef)
+		d.buildImage(t, ro.addr+"/team/app:v2", "scratch", "b.bin")
+		if out, err := runErr(time.Minute, d.env(), "docker", "push", ro.addr+"/team/app:v2"); err == nil || !strings.Contains(out, "read-only") {
+			t.Fatalf("%s: push to a read-only registry: %v\n%s", name, err, out)
+		}
+		time.Sleep(1500 * time.Millisecond) // a --gc-interval: no collection runs
+		if l := ro.log.String(); !strings.Contains(l, "read-only (--read-only)") || strings.Contains(l, `msg="garbage collection"`) {
+			t.Fatalf("%s: log:\n%s", name, l)
+		}
+		if err := ro.stop(t); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
