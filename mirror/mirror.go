@@ -23,7 +23,8 @@ import (
 type Options struct {
 	// The data plane (registry.Options).
 	AllowDelete         bool
-	ReadOnly            bool // pulls only: writes get 405, collections are refused
+	ReadOnly            bool        // pulls only: writes get 405, collections are refused
+	Headers             http.Header // added to every response (registry:2's http.headers)
 	Sendfile            bool
 	Logger              *slog.Logger // the access log, audit records and errors (slog.Default)
 	Upstream            registry.Upstream
@@ -103,7 +104,7 @@ func New(store *cache.Store, opts Options) *Server {
 	book.svc = s.svc
 	s.console = console.New(s.svc, gate, console.Options{StatusOf: registry.StatusOf, Logger: opts.Logger})
 	s.reg = registry.New(store, gate, registry.Options{
-		AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Sendfile: opts.Sendfile, Logger: opts.Logger, Upstream: opts.Upstream,
+		AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Headers: opts.Headers, Sendfile: opts.Sendfile, Logger: opts.Logger, Upstream: opts.Upstream,
 		TagTTL: opts.TagTTL, MissTTL: opts.MissTTL, Offline: opts.Offline, PrefetchParallel: opts.PrefetchParallel,
 		FillTimeout: opts.FillTimeout, Metrics: opts.Metrics, OnStorageFull: opts.OnStorageFull, MakeRoom: opts.MakeRoom,
 		ClientTimeout: opts.ClientTimeout, MaxUploads: opts.MaxUploads, MaxUploadsPerClient: opts.MaxUploadsPerClient,

@@ -55,3 +55,20 @@ func TestReadOnly(t *testing.T) {
 		t.Fatalf("the read-only registry deleted v1: %v", err)
 	}
 }
+
+// TestResponseHeaders: configured headers (registry:2's http.headers, a
+// registry UI's CORS) are on every response, registry, API and console
+// alike, and never replace a header Wharf sets.
+func TestResponseHeaders(t *testing.T) {
+	reg := newTestRegistry(t, Options{Headers: http.Header{"Access-Control-Allow-Origin": {"*"}, "X-Extra": {"a", "b"}}})
+	reg.pushImage(t, "team/app", "v1", nil)
+	for _, path := range []string{"/v2/", "/v2/team/app/manifests/v1", "/v2/team/app/manifests/v9", "/api/v1/repositories", "/"} {
+		resp, _ := reg.do(t, "GET", path, nil, nil)
+		if resp.Header.Get("Access-Control-Allow-Origin") != "*" || len(resp.Header.Values("X-Extra")) != 2 {
+			t.Errorf("%s: headers %v", path, resp.Header)
+		}
+		if ct := resp.Header.Get("Content-Type"); ct == "" {
+			t.Errorf("%s: no Content-Type", path)
+		}
+	}
+}

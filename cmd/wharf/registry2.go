@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/textproto"
 	"os"
 	"sort"
 	"strconv"
@@ -33,7 +34,8 @@ type registry2Config struct {
 	warnings []string          // settings ignored, and why
 	// proxy credentials, for the upstream REGISTRY_PROXY_REMOTEURL names
 	username, password string
-	htpasswdAuth       bool // REGISTRY_AUTH=htpasswd: any signed-in user may do everything
+	htpasswdAuth       bool     // REGISTRY_AUTH=htpasswd: any signed-in user may do everything
+	headers            []string // http.headers, as "Name: value" (--response-header)
 }
 
 var r2Exact = map[string]r2Setting{
@@ -74,7 +76,6 @@ var r2Prefixes = []struct {
 	why    string
 }{
 	{prefix: "LOG_", note: "Wharf's logging is set with --log-level and --log-format"},
-	{prefix: "HTTP_HEADERS_", note: "Wharf sets its own response headers"},
 	{prefix: "HTTP_DEBUG_", note: "use --debug-addr for profiles and --metrics-addr for Prometheus metrics"},
 	{prefix: "HTTP_HTTP2_", note: "Wharf speaks HTTP/2 on TLS by itself"},
 	{prefix: "HTTP_TLS_LETSENCRYPT_", why: "Let's Encrypt is not built in: give Wharf a certificate (--tls-cert) or put a TLS proxy in front"},
@@ -149,6 +150,10 @@ func readRegistry2(environ []string, file string) (*registry2Config, error) {
 				}
 				out.flags[s.flag] = v
 			}
+			continue
+		}
+		if name, ok := strings.CutPrefix(k, "HTTP_HEADERS_"); ok && name != "" {
+			out.headers = append(out.headers, textproto.CanonicalMIMEHeaderKey(name)+": "+v)
 			continue
 		}
 		handled := false

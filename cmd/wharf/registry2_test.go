@@ -120,16 +120,22 @@ proxy:
 		t.Fatalf("config.yml: %+v", r2)
 	}
 	warned := strings.Join(r2.warnings, "\n")
-	for _, k := range []string{"log.fields.service", "storage.cache.blobdescriptor", "http.headers.x-content-type-options", "health.storagedriver.enabled"} {
+	if len(r2.headers) != 1 || r2.headers[0] != "X-Content-Type-Options: nosniff" {
+		t.Errorf("http.headers: %q", r2.headers)
+	}
+	for _, k := range []string{"log.fields.service", "storage.cache.blobdescriptor", "health.storagedriver.enabled"} {
 		if !strings.Contains(warned, k) {
 			t.Errorf("no warning for %s:\n%s", k, warned)
 		}
 	}
-	if strings.Contains(warned, "version") { // in every config.yml: nothing to say
-		t.Errorf("a warning for version:\n%s", warned)
+	for _, k := range []string{"version", "http.headers"} { // version is in every config.yml; headers are applied
+		if strings.Contains(warned, k) {
+			t.Errorf("a warning for %s:\n%s", k, warned)
+		}
 	}
-	cfg := parseServe(t, "--registry-config", file)
-	if cfg.addr != "127.0.0.1:5999" || cfg.upstream == nil || cfg.upstream.Registries[0].Username != "hubuser" {
+	cfg := parseServe(t, "--registry-config", file, "--response-header", "Access-Control-Allow-Origin: *")
+	if cfg.addr != "127.0.0.1:5999" || cfg.upstream == nil || cfg.upstream.Registries[0].Username != "hubuser" ||
+		cfg.mirror.Headers.Get("X-Content-Type-Options") != "nosniff" || cfg.mirror.Headers.Get("Access-Control-Allow-Origin") != "*" {
 		t.Fatalf("serve with --registry-config: %+v", cfg)
 	}
 
@@ -140,6 +146,7 @@ proxy:
 		"http:\n  prefix: /registry\n":                                              "http.prefix",
 		"storage:\n  delete:\n    enabled: maybe\n":                                 "storage.delete.enabled",
 		"frobnicate: true\n":                                                        "REGISTRY_FROBNICATE (frobnicate)",
+		"http:\n  headers:\n    Content-Type: [text/plain]\n":                       "Wharf sets Content-Type itself",
 	} {
 		write(bad)
 		if _, err := tryServe("--registry-config", file); err == nil || !strings.Contains(err.Error(), want) {

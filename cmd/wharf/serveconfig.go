@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
+	"net/textproto"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -38,7 +40,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
-	readOnly        bool // --read-only: no writes, no collections, no eviction
+	readOnly        bool               // --read-only: no writes, no collections, no eviction
 	index           *etcdindex.Options // the cluster's index; nil: Badger under the data directory
 	blobStore       *s3blobs.Options   // the bucket holding the blobs; nil: files under the data directory
 	advertise       string             // the URL other nodes reach this one at ("": derived)
@@ -91,6 +93,10 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if index != nil && secret == "" {
 		return serveConfig{}, errors.New("--index: the nodes of a cluster must share a token key: give each the same --token-key-file (or --secret)")
 	}
+	headers, err := responseHeaders(append(c.StringSlice("response-header"), r2.headers...))
+	if err != nil {
+		return serveConfig{}, err
+	}
 	cfg := serveConfig{
 		addr:            c.String("addr"),
 		tlsCert:         c.String("tls-cert"),
@@ -114,7 +120,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		evictInterval:   c.Duration("evict-interval"),
 		idleTimeout:     c.Duration("idle-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
-		mirror:          mirrorOptions(c, secret, access.policy, log),
+		mirror:          mirrorOptions(c, secret, access.policy, log, headers),
 	}
 	if err := readServeSizes(c, &cfg); err != nil {
 		return cfg, err
@@ -136,8 +142,8 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 }
 
 // mirrorOptions reads the registry's own settings.
-func mirrorOptions(c *cli.Context, secret string, p *policy.Policy, log *slog.Logger) mirror.Options {
-	return mirror.Options{AllowDelete: c.Bool("allow-delete"), ReadOnly: c.Bool("read-only"), GCGrace: c.Duration("gc-grace"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
+func mirrorOptions(c *cli.Context, secret string, p *policy.Policy, log *slog.Logger, headers http.Header) mirror.Options {
+	return mirror.Options{Headers: headers, AllowDelete: c.Bool("allow-delete"), ReadOnly: c.Bool("read-only"), GCGrace: c.Duration("gc-grace"), Sendfile: c.Bool("sendfile"), Logger: log, ClientTimeout: c.Duration("client-timeout"),
 		Secret: secret, Policy: p, MaxUploads: c.Int("max-uploads"), MaxUploadsPerClient: c.Int("max-uploads-per-client"),
 		TagTTL: tagTTL(c.Duration("tag-ttl")), MissTTL: missTTL(c.Duration("miss-ttl")), Offline: c.Bool("offline"), PrefetchParallel: c.Int("prefetch-parallel"),
 		PrefetchPlatforms: c.StringSlice("prefetch-platform")}
@@ -410,4 +416,33 @@ func tokenSecret(secret, file string, log *slog.Logger) (string, error) {
 		log.Warn("the token key file is readable by other users: anyone who reads it can sign tokens", "file", file, "mode", fi.Mode().Perm().String())
 	}
 	return key, nil
+}
+
+// ownHeaders are the response headers Wharf sets itself: a configured
+// header may not replace them.
+var ownHeaders = map[string]bool{"Content-Type": true, "Content-Length": true, "Content-Range": true, "Accept-Ranges": true,
+	"Docker-Content-Digest": true, "Docker-Distribution-Api-Version": true, "Docker-Upload-Uuid": true, "Www-Authenticate": true,
+	"Location": true, "Range": true, "Etag": true, "Cache-Control": true, "Retry-After": true, "Link": true, "Set-Cookie": true,
+	"Oci-Namespace": true, "Oci-Subject": true, "Oci-Filters-Applied": true, "Connection": true, "Transfer-Encoding": true,
+	"Content-Security-Policy": true, "X-Frame-Options": true}
+
+// responseHeaders reads "Name: value" settings (--response-header,
+// registry:2's http.headers) into the headers added to every response.
+func responseHeaders(specs []string) (http.Header, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	h := http.Header{}
+	for _, s := range specs {
+		name, value, ok := strings.Cut(s, ":")
+		name, value = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name)), strings.TrimSpace(value)
+		if !ok || name == "" || strings.ContainsAny(name, " \t\r\n") || strings.ContainsAny(value, "\r\n") {
+			return nil, fmt.Errorf("--response-header %q: want NAME: VALUE", s)
+		}
+		if ownHeaders[name] {
+			return nil, fmt.Errorf("--response-header %q: Wharf sets %s itself", s, name)
+		}
+		h.Add(name, value)
+	}
+	return h, nil
 }

@@ -39,6 +39,12 @@ type exchange struct {
 // once, calls the one handler the route table names, and writes errors.
 func (reg *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = reg.gate.Admit(r) // who calls, from where (behind a trusted proxy)
+	if len(reg.opts.Headers) > 0 {
+		h := w.Header()
+		for k, vs := range reg.opts.Headers {
+			h[k] = vs[:len(vs):len(vs)] // an Add by a handler copies, never writes into the configuration
+		}
+	}
 	x := &exchange{sw: statusWriter{ResponseWriter: w}, r: r, start: time.Now(), label: "unknown"}
 	x.w = &x.sw
 	defer func() {

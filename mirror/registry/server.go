@@ -29,6 +29,9 @@ type Options struct {
 	// 405 UNSUPPORTED saying so (registry:2's maintenance read-only mode).
 	// Mirror fills go on.
 	ReadOnly bool
+	// Headers are added to every response (registry:2's http.headers: a
+	// registry UI's CORS headers); the handlers' own headers replace them.
+	Headers http.Header
 	// Sendfile serves blobs with sendfile(2) instead of buffered reads and
 	// writes. Zero-copy is not always faster: on virtualised loopback the
 	// buffered copy measured ~30% ahead (internal/bench), as for nginx.
