@@ -69,7 +69,8 @@
 // from memory and every decision (routing, access, eviction, listings, du)
 // reads it. A data directory from before origins were kept is migrated
 // once at start (s/provenance marks it done). Besides,
-// <data>/wharf.lock is flock'ed by the process that has the store open, and
+// <data>/wharf.lock is flock'ed by the process that has the store open
+// (whose server records the URL it listens at in <data>/serve.url), and
 // fsck --repair moves bad blobs to <data>/quarantine/.
 //
 // A cluster's nodes (Options.Index: etcdindex) keep the same keys in etcd

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -21,29 +23,28 @@ var healthCommand = &cli.Command{
 	Name:  "health",
 	Usage: "exit 0 if the server on this machine answers /healthz (for container health checks)",
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "addr", Usage: "the server's listen address (default: WHARF_ADDR, REGISTRY_HTTP_ADDR, :5000)"},
+		&cli.StringFlag{Name: "addr", Usage: "the server's listen address (default: what the server recorded in its data directory, else WHARF_ADDR, REGISTRY_HTTP_ADDR, :5000)"},
+		&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "the server's data directory, where it records its address", EnvVars: []string{"WHARF_DATA", "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"}},
 		&cli.BoolFlag{Name: "tls", Usage: "the server speaks HTTPS (default: when WHARF_TLS_CERT or REGISTRY_HTTP_TLS_CERTIFICATE is set)"},
 		&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "give up after this"},
 	},
 	Action: func(c *cli.Context) error {
-		addr := firstNonEmpty(c.String("addr"), os.Getenv("WHARF_ADDR"), os.Getenv("REGISTRY_HTTP_ADDR"), ":5000")
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			return cli.Exit(fmt.Sprintf("health: address %q: %v", addr, err), 2)
+		url := ""
+		if c.String("addr") == "" {
+			url = recordedServeURL(c.String("data"))
 		}
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		scheme := "http"
-		if c.Bool("tls") || os.Getenv("WHARF_TLS_CERT") != "" || os.Getenv("REGISTRY_HTTP_TLS_CERTIFICATE") != "" {
-			scheme = "https"
+		if url == "" {
+			var err error
+			if url, err = guessedServeURL(c); err != nil {
+				return err
+			}
 		}
 		client := &http.Client{Timeout: c.Duration("timeout"), Transport: &http.Transport{
 			// A probe of this machine's own server: its certificate names
 			// the public host, not 127.0.0.1.
 			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec
 		}}
-		url := scheme + "://" + net.JoinHostPort(host, port) + "/healthz"
+		url += "/healthz"
 		resp, err := client.Get(url)
 		if err != nil {
 			return cli.Exit(fmt.Sprintf("health: %v", err), 1)
@@ -55,6 +56,65 @@ var healthCommand = &cli.Command{
 		fmt.Fprintln(c.App.Writer, "ok")
 		return nil
 	},
+}
+
+// guessedServeURL is the server's URL from the flags and variables it
+// reads (when it recorded none).
+func guessedServeURL(c *cli.Context) (string, error) {
+	addr := firstNonEmpty(c.String("addr"), os.Getenv("WHARF_ADDR"), os.Getenv("REGISTRY_HTTP_ADDR"), ":5000")
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", cli.Exit(fmt.Sprintf("health: address %q: %v", addr, err), 2)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	scheme := "http"
+	if c.Bool("tls") || os.Getenv("WHARF_TLS_CERT") != "" || os.Getenv("REGISTRY_HTTP_TLS_CERTIFICATE") != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port), nil
+}
+
+// serveURLFile, in the data directory, is the URL the running server
+// listens at (scheme and bound address), for `wharf health`.
+const serveURLFile = "serve.url"
+
+// recordServeURL records the server's listen address (an unspecified
+// one as loopback) and scheme in the data directory.
+func recordServeURL(dir string, addr net.Addr, tls bool) error {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	tmp := filepath.Join(dir, serveURLFile+".tmp")
+	if err := os.WriteFile(tmp, []byte(scheme+"://"+net.JoinHostPort(host, port)+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, serveURLFile))
+}
+
+// recordedServeURL is the URL the server in dir recorded ("": none).
+func recordedServeURL(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, serveURLFile))
+	if err != nil {
+		return ""
+	}
+	u := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return ""
+	}
+	return u
 }
 
 func firstNonEmpty(vs ...string) string {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -192,9 +193,15 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		}
 		return nil
 	})
-	// The listener is open and the index writable: tell systemd.
+	// The listener is open and the index writable: tell systemd, and
+	// `wharf health` (however the address was given).
 	if err := sdNotify("READY=1\nSTATUS=serving on " + ln.Addr().String()); err != nil {
 		log.Warn("sd_notify READY", "err", err)
+	}
+	if err := recordServeURL(cfg.cache.Dir, ln.Addr(), cfg.tlsCert != ""); err != nil {
+		log.Warn("recording the listen address for `wharf health`", "err", err)
+	} else {
+		defer os.Remove(filepath.Join(cfg.cache.Dir, serveURLFile))
 	}
 	if iv := watchdogInterval(); iv > 0 {
 		g.Go(func() error { return watchdog(gctx, iv, ln.Addr().String(), cfg.tlsCert != "", log) })

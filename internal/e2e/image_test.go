@@ -71,17 +71,30 @@ func TestContainerImage(t *testing.T) {
 		t.Fatalf("the data is not in the mounted host directory: %v", err)
 	}
 
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st := d.docker(t, "inspect", "--format", "{{.State.Health.Status}}", "wharf-e2e")
-		if st == "healthy" {
-			break
+	waitHealthy := func(name string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st := d.docker(t, "inspect", "--format", "{{.State.Health.Status}}", name)
+			if st == "healthy" {
+				return
+			}
+			if time.Now().After(deadline) {
+				logs, _ := runErr(time.Minute, d.env(), "docker", "inspect", "--format", "{{json .State.Health}}", name)
+				t.Fatalf("%s: the image's health check says %q\n%s", name, st, logs)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the image's health check says %q", st)
-		}
-		time.Sleep(500 * time.Millisecond)
 	}
+	waitHealthy("wharf-e2e")
+	// Options after the image name, as the README suggests (and another
+	// address than the variables say): the health check finds the server
+	// through what it recorded in its data directory.
+	addr2 := freeAddr(t)
+	d.docker(t, "run", "-d", "--name", "wharf-e2e-flags", "--network", "host", "--health-interval", "1s",
+		"-v", t.TempDir()+":/var/lib/wharf", "wharf-e2e", "serve", "--addr", addr2, "--mirror=false")
+	t.Cleanup(func() { runErr(time.Minute, d.env(), "docker", "rm", "-f", "wharf-e2e-flags") })
+	waitHealthy("wharf-e2e-flags")
 
 	id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref)
 	d.docker(t, "restart", "wharf-e2e")

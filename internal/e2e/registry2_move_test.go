@@ -64,3 +64,30 @@ func TestReadOnlyMode(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthFindsTheServer: `wharf health` (the image's HEALTHCHECK) finds
+// the server however its address was given — here a flag the probe never
+// sees — through what the server records in its data directory, even with
+// a variable naming another address; once the server stopped, the probe
+// fails.
+func TestHealthFindsTheServer(t *testing.T) {
+	w := startWharf(t, "", "--mirror=false")
+	probe := func(env ...string) (string, error) {
+		return runErr(30*time.Second, env, wharfBin, "health")
+	}
+	for _, env := range [][]string{
+		{"REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=" + w.data},                // the image's way
+		{"WHARF_DATA=" + w.data, "REGISTRY_HTTP_ADDR=127.0.0.1:1"},             // a stale variable: the record wins
+		{"WHARF_DATA=" + w.data, "WHARF_ADDR=127.0.0.1:1", "WHARF_TLS_CERT=x"}, // and the scheme is recorded too
+	} {
+		if out, err := probe(env...); err != nil || !strings.Contains(out, "ok") {
+			t.Fatalf("health with %v: %v\n%s", env, err, out)
+		}
+	}
+	if err := w.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := probe("WHARF_DATA=" + w.data); err == nil {
+		t.Fatalf("health after the server stopped: %s", out)
+	}
+}
