@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/textproto"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -34,27 +36,43 @@ type registry2Config struct {
 	warnings []string          // settings ignored, and why
 	// proxy credentials, for the upstream REGISTRY_PROXY_REMOTEURL names
 	username, password string
-	htpasswdAuth       bool     // REGISTRY_AUTH=htpasswd: any signed-in user may do everything
-	headers            []string // http.headers, as "Name: value" (--response-header)
+	htpasswdAuth       bool              // REGISTRY_AUTH=htpasswd: any signed-in user may do everything
+	headers            []string          // http.headers, as "Name: value" (--response-header)
+	s3                 map[string]string // storage.s3's keys (without STORAGE_S3_) that make --blob-store
 }
 
 var r2Exact = map[string]r2Setting{
-	"VERSION":                              {fn: func(string, *registry2Config) error { return nil }}, // the format's version: every config.yml has it
-	"HTTP_ADDR":                            {flag: "addr"},
-	"HTTP_NET":                             {fn: func(v string, _ *registry2Config) error { return onlyValue("http.net", v, "tcp") }},
-	"HTTP_PREFIX":                          {fn: func(v string, _ *registry2Config) error { return onlyValue("http.prefix", strings.Trim(v, "/"), "") }},
-	"HTTP_HOST":                            {flag: "public-url"},
-	"HTTP_SECRET":                          {flag: "secret"},
-	"HTTP_RELATIVEURLS":                    {note: "Wharf's Location headers are always relative"},
-	"HTTP_DRAINTIMEOUT":                    {flag: "shutdown-timeout"},
-	"HTTP_TLS_CERTIFICATE":                 {flag: "tls-cert"},
-	"HTTP_TLS_KEY":                         {flag: "tls-key"},
-	"HTTP_TLS_CLIENTCAS":                   {flag: "tls-client-ca", conv: single("http.tls.clientcas")},
-	"HTTP_TLS_MINIMUMTLS":                  {note: "Wharf always requires TLS 1.2 or newer"},
-	"AUTH":                                 {fn: authKind},
-	"AUTH_HTPASSWD_PATH":                   {flag: "htpasswd", fn: func(_ string, out *registry2Config) error { out.htpasswdAuth = true; return nil }},
-	"AUTH_HTPASSWD_REALM":                  {note: "Wharf signs clients in through its own token realm"},
-	"STORAGE":                              {fn: func(v string, _ *registry2Config) error { return onlyValue("storage", v, "filesystem") }},
+	"VERSION":              {fn: func(string, *registry2Config) error { return nil }}, // the format's version: every config.yml has it
+	"HTTP_ADDR":            {flag: "addr"},
+	"HTTP_NET":             {fn: func(v string, _ *registry2Config) error { return onlyValue("http.net", v, "tcp") }},
+	"HTTP_PREFIX":          {fn: func(v string, _ *registry2Config) error { return onlyValue("http.prefix", strings.Trim(v, "/"), "") }},
+	"HTTP_HOST":            {flag: "public-url"},
+	"HTTP_SECRET":          {flag: "secret"},
+	"HTTP_RELATIVEURLS":    {note: "Wharf's Location headers are always relative"},
+	"HTTP_DRAINTIMEOUT":    {flag: "shutdown-timeout"},
+	"HTTP_TLS_CERTIFICATE": {flag: "tls-cert"},
+	"HTTP_TLS_KEY":         {flag: "tls-key"},
+	"HTTP_TLS_CLIENTCAS":   {flag: "tls-client-ca", conv: single("http.tls.clientcas")},
+	"HTTP_TLS_MINIMUMTLS":  {note: "Wharf always requires TLS 1.2 or newer"},
+	"AUTH":                 {fn: authKind},
+	"AUTH_HTPASSWD_PATH":   {flag: "htpasswd", fn: func(_ string, out *registry2Config) error { out.htpasswdAuth = true; return nil }},
+	"AUTH_HTPASSWD_REALM":  {note: "Wharf signs clients in through its own token realm"},
+	"STORAGE": {fn: func(v string, _ *registry2Config) error {
+		if v == "s3" {
+			return nil // the STORAGE_S3_ keys say where
+		}
+		return onlyValue("storage", v, "filesystem")
+	}},
+	"STORAGE_S3_ACCESSKEY":                 {flag: "blob-store-access-key"},
+	"STORAGE_S3_SECRETKEY":                 {flag: "blob-store-secret-key"},
+	"STORAGE_S3_BUCKET":                    {fn: s3Key("BUCKET")},
+	"STORAGE_S3_ROOTDIRECTORY":             {fn: s3Key("ROOTDIRECTORY")},
+	"STORAGE_S3_REGION":                    {fn: s3Key("REGION")},
+	"STORAGE_S3_REGIONENDPOINT":            {fn: s3Key("REGIONENDPOINT")},
+	"STORAGE_S3_SECURE":                    {fn: s3Key("SECURE")},
+	"STORAGE_S3_CHUNKSIZE":                 {fn: s3Key("CHUNKSIZE")},
+	"STORAGE_S3_FORCEPATHSTYLE":            {note: "Wharf addresses the bucket by path, which every S3-compatible server takes"},
+	"STORAGE_S3_LOGLEVEL":                  {note: "Wharf logs its object store's state itself"},
 	"STORAGE_FILESYSTEM_ROOTDIRECTORY":     {flag: "data"},
 	"STORAGE_FILESYSTEM_MAXTHREADS":        {note: "Wharf does not limit filesystem threads"},
 	"STORAGE_DELETE_ENABLED":               {flag: "allow-delete", conv: boolean},
@@ -87,7 +105,9 @@ var r2Prefixes = []struct {
 	{prefix: "REDIS_", note: "Wharf needs no Redis"},
 	{prefix: "VALIDATION_", note: "Wharf validates manifests itself (non-distributable layers are exempt)"},
 	{prefix: "COMPATIBILITY_", note: "Wharf never converts manifests"},
-	{prefix: "STORAGE_", why: "Wharf stores blobs on the local filesystem only (storage.filesystem)"},
+	{prefix: "STORAGE_S3_MULTIPARTCOPY", note: "Wharf never copies objects"},
+	{prefix: "STORAGE_S3_", why: "not supported by Wharf's S3 store (it takes bucket, rootdirectory, region, regionendpoint, secure, chunksize and the keys)"},
+	{prefix: "STORAGE_", why: "Wharf stores blobs on the local filesystem (storage.filesystem) or in an S3-compatible bucket (storage.s3)"},
 	{prefix: "AUTH_", why: "Wharf supports registry:2's htpasswd authentication only"},
 	{prefix: "NOTIFICATIONS_", why: "Wharf sends no webhook notifications (its audit log records pushes and deletes)"},
 	{prefix: "MIDDLEWARE_", why: "Wharf has no middleware (redirects to a CDN, cloudfront)"},
@@ -170,6 +190,13 @@ func readRegistry2(environ []string, file string) (*registry2Config, error) {
 		}
 		if !handled {
 			refused = append(refused, r2Name(k)+": not a registry:2 setting Wharf knows")
+		}
+	}
+	if len(out.s3) > 0 {
+		if u, err := s3BlobStore(out.s3); err != nil {
+			refused = append(refused, err.Error())
+		} else {
+			out.flags["blob-store"] = u
 		}
 	}
 	if out.htpasswdAuth && out.flags["htpasswd"] == "" {
@@ -317,4 +344,53 @@ func applyRegistry2(c *cli.Context) (*registry2Config, error) {
 	}
 	sort.Strings(r2.warnings)
 	return r2, nil
+}
+
+// s3Key keeps one of storage.s3's keys for s3BlobStore.
+func s3Key(name string) func(string, *registry2Config) error {
+	return func(v string, out *registry2Config) error {
+		if out.s3 == nil {
+			out.s3 = map[string]string{}
+		}
+		out.s3[name] = v
+		return nil
+	}
+}
+
+// s3BlobStore is registry:2's storage.s3 as a --blob-store URL: the
+// bucket, rootdirectory as the prefix, regionendpoint (an S3-compatible
+// server; AWS's regional endpoint without it), region, secure and
+// chunksize (the multipart part size).
+func s3BlobStore(k map[string]string) (string, error) {
+	bucket, region, endpoint := k["BUCKET"], k["REGION"], k["REGIONENDPOINT"]
+	if bucket == "" {
+		return "", errors.New("REGISTRY_STORAGE_S3_BUCKET (storage.s3.bucket) is required")
+	}
+	if endpoint == "" {
+		if region == "" {
+			return "", errors.New("storage.s3 needs regionendpoint (an S3-compatible server) or region (AWS)")
+		}
+		endpoint = "s3." + region + ".amazonaws.com"
+	}
+	q := url.Values{"endpoint": {endpoint}}
+	if region != "" {
+		q.Set("region", region)
+	}
+	if v := k["SECURE"]; v != "" && !strings.Contains(endpoint, "://") {
+		secure, err := strconv.ParseBool(v)
+		if err != nil {
+			return "", fmt.Errorf("REGISTRY_STORAGE_S3_SECURE (storage.s3.secure): %q is not a boolean", v)
+		}
+		if !secure {
+			q.Set("insecure", "true")
+		}
+	}
+	if v := k["CHUNKSIZE"]; v != "" {
+		q.Set("part-size", v)
+	}
+	prefix := strings.Trim(k["ROOTDIRECTORY"], "/")
+	if prefix != "" {
+		prefix = "/" + prefix
+	}
+	return "s3://" + bucket + prefix + "?" + q.Encode(), nil
 }

@@ -67,6 +67,36 @@ func TestRegistry2Environment(t *testing.T) {
 	}
 }
 
+// TestRegistry2S3: registry:2's storage.s3 (config.yml or the
+// REGISTRY_STORAGE=s3 variables) is Wharf's --blob-store with its keys.
+func TestRegistry2S3(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "config.yml")
+	os.WriteFile(file, []byte("version: 0.1\nstorage:\n  s3:\n    accesskey: AK\n    secretkey: SK\n    region: us-east-1\n"+
+		"    regionendpoint: http://127.0.0.1:7070\n    bucket: images\n    rootdirectory: /registry\n    secure: false\n"+
+		"    forcepathstyle: true\n    chunksize: 10485760\n"), 0o644)
+	r2, err := readRegistry2(nil, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "s3://images/registry?endpoint=http%3A%2F%2F127.0.0.1%3A7070&part-size=10485760&region=us-east-1"
+	if r2.flags["blob-store"] != want || r2.flags["blob-store-access-key"] != "AK" || r2.flags["blob-store-secret-key"] != "SK" {
+		t.Fatalf("storage.s3: %q %+v", r2.flags["blob-store"], r2.flags)
+	}
+	cfg := parseServe(t, "--registry-config", file)
+	if o := cfg.blobStore; o == nil || o.Bucket != "images" || o.Prefix != "registry/" || o.Endpoint != "127.0.0.1:7070" || !o.Insecure ||
+		o.Region != "us-east-1" || o.PartSize != 10<<20 || o.AccessKey != "AK" {
+		t.Fatalf("--blob-store from storage.s3: %+v", o)
+	}
+	env := []string{"REGISTRY_STORAGE=s3", "REGISTRY_STORAGE_S3_BUCKET=b", "REGISTRY_STORAGE_S3_REGIONENDPOINT=minio.lan:9000",
+		"REGISTRY_STORAGE_S3_SECURE=false", "REGISTRY_STORAGE_S3_ACCESSKEY=a", "REGISTRY_STORAGE_S3_SECRETKEY=s"}
+	if r2, err := readRegistry2(env, ""); err != nil || r2.flags["blob-store"] != "s3://b?endpoint=minio.lan%3A9000&insecure=true" {
+		t.Fatalf("REGISTRY_STORAGE_S3_*: %+v %v", r2, err)
+	}
+	if _, err := readRegistry2([]string{"REGISTRY_STORAGE=s3", "REGISTRY_STORAGE_S3_REGION=eu-west-1"}, ""); err == nil || !strings.Contains(err.Error(), "bucket") {
+		t.Fatalf("storage.s3 without a bucket: %v", err)
+	}
+}
+
 // TestRegistry2ConfigFile: registry:2's config.yml (the subset Wharf
 // understands); the environment overrides it as in registry:2; harmless
 // keys are warnings, anything Wharf cannot honour stops the start naming it.
@@ -140,13 +170,14 @@ proxy:
 	}
 
 	for bad, want := range map[string]string{
-		"storage:\n  s3:\n    bucket: b\n    region: us-east-1\n":                   "REGISTRY_STORAGE_S3_BUCKET (storage.s3.bucket)",
-		"auth:\n  token:\n    realm: https://auth\n":                                "REGISTRY_AUTH_TOKEN_REALM (auth.token.realm)",
-		"notifications:\n  endpoints:\n    - name: hook\n      url: https://hook\n": "notifications.endpoints.name",
-		"http:\n  prefix: /registry\n":                                              "http.prefix",
-		"storage:\n  delete:\n    enabled: maybe\n":                                 "storage.delete.enabled",
-		"frobnicate: true\n":                                                        "REGISTRY_FROBNICATE (frobnicate)",
-		"http:\n  headers:\n    Content-Type: [text/plain]\n":                       "Wharf sets Content-Type itself",
+		"storage:\n  s3:\n    bucket: b\n    region: us-east-1\n    encrypt: true\n": "REGISTRY_STORAGE_S3_ENCRYPT (storage.s3.encrypt)",
+		"storage:\n  azure:\n    accountname: a\n":                                   "REGISTRY_STORAGE_AZURE_ACCOUNTNAME (storage.azure.accountname)",
+		"auth:\n  token:\n    realm: https://auth\n":                                 "REGISTRY_AUTH_TOKEN_REALM (auth.token.realm)",
+		"notifications:\n  endpoints:\n    - name: hook\n      url: https://hook\n":  "notifications.endpoints.name",
+		"http:\n  prefix: /registry\n":                                               "http.prefix",
+		"storage:\n  delete:\n    enabled: maybe\n":                                  "storage.delete.enabled",
+		"frobnicate: true\n":                                                         "REGISTRY_FROBNICATE (frobnicate)",
+		"http:\n  headers:\n    Content-Type: [text/plain]\n":                        "Wharf sets Content-Type itself",
 	} {
 		write(bad)
 		if _, err := tryServe("--registry-config", file); err == nil || !strings.Contains(err.Error(), want) {
