@@ -13,6 +13,9 @@ COPY wharf /usr/bin/wharf
 # other way of setting it (--data, WHARF_DATA, -e REGISTRY_...) wins.
 ENV REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=/var/lib/wharf
 VOLUME /var/lib/wharf
+# registry:2's volume path: mounted (`-v DIR:/var/lib/registry`, the
+# registry:2 guides' habit), it is the data directory instead.
+ENV WHARF_REGISTRY2_VOLUME=/var/lib/registry
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["/usr/bin/wharf", "health"]
 ENTRYPOINT ["/usr/bin/wharf"]

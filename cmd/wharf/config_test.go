@@ -271,3 +271,26 @@ func TestTagTTLZero(t *testing.T) {
 		t.Fatalf("tagTTL(1h) = %s", got)
 	}
 }
+
+// TestRegistry2Volume: with the image's default data directory and
+// registry:2's volume path mounted, the data goes there; not mounted, or
+// another data directory, nothing changes.
+func TestRegistry2Volume(t *testing.T) {
+	if !isMountPoint("/") || !isMountPoint("/proc") || isMountPoint(t.TempDir()) {
+		t.Fatal("mount points not recognised")
+	}
+	t.Setenv("WHARF_REGISTRY2_VOLUME", "/proc") // a mount point every Linux has
+	if dir, ok := registry2Volume("/var/lib/wharf"); !ok || dir != "/proc" {
+		t.Fatalf("mounted: %q %v", dir, ok)
+	}
+	if _, ok := registry2Volume("/srv/wharf"); ok {
+		t.Fatal("another data directory was replaced")
+	}
+	t.Setenv("WHARF_REGISTRY2_VOLUME", t.TempDir())
+	if _, ok := registry2Volume("/var/lib/wharf"); ok {
+		t.Fatal("an unmounted path was taken")
+	}
+	if got := unescapeMount(`/mnt/my\040disk`); got != "/mnt/my disk" {
+		t.Fatalf("unescape: %q", got)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,7 +32,11 @@ var healthCommand = &cli.Command{
 	Action: func(c *cli.Context) error {
 		url := ""
 		if c.String("addr") == "" {
-			url = recordedServeURL(c.String("data"))
+			dir := c.String("data")
+			if v, ok := registry2Volume(dir); ok {
+				dir = v
+			}
+			url = recordedServeURL(dir)
 		}
 		if url == "" {
 			var err error
@@ -124,4 +129,56 @@ func firstNonEmpty(vs ...string) string {
 		}
 	}
 	return ""
+}
+
+// imageDataDir is the container image's data directory (its Dockerfile
+// sets it as REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY).
+const imageDataDir = "/var/lib/wharf"
+
+// registry2Volume is the data directory to use instead of dir when dir is
+// the image's default and registry:2's volume path is mounted: the image
+// names that path in WHARF_REGISTRY2_VOLUME, and a user who swaps
+// registry:2's image name for Wharf's keeps `-v DIR:/var/lib/registry`.
+// Without that mount (or with another data directory) nothing changes.
+func registry2Volume(dir string) (string, bool) {
+	v := os.Getenv("WHARF_REGISTRY2_VOLUME")
+	if v == "" || filepath.Clean(dir) != imageDataDir || !isMountPoint(v) {
+		return "", false
+	}
+	return v, true
+}
+
+// isMountPoint reports whether path is a mount point of this process's
+// mount namespace (/proc/self/mountinfo's fifth field).
+func isMountPoint(path string) bool {
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	path = filepath.Clean(path)
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == path {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space, …).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

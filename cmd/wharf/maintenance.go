@@ -34,6 +34,9 @@ var dataFlags = []cli.Flag{
 
 func openForMaintenance(c *cli.Context) (*cache.Store, error) {
 	dir := c.String("data")
+	if v, ok := registry2Volume(dir); ok {
+		dir = v
+	}
 	if !c.IsSet("data") && c.String("config") != "" {
 		if d, err := configString(c.String("config"), "data"); err == nil && d != "" {
 			dir = d

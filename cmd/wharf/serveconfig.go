@@ -68,6 +68,10 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	for _, w := range r2.warnings {
 		log.Warn("registry:2 setting: " + w)
 	}
+	if dir, ok := registry2Volume(c.String("data")); ok {
+		c.Set("data", dir)
+		log.Info("the data directory is registry:2's mounted volume, as registry:2's `docker run -v …:/var/lib/registry` line has it", "data", dir)
+	}
 	if dir := c.String("data"); dirExists(filepath.Join(dir, "docker", "registry", "v2")) {
 		log.Warn("the data directory holds registry:2's storage, which Wharf does not read in place: stop Wharf and run `wharf import --registry-root "+dir+" --data DIR` into a directory of its own", "data", dir)
 	}

@@ -96,6 +96,33 @@ func TestContainerImage(t *testing.T) {
 	t.Cleanup(func() { runErr(time.Minute, d.env(), "docker", "rm", "-f", "wharf-e2e-flags") })
 	waitHealthy("wharf-e2e-flags")
 
+	// registry:2's own `docker run` line, volume path included: the data
+	// lands in the mounted directory and survives `docker rm -f` and the
+	// same `docker run`.
+	addr3, r2data := freeAddr(t), t.TempDir()
+	runR2 := func() {
+		d.docker(t, "run", "-d", "--name", "wharf-e2e-r2", "--network", "host", "--health-interval", "1s", "-v", r2data+":/var/lib/registry",
+			"-e", "REGISTRY_HTTP_ADDR="+addr3, "wharf-e2e", "serve", "--mirror=false")
+	}
+	runR2()
+	t.Cleanup(func() { runErr(time.Minute, d.env(), "docker", "rm", "-f", "wharf-e2e-r2") })
+	waitHealthy("wharf-e2e-r2")
+	r2ref := addr3 + "/centos:7"
+	d.buildImage(t, r2ref, "scratch", "c.bin")
+	r2id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", r2ref)
+	d.docker(t, "push", r2ref)
+	if _, err := os.Stat(filepath.Join(r2data, "index")); err != nil {
+		t.Fatalf("registry:2's volume path holds no data: %v", err)
+	}
+	d.docker(t, "rm", "-f", "wharf-e2e-r2")
+	runR2()
+	waitHealthy("wharf-e2e-r2")
+	d.docker(t, "rmi", r2ref)
+	d.docker(t, "pull", r2ref)
+	if got := d.docker(t, "image", "inspect", "--format", "{{.Id}}", r2ref); got != r2id {
+		t.Fatalf("after docker rm -f and the same docker run: %s, pushed %s", got, r2id)
+	}
+
 	id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", ref)
 	d.docker(t, "restart", "wharf-e2e")
 	waitUp("after docker restart")
