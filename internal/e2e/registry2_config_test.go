@@ -46,8 +46,9 @@ func startWharfEnv(t *testing.T, ca *testCA, addr string, env []string, args ...
 // TestRegistry2Configuration: the guide's `docker run -e REGISTRY_AUTH=htpasswd
 // -e REGISTRY_AUTH_HTPASSWD_PATH=… -e REGISTRY_HTTP_TLS_CERTIFICATE=… registry:2`
 // with wharf in place of registry:2, and the same through registry:2's
-// config.yml: docker login, push, pull and delete work; storage.s3 in the
-// config stops the start with a message naming it.
+// config.yml: docker login, push, pull and delete work; a storage driver
+// Wharf has no counterpart for (storage.azure) stops the start with a
+// message naming it (storage.s3 is --blob-store: TestRegistry2S3Variables).
 func TestRegistry2Configuration(t *testing.T) {
 	requireTool(t, "dockerd")
 	ca := newTestCA(t)
@@ -135,11 +136,11 @@ auth:
 	}
 	w.stop(t)
 
-	if err := os.WriteFile(cfg, []byte(strings.Replace(yml, "storage:\n", "storage:\n  s3:\n    bucket: images\n    region: us-east-1\n", 1)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(strings.Replace(yml, "storage:\n", "storage:\n  azure:\n    accountname: acct\n    container: images\n", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, err := runErr(20*time.Second, nil, wharfBin, "serve", "--mirror=false", "--registry-config", cfg)
-	if err == nil || !strings.Contains(out, "storage.s3.bucket") {
-		t.Fatalf("start with storage.s3: %v\n%s", err, out)
+	if err == nil || !strings.Contains(out, "storage.azure.accountname") {
+		t.Fatalf("start with storage.azure: %v\n%s", err, out)
 	}
 }
