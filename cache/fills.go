@@ -334,10 +334,3 @@ func (fs *Fills) room(ctx context.Context, size int64) error {
 	}
 	return fmt.Errorf("%w: no room for blob of %d bytes above the free-space floor", ErrStorageFull, size)
 }
-
-// InFlight is how many downloads are running.
-func (fs *Fills) InFlight() int {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	return len(fs.m)
-}
