@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -429,7 +430,7 @@ func describePolicy(p *policy.Policy) string {
 		anon = "anonymous callers may pull nothing"
 	}
 	rules := p.Rules()
-	if len(rules) == 1 && len(rules[0].Repos) == 1 && rules[0].Repos[0] == "**" && len(rules[0].Who) == 1 && rules[0].Who[0] == "users" {
+	if len(rules) == 1 && reflect.DeepEqual(rules[0], registry2Rule) {
 		return "registry:2's htpasswd: signed-in users may " + joinActions(rules[0].Actions) + " everything; " + anon + " (rules in --config replace this)"
 	}
 	return fmt.Sprintf("%d rules from --config decide; %s", len(rules), anon)

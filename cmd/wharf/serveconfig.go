@@ -221,6 +221,10 @@ type access struct {
 }
 
 // readAccess loads users (htpasswd) and the rules of the config file.
+// registry2Rule is registry:2's htpasswd authorization as a rule: any
+// signed-in user may pull, push and delete anything.
+var registry2Rule = policy.Rule{Repos: []string{"**"}, Who: []string{"users"}, Actions: []policy.Action{policy.Pull, policy.Push, policy.Delete}}
+
 // readAccess reads the users and rules. Users without rules (--htpasswd
 // alone, or registry:2's REGISTRY_AUTH=htpasswd, registry2Auth) mean what
 // registry:2's htpasswd means: any signed-in user may pull, push and
@@ -254,7 +258,7 @@ func readAccess(configFile, htpasswd string, registry2Auth bool) (access, error)
 		n = a.users.Len()
 	}
 	if (registry2Auth || a.users != nil) && len(doc.Rules) == 0 {
-		doc.Rules = []policy.Rule{{Repos: []string{"**"}, Who: []string{"users"}, Actions: []policy.Action{policy.Pull, policy.Push, policy.Delete}}}
+		doc.Rules = []policy.Rule{registry2Rule}
 	}
 	a.policy, err = policy.New(n, doc.Config)
 	if err != nil {
