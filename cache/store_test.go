@@ -149,6 +149,42 @@ func TestPutBlobRejects(t *testing.T) {
 	}
 }
 
+// TestPutBlobFile takes a file on the data directory's filesystem in place
+// (the same inode, nothing copied) once its bytes hash to the digest; a
+// file that does not is refused, and the file itself stays untouched.
+func TestPutBlobFile(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	defer s.Close()
+	src := filepath.Join(dir, "outside")
+	content := bytes.Repeat([]byte("registry2"), 1000)
+	if err := os.WriteFile(src, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Uploads().PutBlobFile("r", digest.FromString("other"), src); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("a file that does not hash to the digest: %v", err)
+	}
+	if ids, _ := s.Maintenance().Blobs().Ingests(); len(ids) != 0 {
+		t.Fatalf("a refused file left ingest entries %v", ids)
+	}
+	d := digest.FromBytes(content)
+	linked, err := s.Uploads().PutBlobFile("r", d, src)
+	if err != nil || !linked {
+		t.Fatalf("PutBlobFile: linked %v, %v", linked, err)
+	}
+	if size, err := s.StatBlob("r", d); err != nil || size != int64(len(content)) {
+		t.Fatalf("the blob after PutBlobFile: %d, %v", size, err)
+	}
+	a, _ := os.Stat(src)
+	b, err := os.Stat(filepath.Join(dir, "blobs", "sha256", d.Encoded()[:2], d.Encoded()))
+	if err != nil || !os.SameFile(a, b) {
+		t.Fatalf("the blob is not the same file as its source (copied, not linked): %v", err)
+	}
+	if got, _ := os.ReadFile(src); !bytes.Equal(got, content) {
+		t.Fatal("the source file changed")
+	}
+}
+
 // TestConcurrentSameBlob pushes one digest from many writers into many
 // repositories at once: all succeed, one file, every repo linked.
 func TestConcurrentSameBlob(t *testing.T) {

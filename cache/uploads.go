@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
 // uploadRecord is an upload session as the index keeps it. State is the
@@ -294,6 +297,49 @@ func (s *Uploads) PutBlob(repo string, d digest.Digest, size int64, r io.Reader)
 	err = s.st().commitBlob(id, []string{repo}, d, n, nil, Pushed, "")
 	committed = err == nil // on failure the deferred Discard removes what is left
 	return err
+}
+
+// PutBlobFile stores the file at path, which must hash to d, as a blob of
+// repo. When the blob store can take the file in place (a hard link on the
+// same filesystem) its bytes are read to verify them but not copied, and
+// linked is true; otherwise it is copied as PutBlob does. Nothing is kept
+// on failure. Errors: ErrDigestMismatch.
+func (s *Uploads) PutBlobFile(repo string, d digest.Digest, path string) (linked bool, err error) {
+	if err := blobs.ValidDigest(d); err != nil {
+		return false, err
+	}
+	l, ok := s.blobs.(blobs.Linker)
+	id := "tmp-" + uuid.NewString()
+	if !ok || l.LinkIngest(id, path) != nil {
+		f, err := os.Open(path)
+		if err != nil {
+			return false, err
+		}
+		defer f.Close()
+		return false, s.PutBlob(repo, d, -1, f)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.blobs.Discard(id) // the link only: the file at path stays
+		}
+	}()
+	rc, err := s.blobs.ReadIngest(id)
+	if err != nil {
+		return true, err
+	}
+	h := d.Algorithm().Hash()
+	n, err := io.Copy(h, rc)
+	rc.Close()
+	switch {
+	case err != nil:
+		return true, err
+	case digest.NewDigest(d.Algorithm(), h) != d:
+		return true, ErrDigestMismatch
+	}
+	err = s.st().commitBlob(id, []string{repo}, d, n, nil, Pushed, "")
+	committed = err == nil
+	return true, err
 }
 
 // CleanIngests removes upload sessions idle for longer than the upload TTL

@@ -101,6 +101,16 @@ type Room interface {
 	BlobWrite(n int64) error
 }
 
+// Linker is a store on a filesystem that can take in a file that is there
+// already without copying its bytes (a hard link): the import of
+// registry:2's storage in place.
+type Linker interface {
+	// LinkIngest makes ingest file id another name of the file at path.
+	// An error (another filesystem, no permission) leaves nothing behind;
+	// the caller copies instead.
+	LinkIngest(id, path string) error
+}
+
 // The capabilities below are what a store of blobs shared by a cluster
 // adds; the content store asks for them once, when it opens.
 

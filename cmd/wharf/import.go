@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,7 +42,7 @@ var importCommand = &cli.Command{
 			return err
 		}
 		defer st.Close()
-		imp := &importer{st: st, src: src, done: map[digest.Digest]bool{}, library: c.Bool("include-library")}
+		imp := &importer{ctx: c.Context, st: st, src: src, done: map[digest.Digest]bool{}, library: c.Bool("include-library")}
 		if !c.Bool("quiet") {
 			stop := imp.showProgress(os.Stderr)
 			defer stop()
@@ -159,6 +160,7 @@ func readLink(path string) (digest.Digest, error) {
 type importReport struct {
 	repos                          int
 	blobs, blobsPresent, blobBytes int64
+	linked, copied                 int64 // new blob files: taken in place (hard links), copied
 	manifests, manifestsPresent    int
 	tags, tagsPresent              int
 	skipped                        []string // what was not imported, and why
@@ -171,6 +173,9 @@ func (r *importReport) skip(format string, args ...any) {
 func (r *importReport) write(w io.Writer) {
 	fmt.Fprintf(w, "imported from registry:2: %d repositories; %d blobs (%s), %d manifests, %d tags\n",
 		r.repos, r.blobs, humanBytes(r.blobBytes), r.manifests, r.tags)
+	if r.linked > 0 {
+		fmt.Fprintf(w, "blob files taken in place (hard links to registry:2's files, no extra space): %d; copied: %d\n", r.linked, r.copied)
+	}
 	fmt.Fprintf(w, "already here (an earlier run): %d blobs, %d manifests, %d tags\n", r.blobsPresent, r.manifestsPresent, r.tagsPresent)
 	if len(r.skipped) == 0 {
 		fmt.Fprintln(w, "skipped: nothing")
@@ -183,6 +188,7 @@ func (r *importReport) write(w io.Writer) {
 }
 
 type importer struct {
+	ctx    context.Context // stops the import between two blobs
 	st     *cache.Store
 	src    *r2Source
 	copied atomic.Int64 // bytes read from the source, for the progress line
@@ -204,6 +210,9 @@ func (imp *importer) run() (*importReport, error) {
 			continue
 		}
 		rep.repos++
+		if err := imp.ctx.Err(); err != nil {
+			return rep, err
+		}
 		if err := imp.repo(r, rep); err != nil {
 			return rep, fmt.Errorf("%s: %w", r.name, err)
 		}
@@ -215,6 +224,9 @@ func (imp *importer) run() (*importReport, error) {
 // manifests before the indexes that list them), then its tags.
 func (imp *importer) repo(r *r2Repo, rep *importReport) error {
 	for _, d := range r.layers {
+		if err := imp.ctx.Err(); err != nil {
+			return err
+		}
 		if err := imp.blob(r.name, d, rep); err != nil {
 			return err
 		}
@@ -332,7 +344,7 @@ func (imp *importer) blob(repo string, d digest.Digest, rep *importReport) error
 		return err
 	}
 	path := imp.src.blobPath(d)
-	f, err := os.Open(path)
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) || path == "" {
 		imp.bad[d] = "dangling link: no data in blobs/"
 		rep.skip("blob %s@%s: %s", repo, d, imp.bad[d])
@@ -340,15 +352,11 @@ func (imp *importer) blob(repo string, d digest.Digest, rep *importReport) error
 	} else if err != nil {
 		return err
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	err = imp.st.Uploads().PutBlob(repo, d, fi.Size(), &countingSource{r: f, n: &imp.copied})
+	linked, err := imp.st.Uploads().PutBlobFile(repo, d, path)
 	imp.done[d] = true
+	imp.copied.Add(fi.Size())
 	switch {
-	case errors.Is(err, cache.ErrDigestMismatch), errors.Is(err, cache.ErrSizeInvalid):
+	case errors.Is(err, cache.ErrDigestMismatch):
 		imp.bad[d] = "its bytes do not match its digest: not imported"
 		rep.skip("blob %s@%s: %s", repo, d, imp.bad[d])
 		return nil
@@ -357,6 +365,11 @@ func (imp *importer) blob(repo string, d digest.Digest, rep *importReport) error
 	}
 	rep.blobs++
 	rep.blobBytes += fi.Size()
+	if linked {
+		rep.linked++
+	} else {
+		rep.copied++
+	}
 	return nil
 }
 
@@ -371,17 +384,6 @@ func (imp *importer) countOnce(d digest.Digest) {
 	}
 }
 
-type countingSource struct {
-	r io.Reader
-	n *atomic.Int64
-}
-
-func (c *countingSource) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.n.Add(int64(n))
-	return n, err
-}
-
 // showProgress prints bytes, share and ETA: one line redrawn on a
 // terminal, a line every 5 s otherwise. The returned func stops it.
 func (imp *importer) showProgress(w *os.File) func() {
@@ -391,33 +393,47 @@ func (imp *importer) showProgress(w *os.File) func() {
 	if tty {
 		every = 200 * time.Millisecond
 	}
+	return imp.every(every, true, func() { imp.printProgress(w, tty) })
+}
+
+// every calls fn every interval, and once more when the returned func
+// stops it if last is set.
+func (imp *importer) every(interval time.Duration, last bool, fn func()) func() {
 	stop, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(stopped)
-		t := time.NewTicker(every)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-stop:
-				imp.printProgress(w, tty)
+				if last {
+					fn()
+				}
 				return
 			case <-t.C:
-				imp.printProgress(w, tty)
+				fn()
 			}
 		}
 	}()
 	return func() { close(stop); <-stopped }
 }
 
-func (imp *importer) printProgress(w io.Writer, tty bool) {
-	done, total := imp.copied.Load(), imp.src.total
-	pct, eta := 100.0, "–"
+// progress is the share of bytes read and the time left, as text.
+func (imp *importer) progress() (done, total int64, pct float64, eta string) {
+	done, total = min(imp.copied.Load(), imp.src.total), imp.src.total
+	pct, eta = 100.0, "–"
 	if total > 0 {
 		pct = 100 * float64(min(done, total)) / float64(total)
 	}
 	if el := time.Since(imp.start); done > 0 && done < total {
 		eta = (time.Duration(float64(el) * float64(total-done) / float64(done))).Round(time.Second).String()
 	}
+	return done, total, pct, eta
+}
+
+func (imp *importer) printProgress(w io.Writer, tty bool) {
+	done, total, pct, eta := imp.progress()
 	const width = 30
 	bar := strings.Repeat("#", int(pct/100*width)) + strings.Repeat(".", width-int(pct/100*width))
 	line := fmt.Sprintf("[%s] %s / %s  %3.0f%%  ETA %s", bar, humanBytes(done), humanBytes(total), pct, eta)

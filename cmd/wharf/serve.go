@@ -123,6 +123,9 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 			log.Error("closing index", "err", err)
 		}
 	}()
+	if err := importAtStart(ctx, cfg, store); err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.addr, err)

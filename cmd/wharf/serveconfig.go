@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,9 +69,6 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if dir, ok := registry2Volume(c.String("data")); ok {
 		c.Set("data", dir)
 		log.Info("the data directory is registry:2's mounted volume, as registry:2's `docker run -v …:/var/lib/registry` line has it", "data", dir)
-	}
-	if dir := c.String("data"); dirExists(filepath.Join(dir, "docker", "registry", "v2")) {
-		log.Warn("the data directory holds registry:2's storage, which Wharf does not read in place: stop Wharf and run `wharf import --registry-root "+dir+" --data DIR` into a directory of its own", "data", dir)
 	}
 	access, err := readAccess(c.String("config"), c.String("htpasswd"), r2.htpasswdAuth)
 	if err != nil {

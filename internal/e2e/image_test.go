@@ -18,9 +18,12 @@ import (
 // the test daemon has no bridge; the address from registry:2's variable),
 // pushes and pulls through it, mirrors from the fake hub, waits for the
 // image's own health check to pass, and finds the data again after
-// `docker restart`.
+// `docker restart`. registry:2's own `docker run` line on a directory the
+// real registry:2 wrote serves its image at once and keeps what is pushed
+// across `docker rm -f` and the same line.
 func TestContainerImage(t *testing.T) {
 	requireTool(t, "dockerd")
+	requireTool(t, "skopeo")
 	ctx := t.TempDir()
 	build := exec.Command("go", "build", "-o", filepath.Join(ctx, "wharf"), "github.com/wharf-registry/wharf/cmd/wharf")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -99,7 +102,12 @@ func TestContainerImage(t *testing.T) {
 	// registry:2's own `docker run` line, volume path included: the data
 	// lands in the mounted directory and survives `docker rm -f` and the
 	// same `docker run`.
+	// The directory holds what the real registry:2 wrote: the first start
+	// imports it, the second imports nothing.
 	addr3, r2data := freeAddr(t), t.TempDir()
+	r2 := startRegistry2(t, r2data)
+	skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
+		"docker://"+hub.Host()+"/library/alpine:latest", "docker://"+r2+"/base:1")
 	runR2 := func() {
 		d.docker(t, "run", "-d", "--name", "wharf-e2e-r2", "--network", "host", "--health-interval", "1s", "-v", r2data+":/var/lib/registry",
 			"-e", "REGISTRY_HTTP_ADDR="+addr3, "wharf-e2e", "serve", "--mirror=false")
@@ -107,6 +115,10 @@ func TestContainerImage(t *testing.T) {
 	runR2()
 	t.Cleanup(func() { runErr(time.Minute, d.env(), "docker", "rm", "-f", "wharf-e2e-r2") })
 	waitHealthy("wharf-e2e-r2")
+	d.docker(t, "pull", addr3+"/base:1")
+	if id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", addr3+"/base:1"); id != img.Configs[hostPlatform].String() {
+		t.Fatalf("registry:2's base:1 through the container: %s, want %s", id, img.Configs[hostPlatform])
+	}
 	r2ref := addr3 + "/centos:7"
 	d.buildImage(t, r2ref, "scratch", "c.bin")
 	r2id := d.docker(t, "image", "inspect", "--format", "{{.Id}}", r2ref)
@@ -117,6 +129,9 @@ func TestContainerImage(t *testing.T) {
 	d.docker(t, "rm", "-f", "wharf-e2e-r2")
 	runR2()
 	waitHealthy("wharf-e2e-r2")
+	if logs, _ := runErr(time.Minute, d.env(), "docker", "logs", "wharf-e2e-r2"); !strings.Contains(logs, "nothing to import") {
+		t.Fatalf("the second start on registry:2's volume does not say it had nothing to import:\n%s", logs)
+	}
 	d.docker(t, "rmi", r2ref)
 	d.docker(t, "pull", r2ref)
 	if got := d.docker(t, "image", "inspect", "--format", "{{.Id}}", r2ref); got != r2id {

@@ -200,10 +200,11 @@ func TestImportFromRegistry2(t *testing.T) {
 	if resp, err := http.Get(w.url("/v2/broken/manifests/1")); err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("broken:1, whose layer is corrupt, was imported: %v %v", err, resp)
 	}
-	// Wharf started on registry:2's own directory says what to do.
+	// Wharf started on registry:2's own directory imports it, and names in
+	// its log the corrupt blob it left out.
 	w2 := startWharf(t, root, "--mirror=false")
-	if !strings.Contains(w2.log.String(), "wharf import --registry-root "+root) {
-		t.Fatalf("no hint to import when started on registry:2's storage:\n%s", w2.log)
+	if !strings.Contains(w2.log.String(), "not imported: blob broken@"+bad.String()+": its bytes do not match") {
+		t.Fatalf("the start on registry:2's storage does not name the corrupt blob it skipped:\n%s", w2.log)
 	}
 	// With the server running, the import refuses the data directory.
 	if out, err := runErr(time.Minute, nil, wharfBin, "import", "--registry-root", root, "--data", data); err == nil || !strings.Contains(out, "stop it first") {

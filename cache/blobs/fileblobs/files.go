@@ -17,7 +17,10 @@ import (
 	"github.com/wharf-registry/wharf/cache/blobs"
 )
 
-var _ blobs.Blobs = (*Files)(nil)
+var (
+	_ blobs.Blobs  = (*Files)(nil)
+	_ blobs.Linker = (*Files)(nil)
+)
 
 // Files keeps blobs as files under a directory. All files, ingest and
 // committed, are on one filesystem so that Commit is a rename. It is safe
@@ -148,6 +151,15 @@ func (f *Files) Append(id string) (blobs.Appender, error) {
 		return nil, err
 	}
 	return &fileAppender{File: fh, size: st.Size(), room: f.o.Room}, nil
+}
+
+// LinkIngest hard-links the file at path as ingest file id.
+func (f *Files) LinkIngest(id, path string) error {
+	p, err := f.IngestPath(id)
+	if err != nil {
+		return err
+	}
+	return os.Link(path, p)
 }
 
 func (f *Files) ReadIngest(id string) (blobs.ReadAtCloser, error) {
