@@ -17,7 +17,7 @@ import (
 // changed keeps the in-memory caches true to a write that committed in
 // the shared index, on any node (this one included).
 func (s *Cluster) changed(key, val []byte, deleted bool) {
-	if len(key) < 2 {
+	if len(key) < 2 || string(key[:2]) == "n/" { // queues (queue.go) change no content
 		return
 	}
 	s.writes.Add(1)

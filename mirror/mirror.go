@@ -41,8 +41,11 @@ type Options struct {
 	PrefetchPlatforms   []string
 
 	// Events, when set, is told what happened besides the operator
-	// plane's book (registry:2-style notifications will be one).
+	// plane's book.
 	Events Listener
+	// Notifier, when set, is told what clients did (registry:2's
+	// notifications, package notify).
+	Notifier registry.Notifier
 
 	// Who calls (auth.Options): users and rules (swapped by
 	// Server.SetAccess), the signing secret, trusted proxies and the
@@ -108,7 +111,7 @@ func New(store *cache.Store, opts Options) *Server {
 		TagTTL: opts.TagTTL, MissTTL: opts.MissTTL, Offline: opts.Offline, PrefetchParallel: opts.PrefetchParallel,
 		FillTimeout: opts.FillTimeout, Metrics: opts.Metrics, OnStorageFull: opts.OnStorageFull, MakeRoom: opts.MakeRoom,
 		ClientTimeout: opts.ClientTimeout, MaxUploads: opts.MaxUploads, MaxUploadsPerClient: opts.MaxUploadsPerClient,
-		PrefetchPlatforms: opts.PrefetchPlatforms, Events: book,
+		PrefetchPlatforms: opts.PrefetchPlatforms, Events: book, Notifier: opts.Notifier,
 		Cluster: cluster.New(store, gate, cluster.Options{Relayed: opts.Metrics.NoteRelayed, Logger: opts.Logger}),
 		Planes: []registry.Plane{
 			{Label: "api", Prefixes: []string{admin.APIPrefix}, Serve: s.svc.ServeAPI},

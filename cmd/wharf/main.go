@@ -23,7 +23,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	serveFlags := []cli.Flag{
+	serveFlags := append([]cli.Flag{
 		&cli.StringFlag{Name: "config", Usage: "YAML file with any of these options (keys are the flag names)", EnvVars: []string{"WHARF_CONFIG"}},
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "addr", Value: ":5000", Usage: "listen address", EnvVars: []string{"WHARF_ADDR"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "data", Value: "./wharf-data", Usage: "data directory (blobs and index)", EnvVars: []string{"WHARF_DATA"}}),
@@ -72,7 +72,7 @@ func newApp() *cli.App {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "gc-grace", Value: 3600e9, Usage: "garbage collection spares manifests and blobs younger than this", EnvVars: []string{"WHARF_GC_GRACE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "min-free", Usage: "free space kept on the data directory's filesystem for the index: blob writes get 507 below it (bytes, K, M, G or a percentage; default 2%, 16M to 1G)", EnvVars: []string{"WHARF_MIN_FREE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "upload-ttl", Value: 24 * 3600e9, Usage: "idle upload sessions older than this are dropped (at start-up and every few minutes)", EnvVars: []string{"WHARF_UPLOAD_TTL"}}),
-	}
+	}, notifyFlags...)
 	return &cli.App{
 		Name:    "wharf",
 		Usage:   "container registry mirror appliance",

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+	"github.com/wharf-registry/wharf/mirror/notify"
 	"gopkg.in/yaml.v3"
 )
 
@@ -39,24 +40,26 @@ type registry2Config struct {
 	htpasswdAuth       bool              // REGISTRY_AUTH=htpasswd: any signed-in user may do everything
 	headers            []string          // http.headers, as "Name: value" (--response-header)
 	s3                 map[string]string // storage.s3's keys (without STORAGE_S3_) that make --blob-store
+	endpoints          []notify.Endpoint // notifications.endpoints
 }
 
 var r2Exact = map[string]r2Setting{
-	"VERSION":              {fn: func(string, *registry2Config) error { return nil }}, // the format's version: every config.yml has it
-	"HTTP_ADDR":            {flag: "addr"},
-	"HTTP_NET":             {fn: func(v string, _ *registry2Config) error { return onlyValue("http.net", v, "tcp") }},
-	"HTTP_PREFIX":          {fn: func(v string, _ *registry2Config) error { return onlyValue("http.prefix", strings.Trim(v, "/"), "") }},
-	"HTTP_HOST":            {flag: "public-url"},
-	"HTTP_SECRET":          {flag: "secret"},
-	"HTTP_RELATIVEURLS":    {note: "Wharf's Location headers are always relative"},
-	"HTTP_DRAINTIMEOUT":    {flag: "shutdown-timeout"},
-	"HTTP_TLS_CERTIFICATE": {flag: "tls-cert"},
-	"HTTP_TLS_KEY":         {flag: "tls-key"},
-	"HTTP_TLS_CLIENTCAS":   {flag: "tls-client-ca", conv: single("http.tls.clientcas")},
-	"HTTP_TLS_MINIMUMTLS":  {note: "Wharf always requires TLS 1.2 or newer"},
-	"AUTH":                 {fn: authKind},
-	"AUTH_HTPASSWD_PATH":   {flag: "htpasswd", fn: func(_ string, out *registry2Config) error { out.htpasswdAuth = true; return nil }},
-	"AUTH_HTPASSWD_REALM":  {note: "Wharf signs clients in through its own token realm"},
+	"VERSION":                                {fn: func(string, *registry2Config) error { return nil }}, // the format's version: every config.yml has it
+	"NOTIFICATIONS_EVENTS_INCLUDEREFERENCES": {note: "Wharf's events name the manifest, not its references"},
+	"HTTP_ADDR":                              {flag: "addr"},
+	"HTTP_NET":                               {fn: func(v string, _ *registry2Config) error { return onlyValue("http.net", v, "tcp") }},
+	"HTTP_PREFIX":                            {fn: func(v string, _ *registry2Config) error { return onlyValue("http.prefix", strings.Trim(v, "/"), "") }},
+	"HTTP_HOST":                              {flag: "public-url"},
+	"HTTP_SECRET":                            {flag: "secret"},
+	"HTTP_RELATIVEURLS":                      {note: "Wharf's Location headers are always relative"},
+	"HTTP_DRAINTIMEOUT":                      {flag: "shutdown-timeout"},
+	"HTTP_TLS_CERTIFICATE":                   {flag: "tls-cert"},
+	"HTTP_TLS_KEY":                           {flag: "tls-key"},
+	"HTTP_TLS_CLIENTCAS":                     {flag: "tls-client-ca", conv: single("http.tls.clientcas")},
+	"HTTP_TLS_MINIMUMTLS":                    {note: "Wharf always requires TLS 1.2 or newer"},
+	"AUTH":                                   {fn: authKind},
+	"AUTH_HTPASSWD_PATH":                     {flag: "htpasswd", fn: func(_ string, out *registry2Config) error { out.htpasswdAuth = true; return nil }},
+	"AUTH_HTPASSWD_REALM":                    {note: "Wharf signs clients in through its own token realm"},
 	"STORAGE": {fn: func(v string, _ *registry2Config) error {
 		if v == "s3" {
 			return nil // the STORAGE_S3_ keys say where
@@ -109,7 +112,7 @@ var r2Prefixes = []struct {
 	{prefix: "STORAGE_S3_", why: "not supported by Wharf's S3 store (it takes bucket, rootdirectory, region, regionendpoint, secure, chunksize and the keys)"},
 	{prefix: "STORAGE_", why: "Wharf stores blobs on the local filesystem (storage.filesystem) or in an S3-compatible bucket (storage.s3)"},
 	{prefix: "AUTH_", why: "Wharf supports registry:2's htpasswd authentication only"},
-	{prefix: "NOTIFICATIONS_", why: "Wharf sends no webhook notifications (its audit log records pushes and deletes)"},
+	{prefix: "NOTIFICATIONS_", why: "Wharf reads notifications.endpoints from config.yml, or REGISTRY_NOTIFICATIONS_ENDPOINTS holding them as YAML"},
 	{prefix: "MIDDLEWARE_", why: "Wharf has no middleware (redirects to a CDN, cloudfront)"},
 	{prefix: "HTTP_TLS_", why: "Wharf's TLS takes a certificate, a key and one client CA"},
 	{prefix: "HTTP_", why: "not supported by Wharf"},
@@ -120,6 +123,7 @@ var r2Prefixes = []struct {
 // REGISTRY_* variables over it, as registry:2 does.
 func readRegistry2(environ []string, file string) (*registry2Config, error) {
 	keys := map[string]string{}
+	var notifications any
 	if file != "" {
 		raw, err := os.ReadFile(file)
 		if err != nil {
@@ -129,6 +133,8 @@ func readRegistry2(environ []string, file string) (*registry2Config, error) {
 		if err := yaml.Unmarshal(raw, &doc); err != nil {
 			return nil, fmt.Errorf("--registry-config %s: %w", file, err)
 		}
+		notifications = doc["notifications"]
+		delete(doc, "notifications") // a structure of its own (notifications.go)
 		flatten("", doc, keys)
 	}
 	for _, kv := range environ {
@@ -141,6 +147,12 @@ func readRegistry2(environ []string, file string) (*registry2Config, error) {
 		}
 	}
 	out := &registry2Config{flags: map[string]string{}}
+	eps, warnings, err := readR2Notifications(notifications, keys["NOTIFICATIONS_ENDPOINTS"])
+	if err != nil {
+		return nil, err
+	}
+	delete(keys, "NOTIFICATIONS_ENDPOINTS")
+	out.endpoints, out.warnings = eps, warnings
 	names := make([]string, 0, len(keys))
 	for k := range keys {
 		names = append(names, k)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wharf-registry/wharf/policy"
 )
@@ -170,18 +171,77 @@ proxy:
 	}
 
 	for bad, want := range map[string]string{
-		"storage:\n  s3:\n    bucket: b\n    region: us-east-1\n    encrypt: true\n": "REGISTRY_STORAGE_S3_ENCRYPT (storage.s3.encrypt)",
-		"storage:\n  azure:\n    accountname: a\n":                                   "REGISTRY_STORAGE_AZURE_ACCOUNTNAME (storage.azure.accountname)",
-		"auth:\n  token:\n    realm: https://auth\n":                                 "REGISTRY_AUTH_TOKEN_REALM (auth.token.realm)",
-		"notifications:\n  endpoints:\n    - name: hook\n      url: https://hook\n":  "notifications.endpoints.name",
-		"http:\n  prefix: /registry\n":                                               "http.prefix",
-		"storage:\n  delete:\n    enabled: maybe\n":                                  "storage.delete.enabled",
-		"frobnicate: true\n":                                                         "REGISTRY_FROBNICATE (frobnicate)",
-		"http:\n  headers:\n    Content-Type: [text/plain]\n":                        "Wharf sets Content-Type itself",
+		"storage:\n  s3:\n    bucket: b\n    region: us-east-1\n    encrypt: true\n":                      "REGISTRY_STORAGE_S3_ENCRYPT (storage.s3.encrypt)",
+		"storage:\n  azure:\n    accountname: a\n":                                                        "REGISTRY_STORAGE_AZURE_ACCOUNTNAME (storage.azure.accountname)",
+		"auth:\n  token:\n    realm: https://auth\n":                                                      "REGISTRY_AUTH_TOKEN_REALM (auth.token.realm)",
+		"notifications:\n  endpoints:\n    - name: hook\n      url: https://hook\n      queuepurge: 1s\n": "queuepurge",
+		"notifications:\n  endpoints:\n    - name: hook\n      url: ftp://hook\n":                         "no http(s) URL",
+		"http:\n  prefix: /registry\n":                                                                    "http.prefix",
+		"storage:\n  delete:\n    enabled: maybe\n":                                                       "storage.delete.enabled",
+		"frobnicate: true\n": "REGISTRY_FROBNICATE (frobnicate)",
+		"http:\n  headers:\n    Content-Type: [text/plain]\n": "Wharf sets Content-Type itself",
 	} {
 		write(bad)
 		if _, err := tryServe("--registry-config", file); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("config %q: %v, want an error naming %s", bad, err, want)
 		}
+	}
+}
+
+// TestRegistry2Notifications: registry:2's notifications.endpoints (from
+// config.yml, and as YAML in REGISTRY_NOTIFICATIONS_ENDPOINTS) and
+// --notify-url become the notifier's endpoints, every option carried.
+func TestRegistry2Notifications(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "config.yml")
+	yml := `version: 0.1
+notifications:
+  events:
+    includereferences: true
+  endpoints:
+    - name: ci
+      url: http://127.0.0.1:9/hook
+      headers:
+        Authorization: [Bearer secret]
+      timeout: 500ms
+      threshold: 5
+      backoff: 2s
+      ignoredmediatypes: [application/octet-stream]
+      ignore:
+        mediatypes: [application/vnd.oci.image.config.v1+json]
+        actions: [pull]
+    - name: off
+      url: http://127.0.0.1:9/off
+      disabled: true
+`
+	if err := os.WriteFile(file, []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parseServe(t, "--registry-config", file, "--notify-url", "http://127.0.0.1:9/own", "--notify-header", "X-Token: t1",
+		"--notify-ignore-action", "mount", "--notify-max-pending", "10")
+	eps := cfg.notify.Endpoints
+	if len(eps) != 3 {
+		t.Fatalf("endpoints: %+v", eps)
+	}
+	ci, off, own := eps[0], eps[1], eps[2]
+	if ci.Name != "ci" || ci.URL != "http://127.0.0.1:9/hook" || ci.Headers.Get("Authorization") != "Bearer secret" ||
+		ci.Timeout != 500*time.Millisecond || ci.Threshold != 5 || ci.Backoff != 2*time.Second ||
+		strings.Join(ci.IgnoredMediaTypes, ",") != "application/octet-stream,application/vnd.oci.image.config.v1+json" ||
+		strings.Join(ci.IgnoredActions, ",") != "pull" || ci.Disabled {
+		t.Fatalf("endpoint ci: %+v", ci)
+	}
+	if off.Name != "off" || !off.Disabled {
+		t.Fatalf("endpoint off: %+v", off)
+	}
+	if own.Name != "wharf" || own.URL != "http://127.0.0.1:9/own" || own.Headers.Get("X-Token") != "t1" || strings.Join(own.IgnoredActions, ",") != "mount" {
+		t.Fatalf("--notify-url's endpoint: %+v", own)
+	}
+	if cfg.notify.MaxPending != 10 {
+		t.Fatalf("--notify-max-pending: %d", cfg.notify.MaxPending)
+	}
+
+	t.Setenv("REGISTRY_NOTIFICATIONS_ENDPOINTS", "- name: env\n  url: http://127.0.0.1:9/env\n")
+	cfg = parseServe(t)
+	if len(cfg.notify.Endpoints) != 1 || cfg.notify.Endpoints[0].Name != "env" {
+		t.Fatalf("REGISTRY_NOTIFICATIONS_ENDPOINTS: %+v", cfg.notify.Endpoints)
 	}
 }

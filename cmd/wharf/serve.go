@@ -28,6 +28,7 @@ import (
 	"github.com/wharf-registry/wharf/mirror"
 	"github.com/wharf-registry/wharf/mirror/admin"
 	"github.com/wharf-registry/wharf/mirror/auth"
+	"github.com/wharf-registry/wharf/mirror/notify"
 	"github.com/wharf-registry/wharf/mirror/registry"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
@@ -147,7 +148,11 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 	if up != nil {
 		defer up.Close()
 	}
-	cfg.mirror.StatusInfo = statusInfo(cfg, store, up)
+	notifier, err := startNotifier(&cfg, store, promReg)
+	if err != nil {
+		return err
+	}
+	cfg.mirror.StatusInfo = statusInfo(cfg, store, up, notifier)
 	room, sched := newRoomMaker(), newScheduler()
 	cfg.mirror.Collector = sched
 	cfg.mirror.OnStorageFull = room.kick
@@ -220,6 +225,7 @@ func serveOnce(parent context.Context, cfg serveConfig) error {
 		return srv.Shutdown(sctx)
 	})
 	g.Go(func() error { return upkeep(gctx, store, reg, cfg, log, room, sched, ops) })
+	g.Go(func() error { return runNotifier(gctx, notifier) })
 	err = g.Wait()
 	if !errors.Is(err, errReopen) {
 		log.Info("wharf stopped")
@@ -271,7 +277,7 @@ func startUpstream(cfg *serveConfig, promReg *prometheus.Registry) (*upstream.Cl
 
 // statusInfo is what the status page shows of the store, the cluster and
 // the upstreams (up may be nil).
-func statusInfo(cfg serveConfig, store *cache.Store, up *upstream.Client) func() admin.StatusInfo {
+func statusInfo(cfg serveConfig, store *cache.Store, up *upstream.Client, n *notify.Notifier) func() admin.StatusInfo {
 	return func() admin.StatusInfo {
 		info := admin.StatusInfo{QuotaBytes: cfg.maxSize}
 		info.StoreBytes, _ = store.Maintenance().Size()
@@ -283,6 +289,7 @@ func statusInfo(cfg serveConfig, store *cache.Store, up *upstream.Client) func()
 				info.Upstreams = append(info.Upstreams, admin.UpstreamStatus(u))
 			}
 		}
+		info.Notifications = notifyStatus(n)
 		return info
 	}
 }

@@ -20,12 +20,14 @@ import (
 	"github.com/wharf-registry/wharf/cache/blobs/s3blobs"
 	"github.com/wharf-registry/wharf/cache/index/etcdindex"
 	"github.com/wharf-registry/wharf/mirror"
+	"github.com/wharf-registry/wharf/mirror/notify"
 	"github.com/wharf-registry/wharf/policy"
 	"github.com/wharf-registry/wharf/upstream"
 )
 
 // serveConfig is everything `wharf serve` needs, read once from the CLI.
 type serveConfig struct {
+	notify          notify.Options // registry:2-style notification endpoints
 	addr            string
 	tlsCert         string
 	tlsKey          string
@@ -120,6 +122,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		idleTimeout:     c.Duration("idle-timeout"),
 		cache:           cache.Options{Dir: c.String("data"), UploadTTL: c.Duration("upload-ttl"), Logger: log},
 		mirror:          mirrorOptions(c, secret, access.policy, log, headers),
+	}
+	if cfg.notify, err = notifyOptions(c, r2); err != nil {
+		return cfg, err
 	}
 	if err := readServeSizes(c, &cfg); err != nil {
 		return cfg, err

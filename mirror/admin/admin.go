@@ -65,6 +65,17 @@ type StatusInfo struct {
 	StoreBytes, QuotaBytes int64
 	Upstreams              []UpstreamStatus
 	Cluster                *cache.ClusterHealth // nil on a single box
+	Notifications          []NotificationStatus // registry:2-style notification endpoints
+}
+
+// NotificationStatus is one notification endpoint's figures.
+type NotificationStatus struct {
+	Name, URL             string
+	Disabled              bool
+	Sent, Failed, Dropped int64 // by this node since it started
+	Pending               int   // queued, every node's
+	LastError             string
+	LastSent              time.Time
 }
 
 // UpstreamStatus is one upstream registry's health.

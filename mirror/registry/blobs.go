@@ -119,6 +119,7 @@ func (reg *Registry) deleteBlob(w http.ResponseWriter, r *http.Request, q *reque
 		return err
 	}
 	reg.gate.Audit(r, "delete", slog.String("repo", q.repo), slog.String("digest", q.digest.String()))
+	reg.notify(r, Event{Action: "delete", Repo: q.repo, Kind: "blobs", Digest: q.digest, Size: -1})
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

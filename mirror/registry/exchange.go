@@ -105,6 +105,7 @@ func (reg *Registry) dispatch(x *exchange) error {
 	q := &x.q
 	reg.resolve(r, rt, q)
 	x.repo = q.repo
+	x.sw.onStatus = reg.pullNotice(x)
 	if reg.node != nil {
 		if rt.kind == routeUpload {
 			if handled, err := reg.node.RelayUpload(w, r, rt.upload); handled {
@@ -216,18 +217,28 @@ type statusWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
+	// onStatus, when set, is called once with the status before it is
+	// written (the pull notice).
+	onStatus func(int)
+}
+
+func (w *statusWriter) begin(code int) {
+	w.status = code
+	if w.onStatus != nil {
+		w.onStatus(code)
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 {
-		w.status = code
+		w.begin(code)
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.begin(http.StatusOK)
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
@@ -236,7 +247,7 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 
 func (w *statusWriter) ReadFrom(src io.Reader) (int64, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.begin(http.StatusOK)
 	}
 	var n int64
 	var err error

@@ -75,6 +75,14 @@ func (reg *Registry) putManifest(w http.ResponseWriter, r *http.Request, q *requ
 		return err
 	}
 	reg.gate.Audit(r, "push", slog.String("repo", q.repo), slog.String("digest", m.Digest.String()), slog.Any("tags", tags))
+	e := Event{Action: "push", Repo: q.repo, Kind: "manifests", Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(body))}
+	if len(tags) == 0 {
+		reg.notify(r, e)
+	}
+	for _, t := range tags {
+		e.Tag = t
+		reg.notify(r, e)
+	}
 	reg.pushed(q)
 	h := w.Header()
 	setLocation(w, q.repo, "manifests", m.Digest.String())
@@ -145,6 +153,13 @@ func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *r
 		return err
 	}
 	reg.gate.Audit(r, "delete", slog.String("repo", q.repo), slog.String("reference", q.ref.String()))
+	e := Event{Action: "delete", Repo: q.repo, Kind: "manifests", Size: -1}
+	if q.ref.isDigest() {
+		e.Digest = q.ref.digest
+	} else {
+		e.Tag = q.ref.tag
+	}
+	reg.notify(r, e)
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }

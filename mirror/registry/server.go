@@ -60,6 +60,9 @@ type Options struct {
 	// Events is told what the data plane did (pushes, deletes, pulls,
 	// refusals): the operator plane's book; nil: nobody.
 	Events Events
+	// Notifier is told what clients did (registry:2's notifications); nil:
+	// nobody is.
+	Notifier Notifier
 	// Planes are the other planes served through this registry's exchange
 	// (one access log, one set of metrics, one error map): the admin API
 	// and the console.

@@ -18,6 +18,9 @@ import (
 
 // startUpload handles POST /v2/<name>/blobs/uploads/: a cross-repository
 // mount, a monolithic upload (?digest=), or the start of a session.
+// blobMediaType is what registry:2's notifications say a blob is.
+const blobMediaType = "application/octet-stream"
+
 func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *request) error {
 	qs := r.URL.Query()
 	if mount := qs.Get("mount"); mount != "" {
@@ -29,8 +32,9 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		// ordinary upload session, as the spec allows.
 		// A mount needs pull rights on the source.
 		if from := qs.Get("from"); oci.ValidName(from) && reg.policy().Allowed(auth.CallerOf(r).Subject, from, policy.Pull, reg.origin(from).Mirrored()) {
-			_, err := reg.store.MountBlob(from, q.repo, d)
+			size, err := reg.store.MountBlob(from, q.repo, d)
 			if err == nil {
+				reg.notify(r, Event{Action: "mount", Repo: q.repo, Kind: "blobs", Digest: d, MediaType: blobMediaType, Size: size, From: from})
 				return blobCreated(w, q.repo, d)
 			} else if !errors.Is(err, cache.ErrBlobUnknown) {
 				return err
@@ -44,6 +48,7 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		if err := reg.store.Uploads().PutBlob(q.repo, d, r.ContentLength, r.Body); err != nil {
 			return err
 		}
+		reg.notify(r, Event{Action: "push", Repo: q.repo, Kind: "blobs", Digest: d, MediaType: blobMediaType, Size: r.ContentLength})
 		return blobCreated(w, q.repo, d)
 	}
 	id, err := reg.store.Uploads().NewUpload(q.repo)
@@ -98,9 +103,11 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *req
 		}
 		body = nil
 	}
-	if _, err := reg.store.Uploads().FinishUpload(q.repo, q.upload, d, body); err != nil {
+	size, err := reg.store.Uploads().FinishUpload(q.repo, q.upload, d, body)
+	if err != nil {
 		return err
 	}
+	reg.notify(r, Event{Action: "push", Repo: q.repo, Kind: "blobs", Digest: d, MediaType: blobMediaType, Size: size})
 	return blobCreated(w, q.repo, d)
 }
 

@@ -1,0 +1,144 @@
+package cache
+
+import (
+	"encoding/binary"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/wharf-registry/wharf/cache/index"
+)
+
+// Queue holds what waits to be sent to another system (registry:2's
+// notifications), in the index so that neither a restart nor a crash
+// loses it and a cluster's nodes share it: n/<queue>\x00<time><node>\x00<seq>,
+// the time in big-endian unix nanoseconds so that keys sort by it. Its
+// writes do not count as changes of content (a collection's preview stays
+// valid across them).
+type Queue Store
+
+// Queue is the store's view of its outgoing queues.
+func (s *Store) Queue() *Queue { return (*Queue)(s) }
+
+// QueueItem is one entry of a queue.
+type QueueItem struct {
+	Key []byte
+	At  time.Time
+	Val []byte
+}
+
+// queueSeq tells apart entries queued by one node in the same nanosecond.
+var queueSeq atomic.Uint64
+
+func queuePrefix(queue string) []byte { return []byte("n/" + queue + "\x00") }
+
+// Enqueue adds val to each of queues, at once (one transaction).
+func (q *Queue) Enqueue(queues []string, at time.Time, val []byte) error {
+	if len(queues) == 0 {
+		return nil
+	}
+	if err := q.indexWrite(false); err != nil {
+		return err
+	}
+	seq := queueSeq.Add(1)
+	return q.quietly(func(txn Txn) error {
+		for _, name := range queues {
+			k := binary.BigEndian.AppendUint64(queuePrefix(name), uint64(at.UnixNano()))
+			k = append(append(k, q.nodeID...), 0)
+			k = binary.BigEndian.AppendUint64(k, seq)
+			if err := txn.Set(k, val); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Peek returns up to max of queue's oldest entries, oldest first.
+func (q *Queue) Peek(queue string, max int) ([]QueueItem, error) {
+	var out []QueueItem
+	prefix := queuePrefix(queue)
+	err := q.idx.View(func(txn Txn) error {
+		return txn.Scan(prefix, nil, false, func(k, v []byte) error {
+			if len(out) == max {
+				return errStopScan
+			}
+			out = append(out, QueueItem{Key: append([]byte(nil), k...), At: queueTime(k[len(prefix):]), Val: append([]byte(nil), v...)})
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Len counts queue's entries and says when the oldest was queued.
+func (q *Queue) Len(queue string) (n int, oldest time.Time, err error) {
+	prefix := queuePrefix(queue)
+	err = q.idx.View(func(txn Txn) error {
+		return txn.Scan(prefix, nil, true, func(k, _ []byte) error {
+			if n == 0 {
+				oldest = queueTime(k[len(prefix):])
+			}
+			n++
+			return nil
+		})
+	})
+	return n, oldest, err
+}
+
+// Remove deletes entries (sent, or dropped). Missing ones are no error:
+// another node may have removed them.
+func (q *Queue) Remove(items []QueueItem) error {
+	if err := q.indexWrite(true); err != nil {
+		return err
+	}
+	for len(items) > 0 {
+		n := min(len(items), q.idx.MaxOps())
+		if err := q.quietly(func(txn Txn) error {
+			for _, it := range items[:n] {
+				if err := txn.Delete(it.Key); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		items = items[n:]
+	}
+	return nil
+}
+
+// Claim takes the named duty for this node: on a cluster one node at a
+// time holds it (until release, or until the node dies); on a single box
+// it is always this one's. ok is false while another node holds it.
+func (q *Queue) Claim(name string) (release func(), ok bool, err error) {
+	l, shared := q.idx.(index.Locker)
+	if !shared {
+		return func() {}, true, nil
+	}
+	release, err = l.TryLock(name)
+	if errors.Is(err, index.ErrLockHeld) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return release, true, nil
+}
+
+func queueTime(rest []byte) time.Time {
+	if len(rest) < 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(rest)))
+}
+
+// quietly is retry without counting the write as a change of content.
+func (q *Queue) quietly(fn func(txn Txn) error) error {
+	for i := 0; ; i++ {
+		err := q.idx.Update(fn)
+		if !errors.Is(err, errConflict) || i == 20 {
+			return err
+		}
+	}
+}
