@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -141,6 +142,9 @@ func startNotifier(cfg *serveConfig, store *cache.Store, promReg *prometheus.Reg
 	}
 	o := cfg.notify
 	o.Logger, o.SourceAddr, o.InstanceID = cfg.log, cfg.addr, store.Cluster().NodeID()
+	if o.InstanceID == "" {
+		o.InstanceID = uuid.NewString() // registry:2's is one per start too
+	}
 	n, err := notify.New(store.Queue(), o)
 	if err != nil {
 		return nil, err

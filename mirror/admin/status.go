@@ -37,6 +37,7 @@ type StatusPage struct {
 	Mirrored, Pushed         []string
 	MoreMirrored, MorePushed int
 	Upstreams                []UpstreamRow
+	Notifications            []NotifyRow
 	Errors                   []ShownError
 	Cluster                  *ClusterView
 }
@@ -66,6 +67,12 @@ type MemberRow struct {
 
 type FillRow struct {
 	Digest, Repos, Progress, From, Owner string
+}
+
+// NotifyRow is one notification endpoint on the overview.
+type NotifyRow struct {
+	Name, State, Figures string
+	OK                   bool
 }
 
 type UpstreamRow struct {
@@ -135,8 +142,20 @@ func (svc *Service) Status(subject policy.Subject) StatusPage {
 		}
 	}
 	if svc.opts.StatusInfo != nil {
-		if info := svc.opts.StatusInfo(); info.Cluster != nil {
+		info := svc.opts.StatusInfo()
+		if info.Cluster != nil {
 			p.Cluster = svc.ClusterView(*info.Cluster, subject, pol)
+		}
+		for _, n := range info.Notifications {
+			row := NotifyRow{Name: n.Name, State: "delivering", OK: true,
+				Figures: fmt.Sprintf("%d sent · %d pending · %d failed attempts · %d dropped", n.Sent, n.Pending, n.Failed, n.Dropped)}
+			switch {
+			case n.Disabled:
+				row.State = "disabled"
+			case n.LastError != "":
+				row.State, row.OK = "failing: "+n.LastError, false
+			}
+			p.Notifications = append(p.Notifications, row)
 		}
 	}
 	repos, _, _ := svc.gate.Visible(subject, 1000, "", svc.store.Catalog, func(repo string) bool { return svc.origin(repo).Mirrored() })
