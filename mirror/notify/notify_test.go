@@ -72,7 +72,10 @@ func TestBoundsAndIgnores(t *testing.T) {
 	done := make(chan struct{})
 	go func() { n.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, func() bool { s := n.Status()[0]; return s.Dropped == 2 && s.Pending == 3 && s.Failed > 0 && s.LastError != "" })
+	waitFor(t, func() bool {
+		s := n.Status()[0]
+		return s.Dropped == 2 && s.Pending == 3 && s.Failed > 0 && s.LastError != ""
+	})
 	down.Store(false)
 	waitFor(t, func() bool { s := n.Status()[0]; return s.Pending == 0 && s.Sent == 3 })
 	mu.Lock()
