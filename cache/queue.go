@@ -32,26 +32,47 @@ var queueSeq atomic.Uint64
 
 func queuePrefix(queue string) []byte { return []byte("n/" + queue + "\x00") }
 
-// Enqueue adds val to each of queues, at once (one transaction).
-func (q *Queue) Enqueue(queues []string, at time.Time, val []byte) error {
-	if len(queues) == 0 {
+// QueueEntry is one value to add to each of its queues.
+type QueueEntry struct {
+	Queues []string
+	At     time.Time
+	Val    []byte
+}
+
+// Enqueue adds the entries, in as few transactions as the index allows
+// (one, unless they exceed its MaxOps): a caller gathering the entries of
+// concurrent requests pays one durable write for all of them.
+func (q *Queue) Enqueue(entries []QueueEntry) error {
+	var kvs []keyValue
+	for _, e := range entries {
+		seq := queueSeq.Add(1)
+		for _, name := range e.Queues {
+			k := binary.BigEndian.AppendUint64(queuePrefix(name), uint64(e.At.UnixNano()))
+			k = append(append(k, q.nodeID...), 0)
+			kvs = append(kvs, keyValue{binary.BigEndian.AppendUint64(k, seq), e.Val})
+		}
+	}
+	if len(kvs) == 0 {
 		return nil
 	}
 	if err := q.indexWrite(false); err != nil {
 		return err
 	}
-	seq := queueSeq.Add(1)
-	return q.quietly(func(txn Txn) error {
-		for _, name := range queues {
-			k := binary.BigEndian.AppendUint64(queuePrefix(name), uint64(at.UnixNano()))
-			k = append(append(k, q.nodeID...), 0)
-			k = binary.BigEndian.AppendUint64(k, seq)
-			if err := txn.Set(k, val); err != nil {
-				return err
+	for len(kvs) > 0 {
+		n := min(len(kvs), q.idx.MaxOps())
+		if err := q.quietly(func(txn Txn) error {
+			for _, kv := range kvs[:n] {
+				if err := txn.Set(kv.key, kv.val); err != nil {
+					return err
+				}
 			}
+			return nil
+		}); err != nil {
+			return err
 		}
-		return nil
-	})
+		kvs = kvs[n:]
+	}
+	return nil
 }
 
 // Peek returns up to max of queue's oldest entries, oldest first.

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -68,6 +69,12 @@ type Notifier struct {
 	opts Options
 	log  *slog.Logger
 	eps  []*endpoint
+	// the group commit: open is the batch requests join, writing says a
+	// batch is being written, written signals its end
+	mu      sync.Mutex
+	open    *batch
+	writing bool
+	written sync.Cond
 }
 
 type endpoint struct {
@@ -95,6 +102,7 @@ func New(q *cache.Queue, o Options) (*Notifier, error) {
 		return nil, err
 	}
 	n := &Notifier{q: q, opts: o, log: o.Logger}
+	n.written.L = &n.mu
 	for _, e := range o.Endpoints {
 		if e.Timeout <= 0 {
 			e.Timeout = 5 * time.Second
@@ -195,7 +203,7 @@ func (n *Notifier) Notify(r *http.Request, e registry.Event) {
 	w.Actor.Name = auth.CallerOf(r).User
 	w.Source.Addr, w.Source.InstanceID = n.opts.SourceAddr, n.opts.InstanceID
 	body, _ := json.Marshal(w)
-	if err := n.q.Enqueue(to, now, body); err != nil {
+	if err := n.commit(cache.QueueEntry{Queues: to, At: now, Val: body}); err != nil {
 		for _, ep := range eps {
 			ep.dropped.Add(1)
 		}
@@ -208,6 +216,41 @@ func (n *Notifier) Notify(r *http.Request, e registry.Event) {
 		default:
 		}
 	}
+}
+
+// batch is the events of concurrent requests written by one of them.
+type batch struct {
+	entries []cache.QueueEntry
+	done    bool
+	err     error
+}
+
+// commit queues e durably (group commit): the entries of requests that
+// arrive while another batch is being written go together in the next
+// one, written by one of them, so that a durable write is shared by every
+// request waiting for it.
+func (n *Notifier) commit(e cache.QueueEntry) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	b := n.open
+	if b == nil {
+		b = &batch{}
+		n.open = b
+	}
+	b.entries = append(b.entries, e)
+	for n.writing && !b.done {
+		n.written.Wait()
+	}
+	if b.done {
+		return b.err
+	}
+	n.writing, n.open = true, nil
+	n.mu.Unlock()
+	err := n.q.Enqueue(b.entries)
+	n.mu.Lock()
+	b.done, b.err, n.writing = true, err, false
+	n.written.Broadcast()
+	return err
 }
 
 // Run delivers every enabled endpoint's queue until ctx ends.
@@ -251,7 +294,8 @@ func (n *Notifier) run(ctx context.Context, ep *endpoint) {
 }
 
 // deliver sends ep's queue, oldest first, one event per envelope (as
-// registry:2 does), until ctx ends.
+// registry:2 does), until ctx ends. A crash between a delivery and the
+// removal of its event sends that event again, with the same id.
 func (n *Notifier) deliver(ctx context.Context, ep *endpoint) {
 	failures := 0
 	var trimmed time.Time
@@ -260,7 +304,7 @@ func (n *Notifier) deliver(ctx context.Context, ep *endpoint) {
 			n.trim(ep)
 			trimmed = time.Now()
 		}
-		items, err := n.q.Peek(ep.Name, 1)
+		items, err := n.q.Peek(ep.Name, deliverBatch)
 		if err != nil {
 			ep.setErr("reading the queue: " + err.Error())
 			sleep(ctx, pollEvery)
@@ -274,36 +318,55 @@ func (n *Notifier) deliver(ctx context.Context, ep *endpoint) {
 			}
 			continue
 		}
-		if err := ep.post(ctx, items[0].Val); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			ep.failed.Add(1)
-			failures++
-			ep.setErr(err.Error())
-			if failures == ep.Threshold {
-				n.log.Warn("notification endpoint failing: retrying with backoff", "endpoint", ep.Name, "backoff", ep.Backoff, "err", err)
-			}
-			delay := 100 * time.Millisecond
+		sent, err := ep.postEach(ctx, items)
+		if sent > 0 {
 			if failures >= ep.Threshold {
-				delay = ep.Backoff
+				n.log.Info("notification endpoint back: delivering", "endpoint", ep.Name)
 			}
-			sleep(ctx, delay)
+			failures = 0
+			ep.sent.Add(int64(sent))
+			ep.mu.Lock()
+			ep.lastSent, ep.lastErr = time.Now(), ""
+			ep.mu.Unlock()
+			if rerr := n.q.Remove(items[:sent]); rerr != nil {
+				ep.setErr("removing sent events: " + rerr.Error())
+				sleep(ctx, pollEvery)
+				continue
+			}
+		}
+		if err == nil {
 			continue
 		}
+		if ctx.Err() != nil {
+			return
+		}
+		ep.failed.Add(1)
+		failures++
+		ep.setErr(err.Error())
+		if failures == ep.Threshold {
+			n.log.Warn("notification endpoint failing: retrying with backoff", "endpoint", ep.Name, "backoff", ep.Backoff, "err", err)
+		}
+		delay := 100 * time.Millisecond
 		if failures >= ep.Threshold {
-			n.log.Info("notification endpoint back: delivering", "endpoint", ep.Name)
+			delay = ep.Backoff
 		}
-		failures = 0
-		ep.sent.Add(1)
-		ep.mu.Lock()
-		ep.lastSent, ep.lastErr = time.Now(), ""
-		ep.mu.Unlock()
-		if err := n.q.Remove(items); err != nil {
-			ep.setErr("removing a sent event: " + err.Error())
-			sleep(ctx, pollEvery)
-		}
+		sleep(ctx, delay)
 	}
+}
+
+// deliverBatch is how many queued events one round reads: they are sent
+// one per envelope, in order, and removed together (one index write).
+const deliverBatch = 64
+
+// postEach sends items in order until one fails; sent counts those taken.
+func (ep *endpoint) postEach(ctx context.Context, items []cache.QueueItem) (sent int, err error) {
+	for _, it := range items {
+		if err := ep.post(ctx, it.Val); err != nil {
+			return sent, err
+		}
+		sent++
+	}
+	return sent, nil
 }
 
 // post sends one event; any 2xx or 3xx is taken (as registry:2 does).
@@ -322,6 +385,7 @@ func (ep *endpoint) post(ctx context.Context, event []byte) error {
 	if err != nil {
 		return err
 	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // so that the connection is kept
 	resp.Body.Close()
 	if resp.StatusCode >= 400 {
 		return errors.New("endpoint answered " + resp.Status)
