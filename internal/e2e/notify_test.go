@@ -51,6 +51,7 @@ type r2Event struct {
 type receiver struct {
 	*httptest.Server
 	down   atomic.Bool
+	slow   atomic.Int64 // nanoseconds each delivery takes
 	mu     sync.Mutex
 	events []r2Event
 	bad    []string // what a delivery got wrong
@@ -63,6 +64,7 @@ func startReceiver(t *testing.T, header, value string) *receiver {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
+		time.Sleep(time.Duration(rc.slow.Load()))
 		body, _ := io.ReadAll(r.Body)
 		var env struct {
 			Events []r2Event `json:"events"`
@@ -255,11 +257,15 @@ notifications:
 }
 
 // TestNotificationsCluster: three nodes on one etcd and one bucket, each
-// with the same endpoint: pushes and pulls through each node are each
-// delivered exactly once (the queue is shared, one node delivers it).
+// with the same endpoint, which is down while pushes and pulls go through
+// each node and slow once it is back (so that nodes delivering the same
+// queue at once would show): each event is delivered exactly once (the
+// queue is shared, one node delivers it).
 func TestNotificationsCluster(t *testing.T) {
 	rc := startReceiver(t, "X-Token", "c1")
 	c := startCluster(t, 3, "--mirror=false", "--notify-url", rc.URL+"/hook", "--notify-header", "X-Token: c1")
+	rc.down.Store(true)
+	rc.slow.Store(int64(20 * time.Millisecond))
 	for i, node := range c.nodes {
 		tag := fmt.Sprintf("n%d", i)
 		if _, err := pushRaw(node, "team/cl", tag, []byte("cluster layer "+tag)); err != nil {
@@ -272,10 +278,12 @@ func TestNotificationsCluster(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
+	time.Sleep(2500 * time.Millisecond) // every node's loop has looked at the queue
+	rc.down.Store(false)
 	for i := range c.nodes {
 		tag := fmt.Sprintf("n%d", i)
-		rc.wait(t, 20*time.Second, "push of "+tag, manifestPush("team/cl", tag))
-		rc.wait(t, 20*time.Second, "pull of "+tag, func(e r2Event) bool {
+		rc.wait(t, 30*time.Second, "push of "+tag, manifestPush("team/cl", tag))
+		rc.wait(t, 30*time.Second, "pull of "+tag, func(e r2Event) bool {
 			return e.Action == "pull" && e.Target.Repository == "team/cl" && e.Target.Tag == tag
 		})
 	}
