@@ -103,6 +103,17 @@ func New(store *cache.Store, opts Options) *Server {
 			return t
 		}
 	}
+	if n := opts.Notifier; n != nil {
+		ao.Deleted = func(r *http.Request, actor, repo, ref string) {
+			e := registry.Event{Action: "delete", Repo: repo, Kind: "manifests", Size: -1, Actor: actor}
+			if d, err := digest.Parse(ref); err == nil {
+				e.Digest = d
+			} else {
+				e.Tag = ref
+			}
+			n.Notify(r, e)
+		}
+	}
 	s.svc = admin.New(store, gate, ao)
 	book.svc = s.svc
 	s.console = console.New(s.svc, gate, console.Options{StatusOf: registry.StatusOf, Logger: opts.Logger})

@@ -137,8 +137,9 @@ func manifestPush(repo, tag string) func(e r2Event) bool {
 }
 
 // TestNotifications: registry:2's config.yml with a notification endpoint
-// (the test's receiver, with a header). A real dockerd's push, its pull
-// and a DELETE arrive in registry:2's envelope, with the header, the
+// (the test's receiver, with a header). A real dockerd's push, its pull,
+// a DELETE and a delete through the admin API arrive in registry:2's
+// envelope, with the header, the
 // target's digest, size, media type, tag and URL, and the request. The
 // endpoint down during a push: the event is retried and delivered once it
 // is back, and the metrics count the failures. Wharf killed with SIGKILL
@@ -204,6 +205,18 @@ notifications:
 	}
 	rc.wait(t, 10*time.Second, "delete", func(e r2Event) bool {
 		return e.Action == "delete" && e.Target.Repository == "centos" && e.Target.Digest == dg
+	})
+
+	// A delete through the admin API (as the console's) is told too.
+	if _, err := pushRaw(w, "team/app", "api", []byte("layer-api")); err != nil {
+		t.Fatal(err)
+	}
+	req, _ = http.NewRequest(http.MethodDelete, w.url("/api/v1/repositories/team/app/tags/api"), nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE through the admin API: %v %v", err, resp)
+	}
+	rc.wait(t, 10*time.Second, "delete through the admin API", func(e r2Event) bool {
+		return e.Action == "delete" && e.Target.Repository == "team/app" && e.Target.Tag == "api"
 	})
 
 	// The endpoint down during a push: retried, delivered once it is back.

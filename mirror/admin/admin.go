@@ -13,6 +13,7 @@ package admin
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -28,6 +29,9 @@ type Options struct {
 	AllowDelete bool
 	// ReadOnly refuses deletes, evictions and collections (405).
 	ReadOnly bool
+	// Deleted, when set, is told each delete through the API or the
+	// console (registry:2-style notifications).
+	Deleted func(r *http.Request, actor, repo, ref string)
 	// Collector runs the collections asked for here: the process's one
 	// maintenance scheduler. nil: the service runs them itself with
 	// GCGrace (tests, tools).

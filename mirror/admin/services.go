@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -364,7 +365,16 @@ func (svc *Service) Tags(repo string) ([]string, error) {
 // Delete untags (ref a tag) or deletes a manifest (ref a digest); the
 // store records what it released, which the next collection frees without
 // waiting for the grace period (cache/released.go).
-func (svc *Service) Delete(repo, ref string) error { return svc.store.DeleteReleasing(repo, ref) }
+// r is the request that asked, by actor, told to Options.Deleted.
+func (svc *Service) Delete(r *http.Request, actor, repo, ref string) error {
+	if err := svc.store.DeleteReleasing(repo, ref); err != nil {
+		return err
+	}
+	if svc.opts.Deleted != nil {
+		svc.opts.Deleted(r, actor, repo, ref)
+	}
+	return nil
+}
 
 // ReadOnly reports a read-only registry (--read-only): nothing is
 // deleted, evicted or collected.

@@ -306,7 +306,7 @@ func (c *Console) repositoryAction(w http.ResponseWriter, r *http.Request, v aut
 			c.consoleError(w, r, v, http.StatusBadRequest, "Not a tag or a digest.")
 			return
 		}
-		if err := c.svc.Delete(repo, ref); err != nil {
+		if err := c.svc.Delete(r, v.User, repo, ref); err != nil {
 			c.consoleError(w, r, v, c.statusOf(err), "The delete failed: "+err.Error())
 			return
 		}

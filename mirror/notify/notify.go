@@ -201,6 +201,9 @@ func (n *Notifier) Notify(r *http.Request, e registry.Event) {
 	}
 	w.Request.Addr, w.Request.Host, w.Request.Method, w.Request.UserAgent = r.RemoteAddr, r.Host, r.Method, r.UserAgent()
 	w.Actor.Name = auth.CallerOf(r).User
+	if e.Actor != "" {
+		w.Actor.Name = e.Actor
+	}
 	w.Source.Addr, w.Source.InstanceID = n.opts.SourceAddr, n.opts.InstanceID
 	body, _ := json.Marshal(w)
 	if err := n.commit(cache.QueueEntry{Queues: to, At: now, Val: body}); err != nil {

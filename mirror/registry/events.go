@@ -44,6 +44,7 @@ type Event struct {
 	Size      int64 // -1: not known
 	Tag       string
 	From      string // a mount's source repository
+	Actor     string // who, when not the request's caller (a console session)
 }
 
 // Notifier is told every push, delete and mount after the store took it
