@@ -145,6 +145,16 @@ func (s *Server) SetAccess(users auth.Authenticator, pol *policy.Policy) {
 	s.gate.SetAccess(users, pol)
 }
 
+// SetReadOnly switches read-only mode (Options.ReadOnly) on or off for
+// every plane: writes get 405, collections and evictions pause.
+func (s *Server) SetReadOnly(on bool) {
+	s.reg.SetReadOnly(on)
+	s.svc.SetReadOnly(on)
+}
+
+// ReadOnly reports read-only mode.
+func (s *Server) ReadOnly() bool { return s.svc.ReadOnly() }
+
 // Drain makes /readyz answer 503 while requests in flight finish.
 func (s *Server) Drain() { s.reg.Drain() }
 

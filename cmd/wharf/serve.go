@@ -344,6 +344,7 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cfg serveConfig, reg
 			reg.SetAccess(users, a.policy)
 			cfg.log.Info("reloaded users and rules", "users", n)
 		}
+		reloadReadOnly(cfg, reg)
 		sdNotify("READY=1")
 	}
 }

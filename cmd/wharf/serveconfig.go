@@ -41,6 +41,8 @@ type serveConfig struct {
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
 	readOnly        bool               // --read-only: no writes, no collections, no eviction
+	readOnlyFixedBy string             // what set it for the whole run ("": a file, read again on SIGHUP)
+	registryConfig  string             // registry:2's config.yml (--registry-config)
 	index           *etcdindex.Options // the cluster's index; nil: Badger under the data directory
 	blobStore       *s3blobs.Options   // the bucket holding the blobs; nil: files under the data directory
 	advertise       string             // the URL other nodes reach this one at ("": derived)
@@ -104,6 +106,8 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		tlsKey:          c.String("tls-key"),
 		tlsClientCA:     c.String("tls-client-ca"),
 		configFile:      c.String("config"),
+		registryConfig:  c.String("registry-config"),
+		readOnlyFixedBy: readOnlyFixedBy(os.Args),
 		htpasswd:        c.String("htpasswd"),
 		registry2Auth:   r2.htpasswdAuth,
 		metricsAddr:     c.String("metrics-addr"),

@@ -128,9 +128,6 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 	defer stop6()
 	released, stop7 := ticker(releasedInterval)
 	defer stop7()
-	if cfg.readOnly { // nothing is removed: no collection, no eviction
-		gc, check, released = nil, nil, nil
-	}
 	var trim <-chan time.Time
 	if cfg.blobStore != nil {
 		var stop8 func()
@@ -155,28 +152,35 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 			}
 		case <-room.kicks:
 			waiters := room.take()
-			if !cfg.readOnly {
+			if !reg.ReadOnly() { // read-only: nothing is removed
 				evictOnce(store, cfg, log, ops)
 			}
 			for _, w := range waiters {
 				close(w)
 			}
 		case <-check:
-			evictOnce(store, cfg, log, ops)
+			if !reg.ReadOnly() {
+				evictOnce(store, cfg, log, ops)
+			}
 		case <-gc:
-			collect(store, reg, cfg, log, ops)
+			if !reg.ReadOnly() {
+				collect(store, reg, cfg, log, ops)
+			}
 		case <-trim:
 			trimLocal(store, cfg, log, 0)
 		case j := <-sched.jobs:
 			o := j.o
 			o.Grace = cfg.gcGrace
-			if cfg.readOnly && !o.DryRun {
+			if reg.ReadOnly() && !o.DryRun {
 				j.done <- collectResult{err: oci.ErrReadOnly}
 				continue
 			}
 			rep, err := store.Maintenance().GC(o)
 			j.done <- collectResult{rep, err}
 		case <-released:
+			if reg.ReadOnly() {
+				continue
+			}
 			// What deliberate deletes released (recorded by the store in
 			// the index) comes back within seconds, not after the grace
 			// and the next scheduled GC.

@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,5 +124,68 @@ func TestRegistry2S3Variables(t *testing.T) {
 	}
 	if n < 3 { // config, layer, manifest
 		t.Fatalf("%d objects under registry/blobs/ after the push", n)
+	}
+}
+
+// TestReadOnlyReload: read-only mode from registry:2's config.yml
+// (storage.maintenance.readonly) switches with a SIGHUP, both ways: a push
+// gets 405 while it is on and 201 once it is off; the log says each switch.
+// Set by the flag, a reload leaves it on.
+func TestReadOnlyReload(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yml")
+	write := func(on bool) {
+		t.Helper()
+		yml := fmt.Sprintf("version: 0.1\nstorage:\n  maintenance:\n    readonly:\n      enabled: %v\n", on)
+		if err := os.WriteFile(cfg, []byte(yml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pushStatus := func(w *wharfProc, tag string) string {
+		t.Helper()
+		_, err := pushRaw(w, "team/ro", tag, []byte("layer "+tag))
+		if err == nil {
+			return "201"
+		}
+		if strings.Contains(err.Error(), "405") {
+			return "405"
+		}
+		t.Fatalf("push %s: %v", tag, err)
+		return ""
+	}
+	hup := func(w *wharfProc, want string) {
+		t.Helper()
+		w.cmd.Process.Signal(syscall.SIGHUP)
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(w.log.String(), want); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the log after SIGHUP:\n%s", want, w.log)
+			}
+		}
+	}
+	write(true)
+	w := startWharf(t, "", "--mirror=false", "--registry-config", cfg)
+	if got := pushStatus(w, "a"); got != "405" {
+		t.Fatalf("push while read-only: %s", got)
+	}
+	write(false)
+	hup(w, "read-only mode off")
+	if got := pushStatus(w, "b"); got != "201" {
+		t.Fatalf("push after read-only was switched off: %s", got)
+	}
+	write(true)
+	hup(w, "read-only mode on")
+	if got := pushStatus(w, "c"); got != "405" {
+		t.Fatalf("push after read-only was switched on again: %s", got)
+	}
+
+	fixed := startWharf(t, "", "--mirror=false", "--read-only", "--registry-config", cfg)
+	write(false)
+	fixed.cmd.Process.Signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(fixed.log.String(), "reloaded users and rules"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload after SIGHUP:\n%s", fixed.log)
+		}
+	}
+	if got := pushStatus(fixed, "d"); got != "405" {
+		t.Fatalf("--read-only on the command line, after a reload: push %s", got)
 	}
 }

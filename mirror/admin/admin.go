@@ -14,6 +14,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -94,12 +95,13 @@ type UpstreamStatus struct {
 // Service is the operator plane's services over a store. It is safe for
 // concurrent use.
 type Service struct {
-	store   *cache.Store
-	gate    *auth.Gate
-	opts    Options
-	log     *slog.Logger
-	book    statusBook
-	reclaim reclaimState
+	store    *cache.Store
+	gate     *auth.Gate
+	opts     Options
+	log      *slog.Logger
+	book     statusBook
+	reclaim  reclaimState
+	readOnly atomic.Bool // Options.ReadOnly, switched by SetReadOnly
 }
 
 // New returns the services over store, authorizing through gate.
@@ -110,5 +112,7 @@ func New(store *cache.Store, gate *auth.Gate, o Options) *Service {
 	if o.GCGrace <= 0 {
 		o.GCGrace = time.Hour
 	}
-	return &Service{store: store, gate: gate, opts: o, log: o.Logger}
+	svc := &Service{store: store, gate: gate, opts: o, log: o.Logger}
+	svc.readOnly.Store(o.ReadOnly)
+	return svc
 }

@@ -247,7 +247,7 @@ func (svc *Service) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref 
 // delete or admin there, and with no users configured (everyone may do
 // everything) the server must have been started with --allow-delete.
 func (svc *Service) mayWrite(r *http.Request, c auth.Caller, repo string) error {
-	if svc.opts.ReadOnly {
+	if svc.ReadOnly() {
 		return oci.ErrReadOnly
 	}
 	if svc.DeletesDisabled() {

@@ -98,7 +98,7 @@ func (svc *Service) CollectWithout(ctx context.Context, dry bool, without map[st
 		duty = 1
 	}
 	o := cache.GCOptions{DryRun: dry, Without: without, Duty: duty}
-	if !dry && svc.opts.ReadOnly {
+	if !dry && svc.ReadOnly() {
 		return cache.GCReport{}, oci.ErrReadOnly
 	}
 	if dry {
@@ -378,13 +378,16 @@ func (svc *Service) Delete(r *http.Request, actor, repo, ref string) error {
 
 // ReadOnly reports a read-only registry (--read-only): nothing is
 // deleted, evicted or collected.
-func (svc *Service) ReadOnly() bool { return svc.opts.ReadOnly }
+func (svc *Service) ReadOnly() bool { return svc.readOnly.Load() }
+
+// SetReadOnly switches read-only mode (Options.ReadOnly) on or off.
+func (svc *Service) SetReadOnly(on bool) { svc.readOnly.Store(on) }
 
 // DeletesDisabled reports a server on which nobody may delete: no users
 // are configured (everyone may do everything) and it was not started
 // with --allow-delete.
 func (svc *Service) DeletesDisabled() bool {
-	return svc.opts.ReadOnly || svc.gate.Policy().Open() && !svc.opts.AllowDelete
+	return svc.ReadOnly() || svc.gate.Policy().Open() && !svc.opts.AllowDelete
 }
 
 // RecentErrors is the book's recent errors, newest first, with the

@@ -20,7 +20,7 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 	if q.repo == "" { // /v2/ and the catalog decide for themselves
 		return nil
 	}
-	if q.action != policy.Pull && reg.opts.ReadOnly {
+	if q.action != policy.Pull && reg.readOnly.Load() {
 		return oci.ErrReadOnly
 	}
 	if q.action == policy.Delete {

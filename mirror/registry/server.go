@@ -110,6 +110,7 @@ type Registry struct {
 	manifestMem *semaphore.Weighted // bytes of manifest bodies being read and checked
 	logLimit    loglimit.Limiter    // one line per source and minute for floods
 	draining    atomic.Bool
+	readOnly    atomic.Bool   // Options.ReadOnly, switched by SetReadOnly
 	events      Events        // Options.Events, or nobody
 	node        *cluster.Node // this node's side of a cluster; nil on a single box
 	targets     targets
@@ -152,6 +153,7 @@ func New(store *cache.Store, gate *auth.Gate, opts Options) *Registry {
 	if reg.events == nil {
 		reg.events = nobody{}
 	}
+	reg.readOnly.Store(opts.ReadOnly)
 	if opts.Upstream != nil {
 		reg.pull = newPuller(reg)
 		reg.targets.allowed = opts.Upstream.Allowed
@@ -228,3 +230,6 @@ func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ *request) er
 func setLocation(w http.ResponseWriter, parts ...string) {
 	w.Header().Set("Location", "/v2/"+strings.Join(parts, "/"))
 }
+
+// SetReadOnly switches read-only mode (Options.ReadOnly) on or off.
+func (reg *Registry) SetReadOnly(on bool) { reg.readOnly.Store(on) }
