@@ -37,6 +37,11 @@ var healthCommand = &cli.Command{
 				dir = v
 			}
 			url = recordedServeURL(dir)
+			if url == "" {
+				if b, err := os.ReadFile(filepath.Join(dir, registry2ImportingFile)); err == nil {
+					return cli.Exit("health: not serving yet: "+strings.TrimSpace(string(b)), 1)
+				}
+			}
 		}
 		if url == "" {
 			var err error

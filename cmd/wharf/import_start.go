@@ -19,6 +19,10 @@ import (
 // leave that storage alone.
 const registry2ImportedFile = "registry2-imported"
 
+// registry2ImportingFile holds the progress of an import at start, for
+// `wharf health` to say why nothing answers yet.
+const registry2ImportingFile = "registry2-importing"
+
 // importAtStart serves registry:2's storage found in the data directory
 // (registry:2's volume, reused as it is): the first start imports it before
 // it listens, taking each verified blob in place where the filesystem
@@ -44,8 +48,13 @@ func importAtStart(ctx context.Context, cfg serveConfig, st *cache.Store) error 
 		"blobs taken in place as hard links where the filesystem allows; an interrupted import resumes at the next start)",
 		"repositories", len(src.repos), "bytes", humanBytes(src.total))
 	imp := &importer{ctx: ctx, st: st, src: src, done: map[digest.Digest]bool{}}
+	progressFile := filepath.Join(dir, registry2ImportingFile)
+	os.WriteFile(progressFile, []byte("importing registry:2's storage: starting\n"), 0o640)
+	defer os.Remove(progressFile)
 	stop := imp.every(5*time.Second, false, func() {
 		done, total, pct, eta := imp.progress()
+		os.WriteFile(progressFile, []byte(fmt.Sprintf("importing registry:2's storage: %s of %s (%.0f%%), ETA %s\n",
+			humanBytes(done), humanBytes(total), pct, eta)), 0o640)
 		log.Info("importing registry:2's storage", "done", humanBytes(done), "total", humanBytes(total),
 			"percent", fmt.Sprintf("%.0f", pct), "eta", eta)
 		// systemd: the start takes as long as the import does.
