@@ -1,4 +1,5 @@
 // Delivery: one loop per endpoint, on the node that holds its claim.
+
 package notify
 
 import (
