@@ -20,7 +20,13 @@ func (s *Store) Touch(repo, ref string) {
 // FlushAccess writes the uses and pulls recorded since the last flush:
 // one record per reference (uses.go). Entries with nothing new are
 // dropped from memory.
-func (s *Maintenance) FlushAccess() error { return s.flushUses() }
+func (s *Maintenance) FlushAccess() error {
+	err := s.flushUses()
+	if terr := (*Records)(s).FlushTokenUses(); err == nil {
+		err = terr
+	}
+	return err
+}
 
 // Size is the number of bytes the blob store holds, by its records.
 func (s *Maintenance) Size() (int64, error) {

@@ -36,6 +36,8 @@ func (s *Cluster) changed(key, val []byte, deleted bool) {
 		if !deleted && recordState(val) == stateDeleting {
 			s.dropLocalCopy(digest.Digest(rest))
 		}
+	case "k/":
+		s.tokens.forget(string(rest))
 	case "o/":
 		if o, ok := decodeOrigin(string(val)); ok && !deleted {
 			s.origins.set(string(rest), o)
@@ -47,6 +49,7 @@ func (s *Cluster) changed(key, val []byte, deleted bool) {
 // (changes may have been missed) and reads the origins again.
 func (s *Cluster) lostChanges() {
 	s.writes.Add(1)
+	s.tokens.forgetAll()
 	s.cacheMu.Lock()
 	s.gen++
 	s.tags.Purge()

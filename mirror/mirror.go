@@ -87,7 +87,7 @@ func New(store *cache.Store, opts Options) *Server {
 	}
 	book := &events{listener: opts.Events}
 	gate := auth.New(auth.Options{Secret: opts.Secret, TrustedProxies: opts.TrustedProxies, PublicURL: opts.PublicURL,
-		Revocations: store.Records(), Audit: book, Logger: opts.Logger})
+		Revocations: store.Records(), AccessTokens: &accessTokens{records: store.Records()}, Audit: book, Logger: opts.Logger})
 	gate.SetAccess(opts.Users, opts.Policy)
 	s := &Server{gate: gate, store: store, gcGrace: opts.GCGrace}
 	ao := admin.Options{AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,

@@ -22,7 +22,10 @@ const (
 )
 
 // Subject is who asks: a user name, or "" for anonymous.
-type Subject struct{ User string }
+type Subject struct {
+	User  string
+	Scope *Scope // nil: all the rules grant User; else only what it also allows (an access token)
+}
 
 // Rule grants Actions on repositories matching Repos to the subjects in
 // Who. Patterns: "team/app" exactly, "team/*" one path component,
@@ -166,6 +169,9 @@ func (p *Policy) names(who string, s Subject) bool {
 // (anonymous ones if AnonymousMirrorPull), or everything while no users
 // exist.
 func (p *Policy) Allowed(s Subject, repo string, a Action, mirrored bool) bool {
+	if s.Scope != nil && !s.Scope.Allows(repo, a) {
+		return false
+	}
 	if r := p.match(s, repo); r != nil {
 		return slices.Contains(r.actions, a)
 	}
@@ -179,6 +185,9 @@ func (p *Policy) Allowed(s Subject, repo string, a Action, mirrored bool) bool {
 // as a whole: a rule whose repositories include every name ("**") grants
 // it admin, or no users exist.
 func (p *Policy) RegistryAdmin(s Subject) bool {
+	if s.Scope != nil && !s.Scope.everything(Admin) {
+		return false
+	}
 	for i := range p.rules {
 		r := &p.rules[i]
 		if r.all && slices.ContainsFunc(r.who, func(w string) bool { return p.names(w, s) }) {
@@ -191,6 +200,9 @@ func (p *Policy) RegistryAdmin(s Subject) bool {
 // Explicit reports whether a rule names repo and s and grants a: what it
 // takes to push over a name that is mirrored.
 func (p *Policy) Explicit(s Subject, repo string, a Action) bool {
+	if s.Scope != nil && !s.Scope.Allows(repo, a) {
+		return false
+	}
 	r := p.match(s, repo)
 	return r != nil && slices.Contains(r.actions, a)
 }

@@ -24,7 +24,7 @@ func TestRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	anon, alice, bob, bot, eve := Subject{}, Subject{"alice"}, Subject{"bob"}, Subject{"bot"}, Subject{"eve"}
+	anon, alice, bob, bot, eve := Subject{}, Subject{User: "alice"}, Subject{User: "bob"}, Subject{User: "bot"}, Subject{User: "eve"}
 	cases := []struct {
 		s        Subject
 		repo     string
@@ -86,7 +86,7 @@ func TestOpenAndDefaults(t *testing.T) {
 		t.Error("users exist: anonymous mirror pulls are on by default")
 	}
 	for _, a := range []Action{Pull, Push, Delete} {
-		if closed.Allowed(Subject{}, "team/app", a, false) || closed.Allowed(Subject{"u"}, "team/app", a, false) {
+		if closed.Allowed(Subject{}, "team/app", a, false) || closed.Allowed(Subject{User: "u"}, "team/app", a, false) {
 			t.Errorf("users exist: %s on private content allowed without a rule", a)
 		}
 	}

@@ -79,6 +79,10 @@ func (svc *Service) ServeAPI(w http.ResponseWriter, r *http.Request) error {
 		return svc.apiEvents(w, r)
 	case rest == "upstreams" && r.Method == http.MethodGet:
 		return svc.apiUpstreams(w, r)
+	case rest == "tokens":
+		return svc.apiTokens(w, r, "")
+	case strings.HasPrefix(rest, "tokens/"):
+		return svc.apiTokens(w, r, strings.TrimPrefix(rest, "tokens/"))
 	case strings.HasPrefix(rest, "repositories/"):
 		name, what, ok := splitAPIRepo(strings.TrimPrefix(rest, "repositories/"))
 		if !ok {

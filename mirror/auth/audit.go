@@ -23,7 +23,11 @@ type Auditor interface {
 // Audit writes one structured audit record of r's caller: pushes, deletes,
 // logins and denials, with user and client address.
 func (g *Gate) Audit(r *http.Request, event string, attrs ...slog.Attr) {
-	g.AuditAs(r, CallerOf(r).User, event, attrs...)
+	c := CallerOf(r)
+	if c.TokenName != "" { // what a token did is told as its own
+		attrs = append(attrs, slog.String("token", c.TokenName))
+	}
+	g.AuditAs(r, c.User, event, attrs...)
 }
 
 // AuditAs is Audit for a request whose caller is being resolved.

@@ -38,6 +38,7 @@ type Caller struct {
 	Token          bool          // holds a valid token from Wharf's realm
 	Throttled      time.Duration // its sign-in was refused after too many failures: retry after this
 	Node           string        // another node of the cluster (a node token): it may pull
+	TokenName      string        // signed in with this access token (User is its owner, Scope its scope)
 }
 
 // Options configures a Gate.
@@ -55,6 +56,9 @@ type Options struct {
 	// Revocations records console sign-outs in the index (so that they
 	// outlive a restart and reach every node); nil: memory only.
 	Revocations Revocations
+	// AccessTokens finds the access tokens robots and people sign in
+	// with; nil: none.
+	AccessTokens AccessTokens
 	// Audit receives every audit record; nil: the log only.
 	Audit  Auditor
 	Logger *slog.Logger

@@ -88,7 +88,7 @@ func TestAdmitResolvesOnce(t *testing.T) {
 func TestTokens(t *testing.T) {
 	g, users := testGate(t, Options{Secret: "s"})
 	now := time.Now()
-	tok := g.tokens.issue("alice", g.Generation("alice"), false, now)
+	tok := g.tokens.issue("alice", g.Generation("alice"), "", false, now)
 	bearer := func(tok string) Caller {
 		r := httptest.NewRequest("GET", "/v2/", nil)
 		r.Header.Set("Authorization", "Bearer "+tok)

@@ -34,7 +34,13 @@ func (g *Gate) Authenticate(r *http.Request) *http.Request {
 		lc.resolve = func() Caller { return Caller{Subject: policy.Subject{User: cn}} }
 	case strings.HasPrefix(h, "Bearer "):
 		lc.resolve = func() Caller {
-			claims, valid := g.tokens.check(strings.TrimPrefix(h, "Bearer "), time.Now())
+			now := time.Now()
+			claims, valid := g.tokens.check(strings.TrimPrefix(h, "Bearer "), now)
+			if valid && claims.Tok != "" { // issued to an access token: still valid?
+				c, ok := g.tokenCaller(claims.Tok, "", claims.Gen, now)
+				c.BadCredentials, c.Token = !ok, ok
+				return c
+			}
 			if valid && claims.User != "" {
 				users := g.Users()
 				valid = users != nil && users.Generation(claims.User) == claims.Gen
@@ -51,6 +57,14 @@ func (g *Gate) Authenticate(r *http.Request) *http.Request {
 		lc.resolve = func() Caller {
 			var c Caller
 			if !ok || g.Users() == nil {
+				return c
+			}
+			if isTokenSecret(pass) && g.opts.AccessTokens != nil {
+				tc, good, retry := g.signInToken(r, user, pass)
+				if good {
+					return tc
+				}
+				c.BadCredentials, c.Throttled = true, retry
 				return c
 			}
 			good, retry := g.SignIn(r, user, pass)

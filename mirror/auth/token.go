@@ -43,6 +43,7 @@ type tokenClaims struct {
 	Exp  int64  `json:"e"`
 	Bad  bool   `json:"b,omitempty"` // asked for with credentials that did not verify
 	Node string `json:"n,omitempty"` // a cluster node's own token (pulls only)
+	Tok  string `json:"t,omitempty"` // issued to this access token (User its owner, Gen the owner's)
 }
 
 func (t *tokens) sign(payload []byte) string {
@@ -51,8 +52,8 @@ func (t *tokens) sign(payload []byte) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-func (t *tokens) issue(user, gen string, bad bool, now time.Time) string {
-	payload, _ := json.Marshal(tokenClaims{User: user, Gen: gen, Exp: now.Add(tokenTTL).Unix(), Bad: bad})
+func (t *tokens) issue(user, gen, accessToken string, bad bool, now time.Time) string {
+	payload, _ := json.Marshal(tokenClaims{User: user, Gen: gen, Tok: accessToken, Exp: now.Add(tokenTTL).Unix(), Bad: bad})
 	p := base64.RawURLEncoding.EncodeToString(payload)
 	return p + "." + t.sign([]byte(p))
 }
@@ -91,9 +92,20 @@ func (g *Gate) ServeToken(w http.ResponseWriter, r *http.Request) error {
 		user, pass = r.PostForm.Get("username"), r.PostForm.Get("password")
 		withCreds = r.PostForm.Get("grant_type") == "password"
 	}
-	bad, gen := false, ""
+	bad, gen, accessToken := false, "", ""
 	if !withCreds {
 		user = ""
+	} else if isTokenSecret(pass) && g.opts.AccessTokens != nil {
+		c, ok, retry := g.signInToken(r, user, pass)
+		switch {
+		case ok:
+			g.AuditAs(r, c.User, "login", slog.Bool("ok", true), slog.String("token", user))
+			user, gen, accessToken = c.User, g.Generation(c.User), c.TokenName
+		case retry > 0:
+			return oci.Throttled(retry)
+		default:
+			user, bad = "", true
+		}
 	} else if ok, retry := g.SignIn(r, user, pass); ok {
 		g.AuditAs(r, user, "login", slog.Bool("ok", true), slog.String("as", user))
 		gen = g.Generation(user)
@@ -103,7 +115,7 @@ func (g *Gate) ServeToken(w http.ResponseWriter, r *http.Request) error {
 		user, bad = "", true
 	}
 	now := time.Now()
-	tok := g.tokens.issue(user, gen, bad, now)
+	tok := g.tokens.issue(user, gen, accessToken, bad, now)
 	body, _ := json.Marshal(map[string]any{"token": tok, "access_token": tok,
 		"expires_in": int(tokenTTL / time.Second), "issued_at": now.UTC().Format(time.RFC3339)})
 	w.Header().Set("Content-Type", "application/json")
