@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,10 +51,24 @@ func newAPIClient(c *cli.Context) (*apiClient, error) {
 
 // call sends method path and decodes a JSON answer into out; an OCI error
 // becomes an error with its message.
-func (a *apiClient) call(method, path string, out any) error {
-	req, err := http.NewRequest(method, a.base+path, nil)
+func (a *apiClient) call(method, path string, out any) error { return a.send(method, path, nil, out) }
+
+// send is call with in, when not nil, as the JSON body.
+func (a *apiClient) send(method, path string, in, out any) error {
+	var reqBody io.Reader
+	if in != nil {
+		raw, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		reqBody = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, a.base+path, reqBody)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if a.user != "" {
 		req.SetBasicAuth(a.user, a.pass)

@@ -109,6 +109,7 @@ func newApp() *cli.App {
 			duCommand,
 			lsCommand,
 			rmCommand,
+			tokenCommand,
 			healthCommand,
 			importCommand,
 			{

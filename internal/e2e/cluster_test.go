@@ -459,11 +459,24 @@ func TestClusterColdPulls(t *testing.T) {
 // to repo:tag on node, one monolithic upload per blob, and returns the
 // manifest's digest.
 func pushRaw(node *wharfProc, repo, tag string, layers ...[]byte) (digest.Digest, error) {
+	return pushRawAs(node, repo, tag, "", "", layers...)
+}
+
+// pushRawAs is pushRaw signed in as user (Basic; none when user is "").
+func pushRawAs(node *wharfProc, repo, tag, user, pass string, layers ...[]byte) (digest.Digest, error) {
+	do := func(req *http.Request) (*http.Response, error) {
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		return http.DefaultClient.Do(req)
+	}
 	cfg := []byte(`{"architecture":"amd64","os":"linux","tag":"` + tag + `"}`)
 	var descs []string
 	for _, b := range append([][]byte{cfg}, layers...) {
 		d := digest.FromBytes(b)
-		resp, err := http.Post(node.url("/v2/"+repo+"/blobs/uploads/?digest="+d.String()), "application/octet-stream", bytes.NewReader(b))
+		req, _ := http.NewRequest(http.MethodPost, node.url("/v2/"+repo+"/blobs/uploads/?digest="+d.String()), bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err := do(req)
 		if err != nil {
 			return "", err
 		}
@@ -477,7 +490,7 @@ func pushRaw(node *wharfProc, repo, tag string, layers ...[]byte) (digest.Digest
 	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":` + descs[0] + `,"layers":[` + strings.Join(descs[1:], ",") + `]}`)
 	req, _ := http.NewRequest(http.MethodPut, node.url("/v2/"+repo+"/manifests/"+tag), bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := do(req)
 	if err != nil {
 		return "", err
 	}
