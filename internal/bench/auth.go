@@ -70,19 +70,40 @@ func runAuth(tmp, bin string) error {
 	var tok struct{ Token string }
 	json.NewDecoder(resp.Body).Decode(&tok)
 	resp.Body.Close()
+	// An access token (a CI robot's): Basic NAME:SECRET, and the realm's
+	// bearer token issued to it.
+	resp, err = do("POST", base+"/api/v1/tokens", "application/json", []byte(`{"name":"bench-robot","repos":["bench/**"],"actions":["pull"]}`))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("create an access token: %v %v", err, resp)
+	}
+	var at struct{ Secret string }
+	json.NewDecoder(resp.Body).Decode(&at)
+	resp.Body.Close()
+	robot := "Basic " + base64.StdEncoding.EncodeToString([]byte("bench-robot:"+at.Secret))
+	req, _ = http.NewRequest("GET", base+"/token?service=wharf&scope=repository:bench/auth:pull", nil)
+	req.Header.Set("Authorization", robot)
+	if resp, err = c.Do(req); err != nil {
+		return err
+	}
+	var robotTok struct{ Token string }
+	json.NewDecoder(resp.Body).Decode(&robotTok)
+	resp.Body.Close()
 	url := base + "/v2/bench/auth/manifests/latest"
 	fmt.Printf("auth: manifest GET by tag, %d connections, %s each:\n", *conns, *duration)
 	anon := loadWith(c, url, "", *conns, *duration)
 	withBasic := loadWith(c, url, basic, *conns, *duration)
 	withToken := loadWith(c, url, "Bearer "+tok.Token, *conns, *duration)
+	withRobot := loadWith(c, url, robot, *conns, *duration)
+	withRobotBearer := loadWith(c, url, "Bearer "+robotTok.Token, *conns, *duration)
 	for _, r := range []struct {
 		name string
 		res  loadResult
-	}{{"anonymous", anon}, {"Basic (bcrypt cached)", withBasic}, {"Bearer token", withToken}} {
+	}{{"anonymous", anon}, {"Basic (bcrypt cached)", withBasic}, {"Bearer token", withToken},
+		{"access token (Basic)", withRobot}, {"access token's bearer", withRobotBearer}} {
 		fmt.Printf("  %-24s %8.0f req/s  p99 %6.2f ms  errors %d  (%.1f%% of anonymous)\n", r.name, r.res.rps, r.res.p99ms, r.res.errors, 100*r.res.rps/anon.rps)
 	}
 	fmt.Printf("  target: signed-in within 10%% of anonymous\n")
-	if anon.errors+withBasic.errors+withToken.errors > 0 {
+	if anon.errors+withBasic.errors+withToken.errors+withRobot.errors+withRobotBearer.errors > 0 {
 		return fmt.Errorf("requests failed in the auth benchmark")
 	}
 	return nil
