@@ -422,8 +422,14 @@ func TestConsolePages(t *testing.T) {
 			t.Errorf("%s for alice: %s", c.path, resp.Status)
 		}
 	}
+	// Tokens: one expiring in three days (warned), one that never does.
+	if status, _ := createToken(t, reg, as("alice"), `{"name":"ci-soon","repos":["team/app"],"actions":["pull","push"],"expires":"3d"}`); status != http.StatusCreated {
+		t.Fatalf("create a token: %d", status)
+	}
+	createToken(t, reg, as("reader"), `{"name":"reader-forever","repos":["team/**"],"actions":["pull"]}`)
 	_, page := root.get("/users")
-	for _, want := range []string{">root<", ">alice<", ">reader<", "team/*", "admin"} {
+	for _, want := range []string{">root<", ">alice<", ">reader<", "team/*", "admin", ">ci-soon<", ">reader-forever<",
+		"pull,push on team/app", `class="bad">in 3 days`, ">never<"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("users page lacks %q", want)
 		}

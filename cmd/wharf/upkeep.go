@@ -134,6 +134,8 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 		trim, stop8 = ticker(localTrimInterval)
 		defer stop8()
 	}
+	tokenWarns, tokensChecked := tokenWarnings{}, time.Now()
+	tokenWarns.check(store, log, tokensChecked)
 	for {
 		select {
 		case <-ctx.Done():
@@ -141,6 +143,10 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 		case <-flush:
 			if err := store.Maintenance().FlushAccess(); err != nil {
 				log.Warn("recording uses and pull counts", "err", err)
+			}
+			if now := time.Now(); now.Sub(tokensChecked) >= time.Hour {
+				tokenWarns.check(store, log, now)
+				tokensChecked = now
 			}
 			reg.Sample() // the console's charts
 		case <-spaceCheck:
