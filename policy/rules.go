@@ -23,8 +23,9 @@ const (
 
 // Subject is who asks: a user name, or "" for anonymous.
 type Subject struct {
-	User  string
-	Scope *Scope // nil: all the rules grant User; else only what it also allows (an access token)
+	User   string
+	Groups []string // groups the company directory put User in, besides the config's
+	Scope  *Scope   // nil: all the rules grant User; else only what it also allows (an access token)
 }
 
 // Rule grants Actions on repositories matching Repos to the subjects in
@@ -158,7 +159,8 @@ func (p *Policy) names(who string, s Subject) bool {
 	case who == "users":
 		return s.User != ""
 	case strings.HasPrefix(who, "group:"):
-		return s.User != "" && slices.Contains(p.groupsOf[s.User], strings.TrimPrefix(who, "group:"))
+		g := strings.TrimPrefix(who, "group:")
+		return s.User != "" && (slices.Contains(p.groupsOf[s.User], g) || slices.Contains(s.Groups, g))
 	}
 	return s.User != "" && who == s.User
 }

@@ -134,8 +134,8 @@ func splitAPIRepo(s string) (name, what string, ok bool) {
 // apiCaller is who asks, refusing a throttled sign-in.
 func (svc *Service) apiCaller(r *http.Request) (auth.Caller, error) {
 	c := auth.CallerOf(r)
-	if c.Throttled > 0 {
-		return c, oci.Throttled(c.Throttled)
+	if err := c.Refusal(); err != nil {
+		return c, err
 	}
 	return c, nil
 }

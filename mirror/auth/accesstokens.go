@@ -74,8 +74,7 @@ func ValidTokenName(name string) bool {
 // "", is the owner's credential generation the bearer token was issued at.
 func (g *Gate) tokenCaller(name, secret, gen string, now time.Time) (Caller, bool) {
 	src := g.opts.AccessTokens
-	users := g.Users()
-	if src == nil || users == nil {
+	if src == nil || !g.signsIn() {
 		return Caller{}, false
 	}
 	t, ok, err := src.AccessToken(name)
@@ -89,12 +88,13 @@ func (g *Gate) tokenCaller(name, secret, gen string, now time.Time) (Caller, boo
 	if secret != "" && subtle.ConstantTimeCompare([]byte(HashAccessToken(secret)), []byte(t.Hash)) != 1 {
 		return Caller{}, false
 	}
-	ownerGen := users.Generation(t.Owner)
+	ownerGen := g.Generation(t.Owner)
 	if ownerGen == "" || (gen != "" && gen != ownerGen) { // the owner is gone, or changed password
 		return Caller{}, false
 	}
+	groups, _ := g.current(t.Owner, ownerGen) // a directory owner's groups (the last known while it is down)
 	src.NoteUse(name, now)
-	return Caller{Subject: policy.Subject{User: t.Owner, Scope: t.Scope}, TokenName: name}, true
+	return Caller{Subject: policy.Subject{User: t.Owner, Groups: groups, Scope: t.Scope}, TokenName: name}, true
 }
 
 // signInToken is SignIn for an access token: throttled and audited alike.

@@ -39,6 +39,7 @@ type Caller struct {
 	Throttled      time.Duration // its sign-in was refused after too many failures: retry after this
 	Node           string        // another node of the cluster (a node token): it may pull
 	TokenName      string        // signed in with this access token (User is its owner, Scope its scope)
+	Unavailable    string        // its sign-in failed because the directory does not answer: why
 }
 
 // Options configures a Gate.
@@ -56,6 +57,9 @@ type Options struct {
 	// Revocations records console sign-outs in the index (so that they
 	// outlive a restart and reach every node); nil: memory only.
 	Revocations Revocations
+	// Directory signs in people the htpasswd file does not hold (LDAP);
+	// nil: none.
+	Directory Directory
 	// AccessTokens finds the access tokens robots and people sign in
 	// with; nil: none.
 	AccessTokens AccessTokens
@@ -127,7 +131,14 @@ func (g *Gate) Users() Authenticator { return g.access.Load().users }
 // Generation is user's credential generation ("" for an unknown user).
 func (g *Gate) Generation(user string) string {
 	if users := g.Users(); users != nil {
-		return users.Generation(user)
+		if gen := users.Generation(user); gen != "" {
+			return gen
+		}
+	}
+	if dir := g.opts.Directory; dir != nil && user != "" {
+		if _, ok, _ := dir.Groups(user); ok {
+			return directoryGen
+		}
 	}
 	return ""
 }
@@ -135,6 +146,9 @@ func (g *Gate) Generation(user string) string {
 // Required reports that users exist: /v2/ then challenges anonymous
 // callers, which is what makes `docker login` send its credentials.
 func (g *Gate) Required() bool {
+	if g.opts.Directory != nil {
+		return true
+	}
 	u := g.Users()
 	return u != nil && u.Len() > 0
 }

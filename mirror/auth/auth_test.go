@@ -77,7 +77,7 @@ func TestAdmitResolvesOnce(t *testing.T) {
 		t.Fatalf("wrong password: %+v", c)
 	}
 	anon := httptest.NewRequest("GET", "/v2/", nil)
-	if g.Admit(anon) != anon || CallerOf(anon) != (Caller{}) {
+	if c := CallerOf(anon); g.Admit(anon) != anon || c.User != "" || c.Groups != nil || c.Scope != nil || c.BadCredentials || c.Token || c.Node != "" {
 		t.Fatal("a request without credentials was changed or has a caller")
 	}
 }
@@ -131,12 +131,12 @@ func TestSignInThrottled(t *testing.T) {
 	stopped := time.Now()
 	g.SetClock(func() time.Time { return stopped })
 	for i := range signinFree {
-		if ok, retry := g.SignIn(basicReq("alice", fmt.Sprint("guess", i)), "alice", fmt.Sprint("guess", i)); ok || retry != 0 {
+		if _, ok, retry, _ := g.SignIn(basicReq("alice", fmt.Sprint("guess", i)), "alice", fmt.Sprint("guess", i)); ok || retry != 0 {
 			t.Fatalf("guess %d: ok %v, retry %v", i, ok, retry)
 		}
 	}
 	before := users.verifies.Load()
-	ok, retry := g.SignIn(basicReq("alice", "alice-pw"), "alice", "alice-pw")
+	_, ok, retry, _ := g.SignIn(basicReq("alice", "alice-pw"), "alice", "alice-pw")
 	if ok || retry <= 0 || users.verifies.Load() != before {
 		t.Fatalf("after %d failures: ok %v, retry %v, %d checks more", signinFree, ok, retry, users.verifies.Load()-before)
 	}

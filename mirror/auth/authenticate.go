@@ -41,13 +41,13 @@ func (g *Gate) Authenticate(r *http.Request) *http.Request {
 				c.BadCredentials, c.Token = !ok, ok
 				return c
 			}
+			var groups []string
 			if valid && claims.User != "" {
-				users := g.Users()
-				valid = users != nil && users.Generation(claims.User) == claims.Gen
+				groups, valid = g.current(claims.User, claims.Gen)
 			}
 			var c Caller
 			if valid {
-				c.User, c.Node = claims.User, claims.Node
+				c.User, c.Node, c.Groups = claims.User, claims.Node, groups
 			}
 			c.BadCredentials, c.Token = !valid || claims.Bad, valid
 			return c
@@ -56,7 +56,7 @@ func (g *Gate) Authenticate(r *http.Request) *http.Request {
 		user, pass, ok := r.BasicAuth()
 		lc.resolve = func() Caller {
 			var c Caller
-			if !ok || g.Users() == nil {
+			if !ok || !g.signsIn() {
 				return c
 			}
 			if isTokenSecret(pass) && g.opts.AccessTokens != nil {
@@ -67,10 +67,12 @@ func (g *Gate) Authenticate(r *http.Request) *http.Request {
 				c.BadCredentials, c.Throttled = true, retry
 				return c
 			}
-			good, retry := g.SignIn(r, user, pass)
+			groups, good, retry, err := g.SignIn(r, user, pass)
 			switch {
+			case err != nil:
+				c.BadCredentials, c.Unavailable = true, g.unavailableFor(err)
 			case good:
-				c.User = user
+				c.User, c.Groups = user, groups
 			case retry > 0:
 				c.BadCredentials, c.Throttled = true, retry
 			default:
@@ -82,30 +84,36 @@ func (g *Gate) Authenticate(r *http.Request) *http.Request {
 	return r.WithContext(context.WithValue(r.Context(), callerKey{}, lc))
 }
 
-// SignIn checks user's password for a request, throttled per client
-// address and user name (see signins): ok, or how long to wait before
-// trying again (0: the password was wrong). Failures are audited.
-func (g *Gate) SignIn(r *http.Request, user, pass string) (ok bool, retry time.Duration) {
-	users := g.Users()
-	if users == nil {
-		return false, 0
+// SignIn checks user's password for a request (the htpasswd file's user,
+// else the directory's), throttled per client address and user name (see
+// signins): ok with the directory's groups, or how long to wait before
+// trying again (0: the password was wrong), or err when the directory does
+// not answer (not counted as a failure). Failures are audited.
+func (g *Gate) SignIn(r *http.Request, user, pass string) (groups []string, ok bool, retry time.Duration, err error) {
+	if !g.signsIn() {
+		return nil, false, 0, nil
 	}
-	ip, now, gen := ClientIP(r), g.signins.now(), users.Generation(user)
+	ip, now, gen := ClientIP(r), g.signins.now(), g.Generation(user)
 	if g.signins.knownBad(user, gen, pass, now) {
-		return false, 0 // the same failure again: no new guess
+		return nil, false, 0, nil // the same failure again: no new guess
 	}
 	if w := g.signins.wait(ip, user, now); w > 0 {
 		g.AuditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "throttled after failed sign-ins"), slog.Duration("retry_after", w))
-		return false, w
+		return nil, false, w, nil
 	}
-	if users.Verify(user, pass) {
+	groups, _, ok, err = g.verify(user, pass)
+	switch {
+	case err != nil:
+		g.AuditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "the directory does not answer"), slog.String("error", err.Error()))
+		return nil, false, 0, err
+	case ok:
 		g.signins.succeeded(ip, user)
-		return true, 0
+		return groups, true, 0, nil
 	}
 	g.signins.rememberBad(user, gen, pass, now)
 	backoff := g.signins.failed(ip, user, now)
 	g.AuditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "wrong user or password"), slog.Duration("backoff", backoff))
-	return false, 0
+	return nil, false, 0, nil
 }
 
 // accessRecord is the detail of an UNAUTHORIZED error, as registry:2 sends

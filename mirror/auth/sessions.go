@@ -157,7 +157,7 @@ func (g *Gate) Viewer(w http.ResponseWriter, r *http.Request) Viewer {
 		}
 	}
 	if ck, err := r.Cookie(SessionCookie); err == nil {
-		if sess, ok := g.sessions.check(ck.Value, now); ok && (sess.User == "" || g.Generation(sess.User) == sess.Gen && sess.Gen != "") {
+		if sess, ok := g.sessions.check(ck.Value, now); ok && (sess.User == "" || g.sessionValid(sess.User, sess.Gen)) {
 			return Viewer{User: sess.User, csrf: g.sessions.mac("csrf", sess.Nonce)}
 		}
 	}
@@ -197,4 +197,14 @@ func (g *Gate) EndSession(w http.ResponseWriter, r *http.Request) (user string, 
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: g.OverTLS(r), SameSite: http.SameSiteStrictMode})
 	return user, ended
+}
+
+// sessionValid reports whether a session of user issued at credential
+// generation gen still holds.
+func (g *Gate) sessionValid(user, gen string) bool {
+	if gen == "" {
+		return false
+	}
+	_, ok := g.current(user, gen)
+	return ok
 }

@@ -106,11 +106,13 @@ func (g *Gate) ServeToken(w http.ResponseWriter, r *http.Request) error {
 		default:
 			user, bad = "", true
 		}
-	} else if ok, retry := g.SignIn(r, user, pass); ok {
+	} else if _, ok, retry, err := g.SignIn(r, user, pass); ok {
 		g.AuditAs(r, user, "login", slog.Bool("ok", true), slog.String("as", user))
 		gen = g.Generation(user)
 	} else if retry > 0 {
 		return oci.Throttled(retry)
+	} else if err != nil {
+		return Caller{Unavailable: g.unavailableFor(err)}.Refusal()
 	} else {
 		user, bad = "", true
 	}

@@ -84,8 +84,11 @@ func (c *Console) pageSignin(w http.ResponseWriter, r *http.Request, v auth.View
 		return
 	}
 	user, pass := r.PostFormValue("user"), r.PostFormValue("password")
-	ok, retry := c.gate.SignIn(r, user, pass)
+	_, ok, retry, err := c.gate.SignIn(r, user, pass)
 	switch {
+	case err != nil:
+		p.Flash = "Sign-in is unavailable: the company directory does not answer. Try again later."
+		c.render(w, http.StatusServiceUnavailable, "signin", p)
 	case ok:
 		c.gate.StartSession(w, r, user)
 		c.gate.AuditAs(r, user, "login", slog.Bool("ok", true), slog.String("via", "console"))

@@ -54,7 +54,7 @@ type page struct {
 	Data    any
 }
 
-func (c *Console) subject(v auth.Viewer) policy.Subject { return policy.Subject{User: v.User} }
+func (c *Console) subject(v auth.Viewer) policy.Subject { return c.gate.Subject(v.User) }
 
 func (c *Console) newPage(r *http.Request, v auth.Viewer, title string) *page {
 	return &page{Title: title, User: v.User, Basic: v.Basic, CSRF: v.CSRF(), Admin: c.gate.Policy().RegistryAdmin(c.subject(v)),

@@ -38,8 +38,8 @@ func (reg *Registry) authorize(r *http.Request, q *request) error {
 		return nil // anonymous callers may: who asks does not matter (no bcrypt)
 	}
 	c := auth.CallerOf(r)
-	if c.Throttled > 0 {
-		return oci.Throttled(c.Throttled)
+	if err := c.Refusal(); err != nil {
+		return err
 	}
 	if pol.Allowed(c.Subject, q.repo, q.action, q.mirrored) {
 		return nil

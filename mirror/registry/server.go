@@ -16,7 +16,6 @@ import (
 	"github.com/wharf-registry/wharf/internal/loglimit"
 	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/cluster"
-	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -208,8 +207,8 @@ func (reg *Registry) base(w http.ResponseWriter, r *http.Request, _ *request) er
 	// With users, /v2/ challenges callers without a token: clients then ask
 	// the realm, anonymously (mirror pulls) or with a password (login).
 	c := auth.CallerOf(r)
-	if c.Throttled > 0 {
-		return oci.Throttled(c.Throttled)
+	if err := c.Refusal(); err != nil {
+		return err
 	}
 	if reg.gate.Required() && c.User == "" && (!c.Token || c.BadCredentials) {
 		if c.BadCredentials {
