@@ -51,6 +51,7 @@ type Options struct {
 	// Server.SetAccess), the signing secret, trusted proxies and the
 	// public URL the token realm is built from.
 	Users          auth.Authenticator
+	Directory      auth.Directory // the company directory (LDAP); nil: none
 	Policy         *policy.Policy
 	Secret         string
 	TrustedProxies []netip.Prefix
@@ -87,7 +88,7 @@ func New(store *cache.Store, opts Options) *Server {
 	}
 	book := &events{listener: opts.Events}
 	gate := auth.New(auth.Options{Secret: opts.Secret, TrustedProxies: opts.TrustedProxies, PublicURL: opts.PublicURL,
-		Revocations: store.Records(), AccessTokens: &accessTokens{records: store.Records()}, Audit: book, Logger: opts.Logger})
+		Revocations: store.Records(), AccessTokens: &accessTokens{records: store.Records()}, Directory: opts.Directory, Audit: book, Logger: opts.Logger})
 	gate.SetAccess(opts.Users, opts.Policy)
 	s := &Server{gate: gate, store: store, gcGrace: opts.GCGrace}
 	ao := admin.Options{AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,

@@ -302,7 +302,14 @@ func announce(cfg serveConfig, store *cache.Store, addr net.Addr) error {
 	if cfg.mirror.Policy.Open() {
 		log.Warn("NO USERS CONFIGURED: anyone who can reach this port may pull, push and (with --allow-delete) delete; add users with `wharf user add --htpasswd FILE NAME` and start with --htpasswd FILE")
 	} else {
-		log.Info("access control on", "users", cfg.mirror.Users.Len(), "policy", describePolicy(cfg.mirror.Policy))
+		n, dir := 0, "none"
+		if cfg.mirror.Users != nil {
+			n = cfg.mirror.Users.Len()
+		}
+		if cfg.mirror.Directory != nil {
+			dir = cfg.mirror.Directory.String() + " (htpasswd users win on a name clash)"
+		}
+		log.Info("access control on", "users", n, "directory", dir, "policy", describePolicy(cfg.mirror.Policy))
 	}
 	if cfg.readOnly {
 		log.Warn("read-only (--read-only): pulls only; pushes, manifest writes and deletes are refused with 405, garbage collection and eviction pause")
@@ -333,7 +340,7 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cfg serveConfig, reg
 		case <-hup:
 		}
 		sdNotify("RELOADING=1")
-		if a, err := readAccess(cfg.configFile, cfg.htpasswd, cfg.registry2Auth); err != nil {
+		if a, err := readAccess(cfg.configFile, cfg.htpasswd, cfg.registry2Auth, cfg.mirror.Directory != nil); err != nil {
 			cfg.log.Error("reload: keeping the current users and rules", "err", err)
 		} else {
 			var users auth.Authenticator

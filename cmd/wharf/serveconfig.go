@@ -74,7 +74,11 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		c.Set("data", dir)
 		log.Info("the data directory is registry:2's mounted volume, as registry:2's `docker run -v …:/var/lib/registry` line has it", "data", dir)
 	}
-	access, err := readAccess(c.String("config"), c.String("htpasswd"), r2.htpasswdAuth)
+	dir, err := ldapDirectory(c)
+	if err != nil {
+		return serveConfig{}, err
+	}
+	access, err := readAccess(c.String("config"), c.String("htpasswd"), r2.htpasswdAuth, dir != nil)
 	if err != nil {
 		return serveConfig{}, err
 	}
@@ -141,6 +145,9 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	}
 	if access.users != nil { // a nil *Users in the interface would not be nil
 		cfg.mirror.Users = access.users
+	}
+	if dir != nil {
+		cfg.mirror.Directory = dir
 	}
 	if !c.Bool("mirror") {
 		return cfg, nil
@@ -235,7 +242,7 @@ var registry2Rule = policy.Rule{Repos: []string{"**"}, Who: []string{"users"}, A
 // registry:2's htpasswd means: any signed-in user may pull, push and
 // delete anything (anonymous callers may pull mirrored content); rules,
 // when given, decide.
-func readAccess(configFile, htpasswd string, registry2Auth bool) (access, error) {
+func readAccess(configFile, htpasswd string, registry2Auth, withDirectory bool) (access, error) {
 	var a access
 	var err error
 	if htpasswd != "" {
@@ -262,7 +269,10 @@ func readAccess(configFile, htpasswd string, registry2Auth bool) (access, error)
 	if a.users != nil {
 		n = a.users.Len()
 	}
-	if (registry2Auth || a.users != nil) && len(doc.Rules) == 0 {
+	if withDirectory {
+		n = max(n, 1) // people sign in: the registry is not open
+	}
+	if (registry2Auth || a.users != nil || withDirectory) && len(doc.Rules) == 0 {
 		doc.Rules = []policy.Rule{registry2Rule}
 	}
 	a.policy, err = policy.New(n, doc.Config)

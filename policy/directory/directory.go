@@ -162,7 +162,9 @@ func (d *Directory) Verify(user, password string) (groups []string, ok bool, err
 
 // Groups returns the groups of a user the directory knows (ok false when
 // it does not): what a bearer token or a console session of a directory
-// user signs in with, read again once the cache time has passed.
+// user signs in with, read again once the cache time has passed. While
+// the directory does not answer, a user seen before keeps the last known
+// groups (signed-in traffic is never blocked by it).
 func (d *Directory) Groups(user string) (groups []string, ok bool, err error) {
 	now := time.Now()
 	d.mu.Lock()
@@ -171,6 +173,21 @@ func (d *Directory) Groups(user string) (groups []string, ok bool, err error) {
 	if hit && now.Before(e.until) {
 		return e.groups, true, nil
 	}
+	groups, ok, err = d.lookupGroups(user)
+	if err != nil && hit {
+		return e.groups, true, nil // the directory is down: the last known groups
+	}
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	d.mu.Lock()
+	d.groups[user] = entry{groups, now.Add(d.o.CacheTTL)}
+	d.mu.Unlock()
+	return groups, true, nil
+}
+
+// lookupGroups asks the directory for a user's groups.
+func (d *Directory) lookupGroups(user string) (groups []string, ok bool, err error) {
 	conn, err := d.dial()
 	if err != nil {
 		return nil, false, err
@@ -180,13 +197,8 @@ func (d *Directory) Groups(user string) (groups []string, ok bool, err error) {
 	if err != nil || dn == "" {
 		return nil, false, err
 	}
-	if groups, err = d.findGroups(conn, dn); err != nil {
-		return nil, false, err
-	}
-	d.mu.Lock()
-	d.groups[user] = entry{groups, now.Add(d.o.CacheTTL)}
-	d.mu.Unlock()
-	return groups, true, nil
+	groups, err = d.findGroups(conn, dn)
+	return groups, err == nil, err
 }
 
 // prune drops expired cache entries (d.mu held).
