@@ -38,76 +38,108 @@ const (
 
 // Server is a running slapd.
 type Server struct {
-	t    testing.TB
-	URL  string
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-	dir  string
-	conf string
+	fatal func(format string, args ...any) // a test's Fatalf, or a panic (Run)
+	URL   string
+	addr  string
+	cmd   *exec.Cmd
+	done  chan struct{}
+	dir   string
+	conf  string
 }
 
 // Start runs slapd on a free loopback port. Without slapd installed the
 // test skips, or fails when WHARF_E2E_REQUIRE=1 (CI).
 func Start(t testing.TB) *Server {
 	t.Helper()
-	if _, err := exec.LookPath("slapd"); err != nil {
-		if _, err2 := os.Stat("/usr/sbin/slapd"); err2 != nil {
-			if os.Getenv("WHARF_E2E_REQUIRE") == "1" {
-				t.Fatalf("slapd not installed (Debian slapd): %v", err)
-			}
-			t.Skipf("slapd not installed (Debian slapd): %v", err)
+	if slapdPath() == "" {
+		if os.Getenv("WHARF_E2E_REQUIRE") == "1" {
+			t.Fatalf("slapd not installed (Debian slapd)")
 		}
+		t.Skipf("slapd not installed (Debian slapd)")
 	}
-	dir := t.TempDir()
+	s := &Server{fatal: t.Fatalf}
+	t.Cleanup(s.Stop)
+	s.setUp(t.TempDir())
+	return s
+}
+
+// Run is Start for a program (the benchmark): slapd under dir, with the
+// given people (uid → password) and groups (name → uids). Stop it.
+func Run(dir string, people map[string]string, groups map[string][]string) (s *Server, err error) {
+	if slapdPath() == "" {
+		return nil, fmt.Errorf("slapd not installed (Debian slapd)")
+	}
+	s = &Server{fatal: func(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }}
+	defer func() {
+		if r := recover(); r != nil {
+			s.Stop()
+			s, err = nil, fmt.Errorf("%v", r)
+		}
+	}()
+	s.setUp(dir)
+	for uid, pw := range people {
+		s.AddUser(uid, pw)
+	}
+	for name, uids := range groups {
+		s.AddGroup(name, uids...)
+	}
+	return s, nil
+}
+
+func slapdPath() string {
+	if p, err := exec.LookPath("slapd"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/sbin/slapd"); err == nil {
+		return "/usr/sbin/slapd"
+	}
+	return ""
+}
+
+// setUp writes the configuration under dir, starts slapd and adds the
+// suffix, the search account and the two branches.
+func (s *Server) setUp(dir string) {
 	if err := os.MkdirAll(filepath.Join(dir, "db"), 0o700); err != nil {
-		t.Fatal(err)
+		s.fatal("%v", err)
 	}
 	conf := filepath.Join(dir, "slapd.conf")
 	var b strings.Builder
-	for _, s := range []string{"core", "cosine", "nis", "inetorgperson"} {
-		fmt.Fprintf(&b, "include /etc/ldap/schema/%s.schema\n", s)
+	for _, sc := range []string{"core", "cosine", "nis", "inetorgperson"} {
+		fmt.Fprintf(&b, "include /etc/ldap/schema/%s.schema\n", sc)
 	}
 	fmt.Fprintf(&b, "modulepath /usr/lib/ldap\nmoduleload back_mdb\npidfile %s/slapd.pid\nargsfile %s/slapd.args\n", dir, dir)
 	fmt.Fprintf(&b, "database mdb\nmaxsize 104857600\nsuffix %q\nrootdn %q\nrootpw %s\ndirectory %s/db\n", Suffix, rootDN, rootPassword, dir)
 	// The search account reads everything; people may bind.
 	fmt.Fprintf(&b, "access to attrs=userPassword by anonymous auth by * none\naccess to * by dn.exact=%q read by * none\n", BindDN)
 	if err := os.WriteFile(conf, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
+		s.fatal("%v", err)
 	}
-	s := &Server{t: t, dir: dir, conf: conf}
+	s.dir, s.conf = dir, conf
 	s.start()
-	t.Cleanup(s.Stop)
 	s.add(Suffix, map[string][]string{"objectClass": {"dcObject", "organization"}, "dc": {"wharf"}, "o": {"Wharf test"}})
 	s.add(BindDN, map[string][]string{"objectClass": {"simpleSecurityObject", "organizationalRole"}, "cn": {"wharf"}, "userPassword": {BindPassword}})
 	s.add(nobodyDN, map[string][]string{"objectClass": {"organizationalRole"}, "cn": {"nobody"}})
 	s.add(UserBase, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"people"}})
 	s.add(GroupBase, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"groups"}})
-	return s
 }
 
 // start runs slapd (again, after Stop, on the same port and data).
 func (s *Server) start() {
-	s.t.Helper()
 	if s.addr == "" {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			s.t.Fatal(err)
+			s.fatal("%v", err)
 		}
 		s.addr = ln.Addr().String()
 		ln.Close()
 		s.URL = "ldap://" + s.addr
 	}
-	bin, err := exec.LookPath("slapd")
-	if err != nil {
-		bin = "/usr/sbin/slapd"
-	}
 	var out strings.Builder
-	s.cmd = exec.Command(bin, "-f", s.conf, "-h", s.URL+"/", "-d", "0")
+	s.cmd = exec.Command(slapdPath(), "-f", s.conf, "-h", s.URL+"/", "-d", "0")
 	s.cmd.Stdout, s.cmd.Stderr = &out, &out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
+		s.fatal("%v", err)
 	}
 	s.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(s.cmd, s.done)
@@ -118,11 +150,11 @@ func (s *Server) start() {
 		}
 		select {
 		case <-s.done:
-			s.t.Fatalf("slapd exited at start:\n%s", out.String())
+			s.fatal("slapd exited at start:\n%s", out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("slapd did not listen on %s within 20 s:\n%s", s.addr, out.String())
+			s.fatal("slapd did not listen on %s within 20 s:\n%s", s.addr, out.String())
 		}
 	}
 }
@@ -146,19 +178,17 @@ func (s *Server) Stop() {
 func (s *Server) Restart() { s.start() }
 
 func (s *Server) conn() *ldap.Conn {
-	s.t.Helper()
 	c, err := ldap.DialURL(s.URL)
 	if err != nil {
-		s.t.Fatal(err)
+		s.fatal("%v", err)
 	}
 	if err := c.Bind(rootDN, rootPassword); err != nil {
-		s.t.Fatal(err)
+		s.fatal("%v", err)
 	}
 	return c
 }
 
 func (s *Server) add(dn string, attrs map[string][]string) {
-	s.t.Helper()
 	c := s.conn()
 	defer c.Close()
 	req := ldap.NewAddRequest(dn, nil)
@@ -166,7 +196,7 @@ func (s *Server) add(dn string, attrs map[string][]string) {
 		req.Attribute(k, v)
 	}
 	if err := c.Add(req); err != nil {
-		s.t.Fatalf("ldap add %s: %v", dn, err)
+		s.fatal("ldap add %s: %v", dn, err)
 	}
 }
 
@@ -175,13 +205,11 @@ func UserDN(uid string) string { return "uid=" + uid + "," + UserBase }
 
 // AddUser adds a person who signs in with password.
 func (s *Server) AddUser(uid, password string) {
-	s.t.Helper()
 	s.add(UserDN(uid), map[string][]string{"objectClass": {"inetOrgPerson"}, "uid": {uid}, "cn": {uid}, "sn": {uid}, "userPassword": {password}})
 }
 
 // AddGroup adds a group with the given people as members.
 func (s *Server) AddGroup(name string, uids ...string) {
-	s.t.Helper()
 	members := []string{nobodyDN}
 	for _, u := range uids {
 		members = append(members, UserDN(u))
@@ -191,12 +219,11 @@ func (s *Server) AddGroup(name string, uids ...string) {
 
 // RemoveFromGroup takes a person out of a group.
 func (s *Server) RemoveFromGroup(name, uid string) {
-	s.t.Helper()
 	c := s.conn()
 	defer c.Close()
 	req := ldap.NewModifyRequest("cn="+name+","+GroupBase, nil)
 	req.Delete("member", []string{UserDN(uid)})
 	if err := c.Modify(req); err != nil {
-		s.t.Fatalf("ldap remove %s from %s: %v", uid, name, err)
+		s.fatal("ldap remove %s from %s: %v", uid, name, err)
 	}
 }

@@ -94,7 +94,11 @@ func (g *Gate) SignIn(r *http.Request, user, pass string) (groups []string, ok b
 		return nil, false, 0, nil
 	}
 	ip, now, gen := ClientIP(r), g.signins.now(), g.Generation(user)
-	if g.signins.knownBad(user, gen, pass, now) {
+	k := g.signins.credKey(user, gen, pass)
+	if gen != directoryGen && gen != "" && g.signins.knownGood(k, now) {
+		return nil, true, 0, nil // verified a moment ago (a directory user's groups are the directory's to cache)
+	}
+	if g.signins.knownBad(k, now) {
 		return nil, false, 0, nil // the same failure again: no new guess
 	}
 	if w := g.signins.wait(ip, user, now); w > 0 {
@@ -108,9 +112,12 @@ func (g *Gate) SignIn(r *http.Request, user, pass string) (groups []string, ok b
 		return nil, false, 0, err
 	case ok:
 		g.signins.succeeded(ip, user)
+		if gen != directoryGen && gen != "" {
+			g.signins.rememberGood(k, now)
+		}
 		return groups, true, 0, nil
 	}
-	g.signins.rememberBad(user, gen, pass, now)
+	g.signins.rememberBad(k, now)
 	backoff := g.signins.failed(ip, user, now)
 	g.AuditAs(r, user, "login", slog.Bool("ok", false), slog.String("reason", "wrong user or password"), slog.Duration("backoff", backoff))
 	return nil, false, 0, nil

@@ -40,11 +40,12 @@ type signins struct {
 	byIP   map[string]*signinRecord
 	byUser map[string]*signinRecord
 	bad    map[[32]byte]time.Time // HMAC(user, password) of recent failures → when
+	good   map[[32]byte]time.Time // the same of recent successes (htpasswd users) → until
 	now    func() time.Time       // the clock (tests stop it)
 }
 
 func newSignins() *signins {
-	s := &signins{byIP: map[string]*signinRecord{}, byUser: map[string]*signinRecord{}, bad: map[[32]byte]time.Time{}, now: time.Now}
+	s := &signins{byIP: map[string]*signinRecord{}, byUser: map[string]*signinRecord{}, bad: map[[32]byte]time.Time{}, good: map[[32]byte]time.Time{}, now: time.Now}
 	rand.Read(s.key[:])
 	return s
 }
@@ -63,16 +64,41 @@ func (s *signins) credKey(user, gen, pass string) [32]byte {
 }
 
 // knownBad reports that this exact credential failed recently.
-func (s *signins) knownBad(user, gen, pass string, now time.Time) bool {
-	k := s.credKey(user, gen, pass)
+func (s *signins) knownBad(k [32]byte, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	at, ok := s.bad[k]
 	return ok && now.Sub(at) < signinForget
 }
 
-func (s *signins) rememberBad(user, gen, pass string, now time.Time) {
-	k := s.credKey(user, gen, pass)
+// knownGood reports a credential verified within goodFor: one keyed hash
+// per request instead of the file's own cache lookup after the bad one.
+func (s *signins) knownGood(k [32]byte, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.good[k]
+	return ok && now.Before(until)
+}
+
+// goodFor is how long a verified htpasswd credential is taken without
+// asking the file again (its generation is in the key: a new password or
+// a deleted user misses).
+const goodFor = time.Minute
+
+func (s *signins) rememberGood(k [32]byte, now time.Time) {
+	s.mu.Lock()
+	if len(s.good) >= signinEntries {
+		for key, until := range s.good {
+			if !now.Before(until) || len(s.good) >= signinEntries {
+				delete(s.good, key)
+			}
+		}
+	}
+	s.good[k] = now.Add(goodFor)
+	s.mu.Unlock()
+}
+
+func (s *signins) rememberBad(k [32]byte, now time.Time) {
 	s.mu.Lock()
 	if len(s.bad) >= signinEntries {
 		for key, at := range s.bad {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/wharf-registry/wharf/mirror/oci"
@@ -23,7 +24,17 @@ const tokenTTL = 5 * time.Minute
 // payload naming the user ("" for anonymous) and the expiry. Authorization
 // is decided per request by the policy, so tokens carry no scopes. The key
 // lives only in this process: after a restart clients fetch new tokens.
-type tokens struct{ key [32]byte }
+type tokens struct {
+	key [32]byte
+	// checked keeps the claims of tokens already verified (a client sends
+	// the same token for its whole life): a map lookup instead of an HMAC
+	// and a JSON decode per request. Bounded: emptied when full.
+	mu      sync.Mutex
+	checked map[string]tokenClaims
+}
+
+// maxChecked bounds the verified tokens kept (a few hundred KiB).
+const maxChecked = 4096
 
 // newTokens makes the token signer: its key is derived from secret, or
 // random when secret is "".
@@ -68,6 +79,29 @@ func (t *tokens) issueNode(node string, now time.Time) string {
 // check returns the token's claims; ok is false for a token Wharf did not
 // issue or that expired (for instance one dockerd forwards from Docker Hub).
 func (t *tokens) check(tok string, now time.Time) (c tokenClaims, ok bool) {
+	t.mu.Lock()
+	c, ok = t.checked[tok]
+	t.mu.Unlock()
+	if ok {
+		if now.Unix() >= c.Exp {
+			return tokenClaims{}, false
+		}
+		return c, true
+	}
+	c, ok = t.verify(tok, now)
+	if ok {
+		t.mu.Lock()
+		if len(t.checked) >= maxChecked || t.checked == nil {
+			t.checked = make(map[string]tokenClaims, 64)
+		}
+		t.checked[tok] = c
+		t.mu.Unlock()
+	}
+	return c, ok
+}
+
+// verify checks a token's signature and expiry and decodes its claims.
+func (t *tokens) verify(tok string, now time.Time) (c tokenClaims, ok bool) {
 	p, sig, found := strings.Cut(tok, ".")
 	if !found || !hmac.Equal([]byte(sig), []byte(t.sign([]byte(p)))) {
 		return c, false
