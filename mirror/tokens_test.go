@@ -3,6 +3,8 @@ package mirror
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -112,5 +114,47 @@ func TestAccessTokens(t *testing.T) {
 	}
 	if got := reg.pushAs(t, "team/app", "v5", basic("short", exp["secret"].(string)), []byte("token layer 8")); got != http.StatusUnauthorized {
 		t.Fatalf("an expired token: %d, want 401", got)
+	}
+}
+
+// TestConsoleTokens: a signed-in person creates a token on the console's
+// Tokens page (its secret shown once), signs in with it, sees only their
+// own tokens, and revokes it there; a form without its CSRF token is
+// refused; an anonymous visitor is sent to sign in.
+func TestConsoleTokens(t *testing.T) {
+	reg := adminRegistry(t)
+	alice := newBrowser(t, reg.srv)
+	alice.signIn("alice", "alice-pw")
+	_, page := alice.get("/tokens")
+	resp, page := alice.post("/tokens", url.Values{"csrf": {alice.csrf(page)}, "action": {"create"}, "name": {"laptop"},
+		"repos": {"team/app"}, "actions": {"pull", "push"}, "expires": {"30d"}})
+	secret := regexp.MustCompile(`<pre class="mono" id="secret">(wharf_[A-Za-z0-9_-]+)</pre>`).FindStringSubmatch(page)
+	if resp.StatusCode != 200 || secret == nil || !strings.Contains(page, "docker login") {
+		t.Fatalf("create on the console: %s\n%s", resp.Status, page)
+	}
+	if got := reg.pushAs(t, "team/app", "c1", basic("laptop", secret[1]), []byte("console token layer")); got != http.StatusCreated {
+		t.Fatalf("push with the console's token: %d", got)
+	}
+	if _, again := alice.get("/tokens"); strings.Contains(again, secret[1]) || !strings.Contains(again, ">laptop<") {
+		t.Fatal("the secret is shown again, or the token is not listed")
+	}
+	reader := newBrowser(t, reg.srv)
+	reader.signIn("reader", "reader-pw")
+	if _, other := reader.get("/tokens"); strings.Contains(other, ">laptop<") {
+		t.Fatal("another person sees alice's token")
+	}
+	if resp, _ := alice.post("/tokens", url.Values{"action": {"revoke"}, "name": {"laptop"}}); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a revoke without the CSRF token: %s", resp.Status)
+	}
+	_, page = alice.get("/tokens")
+	if resp, _ := alice.post("/tokens", url.Values{"csrf": {alice.csrf(page)}, "action": {"revoke"}, "name": {"laptop"}}); resp.StatusCode != 200 {
+		t.Fatalf("revoke on the console: %s", resp.Status)
+	}
+	if got := reg.pushAs(t, "team/app", "c2", basic("laptop", secret[1]), []byte("console token layer 2")); got != http.StatusUnauthorized {
+		t.Fatalf("the revoked console token: %d, want 401", got)
+	}
+	anon := newBrowser(t, reg.srv)
+	if resp, _ := anon.get("/tokens"); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/signin?next=/tokens" {
+		t.Fatalf("an anonymous visitor of /tokens: %s to %q", resp.Status, resp.Header.Get("Location"))
 	}
 }

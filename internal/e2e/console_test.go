@@ -193,7 +193,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 
 	// 375 px wide: nothing wider than the screen.
-	for _, path := range []string{"/", "/repositories", "/repositories/team/app", "/gc", "/audit"} {
+	for _, path := range []string{"/", "/repositories", "/repositories/team/app", "/gc", "/audit", "/tokens", "/users"} {
 		do("narrow "+path, chromedp.EmulateViewport(375, 800), chromedp.Navigate(w.url(path)), chromedp.WaitVisible(chromedp.CSS("h1")))
 		width, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`document.documentElement.scrollWidth`))
 		if err != nil || width > 375 {

@@ -18,7 +18,7 @@ import (
 // Paths are the console's pages, and Prefixes the trees of pages under
 // one (a repository's page).
 var (
-	Paths    = []string{"/", "/signin", "/signout", "/repositories", "/gc", "/upstreams", "/users", "/audit"}
+	Paths    = []string{"/", "/signin", "/signout", "/repositories", "/gc", "/upstreams", "/users", "/tokens", "/audit"}
 	Prefixes = []string{"/repositories/"}
 )
 
@@ -67,6 +67,8 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.pageUpstreams(w, r, v)
 	case path == "/users":
 		c.pageUsers(w, r, v)
+	case path == "/tokens":
+		c.pageTokens(w, r, v)
 	case path == "/audit":
 		c.pageAudit(w, r, v)
 	default:

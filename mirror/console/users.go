@@ -3,12 +3,16 @@
 package console
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/wharf-registry/wharf/mirror/admin"
 	"github.com/wharf-registry/wharf/mirror/auth"
+	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
 )
 
@@ -66,4 +70,59 @@ func tokenRows(ts []admin.TokenInfo, now time.Time) []tokenRow {
 		rows = append(rows, row)
 	}
 	return rows
+}
+
+// pageTokens is every signed-in person's own access tokens: create one
+// (its secret shown once, for docker login), list and revoke them. A
+// registry admin sees everyone's.
+func (c *Console) pageTokens(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
+	if v.User == "" {
+		http.Redirect(w, r, "/signin?next=/tokens", http.StatusSeeOther)
+		return
+	}
+	caller := auth.Caller{Subject: c.subject(v)}
+	p := c.newPage(r, v, "Access tokens")
+	p.Nav = "tokens"
+	data := map[string]any{}
+	status := http.StatusOK
+	if r.Method == http.MethodPost {
+		switch name := r.PostFormValue("name"); r.PostFormValue("action") {
+		case "create":
+			req := admin.TokenRequest{Name: name, Repos: strings.FieldsFunc(r.PostFormValue("repos"), func(c rune) bool { return c == ',' || c == ' ' }),
+				Actions: r.PostForm["actions"], Expires: r.PostFormValue("expires")}
+			ti, err := c.svc.CreateToken(caller, req)
+			if err != nil {
+				status, p.Flash = c.statusOf(err), "The token was not created: "+message(err)
+				break
+			}
+			c.gate.AuditAs(r, v.User, "token-create", slog.String("token", ti.Name), slog.String("repos", strings.Join(ti.Repos, ",")),
+				slog.String("actions", strings.Join(ti.Actions, ",")), slog.String("via", "console"))
+			data["Created"] = ti
+		case "revoke":
+			if err := c.svc.RevokeToken(caller, name); err != nil {
+				status, p.Flash = c.statusOf(err), "The token was not revoked: "+message(err)
+				break
+			}
+			c.gate.AuditAs(r, v.User, "token-revoke", slog.String("token", name), slog.String("via", "console"))
+			p.Flash = "Revoked " + name + ": every node refuses it from now on."
+		}
+	}
+	tokens, err := c.svc.Tokens(caller)
+	if err != nil {
+		c.consoleError(w, r, v, http.StatusInternalServerError, "The tokens could not be read: "+err.Error())
+		return
+	}
+	data["Tokens"] = tokenRows(tokens, time.Now())
+	data["Host"] = r.Host
+	p.Data = data
+	c.render(w, status, "tokens", p)
+}
+
+// message is an error's text without its OCI code.
+func message(err error) string {
+	var oe *oci.Error
+	if errors.As(err, &oe) {
+		return oe.Message
+	}
+	return err.Error()
 }
