@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +22,8 @@ import (
 // password gets 401. Removed from the group, the member loses push within
 // the cache time, and so does the member's token. With slapd stopped,
 // anonymous mirror pulls, existing access tokens and a bearer token issued
-// before keep working, and a sign-in fails fast with 503.
+// before keep working, and a sign-in fails fast with 503. The console's
+// Users page lists the directory users who signed in, with their groups.
 func TestLDAPSignIn(t *testing.T) {
 	requireTool(t, "dockerd")
 	srv := ldaptest.Start(t)
@@ -35,6 +37,9 @@ func TestLDAPSignIn(t *testing.T) {
 	pwFile, config := filepath.Join(dir, "bind-pw"), filepath.Join(dir, "wharf.yaml")
 	os.WriteFile(pwFile, []byte(ldaptest.BindPassword+"\n"), 0o600)
 	os.WriteFile(config, []byte(`rules:
+  - repos: ["**"]
+    who: [root]
+    actions: [pull, push, delete, admin]
   - repos: ["team/**"]
     who: ["group:devs"]
     actions: [pull, push]
@@ -42,7 +47,8 @@ func TestLDAPSignIn(t *testing.T) {
     who: [users]
     actions: [pull]
 `), 0o644)
-	w := startWharf(t, "", "--config", config, "--upstream", "docker.io="+hub.URL,
+	htpasswd, _ := makeUsers(t, map[string]string{"root": "root-pw"}, "")
+	w := startWharf(t, "", "--config", config, "--upstream", "docker.io="+hub.URL, "--htpasswd", htpasswd,
 		"--ldap-url", srv.URL, "--ldap-bind-dn", ldaptest.BindDN, "--ldap-bind-password-file", pwFile,
 		"--ldap-user-base", ldaptest.UserBase, "--ldap-group-base", ldaptest.GroupBase, "--ldap-cache", "1s", "--ldap-timeout", "2s")
 	if !strings.Contains(w.log.String(), `directory="`+srv.URL) {
@@ -55,6 +61,10 @@ func TestLDAPSignIn(t *testing.T) {
 	d.buildImage(t, ref, "scratch", "l.bin")
 	d.roundTrip(t, ref)
 
+	// The console's Users page lists the directory users who signed in.
+	if page := getPage(t, w, "/users", "root", "root-pw"); !regexp.MustCompile(`<td class="mono">alice</td><td>devs</td>`).MatchString(page) {
+		t.Fatalf("the Users page does not list alice with her group:\n%s", page)
+	}
 	if got := pushStatus(t, w, "bob", "bob-pw", "b1"); got != "403" {
 		t.Fatalf("a non-member's push: %s, want 403", got)
 	}
@@ -143,4 +153,19 @@ func getStatus(t *testing.T, w *wharfProc, path, authz string) int {
 
 func basicCreds(user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+}
+
+// getPage GETs a console page with Basic credentials and returns it.
+func getPage(t *testing.T, w *wharfProc, path, user, pass string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, w.url(path), nil)
+	req.SetBasicAuth(user, pass)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s as %s: %s", path, user, resp.Status)
+	}
+	return readAll(t, resp)
 }

@@ -85,6 +85,7 @@ type Gate struct {
 	signins   *signins
 	logLimit  loglimit.Limiter // one line per source and minute for floods
 	untrusted untrustedPeers   // peers warned about for forwarded headers they may not send
+	recent    recentUsers      // directory users who signed in since the start
 }
 
 // access is who may sign in and what they may do, replaced as a whole.

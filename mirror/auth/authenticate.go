@@ -114,6 +114,8 @@ func (g *Gate) SignIn(r *http.Request, user, pass string) (groups []string, ok b
 		g.signins.succeeded(ip, user)
 		if gen != directoryGen && gen != "" {
 			g.signins.rememberGood(k, now)
+		} else {
+			g.recent.note(user, groups, now)
 		}
 		return groups, true, 0, nil
 	}

@@ -2,6 +2,10 @@ package auth
 
 import (
 	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"time"
 
 	"github.com/wharf-registry/wharf/mirror/oci"
 	"github.com/wharf-registry/wharf/policy"
@@ -94,4 +98,63 @@ func (g *Gate) Subject(user string) policy.Subject {
 // unavailableFor describes a directory failure for a caller.
 func (g *Gate) unavailableFor(err error) string {
 	return "the directory " + g.opts.Directory.String() + " does not answer (" + err.Error() + ")"
+}
+
+// DirectoryUser is a directory user who signed in, as the console lists
+// them.
+type DirectoryUser struct {
+	Name   string
+	Groups []string
+	At     time.Time // the last sign-in (to the minute)
+}
+
+// recentUsers remembers the directory users who signed in (bounded).
+type recentUsers struct {
+	mu    sync.Mutex
+	users map[string]DirectoryUser
+}
+
+// maxRecent bounds the directory users remembered.
+const maxRecent = 1000
+
+func (r *recentUsers) note(user string, groups []string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.users == nil {
+		r.users = map[string]DirectoryUser{}
+	}
+	if u, known := r.users[user]; known && at.Sub(u.At) < time.Minute && slices.Equal(u.Groups, groups) {
+		return // the same within the minute: no write per request
+	}
+	if _, known := r.users[user]; !known && len(r.users) >= maxRecent {
+		oldest := ""
+		for name, u := range r.users {
+			if oldest == "" || u.At.Before(r.users[oldest].At) {
+				oldest = name
+			}
+		}
+		delete(r.users, oldest)
+	}
+	r.users[user] = DirectoryUser{Name: user, Groups: slices.Clone(groups), At: at}
+}
+
+// RecentDirectoryUsers lists the directory users who signed in since the
+// start, the latest first.
+func (g *Gate) RecentDirectoryUsers() []DirectoryUser {
+	g.recent.mu.Lock()
+	defer g.recent.mu.Unlock()
+	out := make([]DirectoryUser, 0, len(g.recent.users))
+	for _, u := range g.recent.users {
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].At.After(out[j].At) })
+	return out
+}
+
+// DirectoryURL names the directory people sign in from ("" for none).
+func (g *Gate) DirectoryURL() string {
+	if g.opts.Directory == nil {
+		return ""
+	}
+	return g.opts.Directory.String()
 }

@@ -36,7 +36,8 @@ func (c *Console) pageUsers(w http.ResponseWriter, r *http.Request, v auth.Viewe
 	p := c.newPage(r, v, "Users and rules")
 	p.Nav = "users"
 	tokens, _ := c.svc.Tokens(auth.Caller{Subject: policy.Subject{User: v.User}})
-	p.Data = map[string]any{"Users": rows, "Rules": pol.Rules(), "Open": pol.Open(), "AnonMirror": pol.AnonymousMirrorPull(), "Tokens": tokenRows(tokens, time.Now())}
+	p.Data = map[string]any{"Users": rows, "Rules": pol.Rules(), "Open": pol.Open(), "AnonMirror": pol.AnonymousMirrorPull(), "Tokens": tokenRows(tokens, time.Now()),
+		"Directory": c.gate.DirectoryURL(), "DirectoryUsers": c.gate.RecentDirectoryUsers()}
 	c.render(w, http.StatusOK, "users", p)
 }
 
