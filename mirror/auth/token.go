@@ -11,8 +11,9 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/wharf-registry/wharf/mirror/oci"
 )
@@ -27,10 +28,9 @@ const tokenTTL = 5 * time.Minute
 type tokens struct {
 	key [32]byte
 	// checked keeps the claims of tokens already verified (a client sends
-	// the same token for its whole life): a map lookup instead of an HMAC
-	// and a JSON decode per request. Bounded: emptied when full.
-	mu      sync.Mutex
-	checked map[string]tokenClaims
+	// the same token for its whole life): a lookup instead of an HMAC and
+	// a JSON decode per request; the least recently used go first.
+	checked *lru.Cache[string, tokenClaims]
 }
 
 // maxChecked bounds the verified tokens kept (a few hundred KiB).
@@ -39,7 +39,8 @@ const maxChecked = 4096
 // newTokens makes the token signer: its key is derived from secret, or
 // random when secret is "".
 func newTokens(secret string) *tokens {
-	t := &tokens{}
+	checked, _ := lru.New[string, tokenClaims](maxChecked)
+	t := &tokens{checked: checked}
 	if secret == "" {
 		rand.Read(t.key[:])
 		return t
@@ -79,23 +80,14 @@ func (t *tokens) issueNode(node string, now time.Time) string {
 // check returns the token's claims; ok is false for a token Wharf did not
 // issue or that expired (for instance one dockerd forwards from Docker Hub).
 func (t *tokens) check(tok string, now time.Time) (c tokenClaims, ok bool) {
-	t.mu.Lock()
-	c, ok = t.checked[tok]
-	t.mu.Unlock()
-	if ok {
+	if c, ok = t.checked.Get(tok); ok {
 		if now.Unix() >= c.Exp {
 			return tokenClaims{}, false
 		}
 		return c, true
 	}
-	c, ok = t.verify(tok, now)
-	if ok {
-		t.mu.Lock()
-		if len(t.checked) >= maxChecked || t.checked == nil {
-			t.checked = make(map[string]tokenClaims, 64)
-		}
-		t.checked[tok] = c
-		t.mu.Unlock()
+	if c, ok = t.verify(tok, now); ok {
+		t.checked.Add(tok, c)
 	}
 	return c, ok
 }
