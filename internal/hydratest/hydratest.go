@@ -1,0 +1,292 @@
+// Package hydratest runs a real OpenID Connect provider for tests: Ory
+// Hydra (built from internal/tools/hydra, in-memory storage) on loopback,
+// with the login and consent app every Hydra deployment supplies itself.
+// Here that app signs in whoever the test names (SignInAs) through
+// Hydra's admin API, and puts the person's name and groups into the ID
+// token, as a company's login app would from its own user store.
+package hydratest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Person is who the login app signs in next.
+type Person struct {
+	Subject string   // the provider's id (sub)
+	Name    string   // preferred_username ("": the claim is left out)
+	Email   string   // email ("": left out)
+	Groups  []string // groups (nil: the claim is left out)
+	Refuse  bool     // the login app refuses the sign-in (a wrong password)
+}
+
+// Server is a running Hydra with its login and consent app.
+type Server struct {
+	Issuer string // the public URL (issuer)
+	admin  string
+	cmd    *exec.Cmd
+	done   chan struct{}
+	app    *httptest.Server
+	log    *bytes.Buffer
+	logMu  *sync.Mutex
+
+	mu     sync.Mutex
+	next   Person
+	logins int
+}
+
+var hydra struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// build compiles Hydra once per test binary (with SQLite for its
+// in-memory store; the Go build cache makes later builds quick).
+func build() (string, error) {
+	hydra.once.Do(func() {
+		dir, err := os.MkdirTemp("", "hydra")
+		if err != nil {
+			hydra.err = err
+			return
+		}
+		hydra.bin = filepath.Join(dir, "hydra")
+		_, here, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-tags", "sqlite,sqlite_omit_load_extension", "-o", hydra.bin, "github.com/ory/hydra/v2")
+		cmd.Dir = filepath.Join(filepath.Dir(here), "..", "tools", "hydra")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			hydra.err = fmt.Errorf("building hydra: %v\n%s", err, out)
+		}
+	})
+	return hydra.bin, hydra.err
+}
+
+func freeAddr(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type syncWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+// Start runs Hydra on free loopback ports with PKCE enforced, and its
+// login and consent app. It stops both at cleanup (Hydra by its PID).
+// Without Go's toolchain the test skips, or fails when WHARF_E2E_REQUIRE=1.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := build()
+	if err != nil {
+		if os.Getenv("WHARF_E2E_REQUIRE") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	s := &Server{log: &bytes.Buffer{}, logMu: &sync.Mutex{}, done: make(chan struct{})}
+	s.app = httptest.NewServer(http.HandlerFunc(s.serveApp))
+	t.Cleanup(s.app.Close)
+	public, admin := freeAddr(t), freeAddr(t)
+	pubHost, pubPort, _ := net.SplitHostPort(public)
+	admHost, admPort, _ := net.SplitHostPort(admin)
+	s.Issuer, s.admin = "http://"+public+"/", "http://"+admin
+	s.cmd = exec.Command(bin, "serve", "all", "--dev", "--sqa-opt-out")
+	s.cmd.Env = append(os.Environ(),
+		"DSN=memory",
+		"SERVE_PUBLIC_HOST="+pubHost, "SERVE_PUBLIC_PORT="+pubPort,
+		"SERVE_ADMIN_HOST="+admHost, "SERVE_ADMIN_PORT="+admPort,
+		"URLS_SELF_ISSUER="+s.Issuer,
+		"URLS_LOGIN="+s.app.URL+"/login", "URLS_CONSENT="+s.app.URL+"/consent",
+		"SECRETS_SYSTEM=wharf-test-system-secret-0123456789",
+		"OAUTH2_PKCE_ENFORCED=true",
+		"LOG_LEVEL=warn")
+	s.cmd.Stdout, s.cmd.Stderr = syncWriter{s.logMu, s.log}, syncWriter{s.logMu, s.log}
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(s.Stop)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(s.Issuer + ".well-known/openid-configuration")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case <-s.done:
+			t.Fatalf("hydra exited:\n%s", s.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hydra did not answer on %s\n%s", public, s.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return s
+}
+
+// Log is what Hydra wrote.
+func (s *Server) Log() string {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return s.log.String()
+}
+
+// Stop stops Hydra by its PID (again: a no-op).
+func (s *Server) Stop() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		<-s.done
+	}
+}
+
+// Client registers an OAuth client for the authorization code flow that
+// may be sent back to redirectURL; it returns its id and secret.
+func (s *Server) Client(t testing.TB, redirectURL string, scopes string) (id, secret string) {
+	t.Helper()
+	var out struct {
+		ID     string `json:"client_id"`
+		Secret string `json:"client_secret"`
+	}
+	err := s.call(http.MethodPost, "/admin/clients", map[string]any{
+		"client_name": "wharf", "redirect_uris": []string{redirectURL},
+		"grant_types": []string{"authorization_code", "refresh_token"}, "response_types": []string{"code"},
+		"scope": scopes, "token_endpoint_auth_method": "client_secret_basic",
+	}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.ID, out.Secret
+}
+
+// SignInAs makes the login app sign in p from now on.
+func (s *Server) SignInAs(p Person) {
+	s.mu.Lock()
+	s.next = p
+	s.mu.Unlock()
+}
+
+// Logins counts the sign-ins the login app accepted.
+func (s *Server) Logins() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logins
+}
+
+// call sends a JSON request to Hydra's admin API.
+func (s *Server) call(method, path string, body, out any) error {
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequest(method, s.admin+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("hydra %s %s: %s: %s", method, path, resp.Status, raw)
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
+
+// serveApp is the login and consent app.
+func (s *Server) serveApp(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	p := s.next
+	s.mu.Unlock()
+	var redirect struct {
+		To string `json:"redirect_to"`
+	}
+	var err error
+	switch r.URL.Path {
+	case "/login":
+		ch := url.QueryEscape(r.URL.Query().Get("login_challenge"))
+		if p.Refuse {
+			err = s.call(http.MethodPut, "/admin/oauth2/auth/requests/login/reject?login_challenge="+ch,
+				map[string]any{"error": "access_denied", "error_description": "wrong password"}, &redirect)
+			break
+		}
+		err = s.call(http.MethodPut, "/admin/oauth2/auth/requests/login/accept?login_challenge="+ch,
+			map[string]any{"subject": p.Subject}, &redirect)
+		if err == nil {
+			s.mu.Lock()
+			s.logins++
+			s.mu.Unlock()
+		}
+	case "/consent":
+		ch := url.QueryEscape(r.URL.Query().Get("consent_challenge"))
+		var req struct {
+			Scope    []string `json:"requested_scope"`
+			Audience []string `json:"requested_access_token_audience"`
+		}
+		if err = s.call(http.MethodGet, "/admin/oauth2/auth/requests/consent?consent_challenge="+ch, nil, &req); err != nil {
+			break
+		}
+		claims := map[string]any{}
+		if p.Name != "" {
+			claims["preferred_username"] = p.Name
+		}
+		if p.Email != "" {
+			claims["email"], claims["email_verified"] = p.Email, true
+		}
+		if p.Groups != nil {
+			claims["groups"] = p.Groups
+		}
+		err = s.call(http.MethodPut, "/admin/oauth2/auth/requests/consent/accept?consent_challenge="+ch, map[string]any{
+			"grant_scope": req.Scope, "grant_access_token_audience": req.Audience,
+			"session": map[string]any{"id_token": claims},
+		}, &redirect)
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	http.Redirect(w, r, redirect.To, http.StatusFound)
+}
