@@ -38,6 +38,8 @@ func (s *Cluster) changed(key, val []byte, deleted bool) {
 		}
 	case "k/":
 		s.tokens.forget(string(rest))
+	case "i/":
+		s.people.forget(string(rest))
 	case "o/":
 		if o, ok := decodeOrigin(string(val)); ok && !deleted {
 			s.origins.set(string(rest), o)
@@ -50,6 +52,7 @@ func (s *Cluster) changed(key, val []byte, deleted bool) {
 func (s *Cluster) lostChanges() {
 	s.writes.Add(1)
 	s.tokens.forgetAll()
+	s.people.forgetAll()
 	s.cacheMu.Lock()
 	s.gen++
 	s.tags.Purge()

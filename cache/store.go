@@ -77,8 +77,9 @@ type Store struct {
 	track   linkTracker                    // links made while a collection runs
 	last    atomic.Pointer[lastCollection] // the last collection's snapshot, for previews
 
-	uses   uses       // last uses and pulls since the last flush (uses.go)
-	tokens tokenCache // access tokens read, and their uses not yet written (tokens.go)
+	uses   uses                      // last uses and pulls since the last flush (uses.go)
+	tokens tokenCache                // access tokens read, and their uses not yet written (tokens.go)
+	people recordCache[PersonRecord] // people who signed in through the identity provider (people.go)
 
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.

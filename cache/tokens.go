@@ -26,25 +26,12 @@ var ErrTokenExists = errors.New("a token of that name exists")
 
 func tokenKey(name string) []byte { return []byte("k/" + name) }
 
-// tokenCache keeps the records read, so that a sign-in with a token costs
-// no index read; writes here and the change feed (every node's writes)
-// drop entries. uses are last-use times not yet written.
+// tokenCache keeps the token records read (recordCache) and the last-use
+// times not yet written.
 type tokenCache struct {
-	mu      sync.Mutex
-	records map[string]TokenRecord
-	uses    map[string]time.Time
-}
-
-func (c *tokenCache) forget(name string) {
-	c.mu.Lock()
-	delete(c.records, name)
-	c.mu.Unlock()
-}
-
-func (c *tokenCache) forgetAll() {
-	c.mu.Lock()
-	c.records = nil
-	c.mu.Unlock()
+	recordCache[TokenRecord]
+	usesMu sync.Mutex
+	uses   map[string]time.Time
 }
 
 // CreateToken stores a new token. Errors: ErrTokenExists.
@@ -67,55 +54,19 @@ func (s *Records) CreateToken(rec TokenRecord) error {
 
 // Token returns the token called name; ok is false when there is none.
 func (s *Records) Token(name string) (rec TokenRecord, ok bool, err error) {
-	s.tokens.mu.Lock()
-	rec, ok = s.tokens.records[name]
-	s.tokens.mu.Unlock()
-	if ok {
-		return rec, true, nil
-	}
-	var raw []byte
-	err = s.idx.View(func(txn Txn) error {
-		v, err := txn.Get(tokenKey(name))
-		raw = v
-		return err
-	})
-	if errors.Is(err, errNotFound) {
-		return TokenRecord{}, false, nil
-	}
-	if err != nil {
-		return TokenRecord{}, false, err
-	}
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return TokenRecord{}, false, err
-	}
-	s.tokens.mu.Lock()
-	if s.tokens.records == nil {
-		s.tokens.records = map[string]TokenRecord{}
-	}
-	s.tokens.records[name] = rec
-	s.tokens.mu.Unlock()
-	return rec, true, nil
+	return s.tokens.read(s.idx, name, tokenKey(name))
 }
 
 // Tokens lists every token, by name, with the last uses not yet written.
 func (s *Records) Tokens() ([]TokenRecord, error) {
-	var out []TokenRecord
-	err := s.idx.View(func(txn Txn) error {
-		return txn.Scan([]byte("k/"), nil, false, func(_, v []byte) error {
-			var rec TokenRecord
-			if json.Unmarshal(v, &rec) == nil {
-				out = append(out, rec)
-			}
-			return nil
-		})
-	})
-	s.tokens.mu.Lock()
+	out, err := scanRecords[TokenRecord](s.idx, "k/")
+	s.tokens.usesMu.Lock()
 	for i := range out {
 		if t, ok := s.tokens.uses[out[i].Name]; ok && t.After(out[i].LastUsed) {
 			out[i].LastUsed = t
 		}
 	}
-	s.tokens.mu.Unlock()
+	s.tokens.usesMu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, err
 }
@@ -140,22 +91,22 @@ func (s *Records) RevokeToken(name string) (bool, error) {
 // NoteTokenUse remembers that the token called name signed in at t; the
 // next FlushTokenUses writes it (no index write per request).
 func (s *Records) NoteTokenUse(name string, t time.Time) {
-	s.tokens.mu.Lock()
+	s.tokens.usesMu.Lock()
 	if s.tokens.uses == nil {
 		s.tokens.uses = map[string]time.Time{}
 	}
 	if t.After(s.tokens.uses[name]) {
 		s.tokens.uses[name] = t
 	}
-	s.tokens.mu.Unlock()
+	s.tokens.usesMu.Unlock()
 }
 
 // FlushTokenUses writes the last uses noted since the last flush.
 func (s *Records) FlushTokenUses() error {
-	s.tokens.mu.Lock()
+	s.tokens.usesMu.Lock()
 	uses := s.tokens.uses
 	s.tokens.uses = nil
-	s.tokens.mu.Unlock()
+	s.tokens.usesMu.Unlock()
 	for name, t := range uses {
 		err := s.update(func(txn Txn) error {
 			raw, err := txn.Get(tokenKey(name))

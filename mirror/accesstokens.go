@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -44,3 +45,20 @@ func (a *accessTokens) AccessToken(name string) (auth.AccessToken, bool, error) 
 }
 
 func (a *accessTokens) NoteUse(name string, at time.Time) { a.records.NoteTokenUse(name, at) }
+
+// people is the gate's view of the people the identity provider signed
+// in, as the store records them.
+type people struct{ records *cache.Records }
+
+func (p people) Person(name string) ([]string, string, bool, error) {
+	rec, ok, err := p.records.Person(name)
+	return rec.Groups, rec.Issuer + "\x00" + rec.Subject, ok, err
+}
+
+func (p people) RecordSignIn(id auth.Identity, issuer string, at time.Time) error {
+	_, err := p.records.RecordSignIn(cache.PersonRecord{Name: id.Name, Subject: id.Subject, Issuer: issuer, Groups: id.Groups, LastSignIn: at.UTC()})
+	if errors.Is(err, cache.ErrPersonElsewhere) {
+		return auth.ErrPersonElsewhere
+	}
+	return err
+}

@@ -51,7 +51,8 @@ type Options struct {
 	// Server.SetAccess), the signing secret, trusted proxies and the
 	// public URL the token realm is built from.
 	Users          auth.Authenticator
-	Directory      auth.Directory // the company directory (LDAP); nil: none
+	Directory      auth.Directory    // the company directory (LDAP); nil: none
+	SSO            auth.SingleSignOn // the identity provider (OpenID Connect); nil: none
 	Policy         *policy.Policy
 	Secret         string
 	TrustedProxies []netip.Prefix
@@ -87,25 +88,29 @@ func New(store *cache.Store, opts Options) *Server {
 		opts.Logger = slog.Default()
 	}
 	book := &events{listener: opts.Events}
-	gate := auth.New(auth.Options{Secret: opts.Secret, TrustedProxies: opts.TrustedProxies, PublicURL: opts.PublicURL,
-		Revocations: store.Records(), AccessTokens: &accessTokens{records: store.Records()}, Directory: opts.Directory, Audit: book, Logger: opts.Logger})
+	gateOpts := auth.Options{Secret: opts.Secret, TrustedProxies: opts.TrustedProxies, PublicURL: opts.PublicURL,
+		Revocations: store.Records(), AccessTokens: &accessTokens{records: store.Records()}, Directory: opts.Directory, Audit: book, Logger: opts.Logger}
+	if opts.SSO != nil {
+		gateOpts.SSO, gateOpts.People = opts.SSO, people{store.Records()}
+	}
+	gate := auth.New(gateOpts)
 	gate.SetAccess(opts.Users, opts.Policy)
 	s := &Server{gate: gate, store: store, gcGrace: opts.GCGrace}
-	ao := admin.Options{AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,
+	svcOpts := admin.Options{AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,
 		Fills: func() []cache.ActiveFill { return s.reg.Fills() }, Logger: opts.Logger,
 		BlobOwner: func(members map[string]string, d digest.Digest) string {
 			id, _ := cluster.BlobOwner(members, d)
 			return id
 		}}
 	if m := opts.Metrics; m != nil {
-		ao.Traffic = func() admin.Traffic {
+		svcOpts.Traffic = func() admin.Traffic {
 			var t admin.Traffic
 			t.FromCache, t.FromUpstream, t.Hits, t.Misses = m.Totals()
 			return t
 		}
 	}
 	if n := opts.Notifier; n != nil {
-		ao.Deleted = func(r *http.Request, actor, repo, ref string) {
+		svcOpts.Deleted = func(r *http.Request, actor, repo, ref string) {
 			e := registry.Event{Action: "delete", Repo: repo, Kind: "manifests", Size: -1, Actor: actor}
 			if d, err := digest.Parse(ref); err == nil {
 				e.Digest = d
@@ -115,7 +120,7 @@ func New(store *cache.Store, opts Options) *Server {
 			n.Notify(r, e)
 		}
 	}
-	s.svc = admin.New(store, gate, ao)
+	s.svc = admin.New(store, gate, svcOpts)
 	book.svc = s.svc
 	s.console = console.New(s.svc, gate, console.Options{StatusOf: registry.StatusOf, Logger: opts.Logger})
 	s.reg = registry.New(store, gate, registry.Options{

@@ -72,7 +72,7 @@ func newApp() *cli.App {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "gc-grace", Value: 3600e9, Usage: "garbage collection spares manifests and blobs younger than this", EnvVars: []string{"WHARF_GC_GRACE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "min-free", Usage: "free space kept on the data directory's filesystem for the index: blob writes get 507 below it (bytes, K, M, G or a percentage; default 2%, 16M to 1G)", EnvVars: []string{"WHARF_MIN_FREE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "upload-ttl", Value: 24 * 3600e9, Usage: "idle upload sessions older than this are dropped (at start-up and every few minutes)", EnvVars: []string{"WHARF_UPLOAD_TTL"}}),
-	}, append(notifyFlags, ldapFlags...)...)
+	}, append(append(notifyFlags, ldapFlags...), oidcFlags...)...)
 	return &cli.App{
 		Name:    "wharf",
 		Usage:   "container registry mirror appliance",

@@ -309,7 +309,11 @@ func announce(cfg serveConfig, store *cache.Store, addr net.Addr) error {
 		if cfg.mirror.Directory != nil {
 			dir = cfg.mirror.Directory.String() + " (htpasswd users win on a name clash)"
 		}
-		log.Info("access control on", "users", n, "directory", dir, "policy", describePolicy(cfg.mirror.Policy))
+		sso := "none"
+		if cfg.mirror.SSO != nil {
+			sso = cfg.mirror.SSO.String() + " (the console's single sign-on)"
+		}
+		log.Info("access control on", "users", n, "directory", dir, "sso", sso, "policy", describePolicy(cfg.mirror.Policy))
 	}
 	if cfg.readOnly {
 		log.Warn("read-only (--read-only): pulls only; pushes, manifest writes and deletes are refused with 405, garbage collection and eviction pause")
@@ -340,7 +344,7 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cfg serveConfig, reg
 		case <-hup:
 		}
 		sdNotify("RELOADING=1")
-		if a, err := readAccess(cfg.configFile, cfg.htpasswd, cfg.registry2Auth, cfg.mirror.Directory != nil); err != nil {
+		if a, err := readAccess(cfg.configFile, cfg.htpasswd, cfg.registry2Auth, cfg.mirror.Directory != nil || cfg.mirror.SSO != nil); err != nil {
 			cfg.log.Error("reload: keeping the current users and rules", "err", err)
 		} else {
 			var users auth.Authenticator

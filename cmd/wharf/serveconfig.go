@@ -78,7 +78,11 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if err != nil {
 		return serveConfig{}, err
 	}
-	access, err := readAccess(c.String("config"), c.String("htpasswd"), r2.htpasswdAuth, dir != nil)
+	sso, err := oidcProvider(c)
+	if err != nil {
+		return serveConfig{}, err
+	}
+	access, err := readAccess(c.String("config"), c.String("htpasswd"), r2.htpasswdAuth, dir != nil || sso != nil)
 	if err != nil {
 		return serveConfig{}, err
 	}
@@ -149,6 +153,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if dir != nil {
 		cfg.mirror.Directory = dir
 	}
+	cfg.mirror.SSO = sso
 	if !c.Bool("mirror") {
 		return cfg, nil
 	}
@@ -241,7 +246,8 @@ var registry2Rule = policy.Rule{Repos: []string{"**"}, Who: []string{"users"}, A
 // alone, or registry:2's REGISTRY_AUTH=htpasswd, registry2Auth) mean what
 // registry:2's htpasswd means: any signed-in user may pull, push and
 // delete anything (anonymous callers may pull mirrored content); rules,
-// when given, decide.
+// when given, decide. withDirectory: a directory or an identity provider
+// signs people in.
 func readAccess(configFile, htpasswd string, registry2Auth, withDirectory bool) (access, error) {
 	var a access
 	var err error

@@ -107,10 +107,16 @@ func startWharf(t *testing.T, data string, args ...string) *wharfProc {
 // startWharfWithEnv is startWharf with extra environment variables.
 func startWharfWithEnv(t *testing.T, data string, env []string, args ...string) *wharfProc {
 	t.Helper()
+	return startWharfAt(t, freeAddr(t), data, env, args...)
+}
+
+// startWharfAt is startWharfWithEnv on a given address (one a test had
+// to name before the start, as an identity provider's redirect URL).
+func startWharfAt(t *testing.T, addr, data string, env []string, args ...string) *wharfProc {
+	t.Helper()
 	if data == "" {
 		data = t.TempDir()
 	}
-	addr := freeAddr(t)
 	w := &wharfProc{addr: addr, data: data, log: &syncBuffer{}, done: make(chan error, 1)}
 	w.cmd = exec.Command(wharfBin, append([]string{"serve", "--addr", addr, "--data", data}, args...)...)
 	if env != nil {

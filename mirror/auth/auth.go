@@ -63,6 +63,10 @@ type Options struct {
 	// AccessTokens finds the access tokens robots and people sign in
 	// with; nil: none.
 	AccessTokens AccessTokens
+	// SSO is the identity provider people sign in to the console with,
+	// and People records them; nil: none.
+	SSO    SingleSignOn
+	People People
 	// Audit receives every audit record; nil: the log only.
 	Audit  Auditor
 	Logger *slog.Logger
@@ -141,13 +145,16 @@ func (g *Gate) Generation(user string) string {
 			return directoryGen
 		}
 	}
+	if _, gen, ok := g.ssoPerson(user); ok {
+		return gen
+	}
 	return ""
 }
 
 // Required reports that users exist: /v2/ then challenges anonymous
 // callers, which is what makes `docker login` send its credentials.
 func (g *Gate) Required() bool {
-	if g.opts.Directory != nil {
+	if g.opts.Directory != nil || g.opts.SSO != nil {
 		return true
 	}
 	u := g.Users()

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,11 +60,18 @@ func (g *Gate) current(user, gen string) (groups []string, ok bool) {
 		groups, ok, _ := dir.Groups(user)
 		return groups, ok
 	}
+	if strings.HasPrefix(gen, ssoGenPrefix) {
+		groups, have, ok := g.ssoPerson(user)
+		return groups, ok && have == gen
+	}
 	return nil, false
 }
 
-// signsIn reports whether anyone can sign in: htpasswd users or a directory.
-func (g *Gate) signsIn() bool { return g.Users() != nil || g.opts.Directory != nil }
+// signsIn reports whether anyone can sign in: htpasswd users, a directory
+// or the identity provider.
+func (g *Gate) signsIn() bool {
+	return g.Users() != nil || g.opts.Directory != nil || g.opts.SSO != nil
+}
 
 // Refusal is the error a request gets for how its sign-in went, before
 // any rule is asked: 429 after too many failures, 503 while the directory
@@ -80,7 +88,8 @@ func (c Caller) Refusal() error {
 }
 
 // Subject is who user is for the rules: a directory user with the groups
-// the directory gives (the console's signed-in visitor).
+// the directory gives, a person signed in through the identity provider
+// with the groups of their last sign-in (the console's signed-in visitor).
 func (g *Gate) Subject(user string) policy.Subject {
 	s := policy.Subject{User: user}
 	if user == "" {
@@ -90,8 +99,13 @@ func (g *Gate) Subject(user string) policy.Subject {
 		return s
 	}
 	if dir := g.opts.Directory; dir != nil {
-		s.Groups, _, _ = dir.Groups(user)
+		groups, known, _ := dir.Groups(user)
+		if known {
+			s.Groups = groups
+			return s
+		}
 	}
+	s.Groups, _, _ = g.ssoPerson(user)
 	return s
 }
 

@@ -18,7 +18,7 @@ import (
 // Paths are the console's pages, and Prefixes the trees of pages under
 // one (a repository's page).
 var (
-	Paths    = []string{"/", "/signin", "/signout", "/repositories", "/gc", "/upstreams", "/users", "/tokens", "/audit"}
+	Paths    = []string{"/", "/signin", "/signin/sso", "/signin/sso/callback", "/signout", "/repositories", "/gc", "/upstreams", "/users", "/tokens", "/audit"}
 	Prefixes = []string{"/repositories/"}
 )
 
@@ -55,6 +55,10 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.pageOverview(w, r, v)
 	case path == "/signin":
 		c.pageSignin(w, r, v)
+	case path == "/signin/sso" && r.Method != http.MethodPost:
+		c.signinSSO(w, r, v)
+	case path == "/signin/sso/callback" && r.Method != http.MethodPost:
+		c.ssoCallback(w, r, v)
 	case path == "/signout" && r.Method == http.MethodPost:
 		c.signout(w, r)
 	case path == "/repositories":
@@ -80,7 +84,7 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (c *Console) pageSignin(w http.ResponseWriter, r *http.Request, v auth.Viewer) {
 	next := safeNext(r.FormValue("next"))
 	p := c.newPage(r, v, "Sign in")
-	p.Data = map[string]any{"Next": next, "NoUsers": !c.gate.Required()}
+	p.Data = map[string]any{"Next": next, "NoUsers": !c.gate.Required(), "SSO": c.gate.SSO()}
 	if r.Method != http.MethodPost {
 		c.render(w, http.StatusOK, "signin", p)
 		return

@@ -51,6 +51,7 @@ type page struct {
 	NoUsers bool
 	Flash   string
 	Path    string
+	Refresh string // go on to this page of the console at once (after a sign-in through the provider)
 	Data    any
 }
 

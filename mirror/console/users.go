@@ -35,10 +35,30 @@ func (c *Console) pageUsers(w http.ResponseWriter, r *http.Request, v auth.Viewe
 	}
 	p := c.newPage(r, v, "Users and rules")
 	p.Nav = "users"
-	tokens, _ := c.svc.Tokens(auth.Caller{Subject: policy.Subject{User: v.User}})
-	p.Data = map[string]any{"Users": rows, "Rules": pol.Rules(), "Open": pol.Open(), "AnonMirror": pol.AnonymousMirrorPull(), "Tokens": tokenRows(tokens, time.Now()),
-		"Directory": c.gate.DirectoryURL(), "DirectoryUsers": c.gate.RecentDirectoryUsers()}
-	c.render(w, http.StatusOK, "users", p)
+	caller := auth.Caller{Subject: c.subject(v)}
+	status := http.StatusOK
+	if r.Method == http.MethodPost && r.PostFormValue("action") == "forget-person" {
+		name := r.PostFormValue("name")
+		revoked, err := c.svc.ForgetPerson(caller, name)
+		if err != nil {
+			status, p.Flash = c.statusOf(err), "Not forgotten: "+message(err)
+		} else {
+			c.gate.AuditAs(r, v.User, "person-forget", slog.String("person", name), slog.String("tokens_revoked", strings.Join(revoked, ",")), slog.String("via", "console"))
+			p.Flash = fmt.Sprintf("Forgot %s: their sessions end and %d access tokens were revoked, on every node. The next account that signs in as %s takes the name.", name, len(revoked), name)
+		}
+	}
+	tokens, _ := c.svc.Tokens(caller)
+	data := map[string]any{"Users": rows, "Rules": pol.Rules(), "Open": pol.Open(), "AnonMirror": pol.AnonymousMirrorPull(), "Tokens": tokenRows(tokens, time.Now()),
+		"Directory": c.gate.DirectoryURL(), "DirectoryUsers": c.gate.RecentDirectoryUsers(), "SSO": c.gate.SSO()}
+	if c.gate.SSO() != "" {
+		people, err := c.svc.People(caller)
+		if err != nil {
+			p.Flash = "The people who signed in could not be read: " + message(err)
+		}
+		data["People"] = people
+	}
+	p.Data = data
+	c.render(w, status, "users", p)
 }
 
 // tokenRow is an access token on the Users page.

@@ -1,0 +1,56 @@
+package cache
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestPeople(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	r := s.Records()
+	t0 := time.Now().UTC().Round(time.Second)
+	alice := PersonRecord{Name: "alice", Subject: "u-1", Issuer: "https://idp", Groups: []string{"devs"}, LastSignIn: t0}
+	if got, err := r.RecordSignIn(alice); err != nil || !got.FirstSeen.Equal(t0) {
+		t.Fatalf("first sign-in: %+v %v", got, err)
+	}
+	if p, ok, err := r.Person("alice"); err != nil || !ok || !slices.Equal(p.Groups, []string{"devs"}) {
+		t.Fatalf("Person: %+v %v %v", p, ok, err)
+	}
+	// A later sign-in brings new groups; the cached record follows.
+	alice.Groups, alice.LastSignIn = []string{"ops"}, t0.Add(time.Hour)
+	if got, err := r.RecordSignIn(alice); err != nil || !got.FirstSeen.Equal(t0) {
+		t.Fatalf("second sign-in: %+v %v", got, err)
+	}
+	if p, _, _ := r.Person("alice"); !slices.Equal(p.Groups, []string{"ops"}) || !p.LastSignIn.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("after the second sign-in: %+v", p)
+	}
+	// Another account at the provider that calls itself alice is refused.
+	if _, err := r.RecordSignIn(PersonRecord{Name: "alice", Subject: "u-9", Issuer: "https://idp", LastSignIn: t0}); !errors.Is(err, ErrPersonElsewhere) {
+		t.Fatalf("another subject: %v", err)
+	}
+	if _, err := r.RecordSignIn(PersonRecord{Name: "alice", Subject: "u-1", Issuer: "https://other", LastSignIn: t0}); !errors.Is(err, ErrPersonElsewhere) {
+		t.Fatalf("another issuer: %v", err)
+	}
+	if _, err := r.RecordSignIn(PersonRecord{Name: "bob", Subject: "u-2", Issuer: "https://idp", LastSignIn: t0.Add(2 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := r.People(); err != nil || len(list) != 2 || list[0].Name != "bob" || list[1].Name != "alice" {
+		t.Fatalf("People: %+v %v", list, err)
+	}
+	if found, err := r.ForgetPerson("alice"); !found || err != nil {
+		t.Fatalf("ForgetPerson: %v %v", found, err)
+	}
+	if _, ok, _ := r.Person("alice"); ok {
+		t.Fatal("a forgotten person is still found (the cache kept it)")
+	}
+	if found, _ := r.ForgetPerson("alice"); found {
+		t.Fatal("forgot alice twice")
+	}
+	// Forgotten, the name binds anew.
+	if _, err := r.RecordSignIn(PersonRecord{Name: "alice", Subject: "u-9", Issuer: "https://idp", LastSignIn: t0}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,76 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"sync"
+)
+
+// recordCache keeps the JSON records of one key prefix read from the
+// index (access tokens, people), so that a sign-in costs no index read;
+// writes here and the change feed (every node's writes) drop entries.
+type recordCache[T any] struct {
+	mu      sync.Mutex
+	records map[string]T
+}
+
+func (c *recordCache[T]) forget(name string) {
+	c.mu.Lock()
+	delete(c.records, name)
+	c.mu.Unlock()
+}
+
+func (c *recordCache[T]) forgetAll() {
+	c.mu.Lock()
+	c.records = nil
+	c.mu.Unlock()
+}
+
+// read returns the record at key, from the cache or the index; ok is
+// false when there is none.
+func (c *recordCache[T]) read(idx Index, name string, key []byte) (rec T, ok bool, err error) {
+	c.mu.Lock()
+	rec, ok = c.records[name]
+	c.mu.Unlock()
+	if ok {
+		return rec, true, nil
+	}
+	var raw []byte
+	err = idx.View(func(txn Txn) error {
+		v, err := txn.Get(key)
+		raw = v
+		return err
+	})
+	if errors.Is(err, errNotFound) {
+		return rec, false, nil
+	}
+	if err != nil {
+		return rec, false, err
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return rec, false, err
+	}
+	c.mu.Lock()
+	if c.records == nil {
+		c.records = map[string]T{}
+	}
+	c.records[name] = rec
+	c.mu.Unlock()
+	return rec, true, nil
+}
+
+// scanRecords reads every JSON record under prefix (those that do not
+// decode are left out).
+func scanRecords[T any](idx Index, prefix string) ([]T, error) {
+	var out []T
+	err := idx.View(func(txn Txn) error {
+		return txn.Scan([]byte(prefix), nil, false, func(_, v []byte) error {
+			var rec T
+			if json.Unmarshal(v, &rec) == nil {
+				out = append(out, rec)
+			}
+			return nil
+		})
+	})
+	return out, err
+}

@@ -1,0 +1,77 @@
+package admin
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/wharf-registry/wharf/mirror/auth"
+	"github.com/wharf-registry/wharf/mirror/oci"
+)
+
+// PersonInfo is someone the identity provider signed in (single sign-on).
+type PersonInfo struct {
+	Name       string    `json:"name"`
+	Subject    string    `json:"subject"`
+	Issuer     string    `json:"issuer"`
+	Groups     []string  `json:"groups"`
+	FirstSeen  time.Time `json:"first_seen"`
+	LastSignIn time.Time `json:"last_sign_in"`
+	Tokens     int       `json:"tokens"` // the access tokens they own
+}
+
+// People lists who signed in through the identity provider, the latest
+// first (registry admins).
+func (svc *Service) People(c auth.Caller) ([]PersonInfo, error) {
+	if !svc.gate.Policy().RegistryAdmin(c.Subject) {
+		return nil, oci.Errorf(oci.CodeDenied, "only a registry admin may list the people who signed in")
+	}
+	recs, err := svc.store.Records().People()
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := svc.store.Records().Tokens()
+	if err != nil {
+		return nil, err
+	}
+	owned := map[string]int{}
+	for _, t := range tokens {
+		owned[t.Owner]++
+	}
+	out := make([]PersonInfo, 0, len(recs))
+	for _, p := range recs {
+		out = append(out, PersonInfo{Name: p.Name, Subject: p.Subject, Issuer: p.Issuer, Groups: p.Groups,
+			FirstSeen: p.FirstSeen, LastSignIn: p.LastSignIn, Tokens: owned[p.Name]})
+	}
+	return out, nil
+}
+
+// ForgetPerson deletes the record of someone the identity provider signed
+// in, and revokes their access tokens: their sessions and tokens stop at
+// once on every node, and the name is free for the next account that
+// signs in with it (registry admins). It returns the tokens revoked.
+func (svc *Service) ForgetPerson(c auth.Caller, name string) ([]string, error) {
+	if !svc.gate.Policy().RegistryAdmin(c.Subject) || c.TokenName != "" {
+		return nil, oci.Errorf(oci.CodeDenied, "only a registry admin, signed in with a password, may forget a person")
+	}
+	found, err := svc.store.Records().ForgetPerson(name)
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, &oci.Error{Code: oci.CodeNameUnknown, Status: http.StatusNotFound, Message: "nobody called " + name + " signed in through the identity provider"}
+	}
+	tokens, err := svc.store.Records().Tokens()
+	if err != nil {
+		return nil, err
+	}
+	var revoked []string
+	for _, t := range tokens {
+		if t.Owner == name {
+			if _, err := svc.store.Records().RevokeToken(t.Name); err != nil {
+				return revoked, err
+			}
+			revoked = append(revoked, t.Name)
+		}
+	}
+	return revoked, nil
+}
