@@ -294,3 +294,33 @@ func TestRegistry2Volume(t *testing.T) {
 		t.Fatalf("unescape: %q", got)
 	}
 }
+
+// TestOIDCOptions: single sign-on's options from flags and the config
+// file, and the mistakes a start refuses with the option named.
+func TestOIDCOptions(t *testing.T) {
+	dir := t.TempDir()
+	secret, file := filepath.Join(dir, "secret"), filepath.Join(dir, "wharf.yaml")
+	os.WriteFile(secret, []byte("s3cret\n"), 0o600)
+	os.WriteFile(file, []byte("oidc-issuer: https://idp.example.com/realms/company\noidc-client-id: wharf\noidc-redirect-url: https://wharf.example.com/signin/sso/callback\noidc-client-secret-file: "+secret+"\n"), 0o644)
+	cfg := parseServe(t, "--config", file)
+	if cfg.mirror.SSO == nil || cfg.mirror.SSO.String() != "https://idp.example.com/realms/company" {
+		t.Fatalf("the config file's provider: %v", cfg.mirror.SSO)
+	}
+	if cfg.mirror.Policy.Open() {
+		t.Fatal("with single sign-on the registry is open to everyone")
+	}
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--oidc-client-id", "wharf"}, "--oidc-client-id needs --oidc-issuer"},
+		{[]string{"--oidc-issuer", "https://idp", "--oidc-redirect-url", "https://w/signin/sso/callback"}, "--oidc-client-id is needed"},
+		{[]string{"--oidc-issuer", "https://idp", "--oidc-client-id", "w", "--oidc-redirect-url", "https://w/"}, "--oidc-redirect-url"},
+		{[]string{"--oidc-issuer", "idp", "--oidc-client-id", "w", "--oidc-redirect-url", "https://w/signin/sso/callback"}, "--oidc-issuer"},
+		{[]string{"--oidc-issuer", "https://idp", "--oidc-client-id", "w", "--oidc-redirect-url", "https://w/signin/sso/callback", "--oidc-client-secret-file", "/nonexistent"}, "--oidc-client-secret-file"},
+	} {
+		if _, err := tryServe(c.args...); err == nil || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("wharf serve %v: %v, want an error saying %q", c.args, err, c.says)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -187,6 +188,26 @@ func TestOIDCSignIn(t *testing.T) {
 		t.Fatalf("a callback nobody started: %d\n%s", status, page)
 	}
 
+	// The admin API lists the people and forgets one; bob may not.
+	var people []struct {
+		Name   string   `json:"name"`
+		Groups []string `json:"groups"`
+		Tokens int      `json:"tokens"`
+	}
+	apiGet(t, w, "/api/v1/people", "root", "root-pw", &people)
+	if len(people) != 3 || people[0].Name != "alice" || people[0].Groups[0] != "readers" || people[1].Name != "dave" || people[2].Name != "bob" || people[2].Tokens != 1 {
+		t.Fatalf("GET /api/v1/people: %+v", people)
+	}
+	if got := apiDo(t, w, http.MethodGet, "/api/v1/people", "bob-ci", bobTok); got != http.StatusForbidden {
+		t.Fatalf("bob lists the people: %d, want 403", got)
+	}
+	if got := apiDo(t, w, http.MethodDelete, "/api/v1/people/dave", "root", "root-pw"); got != http.StatusOK {
+		t.Fatalf("DELETE /api/v1/people/dave: %d", got)
+	}
+	if got := apiDo(t, w, http.MethodDelete, "/api/v1/people/dave", "root", "root-pw"); got != http.StatusNotFound {
+		t.Fatalf("forgetting dave twice: %d, want 404", got)
+	}
+
 	// root forgets alice: her session ends and her token is revoked.
 	csrf := csrfField.FindStringSubmatch(getPage(t, w, "/users", "root", "root-pw"))[1]
 	req, _ := http.NewRequest(http.MethodPost, w.url("/users"), strings.NewReader(url.Values{"csrf": {csrf}, "action": {"forget-person"}, "name": {"alice"}}.Encode()))
@@ -235,4 +256,35 @@ func (b *browser) signedIn(w *wharfProc) bool {
 	b.t.Helper()
 	_, page := b.get(w.url("/tokens"))
 	return strings.Contains(page, "<title>Access tokens")
+}
+
+// apiGet GETs an admin API path with Basic credentials into out.
+func apiGet(t *testing.T, w *wharfProc, path, user, pass string, out any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, w.url(path), nil)
+	req.SetBasicAuth(user, pass)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+}
+
+// apiDo sends a body-less admin API request and returns its status.
+func apiDo(t *testing.T, w *wharfProc, method, path, user, pass string) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, w.url(path), nil)
+	req.SetBasicAuth(user, pass)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

@@ -83,6 +83,10 @@ func (svc *Service) ServeAPI(w http.ResponseWriter, r *http.Request) error {
 		return svc.apiTokens(w, r, "")
 	case strings.HasPrefix(rest, "tokens/"):
 		return svc.apiTokens(w, r, strings.TrimPrefix(rest, "tokens/"))
+	case rest == "people" && r.Method == http.MethodGet:
+		return svc.apiPeople(w, r, "")
+	case strings.HasPrefix(rest, "people/") && r.Method == http.MethodDelete:
+		return svc.apiPeople(w, r, strings.TrimPrefix(rest, "people/"))
 	case strings.HasPrefix(rest, "repositories/"):
 		name, what, ok := splitAPIRepo(strings.TrimPrefix(rest, "repositories/"))
 		if !ok {

@@ -1,7 +1,9 @@
 package admin
 
 import (
+	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/wharf-registry/wharf/mirror/auth"
@@ -64,7 +66,7 @@ func (svc *Service) ForgetPerson(c auth.Caller, name string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var revoked []string
+	revoked := []string{}
 	for _, t := range tokens {
 		if t.Owner == name {
 			if _, err := svc.store.Records().RevokeToken(t.Name); err != nil {
@@ -74,4 +76,30 @@ func (svc *Service) ForgetPerson(c auth.Caller, name string) ([]string, error) {
 		}
 	}
 	return revoked, nil
+}
+
+// apiPeople serves /api/v1/people (GET: who signed in through the
+// identity provider) and /api/v1/people/NAME (DELETE forgets them and
+// revokes their tokens); registry admins only.
+func (svc *Service) apiPeople(w http.ResponseWriter, r *http.Request, name string) error {
+	c, err := svc.apiCaller(r)
+	if err != nil {
+		return err
+	}
+	if !svc.gate.Policy().RegistryAdmin(c.Subject) {
+		return svc.apiDenied(r, c, "see or forget the people who signed in")
+	}
+	if name == "" {
+		list, err := svc.People(c)
+		if err != nil {
+			return err
+		}
+		return apiJSON(w, http.StatusOK, list)
+	}
+	revoked, err := svc.ForgetPerson(c, name)
+	if err != nil {
+		return err
+	}
+	svc.gate.Audit(r, "person-forget", slog.String("person", name), slog.String("tokens_revoked", strings.Join(revoked, ",")))
+	return apiJSON(w, http.StatusOK, map[string]any{"forgotten": name, "tokens_revoked": revoked})
 }
