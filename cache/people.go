@@ -18,6 +18,10 @@ type PersonRecord struct {
 	Groups     []string  `json:"groups,omitempty"`
 	FirstSeen  time.Time `json:"first_seen"`
 	LastSignIn time.Time `json:"last_sign_in"`
+	// Refresh is the provider's refresh token, sealed by the gate ("": the
+	// provider gave none, and the person is not rechecked).
+	Refresh     string    `json:"refresh,omitempty"`
+	LastChecked time.Time `json:"last_checked,omitzero"` // the last sign-in or recheck
 }
 
 // ErrPersonElsewhere: the name is bound to another account at the
@@ -35,6 +39,7 @@ func (s *Records) RecordSignIn(rec PersonRecord) (PersonRecord, error) {
 		switch {
 		case errors.Is(err, errNotFound):
 			rec.FirstSeen = rec.LastSignIn
+			rec.LastChecked = rec.LastSignIn
 		case err != nil:
 			return err
 		default:
@@ -45,7 +50,7 @@ func (s *Records) RecordSignIn(rec PersonRecord) (PersonRecord, error) {
 			if old.Subject != rec.Subject || old.Issuer != rec.Issuer {
 				return ErrPersonElsewhere
 			}
-			rec.FirstSeen = old.FirstSeen
+			rec.FirstSeen, rec.LastChecked = old.FirstSeen, rec.LastSignIn
 		}
 		val, err := json.Marshal(rec)
 		if err != nil {
@@ -84,6 +89,40 @@ func (s *Records) ForgetPerson(name string) (bool, error) {
 		}
 		found = true
 		return txn.Delete(personKey(name))
+	})
+	s.people.forget(name)
+	return found, err
+}
+
+// ChangePerson changes the record of name in one transaction: fn gets the
+// record as it is now and says whether to write it back changed (write)
+// or delete it (del). found is false when there is none.
+func (s *Records) ChangePerson(name string, fn func(rec *PersonRecord) (write, del bool)) (found bool, err error) {
+	err = s.release(func(txn Txn) error {
+		found = false
+		raw, err := txn.Get(personKey(name))
+		if errors.Is(err, errNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		found = true
+		var rec PersonRecord
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return err
+		}
+		write, del := fn(&rec)
+		switch {
+		case del:
+			return txn.Delete(personKey(name))
+		case write:
+			val, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			return txn.Set(personKey(name), val)
+		}
+		return nil
 	})
 	s.people.forget(name)
 	return found, err

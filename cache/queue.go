@@ -5,8 +5,6 @@ import (
 	"errors"
 	"sync/atomic"
 	"time"
-
-	"github.com/wharf-registry/wharf/cache/index"
 )
 
 // Queue holds what waits to be sent to another system (registry:2's
@@ -132,20 +130,7 @@ func (q *Queue) Remove(items []QueueItem) error {
 // Claim takes the named duty for this node: on a cluster one node at a
 // time holds it (until release, or until the node dies); on a single box
 // it is always this one's. ok is false while another node holds it.
-func (q *Queue) Claim(name string) (release func(), ok bool, err error) {
-	l, shared := q.idx.(index.Locker)
-	if !shared {
-		return func() {}, true, nil
-	}
-	release, err = l.TryLock(name)
-	if errors.Is(err, index.ErrLockHeld) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	return release, true, nil
-}
+func (q *Queue) Claim(name string) (release func(), ok bool, err error) { return claim(q.idx, name) }
 
 func queueTime(rest []byte) time.Time {
 	if len(rest) < 8 {

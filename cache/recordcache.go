@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+
+	"github.com/wharf-registry/wharf/cache/index"
 )
 
 // recordCache keeps the JSON records of one key prefix read from the
@@ -73,4 +75,26 @@ func scanRecords[T any](idx Index, prefix string) ([]T, error) {
 		})
 	})
 	return out, err
+}
+
+// Claim takes the named duty for this node (Queue.Claim), for the records'
+// own duties (rechecking people).
+func (s *Records) Claim(name string) (release func(), ok bool, err error) { return claim(s.idx, name) }
+
+// claim takes the named duty: on a cluster one node at a time holds it
+// (until release, or until the node dies); on a single box it is always
+// this one's. ok is false while another node holds it.
+func claim(idx Index, name string) (release func(), ok bool, err error) {
+	l, shared := idx.(index.Locker)
+	if !shared {
+		return func() {}, true, nil
+	}
+	release, err = l.TryLock(name)
+	if errors.Is(err, index.ErrLockHeld) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return release, true, nil
 }

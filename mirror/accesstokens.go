@@ -56,7 +56,7 @@ func (p people) Person(name string) ([]string, string, bool, error) {
 }
 
 func (p people) RecordSignIn(id auth.Identity, issuer string, at time.Time) error {
-	_, err := p.records.RecordSignIn(cache.PersonRecord{Name: id.Name, Subject: id.Subject, Issuer: issuer, Groups: id.Groups, LastSignIn: at.UTC()})
+	_, err := p.records.RecordSignIn(cache.PersonRecord{Name: id.Name, Subject: id.Subject, Issuer: issuer, Groups: id.Groups, Refresh: id.Refresh, LastSignIn: at.UTC()})
 	if errors.Is(err, cache.ErrPersonElsewhere) {
 		return auth.ErrPersonElsewhere
 	}

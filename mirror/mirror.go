@@ -172,6 +172,16 @@ func (s *Server) Close() { s.reg.Close() }
 // minute).
 func (s *Server) Sample() { s.svc.Sample() }
 
+// RecheckPeople asks the identity provider whether the people it signed in
+// still sign in (the scheduler's, every --oidc-recheck); a no-op without
+// single sign-on.
+func (s *Server) RecheckPeople(ctx context.Context, every time.Duration) (admin.RecheckReport, error) {
+	if s.gate.SSO() == "" {
+		return admin.RecheckReport{}, nil
+	}
+	return s.svc.RecheckPeople(ctx, every, time.Now())
+}
+
 // NoteGC records a collection that ran (the scheduler's), for the console.
 func (s *Server) NoteGC(trigger, user string, rep cache.GCReport, took time.Duration, err error) {
 	s.svc.NoteGC(trigger, user, rep, took, err)

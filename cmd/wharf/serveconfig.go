@@ -38,6 +38,7 @@ type serveConfig struct {
 	debugAddr       string
 	log             *slog.Logger
 	shutdownTimeout time.Duration
+	oidcRecheck     time.Duration // how often single sign-on's people are rechecked (0: never)
 	headerTimeout   time.Duration
 	gcInterval      time.Duration
 	readOnly        bool               // --read-only: no writes, no collections, no eviction
@@ -153,7 +154,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	if dir != nil {
 		cfg.mirror.Directory = dir
 	}
-	cfg.mirror.SSO = sso
+	cfg.mirror.SSO, cfg.oidcRecheck = sso, c.Duration("oidc-recheck")
 	if !c.Bool("mirror") {
 		return cfg, nil
 	}

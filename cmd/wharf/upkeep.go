@@ -134,6 +134,13 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 		trim, stop8 = ticker(localTrimInterval)
 		defer stop8()
 	}
+	var recheck <-chan time.Time
+	var rechecking atomic.Bool
+	if cfg.mirror.SSO != nil && cfg.oidcRecheck > 0 {
+		var stop9 func()
+		recheck, stop9 = ticker(min(max(cfg.oidcRecheck/4, time.Second), 5*time.Minute))
+		defer stop9()
+	}
 	tokenWarns, tokensChecked := tokenWarnings{}, time.Now()
 	tokenWarns.check(store, log, tokensChecked)
 	for {
@@ -210,6 +217,15 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 				log.Warn("expiring upload sessions", "err", err)
 			} else if n > 0 {
 				log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
+			}
+		case <-recheck:
+			// The provider may be slow: the round runs beside the loop,
+			// one at a time.
+			if rechecking.CompareAndSwap(false, true) {
+				go func() {
+					defer rechecking.Store(false)
+					recheckPeople(ctx, reg, cfg.oidcRecheck, log)
+				}()
 			}
 		case <-vlog:
 			if err := store.Maintenance().RunValueLogGC(); err != nil {
@@ -300,4 +316,19 @@ func collect(store *cache.Store, reg *mirror.Server, cfg serveConfig, log *slog.
 	ops.gcFreed.Add(float64(max(0, rep.Bytes)))
 	log.Info("garbage collection", "manifests", rep.Manifests, "links", rep.Links, "blobs", rep.Blobs,
 		"orphans", rep.Orphans, "freed_bytes", rep.Bytes, "took", time.Since(start))
+}
+
+// recheckPeople runs one round of rechecks of the people single sign-on
+// signed in, and logs what it found.
+func recheckPeople(ctx context.Context, reg *mirror.Server, every time.Duration, log *slog.Logger) {
+	rep, err := reg.RecheckPeople(ctx, every)
+	if rep.Gone > 0 {
+		log.Warn("single sign-on: the identity provider no longer signs these people in: forgotten, their sessions ended and tokens revoked (see the audit log)", "count", rep.Gone)
+	}
+	if rep.Skipped > 0 {
+		log.Warn("single sign-on: refresh tokens sealed with another token key cannot be rechecked until those people sign in again (set --token-key-file)", "count", rep.Skipped)
+	}
+	if err != nil && ctx.Err() == nil {
+		log.Warn("single sign-on: rechecking people with the identity provider (nobody is forgotten for this; retried)", "checked", rep.Checked, "err", err)
+	}
 }

@@ -82,7 +82,7 @@ func TestOIDCSignIn(t *testing.T) {
 	h := hydratest.Start(t)
 	addr := freeAddr(t)
 	redirect := "http://" + addr + "/signin/sso/callback"
-	clientID, clientSecret := h.Client(t, redirect, "openid profile email")
+	clientID, clientSecret := h.Client(t, redirect, "openid profile email offline_access")
 
 	dir := t.TempDir()
 	secretFile, config := filepath.Join(dir, "client-secret"), filepath.Join(dir, "wharf.yaml")
@@ -100,7 +100,21 @@ func TestOIDCSignIn(t *testing.T) {
 `), 0o644)
 	htpasswd, _ := makeUsers(t, map[string]string{"root": "root-pw"}, "")
 	w := startWharfAt(t, addr, "", []string{"WHARF_OIDC_CLIENT_SECRET_FILE=" + secretFile}, "--config", config, "--htpasswd", htpasswd,
-		"--oidc-issuer", h.Issuer, "--oidc-client-id", clientID, "--oidc-redirect-url", redirect)
+		"--oidc-issuer", h.Issuer, "--oidc-client-id", clientID, "--oidc-redirect-url", redirect, "--oidc-recheck", "2s")
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range strings.Split(w.log.String(), "\n") {
+				if strings.Contains(l, "single sign-on") {
+					t.Log("wharf: " + l)
+				}
+			}
+			for _, l := range strings.Split(h.Log(), "\n") {
+				if strings.Contains(l, "level=error") {
+					t.Log("hydra: " + l)
+				}
+			}
+		}
+	})
 	if !strings.Contains(w.log.String(), `sso="`+h.Issuer) {
 		t.Fatalf("the start does not name the provider:\n%s", w.log)
 	}
@@ -178,7 +192,7 @@ func TestOIDCSignIn(t *testing.T) {
 	} {
 		b := newBrowser(t)
 		if status, page := ssoSignIn(t, b, w, h, c.who, "/"); status != c.status || !strings.Contains(page, c.says) {
-			t.Fatalf("%+v: %d, want %d saying %q\n%s", c.who, status, c.status, c.says, page)
+			t.Fatalf("%+v: %d, want %d saying %q\n%s\n%s", c.who, status, c.status, c.says, page, w.log)
 		}
 		if status, _ := b.get(w.url("/tokens")); status != http.StatusOK || b.signedIn(w) {
 			t.Fatalf("%+v: a refused sign-in left a session", c.who)
@@ -186,6 +200,31 @@ func TestOIDCSignIn(t *testing.T) {
 	}
 	if status, page := newBrowser(t).get(w.url("/signin/sso/callback?state=abc&code=def")); status != http.StatusBadRequest || !strings.Contains(page, "not started in this browser") {
 		t.Fatalf("a callback nobody started: %d\n%s", status, page)
+	}
+
+	// erin is rechecked with the provider every 2 s: her token keeps
+	// working (each recheck rotates her refresh token), until the
+	// provider revokes her grants; then she is forgotten, her session
+	// ends and her token is refused.
+	erin := newBrowser(t)
+	_, page = ssoSignIn(t, erin, w, h, hydratest.Person{Subject: "id-erin", Name: "erin", Groups: []string{"devs"}}, "/tokens")
+	_, page = erin.post(w.url("/tokens"), url.Values{"csrf": {csrfField.FindStringSubmatch(page)[1]}, "action": {"create"},
+		"name": {"erin-ci"}, "repos": {"team/**"}, "actions": {"pull"}})
+	erinTok := secretPre.FindStringSubmatch(page)[1]
+	time.Sleep(5 * time.Second)
+	if got := getStatus(t, w, "/v2/team/app/manifests/v1", "Basic "+basicCreds("erin-ci", erinTok)); got != http.StatusOK || !erin.signedIn(w) {
+		t.Fatalf("erin after two rechecks: %d, signed in %v\n%s", got, erin.signedIn(w), w.log)
+	}
+	h.RevokeConsent(t, "id-erin")
+	deadline := time.Now().Add(20 * time.Second)
+	for getStatus(t, w, "/v2/team/app/manifests/v1", "Basic "+basicCreds("erin-ci", erinTok)) != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatalf("erin's token still works 20 s after the provider revoked her:\n%s", w.log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if erin.signedIn(w) || !strings.Contains(w.log.String(), "person-gone") {
+		t.Fatalf("erin's session outlived her, or her removal was not audited:\n%s", w.log)
 	}
 
 	// The admin API lists the people and forgets one; bob may not.

@@ -114,9 +114,17 @@ func Start(t testing.TB) *Server {
 	pubHost, pubPort, _ := net.SplitHostPort(public)
 	admHost, admPort, _ := net.SplitHostPort(admin)
 	s.Issuer, s.admin = "http://"+public+"/", "http://"+admin
+	// A file database with a busy timeout: the in-memory one fails
+	// concurrent writes (two token requests at once) with a server_error.
+	dsn := "DSN=sqlite://" + filepath.Join(t.TempDir(), "hydra.sqlite") + "?_fk=true&_busy_timeout=10000&_journal_mode=WAL"
+	migrate := exec.Command(bin, "migrate", "sql", "up", "-e", "--yes")
+	migrate.Env = append(os.Environ(), dsn)
+	if out, err := migrate.CombinedOutput(); err != nil {
+		t.Fatalf("hydra migrate: %v\n%s", err, out)
+	}
 	s.cmd = exec.Command(bin, "serve", "all", "--dev", "--sqa-opt-out")
 	s.cmd.Env = append(os.Environ(),
-		"DSN=memory",
+		dsn,
 		"SERVE_PUBLIC_HOST="+pubHost, "SERVE_PUBLIC_PORT="+pubPort,
 		"SERVE_ADMIN_HOST="+admHost, "SERVE_ADMIN_PORT="+admPort,
 		"URLS_SELF_ISSUER="+s.Issuer,
@@ -194,6 +202,15 @@ func (s *Server) Client(t testing.TB, redirectURL string, scopes string) (id, se
 		t.Fatal(err)
 	}
 	return out.ID, out.Secret
+}
+
+// RevokeConsent revokes every grant the person (subject) gave, and with
+// them their refresh tokens, as an admin removing someone does.
+func (s *Server) RevokeConsent(t testing.TB, subject string) {
+	t.Helper()
+	if err := s.call(http.MethodDelete, "/admin/oauth2/auth/sessions/consent?all=true&subject="+url.QueryEscape(subject), nil, nil); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // SignInAs makes the login app sign in p from now on.

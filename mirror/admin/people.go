@@ -1,10 +1,14 @@
 package admin
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/wharf-registry/wharf/cache"
 
 	"github.com/wharf-registry/wharf/mirror/auth"
 	"github.com/wharf-registry/wharf/mirror/oci"
@@ -62,13 +66,18 @@ func (svc *Service) ForgetPerson(c auth.Caller, name string) ([]string, error) {
 	if !found {
 		return nil, &oci.Error{Code: oci.CodeNameUnknown, Status: http.StatusNotFound, Message: "nobody called " + name + " signed in through the identity provider"}
 	}
+	return svc.revokeTokensOf(name)
+}
+
+// revokeTokensOf revokes the access tokens owner owns.
+func (svc *Service) revokeTokensOf(owner string) ([]string, error) {
 	tokens, err := svc.store.Records().Tokens()
 	if err != nil {
 		return nil, err
 	}
 	revoked := []string{}
 	for _, t := range tokens {
-		if t.Owner == name {
+		if t.Owner == owner {
 			if _, err := svc.store.Records().RevokeToken(t.Name); err != nil {
 				return revoked, err
 			}
@@ -76,6 +85,76 @@ func (svc *Service) ForgetPerson(c auth.Caller, name string) ([]string, error) {
 		}
 	}
 	return revoked, nil
+}
+
+// RecheckReport is what a recheck of the people found.
+type RecheckReport struct {
+	Checked, Gone, Skipped int
+}
+
+// RecheckPeople asks the identity provider, for each person not checked
+// for every, whether they still sign in (their refresh token, as a sign-in
+// would). Someone it refuses is forgotten and their tokens revoked (and
+// audited); the others get the groups it gives now. A provider that does
+// not answer stops the round (nobody is forgotten for it). On a cluster
+// one node at a time rechecks: a refresh token may be used once.
+func (svc *Service) RecheckPeople(ctx context.Context, every time.Duration, now time.Time) (RecheckReport, error) {
+	var rep RecheckReport
+	release, ok, err := svc.store.Records().Claim("sso-recheck")
+	if err != nil || !ok {
+		return rep, err
+	}
+	defer release()
+	people, err := svc.store.Records().People()
+	if err != nil {
+		return rep, err
+	}
+	for _, p := range people {
+		if p.Refresh == "" || now.Sub(p.LastChecked) < every {
+			continue
+		}
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		c, err := svc.gate.RecheckSSO(ctx, p.Subject, p.Refresh)
+		if errors.Is(err, auth.ErrSealedElsewhere) {
+			rep.Skipped++
+			continue
+		}
+		if err != nil {
+			return rep, err
+		}
+		rep.Checked++
+		used, forgotten := p.Refresh, false
+		_, err = svc.store.Records().ChangePerson(p.Name, func(rec *cache.PersonRecord) (write, del bool) {
+			forgotten = false
+			if rec.Refresh != used { // signed in again meanwhile: that sign-in holds
+				return false, false
+			}
+			if c.Gone {
+				forgotten = true
+				return false, true
+			}
+			rec.Refresh, rec.LastChecked = c.Refresh, now
+			if c.GroupsKnown {
+				rec.Groups = c.Groups
+			}
+			return true, false
+		})
+		if err != nil {
+			return rep, err
+		}
+		if forgotten {
+			rep.Gone++
+			revoked, err := svc.revokeTokensOf(p.Name)
+			svc.gate.AuditAs(nil, p.Name, "person-gone", slog.String("subject", p.Subject),
+				slog.String("reason", "the identity provider refused their refresh token"), slog.String("tokens_revoked", strings.Join(revoked, ",")))
+			if err != nil {
+				return rep, err
+			}
+		}
+	}
+	return rep, nil
 }
 
 // apiPeople serves /api/v1/people (GET: who signed in through the

@@ -30,10 +30,14 @@ func (g *Gate) Audit(r *http.Request, event string, attrs ...slog.Attr) {
 	g.AuditAs(r, c.User, event, attrs...)
 }
 
-// AuditAs is Audit for a request whose caller is being resolved.
+// AuditAs is Audit for a request whose caller is being resolved (r nil:
+// the server's own act, as a recheck by the maintenance scheduler).
 func (g *Gate) AuditAs(r *http.Request, user, event string, attrs ...slog.Attr) {
 	if user == "" {
 		user = "anonymous"
+	}
+	if r == nil { // the server's own act (the maintenance scheduler)
+		r = &http.Request{RemoteAddr: "wharf"}
 	}
 	e := AuditEvent{Time: time.Now().UTC().Format(time.RFC3339), User: user, Event: event, Client: r.RemoteAddr}
 	for _, a := range attrs {

@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -33,8 +35,13 @@ type SingleSignOn interface {
 	AuthURL(ctx context.Context, state, nonce, verifier string) (string, error)
 	// Exchange redeems the code the provider sent back.
 	Exchange(ctx context.Context, code, verifier, nonce string) (Identity, error)
-	// Unavailable reports an error that means the provider did not answer.
+	// Recheck redeems a person's refresh token: their groups (known is
+	// false when the answer has none) and the token to keep ("": the same).
+	Recheck(ctx context.Context, refresh, subject string) (groups []string, known bool, next string, err error)
+	// Unavailable reports an error that means the provider did not answer;
+	// Gone one that means it refused the person's refresh token.
 	Unavailable(err error) bool
+	Gone(err error) bool
 	String() string // the issuer
 }
 
@@ -42,6 +49,9 @@ type SingleSignOn interface {
 type Identity struct {
 	Name, Subject string
 	Groups        []string
+	// Refresh is the provider's refresh token; People receive it sealed
+	// (SealedRefresh), never in the clear.
+	Refresh string
 }
 
 // People records who signed in through the provider (the index, shared by
@@ -162,7 +172,15 @@ func (g *Gate) FinishSSO(w http.ResponseWriter, r *http.Request) (user, next str
 	}
 	if e := q.Get("error"); e != "" {
 		g.AuditAs(r, "", "login", slog.Bool("ok", false), slog.String("via", "sso"), slog.String("reason", "the provider refused: "+e+" "+q.Get("error_description")))
-		return "", "", &SSOError{http.StatusForbidden, "The identity provider did not sign you in (" + e + "). Start again."}
+		why := e
+		if d := q.Get("error_description"); d != "" {
+			why += ": " + d
+		}
+		msg := "The identity provider did not sign you in (" + why + "). Start again."
+		if e == "invalid_scope" {
+			msg = "The identity provider refused the scopes Wharf asks for (" + q.Get("error_description") + "): allow them for Wharf's client there, or change --oidc-scopes (without offline_access people are not rechecked)."
+		}
+		return "", "", &SSOError{http.StatusForbidden, msg}
 	}
 	id, err := g.opts.SSO.Exchange(r.Context(), q.Get("code"), p.Verifier, p.Nonce)
 	if err != nil {
@@ -184,6 +202,9 @@ func (g *Gate) FinishSSO(w http.ResponseWriter, r *http.Request) (user, next str
 		if _, known, _ := dir.Groups(id.Name); known {
 			return refuse("the directory holds the name", id.Name+" is a directory user: sign in with the password form.")
 		}
+	}
+	if id.Refresh != "" {
+		id.Refresh = g.seal(id.Refresh)
 	}
 	if err := g.opts.People.RecordSignIn(id, g.SSO(), time.Now()); err != nil {
 		if errors.Is(err, ErrPersonElsewhere) {
@@ -214,4 +235,70 @@ func (g *Gate) ssoPerson(user string) (groups []string, gen string, ok bool) {
 		return nil, "", false
 	}
 	return groups, ssoGen(subject), true
+}
+
+// The refresh tokens the index keeps are sealed (AES-256-GCM) with a key
+// derived from the token key: a copy of the index alone does not sign
+// anyone in at the provider. Nodes that share the token key unseal each
+// other's; a process with its own random key cannot unseal earlier ones
+// (those people are rechecked again after their next sign-in).
+func (g *Gate) sealer() cipher.AEAD {
+	key := sha256.Sum256(append([]byte("wharf sso refresh token\x00"), g.tokens.key[:]...))
+	block, _ := aes.NewCipher(key[:])
+	aead, _ := cipher.NewGCM(block)
+	return aead
+}
+
+func (g *Gate) seal(plain string) string {
+	aead := g.sealer()
+	nonce := make([]byte, aead.NonceSize())
+	rand.Read(nonce)
+	return base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, []byte(plain), []byte("refresh")))
+}
+
+func (g *Gate) unseal(sealed string) (string, bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(sealed)
+	aead := g.sealer()
+	if err != nil || len(raw) < aead.NonceSize() {
+		return "", false
+	}
+	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], []byte("refresh"))
+	return string(plain), err == nil
+}
+
+// SSOCheck is what a recheck of a person found.
+type SSOCheck struct {
+	Gone        bool     // the provider refused the person: forget them
+	Groups      []string // their groups now, when GroupsKnown
+	GroupsKnown bool
+	Refresh     string // the sealed refresh token to keep
+}
+
+// ErrSealedElsewhere: a refresh token sealed with another token key (a
+// restart without --token-key-file): it cannot be used.
+var ErrSealedElsewhere = errors.New("the refresh token was sealed with another token key (set --token-key-file so that it outlives restarts)")
+
+// RecheckSSO asks the provider whether the person with this (sealed)
+// refresh token and subject still signs in. An error means nobody could
+// say (the provider did not answer, or the token cannot be unsealed).
+func (g *Gate) RecheckSSO(ctx context.Context, subject, sealed string) (SSOCheck, error) {
+	if g.opts.SSO == nil {
+		return SSOCheck{}, errors.New("single sign-on is not set up")
+	}
+	refresh, ok := g.unseal(sealed)
+	if !ok {
+		return SSOCheck{}, ErrSealedElsewhere
+	}
+	groups, known, next, err := g.opts.SSO.Recheck(ctx, refresh, subject)
+	switch {
+	case err != nil && g.opts.SSO.Gone(err):
+		return SSOCheck{Gone: true}, nil
+	case err != nil:
+		return SSOCheck{}, err
+	}
+	c := SSOCheck{Groups: groups, GroupsKnown: known, Refresh: sealed}
+	if next != "" {
+		c.Refresh = g.seal(next)
+	}
+	return c, nil
 }

@@ -28,13 +28,17 @@ import (
 // discovery document is broken). The console says so with 503.
 var ErrUnavailable = errors.New("the identity provider is unavailable")
 
+// ErrGone: the provider refused a person's refresh token (the person was
+// removed or disabled, signed out everywhere, or the grant was revoked).
+var ErrGone = errors.New("the identity provider no longer accepts this person's sign-in")
+
 // Options configures a Provider.
 type Options struct {
 	Issuer       string // the issuer URL (its /.well-known/openid-configuration is read)
 	ClientID     string
 	ClientSecret string
 	RedirectURL  string   // https://wharf.example.com/signin/sso/callback
-	Scopes       []string // default openid, profile, email
+	Scopes       []string // default openid, profile, email, offline_access
 	UserClaim    string   // the claim that names the person (default preferred_username)
 	GroupsClaim  string   // the claim that lists the person's groups (default groups)
 	CAFile       string   // the provider's CA (default: the system's)
@@ -46,6 +50,7 @@ type Identity struct {
 	Name    string   // from the user claim
 	Subject string   // the provider's stable id (sub)
 	Groups  []string // from the groups claim
+	Refresh string   // the refresh token, for Recheck ("": the provider gave none)
 }
 
 // Provider is the identity provider. It is safe for concurrent use.
@@ -74,7 +79,7 @@ func New(o Options) (*Provider, error) {
 		return nil, fmt.Errorf("--oidc-redirect-url %q: want Wharf's own URL ending in /signin/sso/callback, as registered at the provider", o.RedirectURL)
 	}
 	if len(o.Scopes) == 0 {
-		o.Scopes = []string{gooidc.ScopeOpenID, "profile", "email"}
+		o.Scopes = []string{gooidc.ScopeOpenID, "profile", "email", gooidc.ScopeOfflineAccess}
 	}
 	hasOpenID := false
 	for _, s := range o.Scopes {
@@ -206,26 +211,82 @@ func (p *Provider) Exchange(ctx context.Context, code, verifier, nonce string) (
 	if err := idt.Claims(&claims); err != nil {
 		return Identity{}, fmt.Errorf("reading the ID token's claims: %v", err)
 	}
-	id := Identity{Subject: idt.Subject}
+	id := Identity{Subject: idt.Subject, Refresh: tok.RefreshToken}
 	if id.Name, err = p.name(claims); err != nil {
 		return Identity{}, err
 	}
-	groups, found, err := stringList(claims, p.o.GroupsClaim)
-	if !found && err == nil {
-		// Some providers (Okta, Azure AD by default) give groups only on
-		// the userinfo endpoint.
-		if ui, uerr := prov.UserInfo(ctx, cfg.TokenSource(ctx, tok)); uerr == nil {
-			var more map[string]any
-			if ui.Subject == idt.Subject && ui.Claims(&more) == nil {
-				groups, _, err = stringList(more, p.o.GroupsClaim)
-			}
-		}
-	}
+	groups, _, err := p.groups(ctx, prov, cfg, tok, claims, idt.Subject)
 	if err != nil {
 		return Identity{}, err
 	}
 	id.Groups = groups
 	return id, nil
+}
+
+// groups reads the groups claim from the ID token's claims or, when it has
+// none, the userinfo endpoint (where some providers, Okta and Azure AD by
+// default, give them); known is false when neither has the claim.
+func (p *Provider) groups(ctx context.Context, prov *gooidc.Provider, cfg *oauth2.Config, tok *oauth2.Token, claims map[string]any, subject string) (groups []string, known bool, err error) {
+	if claims != nil {
+		if groups, found, err := stringList(claims, p.o.GroupsClaim); found || err != nil {
+			return groups, found, err
+		}
+	}
+	ui, err := prov.UserInfo(ctx, cfg.TokenSource(ctx, tok))
+	if err != nil {
+		return nil, false, nil
+	}
+	var more map[string]any
+	if ui.Subject != subject || ui.Claims(&more) != nil {
+		return nil, false, nil
+	}
+	return stringList(more, p.o.GroupsClaim)
+}
+
+// Recheck asks the provider whether the person whose refresh token this is
+// still signs in, as a sign-in would: the token is redeemed, the new ID
+// token (when the provider sends one) verified and its subject compared.
+// It returns the person's groups (known is false when the answer holds
+// none) and the refresh token to keep ("" when the provider did not rotate
+// it). ErrGone: the provider refused the token; ErrUnavailable: it did not
+// answer.
+func (p *Provider) Recheck(ctx context.Context, refresh, subject string) (groups []string, known bool, next string, err error) {
+	ctx, cancel := p.ctx(ctx)
+	defer cancel()
+	prov, err := p.discovered(ctx)
+	if err != nil {
+		return nil, false, "", err
+	}
+	cfg := p.config(prov)
+	tok, err := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: refresh}).Token()
+	if err != nil {
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) && re.Response != nil && re.Response.StatusCode < 500 {
+			return nil, false, "", fmt.Errorf("%w: %v", ErrGone, err)
+		}
+		return nil, false, "", fmt.Errorf("%w: refreshing: %v", ErrUnavailable, err)
+	}
+	var claims map[string]any
+	if raw, _ := tok.Extra("id_token").(string); raw != "" {
+		idt, err := prov.VerifierContext(ctx, &gooidc.Config{ClientID: p.o.ClientID}).Verify(ctx, raw)
+		if err != nil {
+			return nil, false, "", fmt.Errorf("the refreshed ID token was refused: %v", err)
+		}
+		if idt.Subject != subject {
+			return nil, false, "", fmt.Errorf("%w: the refreshed ID token is another account's", ErrGone)
+		}
+		if err := idt.Claims(&claims); err != nil {
+			return nil, false, "", err
+		}
+	}
+	groups, known, err = p.groups(ctx, prov, cfg, tok, claims, subject)
+	if err != nil {
+		return nil, false, "", err
+	}
+	if tok.RefreshToken != refresh {
+		next = tok.RefreshToken
+	}
+	return groups, known, next, nil
 }
 
 // name reads the person's name from the user claim.

@@ -46,7 +46,7 @@ func browse(t *testing.T, start string) url.Values {
 
 func TestProvider(t *testing.T) {
 	h := hydratest.Start(t)
-	id, secret := h.Client(t, redirect, "openid profile email")
+	id, secret := h.Client(t, redirect, "openid profile email offline_access")
 	p, err := oidc.New(oidc.Options{Issuer: h.Issuer, ClientID: id, ClientSecret: secret, RedirectURL: redirect})
 	if err != nil {
 		t.Fatal(err)
@@ -80,8 +80,36 @@ func TestProvider(t *testing.T) {
 	if got.Name != "alice" || got.Subject != "u-1" || !slices.Equal(got.Groups, []string{"devs", "ops"}) {
 		t.Fatalf("identity %+v", got)
 	}
+	// The refresh token rechecks alice: the same groups, a rotated token;
+	// the old one is refused afterwards.
+	if got.Refresh == "" {
+		t.Fatal("no refresh token (offline_access is asked for by default)")
+	}
+	groups, known, next, err := p.Recheck(ctx, got.Refresh, "u-1")
+	if err != nil || !known || !slices.Equal(groups, []string{"devs", "ops"}) || next == "" || next == got.Refresh {
+		t.Fatalf("Recheck: %v %v %q %v", groups, known, next, err)
+	}
+	if _, _, _, err := p.Recheck(ctx, next, "u-2"); !errors.Is(err, oidc.ErrGone) {
+		t.Fatalf("a refresh token checked against another subject: %v, want ErrGone", err)
+	}
+	if _, _, _, err := p.Recheck(ctx, got.Refresh, "u-1"); !errors.Is(err, oidc.ErrGone) {
+		t.Fatalf("a used refresh token: %v, want ErrGone", err)
+	}
 	if _, err := p.Exchange(ctx, back.Get("code"), verifier, "nonce-2-0123456789"); err == nil || errors.Is(err, oidc.ErrUnavailable) {
 		t.Fatalf("a code redeemed twice: %v, want a refusal", err)
+	}
+	// Revoked at the provider: gone.
+	back, verifier = signIn(hydratest.Person{Subject: "u-6", Name: "dan"}, "nonce-3-0123456789")
+	dan, err := p.Exchange(ctx, back.Get("code"), verifier, "nonce-3-0123456789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, known, _, err := p.Recheck(ctx, dan.Refresh, "u-6"); err != nil || known {
+		t.Fatalf("dan, without groups: known %v, %v", known, err)
+	}
+	h.RevokeConsent(t, "u-6")
+	if _, _, _, err := p.Recheck(ctx, dan.Refresh, "u-6"); !errors.Is(err, oidc.ErrGone) {
+		t.Fatalf("after the grant was revoked: %v, want ErrGone", err)
 	}
 	back, verifier = signIn(hydratest.Person{Subject: "u-1", Name: "alice", Groups: []string{"devs", "ops"}}, "nonce-1-0123456789")
 	if _, err := p.Exchange(ctx, back.Get("code"), verifier, "another"); err == nil || !strings.Contains(err.Error(), "nonce") {
