@@ -1,9 +1,9 @@
 package auth
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
-	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
