@@ -179,7 +179,7 @@ func (s *Server) RecheckPeople(ctx context.Context, every time.Duration) (admin.
 	if s.gate.SSO() == "" {
 		return admin.RecheckReport{}, nil
 	}
-	return s.svc.RecheckPeople(ctx, every, time.Now())
+	return s.svc.Identities().RecheckPeople(ctx, every, time.Now())
 }
 
 // NoteGC records a collection that ran (the scheduler's), for the console.

@@ -102,6 +102,7 @@ type Service struct {
 	book     statusBook
 	reclaim  reclaimState
 	readOnly atomic.Bool // Options.ReadOnly, switched by SetReadOnly
+	ids      *Identities
 }
 
 // New returns the services over store, authorizing through gate.
@@ -112,7 +113,17 @@ func New(store *cache.Store, gate *auth.Gate, o Options) *Service {
 	if o.GCGrace <= 0 {
 		o.GCGrace = time.Hour
 	}
-	svc := &Service{store: store, gate: gate, opts: o, log: o.Logger}
+	svc := &Service{store: store, gate: gate, opts: o, log: o.Logger, ids: &Identities{store: store, gate: gate}}
 	svc.readOnly.Store(o.ReadOnly)
 	return svc
 }
+
+// Identities are the services for who signs in: access tokens and the
+// people single sign-on recorded. It is safe for concurrent use.
+type Identities struct {
+	store *cache.Store
+	gate  *auth.Gate
+}
+
+// Identities are the access tokens' and people's services.
+func (svc *Service) Identities() *Identities { return svc.ids }

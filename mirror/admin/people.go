@@ -27,15 +27,15 @@ type PersonInfo struct {
 
 // People lists who signed in through the identity provider, the latest
 // first (registry admins).
-func (svc *Service) People(c auth.Caller) ([]PersonInfo, error) {
-	if !svc.gate.Policy().RegistryAdmin(c.Subject) {
+func (ids *Identities) People(c auth.Caller) ([]PersonInfo, error) {
+	if !ids.gate.Policy().RegistryAdmin(c.Subject) {
 		return nil, oci.Errorf(oci.CodeDenied, "only a registry admin may list the people who signed in")
 	}
-	recs, err := svc.store.Records().People()
+	recs, err := ids.store.Records().People()
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := svc.store.Records().Tokens()
+	tokens, err := ids.store.Records().Tokens()
 	if err != nil {
 		return nil, err
 	}
@@ -55,30 +55,30 @@ func (svc *Service) People(c auth.Caller) ([]PersonInfo, error) {
 // in, and revokes their access tokens: their sessions and tokens stop at
 // once on every node, and the name is free for the next account that
 // signs in with it (registry admins). It returns the tokens revoked.
-func (svc *Service) ForgetPerson(c auth.Caller, name string) ([]string, error) {
-	if !svc.gate.Policy().RegistryAdmin(c.Subject) || c.TokenName != "" {
+func (ids *Identities) ForgetPerson(c auth.Caller, name string) ([]string, error) {
+	if !ids.gate.Policy().RegistryAdmin(c.Subject) || c.TokenName != "" {
 		return nil, oci.Errorf(oci.CodeDenied, "only a registry admin, signed in with a password, may forget a person")
 	}
-	found, err := svc.store.Records().ForgetPerson(name)
+	found, err := ids.store.Records().ForgetPerson(name)
 	if err != nil {
 		return nil, err
 	}
 	if !found {
 		return nil, &oci.Error{Code: oci.CodeNameUnknown, Status: http.StatusNotFound, Message: "nobody called " + name + " signed in through the identity provider"}
 	}
-	return svc.revokeTokensOf(name)
+	return ids.revokeTokensOf(name)
 }
 
 // revokeTokensOf revokes the access tokens owner owns.
-func (svc *Service) revokeTokensOf(owner string) ([]string, error) {
-	tokens, err := svc.store.Records().Tokens()
+func (ids *Identities) revokeTokensOf(owner string) ([]string, error) {
+	tokens, err := ids.store.Records().Tokens()
 	if err != nil {
 		return nil, err
 	}
 	revoked := []string{}
 	for _, t := range tokens {
 		if t.Owner == owner {
-			if _, err := svc.store.Records().RevokeToken(t.Name); err != nil {
+			if _, err := ids.store.Records().RevokeToken(t.Name); err != nil {
 				return revoked, err
 			}
 			revoked = append(revoked, t.Name)
@@ -98,14 +98,14 @@ type RecheckReport struct {
 // audited); the others get the groups it gives now. A provider that does
 // not answer stops the round (nobody is forgotten for it). On a cluster
 // one node at a time rechecks: a refresh token may be used once.
-func (svc *Service) RecheckPeople(ctx context.Context, every time.Duration, now time.Time) (RecheckReport, error) {
+func (ids *Identities) RecheckPeople(ctx context.Context, every time.Duration, now time.Time) (RecheckReport, error) {
 	var rep RecheckReport
-	release, ok, err := svc.store.Records().Claim("sso-recheck")
+	release, ok, err := ids.store.Records().Claim("sso-recheck")
 	if err != nil || !ok {
 		return rep, err
 	}
 	defer release()
-	people, err := svc.store.Records().People()
+	people, err := ids.store.Records().People()
 	if err != nil {
 		return rep, err
 	}
@@ -116,7 +116,7 @@ func (svc *Service) RecheckPeople(ctx context.Context, every time.Duration, now 
 		if ctx.Err() != nil {
 			return rep, ctx.Err()
 		}
-		c, err := svc.gate.RecheckSSO(ctx, p.Subject, p.Refresh)
+		c, err := ids.gate.RecheckSSO(ctx, p.Subject, p.Refresh)
 		if errors.Is(err, auth.ErrSealedElsewhere) {
 			rep.Skipped++
 			continue
@@ -126,7 +126,7 @@ func (svc *Service) RecheckPeople(ctx context.Context, every time.Duration, now 
 		}
 		rep.Checked++
 		used, forgotten := p.Refresh, false
-		_, err = svc.store.Records().ChangePerson(p.Name, func(rec *cache.PersonRecord) (write, del bool) {
+		_, err = ids.store.Records().ChangePerson(p.Name, func(rec *cache.PersonRecord) (write, del bool) {
 			forgotten = false
 			if rec.Refresh != used { // signed in again meanwhile: that sign-in holds
 				return false, false
@@ -146,8 +146,8 @@ func (svc *Service) RecheckPeople(ctx context.Context, every time.Duration, now 
 		}
 		if forgotten {
 			rep.Gone++
-			revoked, err := svc.revokeTokensOf(p.Name)
-			svc.gate.AuditAs(nil, p.Name, "person-gone", slog.String("subject", p.Subject),
+			revoked, err := ids.revokeTokensOf(p.Name)
+			ids.gate.AuditAs(nil, p.Name, "person-gone", slog.String("subject", p.Subject),
 				slog.String("reason", "the identity provider refused their refresh token"), slog.String("tokens_revoked", strings.Join(revoked, ",")))
 			if err != nil {
 				return rep, err
@@ -169,13 +169,13 @@ func (svc *Service) apiPeople(w http.ResponseWriter, r *http.Request, name strin
 		return svc.apiDenied(r, c, "see or forget the people who signed in")
 	}
 	if name == "" {
-		list, err := svc.People(c)
+		list, err := svc.ids.People(c)
 		if err != nil {
 			return err
 		}
 		return apiJSON(w, http.StatusOK, list)
 	}
-	revoked, err := svc.ForgetPerson(c, name)
+	revoked, err := svc.ids.ForgetPerson(c, name)
 	if err != nil {
 		return err
 	}

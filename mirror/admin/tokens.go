@@ -67,7 +67,7 @@ func ParseExpiry(s string) (time.Duration, error) {
 
 // CreateToken makes an access token owned by c, the person signed in. Its
 // secret is in the answer only.
-func (svc *Service) CreateToken(c auth.Caller, req TokenRequest) (TokenInfo, error) {
+func (ids *Identities) CreateToken(c auth.Caller, req TokenRequest) (TokenInfo, error) {
 	switch {
 	case c.TokenName != "":
 		return TokenInfo{}, errTokenCaller
@@ -93,7 +93,7 @@ func (svc *Service) CreateToken(c auth.Caller, req TokenRequest) (TokenInfo, err
 	if ttl > 0 {
 		rec.Expires = now.Add(ttl)
 	}
-	if err := svc.store.Records().CreateToken(rec); errors.Is(err, cache.ErrTokenExists) {
+	if err := ids.store.Records().CreateToken(rec); errors.Is(err, cache.ErrTokenExists) {
 		return TokenInfo{}, &oci.Error{Code: oci.CodeDenied, Status: http.StatusConflict, Message: "a token called " + req.Name + " exists: revoke it first, or choose another name"}
 	} else if err != nil {
 		return TokenInfo{}, err
@@ -105,12 +105,12 @@ func (svc *Service) CreateToken(c auth.Caller, req TokenRequest) (TokenInfo, err
 
 // Tokens lists the tokens c may see: a registry admin's, all; anyone
 // else's, their own.
-func (svc *Service) Tokens(c auth.Caller) ([]TokenInfo, error) {
-	recs, err := svc.store.Records().Tokens()
+func (ids *Identities) Tokens(c auth.Caller) ([]TokenInfo, error) {
+	recs, err := ids.store.Records().Tokens()
 	if err != nil {
 		return nil, err
 	}
-	all := svc.gate.Policy().RegistryAdmin(c.Subject)
+	all := ids.gate.Policy().RegistryAdmin(c.Subject)
 	out := []TokenInfo{}
 	for _, rec := range recs {
 		if all || (c.User != "" && rec.Owner == c.User) {
@@ -122,19 +122,19 @@ func (svc *Service) Tokens(c auth.Caller) ([]TokenInfo, error) {
 
 // RevokeToken deletes the token called name: its owner or a registry
 // admin may. Every node refuses it from then on.
-func (svc *Service) RevokeToken(c auth.Caller, name string) error {
+func (ids *Identities) RevokeToken(c auth.Caller, name string) error {
 	if c.TokenName != "" {
 		return errTokenCaller
 	}
-	rec, ok, err := svc.store.Records().Token(name)
+	rec, ok, err := ids.store.Records().Token(name)
 	if err != nil {
 		return err
 	}
-	if !ok || (rec.Owner != c.User && !svc.gate.Policy().RegistryAdmin(c.Subject)) {
+	if !ok || (rec.Owner != c.User && !ids.gate.Policy().RegistryAdmin(c.Subject)) {
 		// Someone else's token is as unknown as a missing one.
 		return &oci.Error{Code: oci.CodeNameUnknown, Status: http.StatusNotFound, Message: "no token called " + name + " that you may revoke"}
 	}
-	_, err = svc.store.Records().RevokeToken(name)
+	_, err = ids.store.Records().RevokeToken(name)
 	return err
 }
 
@@ -163,7 +163,7 @@ func (svc *Service) apiTokens(w http.ResponseWriter, r *http.Request, name strin
 		if c.User == "" && !svc.gate.Policy().Open() {
 			return svc.apiDenied(r, c, "list access tokens")
 		}
-		list, err := svc.Tokens(c)
+		list, err := svc.ids.Tokens(c)
 		if err != nil {
 			return err
 		}
@@ -173,7 +173,7 @@ func (svc *Service) apiTokens(w http.ResponseWriter, r *http.Request, name strin
 		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
 			return badRequest("a token request is JSON: {\"name\":…,\"repos\":[…],\"actions\":[…],\"expires\":\"90d\"}: %v", err)
 		}
-		ti, err := svc.CreateToken(c, req)
+		ti, err := svc.ids.CreateToken(c, req)
 		if err != nil {
 			return err
 		}
@@ -181,7 +181,7 @@ func (svc *Service) apiTokens(w http.ResponseWriter, r *http.Request, name strin
 			slog.String("actions", strings.Join(ti.Actions, ",")), slog.String("expires", req.Expires))
 		return apiJSON(w, http.StatusCreated, ti)
 	case name != "" && r.Method == http.MethodDelete:
-		if err := svc.RevokeToken(c, name); err != nil {
+		if err := svc.ids.RevokeToken(c, name); err != nil {
 			return err
 		}
 		svc.gate.Audit(r, "token-revoke", slog.String("token", name))

@@ -39,7 +39,7 @@ func (c *Console) pageUsers(w http.ResponseWriter, r *http.Request, v auth.Viewe
 	status := http.StatusOK
 	if r.Method == http.MethodPost && r.PostFormValue("action") == "forget-person" {
 		name := r.PostFormValue("name")
-		revoked, err := c.svc.ForgetPerson(caller, name)
+		revoked, err := c.svc.Identities().ForgetPerson(caller, name)
 		if err != nil {
 			status, p.Flash = c.statusOf(err), "Not forgotten: "+message(err)
 		} else {
@@ -47,11 +47,11 @@ func (c *Console) pageUsers(w http.ResponseWriter, r *http.Request, v auth.Viewe
 			p.Flash = fmt.Sprintf("Forgot %s: their sessions end and %d access tokens were revoked, on every node. The next account that signs in as %s takes the name.", name, len(revoked), name)
 		}
 	}
-	tokens, _ := c.svc.Tokens(caller)
+	tokens, _ := c.svc.Identities().Tokens(caller)
 	data := map[string]any{"Users": rows, "Rules": pol.Rules(), "Open": pol.Open(), "AnonMirror": pol.AnonymousMirrorPull(), "Tokens": tokenRows(tokens, time.Now()),
 		"Directory": c.gate.DirectoryURL(), "DirectoryUsers": c.gate.RecentDirectoryUsers(), "SSO": c.gate.SSO()}
 	if c.gate.SSO() != "" {
-		people, err := c.svc.People(caller)
+		people, err := c.svc.Identities().People(caller)
 		if err != nil {
 			p.Flash = "The people who signed in could not be read: " + message(err)
 		}
@@ -111,7 +111,7 @@ func (c *Console) pageTokens(w http.ResponseWriter, r *http.Request, v auth.View
 		case "create":
 			req := admin.TokenRequest{Name: name, Repos: strings.FieldsFunc(r.PostFormValue("repos"), func(c rune) bool { return c == ',' || c == ' ' }),
 				Actions: r.PostForm["actions"], Expires: r.PostFormValue("expires")}
-			ti, err := c.svc.CreateToken(caller, req)
+			ti, err := c.svc.Identities().CreateToken(caller, req)
 			if err != nil {
 				status, p.Flash = c.statusOf(err), "The token was not created: "+message(err)
 				break
@@ -120,7 +120,7 @@ func (c *Console) pageTokens(w http.ResponseWriter, r *http.Request, v auth.View
 				slog.String("actions", strings.Join(ti.Actions, ",")), slog.String("via", "console"))
 			data["Created"] = ti
 		case "revoke":
-			if err := c.svc.RevokeToken(caller, name); err != nil {
+			if err := c.svc.Identities().RevokeToken(caller, name); err != nil {
 				status, p.Flash = c.statusOf(err), "The token was not revoked: "+message(err)
 				break
 			}
@@ -128,7 +128,7 @@ func (c *Console) pageTokens(w http.ResponseWriter, r *http.Request, v auth.View
 			p.Flash = "Revoked " + name + ": every node refuses it from now on."
 		}
 	}
-	tokens, err := c.svc.Tokens(caller)
+	tokens, err := c.svc.Identities().Tokens(caller)
 	if err != nil {
 		c.consoleError(w, r, v, http.StatusInternalServerError, "The tokens could not be read: "+err.Error())
 		return
