@@ -64,10 +64,14 @@ func (s *kv) release(fn func(txn Txn) error) error {
 	return s.retry(fn)
 }
 
-func (s *kv) retry(fn func(txn Txn) error) error {
+func (s *kv) retry(fn func(txn Txn) error) error { return s.retryCounting(fn, true) }
+
+// retryCounting is retry; count false leaves the write out of the count of
+// content changes (queues, which change no content).
+func (s *kv) retryCounting(fn func(txn Txn) error, count bool) error {
 	for i := 0; ; i++ {
 		err := s.idx.Update(fn)
-		if err == nil {
+		if err == nil && count {
 			s.writes.Add(1)
 		}
 		if !errors.Is(err, errConflict) || i == 20 {
@@ -82,22 +86,29 @@ type keyValue struct{ key, val []byte }
 // setAll writes kvs in transactions of at most MaxOps writes each, in
 // order: not atomic as a whole.
 func (s *kv) setAll(kvs []keyValue) error {
-	if err := s.indexWrite(false); err != nil {
+	return s.batched(len(kvs), false, true, func(txn Txn, i int) error { return txn.Set(kvs[i].key, kvs[i].val) })
+}
+
+// batched runs op for 0..n-1 in transactions of at most MaxOps each, in
+// order (not atomic as a whole). release: the writes free space (they go
+// on when the disk is full); count: they change content (retryCounting).
+func (s *kv) batched(n int, release, count bool, op func(txn Txn, i int) error) error {
+	if err := s.indexWrite(release); err != nil {
 		return err
 	}
-	for len(kvs) > 0 {
-		n := min(len(kvs), s.idx.MaxOps())
-		if err := s.retry(func(txn Txn) error {
-			for _, kv := range kvs[:n] {
-				if err := txn.Set(kv.key, kv.val); err != nil {
+	for from := 0; from < n; {
+		to := min(n, from+s.idx.MaxOps())
+		if err := s.retryCounting(func(txn Txn) error {
+			for i := from; i < to; i++ {
+				if err := op(txn, i); err != nil {
 					return err
 				}
 			}
 			return nil
-		}); err != nil {
+		}, count); err != nil {
 			return err
 		}
-		kvs = kvs[n:]
+		from = to
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"encoding/binary"
-	"errors"
 	"sync/atomic"
 	"time"
 )
@@ -53,24 +52,7 @@ func (q *Queue) Enqueue(entries []QueueEntry) error {
 	if len(kvs) == 0 {
 		return nil
 	}
-	if err := q.indexWrite(false); err != nil {
-		return err
-	}
-	for len(kvs) > 0 {
-		n := min(len(kvs), q.idx.MaxOps())
-		if err := q.quietly(func(txn Txn) error {
-			for _, kv := range kvs[:n] {
-				if err := txn.Set(kv.key, kv.val); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		kvs = kvs[n:]
-	}
-	return nil
+	return q.batched(len(kvs), false, false, func(txn Txn, i int) error { return txn.Set(kvs[i].key, kvs[i].val) })
 }
 
 // Peek returns up to max of queue's oldest entries, oldest first.
@@ -107,24 +89,7 @@ func (q *Queue) Len(queue string) (n int, oldest time.Time, err error) {
 // Remove deletes entries (sent, or dropped). Missing ones are no error:
 // another node may have removed them.
 func (q *Queue) Remove(items []QueueItem) error {
-	if err := q.indexWrite(true); err != nil {
-		return err
-	}
-	for len(items) > 0 {
-		n := min(len(items), q.idx.MaxOps())
-		if err := q.quietly(func(txn Txn) error {
-			for _, it := range items[:n] {
-				if err := txn.Delete(it.Key); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		items = items[n:]
-	}
-	return nil
+	return q.batched(len(items), true, false, func(txn Txn, i int) error { return txn.Delete(items[i].Key) })
 }
 
 // Claim takes the named duty for this node: on a cluster one node at a
@@ -137,14 +102,4 @@ func queueTime(rest []byte) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, int64(binary.BigEndian.Uint64(rest)))
-}
-
-// quietly is retry without counting the write as a change of content.
-func (q *Queue) quietly(fn func(txn Txn) error) error {
-	for i := 0; ; i++ {
-		err := q.idx.Update(fn)
-		if !errors.Is(err, errConflict) || i == 20 {
-			return err
-		}
-	}
 }
