@@ -41,12 +41,9 @@ func ldapDirectory(c *cli.Context) (*directory.Directory, error) {
 	o := directory.Options{URL: c.String("ldap-url"), StartTLS: c.Bool("ldap-starttls"), CAFile: c.String("ldap-ca-file"),
 		BindDN: c.String("ldap-bind-dn"), UserBase: c.String("ldap-user-base"), UserFilter: c.String("ldap-user-filter"),
 		GroupBase: c.String("ldap-group-base"), GroupFilter: c.String("ldap-group-filter"), CacheTTL: c.Duration("ldap-cache"), Timeout: c.Duration("ldap-timeout")}
-	if f := c.String("ldap-bind-password-file"); f != "" {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("--ldap-bind-password-file: %w", err)
-		}
-		o.BindPassword, _, _ = strings.Cut(strings.TrimRight(string(raw), "\r\n"), "\n")
+	var err error
+	if o.BindPassword, err = secretFile(c, "ldap-bind-password-file"); err != nil {
+		return nil, err
 	}
 	if o.BindDN != "" && o.BindPassword == "" {
 		return nil, fmt.Errorf("--ldap-bind-dn needs --ldap-bind-password-file")
@@ -55,4 +52,19 @@ func ldapDirectory(c *cli.Context) (*directory.Directory, error) {
 		return nil, fmt.Errorf("--ldap-starttls is for ldap:// URLs; ldaps:// is TLS already")
 	}
 	return directory.New(o)
+}
+
+// secretFile is the first line of the file the flag names ("" without
+// one): a password or a client secret kept out of the command line.
+func secretFile(c *cli.Context, flag string) (string, error) {
+	f := c.String(flag)
+	if f == "" {
+		return "", nil
+	}
+	raw, err := os.ReadFile(f)
+	if err != nil {
+		return "", fmt.Errorf("--%s: %w", flag, err)
+	}
+	line, _, _ := strings.Cut(strings.TrimRight(string(raw), "\r\n"), "\n")
+	return line, nil
 }

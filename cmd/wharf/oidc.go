@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -45,12 +44,9 @@ func oidcProvider(c *cli.Context) (auth.SingleSignOn, error) {
 	for _, s := range strings.FieldsFunc(c.String("oidc-scopes"), func(r rune) bool { return r == ',' || r == ' ' }) {
 		o.Scopes = append(o.Scopes, s)
 	}
-	if f := c.String("oidc-client-secret-file"); f != "" {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("--oidc-client-secret-file: %w", err)
-		}
-		o.ClientSecret, _, _ = strings.Cut(strings.TrimRight(string(raw), "\r\n"), "\n")
+	var err error
+	if o.ClientSecret, err = secretFile(c, "oidc-client-secret-file"); err != nil {
+		return nil, err
 	}
 	p, err := oidc.New(o)
 	if err != nil {

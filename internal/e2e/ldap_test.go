@@ -24,6 +24,20 @@ import (
 // anonymous mirror pulls, existing access tokens and a bearer token issued
 // before keep working, and a sign-in fails fast with 503. The console's
 // Users page lists the directory users who signed in, with their groups.
+// teamRules: root may do anything, group devs may push to team/**, and
+// everyone signed in may pull from it.
+const teamRules = `rules:
+  - repos: ["**"]
+    who: [root]
+    actions: [pull, push, delete, admin]
+  - repos: ["team/**"]
+    who: ["group:devs"]
+    actions: [pull, push]
+  - repos: ["team/**"]
+    who: [users]
+    actions: [pull]
+`
+
 func TestLDAPSignIn(t *testing.T) {
 	requireTool(t, "dockerd")
 	srv := ldaptest.Start(t)
@@ -36,17 +50,7 @@ func TestLDAPSignIn(t *testing.T) {
 	dir := t.TempDir()
 	pwFile, config := filepath.Join(dir, "bind-pw"), filepath.Join(dir, "wharf.yaml")
 	os.WriteFile(pwFile, []byte(ldaptest.BindPassword+"\n"), 0o600)
-	os.WriteFile(config, []byte(`rules:
-  - repos: ["**"]
-    who: [root]
-    actions: [pull, push, delete, admin]
-  - repos: ["team/**"]
-    who: ["group:devs"]
-    actions: [pull, push]
-  - repos: ["team/**"]
-    who: [users]
-    actions: [pull]
-`), 0o644)
+	os.WriteFile(config, []byte(teamRules), 0o644)
 	htpasswd, _ := makeUsers(t, map[string]string{"root": "root-pw"}, "")
 	w := startWharf(t, "", "--config", config, "--upstream", "docker.io="+hub.URL, "--htpasswd", htpasswd,
 		"--ldap-url", srv.URL, "--ldap-bind-dn", ldaptest.BindDN, "--ldap-bind-password-file", pwFile,

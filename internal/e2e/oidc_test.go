@@ -87,17 +87,7 @@ func TestOIDCSignIn(t *testing.T) {
 	dir := t.TempDir()
 	secretFile, config := filepath.Join(dir, "client-secret"), filepath.Join(dir, "wharf.yaml")
 	os.WriteFile(secretFile, []byte(clientSecret+"\n"), 0o600)
-	os.WriteFile(config, []byte(`rules:
-  - repos: ["**"]
-    who: [root]
-    actions: [pull, push, delete, admin]
-  - repos: ["team/**"]
-    who: ["group:devs"]
-    actions: [pull, push]
-  - repos: ["team/**"]
-    who: [users]
-    actions: [pull]
-`), 0o644)
+	os.WriteFile(config, []byte(teamRules), 0o644)
 	htpasswd, _ := makeUsers(t, map[string]string{"root": "root-pw"}, "")
 	w := startWharfAt(t, addr, "", []string{"WHARF_OIDC_CLIENT_SECRET_FILE=" + secretFile}, "--config", config, "--htpasswd", htpasswd,
 		"--oidc-issuer", h.Issuer, "--oidc-client-id", clientID, "--oidc-redirect-url", redirect, "--oidc-recheck", "2s")
