@@ -56,8 +56,9 @@ type Directory struct {
 }
 
 type entry struct {
-	groups []string
-	until  time.Time
+	groups  []string
+	until   time.Time
+	unknown bool // the directory does not know the user (Groups)
 }
 
 // New checks o; it does not dial (a directory down at start does not stop
@@ -154,8 +155,8 @@ func (d *Directory) Verify(user, password string) (groups []string, ok bool, err
 	}
 	d.mu.Lock()
 	d.prune(now)
-	d.signed[k] = entry{groups, now.Add(d.o.CacheTTL)}
-	d.groups[user] = entry{groups, now.Add(d.o.CacheTTL)}
+	d.signed[k] = entry{groups: groups, until: now.Add(d.o.CacheTTL)}
+	d.groups[user] = entry{groups: groups, until: now.Add(d.o.CacheTTL)}
 	d.mu.Unlock()
 	return groups, true, nil
 }
@@ -171,19 +172,22 @@ func (d *Directory) Groups(user string) (groups []string, ok bool, err error) {
 	e, hit := d.groups[user]
 	d.mu.Unlock()
 	if hit && now.Before(e.until) {
-		return e.groups, true, nil
+		return e.groups, !e.unknown, nil
 	}
 	groups, ok, err = d.lookupGroups(user)
-	if err != nil && hit {
+	if err != nil && hit && !e.unknown {
 		return e.groups, true, nil // the directory is down: the last known groups
 	}
-	if err != nil || !ok {
+	if err != nil {
 		return nil, false, err
 	}
+	// Unknown names are kept too: a name the htpasswd file or single
+	// sign-on signs in is asked about per request otherwise.
 	d.mu.Lock()
-	d.groups[user] = entry{groups, now.Add(d.o.CacheTTL)}
+	d.prune(now)
+	d.groups[user] = entry{groups: groups, until: now.Add(d.o.CacheTTL), unknown: !ok}
 	d.mu.Unlock()
-	return groups, true, nil
+	return groups, ok, nil
 }
 
 // lookupGroups asks the directory for a user's groups.

@@ -45,6 +45,20 @@ func TestDirectory(t *testing.T) {
 	if g, ok, err := d.Groups("bob"); !ok || err != nil || !slices.Equal(g, []string{"devs"}) {
 		t.Fatalf("bob's groups: %v %v %v", g, ok, err)
 	}
+	// An unknown name is remembered as unknown for the cache time (no
+	// directory round trip per request of an htpasswd or single sign-on
+	// user), then asked again.
+	if _, ok, err := d.Groups("carol"); ok || err != nil {
+		t.Fatalf("carol, unknown: %v %v", ok, err)
+	}
+	srv.AddUser("carol", "carol-pw")
+	if _, ok, _ := d.Groups("carol"); ok {
+		t.Fatal("the unknown carol was asked about again within the cache time")
+	}
+	time.Sleep(350 * time.Millisecond)
+	if _, ok, err := d.Groups("carol"); !ok || err != nil {
+		t.Fatalf("carol after the cache time: %v %v", ok, err)
+	}
 	srv.Stop()
 	time.Sleep(350 * time.Millisecond)
 	start := time.Now()
