@@ -49,6 +49,19 @@ func TestAccessTokens(t *testing.T) {
 	if got := reg.pushAs(t, "team/app", "v2", basic("ci-push", secret+"x"), []byte("token layer 3")); got != http.StatusUnauthorized {
 		t.Fatalf("a wrong secret: %d, want 401", got)
 	}
+	// Someone sending wrong secrets under the robot's name gets throttled;
+	// the robot, with the right one, is not locked out.
+	throttled := false
+	for i := 0; i < 10 && !throttled; i++ {
+		resp, _ := reg.do(t, "GET", "/v2/team/app/tags/list", nil, basic("ci-push", secret+"y"))
+		throttled = resp.StatusCode == http.StatusTooManyRequests
+	}
+	if !throttled {
+		t.Fatal("wrong secrets under a token's name were never throttled")
+	}
+	if resp, _ := reg.do(t, "GET", "/v2/team/app/tags/list", nil, ci); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the robot after someone's wrong secrets under its name: %s, want 200", resp.Status)
+	}
 	// Through the token realm, as docker does.
 	resp, raw := reg.do(t, "GET", "/token?service=wharf&scope=repository:team/app:pull,push", nil, ci)
 	var issued struct{ Token string }

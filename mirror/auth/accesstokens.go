@@ -97,16 +97,19 @@ func (g *Gate) tokenCaller(name, secret, gen string, now time.Time) (Caller, boo
 	return Caller{Subject: policy.Subject{User: t.Owner, Groups: groups, Scope: t.Scope}, TokenName: name}, true
 }
 
-// signInToken is SignIn for an access token: throttled and audited alike.
+// signInToken is SignIn for an access token: failures throttled and
+// audited alike. A right secret is let in before the throttle is asked: it
+// has 256 random bits, so it is no guess, and someone sending wrong ones
+// under a robot's name does not lock the robot out.
 func (g *Gate) signInToken(r *http.Request, name, secret string) (c Caller, ok bool, retry time.Duration) {
 	ip, now := ClientIP(r), g.signins.now()
-	if w := g.signins.wait(ip, name, now); w > 0 {
-		g.AuditAs(r, name, "login", slog.Bool("ok", false), slog.String("reason", "throttled after failed sign-ins"), slog.Duration("retry_after", w))
-		return Caller{}, false, w
-	}
 	if c, ok := g.tokenCaller(name, secret, "", now); ok {
 		g.signins.succeeded(ip, name)
 		return c, true, 0
+	}
+	if w := g.signins.wait(ip, name, now); w > 0 {
+		g.AuditAs(r, name, "login", slog.Bool("ok", false), slog.String("reason", "throttled after failed sign-ins"), slog.Duration("retry_after", w))
+		return Caller{}, false, w
 	}
 	backoff := g.signins.failed(ip, name, now)
 	g.AuditAs(r, name, "login", slog.Bool("ok", false), slog.String("reason", "unknown, expired or revoked access token, or a wrong secret"), slog.Duration("backoff", backoff))

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,6 +43,9 @@ type signins struct {
 	bad    map[[32]byte]time.Time // HMAC(user, password) of recent failures → when
 	good   map[[32]byte]time.Time // the same of recent successes (htpasswd users) → until
 	now    func() time.Time       // the clock (tests stop it)
+	// records counts the entries of byIP and byUser, read without the
+	// lock: a success with none to clear takes no lock.
+	records atomic.Int64
 }
 
 func newSignins() *signins {
@@ -144,6 +148,7 @@ func (s *signins) failed(ip, user string, now time.Time) time.Duration {
 		}
 		r.failures++
 		r.last = now
+		s.records.Store(int64(len(s.byIP) + len(s.byUser)))
 		if r.failures > signinFree-1 {
 			b := min(signinBase<<min(r.failures-signinFree, 20), m.max)
 			r.until = now.Add(b)
@@ -155,9 +160,13 @@ func (s *signins) failed(ip, user string, now time.Time) time.Duration {
 
 // succeeded clears the records of ip and user.
 func (s *signins) succeeded(ip, user string) {
+	if s.records.Load() == 0 {
+		return
+	}
 	s.mu.Lock()
 	delete(s.byIP, ip)
 	delete(s.byUser, user)
+	s.records.Store(int64(len(s.byIP) + len(s.byUser)))
 	s.mu.Unlock()
 }
 
@@ -169,4 +178,5 @@ func (s *signins) forgetLocked(now time.Time) {
 			}
 		}
 	}
+	s.records.Store(int64(len(s.byIP) + len(s.byUser)))
 }
