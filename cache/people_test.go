@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/etcdtest"
 )
 
 func TestPeople(t *testing.T) {
@@ -52,5 +54,56 @@ func TestPeople(t *testing.T) {
 	// Forgotten, the name binds anew.
 	if _, err := r.RecordSignIn(PersonRecord{Name: "alice", Subject: "u-9", Issuer: "https://idp", LastSignIn: t0}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPeopleOnEtcd: two nodes on one etcd index: B's cached record of a
+// person follows A's writes through the change feed (new groups, a
+// forget), and one node at a time holds the recheck duty.
+func TestPeopleOnEtcd(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	blobs := t.TempDir()
+	a := clusterNode(t, c, "people", blobs)
+	b := clusterNode(t, c, "people", blobs)
+	t0 := time.Now().UTC()
+	alice := PersonRecord{Name: "alice", Subject: "u-1", Issuer: "https://idp", Groups: []string{"devs"}, LastSignIn: t0}
+	if _, err := a.Records().RecordSignIn(alice); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok, err := b.Records().Person("alice"); !ok || err != nil || p.Groups[0] != "devs" {
+		t.Fatalf("B reads alice: %+v %v %v", p, ok, err)
+	}
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("B never saw %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	alice.Groups, alice.LastSignIn = []string{"ops"}, t0.Add(time.Minute)
+	if _, err := a.Records().RecordSignIn(alice); err != nil {
+		t.Fatal(err)
+	}
+	eventually("alice's new groups", func() bool { p, _, _ := b.Records().Person("alice"); return slices.Equal(p.Groups, []string{"ops"}) })
+	if _, err := a.Records().ForgetPerson("alice"); err != nil {
+		t.Fatal(err)
+	}
+	eventually("alice forgotten", func() bool { _, ok, _ := b.Records().Person("alice"); return !ok })
+
+	release, ok, err := a.Records().Claim("sso-recheck")
+	if !ok || err != nil {
+		t.Fatalf("A claims the recheck: %v %v", ok, err)
+	}
+	if _, ok, err := b.Records().Claim("sso-recheck"); ok || err != nil {
+		t.Fatalf("B claimed the recheck while A held it: %v %v", ok, err)
+	}
+	release()
+	if rel, ok, err := b.Records().Claim("sso-recheck"); !ok || err != nil {
+		t.Fatalf("B after A released: %v %v", ok, err)
+	} else {
+		rel()
 	}
 }
