@@ -132,3 +132,18 @@ func (s *Store) ReferencedBlob(repo string, d digest.Digest) (size int64, ok boo
 	}
 	return 0, false, nil
 }
+
+// TagsNaming lists repo's tags that name d, in lexical order.
+func (s *Store) TagsNaming(repo string, d digest.Digest) ([]string, error) {
+	var tags []string
+	err := s.idx.View(func(txn Txn) error {
+		prefix := tagPrefix(repo)
+		return txn.Scan(prefix, nil, false, func(k, v []byte) error {
+			if decodeTag(v).digest == d {
+				tags = append(tags, string(k[len(prefix):]))
+			}
+			return nil
+		})
+	})
+	return tags, err
+}

@@ -60,6 +60,31 @@ func newManifestHeader(m *Manifest) *ManifestHeader {
 // the same bytes under their sha512 digest. Errors: ErrManifestInvalid,
 // ErrManifestTooBig, ErrDigestMismatch, *MissingRefError.
 func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, contentType string, body []byte) (*Manifest, error) {
+	return s.PutManifestKeeping(repo, want, tags, contentType, body, nil)
+}
+
+// Fixed says whether a tag may not move once it exists, and the rule that
+// fixes it.
+type Fixed func(tag string) (rule string, ok bool)
+
+// TagImmutableError: a push would move an immutable tag to another
+// manifest.
+type TagImmutableError struct {
+	Repo, Tag string
+	Current   digest.Digest
+	Rule      string
+}
+
+func (e *TagImmutableError) Error() string {
+	return fmt.Sprintf("tag %s of %s is immutable (%s): it names %s; push under a new tag", e.Tag, e.Repo, e.Rule, e.Current)
+}
+
+// PutManifestKeeping is PutManifest that refuses, with
+// *TagImmutableError and nothing written, to move a tag fixed says may not
+// move; pointing it at the manifest it names already is no move. The check
+// is made again in the committing transaction, so two racing pushes of
+// one immutable tag cannot both win.
+func (s *Store) PutManifestKeeping(repo string, want digest.Digest, tags []string, contentType string, body []byte, fixed Fixed) (*Manifest, error) {
 	if len(body) > MaxManifestSize {
 		return nil, ErrManifestTooBig
 	}
@@ -71,7 +96,7 @@ func (s *Store) PutManifest(repo string, want digest.Digest, tags []string, cont
 	if err != nil {
 		return nil, err
 	}
-	return s.putManifest(repo, d, p, body, tags, true, time.Time{}, Pushed)
+	return s.putManifest(repo, d, p, body, tags, true, time.Time{}, Pushed, fixed)
 }
 
 // PutMirroredManifest stores a manifest fetched from upstream registry as
@@ -94,10 +119,10 @@ func (s *Store) PutMirroredManifest(repo, registry string, d digest.Digest, tag,
 	if tag != "" {
 		tags = []string{tag}
 	}
-	return s.putManifest(repo, d, p, body, tags, false, checked, MirroredFrom(registry))
+	return s.putManifest(repo, d, p, body, tags, false, checked, MirroredFrom(registry), nil)
 }
 
-func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, body []byte, tags []string, checkRefsOf bool, checked time.Time, o Origin) (*Manifest, error) {
+func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, body []byte, tags []string, checkRefsOf bool, checked time.Time, o Origin, fixed Fixed) (*Manifest, error) {
 	m := &Manifest{Digest: d, MediaType: p.mediaType, Size: int64(len(body)), ArtifactType: p.artifactType, Body: body,
 		Pushed: time.Now().UTC(), Origin: o.encode()}
 	m.Refs = append(append(m.Refs, p.blobs...), p.children...)
@@ -107,8 +132,13 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 	// References are checked before any byte is written (a rejected push
 	// leaves nothing) and again in the committing transaction (a
 	// concurrent delete cannot slip in between).
-	if checkRefsOf {
-		if err := s.idx.View(func(txn Txn) error { return checkRefs(txn, repo, p) }); err != nil {
+	if checkRefsOf || fixed != nil {
+		if err := s.idx.View(func(txn Txn) error {
+			if err := checkFixed(txn, repo, d, tags, fixed); err != nil || !checkRefsOf {
+				return err
+			}
+			return checkRefs(txn, repo, p)
+		}); err != nil {
 			return nil, err
 		}
 	}
@@ -135,6 +165,9 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 		}
 	}
 	err = s.updateWithOrigin(repo, o, func(txn Txn) error {
+		if err := checkFixed(txn, repo, d, tags, fixed); err != nil {
+			return err
+		}
 		if checkRefsOf {
 			if err := checkRefs(txn, repo, p); err != nil {
 				return err
@@ -162,6 +195,29 @@ func (s *Store) putManifest(repo string, d digest.Digest, p *parsedManifest, bod
 	s.noteLinked(d)
 	s.invalidate(repo, append([]string{d.String()}, tags...)...)
 	return m, nil
+}
+
+// checkFixed refuses to move a tag fixed says may not move.
+func checkFixed(txn Txn, repo string, d digest.Digest, tags []string, fixed Fixed) error {
+	if fixed == nil {
+		return nil
+	}
+	for _, t := range tags {
+		rule, ok := fixed(t)
+		if !ok {
+			continue
+		}
+		raw, err := txn.Get(tagKey(repo, t))
+		if errors.Is(err, errNotFound) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		if cur := decodeTag(raw).digest; cur != d {
+			return &TagImmutableError{Repo: repo, Tag: t, Current: cur, Rule: rule}
+		}
+	}
+	return nil
 }
 
 // checkRefs requires every blob of p to be linked in repo and every child

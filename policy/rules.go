@@ -46,6 +46,8 @@ type Config struct {
 	// AnonymousMirrorPull lets anonymous clients pull mirrored content once
 	// users exist (default true: it is how dockerd uses a mirror).
 	AnonymousMirrorPull *bool `yaml:"anonymous-mirror-pull"`
+	// Immutable tags never move once pushed (immutable.go).
+	Immutable []ImmutableRule `yaml:"immutable"`
 }
 
 // Policy decides who may do what. It is immutable and safe for concurrent
@@ -56,6 +58,7 @@ type Policy struct {
 	rules      []compiled
 	groupsOf   map[string][]string // user → groups
 	cfg        []Rule              // the rules as configured, for display
+	immutable  []immutable
 }
 
 type compiled struct {
@@ -98,6 +101,10 @@ func New(users int, cfg Config) (*Policy, error) {
 		}
 		p.rules = append(p.rules, c)
 		p.cfg = append(p.cfg, Rule{Repos: slices.Clone(r.Repos), Who: slices.Clone(r.Who), Actions: slices.Clone(r.Actions)})
+	}
+	var err error
+	if p.immutable, err = compileImmutable(cfg.Immutable); err != nil {
+		return nil, err
 	}
 	return p, nil
 }

@@ -141,3 +141,25 @@ func FuzzParseHtpasswd(f *testing.F) {
 		_ = fmt.Sprint(err)
 	})
 }
+
+func TestImmutableTags(t *testing.T) {
+	p, err := New(1, Config{Immutable: []ImmutableRule{{Repos: []string{"team/**"}, Tags: []string{"v*", "latest"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		repo, tag string
+		want      bool
+	}{
+		{"team/app", "v1.0", true}, {"team/a/b", "latest", true}, {"team/app", "dev", false},
+		{"other/app", "v1", false}, {"team/app", "xv1", false},
+	} {
+		rule, ok := p.ImmutableTag(c.repo, c.tag)
+		if ok != c.want || (ok && !strings.Contains(rule, "immutable rule 1 (repos team/**, tags v*, latest)")) {
+			t.Errorf("%s:%s: %v %q, want %v", c.repo, c.tag, ok, rule, c.want)
+		}
+	}
+	if _, err := New(1, Config{Immutable: []ImmutableRule{{Repos: []string{"team/**"}}}}); err == nil {
+		t.Fatal("an immutable rule without tags was accepted")
+	}
+}

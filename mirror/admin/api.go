@@ -244,7 +244,7 @@ func (svc *Service) apiDelete(w http.ResponseWriter, r *http.Request, repo, ref 
 	if err := svc.mayWrite(r, c, repo); err != nil {
 		return err
 	}
-	if err := svc.Delete(r, c.User, repo, ref); err != nil {
+	if err := svc.Delete(r, c, repo, ref); err != nil {
 		return err
 	}
 	svc.gate.Audit(r, "delete", slog.String("repo", repo), slog.String("ref", ref), slog.String("via", "api"))

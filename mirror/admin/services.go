@@ -365,13 +365,25 @@ func (svc *Service) Tags(repo string) ([]string, error) {
 // Delete untags (ref a tag) or deletes a manifest (ref a digest); the
 // store records what it released, which the next collection frees without
 // waiting for the grace period (cache/released.go).
-// r is the request that asked, by actor, told to Options.Deleted.
-func (svc *Service) Delete(r *http.Request, actor, repo, ref string) error {
+// r is the request that asked, by c, told to Options.Deleted. An
+// immutable tag (or a manifest one names) needs the admin action.
+func (svc *Service) Delete(r *http.Request, c auth.Caller, repo, ref string) error {
+	if pol := svc.gate.Policy(); pol.HasImmutable() {
+		tags := []string{ref}
+		if d, err := digest.Parse(ref); err == nil {
+			if tags, err = svc.store.TagsNaming(repo, d); err != nil {
+				return err
+			}
+		}
+		if why := pol.ImmutableDeleteRefused(c.Subject, repo, tags); why != "" {
+			return oci.Errorf(oci.CodeDenied, "%s", why)
+		}
+	}
 	if err := svc.store.DeleteReleasing(repo, ref); err != nil {
 		return err
 	}
 	if svc.opts.Deleted != nil {
-		svc.opts.Deleted(r, actor, repo, ref)
+		svc.opts.Deleted(r, c.User, repo, ref)
 	}
 	return nil
 }

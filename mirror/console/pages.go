@@ -307,7 +307,7 @@ func (c *Console) repositoryAction(w http.ResponseWriter, r *http.Request, v aut
 			c.consoleError(w, r, v, http.StatusBadRequest, "Not a tag or a digest.")
 			return
 		}
-		if err := c.svc.Delete(r, v.User, repo, ref); err != nil {
+		if err := c.svc.Delete(r, auth.Caller{Subject: c.subject(v)}, repo, ref); err != nil {
 			c.consoleError(w, r, v, c.statusOf(err), "The delete failed: "+err.Error())
 			return
 		}

@@ -20,11 +20,17 @@ func toAPIError(err error, kind routeKind) *oci.Error {
 	var rng *cache.RangeError
 	var limited *upstream.RateLimitError
 	var body *bodyError
+	var fixed *cache.TagImmutableError
 	switch {
 	case errors.As(err, &ae):
 		return ae
 	case errors.As(err, &body):
 		return &oci.Error{Code: oci.CodeBlobUploadInvalid, Status: http.StatusBadRequest, Message: body.Error()}
+	case errors.As(err, &fixed):
+		// 409: the tag exists in a state the push conflicts with (not a
+		// question of who pushes: 403 would send people to their rights).
+		return &oci.Error{Code: oci.CodeDenied, Status: http.StatusConflict, Message: err.Error(),
+			Detail: map[string]string{"tag": fixed.Tag, "digest": fixed.Current.String(), "rule": fixed.Rule}}
 	case errors.As(err, &missing):
 		return &oci.Error{Code: oci.CodeManifestBlobUnknown, Message: err.Error(), Detail: map[string]string{"digest": missing.Digest.String()}}
 	case errors.As(err, &rng):

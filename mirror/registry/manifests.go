@@ -118,7 +118,11 @@ func (reg *Registry) pushed(q *request) {
 // are linked from the copy, if the caller may pull it, as a mount would.
 func (reg *Registry) putLinkingFallthrough(r *http.Request, q *request, want digest.Digest, tags []string, body []byte) (*cache.Manifest, error) {
 	mediaType := r.Header.Get("Content-Type")
-	m, err := reg.store.PutManifest(q.repo, want, tags, mediaType, body)
+	var fixed cache.Fixed
+	if pol := reg.policy(); pol.HasImmutable() {
+		fixed = func(tag string) (string, bool) { return pol.ImmutableTag(q.repo, tag) }
+	}
+	m, err := reg.store.PutManifestKeeping(q.repo, want, tags, mediaType, body, fixed)
 	var missing *cache.MissingRefError
 	if err == nil || !errors.As(err, &missing) || reg.pull == nil || q.ns != "" {
 		return m, err
@@ -135,7 +139,7 @@ func (reg *Registry) putLinkingFallthrough(r *http.Request, q *request, want dig
 		if _, lerr := reg.store.MountBlob(t.Local, q.repo, missing.Digest); lerr != nil {
 			return m, err
 		}
-		if m, err = reg.store.PutManifest(q.repo, want, tags, mediaType, body); err == nil || !errors.As(err, &missing) {
+		if m, err = reg.store.PutManifestKeeping(q.repo, want, tags, mediaType, body, fixed); err == nil || !errors.As(err, &missing) {
 			return m, err
 		}
 	}
@@ -148,6 +152,18 @@ const maxLinkedRefs = 1024
 func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *request) error {
 	if !reg.opts.AllowDelete {
 		return oci.ErrDeleteDisabled
+	}
+	if pol := reg.policy(); pol.HasImmutable() {
+		tags := []string{q.ref.tag}
+		if q.ref.isDigest() {
+			var err error
+			if tags, err = reg.store.TagsNaming(q.repo, q.ref.digest); err != nil {
+				return err
+			}
+		}
+		if why := pol.ImmutableDeleteRefused(auth.CallerOf(r).Subject, q.repo, tags); why != "" {
+			return oci.Errorf(oci.CodeDenied, "%s", why)
+		}
 	}
 	if err := reg.store.DeleteReleasing(q.repo, q.ref.String()); err != nil {
 		return err
