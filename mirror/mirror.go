@@ -172,6 +172,11 @@ func (s *Server) Close() { s.reg.Close() }
 // minute).
 func (s *Server) Sample() { s.svc.Sample() }
 
+// ApplyRetention applies the retention policies (the scheduler's).
+func (s *Server) ApplyRetention() (admin.RetentionReport, error) {
+	return s.svc.Retention(nil, nil, false, time.Now())
+}
+
 // RecheckPeople asks the identity provider whether the people it signed in
 // still sign in (the scheduler's, every --oidc-recheck); a no-op without
 // single sign-on.

@@ -48,6 +48,8 @@ type Config struct {
 	AnonymousMirrorPull *bool `yaml:"anonymous-mirror-pull"`
 	// Immutable tags never move once pushed (immutable.go).
 	Immutable []ImmutableRule `yaml:"immutable"`
+	// RetentionPolicies clean up pushed repositories (retention.go).
+	RetentionPolicies []RetentionPolicy `yaml:"retention-policies"`
 }
 
 // Policy decides who may do what. It is immutable and safe for concurrent
@@ -59,6 +61,7 @@ type Policy struct {
 	groupsOf   map[string][]string // user → groups
 	cfg        []Rule              // the rules as configured, for display
 	immutable  []immutable
+	retention  []*Retention
 }
 
 type compiled struct {
@@ -104,6 +107,9 @@ func New(users int, cfg Config) (*Policy, error) {
 	}
 	var err error
 	if p.immutable, err = compileImmutable(cfg.Immutable); err != nil {
+		return nil, err
+	}
+	if p.retention, err = compileRetention(cfg.RetentionPolicies); err != nil {
 		return nil, err
 	}
 	return p, nil

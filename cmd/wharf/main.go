@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -68,6 +69,7 @@ func newApp() *cli.App {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "max-size", Usage: "quota for the blob store: bytes (50G, 500M) or a share of the filesystem (80%); above 95% of it the least recently used mirrored images are evicted down to 85%", EnvVars: []string{"WHARF_MAX_SIZE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "retention", Usage: "mirrored tags unused this long are evicted even under the quota (0: keep)", EnvVars: []string{"WHARF_RETENTION"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "evict-interval", Value: 30e9, Usage: "how often the quota and retention are checked", EnvVars: []string{"WHARF_EVICT_INTERVAL"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "retention-policies-interval", Value: time.Hour, Usage: "apply the config file's retention-policies this often (0: only by `wharf retention` and the API)", EnvVars: []string{"WHARF_RETENTION_POLICIES_INTERVAL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "gc-interval", Value: 6 * 3600e9, Usage: "run garbage collection this often (0: never; `wharf gc` runs it by hand)", EnvVars: []string{"WHARF_GC_INTERVAL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "gc-grace", Value: 3600e9, Usage: "garbage collection spares manifests and blobs younger than this", EnvVars: []string{"WHARF_GC_GRACE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "min-free", Usage: "free space kept on the data directory's filesystem for the index: blob writes get 507 below it (bytes, K, M, G or a percentage; default 2%, 16M to 1G)", EnvVars: []string{"WHARF_MIN_FREE"}}),
@@ -104,6 +106,7 @@ func newApp() *cli.App {
 			prefetchCommand,
 			userCommand,
 			gcCommand,
+			retentionCommand,
 			installCommand,
 			fsckCommand,
 			duCommand,

@@ -39,24 +39,27 @@ type serveConfig struct {
 	log             *slog.Logger
 	shutdownTimeout time.Duration
 	oidcRecheck     time.Duration // how often single sign-on's people are rechecked (0: never)
-	headerTimeout   time.Duration
-	gcInterval      time.Duration
-	readOnly        bool               // --read-only: no writes, no collections, no eviction
-	readOnlyFixedBy string             // what set it for the whole run ("": a file, read again on SIGHUP)
-	registryConfig  string             // registry:2's config.yml (--registry-config)
-	index           *etcdindex.Options // the cluster's index; nil: Badger under the data directory
-	blobStore       *s3blobs.Options   // the bucket holding the blobs; nil: files under the data directory
-	advertise       string             // the URL other nodes reach this one at ("": derived)
-	gcGrace         time.Duration
-	maxSize         int64
-	localCacheSize  int64 // with --blob-store: bound of the local copies (0: none)
-	retention       time.Duration
-	evictInterval   time.Duration
-	idleTimeout     time.Duration
-	cache           cache.Options
-	mirror          mirror.Options
-	upstream        *upstream.Options // nil: no mirroring
-	registry2Auth   bool              // registry:2's htpasswd auth: signed-in users may do everything
+	// retentionInterval: how often the retention policies are applied
+	// (0: only when asked).
+	retentionInterval time.Duration
+	headerTimeout     time.Duration
+	gcInterval        time.Duration
+	readOnly          bool               // --read-only: no writes, no collections, no eviction
+	readOnlyFixedBy   string             // what set it for the whole run ("": a file, read again on SIGHUP)
+	registryConfig    string             // registry:2's config.yml (--registry-config)
+	index             *etcdindex.Options // the cluster's index; nil: Badger under the data directory
+	blobStore         *s3blobs.Options   // the bucket holding the blobs; nil: files under the data directory
+	advertise         string             // the URL other nodes reach this one at ("": derived)
+	gcGrace           time.Duration
+	maxSize           int64
+	localCacheSize    int64 // with --blob-store: bound of the local copies (0: none)
+	retention         time.Duration
+	evictInterval     time.Duration
+	idleTimeout       time.Duration
+	cache             cache.Options
+	mirror            mirror.Options
+	upstream          *upstream.Options // nil: no mirroring
+	registry2Auth     bool              // registry:2's htpasswd auth: signed-in users may do everything
 }
 
 func serveConfigFrom(c *cli.Context) (serveConfig, error) {
@@ -155,6 +158,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		cfg.mirror.Directory = dir
 	}
 	cfg.mirror.SSO, cfg.oidcRecheck = sso, c.Duration("oidc-recheck")
+	cfg.retentionInterval = c.Duration("retention-policies-interval")
 	if !c.Bool("mirror") {
 		return cfg, nil
 	}

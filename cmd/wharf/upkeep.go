@@ -141,6 +141,12 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 		recheck, stop9 = ticker(min(max(cfg.oidcRecheck/4, time.Second), 5*time.Minute))
 		defer stop9()
 	}
+	var retain <-chan time.Time
+	if cfg.retentionInterval > 0 {
+		var stop10 func()
+		retain, stop10 = ticker(cfg.retentionInterval)
+		defer stop10()
+	}
 	tokenWarns, tokensChecked := tokenWarnings{}, time.Now()
 	tokenWarns.check(store, log, tokensChecked)
 	for {
@@ -218,6 +224,8 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 			} else if n > 0 {
 				log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
 			}
+		case <-retain:
+			applyRetention(ctx, reg, log)
 		case <-recheck:
 			// The provider may be slow: the round runs beside the loop,
 			// one at a time.

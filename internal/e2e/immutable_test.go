@@ -96,3 +96,93 @@ func getDigest(t *testing.T, w *wharfProc, repo, tag, user, pass string) string 
 	}
 	return resp.Header.Get("Docker-Content-Digest")
 }
+
+// TestRetentionCommand: `wharf retention --dry-run` against a running
+// server lists what the config file's retention policy would remove and
+// removes nothing; `wharf retention` removes it (audited), and the blobs
+// only those tags held leave the data directory within seconds; the
+// scheduler applies the policy by itself to tags pushed later.
+func TestRetentionCommand(t *testing.T) {
+	dir := t.TempDir()
+	config := filepath.Join(dir, "wharf.yaml")
+	os.WriteFile(config, []byte(`rules:
+  - repos: ["**"]
+    who: [root]
+    actions: [pull, push, delete, admin]
+retention-policies:
+  - repos: ["team/**"]
+    keep-last: 2
+    keep-tags: ["release-*"]
+`), 0o644)
+	htpasswd, _ := makeUsers(t, map[string]string{"root": "root-pw"}, "")
+	w := startWharf(t, "", "--config", config, "--htpasswd", htpasswd, "--retention-policies-interval", "0")
+	for i, tag := range []string{"release-1", "b1", "b2", "b3", "b4"} {
+		layer := make([]byte, 256<<10)
+		for j := range layer {
+			layer[j] = byte(i*31 + j%251)
+		}
+		if _, err := pushRawAs(w, "team/app", tag, "root", "root-pw", layer); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // distinct push times
+	}
+	env := []string{"WHARF_PASSWORD=root-pw"}
+	out := run(t, time.Minute, env, wharfBin, "retention", "--dry-run", "--server", w.url(""), "--user", "root")
+	if !strings.Contains(out, "would remove 2 tags (kept 3)") || !strings.Contains(out, "team/app    b1") || !strings.Contains(out, "team/app    b2") {
+		t.Fatalf("wharf retention --dry-run:\n%s", out)
+	}
+	if got := len(listTags(t, w, "team/app")); got != 5 {
+		t.Fatalf("the dry run removed tags: %d left", got)
+	}
+	before := dirBytes(t, filepath.Join(w.data, "blobs"))
+	out = run(t, time.Minute, env, wharfBin, "retention", "--server", w.url(""), "--user", "root")
+	if !strings.Contains(out, "removed 2 tags (kept 3)") {
+		t.Fatalf("wharf retention:\n%s", out)
+	}
+	if tags := listTags(t, w, "team/app"); strings.Join(tags, ",") != "b3,b4,release-1" {
+		t.Fatalf("tags after the run: %v", tags)
+	}
+	if !strings.Contains(w.log.String(), "retention-delete") {
+		t.Fatalf("the removals were not audited:\n%s", w.log)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for dirBytes(t, filepath.Join(w.data, "blobs")) > before-2*(256<<10) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the data directory did not shrink by the removed layers: %d → %d bytes", before, dirBytes(t, filepath.Join(w.data, "blobs")))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	w.stop(t)
+
+	// The scheduler applies it by itself.
+	w2 := startWharf(t, w.data, "--config", config, "--htpasswd", htpasswd, "--retention-policies-interval", "1s")
+	if _, err := pushRawAs(w2, "team/app", "b5", "root", "root-pw", []byte("b5's layer")); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for strings.Join(listTags(t, w2, "team/app"), ",") != "b4,b5,release-1" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the scheduler did not apply the policy: %v", listTags(t, w2, "team/app"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func listTags(t *testing.T, w *wharfProc, repo string) []string {
+	t.Helper()
+	var list struct{ Tags []string }
+	apiGet(t, w, "/v2/"+repo+"/tags/list", "root", "root-pw", &list)
+	return list.Tags
+}
+
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n
+}

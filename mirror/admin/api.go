@@ -75,6 +75,8 @@ func (svc *Service) ServeAPI(w http.ResponseWriter, r *http.Request) error {
 		return svc.apiUsage(w, r)
 	case rest == "gc" && r.Method == http.MethodPost:
 		return svc.apiGC(w, r)
+	case rest == "retention" && r.Method == http.MethodPost:
+		return svc.apiRetention(w, r)
 	case rest == "events" && r.Method == http.MethodGet:
 		return svc.apiEvents(w, r)
 	case rest == "upstreams" && r.Method == http.MethodGet:

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -51,18 +50,11 @@ func ParseExpiry(s string) (time.Duration, error) {
 	if s == "" || s == "never" {
 		return 0, nil
 	}
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.Atoi(d)
-		if err != nil || n <= 0 {
-			return 0, fmt.Errorf("expiry %q: want days (90d) or a duration (12h)", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
+	d, err := policy.ParseDays(s)
+	if err != nil {
+		return 0, fmt.Errorf("expiry %w", err)
 	}
-	v, err := time.ParseDuration(s)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("expiry %q: want days (90d) or a duration (12h)", s)
-	}
-	return v, nil
+	return d, nil
 }
 
 // CreateToken makes an access token owned by c, the person signed in. Its
