@@ -47,6 +47,9 @@ type EvictOptions struct {
 	MaxBytes  int64         // quota; 0: no quota
 	High, Low float64       // evict above High×MaxBytes down to Low×MaxBytes (0.95, 0.85)
 	Retention time.Duration // mirrored tags unused this long go regardless of quota; 0: keep
+	// Pinned says which mirrored tags are pinned: never evicted (by the
+	// quota, --retention or a short disk). nil: none.
+	Pinned func(repo, tag string) bool
 	// Free asks for this many bytes to be freed whatever the quota says:
 	// the filesystem is short of space (Store.SpaceDeficit).
 	Free int64
@@ -118,6 +121,9 @@ func (s *Maintenance) Evict(o EvictOptions) (EvictReport, error) {
 	}
 	var expired, rest []lruEntry
 	for _, e := range entries {
+		if o.Pinned != nil && e.tag != e.digest.String() && o.Pinned(e.repo, e.tag) {
+			continue
+		}
 		if o.Retention > 0 && o.GC.Now.Sub(e.used) > o.Retention {
 			expired = append(expired, e)
 		} else {

@@ -3,6 +3,7 @@ package mirror
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/internal/fakehub"
 	"github.com/wharf-registry/wharf/mirror/registry"
+	"github.com/wharf-registry/wharf/policy"
 )
 
 // TestEvictionLRU: past the high-water mark the least recently used
@@ -138,5 +140,44 @@ func TestMetricsColdAndWarm(t *testing.T) {
 	}
 	if get(m.Upstream.WithLabelValues("docker.io", "blob", "ok")) != 4 || get(m.Upstream.WithLabelValues("docker.io", "manifest", "ok")) != 2 {
 		t.Errorf("upstream operations: %v blob, %v manifest", get(m.Upstream.WithLabelValues("docker.io", "blob", "ok")), get(m.Upstream.WithLabelValues("docker.io", "manifest", "ok")))
+	}
+}
+
+// TestPinnedSurvivesEviction: `pin: ["a:*"]` keeps docker.io/library/a
+// through a quota that evicts every other mirrored image and through
+// --retention; it is served from the store afterwards.
+func TestPinnedSurvivesEviction(t *testing.T) {
+	e := newMirrorEnv(t, Options{})
+	ctx := context.Background()
+	for i, name := range []string{"library/a", "library/b", "library/c"} {
+		e.hub.Push(name, "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 2, LayerSize: 200 << 10, Seed: uint64(70 + i)})
+		if err := e.pull(ctx, name, "1", ""); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitFillsDone(t, e)
+	pol, err := policy.New(0, policy.Config{Pin: []string{"a:*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pol.Pinned("docker.io/library/a", "1") || pol.Pinned("docker.io/library/b", "1") {
+		t.Fatal("the pin does not name docker.io/library/a alone")
+	}
+	rep, err := e.store.Maintenance().Evict(cache.EvictOptions{MaxBytes: 1, Retention: time.Minute, Pinned: pol.Pinned,
+		GC: cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(2 * time.Hour)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(rep.Tags)
+	if !slices.Equal(rep.Tags, []string{"docker.io/library/b:1", "docker.io/library/c:1"}) {
+		t.Fatalf("evicted %v, want b and c only", rep.Tags)
+	}
+	e.hub.ResetCounts()
+	if err := e.pull(ctx, "library/a", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.hub.Count("GET blob"); n != 0 {
+		t.Fatalf("the pinned image was fetched again (%d blob GETs)", n)
 	}
 }

@@ -172,6 +172,10 @@ func (s *Server) Close() { s.reg.Close() }
 // minute).
 func (s *Server) Sample() { s.svc.Sample() }
 
+// Policy is the rules in force (pins, retention, immutable tags
+// included).
+func (s *Server) Policy() *policy.Policy { return s.gate.Policy() }
+
 // ApplyRetention applies the retention policies (the scheduler's).
 func (s *Server) ApplyRetention() (admin.RetentionReport, error) {
 	return s.svc.Retention(nil, nil, false, time.Now())

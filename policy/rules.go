@@ -50,6 +50,8 @@ type Config struct {
 	Immutable []ImmutableRule `yaml:"immutable"`
 	// RetentionPolicies clean up pushed repositories (retention.go).
 	RetentionPolicies []RetentionPolicy `yaml:"retention-policies"`
+	// Pin keeps mirrored images from eviction (pins.go).
+	Pin []string `yaml:"pin"`
 }
 
 // Policy decides who may do what. It is immutable and safe for concurrent
@@ -62,6 +64,7 @@ type Policy struct {
 	cfg        []Rule              // the rules as configured, for display
 	immutable  []immutable
 	retention  []*Retention
+	pins       []pin
 }
 
 type compiled struct {
@@ -110,6 +113,9 @@ func New(users int, cfg Config) (*Policy, error) {
 		return nil, err
 	}
 	if p.retention, err = compileRetention(cfg.RetentionPolicies); err != nil {
+		return nil, err
+	}
+	if p.pins, err = compilePins(cfg.Pin); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -172,14 +172,14 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 		case <-room.kicks:
 			waiters := room.take()
 			if !reg.ReadOnly() { // read-only: nothing is removed
-				evictOnce(store, cfg, log, ops)
+				evictOnce(store, reg, cfg, log, ops)
 			}
 			for _, w := range waiters {
 				close(w)
 			}
 		case <-check:
 			if !reg.ReadOnly() {
-				evictOnce(store, cfg, log, ops)
+				evictOnce(store, reg, cfg, log, ops)
 			}
 		case <-gc:
 			if !reg.ReadOnly() {
@@ -248,7 +248,7 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 var shortNotEvicting atomic.Bool
 
 // evictOnce checks the quota and the retention and evicts what they ask.
-func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
+func evictOnce(store *cache.Store, reg *mirror.Server, cfg serveConfig, log *slog.Logger, ops *opsMetrics) {
 	if size, err := store.Maintenance().Size(); err == nil {
 		ops.storeBytes.Set(float64(size))
 	}
@@ -261,7 +261,7 @@ func evictOnce(store *cache.Store, cfg serveConfig, log *slog.Logger, ops *opsMe
 		return
 	}
 	rep, err := store.Maintenance().Evict(cache.EvictOptions{MaxBytes: cfg.maxSize, Retention: cfg.retention, Free: deficit,
-		GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
+		Pinned: reg.Policy().Pinned, GC: cache.GCOptions{Grace: cfg.gcGrace, Duty: 0.25}})
 	if rep.NotFreed > 0 {
 		if !shortNotEvicting.Swap(true) {
 			log.Warn("the filesystem is short of more space than Wharf stores in all (something else filled it): nothing is evicted, cached images are served read-only until space is freed",

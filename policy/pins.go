@@ -1,0 +1,50 @@
+package policy
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// A pin keeps mirrored images: `pin: ["docker.io/library/alpine:3.20",
+// "ghcr.io/org/app:*"]`. A pinned tag is never evicted, by the quota or by
+// --retention; it is revalidated on the tag TTL as usual. Names are those
+// of pulls (alpine is docker.io/library/alpine); the tag is a glob.
+type pin struct {
+	repo string
+	tag  *regexp.Regexp
+	text string
+}
+
+func compilePins(pins []string) ([]pin, error) {
+	var out []pin
+	for _, p := range pins {
+		slash := strings.LastIndex(p, "/")
+		colon := strings.LastIndex(p, ":")
+		if colon <= slash || colon == len(p)-1 {
+			return nil, fmt.Errorf("pin %q: want NAME:TAG (the tag may be a glob: ghcr.io/org/app:*)", p)
+		}
+		name, tag := p[:colon], p[colon+1:]
+		t := Mirror(name, "")
+		re, err := compilePattern(tag)
+		if err != nil {
+			return nil, fmt.Errorf("pin %q: %w", p, err)
+		}
+		out = append(out, pin{repo: t.Local, tag: re, text: p})
+	}
+	return out, nil
+}
+
+// Pinned reports whether tag of the mirrored repository repo (its local
+// name, docker.io/library/alpine) is pinned.
+func (p *Policy) Pinned(repo, tag string) bool {
+	for _, pn := range p.pins {
+		if pn.repo == repo && pn.tag.MatchString(tag) {
+			return true
+		}
+	}
+	return false
+}
+
+// HasPins reports whether any pin is configured.
+func (p *Policy) HasPins() bool { return len(p.pins) > 0 }
