@@ -3,6 +3,8 @@ package cache
 import (
 	"encoding/json"
 	"sort"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // RepoUsage is what one repository links: its blobs and manifests.
@@ -67,4 +69,40 @@ func (s *Maintenance) Usage() ([]RepoUsage, int64, error) {
 		return out[i].Bytes > out[j].Bytes || out[i].Bytes == out[j].Bytes && out[i].Repo < out[j].Repo
 	})
 	return out, total, err
+}
+
+// NamespaceUsage is what the repositories match accepts hold together:
+// the bytes of their distinct blobs and manifests (shared content once),
+// and the digests linked among them. Only keys under prefixes (the
+// literal starts of match's patterns) are read.
+func (s *Maintenance) NamespaceUsage(prefixes []string, match func(repo string) bool) (int64, map[digest.Digest]bool, error) {
+	var total int64
+	linked := map[digest.Digest]bool{}
+	err := s.idx.View(func(txn Txn) error {
+		for _, kind := range []string{"l/", "m/"} {
+			for _, pre := range prefixes {
+				if err := txn.Scan([]byte(kind+pre), nil, false, func(k, v []byte) error {
+					repo, ref := splitRepoKey(k, kind)
+					d := digest.Digest(ref)
+					if !match(repo) || linked[d] {
+						return nil
+					}
+					linked[d] = true
+					if kind == "l/" {
+						total += decodeSize(v)
+					} else {
+						var m Manifest
+						if json.Unmarshal(v, &m) == nil {
+							total += m.Size
+						}
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return total, linked, err
 }

@@ -52,6 +52,8 @@ type Config struct {
 	RetentionPolicies []RetentionPolicy `yaml:"retention-policies"`
 	// Pin keeps mirrored images from eviction (pins.go).
 	Pin []string `yaml:"pin"`
+	// Quotas bound what pushed namespaces hold (quotas.go).
+	Quotas []QuotaRule `yaml:"quotas"`
 }
 
 // Policy decides who may do what. It is immutable and safe for concurrent
@@ -65,6 +67,7 @@ type Policy struct {
 	immutable  []immutable
 	retention  []*Retention
 	pins       []pin
+	quotas     []*Quota
 }
 
 type compiled struct {
@@ -116,6 +119,9 @@ func New(users int, cfg Config) (*Policy, error) {
 		return nil, err
 	}
 	if p.pins, err = compilePins(cfg.Pin); err != nil {
+		return nil, err
+	}
+	if p.quotas, err = compileQuotas(cfg.Quotas); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"github.com/wharf-registry/wharf/mirror/admin"
 )
 
 // The operator commands that talk to a running server, through its admin
@@ -242,6 +243,7 @@ func serverDU(c *cli.Context) error {
 		Total        int64 `json:"total_bytes"`
 		Quota        int64 `json:"quota_bytes"`
 		Repositories []apiRepo
+		Quotas       []admin.QuotaInfo
 	}
 	if err := a.call(http.MethodGet, "/api/v1/usage", &u); err != nil {
 		return err
@@ -261,5 +263,8 @@ func serverDU(c *cli.Context) error {
 		quota = "quota " + humanBytes(u.Quota)
 	}
 	fmt.Fprintf(c.App.Writer, "blob store %s (%s)\n", humanBytes(u.Total), quota)
+	for _, q := range u.Quotas {
+		fmt.Fprintf(c.App.Writer, "%s: %s used of %s (%.0f%%)\n", q.Quota, humanBytes(q.Used), humanBytes(q.Max), 100*float64(q.Used)/float64(q.Max))
+	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/cache/index/etcdindex"
 	"github.com/wharf-registry/wharf/cache/stores"
+	"github.com/wharf-registry/wharf/policy"
 )
 
 // Operator commands open the data directory themselves; Badger's lock makes
@@ -184,15 +185,4 @@ var duCommand = &cli.Command{
 	},
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return policy.FormatBytes(n) }

@@ -101,7 +101,8 @@ func getDigest(t *testing.T, w *wharfProc, repo, tag, user, pass string) string 
 // server lists what the config file's retention policy would remove and
 // removes nothing; `wharf retention` removes it (audited), and the blobs
 // only those tags held leave the data directory within seconds; the
-// scheduler applies the policy by itself to tags pushed later.
+// scheduler applies the policy by itself to tags pushed later; wharf du
+// shows the namespace quota's usage.
 func TestRetentionCommand(t *testing.T) {
 	dir := t.TempDir()
 	config := filepath.Join(dir, "wharf.yaml")
@@ -113,6 +114,9 @@ retention-policies:
   - repos: ["team/**"]
     keep-last: 2
     keep-tags: ["release-*"]
+quotas:
+  - repos: ["team/**"]
+    max: 10M
 `), 0o644)
 	htpasswd, _ := makeUsers(t, map[string]string{"root": "root-pw"}, "")
 	w := startWharf(t, "", "--config", config, "--htpasswd", htpasswd, "--retention-policies-interval", "0")
@@ -141,6 +145,9 @@ retention-policies:
 	}
 	if tags := listTags(t, w, "team/app"); strings.Join(tags, ",") != "b3,b4,release-1" {
 		t.Fatalf("tags after the run: %v", tags)
+	}
+	if out := run(t, time.Minute, env, wharfBin, "du", "--server", w.url(""), "--user", "root"); !strings.Contains(out, "quota 1 (repos team/**, max 10M): ") {
+		t.Fatalf("wharf du does not show the quota:\n%s", out)
 	}
 	if !strings.Contains(w.log.String(), "retention-delete") {
 		t.Fatalf("the removals were not audited:\n%s", w.log)

@@ -208,6 +208,11 @@ func (svc *Service) apiUsage(w http.ResponseWriter, r *http.Request) error {
 	if svc.opts.StatusInfo != nil {
 		out["quota_bytes"] = svc.opts.StatusInfo().QuotaBytes
 	}
+	quotas, err := svc.QuotaUsage()
+	if err != nil {
+		return err
+	}
+	out["quotas"] = quotas
 	return apiJSON(w, http.StatusOK, out)
 }
 

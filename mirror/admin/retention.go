@@ -216,3 +216,24 @@ func (svc *Service) apiRetention(w http.ResponseWriter, r *http.Request) error {
 	}
 	return apiJSON(w, http.StatusOK, rep)
 }
+
+// QuotaInfo is a namespace quota and what its repositories hold.
+type QuotaInfo struct {
+	Quota string `json:"quota"`
+	Max   int64  `json:"max_bytes"`
+	Used  int64  `json:"used_bytes"`
+}
+
+// QuotaUsage is every configured quota with its usage (shared content
+// once).
+func (svc *Service) QuotaUsage() ([]QuotaInfo, error) {
+	out := []QuotaInfo{}
+	for _, q := range svc.gate.Policy().Quotas() {
+		used, _, err := svc.store.Maintenance().NamespaceUsage(q.Prefixes(), q.Matches)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, QuotaInfo{Quota: q.String(), Max: q.Max, Used: used})
+	}
+	return out, nil
+}

@@ -1,0 +1,88 @@
+package mirror
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/policy"
+)
+
+// TestQuotas: `quotas: [{repos: ["team/*"], max: 1M}]`. A 600 KiB layer
+// pushes to team/app; another one to team/other is refused (403 naming
+// the quota), monolithic or chunked, and nothing of it stays (no blob, no
+// upload session); the layer team/app holds already mounts or uploads to
+// team/other (no new bytes); repositories the quota does not name are not
+// bound by it; the usage API shows it.
+func TestQuotas(t *testing.T) {
+	users, pol := adminAccess(t)
+	pol, err := policy.New(users.Len(), policy.Config{Rules: pol.Rules(), Quotas: []policy.QuotaRule{{Repos: []string{"team/*"}, Max: "1M"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := newTestRegistry(t, Options{Users: users, Policy: pol, AllowDelete: true})
+	root := as("root")
+	layer := func(seed byte) []byte { return bytes.Repeat([]byte{seed, seed + 1, seed + 2}, 200<<10) } // 600 KiB
+	first, second := layer(1), layer(7)
+	put := func(repo string, b []byte) (int, string) {
+		resp, body := reg.do(t, "POST", "/v2/"+repo+"/blobs/uploads/?digest="+digest.FromBytes(b).String(), b, root)
+		return resp.StatusCode, string(body)
+	}
+	if status, body := put("team/app", first); status != http.StatusCreated {
+		t.Fatalf("the first layer: %d %s", status, body)
+	}
+	status, body := put("team/other", second)
+	if status != http.StatusForbidden || !strings.Contains(body, "DENIED") || !strings.Contains(body, "quota 1 (repos team/*, max 1M) is full") {
+		t.Fatalf("over the quota: %d %s", status, body)
+	}
+	if resp, _ := reg.do(t, "HEAD", "/v2/team/other/blobs/"+digest.FromBytes(second).String(), nil, root); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the refused blob: %s, want 404", resp.Status)
+	}
+	// Chunked: the session opens (the quota is not full yet), the finish
+	// is refused and the session is gone.
+	resp, _ := reg.do(t, "POST", "/v2/team/other/blobs/uploads/", nil, root)
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		t.Fatalf("start a session: %s", resp.Status)
+	}
+	resp, _ = reg.do(t, "PATCH", loc, second, map[string]string{"Authorization": root["Authorization"], "Content-Type": "application/octet-stream"})
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("PATCH: %s", resp.Status)
+	}
+	next := resp.Header.Get("Location")
+	sep := "?"
+	if strings.Contains(next, "?") {
+		sep = "&"
+	}
+	if resp, body := reg.do(t, "PUT", next+sep+"digest="+digest.FromBytes(second).String(), nil, root); resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "quota 1") {
+		t.Fatalf("finishing a chunked upload over the quota: %s %s", resp.Status, body)
+	}
+	if resp, _ := reg.do(t, "GET", next, nil, root); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the refused session: %s, want 404 (canceled)", resp.Status)
+	}
+	// The layer the namespace holds already adds nothing: mount and upload.
+	if resp, _ := reg.do(t, "POST", "/v2/team/other/blobs/uploads/?mount="+digest.FromBytes(first).String()+"&from=team/app", nil, root); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("mounting a layer the namespace holds: %s", resp.Status)
+	}
+	if status, body := put("team/third", first); status != http.StatusCreated {
+		t.Fatalf("uploading a layer the namespace holds: %d %s", status, body)
+	}
+	if status, body := put("lib/base", second); status != http.StatusCreated {
+		t.Fatalf("a repository outside the quota: %d %s", status, body)
+	}
+	resp, raw := reg.do(t, "GET", "/api/v1/usage", nil, root)
+	var u struct {
+		Quotas []struct {
+			Quota     string
+			MaxBytes  int64 `json:"max_bytes"`
+			UsedBytes int64 `json:"used_bytes"`
+		}
+	}
+	if json.Unmarshal(raw, &u); resp.StatusCode != http.StatusOK || len(u.Quotas) != 1 || u.Quotas[0].MaxBytes != 1<<20 || u.Quotas[0].UsedBytes != int64(len(first)) {
+		t.Fatalf("usage: %s %s", resp.Status, raw)
+	}
+}
