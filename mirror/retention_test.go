@@ -3,7 +3,9 @@ package mirror
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -88,6 +90,18 @@ func TestRetentionPolicies(t *testing.T) {
 		t.Fatalf("dry run after t2's pull: %d %+v", status, rep)
 	}
 	announced := rep.Bytes
+	// The console's Retention page previews the same, with the bytes.
+	b := newBrowser(t, reg.srv)
+	b.signIn("root", "root-pw")
+	_, page := b.get("/retention")
+	for _, want := range []string{`id="retention-count">4<`, "<b>t1</b>", "<b>t5</b>", `id="apply-retention"`, "retention policy 1 (repos team/*)"} {
+		if !strings.Contains(page, want) {
+			t.Fatalf("the Retention page lacks %q:\n%s", want, page)
+		}
+	}
+	if strings.Contains(page, "<b>t2</b>") {
+		t.Fatal("the Retention page would remove t2, pulled a moment ago")
+	}
 	// Each removal frees its manifest, config and own layer; the shared
 	// layer is counted by none.
 	for _, r := range rep.Removals {
@@ -104,6 +118,11 @@ func TestRetentionPolicies(t *testing.T) {
 	slices.Sort(tags)
 	if !slices.Equal(tags, []string{"t2", "t6", "t7", "t8", "v1.0"}) {
 		t.Fatalf("tags after the run: %v", tags)
+	}
+	// Applied from the console now, nothing is left to remove.
+	resp, _ := b.post("/retention", url.Values{"csrf": {b.csrf(page)}})
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.Contains(loc, "Applied%3A+0+tags") {
+		t.Fatalf("applying from the console: %s %s", resp.Status, loc)
 	}
 	if tags := reg.tags(t, "lib/base"); !slices.Equal(tags, []string{"old"}) {
 		t.Fatalf("lib/base, which no policy names: %v", tags)

@@ -18,7 +18,7 @@ import (
 // Paths are the console's pages, and Prefixes the trees of pages under
 // one (a repository's page).
 var (
-	Paths    = []string{"/", "/signin", "/signin/sso", "/signin/sso/callback", "/signout", "/repositories", "/gc", "/upstreams", "/users", "/tokens", "/audit"}
+	Paths    = []string{"/", "/signin", "/signin/sso", "/signin/sso/callback", "/signout", "/repositories", "/gc", "/retention", "/upstreams", "/users", "/tokens", "/audit"}
 	Prefixes = []string{"/repositories/"}
 )
 
@@ -67,6 +67,8 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.pageRepository(w, r, v, strings.TrimPrefix(path, "/repositories/"))
 	case path == "/gc":
 		c.pageGC(w, r, v)
+	case path == "/retention":
+		c.pageRetention(w, r, v)
 	case path == "/upstreams":
 		c.pageUpstreams(w, r, v)
 	case path == "/users":
