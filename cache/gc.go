@@ -137,6 +137,18 @@ func (s *Maintenance) gc(o GCOptions) (GCReport, error) {
 	return rep, s.forgetReleased(sn.deletes.records)
 }
 
+// SetUntaggedGrace sets how long untagged manifests of each pushed
+// repository (and the links only they use) are kept: the retention
+// policies' untagged-after. A grace under GCOptions.Grace does not
+// shorten it. nil: GCOptions.Grace for all.
+func (s *Maintenance) SetUntaggedGrace(fn func(repo string) time.Duration) {
+	if fn == nil {
+		s.untaggedGrace.Store(nil)
+		return
+	}
+	s.untaggedGrace.Store(&fn)
+}
+
 // mark decides, from snapshot sn, which manifests and links of every
 // repository go (drop: and removes them, each re-checked in its own
 // transaction), counts them in rep, and returns their keys.
@@ -169,6 +181,10 @@ func (s *Maintenance) mark(rep *GCReport, sn *snapshot, o GCOptions, pace *pacer
 		origin, _ := s.st().Origin(repo)
 		if o.MirroredGrace > 0 && origin.Mirrored() {
 			fresh = freshFor(o.MirroredGrace)
+		} else if fn := s.untaggedGrace.Load(); fn != nil && !origin.Mirrored() {
+			if g := (*fn)(repo); g > o.Grace { // never shorter: it protects pushes in flight
+				fresh = freshFor(g)
+			}
 		}
 		relM, relB := sn.releasedAt(repo, sn.deletes.manifests[repo], sn.deletes.blobs[repo])
 		// Released content has no grace, unless it was pushed or linked

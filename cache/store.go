@@ -80,6 +80,9 @@ type Store struct {
 	uses   uses                      // last uses and pulls since the last flush (uses.go)
 	tokens tokenCache                // access tokens read, and their uses not yet written (tokens.go)
 	people recordCache[PersonRecord] // people who signed in through the identity provider (people.go)
+	// untaggedGrace is the retention policies' untagged-after per pushed
+	// repository (Maintenance.SetUntaggedGrace); nil: none.
+	untaggedGrace atomic.Pointer[func(repo string) time.Duration]
 
 	// afterSweepRecords, in tests, runs between the collector's removal of
 	// blob records and of their files: the window a racing push must survive.

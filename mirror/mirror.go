@@ -94,6 +94,8 @@ func New(store *cache.Store, opts Options) *Server {
 		gateOpts.SSO, gateOpts.People = opts.SSO, people{store.Records()}
 	}
 	gate := auth.New(gateOpts)
+	// The retention policies' untagged-after, as the rules in force say.
+	store.Maintenance().SetUntaggedGrace(func(repo string) time.Duration { return gate.Policy().UntaggedAfter(repo) })
 	gate.SetAccess(opts.Users, opts.Policy)
 	s := &Server{gate: gate, store: store, gcGrace: opts.GCGrace}
 	svcOpts := admin.Options{AllowDelete: opts.AllowDelete, ReadOnly: opts.ReadOnly, Collector: opts.Collector, GCGrace: opts.GCGrace, StatusInfo: opts.StatusInfo,

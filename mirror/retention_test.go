@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -155,4 +156,41 @@ func (r *testRegistry) tags(t *testing.T, repo string) []string {
 		t.Fatalf("tags of %s: %s %s", repo, resp.Status, raw)
 	}
 	return list.Tags
+}
+
+// TestUntaggedAfter: `untagged-after: 7d` keeps team/*'s untagged
+// manifests through collections past the GC grace, until 7 days; other
+// repositories' go after the grace as before.
+func TestUntaggedAfter(t *testing.T) {
+	users, pol := adminAccess(t)
+	pol, err := policy.New(users.Len(), policy.Config{Rules: pol.Rules(), RetentionPolicies: []policy.RetentionPolicy{
+		{Repos: []string{"team/*"}, KeepLast: 10, UntaggedAfter: "7d"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := newTestRegistry(t, Options{Users: users, Policy: pol, AllowDelete: true})
+	reg.pusher = as("root")["Authorization"]
+	reg.pushImage(t, "team/app", "v1", nil)
+	reg.pushImage(t, "lib/base", "v1", nil)
+	// Moving the tags leaves the first manifests untagged.
+	reg.pushImage(t, "team/app", "v1", map[string]any{"annotations": map[string]string{"n": "2"}})
+	reg.pushImage(t, "lib/base", "v1", map[string]any{"annotations": map[string]string{"n": "2"}})
+	gc := func(after time.Duration) cache.GCReport {
+		t.Helper()
+		rep, err := reg.store.Maintenance().GC(cache.GCOptions{Grace: time.Hour, Now: time.Now().Add(after)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	rep := gc(2 * time.Hour)
+	if rep.Manifests != 1 || !strings.Contains(strings.Join(rep.Items, "\n"), "manifest lib/base@") {
+		t.Fatalf("past the grace: %+v, want lib/base's untagged manifest only", rep.Items)
+	}
+	if rep := gc(6 * 24 * time.Hour); rep.Manifests != 0 {
+		t.Fatalf("after 6 days team/app's untagged manifest went: %v", rep.Items)
+	}
+	if rep := gc(8 * 24 * time.Hour); rep.Manifests != 1 || !strings.Contains(strings.Join(rep.Items, "\n"), "manifest team/app@") {
+		t.Fatalf("after 8 days: %v, want team/app's untagged manifest", rep.Items)
+	}
 }

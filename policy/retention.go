@@ -18,7 +18,7 @@ type RetentionPolicy struct {
 	KeepLast         int      `yaml:"keep-last"`
 	KeepTags         []string `yaml:"keep-tags"`
 	KeepPulledWithin string   `yaml:"keep-pulled-within"` // 30d, 12h
-	UntaggedAfter    string   `yaml:"untagged-after"`
+	UntaggedAfter    string   `yaml:"untagged-after"` // untagged manifests kept this long (at least --gc-grace)
 }
 
 // Retention is a compiled retention policy.
@@ -26,6 +26,7 @@ type Retention struct {
 	Index            int // 1-based, in the config's order
 	KeepLast         int
 	KeepPulledWithin time.Duration
+	UntaggedAfter    time.Duration // 0: the GC grace
 	repos, keepTags  []*regexp.Regexp
 	text             string
 }
@@ -45,9 +46,6 @@ func compileRetention(pols []RetentionPolicy) ([]*Retention, error) {
 		if p.KeepLast < 0 {
 			return nil, fmt.Errorf("retention policy %d: keep-last %d: want 0 or more", i+1, p.KeepLast)
 		}
-		if p.UntaggedAfter != "" {
-			return nil, fmt.Errorf("retention policy %d: untagged-after is not supported yet: untagged manifests go after --gc-grace", i+1)
-		}
 		r := &Retention{Index: i + 1, KeepLast: p.KeepLast,
 			text: fmt.Sprintf("retention policy %d (repos %s)", i+1, strings.Join(p.Repos, ", "))}
 		if p.KeepPulledWithin != "" {
@@ -56,6 +54,13 @@ func compileRetention(pols []RetentionPolicy) ([]*Retention, error) {
 				return nil, fmt.Errorf("retention policy %d: keep-pulled-within: %w", i+1, err)
 			}
 			r.KeepPulledWithin = d
+		}
+		if p.UntaggedAfter != "" {
+			d, err := ParseDays(p.UntaggedAfter)
+			if err != nil {
+				return nil, fmt.Errorf("retention policy %d: untagged-after: %w", i+1, err)
+			}
+			r.UntaggedAfter = d
 		}
 		for _, pat := range p.Repos {
 			re, err := compilePattern(pat)
@@ -85,6 +90,15 @@ func (p *Policy) RetentionFor(repo string) *Retention {
 		}
 	}
 	return nil
+}
+
+// UntaggedAfter is how long untagged manifests of repo are kept by its
+// retention policy (0: no policy says: the GC grace).
+func (p *Policy) UntaggedAfter(repo string) time.Duration {
+	if r := p.RetentionFor(repo); r != nil {
+		return r.UntaggedAfter
+	}
+	return 0
 }
 
 // HasRetention reports whether any retention policy is configured.
