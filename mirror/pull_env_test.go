@@ -174,7 +174,10 @@ func TestConcurrentColdPulls(t *testing.T) {
 // TestWarmPullAndTTL: a second pull needs no upstream blob; within the TTL
 // no upstream request at all; after it only a HEAD.
 func TestWarmPullAndTTL(t *testing.T) {
-	e := newMirrorEnv(t, Options{TagTTL: 300 * time.Millisecond})
+	// The TTL leaves room for a loaded CI machine (-race, other packages'
+	// tests): the warm pull must come within it.
+	const ttl = 1500 * time.Millisecond
+	e := newMirrorEnv(t, Options{TagTTL: ttl})
 	e.hub.Push("library/nginx", "1.27", smallImage(2))
 	ctx := context.Background()
 	if err := e.pull(ctx, "library/nginx", "1.27", ""); err != nil {
@@ -188,7 +191,7 @@ func TestWarmPullAndTTL(t *testing.T) {
 	if n := e.hub.Count("GET blob") + e.hub.Count("GET manifest") + e.hub.Count("HEAD manifest"); n != 0 {
 		t.Fatalf("warm pull within the TTL made %d upstream requests", n)
 	}
-	time.Sleep(350 * time.Millisecond)
+	time.Sleep(ttl + 50*time.Millisecond)
 	if err := e.pull(ctx, "nginx", "1.27", ""); err != nil { // single-component name: library/nginx
 		t.Fatal(err)
 	}
@@ -198,7 +201,7 @@ func TestWarmPullAndTTL(t *testing.T) {
 	}
 	// The tag moves upstream: after the TTL the new image is served.
 	img2 := e.hub.Push("library/nginx", "1.27", smallImage(3))
-	time.Sleep(350 * time.Millisecond)
+	time.Sleep(ttl + 50*time.Millisecond)
 	resp, _ := e.do(t, "GET", "/v2/library/nginx/manifests/1.27", nil, nil)
 	if resp.Header.Get("Docker-Content-Digest") != img2.Index.String() {
 		t.Fatalf("moved tag: serving %s, want %s", resp.Header.Get("Docker-Content-Digest"), img2.Index)
