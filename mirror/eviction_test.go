@@ -181,3 +181,35 @@ func TestPinnedSurvivesEviction(t *testing.T) {
 		t.Fatalf("the pinned image was fetched again (%d blob GETs)", n)
 	}
 }
+
+// TestPinsFetchedAhead: a pin that names one tag is fetched ahead, blobs
+// included (an index's platform image for this machine), before any client
+// pulls it; the client's pull then costs upstream nothing. A glob pin is
+// not fetched ahead.
+func TestPinsFetchedAhead(t *testing.T) {
+	pol, err := policy.New(0, policy.Config{Pin: []string{"alpine:3.20", "library/busybox:*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newMirrorEnv(t, Options{Policy: pol})
+	e.hub.Push("library/alpine", "3.20", fakehub.ImageSpec{Platforms: []string{platform, "linux/s390x"}, Layers: 2, LayerSize: 64 << 10, Seed: 91})
+	e.hub.Push("library/busybox", "1", smallImage(92))
+	n, err := e.reg.WarmPins(context.Background())
+	if err != nil || n != 1 {
+		t.Fatalf("WarmPins: %d, %v; want 1 pin warmed", n, err)
+	}
+	waitFillsDone(t, e)
+	if got := e.hub.Count("GET blob"); got != 3 { // this platform's config and 2 layers
+		t.Fatalf("fetched ahead: %d blob GETs, want 3 (%d manifest GETs)", got, e.hub.Count("GET manifest"))
+	}
+	e.hub.ResetCounts()
+	if err := e.pull(context.Background(), "library/alpine", "3.20", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.hub.Count("GET blob") + e.hub.Count("GET manifest"); got != 0 {
+		t.Fatalf("the pull after the warm-up asked upstream %d times", got)
+	}
+	if _, err := e.store.ResolveTag("docker.io/library/busybox", "1"); err == nil {
+		t.Fatal("a glob pin was fetched ahead")
+	}
+}

@@ -178,6 +178,10 @@ func (s *Server) Sample() { s.svc.Sample() }
 // included).
 func (s *Server) Policy() *policy.Policy { return s.gate.Policy() }
 
+// WarmPins fetches the pinned mirrored images ahead (the scheduler's):
+// how many it warmed, and the first error.
+func (s *Server) WarmPins(ctx context.Context) (int, error) { return s.reg.WarmPins(ctx) }
+
 // ApplyRetention applies the retention policies (the scheduler's).
 func (s *Server) ApplyRetention() (admin.RetentionReport, error) {
 	return s.svc.Retention(nil, nil, false, time.Now())

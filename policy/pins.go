@@ -11,9 +11,11 @@ import (
 // --retention; it is revalidated on the tag TTL as usual. Names are those
 // of pulls (alpine is docker.io/library/alpine); the tag is a glob.
 type pin struct {
-	repo string
-	tag  *regexp.Regexp
-	text string
+	repo  string
+	tag   *regexp.Regexp
+	text  string
+	exact string // the tag when it is no glob: fetched ahead (PinnedTags)
+	t     Target
 }
 
 func compilePins(pins []string) ([]pin, error) {
@@ -30,7 +32,11 @@ func compilePins(pins []string) ([]pin, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pin %q: %w", p, err)
 		}
-		out = append(out, pin{repo: t.Local, tag: re, text: p})
+		pn := pin{repo: t.Local, tag: re, text: p, t: t}
+		if !strings.Contains(tag, "*") {
+			pn.exact = tag
+		}
+		out = append(out, pn)
 	}
 	return out, nil
 }
@@ -48,3 +54,20 @@ func (p *Policy) Pinned(repo, tag string) bool {
 
 // HasPins reports whether any pin is configured.
 func (p *Policy) HasPins() bool { return len(p.pins) > 0 }
+
+// PinnedTag is a pin that names one tag: the server fetches it ahead.
+type PinnedTag struct {
+	Target Target
+	Tag    string
+}
+
+// PinnedTags are the pins that name one tag (no glob), in order.
+func (p *Policy) PinnedTags() []PinnedTag {
+	var out []PinnedTag
+	for _, pn := range p.pins {
+		if pn.exact != "" {
+			out = append(out, PinnedTag{Target: pn.t, Tag: pn.exact})
+		}
+	}
+	return out
+}

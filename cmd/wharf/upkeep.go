@@ -147,6 +147,23 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 		retain, stop10 = ticker(cfg.retentionInterval)
 		defer stop10()
 	}
+	// Pinned mirrored images are fetched ahead at the start and every tag
+	// TTL (at least a minute): a tag that moved upstream comes in anew.
+	warm, stop11 := ticker(max(cfg.mirror.TagTTL, time.Minute))
+	defer stop11()
+	var warming atomic.Bool
+	warmPins := func() {
+		if !warming.CompareAndSwap(false, true) {
+			return
+		}
+		go func() {
+			defer warming.Store(false)
+			if n, err := reg.WarmPins(ctx); n > 0 && err == nil {
+				log.Debug("pinned images fetched ahead", "count", n)
+			}
+		}()
+	}
+	warmPins()
 	tokenWarns, tokensChecked := tokenWarnings{}, time.Now()
 	tokenWarns.check(store, log, tokensChecked)
 	for {
@@ -224,6 +241,8 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 			} else if n > 0 {
 				log.Info("expired idle upload sessions", "count", n, "ttl", cfg.cache.UploadTTL)
 			}
+		case <-warm:
+			warmPins()
 		case <-retain:
 			applyRetention(ctx, reg, log)
 		case <-recheck:

@@ -176,27 +176,34 @@ func (p *puller) prefetch(t policy.Target, blobs []digest.Digest) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		var g errgroup.Group
-		g.SetLimit(p.opts.PrefetchParallel)
-		for _, d := range blobs {
-			g.Go(func() error {
-				if _, err := p.store.StatBlob(t.Local, d); err == nil {
-					return nil
-				}
-				rd, shared, err := p.fills.Get(p.bg, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d))
-				if err != nil || rd == nil {
-					return nil
-				}
-				if !shared {
-					p.opts.Metrics.prefetched()
-				}
-				rd.Wait(p.bg)
-				rd.Close()
-				return nil
-			})
-		}
-		g.Wait()
+		p.fetchBlobs(p.bg, t, blobs, p.opts.PrefetchParallel)
 	}()
+}
+
+// fetchBlobs downloads the blobs the store lacks, parallel at a time, and
+// waits for them (a download another request started is waited for, not
+// repeated).
+func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest.Digest, parallel int) {
+	var g errgroup.Group
+	g.SetLimit(max(parallel, 1))
+	for _, d := range blobs {
+		g.Go(func() error {
+			if _, err := p.store.StatBlob(t.Local, d); err == nil {
+				return nil
+			}
+			rd, shared, err := p.fills.Get(ctx, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d))
+			if err != nil || rd == nil {
+				return nil
+			}
+			if !shared {
+				p.opts.Metrics.prefetched()
+			}
+			rd.Wait(ctx)
+			rd.Close()
+			return nil
+		})
+	}
+	g.Wait()
 }
 
 // prefetchPlatforms fetches the manifests (and so the blobs) of an index's
