@@ -18,7 +18,7 @@ type RetentionPolicy struct {
 	KeepLast         int      `yaml:"keep-last"`
 	KeepTags         []string `yaml:"keep-tags"`
 	KeepPulledWithin string   `yaml:"keep-pulled-within"` // 30d, 12h
-	UntaggedAfter    string   `yaml:"untagged-after"` // untagged manifests kept this long (at least --gc-grace)
+	UntaggedAfter    string   `yaml:"untagged-after"`     // untagged manifests kept this long (at least --gc-grace)
 }
 
 // Retention is a compiled retention policy.
