@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -194,6 +195,10 @@ func runCold(tmp, bin string) error {
 	}
 	skopeoTimes := make([][]float64, len(servers))
 	var fastPerBlob []float64
+	// CPU seconds per GiB each server spent on a cold copy (what it
+	// ingested from upstream is what it served: one client, cold).
+	pids := map[string]int{"wharf": w.cmd.Process.Pid, "distribution": d.cmd.Process.Pid}
+	cpuPerGiB := map[string][]float64{}
 	for r := -1; r < *coldRounds; r++ { // round -1 warms up page cache, binaries and connections; not counted
 		for i, s := range servers {
 			seed++
@@ -201,6 +206,7 @@ func runCold(tmp, bin string) error {
 			img := hub.Push(repo, "1", spec(seed))
 			hub.ResetCounts()
 			dest := filepath.Join(tmp, "skopeo-dest")
+			cpuBefore, cpuErr := cpuSeconds(pids[s.name])
 			took, err := timed(func() error {
 				out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
 					"docker://"+s.host+"/"+repo+":1", "dir:"+dest).CombinedOutput()
@@ -216,6 +222,12 @@ func runCold(tmp, bin string) error {
 			if r >= 0 {
 				skopeoTimes[i] = append(skopeoTimes[i], took.Seconds())
 			}
+			if pid := pids[s.name]; pid != 0 && cpuErr == nil && r >= 0 {
+				if cpuAfter, err := cpuSeconds(pid); err == nil {
+					gib := float64(*mirrorLayers*(*mirrorLayerMB)) / 1024
+					cpuPerGiB[s.name] = append(cpuPerGiB[s.name], (cpuAfter-cpuBefore)/gib)
+				}
+			}
 			if s.name == "wharf" {
 				blobs := len(img.Layers["linux/"+runtime.GOARCH]) + 1
 				fastPerBlob = append(fastPerBlob, float64(hub.Count("GET blob")+hub.Count("HEAD blob"))/float64(blobs))
@@ -223,6 +235,19 @@ func runCold(tmp, bin string) error {
 		}
 	}
 	ratios = printRatios(servers[0].name, skopeoTimes, []string{"wharf", "distribution"})
+	for _, name := range []string{"wharf", "distribution"} {
+		fmt.Printf("  %-14s CPU per GiB ingested and served:", name)
+		for _, v := range cpuPerGiB[name] {
+			fmt.Printf(" %5.2fs", v)
+		}
+		fmt.Println()
+	}
+	if wc, dc := cpuPerGiB["wharf"], cpuPerGiB["distribution"]; len(wc) > 0 && len(dc) > 0 {
+		sort.Float64s(wc)
+		sort.Float64s(dc)
+		addTarget("CPU seconds per GiB of a cold copy, unshaped (skopeo; the server process, median)", "not measured", "≤ Distribution's",
+			fmt.Sprintf("%.2f s (Distribution %.2f s)", median(wc), median(dc)), median(wc) <= median(dc))
+	}
 	sort.Float64s(fastPerBlob)
 	addTarget("upstream requests per cold blob, unshaped (skopeo via Wharf, worst round)", "2 (HEAD + GET)", "1",
 		fmt.Sprintf("%.2f", fastPerBlob[len(fastPerBlob)-1]), fastPerBlob[len(fastPerBlob)-1] <= 1)
@@ -446,4 +471,29 @@ func saveProfile(url, file string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// cpuSeconds is the CPU time (user + system) process pid used so far, from
+// /proc/PID/stat (in clock ticks of 1/100 s, Linux's USER_HZ).
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces: count from its ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64) // field 14
+	stime, err2 := strconv.ParseFloat(f[12], 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	return (utime + stime) / 100, nil
 }
