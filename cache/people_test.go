@@ -18,6 +18,15 @@ func TestPeople(t *testing.T) {
 	if got, err := r.RecordSignIn(alice); err != nil || !got.FirstSeen.Equal(t0) {
 		t.Fatalf("first sign-in: %+v %v", got, err)
 	}
+	if _, ok, _ := r.Person("zed"); ok {
+		t.Fatal("zed, who never signed in, was found")
+	}
+	if _, err := r.RecordSignIn(PersonRecord{Name: "zed", Subject: "u-z", Issuer: "https://idp", LastSignIn: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := r.Person("zed"); !ok {
+		t.Fatal("zed's sign-in is not seen after he was looked up as absent")
+	}
 	if p, ok, err := r.Person("alice"); err != nil || !ok || !slices.Equal(p.Groups, []string{"devs"}) {
 		t.Fatalf("Person: %+v %v %v", p, ok, err)
 	}
@@ -39,7 +48,7 @@ func TestPeople(t *testing.T) {
 	if _, err := r.RecordSignIn(PersonRecord{Name: "bob", Subject: "u-2", Issuer: "https://idp", LastSignIn: t0.Add(2 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if list, err := r.People(); err != nil || len(list) != 2 || list[0].Name != "bob" || list[1].Name != "alice" {
+	if list, err := r.People(); err != nil || len(list) != 3 || list[0].Name != "bob" || list[1].Name != "alice" || list[2].Name != "zed" {
 		t.Fatalf("People: %+v %v", list, err)
 	}
 	if found, err := r.ForgetPerson("alice"); !found || err != nil {
@@ -66,13 +75,6 @@ func TestPeopleOnEtcd(t *testing.T) {
 	a := clusterNode(t, c, "people", blobs)
 	b := clusterNode(t, c, "people", blobs)
 	t0 := time.Now().UTC()
-	alice := PersonRecord{Name: "alice", Subject: "u-1", Issuer: "https://idp", Groups: []string{"devs"}, LastSignIn: t0}
-	if _, err := a.Records().RecordSignIn(alice); err != nil {
-		t.Fatal(err)
-	}
-	if p, ok, err := b.Records().Person("alice"); !ok || err != nil || p.Groups[0] != "devs" {
-		t.Fatalf("B reads alice: %+v %v %v", p, ok, err)
-	}
 	eventually := func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
@@ -83,6 +85,16 @@ func TestPeopleOnEtcd(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// B asked before alice existed (remembered as absent): A's sign-in
+	// reaches it through the change feed.
+	if _, ok, _ := b.Records().Person("alice"); ok {
+		t.Fatal("B found alice before she signed in")
+	}
+	alice := PersonRecord{Name: "alice", Subject: "u-1", Issuer: "https://idp", Groups: []string{"devs"}, LastSignIn: t0}
+	if _, err := a.Records().RecordSignIn(alice); err != nil {
+		t.Fatal(err)
+	}
+	eventually("alice", func() bool { p, ok, _ := b.Records().Person("alice"); return ok && p.Groups[0] == "devs" })
 	alice.Groups, alice.LastSignIn = []string{"ops"}, t0.Add(time.Minute)
 	if _, err := a.Records().RecordSignIn(alice); err != nil {
 		t.Fatal(err)

@@ -14,17 +14,30 @@ import (
 type recordCache[T any] struct {
 	mu      sync.Mutex
 	records map[string]T
+	// absent are names the index did not hold (a guesser's, or a user
+	// of another kind): asked again only after a write names them.
+	absent map[string]bool
+	// gen counts forgets: a read that raced a write (the index answered
+	// before the write, the cache forgot after) stores nothing.
+	gen uint64
 }
+
+// maxAbsent bounds the names remembered as absent (all are dropped when
+// it is reached).
+const maxAbsent = 4096
 
 func (c *recordCache[T]) forget(name string) {
 	c.mu.Lock()
 	delete(c.records, name)
+	delete(c.absent, name)
+	c.gen++
 	c.mu.Unlock()
 }
 
 func (c *recordCache[T]) forgetAll() {
 	c.mu.Lock()
-	c.records = nil
+	c.records, c.absent = nil, nil
+	c.gen++
 	c.mu.Unlock()
 }
 
@@ -33,9 +46,10 @@ func (c *recordCache[T]) forgetAll() {
 func (c *recordCache[T]) read(idx Index, name string, key []byte) (rec T, ok bool, err error) {
 	c.mu.Lock()
 	rec, ok = c.records[name]
+	gone, gen := c.absent[name], c.gen
 	c.mu.Unlock()
-	if ok {
-		return rec, true, nil
+	if ok || gone {
+		return rec, ok, nil
 	}
 	var raw []byte
 	err = idx.View(func(txn Txn) error {
@@ -44,6 +58,14 @@ func (c *recordCache[T]) read(idx Index, name string, key []byte) (rec T, ok boo
 		return err
 	})
 	if errors.Is(err, errNotFound) {
+		c.mu.Lock()
+		if c.gen == gen {
+			if c.absent == nil || len(c.absent) >= maxAbsent {
+				c.absent = map[string]bool{}
+			}
+			c.absent[name] = true
+		}
+		c.mu.Unlock()
 		return rec, false, nil
 	}
 	if err != nil {
@@ -53,10 +75,12 @@ func (c *recordCache[T]) read(idx Index, name string, key []byte) (rec T, ok boo
 		return rec, false, err
 	}
 	c.mu.Lock()
-	if c.records == nil {
-		c.records = map[string]T{}
+	if c.gen == gen {
+		if c.records == nil {
+			c.records = map[string]T{}
+		}
+		c.records[name] = rec
 	}
-	c.records[name] = rec
 	c.mu.Unlock()
 	return rec, true, nil
 }
