@@ -133,10 +133,16 @@ func (s *Store) ReferencedBlob(repo string, d digest.Digest) (size int64, ok boo
 	return 0, false, nil
 }
 
-// TagsNaming lists repo's tags that name d, in lexical order.
-func (s *Store) TagsNaming(repo string, d digest.Digest) ([]string, error) {
+// TagsRemovedBy lists the tags of repo a delete of ref removes: ref itself
+// when it is a tag, else the tags that name the digest ref, in lexical
+// order.
+func (s *Store) TagsRemovedBy(repo, ref string) ([]string, error) {
+	d, err := digest.Parse(ref)
+	if err != nil {
+		return []string{ref}, nil
+	}
 	var tags []string
-	err := s.idx.View(func(txn Txn) error {
+	err = s.idx.View(func(txn Txn) error {
 		prefix := tagPrefix(repo)
 		return txn.Scan(prefix, nil, false, func(k, v []byte) error {
 			if decodeTag(v).digest == d {

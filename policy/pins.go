@@ -13,7 +13,6 @@ import (
 type pin struct {
 	repo  string
 	tag   *regexp.Regexp
-	text  string
 	exact string // the tag when it is no glob: fetched ahead (PinnedTags)
 	t     Target
 }
@@ -32,7 +31,7 @@ func compilePins(pins []string) ([]pin, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pin %q: %w", p, err)
 		}
-		pn := pin{repo: t.Local, tag: re, text: p, t: t}
+		pn := pin{repo: t.Local, tag: re, t: t}
 		if !strings.Contains(tag, "*") {
 			pn.exact = tag
 		}
@@ -51,9 +50,6 @@ func (p *Policy) Pinned(repo, tag string) bool {
 	}
 	return false
 }
-
-// HasPins reports whether any pin is configured.
-func (p *Policy) HasPins() bool { return len(p.pins) > 0 }
 
 // PinnedTag is a pin that names one tag: the server fetches it ahead.
 type PinnedTag struct {

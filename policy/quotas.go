@@ -17,7 +17,6 @@ type QuotaRule struct {
 
 // Quota is a compiled quota.
 type Quota struct {
-	Index    int // 1-based, in the config's order
 	Max      int64
 	repos    []*regexp.Regexp
 	prefixes []string // each pattern's literal start: where its repositories' keys are
@@ -44,7 +43,7 @@ func compileQuotas(rules []QuotaRule) ([]*Quota, error) {
 		if err != nil {
 			return nil, fmt.Errorf("quota %d: max: %w", i+1, err)
 		}
-		q := &Quota{Index: i + 1, Max: max, text: fmt.Sprintf("quota %d (repos %s, max %s)", i+1, strings.Join(r.Repos, ", "), r.Max)}
+		q := &Quota{Max: max, text: fmt.Sprintf("quota %d (repos %s, max %s)", i+1, strings.Join(r.Repos, ", "), r.Max)}
 		for _, pat := range r.Repos {
 			re, err := compilePattern(pat)
 			if err != nil {

@@ -23,7 +23,6 @@ type RetentionPolicy struct {
 
 // Retention is a compiled retention policy.
 type Retention struct {
-	Index            int // 1-based, in the config's order
 	KeepLast         int
 	KeepPulledWithin time.Duration
 	UntaggedAfter    time.Duration // 0: the GC grace
@@ -46,7 +45,7 @@ func compileRetention(pols []RetentionPolicy) ([]*Retention, error) {
 		if p.KeepLast < 0 {
 			return nil, fmt.Errorf("retention policy %d: keep-last %d: want 0 or more", i+1, p.KeepLast)
 		}
-		r := &Retention{Index: i + 1, KeepLast: p.KeepLast,
+		r := &Retention{KeepLast: p.KeepLast,
 			text: fmt.Sprintf("retention policy %d (repos %s)", i+1, strings.Join(p.Repos, ", "))}
 		if p.KeepPulledWithin != "" {
 			d, err := ParseDays(p.KeepPulledWithin)

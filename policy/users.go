@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -204,4 +205,21 @@ func (u *Users) WriteFile(path string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// CAPool reads a PEM file of CA certificates (a directory's or an
+// identity provider's) for the option flag names; nil for no file.
+func CAPool(flag, file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--%s %s: no PEM certificate in it", flag, file)
+	}
+	return pool, nil
 }

@@ -422,31 +422,3 @@ func segments(n int) int {
 	}
 	return n
 }
-
-// tokenSecret is the key material tokens are signed with: --secret, or the
-// contents of --token-key-file (never both). Nodes given the same one
-// accept each other's tokens; with neither, each process draws its own.
-func tokenSecret(secret, file string, log *slog.Logger) (string, error) {
-	if file == "" {
-		return secret, nil
-	}
-	if secret != "" {
-		return "", errors.New("--secret and --token-key-file both given: use one")
-	}
-	fi, err := os.Stat(file)
-	if err != nil {
-		return "", fmt.Errorf("--token-key-file: %w (create one with: head -c 32 /dev/urandom | base64 > %s; chmod 600 %s)", err, file, file)
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return "", fmt.Errorf("--token-key-file: %w", err)
-	}
-	key := strings.TrimSpace(string(b))
-	if len(key) < 16 {
-		return "", fmt.Errorf("--token-key-file %s: %d characters; want at least 16 (head -c 32 /dev/urandom | base64)", file, len(key))
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("the token key file is readable by other users: anyone who reads it can sign tokens", "file", file, "mode", fi.Mode().Perm().String())
-	}
-	return key, nil
-}

@@ -136,6 +136,7 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 	}
 	var recheck <-chan time.Time
 	var rechecking atomic.Bool
+	var sealedElsewhere int // people last found sealed with another key (warned once per change)
 	if cfg.mirror.SSO != nil && cfg.oidcRecheck > 0 {
 		var stop9 func()
 		recheck, stop9 = ticker(min(max(cfg.oidcRecheck/4, time.Second), 5*time.Minute))
@@ -251,7 +252,7 @@ func upkeep(ctx context.Context, store *cache.Store, reg *mirror.Server, cfg ser
 			if rechecking.CompareAndSwap(false, true) {
 				go func() {
 					defer rechecking.Store(false)
-					recheckPeople(ctx, reg, cfg.oidcRecheck, log)
+					recheckPeople(ctx, reg, cfg.oidcRecheck, log, &sealedElsewhere)
 				}()
 			}
 		case <-vlog:
@@ -347,14 +348,15 @@ func collect(store *cache.Store, reg *mirror.Server, cfg serveConfig, log *slog.
 
 // recheckPeople runs one round of rechecks of the people single sign-on
 // signed in, and logs what it found.
-func recheckPeople(ctx context.Context, reg *mirror.Server, every time.Duration, log *slog.Logger) {
+func recheckPeople(ctx context.Context, reg *mirror.Server, every time.Duration, log *slog.Logger, skippedBefore *int) {
 	rep, err := reg.RecheckPeople(ctx, every)
 	if rep.Gone > 0 {
 		log.Warn("single sign-on: the identity provider no longer signs these people in: forgotten, their sessions ended and tokens revoked (see the audit log)", "count", rep.Gone)
 	}
-	if rep.Skipped > 0 {
+	if rep.Skipped > 0 && rep.Skipped != *skippedBefore {
 		log.Warn("single sign-on: refresh tokens sealed with another token key cannot be rechecked until those people sign in again (set --token-key-file)", "count", rep.Skipped)
 	}
+	*skippedBefore = rep.Skipped
 	if err != nil && ctx.Err() == nil {
 		log.Warn("single sign-on: rechecking people with the identity provider (nobody is forgotten for this; retried)", "checked", rep.Checked, "err", err)
 	}

@@ -84,26 +84,26 @@ func (svc *Service) Retention(r *http.Request, c *auth.Caller, dry bool, now tim
 	if err != nil {
 		return rep, err
 	}
-	// Decide every repository first: what the kept tags of all of them
-	// hold is what no removal frees.
-	kept := map[digest.Digest]bool{}
+	// Decide the repositories the policies name first; only when some tag
+	// goes is what every kept tag holds (what no removal frees) gathered.
+	type ref struct{ repo, ref string }
+	var keptRefs []ref
 	type removal struct {
 		RetentionRemoval
 		m *cache.Manifest
 	}
 	var doomed []removal
+	var others []string // repositories no policy touches
 	for _, repo := range repos {
-		rows, err := svc.RepoTags(repo, -1)
-		if err != nil {
-			return rep, err
-		}
 		o, _ := svc.store.Origin(repo)
 		ret := pol.RetentionFor(repo)
 		if o.Mirrored() || ret == nil {
-			for _, row := range rows {
-				svc.markKept(repo, row.Digest, kept)
-			}
+			others = append(others, repo)
 			continue
+		}
+		rows, err := svc.RepoTags(repo, -1)
+		if err != nil {
+			return rep, err
 		}
 		sort.SliceStable(rows, func(i, j int) bool {
 			if !rows[i].PushedAt.Equal(rows[j].PushedAt) {
@@ -114,7 +114,7 @@ func (svc *Service) Retention(r *http.Request, c *auth.Caller, dry bool, now tim
 		for i, row := range rows {
 			if keepsTag(pol, ret, repo, row, i, now) {
 				rep.Kept++
-				svc.markKept(repo, row.Digest, kept)
+				keptRefs = append(keptRefs, ref{repo, row.Digest})
 				continue
 			}
 			m, err := svc.store.GetManifest(repo, row.Digest)
@@ -125,10 +125,32 @@ func (svc *Service) Retention(r *http.Request, c *auth.Caller, dry bool, now tim
 				LastPulled: row.LastPulled, Policy: ret.String()}, m})
 		}
 	}
+	if len(doomed) == 0 {
+		return rep, nil
+	}
+	for _, repo := range others {
+		tags, _, err := svc.store.Tags(repo, -1, "")
+		if err != nil {
+			return rep, err
+		}
+		for _, t := range tags {
+			keptRefs = append(keptRefs, ref{repo, t})
+		}
+	}
+	kept := map[digest.Digest]bool{}
+	for _, k := range keptRefs {
+		if m, err := svc.store.GetManifest(k.repo, k.ref); err == nil {
+			parts := map[digest.Digest]int64{}
+			imageParts(svc.store, k.repo, m, 0, parts)
+			for d := range parts {
+				kept[d] = true
+			}
+		}
+	}
 	counted := map[digest.Digest]bool{}
 	for _, d := range doomed {
 		freed := map[digest.Digest]int64{}
-		svc.imageParts(d.Repo, d.m, 0, freed)
+		imageParts(svc.store, d.Repo, d.m, 0, freed)
 		for part, size := range freed {
 			if !kept[part] && !counted[part] {
 				counted[part] = true
@@ -166,30 +188,17 @@ func keepsTag(pol *policy.Policy, ret *policy.Retention, repo string, row TagRow
 		ret.KeepPulledWithin > 0 && !row.LastPulled.IsZero() && now.Sub(row.LastPulled) <= ret.KeepPulledWithin
 }
 
-// markKept adds the manifests and blobs of repo's manifest ref to kept.
-func (svc *Service) markKept(repo, ref string, kept map[digest.Digest]bool) {
-	m, err := svc.store.GetManifest(repo, ref)
-	if err != nil {
-		return
-	}
-	parts := map[digest.Digest]int64{}
-	svc.imageParts(repo, m, 0, parts)
-	for d := range parts {
-		kept[d] = true
-	}
-}
-
 // imageParts adds m, its child manifests and every blob they reference,
 // with their sizes, to parts.
-func (svc *Service) imageParts(repo string, m *cache.Manifest, depth int, parts map[digest.Digest]int64) {
+func imageParts(store *cache.Store, repo string, m *cache.Manifest, depth int, parts map[digest.Digest]int64) {
 	parts[m.Digest] = m.Size
 	for _, ref := range m.Refs {
 		if _, seen := parts[ref]; seen {
 			continue
 		}
-		if child, err := svc.store.GetManifest(repo, ref.String()); err == nil && depth < 2 {
-			svc.imageParts(repo, child, depth+1, parts)
-		} else if size, err := svc.store.StatBlob(repo, ref); err == nil {
+		if child, err := store.GetManifest(repo, ref.String()); err == nil && depth < 2 {
+			imageParts(store, repo, child, depth+1, parts)
+		} else if size, err := store.StatBlob(repo, ref); err == nil {
 			parts[ref] = size
 		}
 	}
@@ -209,7 +218,7 @@ func (svc *Service) apiRetention(w http.ResponseWriter, r *http.Request) error {
 	dry := q.Get("dry-run") == "true" || q.Get("dry_run") == "true" || q.Get("dry-run") == "1" || q.Get("dry_run") == "1"
 	rep, err := svc.Retention(r, &c, dry, time.Now())
 	if errors.Is(err, ErrRetentionElsewhere) {
-		return &oci.Error{Code: oci.CodeTooManyRequests, Status: http.StatusConflict, Message: err.Error() + "; try again in a minute"}
+		return &oci.Error{Code: oci.CodeTooManyRequests, Message: err.Error() + "; try again in a minute", RetryAfter: time.Minute}
 	}
 	if err != nil {
 		return err

@@ -369,11 +369,9 @@ func (svc *Service) Tags(repo string) ([]string, error) {
 // immutable tag (or a manifest one names) needs the admin action.
 func (svc *Service) Delete(r *http.Request, c auth.Caller, repo, ref string) error {
 	if pol := svc.gate.Policy(); pol.HasImmutable() {
-		tags := []string{ref}
-		if d, err := digest.Parse(ref); err == nil {
-			if tags, err = svc.store.TagsNaming(repo, d); err != nil {
-				return err
-			}
+		tags, err := svc.store.TagsRemovedBy(repo, ref)
+		if err != nil {
+			return err
 		}
 		if why := pol.ImmutableDeleteRefused(c.Subject, repo, tags); why != "" {
 			return oci.Errorf(oci.CodeDenied, "%s", why)

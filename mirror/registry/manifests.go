@@ -154,12 +154,9 @@ func (reg *Registry) deleteManifest(w http.ResponseWriter, r *http.Request, q *r
 		return oci.ErrDeleteDisabled
 	}
 	if pol := reg.policy(); pol.HasImmutable() {
-		tags := []string{q.ref.tag}
-		if q.ref.isDigest() {
-			var err error
-			if tags, err = reg.store.TagsNaming(q.repo, q.ref.digest); err != nil {
-				return err
-			}
+		tags, err := reg.store.TagsRemovedBy(q.repo, q.ref.String())
+		if err != nil {
+			return err
 		}
 		if why := pol.ImmutableDeleteRefused(auth.CallerOf(r).Subject, q.repo, tags); why != "" {
 			return oci.Errorf(oci.CodeDenied, "%s", why)

@@ -12,15 +12,15 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/wharf-registry/wharf/policy"
 
 	"github.com/go-ldap/ldap/v3"
 )
@@ -93,17 +93,11 @@ func New(o Options) (*Directory, error) {
 		host = u.Host
 	}
 	d.tls = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
-	if o.CAFile != "" {
-		pem, err := os.ReadFile(o.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("--ldap-ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ldap-ca-file %s: no PEM certificate", o.CAFile)
-		}
-		d.tls.RootCAs = pool
+	pool, err := policy.CAPool("ldap-ca-file", o.CAFile)
+	if err != nil {
+		return nil, err
 	}
+	d.tls.RootCAs = pool
 	return d, nil
 }
 

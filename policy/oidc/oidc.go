@@ -9,16 +9,16 @@ package oidc
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/wharf-registry/wharf/policy"
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
@@ -98,15 +98,11 @@ func New(o Options) (*Provider, error) {
 		o.Timeout = 10 * time.Second
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if o.CAFile != "" {
-		pem, err := os.ReadFile(o.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("--oidc-ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--oidc-ca-file %s: no PEM certificate in it", o.CAFile)
-		}
+	pool, err := policy.CAPool("oidc-ca-file", o.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if pool != nil {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	return &Provider{o: o, client: &http.Client{Transport: tr, Timeout: o.Timeout}}, nil
