@@ -32,12 +32,18 @@ type mirrorEnv struct {
 
 func newMirrorEnv(t testing.TB, opts Options) *mirrorEnv {
 	t.Helper()
+	return newMirrorEnvWith(t, opts, upstream.Options{})
+}
+
+// newMirrorEnvWith is newMirrorEnv with upstream options (its registries,
+// probe interval and logger are the env's).
+func newMirrorEnvWith(t testing.TB, opts Options, uo upstream.Options) *mirrorEnv {
+	t.Helper()
 	hub, ghcr := fakehub.Start(t), fakehub.Start(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	up, err := upstream.New(upstream.Options{
-		Registries: []upstream.Registry{{Name: "docker.io", Endpoint: hub.URL}, {Name: "ghcr.io", Endpoint: ghcr.URL}},
-		ProbeEvery: 50 * time.Millisecond, Logger: quiet,
-	})
+	uo.Registries = []upstream.Registry{{Name: "docker.io", Endpoint: hub.URL}, {Name: "ghcr.io", Endpoint: ghcr.URL}}
+	uo.ProbeEvery, uo.Logger = 50*time.Millisecond, quiet
+	up, err := upstream.New(uo)
 	if err != nil {
 		t.Fatal(err)
 	}
