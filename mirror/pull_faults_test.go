@@ -280,3 +280,47 @@ func TestRangeOnCorruptFillNeverCompletes(t *testing.T) {
 		t.Fatalf("stored blob served with Cache-Control %q", cc)
 	}
 }
+
+// TestPrefetchNarrowsOnSharedLink: when the upstream's blobs share one
+// bottleneck (a split brought nothing: its total bandwidth is capped), a
+// manifest's blobs are prefetched at most two at a time; when each
+// connection is capped (a split helped), all at once.
+func TestPrefetchNarrowsOnSharedLink(t *testing.T) {
+	for _, shared := range []bool{true, false} {
+		e := newMirrorEnvWith(t, Options{}, upstream.Options{SplitBelow: 64 << 20, SegmentSize: 1 << 20})
+		e.hub.Push("library/first", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 6 << 20, Seed: 61})
+		img := e.hub.Push("library/second", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 6, LayerSize: 1 << 20, Seed: 62})
+		if shared {
+			e.hub.SetTotalBandwidth(8 << 20)
+		} else {
+			e.hub.SetBandwidth(4 << 20)
+		}
+		// The first image teaches the mirror what splitting brings.
+		if err := e.pull(context.Background(), "library/first", "1", ""); err != nil {
+			t.Fatal(err)
+		}
+		waitFillsDone(t, e)
+		if e.hub.Count("GET range") == 0 {
+			t.Fatalf("shared %v: the 6 MiB layer was not split", shared)
+		}
+		e.hub.ResetCounts()
+		// The second image's manifest starts the prefetch of its blobs.
+		if resp, _ := e.do(t, "GET", "/v2/library/second/manifests/"+img.Manifests[platform].String(), nil, nil); resp.StatusCode != 200 {
+			t.Fatal(resp.Status)
+		}
+		for _, d := range img.Blobs {
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if _, err := e.store.StatBlob("docker.io/library/second", d); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("shared %v: blob %s was not prefetched", shared, d)
+				}
+			}
+		}
+		at := e.hub.Count("blob GETs at once")
+		if shared && at > 2 || !shared && at < 4 {
+			t.Fatalf("shared %v: %d blob GETs at once", shared, at)
+		}
+	}
+}

@@ -91,6 +91,13 @@ type registry struct {
 	retryAfter   time.Duration // from the last 429
 	remaining    int           // ratelimit-remaining, -1 unknown
 	lastErr      string
+	// Splitting blobs rests until splitRestUntil, for splitRest (see judgeSplit).
+	splitRest      time.Duration
+	splitRestUntil time.Time
+	// What the latest look at a large blob's connection found (decide):
+	// slow by the split rule, when.
+	linkSlow bool
+	linkAt   time.Time
 }
 
 // New returns a client for opts.Registries.

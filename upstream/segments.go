@@ -101,11 +101,18 @@ type segmented struct {
 	direct  io.ReadCloser // the reader's own stream of parts[next]
 	// measured is what the latest decision was made on.
 	measured linkMeasure
+	// Once split: when, at which offset, at what rate the first
+	// connection delivered then; judged is set once the split was judged.
+	splitAt   time.Time
+	splitFrom int64
+	splitRate float64
+	judged    bool
 
 	mu       sync.Mutex
 	location string // the CDN URL the registry redirected the first GET to; "" once it failed
 	changed  chan struct{}
 	parts    []*segment // from headEnd on; set once, when split
+	helped   int        // parts a helper started on
 	next     int        // the part the reader is in
 	running  int        // helpers in flight
 	closed   bool
@@ -128,10 +135,25 @@ func (s *segmented) Read(p []byte) (int, error) {
 	if s.pos >= s.size {
 		return 0, io.EOF
 	}
+	var n int
+	var err error
 	if s.pos < s.headEnd {
-		return s.readHead(p)
+		n, err = s.readHead(p)
+	} else {
+		n, err = s.readPart(p)
 	}
-	return s.readPart(p)
+	if s.pos >= s.size && !s.splitAt.IsZero() && !s.judged {
+		s.judged = true
+		s.mu.Lock()
+		// Mostly the reader's own connection, for want of buffers or
+		// connection slots: the split was not really tried.
+		tried := 2*s.helped >= len(s.parts)
+		s.mu.Unlock()
+		if tried {
+			s.c.judgeSplit(s.r, s.splitRate, float64(s.size-s.splitFrom)/time.Since(s.splitAt).Seconds())
+		}
+	}
+	return n, err
 }
 
 func (s *segmented) readHead(p []byte) (int, error) {
@@ -187,11 +209,83 @@ func (c *Client) slowLink(m linkMeasure) bool {
 	return m.Rate < below && m.Overall < below && m.Waited >= 0.7
 }
 
+// A split that does not make a blob arrive faster means its connection
+// was not what held it back: several downloads share one bottleneck (a
+// busy CPU on either side, a link that is full), where more connections
+// only add requests, buffers and copies. Each split blob is judged when
+// its last byte is read: unless the rest arrived splitGain times faster
+// than the first connection delivered, the registry's blobs are not split
+// for a while, doubling up to splitRestMax while splits keep not helping.
+// A split that helps ends the rest.
+const (
+	splitGain    = 1.5
+	splitRestMin = 30 * time.Second
+	splitRestMax = 10 * time.Minute
+)
+
+// splitsHelp reports whether r's blobs may be split at now (not resting
+// after a split that did not help).
+func (c *Client) splitsHelp(r *registry, now time.Time) bool {
+	if c.opts.SplitAlways {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !now.Before(r.splitRestUntil)
+}
+
+// judgeSplit records how a split blob of r did: before, what its first
+// connection delivered (bytes per second) when it was split; after, the
+// rate of everything that came after.
+func (c *Client) judgeSplit(r *registry, before, after float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if after >= splitGain*before {
+		r.splitRest = 0
+		return
+	}
+	r.splitRest = min(max(2*r.splitRest, splitRestMin), splitRestMax)
+	r.splitRestUntil = time.Now().Add(r.splitRest)
+	c.log.Debug("splitting a blob did not make it faster: not splitting for a while", "registry", r.Name,
+		"bytes_per_sec_before", int64(before), "bytes_per_sec_after", int64(after), "for", r.splitRest)
+}
+
+// linkTTL is how long a look at a registry's connections stands for it.
+const linkTTL = 10 * time.Minute
+
+func (c *Client) noteLink(r *registry, slow bool, now time.Time) {
+	r.mu.Lock()
+	r.linkSlow, r.linkAt = slow, now
+	r.mu.Unlock()
+}
+
+// ParallelHelps reports whether fetching several of registry's blobs at
+// once is likely to make them arrive sooner: unless a recent look at a
+// large blob's connection found it fast (or its reader busy), or splits
+// lately did not help, which means the downloads share one bottleneck
+// (the CPU on either side, a full link) and more at once only divide it.
+// Without a recent look (blobs too small to measure, segments off) it
+// reports true.
+func (c *Client) ParallelHelps(registry string) bool {
+	r, ok := c.regs[NormalizeName(registry)]
+	if !ok {
+		return true
+	}
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Before(r.splitRestUntil) {
+		return false
+	}
+	return r.linkAt.IsZero() || now.Sub(r.linkAt) > linkTTL || r.linkSlow
+}
+
 // decide splits the rest of the blob into segments if its connection
 // delivers less than SplitBelow per second, lately and since its start, while the reader spends most of
 // its time waiting for it (not hashing and writing: a busy CPU or disk is
-// not helped by more connections), enough is left, and fewer than
-// splitAhead older large blobs are still downloading.
+// not helped by more connections), enough is left, fewer than
+// splitAhead older large blobs are still downloading, and the registry's
+// splits lately helped (judgeSplit).
 func (s *segmented) decide() {
 	o := s.c.opts
 	now := time.Now()
@@ -208,14 +302,16 @@ func (s *segmented) decide() {
 		Waited:  float64(s.waited) / float64(window),
 	}
 	s.measured = m
+	s.c.noteLink(s.r, s.c.slowLink(m), now)
 	seg := o.SegmentSize
 	cut := (s.pos/seg + 1) * seg
-	if s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg || !s.c.slowLink(m) {
+	if s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg || !s.c.slowLink(m) || !s.c.splitsHelp(s.r, now) {
 		s.since, s.from, s.probe, s.waited = now, s.pos, s.pos+splitAgain, 0
 		return
 	}
 	rate := m.Rate
 	s.probe = -1
+	s.splitAt, s.splitFrom, s.splitRate = now, s.pos, rate
 	took := now.Sub(s.since).Seconds()
 	var parts []*segment
 	for a := cut; a < s.size; a += seg {
@@ -281,6 +377,7 @@ func (s *segmented) grant(buf []byte) bool {
 func (s *segmented) startLocked(g *segment, buf []byte) {
 	g.buf, g.running, g.filled = buf[:g.len()], true, 0
 	s.running++
+	s.helped++
 	go s.fetch(g)
 }
 

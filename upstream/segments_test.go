@@ -379,3 +379,41 @@ func TestContentRange(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitBacksOff: when the registry's blobs share one bottleneck (its
+// total bandwidth is capped, not each connection's), a split brings
+// nothing: the next blob is fetched on one connection, and splitting
+// resumes after the rest. Where each connection is capped, splits help
+// and every slow blob is split.
+func TestSplitBacksOff(t *testing.T) {
+	hub := fakehub.Start(t)
+	first := pushLayer(t, hub, "library/shared", 6<<20, 51)
+	second := pushLayer(t, hub, "library/shared2", 6<<20, 52)
+	hub.SetTotalBandwidth(8 << 20)
+	c := newSegmentClient(t, hub, Options{SplitBelow: 32 << 20})
+	readBlob(t, c, "library/shared", first)
+	if hub.Count("GET range") == 0 {
+		t.Fatal("a blob arriving at 8 MiB/s was not split")
+	}
+	hub.ResetCounts()
+	readBlob(t, c, "library/shared2", second)
+	if n := hub.Count("GET range"); n != 0 {
+		t.Fatalf("split again (%d ranged GETs) right after a split that brought nothing", n)
+	}
+	r := c.regs["docker.io"]
+	if now := time.Now(); c.splitsHelp(r, now) || !c.splitsHelp(r, now.Add(splitRestMin+time.Second)) {
+		t.Fatalf("resting: now %v, after %s %v", c.splitsHelp(r, now), splitRestMin, c.splitsHelp(r, now.Add(splitRestMin+time.Second)))
+	}
+
+	capped := fakehub.Start(t)
+	a := pushLayer(t, capped, "library/capped", 6<<20, 53)
+	b := pushLayer(t, capped, "library/capped2", 6<<20, 54)
+	capped.SetBandwidth(4 << 20)
+	cc := newSegmentClient(t, capped, Options{SplitBelow: 32 << 20})
+	readBlob(t, cc, "library/capped", a)
+	n := capped.Count("GET range")
+	readBlob(t, cc, "library/capped2", b)
+	if n == 0 || capped.Count("GET range") == n {
+		t.Fatalf("per-connection cap: %d ranged GETs for the first blob, %d for the second", n, capped.Count("GET range")-n)
+	}
+}

@@ -26,6 +26,7 @@ var (
 	dockerdRoot     = flag.String("dockerd-root", "/dev/shm", "parent of the cold suite's dockerd data root (a tmpfs: vfs copies every layer, ~1 GiB a pull, and this disk's write-back stalls would otherwise decide the figure; \"\": under the bench's temporary directory)")
 	coldProfile     = flag.String("cold-profile", "", "save Wharf's CPU profile of the skopeo rounds (15 s) to this file (go tool pprof FILE)")
 	coldRounds      = flag.Int("cold-rounds", 3, "rounds of the real-client cold pulls (each round: direct, wharf, distribution, on fresh images)")
+	coldDocker      = flag.Bool("cold-docker", true, "run the cold suite's real-dockerd rounds (false: the skopeo rounds only)")
 	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
 )
 
@@ -95,11 +96,91 @@ func runCold(tmp, bin string) error {
 		return err
 	}
 	defer w.stop()
-	d, err := startDistribution(dist, tmp, hub.URL)
+	d, err := startDistribution(dist, filepath.Join(tmp, "distribution"), hub.URL)
 	if err != nil {
 		return err
 	}
 	defer d.stop()
+	seed := uint64(1000)
+	if *coldDocker {
+		if err := dockerdRounds(tmp, hub, w, d, &seed); err != nil {
+			return err
+		}
+	}
+
+	// skopeo, unshaped: CPU-bound, what each server costs per byte.
+	hub.SetLatency(0)
+	hub.SetBandwidth(0)
+	fmt.Printf("cold: skopeo copy to dir:, no shaping (CPU-bound), %d rounds:\n", *coldRounds)
+	if debugAddr != "" { // Wharf's CPU profile over the skopeo rounds
+		profiled := make(chan error, 1)
+		go func() { profiled <- saveProfile("http://"+debugAddr+"/debug/pprof/profile?seconds=15", *coldProfile) }()
+		defer func() {
+			if err := <-profiled; err != nil {
+				fmt.Println("cold: profile:", err)
+			} else {
+				fmt.Println("cold: Wharf's CPU profile of the skopeo rounds in", *coldProfile)
+			}
+		}()
+	}
+	copies := []copyServer{{name: "direct", host: hub.Host()}, {name: "wharf", host: w.addr, pid: w.cmd.Process.Pid},
+		{name: "distribution", host: d.addr, pid: d.cmd.Process.Pid}}
+	sr, err := skopeoRounds(tmp, hub, copies, &seed, nil)
+	if err != nil {
+		return err
+	}
+	ratios := sr.print()
+	sr.cpuTarget("CPU seconds per GiB of a cold copy, unshaped (skopeo; the server process, median)", "3.74 s (Distr. 4.15 s)")
+	sort.Float64s(sr.perBlob)
+	addTarget("upstream requests per cold blob, unshaped (skopeo via Wharf, worst round)", "2 (HEAD + GET)", "1",
+		fmt.Sprintf("%.2f", sr.perBlob[len(sr.perBlob)-1]), sr.perBlob[len(sr.perBlob)-1] <= 1)
+	wm, dm := median(ratios[0]), median(ratios[1])
+	addTarget("skopeo cold copy, unshaped loopback, Wharf ÷ direct (median)", "1.29–1.40 (Distr. 1.09–1.22)", "≤ 1.1 and below Distribution",
+		fmt.Sprintf("%.2f (Distribution %.2f)", wm, dm), wm <= 1.1 && wm < dm)
+
+	// An edge Wharf (and an edge Distribution) pulling cold from a core
+	// Wharf that holds the image already: the upstream is as fast as this
+	// machine serves files, the edge's own cost per byte decides.
+	if err := edgeFromCore(tmp, bin, dist, hub, w, &seed); err != nil {
+		return err
+	}
+
+	// A name the hub does not have, pulled ten times: what each server asks.
+	c := &http.Client{}
+	missing := func(host string) (int, error) {
+		hub.ResetCounts()
+		for i := 0; i < 10; i++ {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bench/no-such-image/manifests/latest", nil)
+			req.Header.Set("Accept", accept)
+			resp, err := c.Do(req)
+			if err != nil {
+				return 0, err
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusNotFound {
+				return 0, fmt.Errorf("%s: missing name answered %s", host, resp.Status)
+			}
+		}
+		return hub.Count("requests"), nil
+	}
+	wn, err := missing(w.addr)
+	if err != nil {
+		return err
+	}
+	dn, err := missing(d.addr)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("cold: 10 pulls of a name the hub does not have: upstream requests: wharf %d, distribution %d\n", wn, dn)
+	addTarget("10 pulls of a missing name within a minute: upstream requests", "20", "≤ 2",
+		fmt.Sprintf("%d (Distribution %d)", wn, dn), wn <= 2)
+	return nil
+}
+
+// dockerdRounds: the real dockerd pulling cold through each server from
+// a hub shaped like Docker Hub from far away.
+func dockerdRounds(tmp string, hub *fakehub.Hub, w, d *proc, seed *uint64) error {
 	dk, err := startDockerd(tmp, []string{hub.Host(), w.addr, d.addr})
 	if err != nil {
 		return err
@@ -107,9 +188,6 @@ func runCold(tmp, bin string) error {
 	defer dk.stop()
 
 	servers := []struct{ name, host string }{{"direct", hub.Host()}, {"wharf", w.addr}, {"distribution", d.addr}}
-	spec := func(seed uint64) fakehub.ImageSpec {
-		return fakehub.ImageSpec{Platforms: []string{"linux/" + runtime.GOARCH}, Layers: *mirrorLayers, LayerSize: *mirrorLayerMB << 20, Seed: seed}
-	}
 	// Real dockerd, shaped like Docker Hub from far away.
 	hub.SetLatency(50 * time.Millisecond)
 	hub.SetBandwidth(20 << 20)
@@ -117,15 +195,14 @@ func runCold(tmp, bin string) error {
 		*mirrorLayers, *mirrorLayerMB, *coldRounds)
 	dockerTimes := make([][]float64, len(servers))
 	var perBlob, headsPerBlob, warmTimes []float64
-	seed := uint64(1000)
 	// Round -1 is not counted: the first pulls after dockerd's start (and
 	// after the other suites filled the page cache) are slower for every
 	// server alike.
 	for r := -1; r < *coldRounds; r++ {
 		for i, s := range servers {
-			seed++
-			repo := fmt.Sprintf("bench/docker%d", seed)
-			img := hub.Push(repo, "1", spec(seed))
+			*seed++
+			repo := fmt.Sprintf("bench/docker%d", *seed)
+			img := hub.Push(repo, "1", coldSpec(*seed))
 			hub.ResetCounts()
 			ref := s.host + "/" + repo + ":1"
 			// Each pull starts with nothing left to write back from the
@@ -177,115 +254,11 @@ func runCold(tmp, bin string) error {
 	// (upstream.TestFastBlobNotSplit), as the skopeo pulls below count.
 	addTarget("upstream HEADs per cold blob (dockerd pull via Wharf; GETs: ranged segments)", "1 (HEAD + GET)", "0",
 		fmt.Sprintf("%.2f (GETs %.2f)", headsPerBlob[len(headsPerBlob)-1], perBlob[len(perBlob)-1]), headsPerBlob[len(headsPerBlob)-1] == 0)
-
-	// skopeo, unshaped: CPU-bound, what each server costs per byte.
-	hub.SetLatency(0)
-	hub.SetBandwidth(0)
-	fmt.Printf("cold: skopeo copy to dir:, no shaping (CPU-bound), %d rounds:\n", *coldRounds)
-	if debugAddr != "" { // Wharf's CPU profile over the skopeo rounds
-		profiled := make(chan error, 1)
-		go func() { profiled <- saveProfile("http://"+debugAddr+"/debug/pprof/profile?seconds=15", *coldProfile) }()
-		defer func() {
-			if err := <-profiled; err != nil {
-				fmt.Println("cold: profile:", err)
-			} else {
-				fmt.Println("cold: Wharf's CPU profile of the skopeo rounds in", *coldProfile)
-			}
-		}()
-	}
-	skopeoTimes := make([][]float64, len(servers))
-	var fastPerBlob []float64
-	// CPU seconds per GiB each server spent on a cold copy (what it
-	// ingested from upstream is what it served: one client, cold).
-	pids := map[string]int{"wharf": w.cmd.Process.Pid, "distribution": d.cmd.Process.Pid}
-	cpuPerGiB := map[string][]float64{}
-	for r := -1; r < *coldRounds; r++ { // round -1 warms up page cache, binaries and connections; not counted
-		for i, s := range servers {
-			seed++
-			repo := fmt.Sprintf("bench/skopeo%d", seed)
-			img := hub.Push(repo, "1", spec(seed))
-			hub.ResetCounts()
-			dest := filepath.Join(tmp, "skopeo-dest")
-			cpuBefore, cpuErr := cpuSeconds(pids[s.name])
-			took, err := timed(func() error {
-				out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
-					"docker://"+s.host+"/"+repo+":1", "dir:"+dest).CombinedOutput()
-				if err != nil {
-					return fmt.Errorf("%v: %s", err, out)
-				}
-				return nil
-			})
-			os.RemoveAll(dest)
-			if err != nil {
-				return fmt.Errorf("skopeo copy (%s): %w", s.name, err)
-			}
-			if r >= 0 {
-				skopeoTimes[i] = append(skopeoTimes[i], took.Seconds())
-			}
-			if pid := pids[s.name]; pid != 0 && cpuErr == nil && r >= 0 {
-				if cpuAfter, err := cpuSeconds(pid); err == nil {
-					gib := float64(*mirrorLayers*(*mirrorLayerMB)) / 1024
-					cpuPerGiB[s.name] = append(cpuPerGiB[s.name], (cpuAfter-cpuBefore)/gib)
-				}
-			}
-			if s.name == "wharf" {
-				blobs := len(img.Layers["linux/"+runtime.GOARCH]) + 1
-				fastPerBlob = append(fastPerBlob, float64(hub.Count("GET blob")+hub.Count("HEAD blob"))/float64(blobs))
-			}
-		}
-	}
-	ratios = printRatios(servers[0].name, skopeoTimes, []string{"wharf", "distribution"})
-	for _, name := range []string{"wharf", "distribution"} {
-		fmt.Printf("  %-14s CPU per GiB ingested and served:", name)
-		for _, v := range cpuPerGiB[name] {
-			fmt.Printf(" %5.2fs", v)
-		}
-		fmt.Println()
-	}
-	if wc, dc := cpuPerGiB["wharf"], cpuPerGiB["distribution"]; len(wc) > 0 && len(dc) > 0 {
-		sort.Float64s(wc)
-		sort.Float64s(dc)
-		addTarget("CPU seconds per GiB of a cold copy, unshaped (skopeo; the server process, median)", "not measured", "≤ Distribution's",
-			fmt.Sprintf("%.2f s (Distribution %.2f s)", median(wc), median(dc)), median(wc) <= median(dc))
-	}
-	sort.Float64s(fastPerBlob)
-	addTarget("upstream requests per cold blob, unshaped (skopeo via Wharf, worst round)", "2 (HEAD + GET)", "1",
-		fmt.Sprintf("%.2f", fastPerBlob[len(fastPerBlob)-1]), fastPerBlob[len(fastPerBlob)-1] <= 1)
-	wm, dm := median(ratios[0]), median(ratios[1])
-	addTarget("skopeo cold copy, unshaped loopback, Wharf ÷ direct (median)", "1.29–1.40 (Distr. 1.09–1.22)", "≤ 1.1 and below Distribution",
-		fmt.Sprintf("%.2f (Distribution %.2f)", wm, dm), wm <= 1.1 && wm < dm)
-
-	// A name the hub does not have, pulled ten times: what each server asks.
-	c := &http.Client{}
-	missing := func(host string) (int, error) {
-		hub.ResetCounts()
-		for i := 0; i < 10; i++ {
-			req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/v2/bench/no-such-image/manifests/latest", nil)
-			req.Header.Set("Accept", accept)
-			resp, err := c.Do(req)
-			if err != nil {
-				return 0, err
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusNotFound {
-				return 0, fmt.Errorf("%s: missing name answered %s", host, resp.Status)
-			}
-		}
-		return hub.Count("requests"), nil
-	}
-	wn, err := missing(w.addr)
-	if err != nil {
-		return err
-	}
-	dn, err := missing(d.addr)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("cold: 10 pulls of a name the hub does not have: upstream requests: wharf %d, distribution %d\n", wn, dn)
-	addTarget("10 pulls of a missing name within a minute: upstream requests", "20", "≤ 2",
-		fmt.Sprintf("%d (Distribution %d)", wn, dn), wn <= 2)
 	return nil
+}
+
+func coldSpec(seed uint64) fakehub.ImageSpec {
+	return fakehub.ImageSpec{Platforms: []string{"linux/" + runtime.GOARCH}, Layers: *mirrorLayers, LayerSize: *mirrorLayerMB << 20, Seed: seed}
 }
 
 // printRatios prints each server's times and, per round, its time divided
@@ -328,12 +301,11 @@ func median(sorted []float64) float64 {
 
 // startDistribution runs CNCF Distribution as a pull-through cache of
 // upstream, the way registry:2 users configure proxy.remoteurl.
-func startDistribution(bin, tmp, upstream string) (*proc, error) {
+func startDistribution(bin, dir, upstream string) (*proc, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(tmp, "distribution")
 	os.MkdirAll(dir, 0o755)
 	cfg := fmt.Sprintf(`version: 0.1
 log:

@@ -39,21 +39,25 @@ type Hub struct {
 	users       map[string]string // basic credentials accepted by the token realm
 	latency     time.Duration
 	bytesPerSec int64
-	rateLimit   int // manifest GETs allowed (0: unlimited)
-	retryAfter  int
-	failStatus  int
-	failNext    int // the next failNextN registry requests get failNext
-	failNextN   int
-	tokenFail   int // the next tokenFailN token requests get tokenFail (-1: hang)
-	tokenFailN  int
-	dropAt      map[digest.Digest]int64 // the next GET of digest to reach byte n drops there
-	corrupt     map[digest.Digest]bool
-	redirect    bool
-	cdnTTL      time.Duration // redirect URLs expire after this (0: never)
-	noLength    bool          // blob GETs answer chunked, without Content-Length
-	noRanges    bool          // blob GETs ignore Range and answer 200 with everything
-	credLeaks   int           // requests outside the token realm that carried Basic credentials
-	blobGets    int           // blob GETs being answered now
+	// totalBps caps all blob bodies together (a full link, a busy server);
+	// totalNext is when the bytes sent so far are due.
+	totalBps   int64
+	totalNext  time.Time
+	rateLimit  int // manifest GETs allowed (0: unlimited)
+	retryAfter int
+	failStatus int
+	failNext   int // the next failNextN registry requests get failNext
+	failNextN  int
+	tokenFail  int // the next tokenFailN token requests get tokenFail (-1: hang)
+	tokenFailN int
+	dropAt     map[digest.Digest]int64 // the next GET of digest to reach byte n drops there
+	corrupt    map[digest.Digest]bool
+	redirect   bool
+	cdnTTL     time.Duration // redirect URLs expire after this (0: never)
+	noLength   bool          // blob GETs answer chunked, without Content-Length
+	noRanges   bool          // blob GETs ignore Range and answer 200 with everything
+	credLeaks  int           // requests outside the token realm that carried Basic credentials
+	blobGets   int           // blob GETs being answered now
 	// listings (lists.go)
 	referrersAPI bool
 	referrers    []referrer
@@ -125,6 +129,10 @@ func (h *Hub) SetAuth(on bool)                { h.set(func() { h.auth = on }) }
 func (h *Hub) SetUser(user, pass string)      { h.set(func() { h.users = map[string]string{user: pass} }) }
 func (h *Hub) SetLatency(d time.Duration)     { h.set(func() { h.latency = d }) }
 func (h *Hub) SetBandwidth(bytesPerSec int64) { h.set(func() { h.bytesPerSec = bytesPerSec }) }
+
+// SetTotalBandwidth caps the blob bytes of all responses together, however
+// many connections share them (0: no cap), where SetBandwidth caps each.
+func (h *Hub) SetTotalBandwidth(bytesPerSec int64) { h.set(func() { h.totalBps = bytesPerSec }) }
 func (h *Hub) SetRateLimit(gets, retryAfter int) {
 	h.set(func() { h.rateLimit, h.retryAfter = gets, retryAfter })
 }
@@ -410,12 +418,30 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, d digest.Digest)
 		h.addBytes(n)
 		sent += int64(n)
 		out = out[n:]
+		h.shareTotal(n)
 		if bps > 0 {
 			if ahead := time.Duration(float64(sent)/float64(bps)*float64(time.Second)) - time.Since(began); ahead > 0 {
 				time.Sleep(ahead)
 			}
 		}
 	}
+}
+
+// shareTotal waits until n more bytes fit under the total bandwidth cap.
+func (h *Hub) shareTotal(n int) {
+	h.mu.Lock()
+	if h.totalBps <= 0 {
+		h.mu.Unlock()
+		return
+	}
+	due := h.totalNext
+	if now := time.Now(); due.Before(now) {
+		due = now
+	}
+	due = due.Add(time.Duration(float64(n) / float64(h.totalBps) * float64(time.Second)))
+	h.totalNext = due
+	h.mu.Unlock()
+	time.Sleep(time.Until(due))
 }
 
 func (h *Hub) addBytes(n int) {

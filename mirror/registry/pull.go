@@ -34,6 +34,10 @@ type Upstream interface {
 	// BytesReceived counts the blob bytes received so far (the metrics
 	// read it).
 	BytesReceived() int64
+	// ParallelHelps reports whether fetching several of the registry's
+	// blobs at once makes them arrive sooner (a link that caps each
+	// connection), rather than dividing one bottleneck among them.
+	ParallelHelps(registry string) bool
 }
 
 var _ Upstream = (*upstream.Client)(nil)

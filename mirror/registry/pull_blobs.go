@@ -7,10 +7,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/mirror/cluster"
@@ -180,30 +180,67 @@ func (p *puller) prefetch(t policy.Target, blobs []digest.Digest) {
 	}()
 }
 
-// fetchBlobs downloads the blobs the store lacks, parallel at a time, and
-// waits for them (a download another request started is waited for, not
-// repeated).
+// prefetchNarrow is how many blobs of one manifest are fetched at once
+// while more at once would not make them arrive sooner (upstream's
+// ParallelHelps): in the manifest's order, which is the order clients ask
+// for them in, so that the blob a client waits for is not slowed by many
+// others and the next one is ready when it asks.
+const prefetchNarrow = 2
+
+// prefetchLook is how often a prefetch held back at prefetchNarrow asks
+// upstream again whether it may go wider.
+const prefetchLook = 100 * time.Millisecond
+
+// fetchBlobs downloads the blobs the store lacks, in order, up to
+// parallel at a time (prefetchNarrow while upstream says more would not
+// help; asked again at each start and every prefetchLook), and waits for
+// them (a download another request started is waited for, not repeated).
 func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest.Digest, parallel int) {
-	var g errgroup.Group
-	g.SetLimit(max(parallel, 1))
-	for _, d := range blobs {
-		g.Go(func() error {
-			if _, err := p.store.StatBlob(t.Local, d); err == nil {
-				return nil
-			}
-			rd, shared, err := p.fills.Get(ctx, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d))
-			if err != nil || rd == nil {
-				return nil
-			}
-			if !shared {
-				p.opts.Metrics.prefetched()
-			}
-			rd.Wait(ctx)
-			rd.Close()
-			return nil
-		})
+	parallel = max(parallel, 1)
+	width := func() int {
+		if parallel > prefetchNarrow && !p.up.ParallelHelps(t.Registry) {
+			return prefetchNarrow
+		}
+		return parallel
 	}
-	g.Wait()
+	ended := make(chan struct{}, len(blobs))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	running := 0
+	for _, d := range blobs {
+		for running >= width() {
+			select {
+			case <-ended:
+				running--
+			case <-time.After(prefetchLook):
+			case <-ctx.Done():
+				return
+			}
+		}
+		running++
+		wg.Add(1)
+		go func() {
+			defer func() { ended <- struct{}{}; wg.Done() }()
+			p.fetchBlob(ctx, t, d)
+		}()
+	}
+}
+
+// fetchBlob downloads blob d of t unless the store has it, and waits for
+// the download (its own or another request's).
+func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest) {
+	if _, err := p.store.StatBlob(t.Local, d); err == nil {
+		return
+	}
+	rd, shared, err := p.fills.Get(ctx, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d))
+	if err != nil || rd == nil {
+		return
+	}
+	if !shared {
+		p.opts.Metrics.prefetched()
+	}
+	rd.Wait(ctx)
+	rd.Close()
 }
 
 // prefetchPlatforms fetches the manifests (and so the blobs) of an index's

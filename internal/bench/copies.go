@@ -1,0 +1,199 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"time"
+
+	"github.com/wharf-registry/wharf/internal/fakehub"
+)
+
+// copyServer is one registry the skopeo rounds copy from; pid is its
+// process (0: not measured, e.g. the hub inside this process).
+type copyServer struct {
+	name, host string
+	pid        int
+}
+
+// copyRounds is what skopeoRounds measured: per server and round the cold
+// copy's wall time; per measured server its CPU seconds per GiB of the
+// cold copy (ingested and served) and of a warm copy right after (served
+// only); upstream requests per blob of the "wharf" server's cold copies.
+type copyRounds struct {
+	servers  []copyServer
+	times    [][]float64
+	cold     map[string][]float64
+	warm     map[string][]float64
+	perBlob  []float64
+	imageGiB float64
+}
+
+// skopeoRounds copies a fresh image from every server in turn, cold, then
+// warm from the same server: -cold-rounds rounds after an uncounted one
+// (page cache, binaries, connections). prepare, when set, runs before
+// each cold copy of a freshly pushed repository.
+func skopeoRounds(tmp string, hub *fakehub.Hub, servers []copyServer, seed *uint64, prepare func(server copyServer, repo string) error) (*copyRounds, error) {
+	cr := &copyRounds{servers: servers, times: make([][]float64, len(servers)),
+		cold: map[string][]float64{}, warm: map[string][]float64{},
+		imageGiB: float64(*mirrorLayers*(*mirrorLayerMB)) / 1024}
+	dest := filepath.Join(tmp, "skopeo-dest")
+	copyFrom := func(host, repo string) (time.Duration, error) {
+		defer os.RemoveAll(dest)
+		return timed(func() error {
+			out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
+				"docker://"+host+"/"+repo+":1", "dir:"+dest).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("skopeo copy from %s: %v: %s", host, err, out)
+			}
+			return nil
+		})
+	}
+	// measured runs f and returns the server's CPU seconds per GiB of the image.
+	measured := func(pid int, f func() error) (float64, error) {
+		before, err := cpuSeconds(pid)
+		if err != nil {
+			return 0, err
+		}
+		if err := f(); err != nil {
+			return 0, err
+		}
+		after, err := cpuSeconds(pid)
+		return (after - before) / cr.imageGiB, err
+	}
+	for r := -1; r < *coldRounds; r++ {
+		for i, s := range servers {
+			*seed++
+			repo := fmt.Sprintf("bench/skopeo%d", *seed)
+			img := hub.Push(repo, "1", coldSpec(*seed))
+			if prepare != nil {
+				if err := prepare(s, repo); err != nil {
+					return nil, err
+				}
+			}
+			hub.ResetCounts()
+			var took time.Duration
+			cold := func() (err error) { took, err = copyFrom(s.host, repo); return err }
+			if s.pid == 0 {
+				if err := cold(); err != nil {
+					return nil, err
+				}
+			} else {
+				c, err := measured(s.pid, cold)
+				if err != nil {
+					return nil, err
+				}
+				w, err := measured(s.pid, func() error { _, err := copyFrom(s.host, repo); return err })
+				if err != nil {
+					return nil, err
+				}
+				if r >= 0 {
+					cr.cold[s.name] = append(cr.cold[s.name], c)
+					cr.warm[s.name] = append(cr.warm[s.name], w)
+				}
+			}
+			if r < 0 {
+				continue
+			}
+			cr.times[i] = append(cr.times[i], took.Seconds())
+			if s.name == "wharf" {
+				blobs := len(img.Layers["linux/"+runtime.GOARCH]) + 1
+				cr.perBlob = append(cr.perBlob, float64(hub.Count("GET blob")+hub.Count("HEAD blob"))/float64(blobs))
+			}
+		}
+	}
+	return cr, nil
+}
+
+// print prints the wall times, each server's ratio to the first one's and
+// the CPU figures; it returns the sorted ratios of the servers after the
+// first.
+func (cr *copyRounds) print() [][]float64 {
+	var names []string
+	for _, s := range cr.servers[1:] {
+		names = append(names, s.name)
+	}
+	ratios := printRatios(cr.servers[0].name, cr.times, names)
+	for _, s := range cr.servers {
+		if s.pid == 0 {
+			continue
+		}
+		fmt.Printf("  %-14s CPU s/GiB, cold (ingested + served):", s.name)
+		for _, v := range cr.cold[s.name] {
+			fmt.Printf(" %5.2f", v)
+		}
+		fmt.Printf("; warm (served):")
+		for _, v := range cr.warm[s.name] {
+			fmt.Printf(" %5.2f", v)
+		}
+		fmt.Println()
+	}
+	return ratios
+}
+
+// cpuTarget adds the row comparing the median CPU per GiB of the cold
+// copies of the first two measured servers (Wharf, then Distribution).
+func (cr *copyRounds) cpuTarget(figure, before string) {
+	var m []copyServer
+	for _, s := range cr.servers {
+		if s.pid != 0 {
+			m = append(m, s)
+		}
+	}
+	if len(m) < 2 || len(cr.cold[m[0].name]) == 0 || len(cr.cold[m[1].name]) == 0 {
+		return
+	}
+	a, b := sortedCopy(cr.cold[m[0].name]), sortedCopy(cr.cold[m[1].name])
+	wa, wb := sortedCopy(cr.warm[m[0].name]), sortedCopy(cr.warm[m[1].name])
+	addTarget(figure, before, "≤ Distribution's",
+		fmt.Sprintf("%.2f s (Distr. %.2f; warm %.2f/%.2f)", median(a), median(b), median(wa), median(wb)), median(a) <= median(b))
+}
+
+func sortedCopy(v []float64) []float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s
+}
+
+// edgeFromCore measures an edge Wharf, and an edge Distribution, pulling
+// cold from a core Wharf (core) that already holds each image, against
+// skopeo copying from the core directly.
+func edgeFromCore(tmp, bin, dist string, hub *fakehub.Hub, core *proc, seed *uint64) error {
+	edge, err := startProc(bin, "serve", "--addr", "127.0.0.1:0", "--data", filepath.Join(coldDataDir(tmp)+"-edge"),
+		"--log-level", "warn", "--upstream", "docker.io=http://"+core.addr)
+	if err != nil {
+		return err
+	}
+	defer edge.stop()
+	d, err := startDistribution(dist, filepath.Join(tmp, "distribution-edge"), "http://"+core.addr)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	fmt.Printf("cold: edge from core: skopeo copy through an edge that pulls from a core Wharf holding the image, %d rounds:\n", *coldRounds)
+	dest := filepath.Join(tmp, "skopeo-warm-core")
+	warmCore := func(_ copyServer, repo string) error {
+		defer os.RemoveAll(dest)
+		out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
+			"docker://"+core.addr+"/"+repo+":1", "dir:"+dest).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("warming the core: %v: %s", err, out)
+		}
+		return nil
+	}
+	cr, err := skopeoRounds(tmp, hub, []copyServer{{name: "core", host: core.addr},
+		{name: "wharf", host: edge.addr, pid: edge.cmd.Process.Pid},
+		{name: "distribution", host: d.addr, pid: d.cmd.Process.Pid}}, seed, warmCore)
+	if err != nil {
+		return err
+	}
+	ratios := cr.print()
+	wm, dm := median(ratios[0]), median(ratios[1])
+	addTarget("skopeo cold copy, edge Wharf from a core Wharf, ÷ from the core (median)", "not measured", "≤ 1.1 and below Distribution",
+		fmt.Sprintf("%.2f (Distribution %.2f)", wm, dm), wm <= 1.1 && wm < dm)
+	cr.cpuTarget("CPU seconds per GiB of a cold copy, edge from core (the edge process, median)", "not measured")
+	return nil
+}
