@@ -7,6 +7,7 @@ import (
 	"hash"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
@@ -17,21 +18,52 @@ import (
 // body whose bytes do not match the digest.
 const FillHoldBack = 64 << 10
 
-// fillRing is how many of the latest bytes of a fill are kept in memory:
-// readers that keep up take them from there as they arrive; one that falls
-// further behind, or joins late, reads the ingest file. One ring per fill
-// in flight (at most the upstream connection limit of them).
+// fillRing is how many of the latest bytes of a fill are kept in memory
+// (at least; plus the chunk being written): readers that keep up take them
+// from there as they arrive; one that falls further behind, or joins late,
+// reads the ingest file. Per fill in flight (at most the upstream
+// connection limit of them).
 const fillRing = 1 << 20
 
-var fillRings = sync.Pool{New: func() any { b := make([]byte, fillRing); return &b }}
+// fillChunk is a piece of a fill's bytes as one read gathered them from
+// upstream: written to the ingest file and hashed, then kept among the
+// fill's recent chunks for the readers that keep up, who send it to their
+// clients without copying it (FillReader.Next). Its bytes never change
+// once written; refs counts the fill (while it is recent) and each reader
+// holding it, and the last release returns it to the pool.
+type fillChunk struct {
+	b    []byte
+	off  int64
+	refs atomic.Int32
+}
+
+// fillChunkSize is a chunk's capacity: a download gathers at least
+// fillBatch bytes into one.
+const fillChunkSize = 512 << 10
+
+var fillChunks = sync.Pool{New: func() any { return &fillChunk{b: make([]byte, 0, fillChunkSize)} }}
+
+// newFillChunk returns an empty chunk with one reference, its caller's.
+func newFillChunk() *fillChunk {
+	c := fillChunks.Get().(*fillChunk)
+	c.b, c.off = c.b[:0], 0
+	c.refs.Store(1)
+	return c
+}
+
+func (c *fillChunk) release() {
+	if c.refs.Add(-1) == 0 {
+		fillChunks.Put(c)
+	}
+}
 
 // ErrFillAborted is returned to readers of a fill that did not complete.
 var ErrFillAborted = errors.New("blob download aborted")
 
-// fill is a blob being written from upstream while clients read it: bytes
-// go to an ingest file, a hash and a ring of the latest fillRing bytes as
-// they arrive; readers take them from the ring, or from the file when they
-// are further behind. finish verifies the digest and commits the blob into the
+// fill is a blob being written from upstream while clients read it: each
+// chunk of bytes goes to an ingest file and a hash as it arrives, and stays
+// in memory while it is among the latest fillRing bytes; readers take
+// chunks from there, or read the file when they are further behind. finish verifies the digest and commits the blob into the
 // repositories that asked for it; fail discards it. Safe for concurrent
 // use. Fills (fills.go) owns the one fill per digest.
 type fill struct {
@@ -51,7 +83,9 @@ type fill struct {
 	committed bool    // stored and linked: the cache answers from now on
 	err       error   // set by Fail: readers stop with it
 	commitErr error   // the blob was verified but could not be stored
-	ring      *[]byte // the latest bytes: offset o is at o % fillRing; nil once released
+	recent    []*fillChunk // the latest chunks, in order, contiguous up to written; nil once released
+	recentLen int64        // their bytes
+	released  bool
 	readers   int
 	retired   bool
 	repos     []string      // linked on commit; guarded by Fills.mu
@@ -77,7 +111,7 @@ func (s *Store) newFill(repo string, o Origin, d digest.Digest) (*fill, error) {
 		return nil, err
 	}
 	return &fill{s: s, o: o, repos: []string{repo}, d: d, id: id, app: app, h: d.Algorithm().Hash(), rf: rf,
-		changed: make(chan struct{}), size: -1, ring: fillRings.Get().(*[]byte)}, nil
+		changed: make(chan struct{}), size: -1}, nil
 }
 
 func (f *fill) notifyLocked() {
@@ -93,58 +127,74 @@ func (f *fill) start(size int64) {
 	f.mu.Unlock()
 }
 
-// write appends upstream bytes. It refuses bytes beyond the announced size.
+// write appends upstream bytes (copied into chunks). It refuses bytes
+// beyond the announced size.
 func (f *fill) write(p []byte) (int, error) {
+	var total int
+	for len(p) > 0 {
+		c := newFillChunk()
+		c.b = c.b[:copy(c.b[:cap(c.b)], p)]
+		p = p[len(c.b):]
+		n, err := f.writeChunk(c)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// writeChunk appends c's bytes, taking over the caller's reference to c.
+// It refuses bytes beyond the announced size.
+func (f *fill) writeChunk(c *fillChunk) (int, error) {
 	f.mu.Lock()
 	size, written := f.size, f.written
 	f.mu.Unlock()
-	if size >= 0 && written+int64(len(p)) > size {
+	if size >= 0 && written+int64(len(c.b)) > size {
+		c.release()
 		return 0, fmt.Errorf("%w: more than the announced %d bytes", ErrSizeInvalid, size)
 	}
-	n, err := f.app.Write(p)
-	f.h.Write(p[:n])
+	n, err := f.app.Write(c.b)
+	c.b = c.b[:n]
+	f.h.Write(c.b)
 	f.mu.Lock()
-	if f.ring != nil {
-		ringPut(*f.ring, f.written, p[:n])
-	}
+	c.off = f.written
 	f.written += int64(n)
+	if n > 0 && !f.released {
+		f.recent = append(f.recent, c)
+		f.recentLen += int64(n)
+		for len(f.recent) > 1 && f.recentLen-int64(len(f.recent[0].b)) >= fillRing {
+			f.recentLen -= int64(len(f.recent[0].b))
+			f.recent[0].release()
+			f.recent = append(f.recent[:0], f.recent[1:]...)
+		}
+		c = nil
+	}
 	f.notifyLocked()
 	f.mu.Unlock()
+	if c != nil {
+		c.release()
+	}
 	return n, err
 }
 
-// ringPut stores b, the bytes at offset off, in ring (their last fillRing
-// bytes when there are more).
-func ringPut(ring []byte, off int64, b []byte) {
-	if len(b) > len(ring) {
-		off += int64(len(b) - len(ring))
-		b = b[len(b)-len(ring):]
+// chunkLocked returns the recent chunk holding offset off, or nil.
+func (f *fill) chunkLocked(off int64) *fillChunk {
+	for _, c := range f.recent {
+		if off >= c.off && off < c.off+int64(len(c.b)) {
+			return c
+		}
 	}
-	for len(b) > 0 {
-		i := int(off % int64(len(ring)))
-		n := copy(ring[i:], b)
-		off += int64(n)
-		b = b[n:]
-	}
+	return nil
 }
 
-// ringGet copies into p the bytes at offset off from ring.
-func ringGet(ring []byte, off int64, p []byte) {
-	for len(p) > 0 {
-		i := int(off % int64(len(ring)))
-		n := copy(p, ring[i:])
-		off += int64(n)
-		p = p[n:]
-	}
-}
-
-// releaseLocked returns the ring to the pool and closes the read handle,
+// releaseLocked gives up the recent chunks and closes the read handle,
 // once the fill is retired and its last reader closed. Call with f.mu held.
 func (f *fill) releaseLocked() error {
-	if f.ring != nil {
-		fillRings.Put(f.ring)
-		f.ring = nil
+	for _, c := range f.recent {
+		c.release()
 	}
+	f.recent, f.recentLen, f.released = nil, 0, true
 	return f.rf.Close()
 }
 
@@ -293,7 +343,9 @@ func (r *FillReader) Size(ctx context.Context) (int64, error) { return r.f.sizeW
 // or the download failed.
 func (r *FillReader) Wait(ctx context.Context) error { return r.f.wait(ctx) }
 
-func (r *FillReader) Read(p []byte) (int, error) {
+// ready waits until the reader may have more bytes and returns how many,
+// with f.mu held; or an error (io.EOF at the end) without it.
+func (r *FillReader) ready() (int64, error) {
 	f := r.f
 	for {
 		f.mu.Lock()
@@ -318,23 +370,7 @@ func (r *FillReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if avail := end - r.pos; avail > 0 {
-			n := int(min(int64(len(p)), avail))
-			if f.ring != nil && r.pos >= f.written-fillRing {
-				// Still in memory: the bytes just written.
-				ringGet(*f.ring, r.pos, p[:n])
-				f.mu.Unlock()
-				r.pos += int64(n)
-				r.fromRing += int64(n)
-				return n, nil
-			}
-			f.mu.Unlock()
-			n, err := f.rf.ReadAt(p[:n], r.pos)
-			r.pos += int64(n)
-			r.fromFile += int64(n)
-			if err == io.EOF && n > 0 {
-				err = nil
-			}
-			return n, err
+			return avail, nil
 		}
 		f.mu.Unlock()
 		select {
@@ -343,6 +379,69 @@ func (r *FillReader) Read(p []byte) (int, error) {
 			return 0, r.ctx.Err()
 		}
 	}
+}
+
+// Ready waits until the reader has bytes to give, or is at the end
+// (io.EOF), or the download failed.
+func (r *FillReader) Ready() error {
+	_, err := r.ready()
+	if err == nil {
+		r.f.mu.Unlock()
+	}
+	return err
+}
+
+func (r *FillReader) Read(p []byte) (int, error) {
+	f := r.f
+	avail, err := r.ready()
+	if err != nil {
+		return 0, err
+	}
+	n := int(min(int64(len(p)), avail))
+	if c := f.chunkLocked(r.pos); c != nil {
+		// Still in memory, and so is everything after it up to written.
+		for done := 0; done < n; {
+			c := f.chunkLocked(r.pos + int64(done))
+			done += copy(p[done:n], c.b[r.pos+int64(done)-c.off:])
+		}
+		f.mu.Unlock()
+		r.pos += int64(n)
+		r.fromRing += int64(n)
+		return n, nil
+	}
+	f.mu.Unlock()
+	n, err = f.rf.ReadAt(p[:n], r.pos)
+	r.pos += int64(n)
+	r.fromFile += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+// Next waits for the reader's next bytes and returns them without a copy
+// while they are in memory: b counts as read and stays valid until done
+// is called (exactly once). When they are no longer in memory (the reader
+// fell behind, or joined late) it returns no bytes and no error: Read
+// them. At the end it returns io.EOF.
+func (r *FillReader) Next() (b []byte, done func(), err error) {
+	f := r.f
+	avail, err := r.ready()
+	if err != nil {
+		return nil, nil, err
+	}
+	c := f.chunkLocked(r.pos)
+	if c == nil {
+		f.mu.Unlock()
+		return nil, nil, nil
+	}
+	c.refs.Add(1)
+	f.mu.Unlock()
+	at := r.pos - c.off
+	n := min(avail, int64(len(c.b))-at)
+	r.pos += n
+	r.fromRing += n
+	return c.b[at : at+n], c.release, nil
 }
 
 func (r *FillReader) Close() error {

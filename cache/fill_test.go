@@ -202,8 +202,8 @@ func TestFillRingReaders(t *testing.T) {
 	if mid.fromRing == 0 {
 		t.Fatal("the mid-way reader never caught up with memory")
 	}
-	if f.ring != nil {
-		t.Fatal("ring still held after the last reader closed")
+	if !f.released || f.recent != nil {
+		t.Fatal("recent chunks still held after the last reader closed")
 	}
 }
 
@@ -245,5 +245,75 @@ func TestFillRingBounded(t *testing.T) {
 		t.Fatalf("stalled reader, resumed: %d bytes, %v", n, err)
 	}
 	stalled.Close()
+	f.retire()
+}
+
+// TestFillNext: a reader that keeps up gets the fill's own chunks (no
+// copy); a chunk it holds keeps its bytes while later chunks recycle
+// others; a reader that fell behind is told to Read (from the file); the
+// held-back end comes only after verification.
+func TestFillNext(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	content := make([]byte, 6<<20)
+	for i := range content {
+		content[i] = byte(i*13 + i>>12)
+	}
+	f, err := s.newFill("mirror/repo", MirroredFrom("docker.io"), digest.FromBytes(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.start(int64(len(content)))
+	keeping, behind := f.newReader(t.Context()), f.newReader(t.Context())
+	const piece = 256 << 10
+	f.write(content[:piece])
+	held, done, err := keeping.Next()
+	if err != nil || len(held) == 0 || !bytes.Equal(held, content[:len(held)]) {
+		t.Fatalf("first Next: %d bytes, %v", len(held), err)
+	}
+	want := append([]byte(nil), held...)
+	var got bytes.Buffer
+	got.Write(held)
+	for off := piece; off < len(content); off += piece {
+		f.write(content[off : off+piece])
+		for keeping.pos < int64(off+piece-FillHoldBack) {
+			b, d, err := keeping.Next()
+			if err != nil || b == nil {
+				t.Fatalf("Next at %d: %d bytes, %v", keeping.pos, len(b), err)
+			}
+			got.Write(b)
+			d()
+		}
+	}
+	if !bytes.Equal(held, want) {
+		t.Fatal("a chunk a reader held was reused while it held it")
+	}
+	done()
+	if b, d, err := behind.Next(); b != nil || d != nil || err != nil {
+		t.Fatalf("a reader 6 MiB behind got %d bytes from memory, %v", len(b), err)
+	}
+	if got.Len() != len(content)-FillHoldBack {
+		t.Fatalf("before verification the reader had %d bytes; want all but the held-back %d", got.Len(), FillHoldBack)
+	}
+	if err := f.finish(f.repos); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		b, d, err := keeping.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil || b == nil {
+			t.Fatalf("Next after verification: %d bytes, %v", len(b), err)
+		}
+		got.Write(b)
+		d()
+	}
+	rest, err := io.ReadAll(behind)
+	if err != nil || !bytes.Equal(rest, content) || !bytes.Equal(got.Bytes(), content) {
+		t.Fatalf("behind: %d bytes, %v; keeping: %d bytes", len(rest), err, got.Len())
+	}
+	keeping.Close()
+	behind.Close()
 	f.retire()
 }

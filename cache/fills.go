@@ -255,8 +255,6 @@ func (fs *Fills) Discarded() int64 { return fs.discarded.Load() }
 // the clients streaming it.
 const fillBatch = 256 << 10
 
-var fillBufs = sync.Pool{New: func() any { b := make([]byte, 512<<10); return &b }}
-
 // download copies the blob from src into f, reopening src at the offset
 // reached after a failed read, with backoff.
 func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
@@ -269,20 +267,19 @@ func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
 		return err
 	}
 	f.start(size)
-	bp := fillBufs.Get().(*[]byte)
-	defer fillBufs.Put(bp)
-	buf := *bp
 	for resumes := 0; ; {
 		// Gather at least fillBatch bytes per write: each write wakes every
 		// reader, and each of their reads becomes a socket write.
-		n, rerr := io.ReadAtLeast(rc, buf, fillBatch)
+		c := newFillChunk()
+		n, rerr := io.ReadAtLeast(rc, c.b[:cap(c.b)], fillBatch)
 		if rerr == io.ErrUnexpectedEOF {
 			rerr = io.EOF
 		}
-		if n > 0 {
-			if _, err := f.write(buf[:n]); err != nil {
-				return err
-			}
+		c.b = c.b[:n]
+		if n == 0 {
+			c.release()
+		} else if _, err := f.writeChunk(c); err != nil {
+			return err
 		}
 		written := f.bytesWritten()
 		switch {

@@ -52,26 +52,50 @@ func (reg *Registry) clientCut(r *http.Request, sent int64, err error) {
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
+// chunkSource is a body whose bytes can be had without a copy: a
+// download in flight (cache.FillReader). Next returns no bytes and no
+// error when the next ones must be Read.
+type chunkSource interface {
+	io.Reader
+	Next() (b []byte, done func(), err error)
+}
+
 // copyToClient writes src to w with a write deadline per write. It starts
 // with a small buffer and takes a pooled blobCopyBuffer once the client
 // has proved fast (growAfter at growRate); a big write that waits marks a
-// slow client, which goes back to the small buffer.
+// slow client, which goes back to the small buffer. A chunkSource's bytes
+// are written from where they are, without a buffer, until a write of
+// them waits: a slow client holds no chunk for long.
 func (reg *Registry) copyToClient(w http.ResponseWriter, r *http.Request, src io.Reader) (int64, error) {
 	rc := http.NewResponseController(w)
 	timeout := reg.opts.ClientTimeout
 	defer rc.SetWriteDeadline(time.Time{})
 	bp, pool := smallBufs.Get().(*[]byte), &smallBufs
 	defer func() { pool.Put(bp) }()
+	chunks, _ := src.(chunkSource)
 	var total int64
 	began := time.Now()
 	for {
 		buf := *bp
-		n, rerr := src.Read(buf)
-		if n > 0 {
+		var out []byte
+		var done func()
+		var rerr error
+		if chunks != nil {
+			out, done, rerr = chunks.Next()
+		}
+		if out == nil && done == nil && rerr == nil {
+			var n int
+			n, rerr = src.Read(buf)
+			out = buf[:n]
+		}
+		if len(out) > 0 {
 			rc.SetWriteDeadline(time.Now().Add(timeout))
 			start := time.Now()
-			wn, werr := w.Write(buf[:n])
+			wn, werr := w.Write(out)
 			took := time.Since(start)
+			if done != nil {
+				done()
+			}
 			total += int64(wn)
 			if werr != nil {
 				if isTimeout(werr) {
@@ -80,13 +104,17 @@ func (reg *Registry) copyToClient(w http.ResponseWriter, r *http.Request, src io
 				return total, werr
 			}
 			switch {
+			case done != nil && len(out) >= smallCopyBuffer && took > slowWrite:
+				chunks = nil // slow: copies through the small buffer from now on
 			case pool == &smallBufs && total >= growAfter && float64(total) >= growRate*time.Since(began).Seconds():
 				pool.Put(bp)
 				bp, pool = blobBufs.Get().(*[]byte), &blobBufs
-			case pool == &blobBufs && n == len(buf) && took > slowWrite:
+			case pool == &blobBufs && len(out) == len(buf) && took > slowWrite:
 				pool.Put(bp)
 				bp, pool = smallBufs.Get().(*[]byte), &smallBufs
 			}
+		} else if done != nil {
+			done()
 		}
 		if rerr == io.EOF {
 			return total, nil

@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -80,13 +79,14 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 	// The status waits for the first bytes: a download that fails before
 	// any (a small blob is held back whole until verified) is answered
 	// with its error, not with a 200 and a cut connection.
-	var first [4 << 10]byte
-	n, err := io.ReadAtLeast(rd, first[:], 1)
-	if err != nil && !(errors.Is(err, io.EOF) && size == 0) {
+	if err := rd.Ready(); err != nil && !(errors.Is(err, io.EOF) && size == 0) {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
 		return err
 	}
 	streaming()
-	sent, err := p.reg.copyToClient(w, r, io.MultiReader(bytes.NewReader(first[:n]), rd))
+	sent, err := p.reg.copyToClient(w, r, rd)
 	if m := p.opts.Metrics; m != nil {
 		m.BytesServed.WithLabelValues("upstream").Add(float64(sent))
 	}
