@@ -79,10 +79,10 @@ type fill struct {
 	changed   chan struct{} // closed and replaced on every change
 	size      int64         // -1 until Start
 	written   int64
-	done      bool    // verified: readers may have every byte
-	committed bool    // stored and linked: the cache answers from now on
-	err       error   // set by Fail: readers stop with it
-	commitErr error   // the blob was verified but could not be stored
+	done      bool         // verified: readers may have every byte
+	committed bool         // stored and linked: the cache answers from now on
+	err       error        // set by Fail: readers stop with it
+	commitErr error        // the blob was verified but could not be stored
 	recent    []*fillChunk // the latest chunks, in order, contiguous up to written; nil once released
 	recentLen int64        // their bytes
 	released  bool
