@@ -276,6 +276,24 @@ func (f *fill) sizeWait(ctx context.Context) (int64, error) {
 	}
 }
 
+// verified blocks until the blob is downloaded and verified (readers may
+// have every byte; the commit may still be under way) or the fill failed.
+func (f *fill) verified(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		done, err, ch := f.done, f.err, f.changed
+		f.mu.Unlock()
+		if done || err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // wait blocks until the blob is committed (then the cache answers for it)
 // or the fill has failed.
 func (f *fill) wait(ctx context.Context) error {
@@ -338,6 +356,11 @@ func (r *FillReader) Limit(off, n int64) {
 
 // Size waits until upstream announced the blob's size and returns it.
 func (r *FillReader) Size(ctx context.Context) (int64, error) { return r.f.sizeWait(ctx) }
+
+// Verified blocks until the whole blob arrived and matched its digest (its
+// commit, an fsync and a rename, may still be under way) or the download
+// failed.
+func (r *FillReader) Verified(ctx context.Context) error { return r.f.verified(ctx) }
 
 // Wait blocks until the blob is committed (the store then answers for it)
 // or the download failed.

@@ -236,6 +236,7 @@ func dockerdRounds(tmp string, hub *fakehub.Hub, w, d *proc, seed *uint64) error
 					return err
 				}
 			}
+			hub.Forget(repo) // the hub holds every image in memory
 		}
 	}
 	ratios := printRatios(servers[0].name, dockerTimes, []string{"wharf", "distribution"})

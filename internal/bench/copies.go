@@ -95,6 +95,7 @@ func skopeoRounds(tmp string, hub *fakehub.Hub, servers []copyServer, seed *uint
 					cr.warm[s.name] = append(cr.warm[s.name], w)
 				}
 			}
+			hub.Forget(repo) // the hub holds every image in memory
 			if r < 0 {
 				continue
 			}

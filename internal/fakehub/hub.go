@@ -117,6 +117,31 @@ func (h *Hub) Push(repo, tag string, spec ImageSpec) *Image {
 	return img
 }
 
+// Forget removes repo and the blobs only it held: a long benchmark pushes
+// many large images and would otherwise keep every one in memory.
+func (h *Hub) Forget(repo string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for d := range h.repoBlobs[repo] {
+		shared := false
+		for other, ds := range h.repoBlobs {
+			if other != repo && ds[d] {
+				shared = true
+				break
+			}
+		}
+		if !shared {
+			delete(h.blobs, d)
+		}
+	}
+	delete(h.repoBlobs, repo)
+	for k := range h.tags {
+		if strings.HasPrefix(k, repo+":") {
+			delete(h.tags, k)
+		}
+	}
+}
+
 // Retag points repo:tag at the index of img (pushed before to repo).
 func (h *Hub) Retag(repo, tag string, img *Image) {
 	h.mu.Lock()

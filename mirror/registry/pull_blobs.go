@@ -220,15 +220,19 @@ func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest
 		running++
 		wg.Add(1)
 		go func() {
-			defer func() { ended <- struct{}{}; wg.Done() }()
-			p.fetchBlob(ctx, t, d)
+			defer wg.Done()
+			p.fetchBlob(ctx, t, d, func() { ended <- struct{}{} })
 		}()
 	}
 }
 
 // fetchBlob downloads blob d of t unless the store has it, and waits for
-// the download (its own or another request's).
-func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest) {
+// the download (its own or another request's) to be stored. It calls
+// arrived (once) as soon as the bytes are all here and verified: the next
+// download need not wait for this one's commit.
+func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest, arrived func()) {
+	arrived = sync.OnceFunc(arrived)
+	defer arrived()
 	if _, err := p.store.StatBlob(t.Local, d); err == nil {
 		return
 	}
@@ -236,11 +240,14 @@ func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest
 	if err != nil || rd == nil {
 		return
 	}
+	defer rd.Close()
 	if !shared {
 		p.opts.Metrics.prefetched()
 	}
+	if rd.Verified(ctx) == nil {
+		arrived()
+	}
 	rd.Wait(ctx)
-	rd.Close()
 }
 
 // prefetchPlatforms fetches the manifests (and so the blobs) of an index's
