@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -12,9 +13,13 @@ import (
 func (s *segmented) fetch(g *segment) {
 	rc, err := s.open(g.start, g.end-1)
 	filled := 0
+	var began time.Time // the first bytes: the rate leaves out the request's round trip, as decide's does
 	for err == nil && filled < len(g.buf) {
 		var n int
 		n, err = rc.Read(g.buf[filled:])
+		if began.IsZero() {
+			began = time.Now()
+		}
 		filled += n
 		if n > 0 {
 			s.mu.Lock()
@@ -28,6 +33,10 @@ func (s *segmented) fetch(g *segment) {
 	}
 	if filled == len(g.buf) {
 		err = nil
+		s.mu.Lock()
+		s.segBytes += int64(filled)
+		s.segTime += time.Since(began)
+		s.mu.Unlock()
 	} else if err == nil || err == io.EOF {
 		err = io.ErrUnexpectedEOF
 	}

@@ -113,8 +113,12 @@ type segmented struct {
 	changed  chan struct{}
 	parts    []*segment // from headEnd on; set once, when split
 	helped   int        // parts a helper started on
-	next     int        // the part the reader is in
-	running  int        // helpers in flight
+	// Of the parts helpers fetched whole: their bytes, and the time each
+	// took from its first bytes on, summed (what one connection delivered).
+	segBytes int64
+	segTime  time.Duration
+	next     int // the part the reader is in
+	running  int // helpers in flight
 	closed   bool
 }
 
@@ -147,10 +151,11 @@ func (s *segmented) Read(p []byte) (int, error) {
 		s.mu.Lock()
 		// Mostly the reader's own connection, for want of buffers or
 		// connection slots: the split was not really tried.
-		tried := 2*s.helped >= len(s.parts)
+		tried := 2*s.helped >= len(s.parts) && s.segTime > 0
+		perConn := float64(s.segBytes) / s.segTime.Seconds()
 		s.mu.Unlock()
 		if tried {
-			s.c.judgeSplit(s.r, s.splitRate, float64(s.size-s.splitFrom)/time.Since(s.splitAt).Seconds())
+			s.c.judgeSplit(s.r, s.splitRate, perConn)
 		}
 	}
 	return n, err
@@ -209,16 +214,17 @@ func (c *Client) slowLink(m linkMeasure) bool {
 	return m.Rate < below && m.Overall < below && m.Waited >= 0.7
 }
 
-// A split that does not make a blob arrive faster means its connection
-// was not what held it back: several downloads share one bottleneck (a
-// busy CPU on either side, a link that is full), where more connections
-// only add requests, buffers and copies. Each split blob is judged when
-// its last byte is read: unless the rest arrived splitGain times faster
-// than the first connection delivered, the registry's blobs are not split
-// for a while, doubling up to splitRestMax while splits keep not helping.
-// A split that helps ends the rest.
+// More connections help a blob whose connection is capped (a CDN's
+// per-connection limit, a long fat network): each new one brings its own
+// bandwidth. Where downloads share one bottleneck (a busy CPU on either
+// side, a full link) they only divide it, and add requests, buffers and
+// copies. So each split blob is judged when its last byte is read: unless
+// its segments' connections each delivered at least splitKeep of what
+// the first one did when it was split (both from their first bytes), the
+// registry's blobs are not split for a while, doubling up to splitRestMax
+// while splits keep not helping; a split that helps ends the rest.
 const (
-	splitGain    = 1.5
+	splitKeep    = 0.5
 	splitRestMin = 30 * time.Second
 	splitRestMax = 10 * time.Minute
 )
@@ -234,20 +240,20 @@ func (c *Client) splitsHelp(r *registry, now time.Time) bool {
 	return !now.Before(r.splitRestUntil)
 }
 
-// judgeSplit records how a split blob of r did: before, what its first
-// connection delivered (bytes per second) when it was split; after, the
-// rate of everything that came after.
-func (c *Client) judgeSplit(r *registry, before, after float64) {
+// judgeSplit records how a split blob of r did: first, what its first
+// connection delivered (bytes per second) when it was split; each, what
+// each of its segments' connections delivered.
+func (c *Client) judgeSplit(r *registry, first, each float64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if after >= splitGain*before {
+	if each >= splitKeep*first {
 		r.splitRest = 0
 		return
 	}
 	r.splitRest = min(max(2*r.splitRest, splitRestMin), splitRestMax)
 	r.splitRestUntil = time.Now().Add(r.splitRest)
-	c.log.Debug("splitting a blob did not make it faster: not splitting for a while", "registry", r.Name,
-		"bytes_per_sec_before", int64(before), "bytes_per_sec_after", int64(after), "for", r.splitRest)
+	c.log.Debug("split connections each got a fraction of the first: the downloads share one bottleneck; not splitting for a while",
+		"registry", r.Name, "first_bytes_per_sec", int64(first), "segment_bytes_per_sec", int64(each), "for", r.splitRest)
 }
 
 // linkTTL is how long a look at a registry's connections stands for it.
