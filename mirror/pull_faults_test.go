@@ -288,12 +288,12 @@ func TestRangeOnCorruptFillNeverCompletes(t *testing.T) {
 func TestPrefetchNarrowsOnSharedLink(t *testing.T) {
 	for _, shared := range []bool{true, false} {
 		e := newMirrorEnvWith(t, Options{}, upstream.Options{SplitBelow: 64 << 20, SegmentSize: 1 << 20})
-		e.hub.Push("library/first", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 6 << 20, Seed: 61})
-		img := e.hub.Push("library/second", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 6, LayerSize: 1 << 20, Seed: 62})
-		if shared {
-			e.hub.SetTotalBandwidth(8 << 20)
+		e.hub.Push("library/first", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 1, LayerSize: 4 << 20, Seed: 61})
+		img := e.hub.Push("library/second", "1", fakehub.ImageSpec{Platforms: []string{platform}, Layers: 6, LayerSize: 512 << 10, Seed: 62})
+		if shared { // slow enough to be split on a loaded machine too
+			e.hub.SetTotalBandwidth(4 << 20)
 		} else {
-			e.hub.SetBandwidth(4 << 20)
+			e.hub.SetBandwidth(2 << 20)
 		}
 		// The first image teaches the mirror what splitting brings.
 		if err := e.pull(context.Background(), "library/first", "1", ""); err != nil {
@@ -301,7 +301,7 @@ func TestPrefetchNarrowsOnSharedLink(t *testing.T) {
 		}
 		waitFillsDone(t, e)
 		if e.hub.Count("GET range") == 0 {
-			t.Fatalf("shared %v: the 6 MiB layer was not split", shared)
+			t.Fatalf("shared %v: the 4 MiB layer was not split", shared)
 		}
 		e.hub.ResetCounts()
 		// The second image's manifest starts the prefetch of its blobs.
