@@ -24,12 +24,14 @@ type copyServer struct {
 // cold copy (ingested and served) and of a warm copy right after (served
 // only); upstream requests per blob of the "wharf" server's cold copies.
 type copyRounds struct {
-	servers  []copyServer
-	times    [][]float64
-	cold     map[string][]float64
-	warm     map[string][]float64
-	perBlob  []float64
-	imageGiB float64
+	servers []copyServer
+	times   [][]float64
+	cold    map[string][]float64
+	warm    map[string][]float64
+	// the warm copy's wall time
+	warmTimes map[string][]float64
+	perBlob   []float64
+	imageGiB  float64
 }
 
 // skopeoRounds copies a fresh image from every server in turn, cold, then
@@ -38,7 +40,7 @@ type copyRounds struct {
 // each cold copy of a freshly pushed repository.
 func skopeoRounds(tmp string, hub *fakehub.Hub, servers []copyServer, seed *uint64, prepare func(server copyServer, repo string) error) (*copyRounds, error) {
 	cr := &copyRounds{servers: servers, times: make([][]float64, len(servers)),
-		cold: map[string][]float64{}, warm: map[string][]float64{},
+		cold: map[string][]float64{}, warm: map[string][]float64{}, warmTimes: map[string][]float64{},
 		imageGiB: float64(*mirrorLayers*(*mirrorLayerMB)) / 1024}
 	dest := filepath.Join(tmp, "skopeo-dest")
 	copyFrom := func(host, repo string) (time.Duration, error) {
@@ -86,13 +88,15 @@ func skopeoRounds(tmp string, hub *fakehub.Hub, servers []copyServer, seed *uint
 				if err != nil {
 					return nil, err
 				}
-				w, err := measured(s.pid, func() error { _, err := copyFrom(s.host, repo); return err })
+				var warmTook time.Duration
+				w, err := measured(s.pid, func() (err error) { warmTook, err = copyFrom(s.host, repo); return err })
 				if err != nil {
 					return nil, err
 				}
 				if r >= 0 {
 					cr.cold[s.name] = append(cr.cold[s.name], c)
 					cr.warm[s.name] = append(cr.warm[s.name], w)
+					cr.warmTimes[s.name] = append(cr.warmTimes[s.name], warmTook.Seconds())
 				}
 			}
 			hub.Forget(repo) // the hub holds every image in memory
@@ -131,6 +135,18 @@ func (cr *copyRounds) print() [][]float64 {
 			fmt.Printf(" %5.2f", v)
 		}
 		fmt.Println()
+	}
+	for _, s := range cr.servers {
+		if len(cr.warmTimes[s.name]) == 0 {
+			continue
+		}
+		var rs []float64
+		fmt.Printf("  %-14s warm copy right after ÷ %s:", s.name, cr.servers[0].name)
+		for r, v := range cr.warmTimes[s.name] {
+			rs = append(rs, v/cr.times[0][r])
+			fmt.Printf(" %.2f", v/cr.times[0][r])
+		}
+		fmt.Printf("  (median %.2f: the floor of a cold copy)\n", median(rs))
 	}
 	return ratios
 }
