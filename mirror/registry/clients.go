@@ -67,10 +67,19 @@ type chunkSource interface {
 // are written from where they are, without a buffer, until a write of
 // them waits: a slow client holds no chunk for long.
 func (reg *Registry) copyToClient(w http.ResponseWriter, r *http.Request, src io.Reader) (int64, error) {
+	return reg.copyWith(w, r, src, false)
+}
+
+// copyWith is copyToClient, starting with the big buffer when the client
+// has proved fast already.
+func (reg *Registry) copyWith(w http.ResponseWriter, r *http.Request, src io.Reader, proven bool) (int64, error) {
 	rc := http.NewResponseController(w)
 	timeout := reg.opts.ClientTimeout
 	defer rc.SetWriteDeadline(time.Time{})
 	bp, pool := smallBufs.Get().(*[]byte), &smallBufs
+	if proven {
+		bp, pool = blobBufs.Get().(*[]byte), &blobBufs
+	}
 	defer func() { pool.Put(bp) }()
 	chunks, _ := src.(chunkSource)
 	var total int64
@@ -137,26 +146,39 @@ func (s sendfileCopier) ReadFrom(src io.Reader) (int64, error) {
 	if !ok || !limited {
 		return s.reg.copyToClient(s.ResponseWriter, s.r, src)
 	}
-	rc := http.NewResponseController(s.ResponseWriter)
+	n, _, err := s.reg.sendfileChunks(s.ResponseWriter, rf, s.r, lr, false)
+	return n, err
+}
+
+// sendfileChunks sends lr through rf (sendfile for a file) one
+// sendfileChunk per write deadline, to the end; with untilProven it stops
+// as soon as the client has taken growAfter bytes at growRate or faster,
+// and reports that it has.
+func (reg *Registry) sendfileChunks(w http.ResponseWriter, rf io.ReaderFrom, r *http.Request, lr *io.LimitedReader, untilProven bool) (int64, bool, error) {
+	rc := http.NewResponseController(w)
 	defer rc.SetWriteDeadline(time.Time{})
 	var total int64
+	began := time.Now()
 	for lr.N > 0 {
-		rc.SetWriteDeadline(time.Now().Add(s.reg.opts.ClientTimeout))
+		rc.SetWriteDeadline(time.Now().Add(reg.opts.ClientTimeout))
 		chunk := &io.LimitedReader{R: lr.R, N: min(lr.N, sendfileChunk)}
 		n, err := rf.ReadFrom(chunk)
 		lr.N -= n
 		total += n
 		if err != nil {
 			if isTimeout(err) {
-				s.reg.clientCut(s.r, total, err)
+				reg.clientCut(r, total, err)
 			}
-			return total, err
+			return total, false, err
 		}
 		if n == 0 {
 			break
 		}
+		if untilProven && total >= growAfter && float64(total) >= growRate*time.Since(began).Seconds() {
+			return total, true, nil
+		}
 	}
-	return total, nil
+	return total, false, nil
 }
 
 // bodyError is a failure to read a request body: the client's doing (cut
