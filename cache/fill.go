@@ -37,15 +37,25 @@ type fillChunk struct {
 	refs atomic.Int32
 }
 
-// fillChunkSize is a chunk's capacity: a download gathers at least
-// fillBatch bytes into one.
-const fillChunkSize = 512 << 10
+// fillChunkSize is a chunk's capacity: a download fills one per write
+// (fillBatch). Every reader that keeps up holds one while its client's
+// socket takes it, so its size is also that memory per client.
+const fillChunkSize = fillBatch
 
-var fillChunks = sync.Pool{New: func() any { return &fillChunk{b: make([]byte, 0, fillChunkSize)} }}
+// fillChunksFree keeps released chunks for the next reads. Unlike a
+// sync.Pool it is not emptied by garbage collections, so a steady download
+// allocates nothing and the heap does not swing by a chunk per read; at
+// most its capacity (4 MiB) stays allocated after a burst.
+var fillChunksFree = make(chan *fillChunk, 16)
 
 // newFillChunk returns an empty chunk with one reference, its caller's.
 func newFillChunk() *fillChunk {
-	c := fillChunks.Get().(*fillChunk)
+	var c *fillChunk
+	select {
+	case c = <-fillChunksFree:
+	default:
+		c = &fillChunk{b: make([]byte, 0, fillChunkSize)}
+	}
 	c.b, c.off = c.b[:0], 0
 	c.refs.Store(1)
 	return c
@@ -53,7 +63,10 @@ func newFillChunk() *fillChunk {
 
 func (c *fillChunk) release() {
 	if c.refs.Add(-1) == 0 {
-		fillChunks.Put(c)
+		select {
+		case fillChunksFree <- c:
+		default: // enough are kept: the collector has this one
+		}
 	}
 }
 
