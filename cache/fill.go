@@ -213,32 +213,13 @@ func (f *fill) fail(err error) {
 	f.mu.Unlock()
 }
 
-// sizeWait waits until the size is known and returns it.
-func (f *fill) sizeWait(ctx context.Context) (int64, error) {
+// until waits for the fill's changes until cond, called with f.mu held,
+// reports done or an error (which it returns), or ctx ends.
+func (f *fill) until(ctx context.Context, cond func() (bool, error)) error {
 	for {
 		f.mu.Lock()
-		size, err, ch := f.size, f.err, f.changed
-		f.mu.Unlock()
-		switch {
-		case err != nil:
-			return 0, err
-		case size >= 0:
-			return size, nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-}
-
-// verified blocks until the blob is downloaded and verified (readers may
-// have every byte; the commit may still be under way) or the fill failed.
-func (f *fill) verified(ctx context.Context) error {
-	for {
-		f.mu.Lock()
-		done, err, ch := f.done, f.err, f.changed
+		done, err := cond()
+		ch := f.changed
 		f.mu.Unlock()
 		if done || err != nil {
 			return err
@@ -251,22 +232,25 @@ func (f *fill) verified(ctx context.Context) error {
 	}
 }
 
+// sizeWait waits until the size is known and returns it.
+func (f *fill) sizeWait(ctx context.Context) (int64, error) {
+	var size int64
+	if err := f.until(ctx, func() (bool, error) { size = f.size; return size >= 0, f.err }); err != nil {
+		return 0, err
+	}
+	return size, nil
+}
+
+// verified blocks until the blob is downloaded and verified (readers may
+// have every byte; the commit may still be under way) or the fill failed.
+func (f *fill) verified(ctx context.Context) error {
+	return f.until(ctx, func() (bool, error) { return f.done, f.err })
+}
+
 // wait blocks until the blob is committed (then the cache answers for it)
 // or the fill has failed.
 func (f *fill) wait(ctx context.Context) error {
-	for {
-		f.mu.Lock()
-		committed, err, ch := f.committed, errors.Join(f.err, f.commitErr), f.changed
-		f.mu.Unlock()
-		if committed || err != nil {
-			return err
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return f.until(ctx, func() (bool, error) { return f.committed, errors.Join(f.err, f.commitErr) })
 }
 
 // newReader returns a reader of the whole blob that holds the fill's read

@@ -101,10 +101,9 @@ type segmented struct {
 	direct  io.ReadCloser // the reader's own stream of parts[next]
 	// measured is what the latest decision was made on.
 	measured linkMeasure
-	// Once split: when, at which offset, at what rate the first
-	// connection delivered then; judged is set once the split was judged.
+	// Once split: when, and at what rate the first connection delivered
+	// then; judged is set once the split was judged.
 	splitAt   time.Time
-	splitFrom int64
 	splitRate float64
 	judged    bool
 
@@ -236,16 +235,17 @@ func (s *segmented) decide() {
 		Waited:  float64(s.waited) / float64(window),
 	}
 	s.measured = m
-	s.c.noteLink(s.r, s.c.slowLink(m), now)
+	slow := s.c.slowLink(m)
+	s.c.noteLink(s.r, slow, now)
 	seg := o.SegmentSize
 	cut := (s.pos/seg + 1) * seg
-	if s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg || !s.c.slowLink(m) || !s.c.splitsHelp(s.r, now) {
+	if s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg || !slow || !s.c.splitsHelp(s.r, now) {
 		s.since, s.from, s.probe, s.waited = now, s.pos, s.pos+splitAgain, 0
 		return
 	}
 	rate := m.Rate
 	s.probe = -1
-	s.splitAt, s.splitFrom, s.splitRate = now, s.pos, rate
+	s.splitAt, s.splitRate = now, rate
 	took := now.Sub(s.since).Seconds()
 	var parts []*segment
 	for a := cut; a < s.size; a += seg {

@@ -54,12 +54,12 @@ func (c *Client) noteLink(r *registry, slow bool, now time.Time) {
 }
 
 // ParallelHelps reports whether fetching several of registry's blobs at
-// once is likely to make them arrive sooner: unless a recent look at a
-// large blob's connection found it fast (or its reader busy), or splits
-// lately did not help, which means the downloads share one bottleneck
-// (the CPU on either side, a full link) and more at once only divide it.
-// Without a recent look (blobs too small to measure, segments off) it
-// reports true.
+// once is likely to make them arrive sooner. It is false while splits
+// rest, and when the latest look at a large blob's connection (within
+// linkTTL) found it fast or its reader busy: the downloads then share one
+// bottleneck (the CPU on either side, a full link) and more at once only
+// divide it. Without a recent look (blobs too small to measure, segments
+// off) it is true.
 func (c *Client) ParallelHelps(registry string) bool {
 	r, ok := c.regs[NormalizeName(registry)]
 	if !ok {

@@ -51,15 +51,7 @@ func skopeoRounds(tmp string, hub *fakehub.Hub, servers []copyServer, seed *uint
 		imageGiB: float64(*mirrorLayers*(*mirrorLayerMB)) / 1024}
 	dest := filepath.Join(tmp, "skopeo-dest")
 	copyFrom := func(host, repo string) (time.Duration, error) {
-		defer os.RemoveAll(dest)
-		return timed(func() error {
-			out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
-				"docker://"+host+"/"+repo+":1", "dir:"+dest).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("skopeo copy from %s: %v: %s", host, err, out)
-			}
-			return nil
-		})
+		return timed(func() error { return skopeoCopy(host, repo, dest) })
 	}
 	// measured runs f and returns the server's CPU seconds per GiB of the image.
 	measured := func(pid int, f func() error) (float64, error) {
@@ -229,15 +221,8 @@ func edgeFromCore(tmp, bin, dist string, hub *fakehub.Hub, core *proc, seed *uin
 	}
 	defer d.stop()
 	fmt.Printf("cold: edge from core: skopeo copy through an edge that pulls from a core Wharf holding the image, %d rounds:\n", *coldRounds)
-	dest := filepath.Join(tmp, "skopeo-warm-core")
 	warmCore := func(_ copyServer, repo string) error {
-		defer os.RemoveAll(dest)
-		out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
-			"docker://"+core.addr+"/"+repo+":1", "dir:"+dest).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("warming the core: %v: %s", err, out)
-		}
-		return nil
+		return skopeoCopy(core.addr, repo, filepath.Join(tmp, "skopeo-warm-core"))
 	}
 	cr, err := skopeoRounds(tmp, hub, []copyServer{{name: "core", host: core.addr},
 		{name: "wharf", host: edge.addr, pid: edge.cmd.Process.Pid},
@@ -277,4 +262,16 @@ func machineBusy() (float64, error) {
 		busy += n
 	}
 	return busy / 100, nil
+}
+
+// skopeoCopy copies repo:1 from host into the directory dest, then
+// removes dest.
+func skopeoCopy(host, repo, dest string) error {
+	defer os.RemoveAll(dest)
+	out, err := exec.Command("skopeo", "copy", "-q", "--src-tls-verify=false", "--retry-times", "0",
+		"docker://"+host+"/"+repo+":1", "dir:"+dest).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("skopeo copy from %s: %v: %s", host, err, out)
+	}
+	return nil
 }
