@@ -39,7 +39,8 @@ const sendfileChunk = 1 << 20
 
 // parkAfter is how long one read of an upload body may wait before its
 // slot is parked: a client that sends at LAN speed never waits that long,
-// a trickle waits most of the time.
+// a trickle waits every time. A parked slot counts again after a read
+// that came within parkAfter.
 const parkAfter = 200 * time.Millisecond
 
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallCopyBuffer); return &b }}
@@ -203,7 +204,11 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	b.ctl.SetReadDeadline(time.Now().Add(b.timeout))
 	park := time.AfterFunc(parkAfter, b.slot.park)
 	n, err := b.rc.Read(p)
-	if !park.Stop() {
+	if park.Stop() {
+		// Only a read that came quickly counts the slot again: a trickle's
+		// read waits past parkAfter every time and so stays parked, even in
+		// the moment its bytes arrive (64 tricklers sending in step would
+		// otherwise all count at once, for parkAfter in every second).
 		b.slot.unpark()
 	}
 	switch {
