@@ -3,9 +3,12 @@ package mirror
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -84,5 +87,74 @@ func TestQuotas(t *testing.T) {
 	}
 	if json.Unmarshal(raw, &u); resp.StatusCode != http.StatusOK || len(u.Quotas) != 1 || u.Quotas[0].MaxBytes != 1<<20 || u.Quotas[0].UsedBytes != int64(len(first)) {
 		t.Fatalf("usage: %s %s", resp.Status, raw)
+	}
+}
+
+// slowBody sends its first byte at once and the rest after a pause: a
+// push whose quota check is done long before its bytes are.
+type slowBody struct {
+	b    []byte
+	sent bool
+}
+
+func (s *slowBody) Read(p []byte) (int, error) {
+	if len(s.b) == 0 {
+		return 0, io.EOF
+	}
+	if s.sent {
+		time.Sleep(300 * time.Millisecond)
+		n := copy(p, s.b)
+		s.b = s.b[n:]
+		return n, nil
+	}
+	s.sent = true
+	n := copy(p[:1], s.b)
+	s.b = s.b[n:]
+	return n, nil
+}
+
+// TestQuotaRacingPushes: four 400 KiB layers pushed at once into a 1 MiB
+// quota, each checked before any has sent its bytes: two fit, two are
+// refused (before, all four passed the check and the namespace held
+// 1.6 MiB); once they are done, what they held is free again for a small
+// one.
+func TestQuotaRacingPushes(t *testing.T) {
+	users, pol := adminAccess(t)
+	pol, err := policy.New(users.Len(), policy.Config{Rules: pol.Rules(), Quotas: []policy.QuotaRule{{Repos: []string{"team/*"}, Max: "1M"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := newTestRegistry(t, Options{Users: users, Policy: pol})
+	root := as("root")
+	layers := make([][]byte, 4)
+	var wg sync.WaitGroup
+	for i := range layers {
+		layers[i] = bytes.Repeat([]byte{byte(i), 1, 2, 3}, 100<<10) // 400 KiB
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("POST", reg.srv.URL+"/v2/team/app/blobs/uploads/?digest="+digest.FromBytes(layers[i]).String(), &slowBody{b: layers[i]})
+			req.ContentLength = int64(len(layers[i]))
+			req.Header.Set("Authorization", root["Authorization"])
+			if resp, err := reg.srv.Client().Do(req); err == nil { // a refusal may cut the body off: the HEADs below decide
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	held := 0
+	for _, l := range layers {
+		resp, _ := reg.do(t, "HEAD", "/v2/team/app/blobs/"+digest.FromBytes(l).String(), nil, root)
+		if resp.StatusCode == http.StatusOK {
+			held++
+		}
+	}
+	if held != 2 {
+		t.Fatalf("%d of four racing 400 KiB pushes stored under a 1 MiB quota, want 2", held)
+	}
+	small := bytes.Repeat([]byte{9}, 100<<10)
+	if resp, body := reg.do(t, "POST", "/v2/team/app/blobs/uploads/?digest="+digest.FromBytes(small).String(), small, root); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("a 100 KiB push after the race (800 KiB of 1 MiB used): %s %s", resp.Status, body)
 	}
 }

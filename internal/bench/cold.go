@@ -27,6 +27,7 @@ var (
 	coldProfile     = flag.String("cold-profile", "", "save Wharf's CPU profile of the skopeo rounds (15 s) to this file (go tool pprof FILE)")
 	coldRounds      = flag.Int("cold-rounds", 3, "rounds of the real-client cold pulls (each round: direct, wharf, distribution, on fresh images)")
 	coldDocker      = flag.Bool("cold-docker", true, "run the cold suite's real-dockerd rounds (false: the skopeo rounds only)")
+	coldSkopeo      = flag.Bool("cold-skopeo", true, "run the cold suite's skopeo, edge and missing-name rounds (false: the dockerd rounds only)")
 	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
 )
 
@@ -106,6 +107,9 @@ func runCold(tmp, bin string) error {
 		if err := dockerdRounds(tmp, hub, w, d, &seed); err != nil {
 			return err
 		}
+	}
+	if !*coldSkopeo {
+		return nil
 	}
 
 	// skopeo, unshaped: CPU-bound, what each server costs per byte.

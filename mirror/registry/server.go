@@ -107,6 +107,7 @@ type Registry struct {
 	rules       *atomic.Pointer[policy.Policy] // the gate's rules, loaded per request
 	uploads     *uploadLimiter
 	manifestMem *semaphore.Weighted // bytes of manifest bodies being read and checked
+	quotaHolds  quotaHolds          // pushes admitted by a quota, not committed yet
 	logLimit    loglimit.Limiter    // one line per source and minute for floods
 	draining    atomic.Bool
 	readOnly    atomic.Bool   // Options.ReadOnly, switched by SetReadOnly

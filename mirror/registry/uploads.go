@@ -32,12 +32,14 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		// ordinary upload session, as the spec allows.
 		// A mount needs pull rights on the source.
 		if from := qs.Get("from"); oci.ValidName(from) && reg.policy().Allowed(auth.CallerOf(r).Subject, from, policy.Pull, reg.origin(from).Mirrored()) {
+			release := func() {}
 			if size, err := reg.store.StatBlob(from, d); err == nil {
-				if err := reg.checkQuota(q.repo, d, size); err != nil {
+				if release, err = reg.checkQuota(q.repo, d, size); err != nil {
 					return err
 				}
 			}
 			size, err := reg.store.MountBlob(from, q.repo, d)
+			release()
 			if err == nil {
 				reg.notify(r, Event{Action: "mount", Repo: q.repo, Kind: "blobs", Digest: d, MediaType: blobMediaType, Size: size, From: from})
 				return blobCreated(w, q.repo, d)
@@ -50,16 +52,18 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		if err != nil {
 			return err
 		}
-		if err := reg.checkQuota(q.repo, d, r.ContentLength); err != nil {
+		release, err := reg.checkQuota(q.repo, d, r.ContentLength)
+		if err != nil {
 			return err
 		}
-		if err := reg.store.Uploads().PutBlob(q.repo, d, r.ContentLength, r.Body); err != nil {
+		err = reg.store.Uploads().PutBlob(q.repo, d, r.ContentLength, r.Body)
+		if release(); err != nil {
 			return err
 		}
 		reg.notify(r, Event{Action: "push", Repo: q.repo, Kind: "blobs", Digest: d, MediaType: blobMediaType, Size: r.ContentLength})
 		return blobCreated(w, q.repo, d)
 	}
-	if err := reg.checkQuota(q.repo, "", 0); err != nil { // full already: no session
+	if _, err := reg.checkQuota(q.repo, "", 0); err != nil { // full already: no session
 		return err
 	}
 	id, err := reg.store.Uploads().NewUpload(q.repo)
@@ -114,6 +118,7 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *req
 		}
 		body = nil
 	}
+	release := func() {}
 	if reg.policy().QuotaFor(q.repo) != nil {
 		size, err := reg.store.Uploads().UploadStatus(q.repo, q.upload)
 		if err != nil {
@@ -122,13 +127,13 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *req
 		if body != nil && r.ContentLength > 0 {
 			size += r.ContentLength
 		}
-		if err := reg.checkQuota(q.repo, d, size); err != nil {
+		if release, err = reg.checkQuota(q.repo, d, size); err != nil {
 			reg.store.Uploads().CancelUpload(q.repo, q.upload) // nothing of it stays
 			return err
 		}
 	}
 	size, err := reg.store.Uploads().FinishUpload(q.repo, q.upload, d, body)
-	if err != nil {
+	if release(); err != nil {
 		return err
 	}
 	reg.notify(r, Event{Action: "push", Repo: q.repo, Kind: "blobs", Digest: d, MediaType: blobMediaType, Size: size})
