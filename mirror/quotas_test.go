@@ -77,6 +77,14 @@ func TestQuotas(t *testing.T) {
 	if status, body := put("lib/base", second); status != http.StatusCreated {
 		t.Fatalf("a repository outside the quota: %d %s", status, body)
 	}
+	// A body of no stated length cannot be checked before it is stored.
+	req, _ := http.NewRequest("POST", reg.srv.URL+"/v2/team/app/blobs/uploads/?digest="+digest.FromBytes(second).String(), io.MultiReader(bytes.NewReader(second)))
+	req.Header.Set("Authorization", root["Authorization"])
+	if resp, err := reg.srv.Client().Do(req); err != nil || resp.StatusCode != http.StatusLengthRequired {
+		t.Fatalf("a push of no stated length under the quota: %v %v, want 411", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 	resp, raw := reg.do(t, "GET", "/api/v1/usage", nil, root)
 	var u struct {
 		Quotas []struct {
