@@ -9,8 +9,8 @@ import (
 
 // TestImmutableTags: a fixed tag does not move (nothing written: the
 // refused manifest is not stored), the same manifest may be pushed again,
-// other tags move; of two racing pushes of a new fixed tag to different
-// manifests exactly one wins.
+// other tags move; a push of a new fixed tag that another push takes
+// between its first check and its commit is refused in the commit.
 func TestImmutableTags(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	defer s.Close()
@@ -41,18 +41,29 @@ func TestImmutableTags(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Racing pushes of a new fixed tag: one wins, the other is refused.
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i, m := range []*Manifest{body1, body2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = s.PutManifestKeeping("team/app", m.Digest, []string{"v2"}, MediaTypeOCIManifest, m.Body, fixed)
-		}()
+	// Racing pushes of a new fixed tag: A passes the check made before
+	// writing while v2 is free, then B's push of v2 lands before A
+	// commits. Only the check in A's committing transaction can refuse A.
+	inCheck, bDone := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	slowFixed := func(tag string) (string, bool) {
+		once.Do(func() { close(inCheck); <-bDone })
+		return fixed(tag)
 	}
-	wg.Wait()
-	if (errs[0] == nil) == (errs[1] == nil) {
-		t.Fatalf("racing pushes of v2: %v, %v; want exactly one refused", errs[0], errs[1])
+	errA := make(chan error, 1)
+	go func() {
+		_, err := s.PutManifestKeeping("team/app", body1.Digest, []string{"v2"}, MediaTypeOCIManifest, body1.Body, slowFixed)
+		errA <- err
+	}()
+	<-inCheck
+	if _, err := s.PutManifestKeeping("team/app", body2.Digest, []string{"v2"}, MediaTypeOCIManifest, body2.Body, fixed); err != nil {
+		t.Fatalf("B's push of v2: %v", err)
+	}
+	close(bDone)
+	if err := <-errA; !errors.As(err, new(*TagImmutableError)) {
+		t.Fatalf("A's push of v2 after B's landed between A's check and its commit: %v, want refused", err)
+	}
+	if d, _ := s.ResolveTag("team/app", "v2"); d != body2.Digest {
+		t.Fatalf("v2 names %s, want B's %s", d, body2.Digest)
 	}
 }
