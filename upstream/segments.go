@@ -18,9 +18,10 @@ import (
 // reader into buffers, which the reader drains in order. The bytes reach
 // the store's fill in order, so hashing, the ingest file and the fill's
 // readers are unchanged. Buffers come from one budget for all blobs; the
-// oldest blob waiting gets the next free one, so an image's layers are
-// completed in the order they were asked for, which is the order dockerd
-// unpacks them in. A blob on a fast connection is never split: it costs
+// first blob in line gets the next free one (by WithOrder, a layer's place
+// in its manifest, then by when it began), so an image's layers are
+// completed in the order dockerd unpacks them in, not in the order their
+// first responses happened to come. A blob on a fast connection is never split: it costs
 // one request, as before.
 
 // splitProbe is how many bytes of the first response are timed before
@@ -85,7 +86,7 @@ type segmented struct {
 	repo   string
 	d      digest.Digest
 	size   int64
-	seq    uint64
+	key    segKey // its place in line for segments
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -122,8 +123,7 @@ type segmented struct {
 }
 
 func (c *Client) newSegmented(ctx context.Context, r *registry, repo string, d digest.Digest, size int64, head io.ReadCloser, first int64, location string) *segmented {
-	seq := c.segments.begin()
-	s := &segmented{c: c, r: r, repo: repo, d: d, size: size, seq: seq, head: head, headEnd: size, location: location,
+	s := &segmented{c: c, r: r, repo: repo, d: d, size: size, key: c.segments.begin(OrderOf(ctx)), head: head, headEnd: size, location: location,
 		from: first, probe: first + splitProbe, changed: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	return s
@@ -217,7 +217,7 @@ func (c *Client) slowLink(m linkMeasure) bool {
 // delivers less than SplitBelow per second, lately and since its start, while the reader spends most of
 // its time waiting for it (not hashing and writing: a busy CPU or disk is
 // not helped by more connections), enough is left, fewer than
-// splitAhead older large blobs are still downloading, and the registry's
+// splitAhead large blobs ahead in line are still downloading, and the registry's
 // splits lately helped (judgeSplit).
 func (s *segmented) decide() {
 	o := s.c.opts
@@ -239,7 +239,7 @@ func (s *segmented) decide() {
 	s.c.noteLink(s.r, slow, now)
 	seg := o.SegmentSize
 	cut := (s.pos/seg + 1) * seg
-	if s.c.segments.older(s.seq) >= splitAhead || s.size-cut < seg || !slow || !s.c.splitsHelp(s.r, now) {
+	if s.c.segments.ahead(s.key) >= splitAhead || s.size-cut < seg || !slow || !s.c.splitsHelp(s.r, now) {
 		s.since, s.from, s.probe, s.waited = now, s.pos, s.pos+splitAgain, 0
 		return
 	}
@@ -424,7 +424,7 @@ func (s *segmented) Close() error {
 	s.notifyLocked()
 	s.mu.Unlock()
 	s.c.segments.forget(s)
-	s.c.segments.ended(s.seq)
+	s.c.segments.ended(s.key)
 	for _, b := range frees {
 		s.c.segments.put(b)
 	}

@@ -267,6 +267,53 @@ func TestOldestBlobsSplit(t *testing.T) {
 	}
 }
 
+// TestOrderedBlobsSplit: six slow blobs opened in the reverse of their
+// order (WithOrder: where clients will read them): the three first in
+// order are the ones split, whatever order their responses came in.
+func TestOrderedBlobsSplit(t *testing.T) {
+	hub := fakehub.Start(t)
+	hub.SetBandwidth(8 << 20)
+	c := newSegmentClient(t, hub, Options{SplitAlways: true})
+	var readers []io.ReadCloser
+	var layers []digest.Digest
+	for i := range 6 {
+		layers = append(layers, pushLayer(t, hub, "library/ordered", 5<<20, uint64(40+i)))
+	}
+	for i, d := range layers { // the last opened is the first in order
+		rc, _, err := c.Blob(WithOrder(context.Background(), len(layers)-1-i), "docker.io", "library/ordered", d, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readers = append(readers, rc)
+	}
+	var wg sync.WaitGroup
+	for i, rc := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer rc.Close()
+			all, err := io.ReadAll(rc)
+			if err != nil || digest.FromBytes(all) != layers[i] {
+				t.Errorf("blob %d: %d bytes, %v", i, len(all), err)
+			}
+		}()
+	}
+	wg.Wait()
+	split := 0
+	for i, d := range layers {
+		order, gets := len(layers)-1-i, hub.Count("GET blob "+d.String())
+		if order >= splitAhead && gets != 1 {
+			t.Errorf("blob of order %d (opened %d of 6): %d GETs, want 1", order, i+1, gets)
+		}
+		if order < splitAhead && gets > 1 {
+			split++
+		}
+	}
+	if split == 0 {
+		t.Error("none of the first three in order was split")
+	}
+}
+
 // TestSlowReaderNotSplit: a blob that arrives slowly because its reader is
 // slow (a busy CPU or disk: the bytes wait in the socket, not on the
 // network) is not split; more connections would not help it.

@@ -14,6 +14,7 @@ import (
 	"github.com/wharf-registry/wharf/cache"
 	"github.com/wharf-registry/wharf/mirror/cluster"
 	"github.com/wharf-registry/wharf/policy"
+	"github.com/wharf-registry/wharf/upstream"
 )
 
 // blob serves a mirrored blob: from the cache, or streamed from the
@@ -35,9 +36,9 @@ func (p *puller) blob(w http.ResponseWriter, r *http.Request, q *request) error 
 		return err
 	}
 	// Fills.Get answers a warm hit with no reader, without its lock.
-	src := p.source(q.target, q.digest)
+	src := p.source(q.target, q.digest, 0)
 	if p.reg.node != nil && cluster.IsServedHere(r.Context()) {
-		src = p.upstreamSource(q.target, q.digest) // this node owns the download
+		src = p.upstreamSource(q.target, q.digest, 0) // this node owns the download
 	}
 	rd, shared, err := p.fills.Get(r.Context(), q.repo, cache.Origin{Registry: q.target.Registry}, q.digest, src)
 	if err != nil {
@@ -139,21 +140,24 @@ func (p *puller) refused(q *request) error {
 // it when the bytes are already here for another repository.
 //
 // In a cluster, a node that does not own d's download fills from the node
-// that does (package cluster).
-func (p *puller) source(t policy.Target, d digest.Digest) cache.BlobSource {
-	up := p.upstreamSource(t, d)
+// that does (package cluster). order is d's place in what clients will
+// read next (upstream.WithOrder): its index in a prefetched manifest, 0
+// for a client's own request.
+func (p *puller) source(t policy.Target, d digest.Digest, order int) cache.BlobSource {
+	up := p.upstreamSource(t, d, order)
 	if p.reg.node != nil {
 		return p.reg.node.BlobSource(t.Local, d, up)
 	}
 	return up
 }
 
-// upstreamSource downloads blob d of t from its upstream registry.
-func (p *puller) upstreamSource(t policy.Target, d digest.Digest) cache.BlobSource {
+// upstreamSource downloads blob d of t from its upstream registry, in line
+// for segments at order.
+func (p *puller) upstreamSource(t policy.Target, d digest.Digest, order int) cache.BlobSource {
 	return cache.BlobSource{
 		Open: func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
 			start := time.Now()
-			rc, size, err := p.up.Blob(ctx, t.Registry, t.Remote, d, offset)
+			rc, size, err := p.up.Blob(upstream.WithOrder(ctx, order), t.Registry, t.Remote, d, offset)
 			p.opts.Metrics.upstream(t.Registry, "blob", err, time.Since(start).Seconds())
 			if err != nil {
 				p.misses.note(t.Registry, t.Local, d.String(), err)
@@ -207,7 +211,7 @@ func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	running := 0
-	for _, d := range blobs {
+	for i, d := range blobs {
 		for running >= width() {
 			select {
 			case <-ended:
@@ -221,22 +225,22 @@ func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.fetchBlob(ctx, t, d, func() { ended <- struct{}{} })
+			p.fetchBlob(ctx, t, d, i, func() { ended <- struct{}{} })
 		}()
 	}
 }
 
-// fetchBlob downloads blob d of t unless the store has it, and waits for
+// fetchBlob downloads blob d of t (in line at order) unless the store has it, and waits for
 // the download (its own or another request's) to be stored. It calls
 // arrived (once) as soon as the bytes are all here and verified: the next
 // download need not wait for this one's commit.
-func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest, arrived func()) {
+func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest, order int, arrived func()) {
 	arrived = sync.OnceFunc(arrived)
 	defer arrived()
 	if _, err := p.store.StatBlob(t.Local, d); err == nil {
 		return
 	}
-	rd, shared, err := p.fills.Get(ctx, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d))
+	rd, shared, err := p.fills.Get(ctx, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d, order))
 	if err != nil || rd == nil {
 		return
 	}
