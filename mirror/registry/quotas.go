@@ -25,7 +25,8 @@ type quotaHolds struct {
 // take repo's quota (policy.QuotaFor) over its maximum, counting what
 // other pushes hold; a blob already linked in the quota's repositories
 // adds nothing. d "" is a blob whose digest is not known yet (the start
-// of an upload session): refused only when the quota is full already.
+// of an upload session): refused only when the quota is full already; a
+// known digest of unknown size (-1) is refused with 411 unless linked.
 // Admitted, the blob's bytes are held until release is called, which the
 // caller must do once the blob is committed or has failed.
 func (reg *Registry) checkQuota(repo string, d digest.Digest, size int64) (release func(), err error) {
@@ -44,6 +45,10 @@ func (reg *Registry) checkQuota(repo string, d digest.Digest, size int64) (relea
 	if d != "" && linked[d] {
 		return none, nil
 	}
+	if d != "" && size < 0 { // a body of no stated length: it cannot be checked before it is stored
+		return nil, &oci.Error{Code: oci.CodeSizeInvalid, Status: http.StatusLengthRequired,
+			Message: fmt.Sprintf("a push into %s needs a Content-Length (or an upload session)", q)}
+	}
 	key := q.String()
 	held := h.held[key]
 	for hd, n := range held {
@@ -54,13 +59,13 @@ func (reg *Registry) checkQuota(repo string, d digest.Digest, size int64) (relea
 	if _, same := held[d]; d != "" && same {
 		return none, nil // the same bytes are held already: they add nothing
 	}
-	if used+max(size, 0) > q.Max || (d == "" && used >= q.Max) {
+	if used+size > q.Max || (d == "" && used >= q.Max) {
 		return nil, &oci.Error{Code: oci.CodeDenied, Status: http.StatusForbidden,
 			Message: fmt.Sprintf("%s is full: its repositories hold %s of %s; this push needs %s more. Delete images (or let a retention policy do it) or raise the quota",
-				q, policy.FormatBytes(used), policy.FormatBytes(q.Max), policy.FormatBytes(max(size, 0))),
+				q, policy.FormatBytes(used), policy.FormatBytes(q.Max), policy.FormatBytes(size)),
 			Detail: map[string]any{"quota": q.String(), "used_bytes": used, "max_bytes": q.Max, "blob_bytes": size}}
 	}
-	if d == "" || size <= 0 {
+	if d == "" || size == 0 {
 		return none, nil
 	}
 	if held == nil {

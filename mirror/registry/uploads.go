@@ -52,10 +52,6 @@ func (reg *Registry) startUpload(w http.ResponseWriter, r *http.Request, q *requ
 		if err != nil {
 			return err
 		}
-		if r.ContentLength < 0 && reg.policy().QuotaFor(q.repo) != nil {
-			return &oci.Error{Code: oci.CodeSizeInvalid, Status: http.StatusLengthRequired,
-				Message: "a push to a repository under a quota needs a Content-Length (or an upload session)"}
-		}
 		release, err := reg.checkQuota(q.repo, d, r.ContentLength)
 		if err != nil {
 			return err
