@@ -34,6 +34,12 @@ const (
 	growRate  = 32 << 20 // bytes per second
 )
 
+// provedFast reports whether a client that has taken total bytes since
+// began has earned the big buffer.
+func provedFast(total int64, began time.Time) bool {
+	return total >= growAfter && float64(total) >= growRate*time.Since(began).Seconds()
+}
+
 // sendfileChunk is how much one sendfile call may send under one deadline.
 const sendfileChunk = 1 << 20
 
@@ -116,7 +122,7 @@ func (reg *Registry) copyWith(w http.ResponseWriter, r *http.Request, src io.Rea
 			switch {
 			case done != nil && len(out) >= smallCopyBuffer && took > slowWrite:
 				chunks = nil // slow: copies through the small buffer from now on
-			case pool == &smallBufs && total >= growAfter && float64(total) >= growRate*time.Since(began).Seconds():
+			case pool == &smallBufs && provedFast(total, began):
 				pool.Put(bp)
 				bp, pool = blobBufs.Get().(*[]byte), &blobBufs
 			case pool == &blobBufs && len(out) == len(buf) && took > slowWrite:
@@ -175,7 +181,7 @@ func (reg *Registry) sendfileChunks(w http.ResponseWriter, rf io.ReaderFrom, r *
 		if n == 0 {
 			break
 		}
-		if untilProven && total >= growAfter && float64(total) >= growRate*time.Since(began).Seconds() {
+		if untilProven && provedFast(total, began) {
 			return total, true, nil
 		}
 	}
