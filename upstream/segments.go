@@ -21,8 +21,8 @@ import (
 // first blob in line gets the next free one (by WithOrder, a layer's place
 // in its manifest, then by when it began), so an image's layers are
 // completed in the order dockerd unpacks them in, not in the order their
-// first responses happened to come. A blob on a fast connection is never split: it costs
-// one request, as before.
+// first responses happened to come. A blob on a fast connection is never
+// split: it costs one request, as before.
 
 // splitProbe is how many bytes of the first response are timed before
 // deciding whether to split; a blob not split then is looked at again
@@ -102,9 +102,8 @@ type segmented struct {
 	direct  io.ReadCloser // the reader's own stream of parts[next]
 	// measured is what the latest decision was made on.
 	measured linkMeasure
-	// Once split: when, and at what rate the first connection delivered
+	// Once split (probe -1): the rate the first connection delivered
 	// then; judged is set once the split was judged.
-	splitAt   time.Time
 	splitRate float64
 	judged    bool
 
@@ -145,7 +144,7 @@ func (s *segmented) Read(p []byte) (int, error) {
 	} else {
 		n, err = s.readPart(p)
 	}
-	if s.pos >= s.size && !s.splitAt.IsZero() && !s.judged {
+	if s.pos >= s.size && s.probe < 0 && !s.judged {
 		s.judged = true
 		s.mu.Lock()
 		// Mostly the reader's own connection, for want of buffers or
@@ -245,7 +244,7 @@ func (s *segmented) decide() {
 	}
 	rate := m.Rate
 	s.probe = -1
-	s.splitAt, s.splitRate = now, rate
+	s.splitRate = rate
 	took := now.Sub(s.since).Seconds()
 	var parts []*segment
 	for a := cut; a < s.size; a += seg {
