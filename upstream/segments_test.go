@@ -224,16 +224,34 @@ func TestSegmentedCloseEarly(t *testing.T) {
 // oldest may be split (clients read layers in order, a few at a time); the
 // younger ones cost one GET each.
 func TestOldestBlobsSplit(t *testing.T) {
+	// All of order 0: their place in line is when they began.
+	sixInLine(t, "library/wide", 20, func(i int) int { return 0 }, func(i int) int { return i })
+}
+
+// TestOrderedBlobsSplit: six slow blobs opened in the reverse of their
+// order (WithOrder: where clients will read them): the three first in
+// order are the ones split, whatever order their responses came in.
+func TestOrderedBlobsSplit(t *testing.T) {
+	last := func(i int) int { return 5 - i } // the last opened is the first in order
+	sixInLine(t, "library/ordered", 40, last, last)
+}
+
+// sixInLine opens six slow 5 MiB blobs of repo one after the other, the
+// i-th with WithOrder(order(i)), reads them all at once, and checks that
+// only the first splitAhead in line (place(i)) were split, at least one
+// of them.
+func sixInLine(t *testing.T, repo string, seed uint64, order, place func(i int) int) {
+	t.Helper()
 	hub := fakehub.Start(t)
 	hub.SetBandwidth(8 << 20)
 	c := newSegmentClient(t, hub, Options{SplitAlways: true})
 	var readers []io.ReadCloser
 	var layers []digest.Digest
 	for i := range 6 {
-		layers = append(layers, pushLayer(t, hub, "library/wide", 5<<20, uint64(20+i)))
+		layers = append(layers, pushLayer(t, hub, repo, 5<<20, seed+uint64(i)))
 	}
-	for _, d := range layers { // opened in order, then read at once
-		rc, _, err := c.Blob(context.Background(), "docker.io", "library/wide", d, 0)
+	for i, d := range layers { // opened in turn, then read at once
+		rc, _, err := c.Blob(WithOrder(context.Background(), order(i)), "docker.io", repo, d, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -255,62 +273,15 @@ func TestOldestBlobsSplit(t *testing.T) {
 	split := 0
 	for i, d := range layers {
 		gets := hub.Count("GET blob " + d.String())
-		if i >= splitAhead && gets != 1 {
-			t.Errorf("blob %d of 6 (younger than %d others): %d GETs", i+1, splitAhead, gets)
+		if place(i) >= splitAhead && gets != 1 {
+			t.Errorf("blob opened %d of 6, %d in line (behind %d others): %d GETs, want 1", i+1, place(i)+1, splitAhead, gets)
 		}
-		if i < splitAhead && gets > 1 {
+		if place(i) < splitAhead && gets > 1 {
 			split++
 		}
 	}
 	if split == 0 {
-		t.Error("none of the oldest blobs was split")
-	}
-}
-
-// TestOrderedBlobsSplit: six slow blobs opened in the reverse of their
-// order (WithOrder: where clients will read them): the three first in
-// order are the ones split, whatever order their responses came in.
-func TestOrderedBlobsSplit(t *testing.T) {
-	hub := fakehub.Start(t)
-	hub.SetBandwidth(8 << 20)
-	c := newSegmentClient(t, hub, Options{SplitAlways: true})
-	var readers []io.ReadCloser
-	var layers []digest.Digest
-	for i := range 6 {
-		layers = append(layers, pushLayer(t, hub, "library/ordered", 5<<20, uint64(40+i)))
-	}
-	for i, d := range layers { // the last opened is the first in order
-		rc, _, err := c.Blob(WithOrder(context.Background(), len(layers)-1-i), "docker.io", "library/ordered", d, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		readers = append(readers, rc)
-	}
-	var wg sync.WaitGroup
-	for i, rc := range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer rc.Close()
-			all, err := io.ReadAll(rc)
-			if err != nil || digest.FromBytes(all) != layers[i] {
-				t.Errorf("blob %d: %d bytes, %v", i, len(all), err)
-			}
-		}()
-	}
-	wg.Wait()
-	split := 0
-	for i, d := range layers {
-		order, gets := len(layers)-1-i, hub.Count("GET blob "+d.String())
-		if order >= splitAhead && gets != 1 {
-			t.Errorf("blob of order %d (opened %d of 6): %d GETs, want 1", order, i+1, gets)
-		}
-		if order < splitAhead && gets > 1 {
-			split++
-		}
-	}
-	if split == 0 {
-		t.Error("none of the first three in order was split")
+		t.Errorf("none of the first %d in line was split", splitAhead)
 	}
 }
 
