@@ -230,10 +230,10 @@ func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest
 	}
 }
 
-// fetchBlob downloads blob d of t (in line at order) unless the store has it, and waits for
-// the download (its own or another request's) to be stored. It calls
-// arrived (once) as soon as the bytes are all here and verified: the next
-// download need not wait for this one's commit.
+// fetchBlob downloads blob d of t (in line at order) unless the store
+// has it, and waits for the download (its own or another request's) to be
+// stored. It calls arrived (once) as soon as the bytes are all here and
+// verified: the next download need not wait for this one's commit.
 func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest, order int, arrived func()) {
 	arrived = sync.OnceFunc(arrived)
 	defer arrived()
