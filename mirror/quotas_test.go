@@ -85,6 +85,14 @@ func TestQuotas(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
+	// ... unless the namespace holds that blob already: it adds nothing.
+	req, _ = http.NewRequest("POST", reg.srv.URL+"/v2/team/fourth/blobs/uploads/?digest="+digest.FromBytes(first).String(), io.MultiReader(bytes.NewReader(first)))
+	req.Header.Set("Authorization", root["Authorization"])
+	if resp, err := reg.srv.Client().Do(req); err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("a push of no stated length of a blob the namespace holds: %v %v, want 201", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 	resp, raw := reg.do(t, "GET", "/api/v1/usage", nil, root)
 	var u struct {
 		Quotas []struct {
