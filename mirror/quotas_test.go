@@ -3,6 +3,7 @@ package mirror
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -45,26 +46,92 @@ func TestQuotas(t *testing.T) {
 	if resp, _ := reg.do(t, "HEAD", "/v2/team/other/blobs/"+digest.FromBytes(second).String(), nil, root); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("the refused blob: %s, want 404", resp.Status)
 	}
-	// Chunked: the session opens (the quota is not full yet), the finish
-	// is refused and the session is gone.
-	resp, _ := reg.do(t, "POST", "/v2/team/other/blobs/uploads/", nil, root)
-	loc := resp.Header.Get("Location")
-	if resp.StatusCode != http.StatusAccepted || loc == "" {
-		t.Fatalf("start a session: %s", resp.Status)
+	// Upload sessions: one opens (the quota is not full yet); a chunk that
+	// does not fit the room left (424 KiB) is refused before it is stored,
+	// with a stated length or without one; the session keeps what it had.
+	session := func() string {
+		resp, _ := reg.do(t, "POST", "/v2/team/other/blobs/uploads/", nil, root)
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusAccepted || loc == "" {
+			t.Fatalf("start a session: %s", resp.Status)
+		}
+		return loc
 	}
-	resp, _ = reg.do(t, "PATCH", loc, second, map[string]string{"Authorization": root["Authorization"], "Content-Type": "application/octet-stream"})
+	send := func(method, loc string, b []byte, stated bool) (*http.Response, string) {
+		var body io.Reader = bytes.NewReader(b)
+		if !stated {
+			body = io.MultiReader(body) // no Content-Length: sent chunked
+		}
+		req, _ := http.NewRequest(method, reg.srv.URL+loc, body)
+		req.Header.Set("Authorization", root["Authorization"])
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err := reg.srv.Client().Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, loc, err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return resp, string(raw)
+	}
+	withDigest := func(loc string, b []byte) string {
+		sep := "?"
+		if strings.Contains(loc, "?") {
+			sep = "&"
+		}
+		return loc + sep + "digest=" + digest.FromBytes(b).String()
+	}
+	kept := func(loc, want string) {
+		t.Helper()
+		if resp, _ := reg.do(t, "GET", loc, nil, root); resp.StatusCode != http.StatusNoContent || resp.Header.Get("Range") != want {
+			t.Fatalf("the session after a refused chunk: %s Range %q, want %q", resp.Status, resp.Header.Get("Range"), want)
+		}
+	}
+	loc := session()
+	for _, stated := range []bool{true, false} {
+		if resp, body := send("PATCH", loc, second, stated); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "DENIED") || !strings.Contains(body, "quota 1") {
+			t.Fatalf("a 600 KiB chunk (stated length %v) into 424 KiB of room: %s %s", stated, resp.Status, body)
+		}
+		kept(loc, "0-0")
+	}
+	small := bytes.Repeat([]byte{9}, 300<<10)
+	resp, _ := send("PATCH", loc, small, true)
 	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("PATCH: %s", resp.Status)
+		t.Fatalf("a 300 KiB chunk: %s", resp.Status)
 	}
-	next := resp.Header.Get("Location")
-	sep := "?"
-	if strings.Contains(next, "?") {
-		sep = "&"
+	loc = resp.Header.Get("Location")
+	if resp, body := send("PATCH", loc, small, false); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "quota 1") {
+		t.Fatalf("a second 300 KiB chunk of no stated length: %s %s", resp.Status, body)
 	}
-	if resp, body := reg.do(t, "PUT", next+sep+"digest="+digest.FromBytes(second).String(), nil, root); resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "quota 1") {
-		t.Fatalf("finishing a chunked upload over the quota: %s %s", resp.Status, body)
+	kept(loc, fmt.Sprintf("0-%d", len(small)-1))
+	if resp, _ := reg.do(t, "DELETE", loc, nil, root); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("cancel the session: %s", resp.Status)
 	}
-	if resp, _ := reg.do(t, "GET", next, nil, root); resp.StatusCode != http.StatusNotFound {
+	// A PUT whose body (of no stated length) does not fit is refused, and
+	// its session is gone.
+	loc = session()
+	if resp, body := send("PUT", withDigest(loc, second), second, false); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "quota 1") {
+		t.Fatalf("finishing a session with a body over the quota: %s %s", resp.Status, body)
+	}
+	if resp, _ := reg.do(t, "GET", loc, nil, root); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the refused session: %s, want 404 (canceled)", resp.Status)
+	}
+	// Sessions are not held against each other: two 400 KiB sessions each
+	// fit, and the finish that would take the quota over is refused.
+	b1, b2 := bytes.Repeat([]byte{3}, 400<<10), bytes.Repeat([]byte{4}, 400<<10)
+	l1, l2 := session(), session()
+	resp1, _ := send("PATCH", l1, b1, true)
+	resp2, _ := send("PATCH", l2, b2, true)
+	if resp1.StatusCode != http.StatusAccepted || resp2.StatusCode != http.StatusAccepted {
+		t.Fatalf("two 400 KiB chunks in two sessions: %s, %s", resp1.Status, resp2.Status)
+	}
+	if resp, body := send("PUT", withDigest(resp1.Header.Get("Location"), b1), nil, true); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("finishing the first: %s %s", resp.Status, body)
+	}
+	l2 = resp2.Header.Get("Location")
+	if resp, body := send("PUT", withDigest(l2, b2), nil, true); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "quota 1") {
+		t.Fatalf("finishing the second over the quota: %s %s", resp.Status, body)
+	}
+	if resp, _ := reg.do(t, "GET", l2, nil, root); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("the refused session: %s, want 404 (canceled)", resp.Status)
 	}
 	// The layer the namespace holds already adds nothing: mount and upload.
@@ -101,7 +168,7 @@ func TestQuotas(t *testing.T) {
 			UsedBytes int64 `json:"used_bytes"`
 		}
 	}
-	if json.Unmarshal(raw, &u); resp.StatusCode != http.StatusOK || len(u.Quotas) != 1 || u.Quotas[0].MaxBytes != 1<<20 || u.Quotas[0].UsedBytes != int64(len(first)) {
+	if json.Unmarshal(raw, &u); resp.StatusCode != http.StatusOK || len(u.Quotas) != 1 || u.Quotas[0].MaxBytes != 1<<20 || u.Quotas[0].UsedBytes != int64(len(first)+len(b1)) {
 		t.Fatalf("usage: %s %s", resp.Status, raw)
 	}
 }

@@ -3,7 +3,6 @@ package registry
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -86,7 +85,11 @@ func (reg *Registry) patchUpload(w http.ResponseWriter, r *http.Request, q *requ
 	if err != nil {
 		return err
 	}
-	off, err := reg.store.Uploads().AppendUpload(q.repo, q.upload, start, r.Body)
+	body, err := reg.quotaChunk(q.repo, q.upload, r)
+	if err != nil {
+		return err
+	}
+	off, err := reg.store.Uploads().AppendUpload(q.repo, q.upload, start, body)
 	var rng *cache.RangeError
 	if errors.As(err, &rng) {
 		setUploadHeaders(w, q.repo, q.upload, rng.Offset)
@@ -98,17 +101,26 @@ func (reg *Registry) patchUpload(w http.ResponseWriter, r *http.Request, q *requ
 }
 
 // finishUpload handles PUT ...?digest=: an optional last chunk, then the
-// verification and commit of the whole blob.
-func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *request) error {
+// verification and commit of the whole blob. A push over its quota is
+// refused, and nothing of its session stays.
+func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *request) (err error) {
 	d, err := parseDigest(r.URL.Query().Get("digest"))
 	if err != nil {
 		return err
 	}
-	body := io.Reader(r.Body)
+	defer func() {
+		if isQuotaFull(err) {
+			reg.store.Uploads().CancelUpload(q.repo, q.upload)
+		}
+	}()
+	body, err := reg.quotaChunk(q.repo, q.upload, r)
+	if err != nil {
+		return err
+	}
 	if start, err := chunkStart(r); err != nil {
 		return err
 	} else if start >= 0 {
-		off, err := reg.store.Uploads().AppendUpload(q.repo, q.upload, start, r.Body)
+		off, err := reg.store.Uploads().AppendUpload(q.repo, q.upload, start, body)
 		if err != nil {
 			var rng *cache.RangeError
 			if errors.As(err, &rng) {
@@ -128,7 +140,6 @@ func (reg *Registry) finishUpload(w http.ResponseWriter, r *http.Request, q *req
 			size += r.ContentLength
 		}
 		if release, err = reg.checkQuota(q.repo, d, size); err != nil {
-			reg.store.Uploads().CancelUpload(q.repo, q.upload) // nothing of it stays
 			return err
 		}
 	}
