@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,7 +41,7 @@ func TestDockerLoginPlainHTTP(t *testing.T) {
 	hub := fakehub.Start(t)
 	img := hub.Push("library/busybox", "1", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 128 << 10, Seed: 31})
 	htpasswd, config := makeUsers(t, map[string]string{"alice": "alice-s3cret"},
-		"rules:\n  - repos: [\"team/*\"]\n    who: [alice]\n    actions: [pull, push]\n")
+		"rules:\n  - repos: [\"team/*\"]\n    who: [alice]\n    actions: [pull, push]\nquotas:\n  - repos: [\"team/*\"]\n    max: 1M\n")
 	w := startWharf(t, "", "--htpasswd", htpasswd, "--config", config, "--upstream", "docker.io="+hub.URL)
 	d := startDockerdWith(t, map[string]any{"insecure-registries": []string{w.addr}, "registry-mirrors": []string{"http://" + w.addr}})
 	login := func(pass string) (string, error) {
@@ -59,6 +60,26 @@ func TestDockerLoginPlainHTTP(t *testing.T) {
 	ref := w.addr + "/team/app:v1"
 	d.buildImage(t, ref, "scratch", "a.bin", "b.bin")
 	d.roundTrip(t, ref)
+	// Under the namespace quota (1M, half of it used by now) a 2 MiB layer
+	// is refused while docker streams it, with the quota named.
+	bigDir := t.TempDir()
+	big := make([]byte, 2<<20)
+	rand.Read(big)
+	os.WriteFile(filepath.Join(bigDir, "big.bin"), big, 0o644)
+	os.WriteFile(filepath.Join(bigDir, "Dockerfile"), []byte("FROM scratch\nCOPY big.bin /big.bin\n"), 0o644)
+	bigRef := w.addr + "/team/big:v1"
+	d.docker(t, "build", "-q", "-t", bigRef, bigDir)
+	if out, err := runErr(2*time.Minute, d.env(), "docker", "push", bigRef); err == nil || !strings.Contains(out, "denied") || !strings.Contains(out, "quota 1 (repos team/*, max 1M) is full") {
+		t.Fatalf("pushing a layer over the quota: %v\n%s", err, out)
+	}
+	refusedPatch := false
+	for _, line := range strings.Split(w.log.String(), "\n") {
+		refusedPatch = refusedPatch || strings.Contains(line, "method=PATCH path=/v2/team/big/blobs/uploads/") && strings.Contains(line, "status=403")
+	}
+	if !refusedPatch {
+		t.Fatalf("the refusal was not the upload's PATCH:\n%s", w.log)
+	}
+	d.docker(t, "rmi", bigRef)
 	// alice may push team/*, not a mirrored name: a poisoned busybox for
 	// the mirror's clients is refused.
 	poison := w.addr + "/library/busybox:1"
