@@ -7,6 +7,7 @@ import (
 	"hash"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
@@ -57,6 +58,15 @@ type fill struct {
 	retired   bool
 	repos     []string      // linked on commit; guarded by Fills.mu
 	from      func() string // BlobSource.Peer, set before the download starts: the node sending every byte so far
+	urgent    atomic.Bool   // a client waits for the download (see BlobSource.Background)
+}
+
+// waitedFor notes who asked for the download: unless src is Background, a
+// client waits for it.
+func (f *fill) waitedFor(src BlobSource) {
+	if !src.Background {
+		f.urgent.Store(true)
+	}
 }
 
 // newFill begins filling blob d, content of origin o, for repo. The caller

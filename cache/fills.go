@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,12 @@ type BlobSource struct {
 	// download ("" when any came from elsewhere): that node stores the
 	// blob itself, so this one keeps a local copy and writes no object.
 	Peer func() string
+	// Background marks a download no client waits for (a prefetch, a
+	// pin): its bytes are copied, hashed and written on a thread of the
+	// lowest CPU priority, which takes only what the clients leave of the
+	// machine; once a client waits for it (Get without Background), it goes
+	// on at normal priority.
+	Background bool
 }
 
 // FillsOptions configures the downloads of missing blobs.
@@ -138,6 +145,7 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 					f.repos = append(f.repos, repo)
 				}
 				rd = f.newReader(ctx)
+				f.waitedFor(src)
 				fs.mu.Unlock()
 				return rd, true, nil
 			}
@@ -149,6 +157,7 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 			if fs.m[d] == f {
 				f.repos = append(f.repos, repo)
 				rd = f.newReader(ctx)
+				f.waitedFor(src)
 				fs.mu.Unlock()
 				return rd, true, nil
 			}
@@ -180,6 +189,7 @@ func (fs *Fills) Get(ctx context.Context, repo string, o Origin, d digest.Digest
 			return nil, false, err
 		}
 		f.from = src.Peer
+		f.waitedFor(src)
 		fs.m[d] = f
 		rd = f.newReader(ctx)
 		fs.wg.Add(1)
@@ -256,22 +266,59 @@ func (fs *Fills) Discarded() int64 { return fs.discarded.Load() }
 const fillBatch = 256 << 10
 
 // download copies the blob from src into f, reopening src at the offset
-// reached after a failed read, with backoff.
+// reached after a failed read, with backoff. A Background download copies
+// on a thread of its own at the lowest CPU priority until a client waits
+// for it.
 func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
 	rc, size, err := src.Open(ctx, 0)
 	if err != nil {
 		return err
 	}
-	defer func() { rc.Close() }()
+	t := &transfer{rc: rc, size: size}
+	defer func() { t.rc.Close() }()
 	if err := fs.room(ctx, size); err != nil {
 		return err
 	}
 	f.start(size)
-	for resumes := 0; ; {
+	if src.Background && !f.urgent.Load() {
+		done := make(chan error, 1)
+		go func() {
+			// Never unlocked: the thread, of lower priority now, ends with
+			// this goroutine.
+			runtime.LockOSThread()
+			lowerThreadPriority()
+			done <- fs.copyFrom(ctx, f, src, t, f.urgent.Load)
+		}()
+		if err := <-done; !errors.Is(err, errWaitedFor) {
+			return err
+		}
+	}
+	return fs.copyFrom(ctx, f, src, t, nil)
+}
+
+// transfer is where a download is: its body from upstream, the blob's
+// size and the resumes so far.
+type transfer struct {
+	rc      io.ReadCloser
+	size    int64
+	resumes int
+}
+
+// errWaitedFor stops a background copy: a client waits for the blob now.
+var errWaitedFor = errors.New("a client waits for the download")
+
+// copyFrom copies t's body into f to the end, resuming after failed reads;
+// it stops with errWaitedFor, between two chunks, once waited reports true
+// (nil: never).
+func (fs *Fills) copyFrom(ctx context.Context, f *fill, src BlobSource, t *transfer, waited func() bool) error {
+	for {
+		if waited != nil && waited() {
+			return errWaitedFor
+		}
 		// Gather at least fillBatch bytes per write: each write wakes every
 		// reader, and each of their reads becomes a socket write.
 		c := newFillChunk()
-		n, rerr := io.ReadAtLeast(rc, c.b[:cap(c.b)], fillBatch)
+		n, rerr := io.ReadAtLeast(t.rc, c.b[:cap(c.b)], fillBatch)
 		if rerr == io.ErrUnexpectedEOF {
 			rerr = io.EOF
 		}
@@ -285,28 +332,29 @@ func (fs *Fills) download(ctx context.Context, f *fill, src BlobSource) error {
 		switch {
 		case rerr == nil:
 			continue
-		case rerr == io.EOF && (size < 0 || written == size):
+		case rerr == io.EOF && (t.size < 0 || written == t.size):
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case resumes == fs.opts.Resumes:
-			return fmt.Errorf("%w: gave up after %d resumes: %v", ErrFillAborted, resumes, rerr)
+		case t.resumes == fs.opts.Resumes:
+			return fmt.Errorf("%w: gave up after %d resumes: %v", ErrFillAborted, t.resumes, rerr)
 		}
-		resumes++
+		t.resumes++
 		fs.opts.Logger.Info("upstream blob transfer interrupted: resuming", "digest", f.d, "at", written, "err", rerr)
 		select {
-		case <-time.After(time.Duration(resumes*resumes) * 100 * time.Millisecond):
+		case <-time.After(time.Duration(t.resumes*t.resumes) * 100 * time.Millisecond):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		rc.Close()
+		t.rc.Close()
 		var again int64
-		if rc, again, err = src.Open(ctx, written); err != nil {
-			rc = io.NopCloser(nil)
+		var err error
+		if t.rc, again, err = src.Open(ctx, written); err != nil {
+			t.rc = io.NopCloser(nil)
 			return err
 		}
-		if size >= 0 && again >= 0 && again != size {
-			return fmt.Errorf("%w: the blob's size changed from %d to %d on resume", ErrSizeInvalid, size, again)
+		if t.size >= 0 && again >= 0 && again != t.size {
+			return fmt.Errorf("%w: the blob's size changed from %d to %d on resume", ErrSizeInvalid, t.size, again)
 		}
 	}
 }

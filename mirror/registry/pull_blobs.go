@@ -201,18 +201,22 @@ const prefetchLook = 100 * time.Millisecond
 // them (a download another request started is waited for, not repeated).
 func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest.Digest, parallel int) {
 	parallel = max(parallel, 1)
-	width := func() int {
+	// narrow: more at once would not help, the link is fast and each
+	// download's copying and hashing is what limits it: that work is done
+	// in the background, with what the clients leave of the machine.
+	width := func() (n int, narrow bool) {
 		if parallel > prefetchNarrow && !p.up.ParallelHelps(t.Registry) {
-			return prefetchNarrow
+			return prefetchNarrow, true
 		}
-		return parallel
+		return parallel, false
 	}
 	ended := make(chan struct{}, len(blobs))
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	running := 0
 	for i, d := range blobs {
-		for running >= width() {
+		n, narrow := width()
+		for ; running >= n; n, narrow = width() {
 			select {
 			case <-ended:
 				running--
@@ -225,22 +229,25 @@ func (p *puller) fetchBlobs(ctx context.Context, t policy.Target, blobs []digest
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.fetchBlob(ctx, t, d, i, func() { ended <- struct{}{} })
+			p.fetchBlob(ctx, t, d, i, narrow, func() { ended <- struct{}{} })
 		}()
 	}
 }
 
-// fetchBlob downloads blob d of t (in line at order) unless the store
-// has it, and waits for the download (its own or another request's) to be
-// stored. It calls arrived (once) as soon as the bytes are all here and
-// verified: the next download need not wait for this one's commit.
-func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest, order int, arrived func()) {
+// fetchBlob downloads blob d of t (in line at order; in the background,
+// cache.BlobSource.Background, when asked) unless the store has it, and
+// waits for the download (its own or another request's) to be stored. It
+// calls arrived (once) as soon as the bytes are all here and verified: the
+// next download need not wait for this one's commit.
+func (p *puller) fetchBlob(ctx context.Context, t policy.Target, d digest.Digest, order int, background bool, arrived func()) {
 	arrived = sync.OnceFunc(arrived)
 	defer arrived()
 	if _, err := p.store.StatBlob(t.Local, d); err == nil {
 		return
 	}
-	rd, shared, err := p.fills.Get(ctx, t.Local, cache.MirroredFrom(t.Registry), d, p.source(t, d, order))
+	src := p.source(t, d, order)
+	src.Background = background
+	rd, shared, err := p.fills.Get(ctx, t.Local, cache.MirroredFrom(t.Registry), d, src)
 	if err != nil || rd == nil {
 		return
 	}
