@@ -28,6 +28,8 @@ var (
 	coldRounds      = flag.Int("cold-rounds", 3, "rounds of the real-client cold pulls (each round: direct, wharf, distribution, on fresh images)")
 	coldDocker      = flag.Bool("cold-docker", true, "run the cold suite's real-dockerd rounds (false: the skopeo rounds only)")
 	coldSkopeo      = flag.Bool("cold-skopeo", true, "run the cold suite's skopeo, edge and missing-name rounds (false: the dockerd rounds only)")
+	coldEdge        = flag.Bool("cold-edge", true, "run the edge-from-core rounds after the unshaped skopeo rounds")
+	coldAB          = flag.String("cold-ab", "", "also copy through a second Wharf started with these extra environment variables (comma-separated K=V), named wharf-ab, in the same unshaped skopeo rounds: an A/B comparison side by side")
 	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
 )
 
@@ -129,6 +131,15 @@ func runCold(tmp, bin string) error {
 	}
 	copies := []copyServer{{name: "direct", host: hub.Host()}, {name: "wharf", host: w.addr, pid: w.cmd.Process.Pid},
 		{name: "distribution", host: d.addr, pid: d.cmd.Process.Pid}}
+	if *coldAB != "" {
+		ab, err := startProcEnv(strings.Split(*coldAB, ","), bin, "serve", "--addr", "127.0.0.1:0", "--data", coldDataDir(tmp)+"-ab",
+			"--log-level", "warn", "--upstream", "docker.io="+hub.URL)
+		if err != nil {
+			return err
+		}
+		defer ab.stop()
+		copies = append(copies, copyServer{name: "wharf-ab", host: ab.addr, pid: ab.cmd.Process.Pid})
+	}
 	sr, err := skopeoRounds(tmp, hub, copies, &seed, nil)
 	if err != nil {
 		return err
@@ -145,8 +156,10 @@ func runCold(tmp, bin string) error {
 	// An edge Wharf (and an edge Distribution) pulling cold from a core
 	// Wharf that holds the image already: the upstream is as fast as this
 	// machine serves files, the edge's own cost per byte decides.
-	if err := edgeFromCore(tmp, bin, dist, hub, w, &seed); err != nil {
-		return err
+	if *coldEdge {
+		if err := edgeFromCore(tmp, bin, dist, hub, w, &seed); err != nil {
+			return err
+		}
 	}
 
 	// A name the hub does not have, pulled ten times: what each server asks.

@@ -263,7 +263,15 @@ func (p *proc) stop() {
 
 // startProc starts wharf and reads its listen address from its log.
 func startProc(bin string, args ...string) (*proc, error) {
+	return startProcEnv(nil, bin, args...)
+}
+
+// startProcEnv is startProc with env added to this process's environment.
+func startProcEnv(env []string, bin string, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	level := "info"
 	if *wharfLog != "" {
