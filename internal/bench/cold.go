@@ -29,7 +29,7 @@ var (
 	coldDocker      = flag.Bool("cold-docker", true, "run the cold suite's real-dockerd rounds (false: the skopeo rounds only)")
 	coldSkopeo      = flag.Bool("cold-skopeo", true, "run the cold suite's skopeo, edge and missing-name rounds (false: the dockerd rounds only)")
 	coldEdge        = flag.Bool("cold-edge", true, "run the edge-from-core rounds after the unshaped skopeo rounds")
-	coldAB          = flag.String("cold-ab", "", "also copy through a second Wharf started with these extra environment variables (comma-separated K=V), named wharf-ab, in the same unshaped skopeo rounds: an A/B comparison side by side")
+	coldAB          = flag.String("cold-ab", "", "also copy through a second Wharf (and a second edge) started with these extra environment variables (comma-separated K=V), named wharf-ab, in the same unshaped skopeo and edge rounds: an A/B comparison side by side")
 	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
 )
 
@@ -132,8 +132,7 @@ func runCold(tmp, bin string) error {
 	copies := []copyServer{{name: "direct", host: hub.Host()}, {name: "wharf", host: w.addr, pid: w.cmd.Process.Pid},
 		{name: "distribution", host: d.addr, pid: d.cmd.Process.Pid}}
 	if *coldAB != "" {
-		ab, err := startProcEnv(strings.Split(*coldAB, ","), bin, "serve", "--addr", "127.0.0.1:0", "--data", coldDataDir(tmp)+"-ab",
-			"--log-level", "warn", "--upstream", "docker.io="+hub.URL)
+		ab, err := startAB(bin, coldDataDir(tmp)+"-ab", hub.URL)
 		if err != nil {
 			return err
 		}
@@ -436,6 +435,13 @@ func (d *dockerd) stop() {
 
 // coldDataDir is the cold suite's Wharf data directory: under tmp, or
 // under -cold-data (to compare disks, e.g. a tmpfs).
+// startAB starts the -cold-ab Wharf: bin with the extra environment, its
+// own data directory, mirroring docker.io from upstream.
+func startAB(bin, data, upstream string) (*proc, error) {
+	return startProcEnv(strings.Split(*coldAB, ","), bin, "serve", "--addr", "127.0.0.1:0", "--data", data,
+		"--log-level", "warn", "--upstream", "docker.io="+upstream)
+}
+
 func coldDataDir(tmp string) string {
 	if *coldData != "" {
 		return filepath.Join(*coldData, "cold-wharf")

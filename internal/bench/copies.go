@@ -224,9 +224,18 @@ func edgeFromCore(tmp, bin, dist string, hub *fakehub.Hub, core *proc, seed *uin
 	warmCore := func(_ copyServer, repo string) error {
 		return skopeoCopy(core.addr, repo, filepath.Join(tmp, "skopeo-warm-core"))
 	}
-	cr, err := skopeoRounds(tmp, hub, []copyServer{{name: "core", host: core.addr},
+	servers := []copyServer{{name: "core", host: core.addr},
 		{name: "wharf", host: edge.addr, pid: edge.cmd.Process.Pid},
-		{name: "distribution", host: d.addr, pid: d.cmd.Process.Pid}}, seed, warmCore)
+		{name: "distribution", host: d.addr, pid: d.cmd.Process.Pid}}
+	if *coldAB != "" {
+		ab, err := startAB(bin, coldDataDir(tmp)+"-edge-ab", "http://"+core.addr)
+		if err != nil {
+			return err
+		}
+		defer ab.stop()
+		servers = append(servers, copyServer{name: "wharf-ab", host: ab.addr, pid: ab.cmd.Process.Pid})
+	}
+	cr, err := skopeoRounds(tmp, hub, servers, seed, warmCore)
 	if err != nil {
 		return err
 	}
