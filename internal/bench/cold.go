@@ -28,6 +28,7 @@ var (
 	coldRounds      = flag.Int("cold-rounds", 3, "rounds of the real-client cold pulls (each round: direct, wharf, distribution, on fresh images)")
 	coldDocker      = flag.Bool("cold-docker", true, "run the cold suite's real-dockerd rounds (false: the skopeo rounds only)")
 	coldSkopeo      = flag.Bool("cold-skopeo", true, "run the cold suite's skopeo, edge and missing-name rounds (false: the dockerd rounds only)")
+	dropCaches      = flag.Bool("drop-caches", true, "empty the page cache (sync; /proc/sys/vm/drop_caches, root only) before each cold skopeo copy: on a VM that backs memory on first touch, page cache grown into untouched memory makes every write cost several times more")
 	coldEdge        = flag.Bool("cold-edge", true, "run the edge-from-core rounds after the unshaped skopeo rounds")
 	coldAB          = flag.String("cold-ab", "", "also copy through a second Wharf (and a second edge) started with these extra environment variables (comma-separated K=V), named wharf-ab, in the same unshaped skopeo and edge rounds: an A/B comparison side by side")
 	distributionBin = flag.String("distribution", "", "CNCF Distribution registry binary (default: built from internal/tools/registry2)")
