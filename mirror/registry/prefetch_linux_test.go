@@ -4,16 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/wharf-registry/wharf/cache"
-	"github.com/wharf-registry/wharf/cache/stores"
-	"github.com/wharf-registry/wharf/policy"
 )
 
 // threadNice is the nice value of the calling thread.
@@ -69,28 +64,8 @@ func TestPrefetchInBackground(t *testing.T) {
 		t.Fatalf("this test runs at nice %d already: it cannot tell a background thread from the others", base)
 	}
 	for _, helps := range []bool{false, true} {
-		quiet := slog.New(slog.DiscardHandler)
-		st, err := stores.Open(cache.Options{Dir: t.TempDir(), Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
 		spy := &niceSpy{t: t, blobs: map[digest.Digest][]byte{}, helps: helps}
-		var list []digest.Digest
-		for i := range 4 {
-			b := bytes.Repeat([]byte{byte(i + 1)}, 3000+i)
-			d := digest.FromBytes(b)
-			spy.blobs[d] = b
-			list = append(list, d)
-		}
-		reg := &Registry{store: st, log: quiet, opts: Options{Upstream: spy}}
-		p := newPuller(reg)
-		tgt := policy.Target{Registry: "docker.io", Remote: "library/app", Local: "docker.io/library/app"}
-		p.fetchBlobs(context.Background(), tgt, list, 16)
-		for i, d := range list {
-			if _, err := st.StatBlob(tgt.Local, d); err != nil {
-				t.Fatalf("parallel helps %v: blob %d not stored: %v", helps, i, err)
-			}
-		}
+		prefetched(t, spy, spy.blobs, 4, 16)
 		want := 19
 		if helps {
 			want = base
@@ -103,7 +78,5 @@ func TestPrefetchInBackground(t *testing.T) {
 				t.Fatalf("parallel helps %v: the prefetch read at nice %v, want %d", helps, spy.nices, want)
 			}
 		}
-		p.fills.Close()
-		st.Close()
 	}
 }

@@ -40,29 +40,9 @@ func (s *orderSpy) ParallelHelps(string) bool { return true }
 // client reads first first in line for segments; a client's own request
 // is order 0.
 func TestPrefetchOrder(t *testing.T) {
-	quiet := slog.New(slog.DiscardHandler)
-	st, err := stores.Open(cache.Options{Dir: t.TempDir(), Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	spy := &orderSpy{blobs: map[digest.Digest][]byte{}, orders: map[digest.Digest]int{}}
-	var list []digest.Digest
-	for i := range 5 {
-		b := bytes.Repeat([]byte{byte(i + 1)}, 1000+i)
-		d := digest.FromBytes(b)
-		spy.blobs[d] = b
-		list = append(list, d)
-	}
-	reg := &Registry{store: st, log: quiet, opts: Options{Upstream: spy}}
-	p := newPuller(reg)
-	defer p.fills.Close()
-	tgt := policy.Target{Registry: "docker.io", Remote: "library/app", Local: "docker.io/library/app"}
-	p.fetchBlobs(context.Background(), tgt, list, 16)
+	p, tgt, list := prefetched(t, spy, spy.blobs, 5, 16)
 	for i, d := range list {
-		if _, err := st.StatBlob(tgt.Local, d); err != nil {
-			t.Fatalf("blob %d not stored: %v", i, err)
-		}
 		if got := spy.orders[d]; got != i {
 			t.Errorf("blob %d of the manifest asked upstream in order %d", i, got)
 		}
@@ -76,4 +56,34 @@ func TestPrefetchOrder(t *testing.T) {
 	if got := spy.orders[list[3]]; got != 0 {
 		t.Errorf("a client's own request asked in order %d, want 0", got)
 	}
+}
+
+// prefetched stores n small distinct blobs in blobs (up's content), lets
+// a puller over a fresh store and up fetch them as a manifest's blobs,
+// parallel at most at once, and checks that each was stored. It returns
+// the puller (closed with the test), the target and the blobs in order.
+func prefetched(t *testing.T, up Upstream, blobs map[digest.Digest][]byte, n, parallel int) (*puller, policy.Target, []digest.Digest) {
+	t.Helper()
+	quiet := slog.New(slog.DiscardHandler)
+	st, err := stores.Open(cache.Options{Dir: t.TempDir(), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []digest.Digest
+	for i := range n {
+		b := bytes.Repeat([]byte{byte(i + 1)}, 1000+i)
+		d := digest.FromBytes(b)
+		blobs[d] = b
+		list = append(list, d)
+	}
+	p := newPuller(&Registry{store: st, log: quiet, opts: Options{Upstream: up}})
+	t.Cleanup(func() { p.fills.Close(); st.Close() })
+	tgt := policy.Target{Registry: "docker.io", Remote: "library/app", Local: "docker.io/library/app"}
+	p.fetchBlobs(context.Background(), tgt, list, parallel)
+	for i, d := range list {
+		if _, err := st.StatBlob(tgt.Local, d); err != nil {
+			t.Fatalf("blob %d not stored: %v", i, err)
+		}
+	}
+	return p, tgt, list
 }
