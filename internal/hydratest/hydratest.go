@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -44,7 +45,7 @@ type Server struct {
 	log    *bytes.Buffer
 	logMu  *sync.Mutex
 
-	mu   sync.Mutex
+	mu   sync.Mutex // guards next, cmd and done
 	next Person
 }
 
@@ -73,6 +74,9 @@ func build() (string, error) {
 	})
 	return hydra.bin, hydra.err
 }
+
+// pickAddr picks a loopback address for Hydra (a test may replace it).
+var pickAddr = freeAddr
 
 func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -106,13 +110,9 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip(err)
 	}
-	s := &Server{log: &bytes.Buffer{}, logMu: &sync.Mutex{}, done: make(chan struct{})}
+	s := &Server{log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
 	s.app = httptest.NewServer(http.HandlerFunc(s.serveApp))
 	t.Cleanup(s.app.Close)
-	public, admin := freeAddr(t), freeAddr(t)
-	pubHost, pubPort, _ := net.SplitHostPort(public)
-	admHost, admPort, _ := net.SplitHostPort(admin)
-	s.Issuer, s.admin = "http://"+public+"/", "http://"+admin
 	// A file database with a busy timeout: the in-memory one fails
 	// concurrent writes (two token requests at once) with a server_error.
 	dsn := "DSN=sqlite://" + filepath.Join(t.TempDir(), "hydra.sqlite") + "?_fk=true&_busy_timeout=10000&_journal_mode=WAL"
@@ -121,8 +121,35 @@ func Start(t testing.TB) *Server {
 	if out, err := migrate.CombinedOutput(); err != nil {
 		t.Fatalf("hydra migrate: %v\n%s", err, out)
 	}
-	s.cmd = exec.Command(bin, "serve", "all", "--dev", "--sqa-opt-out")
-	s.cmd.Env = append(os.Environ(),
+	t.Cleanup(s.Stop)
+	// The ports are free when picked, but another process may take one
+	// before Hydra binds it; Hydra then exits, and gets other ports.
+	for attempt := 1; ; attempt++ {
+		err := s.launch(bin, dsn, pickAddr(t), pickAddr(t))
+		if err == nil {
+			return s
+		}
+		if attempt == launchAttempts || !strings.Contains(s.Log(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("hydra attempt %d: %v; again on other ports", attempt, err)
+	}
+}
+
+// launchAttempts bounds Start's tries when a picked port was taken.
+const launchAttempts = 4
+
+// launch starts Hydra on the public and admin addresses and waits until
+// it answers; an error says why not (Hydra then is not running).
+func (s *Server) launch(bin, dsn, public, admin string) error {
+	pubHost, pubPort, _ := net.SplitHostPort(public)
+	admHost, admPort, _ := net.SplitHostPort(admin)
+	s.Issuer, s.admin = "http://"+public+"/", "http://"+admin
+	s.logMu.Lock()
+	s.log.Reset()
+	s.logMu.Unlock()
+	cmd := exec.Command(bin, "serve", "all", "--dev", "--sqa-opt-out")
+	cmd.Env = append(os.Environ(),
 		dsn,
 		"SERVE_PUBLIC_HOST="+pubHost, "SERVE_PUBLIC_PORT="+pubPort,
 		"SERVE_ADMIN_HOST="+admHost, "SERVE_ADMIN_PORT="+admPort,
@@ -131,34 +158,44 @@ func Start(t testing.TB) *Server {
 		"SECRETS_SYSTEM=wharf-test-system-secret-0123456789",
 		"OAUTH2_PKCE_ENFORCED=true",
 		"LOG_LEVEL=warn")
-	s.cmd.Stdout, s.cmd.Stderr = syncWriter{s.logMu, s.log}, syncWriter{s.logMu, s.log}
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
+	cmd.Stdout, cmd.Stderr = syncWriter{s.logMu, s.log}, syncWriter{s.logMu, s.log}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
 	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	t.Cleanup(s.Stop)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+	// Each probe is bounded: a port taken by another process may accept
+	// and never answer.
+	probe := &http.Client{Timeout: 2 * time.Second}
+	ready := func(u string) bool {
+		resp, err := probe.Get(u)
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(s.Issuer + ".well-known/openid-configuration")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
 		select {
-		case <-s.done:
-			t.Fatalf("hydra exited:\n%s", s.Log())
+		case <-done:
+			return fmt.Errorf("hydra exited:\n%s", s.Log())
 		default:
 		}
+		if ready(s.Issuer+".well-known/openid-configuration") && ready(s.admin+"/health/ready") {
+			return nil
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("hydra did not answer on %s\n%s", public, s.Log())
+			s.Stop()
+			return fmt.Errorf("hydra did not answer on %s and %s\n%s", public, admin, s.Log())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return s
 }
 
 // Log is what Hydra wrote.
@@ -168,19 +205,25 @@ func (s *Server) Log() string {
 	return s.log.String()
 }
 
-// Stop stops Hydra by its PID (again: a no-op).
+// Stop stops Hydra by its PID (again, or before it ran: a no-op).
 func (s *Server) Stop() {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
 	select {
-	case <-s.done:
+	case <-done:
 		return
 	default:
 	}
-	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 	select {
-	case <-s.done:
+	case <-done:
 	case <-time.After(10 * time.Second):
-		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.done
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
 	}
 }
 
