@@ -40,6 +40,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 var (
@@ -307,14 +309,7 @@ func startProcEnv(env []string, bin string, args ...string) (*proc, error) {
 	return nil, errors.New("wharf exited before listening")
 }
 
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+func freePort() (string, error) { return testport.Free() }
 
 func startNginx(tmp, sendfile, root string) (*proc, error) {
 	addr, err := freePort()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // wharfBin is the binary built once for the whole package by TestMain.
@@ -86,15 +87,11 @@ type wharfProc struct {
 
 func (w *wharfProc) url(path string) string { return "http://" + w.addr + path }
 
-// freeAddr finds a free loopback port.
+// freeAddr finds a free loopback port (testport: outside the range the
+// kernel takes ports from for connections).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return testport.Pick(t)
 }
 
 // startWharf runs `wharf serve` on data (a new temp dir when empty) and

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // Cluster is a running etcd cluster of len(Members) members.
@@ -98,12 +99,8 @@ func start(t testing.TB, n int, scheme string, tlsFiles *TLSFiles, extra ...stri
 }
 
 func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Helper()
+	return testport.Pick(t)
 }
 
 func (m *Member) start(t testing.TB) {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // Suffix is the test directory's base DN.
@@ -126,12 +128,11 @@ func (s *Server) setUp(dir string) {
 // start runs slapd (again, after Stop, on the same port and data).
 func (s *Server) start() {
 	if s.addr == "" {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		addr, err := testport.Free()
 		if err != nil {
 			s.fatal("%v", err)
 		}
-		s.addr = ln.Addr().String()
-		ln.Close()
+		s.addr = addr
 		s.URL = "ldap://" + s.addr
 	}
 	var out strings.Builder

@@ -5,7 +5,6 @@ package s3test
 import (
 	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // Server is a running versitygw with one bucket.
@@ -61,12 +62,7 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skipf("versitygw not built: %v", versitygw.err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testport.Pick(t)
 	root := t.TempDir()
 	const ak, sk = "wharf-test", "wharf-test-secret"
 	cmd := exec.Command(versitygw.bin, "--access", ak, "--secret", sk, "--port", addr, "posix", root)
