@@ -305,7 +305,24 @@ func printRatios(ref string, times [][]float64, names []string) [][]float64 {
 		fmt.Printf("  (median %.2f)\n", median(rs))
 		out = append(out, rs)
 	}
+	// Paired rounds: each server against the first named one, round by
+	// round, which the machine's drift between rounds does not decide.
+	for k := 1; k < len(names); k++ {
+		faster := fasterRounds(times[1], times[k+1])
+		fmt.Printf("  %-14s faster than %s in %d of %d paired rounds\n", names[0], names[k], faster, len(times[1]))
+	}
 	return out
+}
+
+// fasterRounds counts the rounds in which a took less time than b.
+func fasterRounds(a, b []float64) int {
+	n := 0
+	for r := range min(len(a), len(b)) {
+		if a[r] < b[r] {
+			n++
+		}
+	}
+	return n
 }
 
 func median(sorted []float64) float64 {
