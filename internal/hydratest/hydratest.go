@@ -120,6 +120,11 @@ func Start(t testing.TB) *Server {
 		t.Fatalf("hydra migrate: %v\n%s", err, out)
 	}
 	t.Cleanup(s.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("hydra's log:\n%s", s.Log())
+		}
+	})
 	// The ports are free when picked, but another process may take one
 	// before Hydra binds it; Hydra then exits, and gets other ports.
 	for attempt := 1; ; attempt++ {
@@ -155,7 +160,7 @@ func (s *Server) launch(bin, dsn, public, admin string) error {
 		"URLS_LOGIN="+s.app.URL+"/login", "URLS_CONSENT="+s.app.URL+"/consent",
 		"SECRETS_SYSTEM=wharf-test-system-secret-0123456789",
 		"OAUTH2_PKCE_ENFORCED=true",
-		"LOG_LEVEL=warn")
+		"LOG_LEVEL=info") // its log is shown when the test fails
 	cmd.Stdout, cmd.Stderr = syncWriter{s.logMu, s.log}, syncWriter{s.logMu, s.log}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
