@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/internal/testport"
 	"github.com/wharf-registry/wharf/mirror/cluster"
 )
 
@@ -326,7 +327,7 @@ func runCluster(tmp, bin string) error {
 }
 
 func mustFreePort() string {
-	a, err := freePort()
+	a, err := testport.Free()
 	if err != nil {
 		panic(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 var (
@@ -90,7 +91,7 @@ func runCold(tmp, bin string) error {
 	args := []string{"serve", "--addr", "127.0.0.1:0", "--data", coldDataDir(tmp), "--log-level", "warn", "--upstream", "docker.io=" + hub.URL}
 	debugAddr := ""
 	if *coldProfile != "" {
-		if debugAddr, err = freePort(); err != nil {
+		if debugAddr, err = testport.Free(); err != nil {
 			return err
 		}
 		args = append(args, "--debug-addr", debugAddr)
@@ -337,7 +338,7 @@ func median(sorted []float64) float64 {
 // startDistribution runs CNCF Distribution as a pull-through cache of
 // upstream, the way registry:2 users configure proxy.remoteurl.
 func startDistribution(bin, dir, upstream string) (*proc, error) {
-	addr, err := freePort()
+	addr, err := testport.Free()
 	if err != nil {
 		return nil, err
 	}

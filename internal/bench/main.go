@@ -309,10 +309,8 @@ func startProcEnv(env []string, bin string, args ...string) (*proc, error) {
 	return nil, errors.New("wharf exited before listening")
 }
 
-func freePort() (string, error) { return testport.Free() }
-
 func startNginx(tmp, sendfile, root string) (*proc, error) {
-	addr, err := freePort()
+	addr, err := testport.Free()
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/wharf-registry/wharf/internal/etcdtest"
 	"github.com/wharf-registry/wharf/internal/fakehub"
 	"github.com/wharf-registry/wharf/internal/s3test"
+	"github.com/wharf-registry/wharf/internal/testport"
 	wcluster "github.com/wharf-registry/wharf/mirror/cluster"
 )
 
@@ -53,7 +54,7 @@ func startCluster(t *testing.T, n int, extra ...string) *cluster {
 		"--token-key-file", key}, extra...)
 	var backends []string
 	for range n {
-		metrics := freeAddr(t)
+		metrics := testport.Pick(t)
 		w := startWharf(t, "", append([]string{"--metrics-addr", metrics}, c.args...)...)
 		c.nodes, backends = append(c.nodes, w), append(backends, w.addr)
 		c.metrics = append(c.metrics, metrics)

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // pushRandom pushes a random blob of size bytes to repo in one POST and
@@ -225,7 +226,7 @@ func TestFullDiskSurvives(t *testing.T) {
 	if !strings.Contains(w.log.String(), "left to its write-ahead log") {
 		t.Fatalf("the stop did not say the index was left to its log:\n%s", w.log)
 	}
-	out, err := runErr(20*time.Second, nil, wharfBin, "serve", "--addr", freeAddr(t), "--data", data)
+	out, err := runErr(20*time.Second, nil, wharfBin, "serve", "--addr", testport.Pick(t), "--data", data)
 	if err == nil || !strings.Contains(out, "free at least") || strings.Contains(out, "fatal error") {
 		t.Fatalf("start on a full filesystem with an unreplayed log: %v\n%s", err, out)
 	}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // startHaproxy runs Debian's haproxy with docs/haproxy.cfg, its bind and
@@ -28,7 +30,7 @@ func startHaproxy(t *testing.T, backends []string) (addr string, logs *syncBuffe
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr = freeAddr(t)
+	addr = testport.Pick(t)
 	var cfg []string
 	servers := 0
 	for _, line := range strings.Split(string(doc), "\n") {

@@ -87,13 +87,6 @@ type wharfProc struct {
 
 func (w *wharfProc) url(path string) string { return "http://" + w.addr + path }
 
-// freeAddr finds a free loopback port (testport: outside the range the
-// kernel takes ports from for connections).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	return testport.Pick(t)
-}
-
 // startWharf runs `wharf serve` on data (a new temp dir when empty) and
 // waits until /v2/ answers. The process is killed, by its PID, at cleanup.
 func startWharf(t *testing.T, data string, args ...string) *wharfProc {
@@ -104,7 +97,7 @@ func startWharf(t *testing.T, data string, args ...string) *wharfProc {
 // startWharfWithEnv is startWharf with extra environment variables.
 func startWharfWithEnv(t *testing.T, data string, env []string, args ...string) *wharfProc {
 	t.Helper()
-	return startWharfAt(t, freeAddr(t), data, env, args...)
+	return startWharfAt(t, testport.Pick(t), data, env, args...)
 }
 
 // startWharfAt is startWharfWithEnv on a given address (one a test had

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // TestContainerImage builds the repository's Dockerfile from a context
@@ -39,7 +40,7 @@ func TestContainerImage(t *testing.T) {
 
 	hub := fakehub.Start(t)
 	img := hub.Push("library/alpine", "latest", fakehub.ImageSpec{Platforms: []string{hostPlatform}, Layers: 2, LayerSize: 128 << 10, Seed: 1201})
-	addr := freeAddr(t)
+	addr := testport.Pick(t)
 	data := t.TempDir()
 	d.docker(t, "run", "-d", "--name", "wharf-e2e", "--restart=always", "--network", "host", "--health-interval", "1s",
 		"-v", data+":/var/lib/wharf", "-e", "REGISTRY_HTTP_ADDR="+addr, "-e", "WHARF_UPSTREAM=docker.io="+hub.URL, "wharf-e2e")
@@ -93,7 +94,7 @@ func TestContainerImage(t *testing.T) {
 	// Options after the image name, as the README suggests (and another
 	// address than the variables say): the health check finds the server
 	// through what it recorded in its data directory.
-	addr2 := freeAddr(t)
+	addr2 := testport.Pick(t)
 	d.docker(t, "run", "-d", "--name", "wharf-e2e-flags", "--network", "host", "--health-interval", "1s",
 		"-v", t.TempDir()+":/var/lib/wharf", "wharf-e2e", "serve", "--addr", addr2, "--mirror=false")
 	t.Cleanup(func() { runErr(time.Minute, d.env(), "docker", "rm", "-f", "wharf-e2e-flags") })
@@ -104,7 +105,7 @@ func TestContainerImage(t *testing.T) {
 	// same `docker run`.
 	// The directory holds what the real registry:2 wrote: the first start
 	// imports it, the second imports nothing.
-	addr3, r2data := freeAddr(t), t.TempDir()
+	addr3, r2data := testport.Pick(t), t.TempDir()
 	r2 := startRegistry2(t, r2data)
 	skopeo(t, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
 		"docker://"+hub.Host()+"/library/alpine:latest", "docker://"+r2+"/base:1")

@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 var (
@@ -52,7 +53,7 @@ func buildRegistry2(t *testing.T) string {
 func startRegistry2(t *testing.T, root string) string {
 	t.Helper()
 	bin := buildRegistry2(t)
-	addr := freeAddr(t)
+	addr := testport.Pick(t)
 	cfg := filepath.Join(t.TempDir(), "config.yml")
 	yml := "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: " + root +
 		"\n  delete:\n    enabled: true\nhttp:\n  addr: " + addr + "\n"

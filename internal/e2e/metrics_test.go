@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wharf-registry/wharf/internal/fakehub"
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // TestMetricsEndpoint: --metrics-addr serves Prometheus metrics that show a
@@ -19,7 +20,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	hub := fakehub.Start(t)
 	hub.Push("library/m", "1", fakehub.ImageSpec{Platforms: []string{"linux/amd64", "linux/arm64"}, Layers: 2, LayerSize: 64 << 10, Seed: 70})
 	hub.SetRateLimit(100, 60)
-	metricsAddr := freeAddr(t)
+	metricsAddr := testport.Pick(t)
 	w := startWharf(t, "", "--upstream", "docker.io="+hub.URL, "--metrics-addr", metricsAddr)
 	if err := pullMirrored(&http.Client{Timeout: time.Minute}, "http://"+w.addr, "library/m"); err != nil {
 		t.Fatal(err)
@@ -58,7 +59,7 @@ func TestMetricsEndpoint(t *testing.T) {
 // TestDebugAddr: --debug-addr serves Go's profiler: the index, a one
 // second CPU profile (gzipped protobuf) and the metrics.
 func TestDebugAddr(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testport.Pick(t)
 	startWharf(t, "", "--mirror=false", "--debug-addr", addr)
 	for _, c := range []struct{ path, want string }{
 		{"/debug/pprof/", "goroutine"},

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // guideNginx is the "authenticate proxy with nginx" configuration the
@@ -68,7 +70,7 @@ func startGuideNginx(t *testing.T, ca *testCA, backend, htpasswd string) string 
 	requireTool(t, "nginx")
 	dir := t.TempDir()
 	certFile, keyFile := ca.issue(t, dir, "nginx", "nginx", 900, false)
-	addr := freeAddr(t)
+	addr := testport.Pick(t)
 	user := ""
 	if os.Geteuid() == 0 { // workers must read the test's files
 		user = "user root;"

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // r2Event is the part of registry:2's notification event the tests read.
@@ -163,7 +165,7 @@ notifications:
 	if err := os.WriteFile(cfg, []byte(yml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	data, metrics := t.TempDir(), freeAddr(t)
+	data, metrics := t.TempDir(), testport.Pick(t)
 	args := []string{"--registry-config", cfg, "--mirror=false", "--allow-delete", "--metrics-addr", metrics}
 	w := startWharf(t, data, args...)
 	d := startDockerdWith(t, map[string]any{"insecure-registries": []string{w.addr}})

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wharf-registry/wharf/internal/hydratest"
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // browser is a Go HTTP client that keeps cookies and follows redirects,
@@ -80,7 +81,7 @@ func ssoSignIn(t *testing.T, b *browser, w *wharfProc, h *hydratest.Server, who 
 func TestOIDCSignIn(t *testing.T) {
 	requireTool(t, "dockerd")
 	h := hydratest.Start(t)
-	addr := freeAddr(t)
+	addr := testport.Pick(t)
 	redirect := "http://" + addr + "/signin/sso/callback"
 	clientID, clientSecret := h.Client(t, redirect, "openid profile email offline_access")
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // startWharfEnv starts `wharf serve` over TLS with extra environment and
@@ -91,7 +93,7 @@ func TestRegistry2Configuration(t *testing.T) {
 	}
 
 	data := t.TempDir()
-	addr := freeAddr(t)
+	addr := testport.Pick(t)
 	w := startWharfEnv(t, ca, addr, []string{
 		"REGISTRY_HTTP_ADDR=" + addr, "REGISTRY_AUTH=htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM=Registry Realm",
 		"REGISTRY_AUTH_HTPASSWD_PATH=" + htpasswd, "REGISTRY_HTTP_TLS_CERTIFICATE=" + certFile,
@@ -106,7 +108,7 @@ func TestRegistry2Configuration(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	addr = freeAddr(t)
+	addr = testport.Pick(t)
 	cfg := filepath.Join(dir, "config.yml")
 	yml := `version: 0.1
 log:

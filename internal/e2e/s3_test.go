@@ -16,6 +16,7 @@ import (
 
 	"github.com/wharf-registry/wharf/internal/faultproxy"
 	"github.com/wharf-registry/wharf/internal/s3test"
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // TestServeOnS3: `wharf serve --blob-store s3://…` against a real
@@ -58,7 +59,7 @@ func TestServeOnS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Without the bucket the directory is refused, naming it.
-	if out, err := runErr(30e9, nil, wharfBin, "serve", "--addr", freeAddr(t), "--data", data, "--mirror=false"); err == nil || !strings.Contains(out, "s3://"+srv.Bucket+"/e2e/") {
+	if out, err := runErr(30e9, nil, wharfBin, "serve", "--addr", testport.Pick(t), "--data", data, "--mirror=false"); err == nil || !strings.Contains(out, "s3://"+srv.Bucket+"/e2e/") {
 		t.Fatalf("serve without --blob-store on an S3-backed directory: %v\n%s", err, out)
 	}
 	w = startWharf(t, data, "--mirror=false", "--blob-store", store)

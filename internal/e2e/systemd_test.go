@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // TestSdNotify: with NOTIFY_SOCKET, wharf sends READY=1 once its listener
@@ -24,7 +26,7 @@ func TestSdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	addr := freeAddr(t)
+	addr := testport.Pick(t)
 	cmd := exec.Command(wharfBin, "serve", "--addr", addr, "--data", t.TempDir(), "--mirror=false")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
 	log := &syncBuffer{}

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // testCA issues certificates for loopback servers and clients.
@@ -174,7 +176,7 @@ func waitSerial(t *testing.T, ca *testCA, addr string, want int64) {
 // startWharfTLS starts wharf serving HTTPS and waits for it.
 func startWharfTLS(t *testing.T, ca *testCA, args ...string) *wharfProc {
 	t.Helper()
-	addr, data := freeAddr(t), t.TempDir()
+	addr, data := testport.Pick(t), t.TempDir()
 	w := startWharfEnv(t, ca, addr, nil, append([]string{"--addr", addr, "--data", data}, args...)...)
 	w.data = data
 	return w

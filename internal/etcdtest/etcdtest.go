@@ -75,7 +75,7 @@ func start(t testing.TB, n int, scheme string, tlsFiles *TLSFiles, extra ...stri
 	c := &Cluster{t: t, tls: tlsFiles}
 	var initial []string
 	for i := range n {
-		m := &Member{Name: fmt.Sprintf("m%d", i), Client: freePort(t), Peer: freePort(t), dir: filepath.Join(t.TempDir(), "etcd")}
+		m := &Member{Name: fmt.Sprintf("m%d", i), Client: testport.Pick(t), Peer: testport.Pick(t), dir: filepath.Join(t.TempDir(), "etcd")}
 		c.Members = append(c.Members, m)
 		initial = append(initial, m.Name+"=http://"+m.Peer)
 	}
@@ -96,11 +96,6 @@ func start(t testing.TB, n int, scheme string, tlsFiles *TLSFiles, extra ...stri
 	t.Cleanup(c.StopAll)
 	c.WaitHealthy(t, 30*time.Second)
 	return c
-}
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	return testport.Pick(t)
 }
 
 func (m *Member) start(t testing.TB) {

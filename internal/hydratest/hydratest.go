@@ -78,12 +78,7 @@ func build() (string, error) {
 }
 
 // pickAddr picks a loopback address for Hydra (a test may replace it).
-var pickAddr = freeAddr
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	return testport.Pick(t)
-}
+var pickAddr = testport.Pick
 
 type syncWriter struct {
 	mu *sync.Mutex

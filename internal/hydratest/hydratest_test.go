@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/wharf-registry/wharf/internal/testport"
 )
 
 // TestStartTakenPort: a port picked for Hydra that another process takes
@@ -22,9 +24,9 @@ func TestStartTakenPort(t *testing.T) {
 		if picks == 1 {
 			return taken.Addr().String()
 		}
-		return freeAddr(t)
+		return testport.Pick(t)
 	}
-	defer func() { pickAddr = freeAddr }()
+	defer func() { pickAddr = testport.Pick }()
 	s := Start(t)
 	if picks < 4 {
 		t.Fatalf("%d addresses picked, want a second pair after the taken port", picks)

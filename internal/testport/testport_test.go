@@ -6,13 +6,12 @@ import (
 	"testing"
 )
 
-// TestFree: each address is on loopback, below the kernel's ephemeral
-// range, and free (a listener can take it).
+// TestFree: each address is on loopback, free (a listener can take it)
+// and, where the machine leaves room below the kernel's ephemeral range,
+// below it.
 func TestFree(t *testing.T) {
 	low := ephemeralLow()
-	if low != 32768 && low < lowest+1000 {
-		t.Fatalf("ephemeral range starts at %d: this machine leaves no room below it", low)
-	}
+	below := low-lowest >= 1000
 	seen := map[string]bool{}
 	for range 50 {
 		addr := Pick(t)
@@ -21,7 +20,7 @@ func TestFree(t *testing.T) {
 			t.Fatal(err)
 		}
 		p, _ := strconv.Atoi(port)
-		if host != "127.0.0.1" || p < lowest || p >= low {
+		if host != "127.0.0.1" || below && (p < lowest || p >= low) {
 			t.Fatalf("%s: want 127.0.0.1 and a port in [%d, %d)", addr, lowest, low)
 		}
 		ln, err := net.Listen("tcp", addr)

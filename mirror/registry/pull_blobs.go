@@ -191,7 +191,7 @@ func (p *puller) prefetch(t policy.Target, blobs []digest.Digest) {
 // others and the next one is ready when it asks. Measured side by side on
 // an unshaped loopback upstream (skopeo, 2 cores): one at a time was
 // faster than two in 15 of 20 paired rounds, and than none (the client's
-// request alone) in 7 of 10.
+// request alone) in 6 of 10 (2 ties).
 const prefetchNarrow = 1
 
 // prefetchLook is how often a prefetch held back at prefetchNarrow asks
